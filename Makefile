@@ -1,0 +1,36 @@
+# casebridge front door: `make demo` and `make test` work on a fresh clone (both run `make setup`).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test lint bench schema clean
+
+setup: $(STAMP)
+
+# Reinstall when the dependency list changes; pip is quiet unless something fails.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+	@echo "setup: $(VENV) ready"
+
+demo: setup
+	@$(BIN)/casebridge demo
+
+test: setup
+	@$(BIN)/python -m pytest -q
+
+lint: setup
+	@$(BIN)/ruff check service tests benchmarks
+	@$(BIN)/mypy service
+
+bench: setup
+	@$(BIN)/python benchmarks/bench_convert.py
+
+schema: setup
+	@$(BIN)/casebridge schema -o schemas/case-report-1.0.schema.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,223 @@
+"""The ``casebridge`` command line.
+
+Exit codes: 0 success; 1 the input is valid but fails a check (later: validation errors); 2 unusable input
+or arguments (the message names the file and field path); 3 the configuration or mapping files are wrong
+(the message names the file and line); 70 an internal error (no traceback unless CASEBRIDGE_DEBUG=1).
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import orjson
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from service import __version__
+from service.config import PROJECT_ROOT, Settings, get_settings
+from service.domain.case import CaseReport
+from service.domain.reader import read_case
+from service.errors import CasebridgeError, InputError, MappingError
+from service.mapping.engine import MappingSet
+
+app = typer.Typer(
+    name="casebridge",
+    help="Clinical case reports to FHIR R4: convert, validate, push and pull.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+err = Console(stderr=True)
+# Wide enough for the demo table when output is piped (CI logs, make), where rich would assume 80 columns.
+out = Console(width=shutil.get_terminal_size((120, 40)).columns)
+
+SEED_CASE = PROJECT_ROOT / "fixtures" / "cases" / "dystrophic-calcification-right-forearm.yaml"
+
+
+def _fail(code: int, message: str) -> NoReturn:
+    err.print(message, markup=False, highlight=False)
+    raise typer.Exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        _fail(3, f"configuration error (CASEBRIDGE_* environment): {problems}")
+
+
+def load_mappings(settings: Settings) -> MappingSet:
+    try:
+        return MappingSet.load(settings.mappings_dir, terminology=settings.terminology())
+    except MappingError as exc:
+        _fail(3, f"mapping error: {exc}")
+
+
+def _read_case(path: Path, settings: Settings) -> CaseReport:
+    try:
+        size = path.stat().st_size
+        if size > settings.max_case_bytes:
+            # Refuse before reading: a huge file must not be pulled into memory to be rejected.
+            raise InputError(
+                f"the file is {size:,} bytes; the limit is {settings.max_case_bytes:,}", source=str(path)
+            )
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read the file: {exc.strerror}", source=str(path)) from exc
+    return read_case(data, source=str(path), max_bytes=settings.max_case_bytes)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write all or nothing: a temporary file beside the target, then an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def dump_json(doc: object) -> bytes:
+    return orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"
+
+
+@app.command()
+def convert(
+    case_file: Annotated[Path, typer.Argument(help="A case report, JSON or YAML (see schemas/).", dir_okay=False)],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the Bundle here instead of stdout.", dir_okay=False)
+    ] = None,
+) -> None:
+    """Convert a case report into a FHIR R4 transaction Bundle."""
+    settings = _settings()
+    mappings = load_mappings(settings)
+    case = _read_case(case_file, settings)
+    bundle = mappings.convert(case, source=str(case_file))
+    data = dump_json(bundle)
+    if output is None:
+        sys.stdout.buffer.write(data)
+    else:
+        write_atomically(output, data)
+        err.print(f"wrote {output} ({len(bundle['entry'])} resources)", highlight=False)
+
+
+@app.command()
+def schema(
+    output: Annotated[Path | None, typer.Option("--output", "-o", dir_okay=False)] = None,
+) -> None:
+    """Print (or write) the JSON Schema of the case-report input model."""
+    data = dump_json(case_json_schema())
+    if output is None:
+        sys.stdout.buffer.write(data)
+    else:
+        write_atomically(output, data)
+
+
+def case_json_schema() -> dict[str, object]:
+    doc = CaseReport.model_json_schema(mode="validation")
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://casebridge/schemas/case-report-1.0.schema.json",
+        **doc,
+    }
+
+
+@app.command("check-mappings")
+def check_mappings() -> None:
+    """Load and check the mapping folder; print its roles and code tables."""
+    settings = _settings()
+    mappings = load_mappings(settings)
+    table = Table(title=f"Mappings in {settings.mappings_dir}")
+    table.add_column("role")
+    table.add_column("resource")
+    table.add_column("template")
+    for t in mappings.templates:
+        table.add_row(t.role, t.resource_type, f"{t.file}:{t.line}")
+    out.print(table)
+    terminology = settings.terminology()
+    checked = f"checked against {terminology.name}" if terminology else "NOT checked (no terminology file)"
+    rows = sum(len(r) for t in mappings.tables.values() for r in t.rows.values())
+    out.print(f"{len(mappings.tables)} code tables, {rows} rows; citations {checked}")
+
+
+@app.command()
+def demo(
+    case_file: Annotated[Path, typer.Argument(dir_okay=False)] = SEED_CASE,
+) -> None:
+    """Convert the seed case and show what was produced."""
+    settings = _settings()
+    mappings = load_mappings(settings)
+    case = _read_case(case_file, settings)
+    bundle = mappings.convert(case, source=str(case_file))
+    out.print(f"[bold]casebridge {__version__}[/bold] - case [cyan]{case.case_id}[/cyan] from {case_file.name}")
+    out.print(f"source: {case.source.citation}", highlight=False)
+    table = Table(title=f"FHIR R4 transaction Bundle: {len(bundle['entry'])} resources")
+    table.add_column("#", justify="right")
+    table.add_column("resource")
+    table.add_column("what")
+    table.add_column("request")
+    for i, entry in enumerate(bundle["entry"], 1):
+        resource = entry["resource"]
+        title = resource["text"]["div"].split("<b>", 1)[1].split("</b>", 1)[0]
+        table.add_row(str(i), resource["resourceType"], _unescape(title),
+                      f"{entry['request']['method']} {entry['request']['url'][:40]}")
+    out.print(table)
+    counts: dict[str, int] = {}
+    for entry in bundle["entry"]:
+        counts[entry["resource"]["resourceType"]] = counts.get(entry["resource"]["resourceType"], 0) + 1
+    out.print("by type: " + ", ".join(f"{k} {v}" for k, v in counts.items()), highlight=False)
+
+
+def _unescape(text: str) -> str:
+    return html.unescape(text)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        out.print(__version__)
+        raise typer.Exit(0)
+
+
+def main() -> None:
+    """Entry point: our errors become messages and exit codes, never tracebacks."""
+    try:
+        app(standalone_mode=True)
+    except InputError as exc:
+        _fail_now(2, exc.report())
+    except MappingError as exc:
+        _fail_now(3, f"mapping error: {exc}")
+    except CasebridgeError as exc:
+        _fail_now(2, str(exc))
+    except KeyboardInterrupt:
+        _fail_now(130, "interrupted")
+    except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
+        if os.environ.get("CASEBRIDGE_DEBUG"):
+            raise
+        _fail_now(70, f"internal error: {type(exc).__name__}: {exc} (set CASEBRIDGE_DEBUG=1 for details)")
+
+
+def _fail_now(code: int, message: str) -> NoReturn:
+    err.print(message, markup=False, highlight=False)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
+

@@ -1,0 +1,620 @@
+"""The clinical case-report input model, schema version 1.0.
+
+A case report is what a published (or registry, or synthetic) case says about one patient: the source,
+the patient, relevant history, the presentation, the diagnostic steps in the order they were taken (each
+with its findings, measurements and the differential diagnosis held after it), procedures, specimens and
+the final diagnosis.
+
+Rules of the model:
+- Nothing is invented: a fact the source does not give is left out (optional fields) or said to be
+  unreported (``LabTest.reported_as`` with no ``value``); there is no birth date and no patient name.
+- Unknown fields, wrong types and impossible values are rejected; every error names the field path.
+- Concepts are free text with an optional vocabulary ``key``; the key selects codes from the mapping's
+  code tables (``mappings/codes``), never from this model.
+
+The JSON Schema published in ``schemas/case-report-1.0.schema.json`` is generated from this module
+(``casebridge schema``); a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from functools import cached_property
+from typing import Annotated, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
+
+SCHEMA_VERSION = "1.0"
+
+# Short machine names: case ids, step ids, vocabulary keys. Kept FHIR-id compatible.
+Key = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+Text = Annotated[str, Field(min_length=1, max_length=10_000)]
+ShortText = Annotated[str, Field(min_length=1, max_length=500)]
+# int is accepted for a decimal (0.5 and 1 are both numbers in JSON); bool and "12" strings are not.
+Decimal = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+# How steps are named in titles and narrative ("after the X-ray").
+STEP_LABELS = {
+    "presentation": "Presentation",
+    "clinical_examination": "Clinical examination",
+    "xray": "X-ray",
+    "ultrasound": "Ultrasound",
+    "ct": "CT",
+    "mri": "MRI",
+    "laboratory": "Laboratory tests",
+    "histopathology": "Histopathology",
+}
+
+Sex = Literal["female", "male", "other", "unknown"]
+Laterality = Literal["left", "right", "bilateral"]
+TimeUnit = Literal["years", "months", "weeks", "days"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, str_strip_whitespace=True, validate_default=True
+    )
+
+
+class Concept(_Model):
+    """A clinical concept: the words of the source, and optionally a vocabulary key for its codes."""
+
+    text: ShortText
+    key: Key | None = None
+
+    @property
+    def ref_key(self) -> str:
+        """What tells this concept apart within a case: its key, else its words as a slug."""
+        return self.key or _slug(self.text)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, data: object) -> object:
+        # A bare string is a text-only concept: the common case when writing fixtures by hand.
+        return {"text": data} if isinstance(data, str) else data
+
+
+class BodySite(_Model):
+    """Where: a body structure and, for paired structures, the side."""
+
+    site: Concept
+    laterality: Laterality | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.laterality} {self.site.text}" if self.laterality else self.site.text
+
+
+class Quantity(_Model):
+    value: Annotated[Decimal, Field(ge=0)]
+    unit: ShortText  # UCUM unit code where one exists ("cm", "mg/dL"); mapped through mappings/codes/units.csv
+
+
+class Age(_Model):
+    value: Annotated[StrictInt, Field(ge=0, le=150)]
+    unit: TimeUnit = "years"
+
+    @model_validator(mode="after")
+    def _plausible(self) -> Age:
+        limits = {"years": 150, "months": 150 * 12, "weeks": 150 * 53, "days": 150 * 366}
+        if self.value > limits[self.unit]:
+            raise ValueError(f"an age of {self.value} {self.unit} is not possible")
+        return self
+
+
+class Duration(_Model):
+    value: Annotated[Decimal, Field(gt=0, le=150 * 366)]
+    unit: TimeUnit
+    approximate: StrictBool = False
+
+    @property
+    def label(self) -> str:
+        value = int(self.value) if float(self.value).is_integer() else self.value
+        return f"{'about ' if self.approximate else ''}{value} {self.unit}"
+
+
+class Finding(_Model):
+    """A sign, symptom or concern, present or explicitly absent."""
+
+    concept: Concept
+    present: StrictBool
+    body_site: BodySite | None = None
+    note: Text | None = None
+
+
+class Measurement(_Model):
+    """A measured size: one to three dimensions, largest first (the first is the maximum dimension)."""
+
+    concept: Concept
+    dimensions: Annotated[list[Quantity], Field(min_length=1, max_length=3)]
+    body_site: BodySite | None = None
+
+    @property
+    def maximum(self) -> Quantity:
+        return self.dimensions[0]
+
+    @property
+    def additional(self) -> list[Quantity]:
+        return self.dimensions[1:]
+
+    @model_validator(mode="after")
+    def _largest_first(self) -> Measurement:
+        units = {q.unit for q in self.dimensions}
+        if len(units) > 1:
+            raise ValueError(f"all dimensions must share one unit, got {sorted(units)}")
+        values = [q.value for q in self.dimensions]
+        if values != sorted(values, reverse=True):
+            raise ValueError("dimensions must be listed largest first")
+        if any(v == 0 for v in values):
+            raise ValueError("a dimension of 0 is not a measurement")
+        return self
+
+
+class ReferenceRange(_Model):
+    low: Decimal | None = None
+    high: Decimal | None = None
+    unit: ShortText
+
+    @property
+    def low_quantity(self) -> Quantity | None:
+        return None if self.low is None else Quantity(value=self.low, unit=self.unit)
+
+    @property
+    def high_quantity(self) -> Quantity | None:
+        return None if self.high is None else Quantity(value=self.high, unit=self.unit)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReferenceRange:
+        if self.low is None and self.high is None:
+            raise ValueError("a reference range needs low, high or both")
+        if self.low is not None and self.high is not None and self.low > self.high:
+            raise ValueError(f"low ({self.low}) is above high ({self.high})")
+        return self
+
+
+Interpretation = Literal["normal", "abnormal", "high", "low"]
+
+
+class LabTest(_Model):
+    """A laboratory result. With no ``value``, ``reported_as`` says what the source said instead."""
+
+    id: Key
+    concept: Concept
+    specimen_type: ShortText | None = None  # e.g. "serum"
+    value: Quantity | None = None
+    reported_as: Text | None = None
+    interpretation: Interpretation | None = None
+    reference_range: ReferenceRange | None = None
+
+    @model_validator(mode="after")
+    def _value_or_report(self) -> LabTest:
+        if self.value is None and self.reported_as is None:
+            raise ValueError("give the value, or reported_as saying what the source reported instead")
+        if self.value and self.reference_range and self.value.unit != self.reference_range.unit:
+            raise ValueError("value and reference_range must use the same unit")
+        return self
+
+
+class _Step(_Model):
+    id: Key
+    order: Annotated[StrictInt, Field(ge=1, le=1000)]
+    performer: ShortText | None = None  # as the source names it, e.g. "a doctor"; never a made-up name
+    findings: list[Finding] = []
+    measurements: list[Measurement] = []
+    differential: list[Concept] = []  # the differential diagnosis held after this step
+    impression: Text | None = None  # the source's words for that conclusion (the seed's Table 1)
+    source_text: Text | None = None  # a verbatim quotation, kept for traceability
+
+    @property
+    def label(self) -> str:
+        return STEP_LABELS[getattr(self, "kind")]
+
+
+class ClinicalExamination(_Step):
+    kind: Literal["clinical_examination"]
+    body_site: BodySite | None = None
+
+
+ImagingKind = Literal["xray", "ultrasound", "ct", "mri"]
+
+
+class Figure(_Model):
+    label: ShortText
+    caption: Text
+
+
+class ImagingStep(_Step):
+    kind: ImagingKind
+    body_site: BodySite
+    conclusion: Text
+    figure: Figure | None = None
+
+
+class LaboratoryStep(_Step):
+    kind: Literal["laboratory"]
+    tests: Annotated[list[LabTest], Field(min_length=1)]
+
+
+class HistopathologyStep(_Step):
+    kind: Literal["histopathology"]
+    specimen: Key  # a Specimen.id of this case
+    microscopic: Text | None = None
+    diagnosis: Concept
+    conclusion: Text
+
+
+DiagnosticStep = Annotated[
+    Union[ClinicalExamination, ImagingStep, LaboratoryStep, HistopathologyStep],
+    Field(discriminator="kind"),
+]
+
+
+class HistoryItem(_Model):
+    id: Key
+    condition: Concept
+    body_site: BodySite | None = None
+    clinical_status: Literal["active", "inactive", "resolved"] | None = None
+    note: Text | None = None
+    source_text: Text | None = None
+
+
+class Presentation(_Model):
+    complaint: Concept
+    body_site: BodySite
+    duration: Duration | None = None  # how long the patient had it before presenting
+    course: Text | None = None  # e.g. "has not increased in size"
+    suspected: list[Concept] = []  # what it was suspected to be when the patient presented
+    findings: list[Finding] = []  # symptoms present and absent, the patient's concern
+    source_text: Text | None = None
+
+
+class Procedure(_Model):
+    id: Key
+    concept: Concept
+    body_site: BodySite | None = None
+    status: Literal["completed", "in-progress", "not-done", "stopped"] = "completed"
+    outcome: ShortText | None = None
+    reason: Text | None = None
+    source_text: Text | None = None
+
+
+class Specimen(_Model):
+    id: Key
+    type: Concept
+    description: Text | None = None
+    body_site: BodySite | None = None
+    collected_by: Key | None = None  # a Procedure.id of this case
+    note: Text | None = None
+
+
+class PossibleCause(_Model):
+    history: Key  # a HistoryItem.id of this case
+    note: Text
+
+
+class FinalDiagnosis(_Model):
+    condition: Concept
+    body_site: BodySite | None = None
+    verification: Literal["confirmed", "provisional"]
+    established_by: Key  # the DiagnosticStep.id that settled it
+    possible_cause: PossibleCause | None = None
+    note: Text | None = None
+
+
+class PublicationHistory(_Model):
+    received: dt.date | None = None
+    revised: dt.date | None = None
+    accepted: dt.date | None = None
+
+    @field_validator("received", "revised", "accepted", mode="before")
+    @classmethod
+    def _iso_date(cls, value: object) -> object:
+        # JSON gives strings; YAML may already give dates. Either way only YYYY-MM-DD is accepted.
+        if isinstance(value, str) and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            raise ValueError("dates are written YYYY-MM-DD")
+        return value
+
+    @property
+    def summary(self) -> str | None:
+        parts = [f"{name.capitalize()} {d.isoformat()}" for name, d in
+                 (("received", self.received), ("revised", self.revised), ("accepted", self.accepted)) if d]
+        return "Publication history: " + "; ".join(parts) + "." if parts else None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PublicationHistory:
+        dates = [d for d in (self.received, self.revised, self.accepted) if d is not None]
+        if dates != sorted(dates):
+            raise ValueError("received, revised and accepted must be in date order")
+        return self
+
+
+class Source(_Model):
+    """Where the case comes from. Every output resource's Provenance points here."""
+
+    kind: Literal["publication", "registry", "synthetic"]
+    citation: Text
+    title: ShortText | None = None
+    doi: Annotated[str, Field(pattern=r"^10\.\d{4,9}/[^\s]+$")] | None = None
+    url: Annotated[str, Field(pattern=r"^https?://[^\s]+$")] | None = None
+    authors: list[ShortText] = []
+    journal: ShortText | None = None
+    year: Annotated[StrictInt, Field(ge=1800, le=2100)] | None = None
+    publication_history: PublicationHistory | None = None
+    statements: list[Text] = []  # e.g. informed consent, conflicts of interest
+    figures: list[Figure] = []
+
+    @model_validator(mode="after")
+    def _locatable(self) -> Source:
+        if self.kind == "publication" and not (self.doi or self.url):
+            raise ValueError("a publication needs a doi or a url")
+        return self
+
+    @property
+    def journal_line(self) -> str | None:
+        parts = [p for p in (self.journal, str(self.year) if self.year else None) if p]
+        return f"Published in: {', '.join(parts)}." if parts else None
+
+    @property
+    def link(self) -> str | None:
+        return f"https://doi.org/{self.doi}" if self.doi else self.url
+
+
+class Patient(_Model):
+    identifier: Key | None = None  # the source's own patient id, when it has one (registries do)
+    sex: Sex
+    age_at_presentation: Age
+
+
+class DifferentialView(_Model):
+    """One differential diagnosis across the case: the steps that held it, and how it ended."""
+
+    concept: Concept
+    held_at: list[str]  # step ids, in order ("presentation" for the presenting suspicion)
+    held_after: list[str]  # the same steps by name
+    status: Literal["differential", "refuted", "confirmed"]
+
+    @property
+    def key(self) -> str:
+        return self.concept.key or _slug(self.concept.text)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:64] or "x"
+
+
+class CaseReport(_Model):
+    schema_version: Literal["1.0"]
+    case_id: Key
+    source: Source
+    patient: Patient
+    history: list[HistoryItem] = []
+    presentation: Presentation
+    diagnostic_steps: Annotated[list[DiagnosticStep], Field(min_length=1)]
+    procedures: list[Procedure] = []
+    specimens: list[Specimen] = []
+    final_diagnosis: FinalDiagnosis | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CaseReport:
+        # Cross-references and orderings a single field cannot check; each message names its path.
+        _unique("diagnostic_steps", [s.id for s in self.diagnostic_steps])
+        _unique("history", [h.id for h in self.history])
+        _unique("procedures", [p.id for p in self.procedures])
+        _unique("specimens", [s.id for s in self.specimens])
+        tests = [t.id for s in self.diagnostic_steps if isinstance(s, LaboratoryStep) for t in s.tests]
+        _unique("diagnostic_steps[].tests", tests)
+        orders = [s.order for s in self.diagnostic_steps]
+        if orders != sorted(set(orders)):
+            raise ValueError("diagnostic_steps: list the steps in their order, each order number once")
+        step_ids = {s.id for s in self.diagnostic_steps}
+        specimen_ids = {s.id for s in self.specimens}
+        procedure_ids = {p.id for p in self.procedures}
+        for i, step in enumerate(self.diagnostic_steps):
+            if isinstance(step, HistopathologyStep) and step.specimen not in specimen_ids:
+                raise ValueError(
+                    f"diagnostic_steps[{i}].specimen: no specimen with id {step.specimen!r}"
+                )
+        for i, spec in enumerate(self.specimens):
+            if spec.collected_by is not None and spec.collected_by not in procedure_ids:
+                raise ValueError(
+                    f"specimens[{i}].collected_by: no procedure with id {spec.collected_by!r}"
+                )
+        dx = self.final_diagnosis
+        if dx is not None:
+            if dx.established_by not in step_ids:
+                raise ValueError(
+                    f"final_diagnosis.established_by: no diagnostic step with id {dx.established_by!r}"
+                )
+            cause = dx.possible_cause
+            if cause is not None and cause.history not in {h.id for h in self.history}:
+                raise ValueError(
+                    f"final_diagnosis.possible_cause.history: no history item with id {cause.history!r}"
+                )
+        return self
+
+    # --- derived views used by the mappings (pure functions of the case) -------------------------------
+
+    @cached_property
+    def differentials(self) -> list[DifferentialView]:
+        """Every differential diagnosis held along the way, once each, in the order first raised.
+
+        A differential is refuted once a confirmed final diagnosis of another concept exists; it is
+        confirmed when it is that final diagnosis; otherwise it stays a differential.
+        """
+        held: dict[str, tuple[Concept, list[str]]] = {}
+        sources = [("presentation", self.presentation.suspected)] + [
+            (s.id, s.differential) for s in self.diagnostic_steps
+        ]
+        for where, concepts in sources:
+            for concept in concepts:
+                key = concept.key or _slug(concept.text)
+                first, steps = held.setdefault(key, (concept, []))
+                if where not in steps:
+                    steps.append(where)
+        dx = self.final_diagnosis
+        dx_key = (dx.condition.key or _slug(dx.condition.text)) if dx else None
+        labels = {"presentation": STEP_LABELS["presentation"]} | {
+            s.id: s.label for s in self.diagnostic_steps
+        }
+        views = []
+        for key, (concept, steps) in held.items():
+            if dx is not None and key == dx_key:
+                status = "confirmed" if dx.verification == "confirmed" else "differential"
+            elif dx is not None and dx.verification == "confirmed":
+                status = "refuted"
+            else:
+                status = "differential"
+            views.append(
+                DifferentialView(
+                    concept=concept, held_at=steps, held_after=[labels[s] for s in steps], status=status
+                )
+            )
+        return views
+
+    @property
+    def open_differentials(self) -> list[DifferentialView]:
+        """The differentials that are not the final diagnosis itself (that one has its own Condition)."""
+        return [d for d in self.differentials if d.status != "confirmed"]
+
+    @property
+    def steps(self) -> list[StepView]:
+        ids = [s.id for s in self.diagnostic_steps]
+        return [
+            StepView(step=s, previous_id=ids[i - 1] if i else None, label=s.label)
+            for i, s in enumerate(self.diagnostic_steps)
+        ]
+
+    @property
+    def procedure_views(self) -> list[ProcedureView]:
+        out = []
+        for p in self.procedures:
+            specimens = [s.id for s in self.specimens if s.collected_by == p.id]
+            reports = [s.id for s in self.histopathology_steps if s.specimen in specimens]
+            out.append(ProcedureView(procedure=p, specimen_ids=specimens, report_step_ids=reports))
+        return out
+
+    @property
+    def specimen_views(self) -> list[SpecimenView]:
+        procedures = {p.id: p for p in self.procedures}
+        return [
+            SpecimenView(
+                specimen=s,
+                collected_by=procedures.get(s.collected_by) if s.collected_by else None,
+            )
+            for s in self.specimens
+        ]
+
+    @property
+    def imaging_steps(self) -> list[ImagingStep]:
+        return [s for s in self.diagnostic_steps if isinstance(s, ImagingStep)]
+
+    @property
+    def examination_steps(self) -> list[ClinicalExamination]:
+        return [s for s in self.diagnostic_steps if isinstance(s, ClinicalExamination)]
+
+    @property
+    def lab_tests(self) -> list[LabTest]:
+        return [t for s in self.diagnostic_steps if isinstance(s, LaboratoryStep) for t in s.tests]
+
+    @property
+    def histopathology_steps(self) -> list[HistopathologyStep]:
+        return [s for s in self.diagnostic_steps if isinstance(s, HistopathologyStep)]
+
+    @property
+    def measurements(self) -> list[StepMeasurement]:
+        return [
+            StepMeasurement(
+                step_id=s.id,
+                kind=s.kind,
+                index=i,
+                measurement=m,
+                body_site=m.body_site or getattr(s, "body_site", None),
+            )
+            for s in self.diagnostic_steps
+            for i, m in enumerate(s.measurements)
+        ]
+
+    @property
+    def step_findings(self) -> list[StepFinding]:
+        """Findings of every step but histopathology (whose findings go into its report), with their step."""
+        return [
+            StepFinding(
+                step_id=s.id,
+                kind=s.kind,
+                index=i,
+                finding=f,
+                body_site=f.body_site or getattr(s, "body_site", None),
+            )
+            for s in self.diagnostic_steps
+            if not isinstance(s, HistopathologyStep)
+            for i, f in enumerate(s.findings)
+        ]
+
+    def step(self, step_id: str) -> DiagnosticStepType | None:
+        return next((s for s in self.diagnostic_steps if s.id == step_id), None)
+
+    def previous_step(self, step_id: str) -> DiagnosticStepType | None:
+        ids = [s.id for s in self.diagnostic_steps]
+        i = ids.index(step_id) if step_id in ids else 0
+        return self.diagnostic_steps[i - 1] if i > 0 else None
+
+
+class StepMeasurement(_Model):
+    step_id: str
+    kind: str
+    index: int
+    measurement: Measurement
+    body_site: BodySite | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.step_id}-{self.index + 1}"
+
+
+class StepFinding(_Model):
+    step_id: str
+    kind: str
+    index: int
+    finding: Finding
+    body_site: BodySite | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.step_id}-{self.index + 1}"
+
+
+class StepView(_Model):
+    step: DiagnosticStep
+    previous_id: str | None
+    label: str
+
+
+class ProcedureView(_Model):
+    procedure: Procedure
+    specimen_ids: list[str]
+    report_step_ids: list[str]
+
+
+class SpecimenView(_Model):
+    specimen: Specimen
+    collected_by: Procedure | None
+
+
+DiagnosticStepType = Union[ClinicalExamination, ImagingStep, LaboratoryStep, HistopathologyStep]
+
+
+def _unique(where: str, ids: list[str]) -> None:
+    seen: set[str] = set()
+    for i in ids:
+        if i in seen:
+            raise ValueError(f"{where}: id {i!r} is used twice")
+        seen.add(i)
