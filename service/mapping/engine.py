@@ -83,7 +83,7 @@ class MappingSet:
             for key, node, line in mapping_items(top["settings"][0], rel):
                 setattr(settings, key, scalar(node) if isinstance(node, yaml.ScalarNode) else None)
         codes_dir = root / (scalar(top["codes"][0]) if "codes" in top else "codes")
-        tables = load_tables(codes_dir, root=root)
+        tables = load_tables(codes_dir, root=root.parent)  # names files as mappings/codes/x.csv
         for needed in ("concepts", "body-sites", "laterality", "units"):
             if needed not in tables:
                 raise MappingError(f"the code table {needed}.csv is missing", file=_relative(codes_dir, root))
@@ -220,13 +220,15 @@ def _element_names(resource_type: str) -> set[str]:
 
 
 def _walk(obj: Any, path: str) -> Iterator[tuple[str, Any]]:  # noqa: ANN401
+    """Every model object of a case, with its field path (leaves are not visited: keys live in models)."""
     yield path, obj
-    if isinstance(obj, BaseModel):
-        for name in type(obj).model_fields:
-            yield from _walk(getattr(obj, name), f"{path}.{name}" if path else name)
-    elif isinstance(obj, list):
-        for i, item in enumerate(obj):
-            yield from _walk(item, f"{path}[{i}]")
+    for name in type(obj).model_fields:
+        value = getattr(obj, name)
+        if isinstance(value, BaseModel):
+            yield from _walk(value, f"{path}.{name}" if path else name)
+        elif isinstance(value, list) and value and isinstance(value[0], BaseModel):
+            for i, item in enumerate(value):
+                yield from _walk(item, f"{path}.{name}[{i}]" if path else f"{name}[{i}]")
 
 
 @dataclass

@@ -94,7 +94,7 @@ def _public_names(owner: type[BaseModel]) -> list[str]:
     cached = [
         n for n in dir(owner) if isinstance(inspect.getattr_static(owner, n, None), _cached_types())
     ]
-    return sorted(set(owner.model_fields) | set(props) | set(cached))
+    return sorted(n for n in set(owner.model_fields) | set(props) | set(cached) if not n.startswith("model_"))
 
 
 def _cached_types() -> tuple[type, ...]:

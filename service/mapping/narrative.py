@@ -8,6 +8,7 @@ displays, Quantities their value and unit, References their display.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from html import escape
 from typing import Any
 
@@ -15,9 +16,15 @@ XHTML = "http://www.w3.org/1999/xhtml"
 _SKIP = frozenset({"resourceType", "id", "meta", "text", "contained", "extension", "modifierExtension"})
 
 
+@lru_cache(maxsize=4096)
 def _label(name: str) -> str:
     words = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name).lower()
     return words[:1].upper() + words[1:]
+
+
+@lru_cache(maxsize=4096)
+def _heading(name: str) -> str:
+    return escape(_label(name))
 
 
 def _render(value: Any) -> str:  # noqa: ANN401
@@ -54,7 +61,7 @@ def narrative(resource: dict[str, Any], title: str | None) -> dict[str, str]:
             continue
         rendered = _render(value)
         if rendered:
-            rows.append(f"<tr><th>{escape(_label(name))}</th><td>{escape(rendered)}</td></tr>")
+            rows.append(f"<tr><th>{_heading(name)}</th><td>{escape(rendered)}</td></tr>")
     table = f"<table>{''.join(rows)}</table>" if rows else ""
     div = f'<div xmlns="{XHTML}"><p><b>{heading}</b> ({escape(resource["resourceType"])})</p>{table}</div>'
     return {"status": "generated", "div": div}

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.config import PROJECT_ROOT, Settings
+from service.domain.case import CaseReport
+from service.domain.reader import read_case
+from service.mapping.engine import MappingSet
+
+FIXTURES = PROJECT_ROOT / "fixtures"
+CASE_FILES = sorted(p for p in (FIXTURES / "cases").iterdir() if p.suffix in (".json", ".yaml", ".yml"))
+SEED = FIXTURES / "cases" / "dystrophic-calcification-right-forearm.yaml"
+TERMINOLOGY = PROJECT_ROOT.parent / "shared" / "terminology" / "case-codes.yaml"
+# A fixed conversion time, so that outputs compare equal across runs.
+RECORDED = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+
+
+@pytest.fixture(scope="session")
+def mappings() -> MappingSet:
+    assert TERMINOLOGY.is_file(), "the tests check code citations against ../shared/terminology/case-codes.yaml"
+    return MappingSet.load(Settings().mappings_dir, terminology=TERMINOLOGY)
+
+
+def load_case(path: Path) -> CaseReport:
+    return read_case(path.read_bytes(), source=str(path))
+
+
+@pytest.fixture(scope="session")
+def bundles(mappings: MappingSet) -> dict[str, dict[str, Any]]:
+    return {p.name: mappings.convert(load_case(p), recorded=RECORDED) for p in CASE_FILES}
+
+
+@pytest.fixture(scope="session")
+def seed_bundle(bundles: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return bundles[SEED.name]
