@@ -19,7 +19,10 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	@$(BIN)/casebridge demo
 
+# Lint and types first (seconds), then the suite.
 test: setup
+	@$(BIN)/ruff check -q service tests benchmarks
+	@$(BIN)/mypy service
 	@$(BIN)/python -m pytest -q
 
 lint: setup

@@ -52,16 +52,20 @@ def main() -> None:
         data = path.read_bytes()
         case = read_case(data, source=path.name)
         bundle = mappings.convert(case)
-        convert = median_ms(lambda: mappings.convert(case), args.n)
-        end_to_end = median_ms(lambda: mappings.convert(read_case(data, source=path.name)), args.n)
-        with_json = median_ms(lambda: orjson.dumps(mappings.convert(read_case(data, source=path.name))), args.n)
-        parse = median_ms(lambda: Bundle.model_validate(bundle), args.n)
+        convert = median_ms(lambda c=case: mappings.convert(c), args.n)
+        end_to_end = median_ms(lambda d=data, n=path.name: mappings.convert(read_case(d, source=n)), args.n)
+        with_json = median_ms(
+            lambda d=data, n=path.name: orjson.dumps(mappings.convert(read_case(d, source=n))), args.n
+        )
+        parse = median_ms(lambda b=bundle: Bundle.model_validate(b), args.n)
         print(
             f"{path.stem:52} {len(bundle['entry']):>9} {convert:>7.3f}ms {end_to_end:>7.3f}ms {with_json:>7.3f}ms"
             f" {parse:>8.3f}ms {convert / parse:>6.2f}"
         )
-    print(f"median of {args.n} runs each. convert: case model -> Bundle dict; + parse: from YAML bytes;"
-          " + JSON: and serialised; ratio: convert / R4B parse of the produced Bundle")
+    print(
+        f"median of {args.n} runs each. convert: case model -> Bundle dict; + parse: from YAML bytes;"
+        " + JSON: and serialised; ratio: convert / R4B parse of the produced Bundle"
+    )
 
 
 if __name__ == "__main__":

@@ -67,9 +67,7 @@ def _read_case(path: Path, settings: Settings) -> CaseReport:
         size = path.stat().st_size
         if size > settings.max_case_bytes:
             # Refuse before reading: a huge file must not be pulled into memory to be rejected.
-            raise InputError(
-                f"the file is {size:,} bytes; the limit is {settings.max_case_bytes:,}", source=str(path)
-            )
+            raise InputError(f"the file is {size:,} bytes; the limit is {settings.max_case_bytes:,}", source=str(path))
         data = path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read the file: {exc.strerror}", source=str(path)) from exc
@@ -173,8 +171,12 @@ def demo(
     for i, entry in enumerate(bundle["entry"], 1):
         resource = entry["resource"]
         title = resource["text"]["div"].split("<b>", 1)[1].split("</b>", 1)[0]
-        table.add_row(str(i), resource["resourceType"], _unescape(title),
-                      f"{entry['request']['method']} {entry['request']['url'][:40]}")
+        table.add_row(
+            str(i),
+            resource["resourceType"],
+            _unescape(title),
+            f"{entry['request']['method']} {entry['request']['url'][:40]}",
+        )
     out.print(table)
     counts: dict[str, int] = {}
     for entry in bundle["entry"]:
@@ -207,7 +209,7 @@ def main() -> None:
         _fail_now(2, str(exc))
     except KeyboardInterrupt:
         _fail_now(130, "interrupted")
-    except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
+    except Exception as exc:
         if os.environ.get("CASEBRIDGE_DEBUG"):
             raise
         _fail_now(70, f"internal error: {type(exc).__name__}: {exc} (set CASEBRIDGE_DEBUG=1 for details)")
@@ -220,4 +222,3 @@ def _fail_now(code: int, message: str) -> NoReturn:
 
 if __name__ == "__main__":
     main()
-

@@ -14,7 +14,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CASEBRIDGE_", extra="ignore")
 
-    mappings_dir: Path = Field(PROJECT_ROOT / "mappings", description="The mapping folder (bundle.yaml, resources/, codes/).")
+    mappings_dir: Path = Field(
+        PROJECT_ROOT / "mappings", description="The mapping folder (bundle.yaml, resources/, codes/)."
+    )
     terminology_file: Path | None = Field(
         None,
         description=(

@@ -16,7 +16,7 @@ CASE_FILES = sorted(p for p in (FIXTURES / "cases").iterdir() if p.suffix in (".
 SEED = FIXTURES / "cases" / "dystrophic-calcification-right-forearm.yaml"
 TERMINOLOGY = PROJECT_ROOT.parent / "shared" / "terminology" / "case-codes.yaml"
 # A fixed conversion time, so that outputs compare equal across runs.
-RECORDED = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+RECORDED = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ from .conftest import CASE_FILES, RECORDED, load_case
 CASES = [p.name for p in CASE_FILES]
 
 
-def walk(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:  # noqa: ANN401
+def walk(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
     yield path, node
     if isinstance(node, dict):
         for k, v in node.items():
@@ -152,7 +152,7 @@ def _scalars(node: yaml.Node) -> Iterator[str]:
             yield from _scalars(v)
 
 
-def _input_values(doc: Any) -> tuple[set[str], set[float]]:  # noqa: ANN401
+def _input_values(doc: Any) -> tuple[set[str], set[float]]:
     strings: set[str] = set()
     numbers: set[float] = set()
     for _, node in walk(doc):
@@ -178,19 +178,25 @@ def untraceable_values(mappings: MappingSet, bundle: dict[str, Any], raw: dict[s
     """Output values that come neither from the case, nor from a code table, nor from a template's text."""
     strings, numbers = _input_values(raw)
     table_values = {
-        v for t in mappings.tables.values() for rows in t.rows.values() for r in rows
+        v
+        for t in mappings.tables.values()
+        for rows in t.rows.values()
+        for r in rows
         for v in (r.system, r.code, r.display)
     }
     element_labels = {
         _label(p.rsplit(".", 1)[-1].split("[")[0]) for e in bundle["entry"] for p, _ in walk(e["resource"]) if p
     }
     generated = {
-        str(node) for e in bundle["entry"] for p, node in walk(e["resource"])
+        str(node)
+        for e in bundle["entry"]
+        for p, node in walk(e["resource"])
         if GENERATED.search(p) and isinstance(node, str)
     }
     pool = strings | table_values | _template_literals() | element_labels | generated | {mappings.identifier_system}
     fragments = [
-        re.compile(r"(?<![\w])" + re.escape(f) + r"(?![\w])", re.I) if f[:1].isalnum() and f[-1:].isalnum()
+        re.compile(r"(?<![\w])" + re.escape(f) + r"(?![\w])", re.I)
+        if f[:1].isalnum() and f[-1:].isalnum()
         else re.compile(re.escape(f), re.I)
         for f in sorted((f for f in pool if f and f.strip()), key=len, reverse=True)
     ]

@@ -49,8 +49,13 @@ def test_convert_to_file(tmp_path: Path) -> None:
 def test_demo_prints_the_resources() -> None:
     result = run("demo")
     assert result.returncode == 0, result.stderr
-    for words in ("ijsra-2026-18-3-0536", "Final diagnosis: Dystrophic calcification", "Serum calcium",
-                  "Histopathology report", "ImagingStudy"):
+    for words in (
+        "ijsra-2026-18-3-0536",
+        "Final diagnosis: Dystrophic calcification",
+        "Serum calcium",
+        "Histopathology report",
+        "ImagingStudy",
+    ):
         assert words in result.stdout
 
 

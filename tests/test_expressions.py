@@ -15,7 +15,7 @@ from .conftest import SEED, load_case
 FUNCTIONS = {"pair": Function("pair", lambda ctx, a, b=None: [a, b], "")}
 
 
-def evaluate(source: str, **env: Any) -> Any:  # noqa: ANN401
+def evaluate(source: str, **env: Any) -> Any:
     fn, _ = ExpressionCompiler(FUNCTIONS, file="t.yaml", line=7).compile(source, {k: None for k in env})
     return fn({**env, "$ctx": None})
 
@@ -75,7 +75,9 @@ def test_refused_at_load_time(source: str, message: str) -> None:
 
 def test_fields_are_checked_through_lists_and_unions() -> None:
     compiler = ExpressionCompiler(FUNCTIONS, file="t.yaml", line=1)
-    compiler.compile("case.diagnostic_steps[0].conclusion", {"case": CaseReport})  # an imaging field: exists in the union
+    compiler.compile(
+        "case.diagnostic_steps[0].conclusion", {"case": CaseReport}
+    )  # an imaging field: exists in the union
     with pytest.raises(MappingError, match="has no field 'colour'"):
         compiler.compile("case.diagnostic_steps[0].colour", {"case": CaseReport})
     with pytest.raises(MappingError, match="has no field 'nme'"):

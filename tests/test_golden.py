@@ -31,12 +31,12 @@ def volatile_paths() -> list[re.Pattern[str]]:
     ]
 
 
-def mask(doc: Any, patterns: list[re.Pattern[str]]) -> Any:  # noqa: ANN401
+def mask(doc: Any, patterns: list[re.Pattern[str]]) -> Any:
     """Mask the values at the volatile paths, and those same values wherever else they appear
     (the conversion time also shows in the Provenance narrative)."""
     values: set[str] = set()
 
-    def collect(node: Any, path: str) -> None:  # noqa: ANN401
+    def collect(node: Any, path: str) -> None:
         if any(p.match(path) for p in patterns):
             values.add(str(node))
         elif isinstance(node, dict):
@@ -46,7 +46,7 @@ def mask(doc: Any, patterns: list[re.Pattern[str]]) -> Any:  # noqa: ANN401
             for i, v in enumerate(node):
                 collect(v, f"{path}[{i}]")
 
-    def replace(node: Any, path: str) -> Any:  # noqa: ANN401
+    def replace(node: Any, path: str) -> Any:
         if any(p.match(path) for p in patterns):
             return MASK
         if isinstance(node, dict):
@@ -81,7 +81,17 @@ def test_bundle_matches_golden_file(mappings: MappingSet, case_file: Path) -> No
 
 def test_mask_list_masks_only_what_it_names() -> None:
     patterns = volatile_paths()
-    doc = {"entry": [{"resource": {"recorded": "2026-01-01T10:00:00", "id": "x",
-                                   "text": {"div": "<td>2026-01-01T10:00:00</td><td>2026-01-01</td>"}}}]}
-    assert mask(doc, patterns) == {"entry": [{"resource": {
-        "recorded": MASK, "id": "x", "text": {"div": f"<td>{MASK}</td><td>2026-01-01</td>"}}}]}
+    doc = {
+        "entry": [
+            {
+                "resource": {
+                    "recorded": "2026-01-01T10:00:00",
+                    "id": "x",
+                    "text": {"div": "<td>2026-01-01T10:00:00</td><td>2026-01-01</td>"},
+                }
+            }
+        ]
+    }
+    assert mask(doc, patterns) == {
+        "entry": [{"resource": {"recorded": MASK, "id": "x", "text": {"div": f"<td>{MASK}</td><td>2026-01-01</td>"}}}]
+    }

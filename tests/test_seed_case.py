@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -57,7 +58,9 @@ def test_patient_has_gender_and_nothing_invented(seed: Seed) -> None:
 
 def test_final_diagnosis(seed: Seed) -> None:
     dx = seed.one("final-diagnosis")
-    assert codes(dx["verificationStatus"]) == {("http://terminology.hl7.org/CodeSystem/condition-ver-status", "confirmed")}
+    assert codes(dx["verificationStatus"]) == {
+        ("http://terminology.hl7.org/CodeSystem/condition-ver-status", "confirmed")
+    }
     assert dx["code"]["text"] == "Dystrophic calcification"
     assert (SNOMED, "64262003") in codes(dx["bodySite"][0])  # right forearm
     assert dx["onsetString"] == "7 years before presentation"
@@ -96,23 +99,26 @@ def test_table_1_is_a_chain_of_clinical_impressions(seed: Seed) -> None:
         "After Histopathology",
     ]
     by_step = {i["description"]: i for i in impressions}
-    problems = {
-        d: sorted(seed.resolve(p)["code"]["text"] for p in i.get("problem", [])) for d, i in by_step.items()
-    }
+    problems = {d: sorted(seed.resolve(p)["code"]["text"] for p in i.get("problem", [])) for d, i in by_step.items()}
     assert problems["After Clinical examination"] == ["Lipoma", "Soft tissue tumour"]
     assert problems["After X-ray"] == ["Calcified cyst", "Calcified granuloma"]
     assert problems["After Ultrasound"] == [
-        "Calcified granuloma", "Myositis ossificans", "Post-traumatic heterotopic ossification"]
+        "Calcified granuloma",
+        "Myositis ossificans",
+        "Post-traumatic heterotopic ossification",
+    ]
     assert by_step["After X-ray"]["summary"] == "The swelling might be a calcified granuloma or calcified cyst."
     final = by_step["After Histopathology"]
     assert seed.resolve(final["finding"][0]["itemReference"]) is seed.one("final-diagnosis")
-    for previous, current in zip(impressions, impressions[1:]):
+    for previous, current in itertools.pairwise(impressions):
         assert seed.resolve(current["previous"]) is previous
 
 
 def test_previous_fracture_is_resolved_history(seed: Seed) -> None:
     fracture = seed.one("history")
-    assert codes(fracture["clinicalStatus"]) == {("http://terminology.hl7.org/CodeSystem/condition-clinical", "resolved")}
+    assert codes(fracture["clinicalStatus"]) == {
+        ("http://terminology.hl7.org/CodeSystem/condition-clinical", "resolved")
+    }
     assert (SNOMED, "20511007") in codes(fracture["code"])
     assert fracture["bodySite"][0]["text"] == "Right hand"
 
@@ -121,7 +127,9 @@ def test_serum_calcium_has_no_invented_value(seed: Seed) -> None:
     ca = seed.one("lab-result")
     assert (LOINC, "17861-6") in codes(ca["code"])
     assert ("http://terminology.hl7.org/CodeSystem/observation-category", "laboratory") in codes(ca["category"][0])
-    assert codes(ca["interpretation"][0]) == {("http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", "N")}
+    assert codes(ca["interpretation"][0]) == {
+        ("http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", "N")
+    }
     assert not any(k.startswith("value") for k in ca)
     assert codes(ca["dataAbsentReason"]) == {("http://terminology.hl7.org/CodeSystem/data-absent-reason", "unknown")}
     assert any("Within normal range" in n["text"] for n in ca["note"])
@@ -205,5 +213,5 @@ def test_provenance_points_at_the_article(seed: Seed) -> None:
     assert article["content"][0]["attachment"]["url"] == "https://doi.org/10.30574/ijrsra.2026.18.3.0536"
     assert "Accepted 2026-03-17" in article["description"]
     assert "Informed consent was obtained" in article["description"]
-    assert [a["who"]["display"] for a in provenance["agent"]][0] == "Madhurima Mahanti"
+    assert provenance["agent"][0]["who"]["display"] == "Madhurima Mahanti"
     assert len(provenance["target"]) == len(seed.bundle["entry"]) - 2

@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from functools import cached_property
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -60,9 +60,7 @@ TimeUnit = Literal["years", "months", "weeks", "days"]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, str_strip_whitespace=True, validate_default=True
-    )
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True, validate_default=True)
 
 
 class Concept(_Model):
@@ -205,6 +203,7 @@ class LabTest(_Model):
 
 
 class _Step(_Model):
+    kind: str  # narrowed to a Literal by each kind of step (the union's discriminator)
     id: Key
     order: Annotated[StrictInt, Field(ge=1, le=1000)]
     performer: ShortText | None = None  # as the source names it, e.g. "a doctor"; never a made-up name
@@ -216,7 +215,7 @@ class _Step(_Model):
 
     @property
     def label(self) -> str:
-        return STEP_LABELS[getattr(self, "kind")]
+        return STEP_LABELS[self.kind]
 
 
 class ClinicalExamination(_Step):
@@ -253,7 +252,7 @@ class HistopathologyStep(_Step):
 
 
 DiagnosticStep = Annotated[
-    Union[ClinicalExamination, ImagingStep, LaboratoryStep, HistopathologyStep],
+    ClinicalExamination | ImagingStep | LaboratoryStep | HistopathologyStep,
     Field(discriminator="kind"),
 ]
 
@@ -325,8 +324,11 @@ class PublicationHistory(_Model):
 
     @property
     def summary(self) -> str | None:
-        parts = [f"{name.capitalize()} {d.isoformat()}" for name, d in
-                 (("received", self.received), ("revised", self.revised), ("accepted", self.accepted)) if d]
+        parts = [
+            f"{name.capitalize()} {d.isoformat()}"
+            for name, d in (("received", self.received), ("revised", self.revised), ("accepted", self.accepted))
+            if d
+        ]
         return "Publication history: " + "; ".join(parts) + "." if parts else None
 
     @model_validator(mode="after")
@@ -420,25 +422,17 @@ class CaseReport(_Model):
         procedure_ids = {p.id for p in self.procedures}
         for i, step in enumerate(self.diagnostic_steps):
             if isinstance(step, HistopathologyStep) and step.specimen not in specimen_ids:
-                raise ValueError(
-                    f"diagnostic_steps[{i}].specimen: no specimen with id {step.specimen!r}"
-                )
+                raise ValueError(f"diagnostic_steps[{i}].specimen: no specimen with id {step.specimen!r}")
         for i, spec in enumerate(self.specimens):
             if spec.collected_by is not None and spec.collected_by not in procedure_ids:
-                raise ValueError(
-                    f"specimens[{i}].collected_by: no procedure with id {spec.collected_by!r}"
-                )
+                raise ValueError(f"specimens[{i}].collected_by: no procedure with id {spec.collected_by!r}")
         dx = self.final_diagnosis
         if dx is not None:
             if dx.established_by not in step_ids:
-                raise ValueError(
-                    f"final_diagnosis.established_by: no diagnostic step with id {dx.established_by!r}"
-                )
+                raise ValueError(f"final_diagnosis.established_by: no diagnostic step with id {dx.established_by!r}")
             cause = dx.possible_cause
             if cause is not None and cause.history not in {h.id for h in self.history}:
-                raise ValueError(
-                    f"final_diagnosis.possible_cause.history: no history item with id {cause.history!r}"
-                )
+                raise ValueError(f"final_diagnosis.possible_cause.history: no history item with id {cause.history!r}")
         return self
 
     # --- derived views used by the mappings (pure functions of the case) -------------------------------
@@ -457,14 +451,12 @@ class CaseReport(_Model):
         for where, concepts in sources:
             for concept in concepts:
                 key = concept.key or _slug(concept.text)
-                first, steps = held.setdefault(key, (concept, []))
+                _, steps = held.setdefault(key, (concept, []))
                 if where not in steps:
                     steps.append(where)
         dx = self.final_diagnosis
         dx_key = (dx.condition.key or _slug(dx.condition.text)) if dx else None
-        labels = {"presentation": STEP_LABELS["presentation"]} | {
-            s.id: s.label for s in self.diagnostic_steps
-        }
+        labels = {"presentation": STEP_LABELS["presentation"]} | {s.id: s.label for s in self.diagnostic_steps}
         views = []
         for key, (concept, steps) in held.items():
             if dx is not None and key == dx_key:
@@ -474,9 +466,7 @@ class CaseReport(_Model):
             else:
                 status = "differential"
             views.append(
-                DifferentialView(
-                    concept=concept, held_at=steps, held_after=[labels[s] for s in steps], status=status
-                )
+                DifferentialView(concept=concept, held_at=steps, held_after=[labels[s] for s in steps], status=status)
             )
         return views
 
@@ -609,7 +599,7 @@ class SpecimenView(_Model):
     collected_by: Procedure | None
 
 
-DiagnosticStepType = Union[ClinicalExamination, ImagingStep, LaboratoryStep, HistopathologyStep]
+DiagnosticStepType = ClinicalExamination | ImagingStep | LaboratoryStep | HistopathologyStep
 
 
 def _unique(where: str, ids: list[str]) -> None:

@@ -17,14 +17,15 @@ MAX_DEPTH = 64  # a case report nests about 6 deep; anything far deeper is an at
 _YamlLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def _load_yaml(text: str) -> Any:  # noqa: ANN401
+def _load_yaml(text: str) -> Any:
     """Safe YAML without anchors or aliases: a case never needs them, and aliases are how a small YAML
     file expands into a huge document ("billion laughs"). The events are scanned first (in C when
     available), then the document is built."""
     for event in yaml.parse(text, Loader=_YamlLoader):
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
             raise yaml.MarkedYAMLError(
-                problem="YAML anchors and aliases are not accepted", problem_mark=event.start_mark
+                problem="YAML anchors and aliases are not accepted",
+                problem_mark=event.start_mark,  # type: ignore[arg-type]  # the C parser's Mark is alike
             )
     return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader
 
@@ -32,9 +33,7 @@ def _load_yaml(text: str) -> Any:  # noqa: ANN401
 def parse_document(data: bytes, *, source: str, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
     """Bytes -> a JSON-like dict. JSON is tried first when the text starts like JSON; YAML otherwise."""
     if len(data) > max_bytes:
-        raise CaseFileError(
-            f"the file is {len(data):,} bytes; the limit is {max_bytes:,}", source=source
-        )
+        raise CaseFileError(f"the file is {len(data):,} bytes; the limit is {max_bytes:,}", source=source)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -57,9 +56,7 @@ def parse_document(data: bytes, *, source: str, max_bytes: int = DEFAULT_MAX_BYT
             problem = getattr(exc, "problem", None) or str(exc)
             raise CaseFileError(f"malformed YAML{where}: {problem}", source=source) from exc
     if not isinstance(doc, dict):
-        raise CaseFileError(
-            f"a case must be a JSON/YAML object, not {type(doc).__name__}", source=source
-        )
+        raise CaseFileError(f"a case must be a JSON/YAML object, not {type(doc).__name__}", source=source)
     _check_depth(doc, source)
     return doc
 
@@ -94,9 +91,7 @@ def format_location(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-_UNION_TAGS = frozenset(
-    {"clinical_examination", "xray", "ultrasound", "ct", "mri", "laboratory", "histopathology"}
-)
+_UNION_TAGS = frozenset({"clinical_examination", "xray", "ultrasound", "ct", "mri", "laboratory", "histopathology"})
 
 
 def validate_case(doc: dict[str, Any], *, source: str) -> CaseReport:
@@ -113,8 +108,7 @@ def validate_case(doc: dict[str, Any], *, source: str) -> CaseReport:
                 msg = "required field is missing"
             problems.append(Problem(loc, msg))
         raise CaseSchemaError(
-            f"the case does not fit the case model ({len(problems)} problem"
-            f"{'s' if len(problems) != 1 else ''})",
+            f"the case does not fit the case model ({len(problems)} problem{'s' if len(problems) != 1 else ''})",
             source=source,
             problems=problems,
         ) from exc

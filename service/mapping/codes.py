@@ -82,9 +82,7 @@ def load_table(path: Path, *, label: str | None = None) -> CodeTable:
     except StopIteration:
         raise MappingError("the code table is empty; its first line must be the header", file=name, line=1) from None
     if tuple(h.strip() for h in header) != COLUMNS:
-        raise MappingError(
-            f"the header must be {','.join(COLUMNS)} (got {','.join(header)})", file=name, line=1
-        )
+        raise MappingError(f"the header must be {','.join(COLUMNS)} (got {','.join(header)})", file=name, line=1)
     table = CodeTable(name=path.stem, file=name)
     for cells in reader:
         line = reader.line_num
@@ -126,9 +124,7 @@ def load_table(path: Path, *, label: str | None = None) -> CodeTable:
 def load_tables(folder: Path, *, root: Path | None = None) -> dict[str, CodeTable]:
     if not folder.is_dir():
         raise MappingError("the code table folder does not exist", file=_rel(folder, root))
-    return {
-        p.stem: load_table(p, label=_rel(p, root)) for p in sorted(folder.glob("*.csv"))
-    }
+    return {p.stem: load_table(p, label=_rel(p, root)) for p in sorted(folder.glob("*.csv"))}
 
 
 def _rel(path: Path, root: Path | None) -> str:
@@ -180,7 +176,7 @@ def resolve_citation(terminology: Mapping[str, Any], source: str) -> tuple[dict[
     return node, ancestors
 
 
-def _nearest(entry: dict[str, Any], ancestors: list[dict[str, Any]], *names: str) -> Any:  # noqa: ANN401
+def _nearest(entry: dict[str, Any], ancestors: list[dict[str, Any]], *names: str) -> Any:
     for scope in [entry, *reversed(ancestors)]:
         for n in names:
             if n in scope and not isinstance(scope[n], (dict, list)):

@@ -72,7 +72,7 @@ class MappingSet:
         for required in ("identifier_system", "resources"):
             if required not in top:
                 raise MappingError(f"{required!r} is required", file=rel, line=1)
-        request = scalar(top["request"][0]) if "request" in top else "put"
+        request: RequestMode = scalar(top["request"][0]) if "request" in top else "put"
         if request not in ("put", "conditional-create"):
             raise MappingError("request must be put or conditional-create", file=rel, line=top["request"][1])
         identifier_system = scalar(top["identifier_system"][0])
@@ -80,7 +80,7 @@ class MappingSet:
             raise MappingError("identifier_system must be an absolute URI", file=rel, line=top["identifier_system"][1])
         settings = SimpleNamespace()
         if "settings" in top:
-            for key, node, line in mapping_items(top["settings"][0], rel):
+            for key, node, _line in mapping_items(top["settings"][0], rel):
                 setattr(settings, key, scalar(node) if isinstance(node, yaml.ScalarNode) else None)
         codes_dir = root / (scalar(top["codes"][0]) if "codes" in top else "codes")
         tables = load_tables(codes_dir, root=root.parent)  # names files as mappings/codes/x.csv
@@ -111,8 +111,15 @@ class MappingSet:
         functions = registry(tables, set(roles))
         templates = [h.compile(functions) for h in headers]
         identifier_field = {t.resource_type: _identifier_is_list(t.resource_type) for t in templates}
-        return cls(root, tables, templates, request, identifier_system, settings,
-                   {k: v for k, v in identifier_field.items() if v is not None})
+        return cls(
+            root,
+            tables,
+            templates,
+            request,
+            identifier_system,
+            settings,
+            {k: v for k, v in identifier_field.items() if v is not None},
+        )
 
     # --- conversion ------------------------------------------------------------------------------------
 
@@ -136,7 +143,7 @@ class MappingSet:
                 source=source,
                 problems=problems,
             )
-        ctx = Context(tables=self.tables, case_id=case.case_id, recorded=recorded or dt.datetime.now(dt.timezone.utc))
+        ctx = Context(tables=self.tables, case_id=case.case_id, recorded=recorded or dt.datetime.now(dt.UTC))
         base_env: dict[str, Any] = {"case": case, "settings": self.settings, "$ctx": ctx}
         jobs: list[tuple[ResourceTemplate, Planned, dict[str, Any]]] = []
         for t in self.templates:
@@ -166,8 +173,9 @@ class MappingSet:
         if t.for_each is None:
             yield "", env
             return
+        var = t.var or "item"  # always set with for_each (checked at load)
         for item in t.for_each(env) or ():
-            inner = {**env, t.var: item}
+            inner = {**env, var: item}
             key = t.key(inner) if t.key is not None else None
             if key in (None, ""):
                 raise MappingError(f"role {t.role!r}: the key evaluated to nothing", file=t.file, line=t.line)
@@ -185,11 +193,18 @@ class MappingSet:
             else:
                 resource["identifier"] = identifier
         resource.update(body)
-        resource = {"resourceType": resource.pop("resourceType"), "id": resource.pop("id"),
-                    "text": narrative(resource | {"resourceType": t.resource_type}, p.title), **resource}
+        resource = {
+            "resourceType": resource.pop("resourceType"),
+            "id": resource.pop("id"),
+            "text": narrative(resource | {"resourceType": t.resource_type}, p.title),
+            **resource,
+        }
         if self.request == "conditional-create" and as_list is not None:
-            request = {"method": "POST", "url": t.resource_type,
-                       "ifNoneExist": f"identifier={self.identifier_system}|{p.seed}"}
+            request = {
+                "method": "POST",
+                "url": t.resource_type,
+                "ifNoneExist": f"identifier={self.identifier_system}|{p.seed}",
+            }
         else:
             request = {"method": "PUT", "url": f"{t.resource_type}/{p.id}"}
         return {"fullUrl": p.full_url, "resource": resource, "request": request}
@@ -219,7 +234,7 @@ def _element_names(resource_type: str) -> set[str]:
     return {f.alias or name for name, f in fields.items()}
 
 
-def _walk(obj: Any, path: str) -> Iterator[tuple[str, Any]]:  # noqa: ANN401
+def _walk(obj: Any, path: str) -> Iterator[tuple[str, Any]]:
     """Every model object of a case, with its field path (leaves are not visited: keys live in models)."""
     yield path, obj
     for name in type(obj).model_fields:
@@ -249,8 +264,11 @@ class _Header:
             when = bc.expr(str(scalar(e["when"][0])), scope, e["when"][1])[0]
         if "for_each" in e:
             if "as" not in e or "key" not in e:
-                raise MappingError("for_each needs 'as' (the item's name) and 'key' (what tells items apart)",
-                                   file=self.file, line=e["for_each"][1])
+                raise MappingError(
+                    "for_each needs 'as' (the item's name) and 'key' (what tells items apart)",
+                    file=self.file,
+                    line=e["for_each"][1],
+                )
             for_each, source_type = bc.expr(str(scalar(e["for_each"][0])), scope, e["for_each"][1])
             var = str(scalar(e["as"][0]))
             if not var.isidentifier() or var in scope:
@@ -268,7 +286,7 @@ class _Header:
         title = bc.value(e["title"][0], scope) if "title" in e else None
         if "body" not in e:
             raise MappingError(f"role {self.role!r} has no body", file=self.file, line=self.line)
-        body_node, body_line = e["body"]
+        body_node, _ = e["body"]
         allowed = _element_names(self.resource_type)
         for name, _node, line in mapping_items(body_node, self.file):
             if name in ("resourceType", "id", "text"):
@@ -276,8 +294,9 @@ class _Header:
             if not name.startswith("$") and name not in allowed:
                 raise MappingError(f"{self.resource_type} has no element {name!r}", file=self.file, line=line)
         body = bc.value(body_node, scope)
-        return ResourceTemplate(self.role, self.resource_type, self.file, self.line, title,
-                                for_each, var, key, when, body, identity)
+        return ResourceTemplate(
+            self.role, self.resource_type, self.file, self.line, title, for_each, var, key, when, body, identity
+        )
 
 
 def _headers(file: str, node: yaml.Node) -> list[_Header]:
@@ -302,13 +321,15 @@ def _headers(file: str, node: yaml.Node) -> list[_Header]:
         bad = set(entries) - _TEMPLATE_KEYS
         if bad:
             key = sorted(bad)[0]
-            raise MappingError(f"unknown key {key!r} (allowed: {', '.join(sorted(_TEMPLATE_KEYS))})",
-                               file=file, line=entries[key][1])
+            raise MappingError(
+                f"unknown key {key!r} (allowed: {', '.join(sorted(_TEMPLATE_KEYS))})", file=file, line=entries[key][1]
+            )
         if "role" not in entries:
             raise MappingError("each resource needs a role", file=file, line=line_of(item))
         role = scalar(entries["role"][0])
         if not isinstance(role, str) or not role or not all(c.isalnum() or c in "-_" for c in role):
-            raise MappingError(f"role must be a name of letters, digits, - and _, not {role!r}",
-                               file=file, line=entries["role"][1])
+            raise MappingError(
+                f"role must be a name of letters, digits, - and _, not {role!r}", file=file, line=entries["role"][1]
+            )
         out.append(_Header(file, entries["role"][1], role, str(rtype), entries))
     return out

@@ -47,10 +47,10 @@ class OneOf:
 
 
 # None means "not known statically": no checks below it.
-StaticType = Union[type[BaseModel], ListOf, OneOf, None]
+StaticType = type[BaseModel] | ListOf | OneOf | None
 
 
-def static_type(annotation: Any) -> StaticType:  # noqa: ANN401
+def static_type(annotation: Any) -> StaticType:
     """The checkable part of a type annotation: models, lists of them and unions of models."""
     origin = get_origin(annotation)
     if origin is typing.Annotated:
@@ -91,9 +91,7 @@ def _public_names(owner: type[BaseModel]) -> list[str]:
         for n, v in inspect.getmembers(owner)
         if not n.startswith("_") and isinstance(inspect.getattr_static(owner, n, None), (property,))
     ]
-    cached = [
-        n for n in dir(owner) if isinstance(inspect.getattr_static(owner, n, None), _cached_types())
-    ]
+    cached = [n for n in dir(owner) if isinstance(inspect.getattr_static(owner, n, None), _cached_types())]
     return sorted(n for n in set(owner.model_fields) | set(props) | set(cached) if not n.startswith("model_"))
 
 
@@ -156,10 +154,7 @@ class ExpressionCompiler:
     def _node(self, node: ast.expr, scope: dict[str, StaticType]) -> tuple[Compiled, StaticType]:
         method = getattr(self, f"_{type(node).__name__}", None)
         if method is None:
-            raise self.error(
-                f"{type(node).__name__} is not allowed in a mapping expression "
-                f"({ast.unparse(node)!r})"
-            )
+            raise self.error(f"{type(node).__name__} is not allowed in a mapping expression ({ast.unparse(node)!r})")
         return method(node, scope)  # type: ignore[no-any-return]
 
     def _Constant(self, node: ast.Constant, scope: dict[str, StaticType]) -> tuple[Compiled, StaticType]:
@@ -170,9 +165,7 @@ class ExpressionCompiler:
         name = node.id
         if name not in scope:
             hint = " (it is a function: call it)" if name in self.functions else ""
-            raise self.error(
-                f"unknown name {name!r}{hint}; in scope here: {', '.join(sorted(scope)) or 'nothing'}"
-            )
+            raise self.error(f"unknown name {name!r}{hint}; in scope here: {', '.join(sorted(scope)) or 'nothing'}")
         return (lambda env: env[name]), scope[name]
 
     def _Attribute(self, node: ast.Attribute, scope: dict[str, StaticType]) -> tuple[Compiled, StaticType]:
@@ -182,9 +175,7 @@ class ExpressionCompiler:
         base, base_type = self._node(node.value, scope)
         result_type: StaticType = None
         if isinstance(base_type, ListOf):
-            raise self.error(
-                f"{ast.unparse(node.value)!r} is a list: loop over it with $for, or index it"
-            )
+            raise self.error(f"{ast.unparse(node.value)!r} is a list: loop over it with $for, or index it")
         owners = (
             [base_type]
             if isinstance(base_type, type)
@@ -197,12 +188,10 @@ class ExpressionCompiler:
             hits = [t for _, ok, t in found if ok]
             if not hits:
                 names = sorted({n for o in owners for n in _public_names(o)})
-                raise self.error(
-                    f"{ast.unparse(node.value)!r} has no field {attr!r}; it has: {', '.join(names)}"
-                )
+                raise self.error(f"{ast.unparse(node.value)!r} has no field {attr!r}; it has: {', '.join(names)}")
             result_type = hits[0] if len(set(map(repr, hits))) == 1 else None
 
-        def get(env: Env) -> Any:  # noqa: ANN401
+        def get(env: Env) -> Any:
             obj = base(env)
             return None if obj is None else getattr(obj, attr, None)
 
@@ -214,7 +203,7 @@ class ExpressionCompiler:
         index = node.slice.value
         base, base_type = self._node(node.value, scope)
 
-        def get(env: Env) -> Any:  # noqa: ANN401
+        def get(env: Env) -> Any:
             seq = base(env)
             try:
                 return seq[index] if seq is not None else None
@@ -242,10 +231,8 @@ class ExpressionCompiler:
         kwargs = {k.arg: self._node(k.value, scope)[0] for k in node.keywords if k.arg}
         impl = fn.impl
 
-        def call(env: Env) -> Any:  # noqa: ANN401
-            return impl(
-                env["$ctx"], *[a(env) for a in args], **{k: v(env) for k, v in kwargs.items()}
-            )
+        def call(env: Env) -> Any:
+            return impl(env["$ctx"], *[a(env) for a in args], **{k: v(env) for k, v in kwargs.items()})
 
         return call, fn.returns
 
@@ -253,7 +240,7 @@ class ExpressionCompiler:
         parts = [self._node(v, scope)[0] for v in node.values]
         if isinstance(node.op, ast.And):
 
-            def all_(env: Env) -> Any:  # noqa: ANN401
+            def all_(env: Env) -> Any:
                 value = None
                 for p in parts:
                     value = p(env)
@@ -263,7 +250,7 @@ class ExpressionCompiler:
 
             return all_, None
 
-        def any_(env: Env) -> Any:  # noqa: ANN401
+        def any_(env: Env) -> Any:
             value = None
             for p in parts:
                 value = p(env)
@@ -281,7 +268,7 @@ class ExpressionCompiler:
 
     def _Compare(self, node: ast.Compare, scope: dict[str, StaticType]) -> tuple[Compiled, StaticType]:
         first = self._node(node.left, scope)[0]
-        rest = [(_COMPARE[type(op)], self._node(c, scope)[0]) for op, c in zip(node.ops, node.comparators)]
+        rest = [(_COMPARE[type(op)], self._node(c, scope)[0]) for op, c in zip(node.ops, node.comparators, strict=True)]
 
         def compare(env: Env) -> bool:
             left = first(env)
@@ -301,9 +288,7 @@ class ExpressionCompiler:
         test = self._node(node.test, scope)[0]
         yes, yes_type = self._node(node.body, scope)
         no, no_type = self._node(node.orelse, scope)
-        return (lambda env: yes(env) if test(env) else no(env)), (
-            yes_type if repr(yes_type) == repr(no_type) else None
-        )
+        return (lambda env: yes(env) if test(env) else no(env)), (yes_type if repr(yes_type) == repr(no_type) else None)
 
     def _List(self, node: ast.List | ast.Tuple, scope: dict[str, StaticType]) -> tuple[Compiled, StaticType]:
         items = [self._node(e, scope)[0] for e in node.elts]

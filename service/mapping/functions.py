@@ -207,8 +207,14 @@ def _const(node: ast.expr | None) -> object:
     return node.value if isinstance(node, ast.Constant) else None
 
 
-def table_check(tables: dict[str, CodeTable], *, position: int, keyword: str, default: str | None = None,
-                key_position: int | None = None) -> Callable[[list[ast.expr], dict[str, ast.expr]], str | None]:
+def table_check(
+    tables: dict[str, CodeTable],
+    *,
+    position: int,
+    keyword: str,
+    default: str | None = None,
+    key_position: int | None = None,
+) -> Callable[[list[ast.expr], dict[str, ast.expr]], str | None]:
     def check(args: list[ast.expr], kwargs: dict[str, ast.expr]) -> str | None:
         node = args[position] if len(args) > position else kwargs.get(keyword)
         name = _const(node) if node is not None else default
@@ -239,7 +245,7 @@ def role_check(roles: set[str]) -> Callable[[list[ast.expr], dict[str, ast.expr]
 
 
 def registry(tables: dict[str, CodeTable], roles: set[str]) -> dict[str, Function]:
-    def fn(impl: Callable[..., Any], check: Any = None) -> Function:  # noqa: ANN401
+    def fn(impl: Callable[..., Any], check: Any = None) -> Function:
         return Function(impl.__name__, impl, (impl.__doc__ or "").strip(), check=check)
 
     return {

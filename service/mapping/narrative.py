@@ -27,7 +27,7 @@ def _heading(name: str) -> str:
     return escape(_label(name))
 
 
-def _render(value: Any) -> str:  # noqa: ANN401
+def _render(value: Any) -> str:
     if isinstance(value, list):
         return "; ".join(r for r in (_render(v) for v in value) if r)
     if isinstance(value, bool):
@@ -48,9 +48,7 @@ def _render(value: Any) -> str:  # noqa: ANN401
         return f"{_render(value['value'])} {value.get('unit') or value.get('code', '')}".strip()
     if "extension" in value and len(value) == 1:
         return ""
-    return ", ".join(
-        f"{_label(k)}: {r}" for k, v in value.items() if k != "extension" and (r := _render(v))
-    )
+    return ", ".join(f"{_label(k)}: {r}" for k, v in value.items() if k != "extension" and (r := _render(v)))
 
 
 def narrative(resource: dict[str, Any], title: str | None) -> dict[str, str]:

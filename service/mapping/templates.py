@@ -67,7 +67,7 @@ def line_of(node: yaml.Node) -> int:
     return node.start_mark.line + 1
 
 
-def scalar(node: yaml.Node) -> Any:  # noqa: ANN401
+def scalar(node: yaml.Node) -> Any:
     return _CONSTRUCTOR.construct_object(node, deep=True)
 
 
@@ -89,10 +89,12 @@ def mapping_items(node: yaml.Node, file: str) -> list[tuple[str, yaml.Node, int]
 
 
 def _kind(node: yaml.Node) -> str:
-    return {yaml.MappingNode: "a mapping", yaml.SequenceNode: "a list"}.get(type(node), "a scalar")
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    return "a list" if isinstance(node, yaml.SequenceNode) else "a scalar"
 
 
-def _json_ready(value: Any, file: str, line: int) -> Any:  # noqa: ANN401
+def _json_ready(value: Any, file: str, line: int) -> Any:
     if isinstance(value, (dt.date, dt.datetime)):
         return value.isoformat()
     if isinstance(value, BaseModel):
@@ -105,11 +107,11 @@ def _json_ready(value: Any, file: str, line: int) -> Any:  # noqa: ANN401
     return value
 
 
-def _empty(value: Any) -> bool:  # noqa: ANN401
+def _empty(value: Any) -> bool:
     return value is None or value == "" or value == [] or value == {}
 
 
-def _fmt(value: Any) -> str:  # noqa: ANN401
+def _fmt(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     if isinstance(value, (dt.date, dt.datetime)):
