@@ -35,7 +35,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # never wrap: messages carry file names and paths
 # Wide enough for the demo table when output is piped (CI logs, make), where rich would assume 80 columns.
 out = Console(width=shutil.get_terminal_size((120, 40)).columns)
 
@@ -175,7 +175,7 @@ def demo(
             str(i),
             resource["resourceType"],
             _unescape(title),
-            f"{entry['request']['method']} {entry['request']['url'][:40]}",
+            f"{entry['request']['method']} {resource['resourceType']}/{resource['id'][:8]}…",
         )
     out.print(table)
     counts: dict[str, int] = {}

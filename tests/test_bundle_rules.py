@@ -191,7 +191,8 @@ def untraceable_values(mappings: MappingSet, bundle: dict[str, Any], raw: dict[s
         str(node)
         for e in bundle["entry"]
         for p, node in walk(e["resource"])
-        if GENERATED.search(p) and isinstance(node, str)
+        if isinstance(node, str)
+        and (GENERATED.search(p) or (p.startswith("identifier") and node.startswith(f"{raw['case_id']}/")))
     }
     pool = strings | table_values | _template_literals() | element_labels | generated | {mappings.identifier_system}
     fragments = [

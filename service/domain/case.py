@@ -98,7 +98,7 @@ class Quantity(_Model):
 
 
 class Age(_Model):
-    value: Annotated[StrictInt, Field(ge=0, le=150)]
+    value: Annotated[StrictInt, Field(ge=0)]
     unit: TimeUnit = "years"
 
     @model_validator(mode="after")
@@ -376,13 +376,16 @@ class Patient(_Model):
     age_at_presentation: Age
 
 
+DifferentialStatus = Literal["differential", "refuted", "confirmed", "provisional"]
+
+
 class DifferentialView(_Model):
     """One differential diagnosis across the case: the steps that held it, and how it ended."""
 
     concept: Concept
     held_at: list[str]  # step ids, in order ("presentation" for the presenting suspicion)
     held_after: list[str]  # the same steps by name
-    status: Literal["differential", "refuted", "confirmed"]
+    status: DifferentialStatus
 
     @property
     def key(self) -> str:
@@ -441,8 +444,8 @@ class CaseReport(_Model):
     def differentials(self) -> list[DifferentialView]:
         """Every differential diagnosis held along the way, once each, in the order first raised.
 
-        A differential is refuted once a confirmed final diagnosis of another concept exists; it is
-        confirmed when it is that final diagnosis; otherwise it stays a differential.
+        A differential is refuted once a confirmed final diagnosis of another concept exists; the one that
+        is the final diagnosis takes that diagnosis's verification; the others stay differentials.
         """
         held: dict[str, tuple[Concept, list[str]]] = {}
         sources = [("presentation", self.presentation.suspected)] + [
@@ -459,8 +462,9 @@ class CaseReport(_Model):
         labels = {"presentation": STEP_LABELS["presentation"]} | {s.id: s.label for s in self.diagnostic_steps}
         views = []
         for key, (concept, steps) in held.items():
+            status: DifferentialStatus
             if dx is not None and key == dx_key:
-                status = "confirmed" if dx.verification == "confirmed" else "differential"
+                status = dx.verification
             elif dx is not None and dx.verification == "confirmed":
                 status = "refuted"
             else:
@@ -473,7 +477,7 @@ class CaseReport(_Model):
     @property
     def open_differentials(self) -> list[DifferentialView]:
         """The differentials that are not the final diagnosis itself (that one has its own Condition)."""
-        return [d for d in self.differentials if d.status != "confirmed"]
+        return [d for d in self.differentials if d.status not in ("confirmed", "provisional")]
 
     @property
     def steps(self) -> list[StepView]:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-import orjson
 import yaml
 from pydantic import ValidationError
 
@@ -17,6 +17,22 @@ MAX_DEPTH = 64  # a case report nests about 6 deep; anything far deeper is an at
 _YamlLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+class _StrictLoader(_YamlLoader):  # type: ignore[misc, valid-type]
+    """Safe YAML that refuses duplicate keys (silently keeping the last one would lose a fact)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.MarkedYAMLError(
+                    problem=f"duplicate key {key!r}",
+                    problem_mark=key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
+
+
 def _load_yaml(text: str) -> Any:
     """Safe YAML without anchors or aliases: a case never needs them, and aliases are how a small YAML
     file expands into a huge document ("billion laughs"). The events are scanned first (in C when
@@ -27,34 +43,70 @@ def _load_yaml(text: str) -> Any:
                 problem="YAML anchors and aliases are not accepted",
                 problem_mark=event.start_mark,  # type: ignore[arg-type]  # the C parser's Mark is alike
             )
-    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _load_json(text: str, source: str) -> Any:
+    # The standard library's parser (C-accelerated) rather than orjson: only it lets us refuse
+    # duplicate keys, which RFC 8259 leaves undefined and most parsers resolve by keeping the last.
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates)
+    except json.JSONDecodeError as exc:
+        raise CaseFileError(
+            f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", source=source
+        ) from exc
+    except _DuplicateKey as exc:
+        raise CaseFileError(f"malformed JSON: duplicate key {exc.args[0]!r}", source=source) from exc
+    except RecursionError as exc:
+        raise CaseFileError(f"the document nests deeper than {MAX_DEPTH} levels", source=source) from exc
+
+
+def _yaml_error(exc: yaml.YAMLError, source: str) -> CaseFileError:
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(exc, "problem", None) or str(exc)
+    return CaseFileError(f"malformed YAML{where}: {problem}", source=source)
 
 
 def parse_document(data: bytes, *, source: str, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
-    """Bytes -> a JSON-like dict. JSON is tried first when the text starts like JSON; YAML otherwise."""
+    """Bytes -> a JSON-like dict. A ``.json`` file is JSON; otherwise YAML, whose flow style also reads
+    JSON (a document starting with ``{`` is tried as JSON first, for speed and JSON's own messages)."""
     if len(data) > max_bytes:
         raise CaseFileError(f"the file is {len(data):,} bytes; the limit is {max_bytes:,}", source=source)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise CaseFileError(f"not UTF-8 text (byte {exc.start})", source=source) from exc
+        line = data[: exc.start].count(b"\n") + 1
+        raise CaseFileError(f"not UTF-8 text: an invalid byte on line {line}", source=source) from exc
     if not text.strip():
         raise CaseFileError("the file is empty", source=source)
-    if text.lstrip().startswith(("{", "[")):
-        try:
-            doc = orjson.loads(text)
-        except orjson.JSONDecodeError as exc:
-            raise CaseFileError(
-                f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", source=source
-            ) from exc
+    if source.lower().endswith(".json"):
+        doc = _load_json(text, source)
     else:
         try:
-            doc = _load_yaml(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(exc, "problem", None) or str(exc)
-            raise CaseFileError(f"malformed YAML{where}: {problem}", source=source) from exc
+            doc = _load_json(text, source) if text.lstrip().startswith(("{", "[")) else None
+        except CaseFileError:
+            doc = None  # not JSON: it may still be YAML flow style
+        if doc is None:
+            try:
+                doc = _load_yaml(text)
+            except yaml.YAMLError as exc:
+                raise _yaml_error(exc, source) from exc
+            except RecursionError as exc:
+                raise CaseFileError(f"the document nests deeper than {MAX_DEPTH} levels", source=source) from exc
     if not isinstance(doc, dict):
         raise CaseFileError(f"a case must be a JSON/YAML object, not {type(doc).__name__}", source=source)
     _check_depth(doc, source)
