@@ -1,0 +1,157 @@
+"""FHIRPath invariants through fhirpathpy, with what it lacks for FHIR R4 validation.
+
+fhirpathpy compiles every R4 core invariant but has no ``hasValue()``, ``htmlChecks()`` or
+``resolve()``: they are supplied here. The function form ``as(type)`` (used by dom-3) is read as
+``ofType(type)``, which is what it means on collections. Compiled expressions are cached by text.
+``resolve()`` needs to know the resource being validated and its Bundle: the validator sets them in a
+context variable around each evaluation.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from html.parser import HTMLParser
+from typing import Any
+
+import fhirpathpy
+from fhirpathpy.engine.nodes import ResourceNode
+from fhirpathpy.models import models
+
+from service.errors import CasebridgeError
+
+R4_MODEL = models["r4"]
+
+
+class FhirPathError(CasebridgeError):
+    """An invariant that cannot be compiled or evaluated."""
+
+
+@dataclass
+class Resolver:
+    """Finds the target of a reference from where it is evaluated: contained resources, the Bundle."""
+
+    resource: dict[str, Any] | None
+    bundle_index: dict[str, dict[str, Any]]
+
+    def resolve(self, reference: str) -> dict[str, Any] | None:
+        if reference.startswith("#") and self.resource is not None:
+            for contained in self.resource.get("contained", ()):
+                if isinstance(contained, dict) and contained.get("id") == reference[1:]:
+                    return contained
+            return None
+        return self.bundle_index.get(reference)
+
+
+_resolver: contextvars.ContextVar[Resolver | None] = contextvars.ContextVar("fhirpath_resolver", default=None)
+
+
+def _has_value(inputs: list[Any]) -> bool:
+    return len(inputs) == 1 and inputs[0] is not None and not isinstance(inputs[0], (dict, list))
+
+
+def _resolve(inputs: list[Any]) -> list[dict[str, Any]]:
+    resolver = _resolver.get()
+    out = []
+    for item in inputs:
+        ref = item.get("reference") if isinstance(item, dict) else item if isinstance(item, str) else None
+        if ref and resolver is not None:
+            target = resolver.resolve(ref)
+            if target is not None:
+                out.append(target)
+    return out
+
+
+# The XHTML subset allowed in narrative (R4 "Narrative" rules): no active content, no forms.
+_ALLOWED_TAGS = frozenset(
+    "a abbr acronym b big blockquote br caption cite code col colgroup dd dfn div dl dt em h1 h2 h3 h4 h5 h6 hr i "
+    "img li ol p pre q samp small span strong sub sup table tbody td tfoot th thead tr tt ul var".split()
+)
+
+
+class _NarrativeChecker(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.ok = True
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag not in _ALLOWED_TAGS:
+            self.ok = False
+        for name, value in attrs:
+            if name.startswith("on") or (value or "").strip().lower().startswith("javascript:"):
+                self.ok = False
+
+
+def html_checks(div: str) -> bool:
+    """txt-1: the narrative contains only the basic XHTML FHIR allows."""
+    checker = _NarrativeChecker()
+    try:
+        checker.feed(div)
+        checker.close()
+    except Exception:  # noqa: BLE001 - any parse failure means the narrative is not acceptable
+        return False
+    return checker.ok
+
+
+def _html_checks(inputs: list[Any]) -> bool:
+    return all(isinstance(i, str) and html_checks(i) for i in inputs)
+
+
+_USER_FUNCTIONS: dict[str, dict[str, Any]] = {
+    "hasValue": {"fn": _has_value, "arity": {0: []}},
+    "htmlChecks": {"fn": _html_checks, "arity": {0: []}},
+    "resolve": {"fn": _resolve, "arity": {0: []}},
+}
+_AS_FUNCTION = re.compile(r"(?<![\w$])as\(")
+
+
+def normalise(expression: str) -> str:
+    """The expression as fhirpathpy reads it: ``x.as(T)`` becomes ``x.ofType(T)``."""
+    return _AS_FUNCTION.sub("ofType(", expression)
+
+
+@lru_cache(maxsize=4096)
+def compile_expression(expression: str) -> Callable[..., Any]:
+    try:
+        return fhirpathpy.compile(
+            normalise(expression),
+            model=R4_MODEL,
+            # trace() must not print: invariants such as ref-1 call it.
+            options={"userInvocationTable": _USER_FUNCTIONS, "traceFn": lambda *args: None},
+        )
+    except Exception as exc:
+        raise FhirPathError(f"cannot compile FHIRPath {expression!r}: {exc}") from exc
+
+
+def evaluate(
+    expression: str,
+    node: Any,
+    *,
+    base: str | None,
+    resource: dict[str, Any] | None,
+    root: dict[str, Any] | None,
+    resolver: Resolver,
+) -> list[Any]:
+    """Evaluate on ``node``; ``base`` is its element path (e.g. "Observation.component"), which tells
+    FHIRPath the node's type so that choice elements (``value``) resolve."""
+    fn = compile_expression(expression)
+    token = _resolver.set(resolver)
+    try:
+        target = ResourceNode.create_node(node, base) if base else node  # type: ignore[no-untyped-call]
+        return fn(target, {"resource": resource, "rootResource": root or resource})  # type: ignore[no-any-return]
+    except FhirPathError:
+        raise
+    except Exception as exc:
+        raise FhirPathError(f"error evaluating {expression!r}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        _resolver.reset(token)
+
+
+def is_true(result: list[Any]) -> bool:
+    """FHIRPath's rule for an invariant: it passes when the result is true (an empty result passes)."""
+    if not result:
+        return True
+    return result == [True]

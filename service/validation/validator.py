@@ -1,0 +1,1002 @@
+"""The FHIR R4 validator: walks a resource's JSON against StructureDefinition snapshots.
+
+Checks, per element: known properties, JSON shape (array or object), cardinality, data types
+(including choice types and primitive formats), fixed and pattern values, bindings (required -> error,
+extensible -> warning; codes of external systems -> information), invariants (FHIRPath, with native
+versions of the ones every element carries), extensions against their definitions, references
+(target types, and resolution inside a Bundle or among contained resources), and slicing. A resource
+is checked against its base definition, or against the profiles it claims (``meta.profile``) and any
+asked for; a profile that is not loaded is an error.
+
+Issues carry a FHIRPath ``expression`` in the form the HL7 Java validator uses: ``Patient.name[0]``,
+``Observation.value.ofType(Quantity)``, ``Bundle.entry[2].resource/*Observation/id*/.code``;
+cardinality problems are reported on the parent element.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.validation import primitives
+from service.validation.fhirpath import FhirPathError, Resolver, evaluate, html_checks, is_true
+from service.validation.structure import (
+    Constraint,
+    DefinitionError,
+    Definitions,
+    ElementNode,
+    StructureTree,
+    TypeRef,
+    compile_structure,
+)
+from service.validation.terminology import EXTERNAL_SYSTEMS, Terminology
+
+SEVERITY_RANK = {"fatal": 0, "error": 1, "warning": 2, "information": 3}
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_REFERENCE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?$")
+MAX_DEPTH = 200  # deeper than any real resource; a guard against hostile nesting
+
+
+@dataclass(frozen=True)
+class Issue:
+    severity: str  # fatal | error | warning | information
+    code: str  # an OperationOutcome issue type: structure, required, value, invariant, code-invalid, ...
+    message: str
+    expression: str
+    source: str | None = None  # the profile that raised it
+
+    def to_fhir(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "severity": self.severity,
+            "code": self.code,
+            "details": {"text": self.message},
+            "expression": [self.expression],
+        }
+        if self.source:
+            out["extension"] = [
+                {
+                    "url": "http://hl7.org/fhir/StructureDefinition/operationoutcome-issue-source",
+                    "valueString": self.source,
+                }
+            ]
+        return out
+
+
+def operation_outcome(issues: list[Issue]) -> dict[str, Any]:
+    ordered = sorted(issues, key=lambda i: SEVERITY_RANK.get(i.severity, 9))
+    if not ordered:
+        return {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "information", "code": "informational", "details": {"text": "No issues"}}],
+        }
+    return {"resourceType": "OperationOutcome", "issue": [i.to_fhir() for i in ordered]}
+
+
+def has_errors(issues: list[Issue]) -> bool:
+    return any(i.severity in ("error", "fatal") for i in issues)
+
+
+@dataclass
+class _Run:
+    issues: list[Issue] = field(default_factory=list)
+    bundle_index: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seen: set[tuple[str, str, str]] = field(default_factory=set)
+    profile_stack: list[str] = field(default_factory=list)
+    roots: dict[int, dict[str, Any]] = field(default_factory=dict)  # id(resource) -> its %rootResource
+
+    def add(self, severity: str, code: str, message: str, expression: str, source: str | None = None) -> None:
+        key = (severity, expression, message)
+        if key not in self.seen:
+            self.seen.add(key)
+            self.issues.append(Issue(severity, code, message, expression, source))
+
+
+@dataclass(frozen=True)
+class _Child:
+    node: ElementNode
+    tree: StructureTree
+    type_code: str | None  # implied by a choice property name
+
+
+class Validator:
+    """Validates resources against the definitions of a ``Definitions`` source. Reuse one instance:
+    compiled trees and expansions are cached on it."""
+
+    def __init__(self, definitions: Definitions, terminology: Terminology | None = None):
+        self.definitions = definitions
+        self.terminology = terminology or Terminology(definitions)
+        self._trees: dict[str, StructureTree | None] = {}
+        self._lookups: dict[tuple[int, int], dict[str, _Child]] = {}
+        self._required: dict[tuple[int, int], list[ElementNode]] = {}
+
+    # --- definitions ----------------------------------------------------------------------------------
+
+    def tree(self, canonical: str) -> StructureTree | None:
+        if canonical not in self._trees:
+            sd = self.definitions.get(canonical)
+            if sd is None and "|" in canonical:
+                sd = self.definitions.get(canonical.split("|")[0])
+            tree = None
+            if sd is not None and sd.get("resourceType") == "StructureDefinition":
+                try:
+                    tree = compile_structure(sd)
+                except DefinitionError:
+                    tree = None
+            self._trees[canonical] = tree
+        return self._trees[canonical]
+
+    def type_tree(self, type_code: str) -> StructureTree | None:
+        key = f"type:{type_code}"
+        if key not in self._trees:
+            sd = self.definitions.core_definition(type_code)
+            self._trees[key] = compile_structure(sd) if sd is not None and sd.get("snapshot") else None
+        return self._trees[key]
+
+    # --- entry points ---------------------------------------------------------------------------------
+
+    def validate(self, resource: object, profiles: list[str] | tuple[str, ...] = ()) -> list[Issue]:
+        run = _Run()
+        if not isinstance(resource, dict):
+            run.add("fatal", "structure", "The content is not a JSON object", "")
+            return run.issues
+        rtype = resource.get("resourceType")
+        if not isinstance(rtype, str):
+            run.add("fatal", "structure", "Unable to find resourceType property", "")
+            return run.issues
+        try:
+            self._resource(resource, rtype, list(profiles), run, depth=0, container=None)
+        except RecursionError:
+            run.add("fatal", "structure", "The resource nests too deeply to be validated", rtype)
+        return run.issues
+
+    # --- resources ------------------------------------------------------------------------------------
+
+    def _resource(
+        self,
+        res: dict[str, Any],
+        expr: str,
+        profiles: list[str],
+        run: _Run,
+        *,
+        depth: int,
+        container: dict[str, Any] | None,
+    ) -> None:
+        rtype = res.get("resourceType")
+        if not isinstance(rtype, str):
+            run.add("error", "structure", "Unable to find resourceType property", expr)
+            return
+        base = self.type_tree(rtype)
+        if base is None or base.kind != "resource":
+            run.add("error", "structure", f"Unknown resource type '{rtype}'", expr)
+            return
+        # A contained resource's %rootResource is its container; any other resource is its own root.
+        run.roots[id(res)] = run.roots.get(id(container), container) if container is not None else res
+        rid = res.get("id")
+        if rid is not None:
+            if not isinstance(rid, str) or not _ID.fullmatch(rid):
+                why = "Too long" if isinstance(rid, str) and len(rid) > 64 else "Invalid Characters"
+                shown = f"({len(rid)} chars)" if why == "Too long" and isinstance(rid, str) else f"('{rid}')"
+                run.add("error", "invalid", f"Invalid Resource id: {why} {shown}", f"{expr}.id")
+        if expr != rtype and isinstance(rid, str):
+            root_expr = f"{expr}/*{rtype}/{rid}*/"
+        else:
+            root_expr = expr
+        claimed = [p for p in (res.get("meta") or {}).get("profile", ()) if isinstance(p, str)]
+        trees = []
+        for url in dict.fromkeys([*claimed, *profiles]):
+            tree = self.tree(url)
+            if tree is None:
+                run.add(
+                    "error",
+                    "processing",
+                    f"Profile reference '{url}' could not be resolved, so has not been checked",
+                    root_expr,
+                )
+            elif tree.type != rtype:
+                run.add("error", "structure", f"The profile {url} is for {tree.type}, not {rtype}", root_expr)
+            else:
+                trees.append(tree)
+        if rtype == "Bundle":
+            self._index_bundle(res, run, root_expr)
+        for tree in trees or [base]:
+            run.profile_stack.append(tree.url)
+            try:
+                self._complex(res, tree.root, tree, root_expr, run, res, depth, is_root=True)
+                self._constraints(tree.root.constraints, res, tree.root.path, root_expr, run, res, tree)
+            finally:
+                run.profile_stack.pop()
+        if rtype == "Bundle":
+            self._bundle_rules(res, run, root_expr)
+
+    def _index_bundle(self, bundle: dict[str, Any], run: _Run, expr: str) -> None:
+        index: dict[str, dict[str, Any]] = {}
+        full_urls: dict[str, int] = {}
+        for i, entry in enumerate(bundle.get("entry") or ()):
+            if not isinstance(entry, dict):
+                continue
+            resource = entry.get("resource")
+            full_url = entry.get("fullUrl")
+            if isinstance(full_url, str):
+                if full_url in full_urls and isinstance(resource, dict):
+                    other = bundle["entry"][full_urls[full_url]].get("resource") or {}
+                    if (other.get("meta") or {}).get("versionId") == (resource.get("meta") or {}).get("versionId"):
+                        run.add(
+                            "error",
+                            "invalid",
+                            f"Duplicate fullUrl '{full_url}' in the bundle (entries {full_urls[full_url]} and {i})",
+                            f"{expr}.entry[{i}]",
+                        )
+                full_urls.setdefault(full_url, i)
+                if isinstance(resource, dict):
+                    index[full_url] = resource
+            if (
+                isinstance(resource, dict)
+                and isinstance(resource.get("resourceType"), str)
+                and isinstance(resource.get("id"), str)
+            ):
+                index.setdefault(f"{resource['resourceType']}/{resource['id']}", resource)
+        run.bundle_index = index
+
+    def _bundle_rules(self, bundle: dict[str, Any], run: _Run, expr: str) -> None:
+        for i, entry in enumerate(bundle.get("entry") or ()):
+            if not isinstance(entry, dict):
+                continue
+            full_url = entry.get("fullUrl")
+            if isinstance(full_url, str) and not (
+                full_url.startswith(("urn:uuid:", "urn:oid:")) or re.match(r"^[a-z][a-z0-9+.-]*://", full_url)
+            ):
+                run.add(
+                    "error", "invalid", f"The fullUrl must be an absolute URL (not '{full_url}')", f"{expr}.entry[{i}]"
+                )
+
+    # --- complex elements -----------------------------------------------------------------------------
+
+    def _lookup(self, node: ElementNode, tree: StructureTree) -> tuple[dict[str, _Child], list[ElementNode]]:
+        key = (id(node), id(tree))
+        lookup = self._lookups.get(key)
+        if lookup is None:
+            lookup = {}
+            for child in node.children.values():
+                for json_name, implied in child.json_names().items():
+                    lookup[json_name] = _Child(child, tree, implied)
+            self._lookups[key] = lookup
+            self._required[key] = [c for c in node.children.values() if c.min > 0 or c.max is not None]
+        return lookup, self._required[key]
+
+    def _children_of(
+        self, node: ElementNode, tree: StructureTree, type_ref: TypeRef | None
+    ) -> tuple[ElementNode, StructureTree, bool]:
+        """Where the children of an element are defined: (node, tree, descended into a type definition)."""
+        if node.children:
+            return node, tree, False
+        if node.content_reference:
+            target = tree.by_id.get(node.content_reference.split("#", 1)[-1])
+            if target is not None:
+                return target, tree, False
+        if type_ref is not None:
+            type_tree = None
+            if type_ref.profiles and type_ref.code != "Extension":
+                type_tree = self.tree(type_ref.profiles[0])
+            if type_tree is None:
+                type_tree = self.type_tree(type_ref.code)
+            if type_tree is not None:
+                return type_tree.root, type_tree, True
+        return node, tree, False
+
+    def _complex(
+        self,
+        obj: dict[str, Any],
+        node: ElementNode,
+        tree: StructureTree,
+        expr: str,
+        run: _Run,
+        res: dict[str, Any],
+        depth: int,
+        *,
+        is_root: bool = False,
+    ) -> None:
+        if depth > MAX_DEPTH:
+            raise RecursionError
+        lookup, bounded = self._lookup(node, tree)
+        counts: dict[int, int] = {}
+        for key, value in obj.items():
+            if key == "resourceType" and is_root:
+                continue
+            if key.startswith("_"):
+                name = key[1:]
+                child = lookup.get(name)
+                if child is None or not self._is_primitive(child, name):
+                    run.add("error", "structure", f"Unrecognized property '{key}'", expr)
+                elif name not in obj:
+                    self._property(name, None, value, child, expr, run, res, depth, counts)
+                continue
+            child = lookup.get(key)
+            if child is None:
+                run.add("error", "structure", f"Unrecognized property '{key}'", expr)
+                continue
+            self._property(key, value, obj.get("_" + key), child, expr, run, res, depth, counts)
+        for child_node in bounded:
+            count = counts.get(id(child_node), 0)
+            if count < child_node.min:
+                run.add(
+                    "error",
+                    "required",
+                    f"{child_node.path}: minimum required = {child_node.min}, but only found {count}"
+                    f" (from {tree.label})",
+                    expr,
+                    tree.url,
+                )
+            if child_node.max is not None and count > child_node.max:
+                run.add(
+                    "error",
+                    "structure",
+                    f"{child_node.path}: max allowed = {child_node.max}, but found {count} (from {tree.label})",
+                    expr,
+                    tree.url,
+                )
+
+    def _is_primitive(self, child: _Child, name: str) -> bool:
+        type_code = child.type_code or (child.node.types[0].code if len(child.node.types) == 1 else None)
+        return type_code in primitives.PRIMITIVES
+
+    def _property(
+        self,
+        key: str,
+        value: Any,
+        extra: Any,
+        child: _Child,
+        expr: str,
+        run: _Run,
+        res: dict[str, Any],
+        depth: int,
+        counts: dict[int, int],
+    ) -> None:
+        node = child.node
+        name = node.name[:-3] if node.is_choice else node.name
+        type_code = child.type_code or (node.types[0].code if node.types else None)
+        if len(node.types) > 1 and child.type_code is None:
+            type_code = None
+        source = value if value is not None else extra
+        if node.repeats and not isinstance(source, list):
+            run.add(
+                "error",
+                "structure",
+                f"The property {key} must be a JSON Array, not an Object (at {expr})",
+                f"{expr}.{name}",
+            )
+            items: list[Any] = [source]
+            extras: list[Any] = [extra if value is not None else None]
+        elif not node.repeats and isinstance(source, list):
+            run.add(
+                "error",
+                "structure",
+                f"The property {key} must be an Object, not an Array (at {expr})",
+                f"{expr}.{name}",
+            )
+            return
+        else:
+            items = source if isinstance(source, list) else [source]
+            extras = extra if isinstance(extra, list) else [extra] if extra is not None else []
+        if value is None:
+            items, extras = [None] * len(items), items
+        counts[id(node)] = counts.get(id(node), 0) + len(items)
+        type_ref = next((t for t in node.types if t.code == type_code), None)
+        for i, item in enumerate(items):
+            item_extra = extras[i] if i < len(extras) else None
+            if node.repeats:
+                item_expr = f"{expr}.{name}[{i}]"
+            elif node.is_choice and type_code:
+                item_expr = f"{expr}.{name}.ofType({type_code})"
+            else:
+                item_expr = f"{expr}.{name}"
+            self._item(item, item_extra, node, child.tree, type_code, type_ref, item_expr, run, res, depth)
+        if node.slicing and node.slices:
+            self._slicing(items, node, child.tree, expr, name, run, res, depth)
+
+    # --- one value ------------------------------------------------------------------------------------
+
+    def _item(
+        self,
+        item: Any,
+        extra: Any,
+        node: ElementNode,
+        tree: StructureTree,
+        type_code: str | None,
+        type_ref: TypeRef | None,
+        expr: str,
+        run: _Run,
+        res: dict[str, Any],
+        depth: int,
+    ) -> None:
+        if type_code is None:
+            if node.children or node.content_reference:
+                type_code = "BackboneElement"
+            else:
+                run.add("error", "structure", f"The type of element {node.path} is not known", expr)
+                return
+        if type_code in primitives.PRIMITIVES:
+            self._primitive(item, extra, node, tree, type_code, expr, run, res, depth)
+            return
+        if type_code == "Resource" or (type_code[:1].isupper() and self._is_resource_type(type_code)):
+            if not isinstance(item, dict):
+                run.add("error", "structure", "A resource must be a JSON object", expr)
+                return
+            self._resource(
+                item,
+                expr,
+                [p for p in (type_ref.profiles if type_ref else ())],
+                run,
+                depth=depth + 1,
+                container=res if node.name == "contained" else None,
+            )
+            return
+        if not isinstance(item, dict):
+            run.add(
+                "error", "structure", f"The property must be an Object, not a {type(item).__name__} (at {expr})", expr
+            )
+            return
+        if not any(k != "id" for k in item):
+            run.add("error", "invariant", "All FHIR elements must have a @value or children (ele-1)", expr)
+        if type_code == "Extension" and node.name in ("extension", "modifierExtension") and not node.slice_name:
+            self._extension(item, node, tree, expr, run, res, depth)
+        else:
+            inner, inner_tree, descended = self._children_of(node, tree, type_ref)
+            self._complex(item, inner, inner_tree, expr, run, res, depth + 1)
+            if descended:
+                self._constraints(inner.constraints, item, inner_tree.type, expr, run, res, inner_tree)
+        self._constraints(node.constraints, item, node.path, expr, run, res, tree)
+        if node.fixed is not None and item != node.fixed:
+            run.add("error", "value", f"Value does not match the fixed value of {node.path} (from {tree.label})", expr)
+        if node.pattern is not None and not _matches_pattern(item, node.pattern):
+            run.add(
+                "error", "value", f"Value does not match the required pattern of {node.path} (from {tree.label})", expr
+            )
+        if node.binding is not None and type_code in ("Coding", "CodeableConcept", "Quantity"):
+            self._binding(item, type_code, node, tree, expr, run)
+        if type_code == "Reference":
+            self._reference(item, node, expr, run, run.roots.get(id(res), res))
+        if type_code in ("Coding", "CodeableConcept"):
+            for coding_expr, coding in _codings(item, type_code, expr):
+                self._known_code(coding, coding_expr, run)
+
+    def _is_resource_type(self, type_code: str) -> bool:
+        tree = self.type_tree(type_code)
+        return tree is not None and tree.kind == "resource"
+
+    def _primitive(
+        self,
+        value: Any,
+        extra: Any,
+        node: ElementNode,
+        tree: StructureTree,
+        type_code: str,
+        expr: str,
+        run: _Run,
+        res: dict[str, Any],
+        depth: int,
+    ) -> None:
+        if value is None and not extra:
+            run.add("error", "structure", "All FHIR elements must have a @value or children (ele-1)", expr)
+            return
+        if value is not None:
+            problem = primitives.check(type_code, value)
+            if problem:
+                run.add("error", "invalid" if "JSON" not in problem else "structure", problem, expr)
+                return
+            if node.max_length is not None and isinstance(value, str) and len(value) > node.max_length:
+                run.add(
+                    "error", "too-long", f"value is longer than permitted maximum length of {node.max_length}", expr
+                )
+            if node.fixed is not None and value != node.fixed:
+                run.add(
+                    "error", "value", f"Value is '{value}' but is fixed to '{node.fixed}' (from {tree.label})", expr
+                )
+            if node.pattern is not None and value != node.pattern:
+                message = f"Value is '{value}' but must be '{node.pattern}' (from {tree.label})"
+                run.add("error", "value", message, expr)
+            if node.binding is not None and type_code in ("code", "string", "uri"):
+                self._code_binding(str(value), node, tree, expr, run)
+        if isinstance(extra, dict):
+            for i, ext in enumerate(extra.get("extension") or ()):
+                if isinstance(ext, dict):
+                    self._extension(ext, node, tree, f"{expr}.extension[{i}]", run, res, depth)
+        node_constraints = [c for c in node.constraints if c.key not in ("ele-1",)]
+        if node_constraints and value is not None:
+            self._constraints(tuple(node_constraints), value, None, expr, run, res, tree)
+
+    # --- extensions -----------------------------------------------------------------------------------
+
+    def _extension(
+        self,
+        ext: dict[str, Any],
+        node: ElementNode,
+        tree: StructureTree,
+        expr: str,
+        run: _Run,
+        res: dict[str, Any],
+        depth: int,
+    ) -> None:
+        url = ext.get("url")
+        if not isinstance(url, str) or not url:
+            run.add(
+                "error",
+                "required",
+                "Extension.url is required in order to identify, use and validate the extension",
+                expr,
+            )
+            return
+        has_value = any(k.startswith("value") for k in ext)
+        if has_value == bool(ext.get("extension")):
+            run.add("error", "invariant", "Must have either extensions or value[x], not both (ext-1)", expr)
+        if ":" not in url:
+            # A relative URL names a part of a complex extension: its slice in the parent's definition
+            # validates it.
+            return
+        definition = self.tree(url)
+        if definition is None:
+            run.add("error", "structure", f"The extension {url} could not be found so is not allowed here", expr)
+            base = self.type_tree("Extension")
+            if base is not None:
+                self._complex(ext, base.root, base, expr, run, res, depth + 1)
+            return
+        if definition.type != "Extension":
+            run.add("error", "structure", f"The definition of {url} is not an extension", expr)
+            return
+        self._complex(ext, definition.root, definition, expr, run, res, depth + 1)
+        self._constraints(
+            tuple(c for c in definition.root.constraints if c.key != "ext-1"),
+            ext,
+            "Extension",
+            expr,
+            run,
+            res,
+            definition,
+        )
+
+    # --- references -----------------------------------------------------------------------------------
+
+    def _reference(self, item: dict[str, Any], node: ElementNode, expr: str, run: _Run, res: dict[str, Any]) -> None:
+        reference = item.get("reference")
+        if not isinstance(reference, str):
+            return
+        target_type: str | None = None
+        if reference.startswith("#"):
+            # A missing contained target is ref-1's failure, reported by that invariant.
+            target = next(
+                (c for c in res.get("contained") or () if isinstance(c, dict) and c.get("id") == reference[1:]), None
+            )
+            if target is None and reference != "#":
+                return
+            target_type = target.get("resourceType") if target else res.get("resourceType")
+        elif reference in run.bundle_index:
+            target_type = run.bundle_index[reference].get("resourceType")
+        elif reference.startswith(("urn:uuid:", "urn:oid:")):
+            if run.bundle_index or "entry" in res:
+                run.add(
+                    "error",
+                    "structure",
+                    f"Bundled or contained reference not found within the bundle/resource {reference}",
+                    expr,
+                )
+            return
+        else:
+            m = _REFERENCE.search(reference)
+            if m:
+                target_type = m.group(1)
+                if run.bundle_index and f"{m.group(1)}/{m.group(2)}" in run.bundle_index:
+                    pass
+        if target_type is None:
+            return
+        allowed: list[str] = []
+        for t in node.types:
+            if t.code != "Reference":
+                continue
+            for p in t.target_profiles:
+                allowed.append(self._profile_type(p))
+        if not allowed or "Resource" in allowed or target_type in allowed:
+            return
+        run.add(
+            "error",
+            "structure",
+            f"Invalid Resource target type. Found {target_type}, but expected one of ({', '.join(allowed)})",
+            expr,
+        )
+
+    def _profile_type(self, canonical: str) -> str:
+        if canonical.startswith("http://hl7.org/fhir/StructureDefinition/"):
+            return canonical.split("|")[0].rsplit("/", 1)[-1]
+        tree = self.tree(canonical)
+        return tree.type if tree is not None else canonical.rsplit("/", 1)[-1]
+
+    # --- terminology ----------------------------------------------------------------------------------
+
+    def _vs_label(self, canonical: str) -> str:
+        vs = self.definitions.get(canonical) or self.definitions.get(canonical.split("|")[0]) or {}
+        name = vs.get("title") or vs.get("name")
+        return f"'{name}' ({canonical})" if name else f"'{canonical}'"
+
+    def _code_binding(self, value: str, node: ElementNode, tree: StructureTree, expr: str, run: _Run) -> None:
+        strength, vs = node.binding  # type: ignore[misc]
+        if strength not in ("required", "extensible"):
+            return
+        codes = self.terminology.codes_by_value(vs)
+        expansion = self.terminology.expand(vs)
+        if codes is None or expansion is None:
+            run.add(
+                "warning", "not-found", f"The value set {vs} is not known, so the code '{value}' was not checked", expr
+            )
+            return
+        if value in codes or not expansion.complete:
+            return
+        severity = "error" if strength == "required" else "warning"
+        run.add(
+            severity,
+            "code-invalid",
+            f"The value provided ('{value}') was not found in the value set {self._vs_label(vs)}, and a code is "
+            f"{'required' if strength == 'required' else 'recommended'} from this value set",
+            expr,
+        )
+
+    def _binding(
+        self, item: dict[str, Any], type_code: str, node: ElementNode, tree: StructureTree, expr: str, run: _Run
+    ) -> None:
+        strength, vs = node.binding  # type: ignore[misc]
+        if strength not in ("required", "extensible") or type_code == "Quantity":
+            return
+        codings = [c for _, c in _codings(item, type_code, expr)]
+        expansion = self.terminology.expand(vs)
+        if expansion is None:
+            run.add("warning", "not-found", f"The value set {vs} is not known, so the codes were not checked", expr)
+            return
+        if not codings:
+            if strength == "required" and type_code == "CodeableConcept":
+                run.add(
+                    "error",
+                    "code-invalid",
+                    f"No code provided, and a code is required from the value set {self._vs_label(vs)}",
+                    expr,
+                )
+            return
+        unchecked = []
+        for c in codings:
+            system, code = c.get("system"), c.get("code")
+            if not isinstance(code, str):
+                continue
+            if (system, code) in expansion.codes:
+                return
+            if system in expansion.open_systems or system in EXTERNAL_SYSTEMS or not expansion.complete:
+                unchecked.append(f"{system}#{code}")
+        if unchecked:
+            run.add(
+                "information",
+                "informational",
+                f"The code {unchecked[0]} cannot be checked against {self._vs_label(vs)} offline",
+                expr,
+            )
+            return
+        severity = "error" if strength == "required" else "warning"
+        verb = "must" if strength == "required" else "should"
+        run.add(
+            severity,
+            "code-invalid",
+            f"None of the codings provided are in the value set {self._vs_label(vs)}, and a coding {verb} come "
+            "from this value set",
+            expr,
+        )
+
+    def _known_code(self, coding: dict[str, Any], expr: str, run: _Run) -> None:
+        system, code = coding.get("system"), coding.get("code")
+        if not isinstance(system, str) or not isinstance(code, str) or system in EXTERNAL_SYSTEMS:
+            return
+        cs = self.terminology.code_system(system)
+        if cs is None or not cs.complete:
+            return
+        if code not in cs.codes:
+            run.add("error", "code-invalid", f"Unknown code '{code}' in the CodeSystem '{system}'", expr)
+            return
+        display = coding.get("display")
+        if isinstance(display, str) and cs.codes[code] and display.lower() != cs.codes[code].lower():
+            run.add(
+                "warning",
+                "invalid",
+                f"Wrong Display Name '{display}' for {system}#{code}. Valid display is '{cs.codes[code]}'",
+                expr,
+            )
+
+    # --- invariants -----------------------------------------------------------------------------------
+
+    def _constraints(
+        self,
+        constraints: tuple[Constraint, ...] | list[Constraint],
+        item: Any,
+        base: str | None,
+        expr: str,
+        run: _Run,
+        res: dict[str, Any],
+        tree: StructureTree,
+    ) -> None:
+        for c in constraints:
+            native = _NATIVE.get(c.key)
+            if native is not None:
+                if c.key in _NATIVE_HANDLED_ELSEWHERE:
+                    continue
+                ok = native(item, run.roots.get(id(res), res))
+            else:
+                try:
+                    root = run.roots.get(id(res), res)
+                    base_path = None if isinstance(item, dict) and "resourceType" in item else base
+                    ok = is_true(
+                        evaluate(
+                            c.expression,
+                            item,
+                            base=base_path,
+                            resource=res,
+                            root=root,
+                            resolver=Resolver(root, run.bundle_index),
+                        )
+                    )
+                except FhirPathError as exc:
+                    run.add("warning", "processing", f"Constraint {c.key} could not be evaluated: {exc}", expr)
+                    continue
+            if not ok:
+                severity = "error" if c.severity == "error" else "warning"
+                run.add(severity, "invariant", f"Constraint failed: {c.key}: '{c.human}'", expr, tree.url)
+
+    # --- slicing --------------------------------------------------------------------------------------
+
+    def _slicing(
+        self,
+        items: list[Any],
+        node: ElementNode,
+        tree: StructureTree,
+        parent_expr: str,
+        name: str,
+        run: _Run,
+        res: dict[str, Any],
+        depth: int,
+    ) -> None:
+        slicing = node.slicing
+        assert slicing is not None
+        slices = list(node.slices.values())
+        counts = {s.slice_name: 0 for s in slices}
+        for i, item in enumerate(items):
+            item_expr = f"{parent_expr}.{name}[{i}]" if node.repeats else f"{parent_expr}.{name}"
+            match = next((s for s in slices if self._in_slice(item, s, slicing.discriminators)), None)
+            if match is None:
+                if slicing.rules == "closed":
+                    run.add(
+                        "error",
+                        "structure",
+                        f"This element does not match any known slice defined in the profile {tree.label}",
+                        item_expr,
+                    )
+                continue
+            counts[match.slice_name] += 1
+            type_code = match.types[0].code if len(match.types) == 1 else None
+            self._item(
+                item, None, match, tree, type_code, match.types[0] if match.types else None, item_expr, run, res, depth
+            )
+        for s in slices:
+            count = counts[s.slice_name]
+            if count < s.min:
+                run.add(
+                    "error",
+                    "structure",
+                    f"Slice '{s.id}': a matching slice is required, but not found (from {tree.label})",
+                    parent_expr,
+                    tree.url,
+                )
+            if s.max is not None and count > s.max:
+                run.add(
+                    "error",
+                    "structure",
+                    f"{s.id}: max allowed = {s.max}, but found {count} (from {tree.label})",
+                    parent_expr,
+                    tree.url,
+                )
+
+    def _in_slice(self, item: Any, slice_node: ElementNode, discriminators: tuple[Any, ...]) -> bool:
+        if not discriminators:
+            return False
+        for d in discriminators:
+            path = d.path.strip()
+            if d.type in ("value", "pattern"):
+                expected = self._expected_at(slice_node, path)
+                if expected is _MISSING:
+                    return False
+                values = list(_values_at(item, path))
+                if not any(_matches_pattern(v, expected) for v in values):
+                    return False
+            elif d.type == "exists":
+                target = _node_at(slice_node, path)
+                present = bool(list(_values_at(item, path)))
+                if target is None or ((target.min > 0) != present and not (target.max == 0 and not present)):
+                    return False
+            elif d.type == "type":
+                if not self._type_matches(item, slice_node, path):
+                    return False
+            elif d.type == "profile":
+                profiles = [p for t in slice_node.types for p in (t.profiles or ())]
+                if not profiles or not isinstance(item, dict):
+                    return False
+                if not all(not has_errors(self.validate(item, [p])) for p in profiles if "resourceType" in item):
+                    return False
+            else:
+                return False
+        return True
+
+    def _expected_at(self, slice_node: ElementNode, path: str) -> Any:
+        if path in ("url",) and slice_node.types and slice_node.types[0].code == "Extension":
+            target = _node_at(slice_node, "url")
+            if target is not None and target.fixed is not None:
+                return target.fixed
+            profiles = slice_node.types[0].profiles
+            return profiles[0] if profiles else _MISSING
+        target = _node_at(slice_node, path)
+        if target is None:
+            return _MISSING
+        if target.fixed is not None:
+            return target.fixed
+        if target.pattern is not None:
+            return target.pattern
+        return _MISSING
+
+    def _type_matches(self, item: Any, slice_node: ElementNode, path: str) -> bool:
+        wanted = {t.code for t in slice_node.types}
+        if path in ("$this", ""):
+            if isinstance(item, dict) and "resourceType" in item:
+                return item["resourceType"] in wanted
+            return True
+        return True
+
+
+_MISSING = object()
+
+
+def _node_at(node: ElementNode, path: str) -> ElementNode | None:
+    if path in ("$this", ""):
+        return node
+    current: ElementNode | None = node
+    for part in path.split("."):
+        if current is None:
+            return None
+        part = re.sub(r"\.ofType\(.*\)$", "", part)
+        current = current.children.get(part) or current.children.get(part + "[x]")
+    return current
+
+
+def _values_at(item: Any, path: str) -> Iterator[Any]:
+    if path in ("$this", ""):
+        yield item
+        return
+    current = [item]
+    for part in path.split("."):
+        nxt: list[Any] = []
+        for c in current:
+            if isinstance(c, dict):
+                v = c.get(part)
+                if v is None:
+                    v = next((val for k, val in c.items() if k.startswith(part) and k[len(part) :][:1].isupper()), None)
+                if isinstance(v, list):
+                    nxt.extend(v)
+                elif v is not None:
+                    nxt.append(v)
+        current = nxt
+    yield from current
+
+
+def _matches_pattern(value: Any, pattern: Any) -> bool:
+    if isinstance(pattern, dict):
+        if not isinstance(value, dict):
+            return False
+        return all(k in value and _matches_pattern(value[k], v) for k, v in pattern.items())
+    if isinstance(pattern, list):
+        if not isinstance(value, list):
+            return False
+        return all(any(_matches_pattern(v, p) for v in value) for p in pattern)
+    return bool(value == pattern)
+
+
+def _codings(item: dict[str, Any], type_code: str, expr: str) -> list[tuple[str, dict[str, Any]]]:
+    if type_code == "Coding":
+        return [(expr, item)]
+    return [(f"{expr}.coding[{i}]", c) for i, c in enumerate(item.get("coding") or ()) if isinstance(c, dict)]
+
+
+# --- native invariants: the same meaning as their FHIRPath, without the interpreter ------------------------
+
+
+def _ele_1(item: Any, root: Any = None) -> bool:
+    return not isinstance(item, dict) or any(k != "id" for k in item)
+
+
+def _ext_1(item: Any, root: Any = None) -> bool:
+    if not isinstance(item, dict):
+        return True
+    return bool(item.get("extension")) != any(k.startswith("value") for k in item)
+
+
+def _contained(res: Any) -> list[dict[str, Any]]:
+    return [c for c in (res.get("contained") or ()) if isinstance(c, dict)] if isinstance(res, dict) else []
+
+
+def _dom_2(res: Any, root: Any = None) -> bool:
+    return all(not c.get("contained") for c in _contained(res))
+
+
+def _dom_4(res: Any, root: Any = None) -> bool:
+    return all(
+        not (c.get("meta") or {}).get("versionId") and not (c.get("meta") or {}).get("lastUpdated")
+        for c in _contained(res)
+    )
+
+
+def _dom_5(res: Any, root: Any = None) -> bool:
+    return all(not (c.get("meta") or {}).get("security") for c in _contained(res))
+
+
+def _dom_6(res: Any, root: Any = None) -> bool:
+    return isinstance(res, dict) and bool((res.get("text") or {}).get("div"))
+
+
+def _strings(node: Any, key: str | None = None) -> Iterator[tuple[str | None, str]]:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _strings(v, k)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _strings(v, key)
+    elif isinstance(node, str):
+        yield key, node
+
+
+def _dom_3(res: Any, root: Any = None) -> bool:
+    contained = _contained(res)
+    if not contained:
+        return True
+    outside = {k: v for k, v in res.items() if k != "contained"}
+    refs = {v for _, v in _strings(outside) if v.startswith("#")}
+    inner_refs = {v for c in contained for _, v in _strings(c) if v.startswith("#")}
+    for c in contained:
+        cid = c.get("id")
+        if f"#{cid}" in refs or f"#{cid}" in inner_refs - {f"#{cid}"}:
+            continue
+        # a contained resource may instead refer to its container
+        if "#" in {v for _, v in _strings(c)}:
+            continue
+        return False
+    return True
+
+
+def _txt_2(item: Any, root: Any = None) -> bool:
+    if not isinstance(item, str):
+        return True
+    return bool(re.sub(r"<[^>]*>", "", item).strip()) or "<img" in item
+
+
+def _ref_1(item: Any, root: Any = None) -> bool:
+    """ref-1: a local reference ("#id") needs that contained resource ("#" alone is the container)."""
+    if not isinstance(item, dict):
+        return True
+    reference = item.get("reference")
+    if not isinstance(reference, str) or not reference.startswith("#") or reference == "#":
+        return True
+    return any(c.get("id") == reference[1:] for c in _contained(root))
+
+
+_NATIVE = {
+    "ele-1": _ele_1,
+    "ext-1": _ext_1,
+    "dom-2": _dom_2,
+    "dom-3": _dom_3,
+    "dom-4": _dom_4,
+    "dom-5": _dom_5,
+    "dom-6": _dom_6,
+    "txt-1": lambda item, root=None: not isinstance(item, str) or html_checks(item),
+    "txt-2": _txt_2,
+    "ref-1": _ref_1,
+}
+# Checked where the element is walked (ele-1 for every element, ext-1 for every extension).
+_NATIVE_HANDLED_ELSEWHERE = frozenset({"ele-1", "ext-1"})
