@@ -1,13 +1,12 @@
 """The ``casebridge`` command line.
 
-Exit codes: 0 success; 1 the input is valid but fails a check (later: validation errors); 2 unusable input
-or arguments (the message names the file and field path); 3 the configuration or mapping files are wrong
-(the message names the file and line); 70 an internal error (no traceback unless CASEBRIDGE_DEBUG=1).
+Exit codes: 0 success; 2 unusable input, arguments or output path (the message names the file and
+field path); 3 the configuration or mapping files are wrong (the message names the file and line); 70 an
+internal error (no traceback unless CASEBRIDGE_DEBUG=1).
 """
 
 from __future__ import annotations
 
-import html
 import os
 import shutil
 import sys
@@ -17,6 +16,7 @@ from typing import Annotated, NoReturn
 
 import orjson
 import typer
+from fhir.resources.R4B.bundle import Bundle
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
@@ -56,22 +56,40 @@ def _settings() -> Settings:
 
 
 def load_mappings(settings: Settings) -> MappingSet:
+    terminology = settings.terminology()
+    if terminology is None:
+        err.print(
+            "warning: no terminology file, so code citations in the code tables are not checked "
+            "(set CASEBRIDGE_TERMINOLOGY_FILE)",
+            highlight=False,
+        )
     try:
-        return MappingSet.load(settings.mappings_dir, terminology=settings.terminology())
+        return MappingSet.load(settings.mappings_dir, terminology=terminology)
     except MappingError as exc:
         _fail(3, f"mapping error: {exc}")
 
 
 def _read_case(path: Path, settings: Settings) -> CaseReport:
+    return read_case(read_bounded(path, settings.max_case_bytes), source=str(path), max_bytes=settings.max_case_bytes)
+
+
+def read_bounded(path: Path, limit: int) -> bytes:
+    """The file's bytes, refusing anything that is not a regular file or is larger than ``limit``.
+
+    Reads at most ``limit + 1`` bytes, so neither a huge file nor a device (/dev/zero) nor a pipe that
+    never ends is pulled into memory to be rejected.
+    """
     try:
-        size = path.stat().st_size
-        if size > settings.max_case_bytes:
-            # Refuse before reading: a huge file must not be pulled into memory to be rejected.
-            raise InputError(f"the file is {size:,} bytes; the limit is {settings.max_case_bytes:,}", source=str(path))
-        data = path.read_bytes()
+        if not path.is_file():
+            what = "does not exist" if not path.exists() else "is not a regular file"
+            raise InputError(f"the path {what}", source=str(path))
+        with path.open("rb") as fh:
+            data = fh.read(limit + 1)
     except OSError as exc:
         raise InputError(f"cannot read the file: {exc.strerror}", source=str(path)) from exc
-    return read_case(data, source=str(path), max_bytes=settings.max_case_bytes)
+    if len(data) > limit:
+        raise InputError(f"the file is larger than the limit of {limit:,} bytes", source=str(path))
+    return data
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -105,12 +123,32 @@ def convert(
     mappings = load_mappings(settings)
     case = _read_case(case_file, settings)
     bundle = mappings.convert(case, source=str(case_file))
+    _check_output(bundle)
     data = dump_json(bundle)
     if output is None:
-        sys.stdout.buffer.write(data)
+        try:
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+        except OSError as exc:
+            raise InputError(f"cannot write the Bundle: {exc.strerror}", source="standard output") from exc
     else:
-        write_atomically(output, data)
+        try:
+            write_atomically(output, data)
+        except OSError as exc:
+            raise InputError(f"cannot write the Bundle: {exc.strerror}", source=str(output)) from exc
         err.print(f"wrote {output} ({len(bundle['entry'])} resources)", highlight=False)
+
+
+def _check_output(bundle: dict[str, object]) -> None:
+    """A Bundle the mappings produced must at least parse as FHIR R4; if not, the mappings are wrong."""
+    try:
+        Bundle.model_validate(bundle)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise MappingError(
+            f"the mappings produced a Bundle that is not valid FHIR R4: {where}: {first['msg']}"
+        ) from exc
 
 
 @app.command()
@@ -160,7 +198,8 @@ def demo(
     settings = _settings()
     mappings = load_mappings(settings)
     case = _read_case(case_file, settings)
-    bundle = mappings.convert(case, source=str(case_file))
+    conversion = mappings.convert_detailed(case, source=str(case_file))
+    bundle = conversion.bundle
     out.print(f"[bold]casebridge {__version__}[/bold] - case [cyan]{case.case_id}[/cyan] from {case_file.name}")
     out.print(f"source: {case.source.citation}", highlight=False)
     table = Table(title=f"FHIR R4 transaction Bundle: {len(bundle['entry'])} resources")
@@ -170,11 +209,11 @@ def demo(
     table.add_column("request")
     for i, entry in enumerate(bundle["entry"], 1):
         resource = entry["resource"]
-        title = resource["text"]["div"].split("<b>", 1)[1].split("</b>", 1)[0]
+        title = conversion.titles[entry["fullUrl"]]
         table.add_row(
             str(i),
             resource["resourceType"],
-            _unescape(title),
+            title,
             f"{entry['request']['method']} {resource['resourceType']}/{resource['id'][:8]}…",
         )
     out.print(table)
@@ -182,10 +221,6 @@ def demo(
     for entry in bundle["entry"]:
         counts[entry["resource"]["resourceType"]] = counts.get(entry["resource"]["resourceType"], 0) + 1
     out.print("by type: " + ", ".join(f"{k} {v}" for k, v in counts.items()), highlight=False)
-
-
-def _unescape(text: str) -> str:
-    return html.unescape(text)
 
 
 @app.callback()

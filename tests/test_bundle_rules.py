@@ -11,6 +11,7 @@ import html
 import re
 from collections.abc import Iterator
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 import yaml
@@ -112,6 +113,7 @@ def test_every_resource_has_a_generated_narrative(bundles: dict[str, Any], case:
         assert text["div"].startswith('<div xmlns="http://www.w3.org/1999/xhtml">')
         assert text["div"].endswith("</div>")
         assert "<table>" in text["div"]
+        ElementTree.fromstring(text["div"])  # well-formed XHTML
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -127,3 +127,65 @@ def test_a_wrong_setting_fails_fast(tmp_path: Path) -> None:
     result = run("convert", str(SEED), env={"CASEBRIDGE_MAPPINGS_DIR": str(tmp_path / "missing")})
     assert result.returncode == 3
     assert "mappings_dir" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_device_is_refused_without_reading_it() -> None:
+    result = run("convert", "/dev/zero")
+    assert result.returncode == 2
+    assert "not a regular file" in result.stderr
+
+
+def test_a_fifo_is_refused_without_hanging(tmp_path: Path) -> None:
+    fifo = tmp_path / "case.yaml"
+    os.mkfifo(fifo)
+    result = run("convert", str(fifo))  # run() has a 60 s timeout: a hang would fail the test
+    assert result.returncode == 2
+    assert "not a regular file" in result.stderr
+
+
+def test_a_huge_integer_is_bad_input(tmp_path: Path) -> None:
+    case = tmp_path / "case.json"
+    case.write_text('{"schema_version": "1.0", "x": ' + "9" * 5000 + "}")
+    result = run("convert", str(case))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "case.json" in result.stderr
+
+
+def test_an_unwritable_output_is_bad_input(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = run("convert", str(SEED), "-o", str(blocker / "bundle.json"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "cannot write the Bundle" in result.stderr
+
+
+def _broken_mappings(tmp_path: Path, old: str, new: str) -> Path:
+    import shutil
+
+    folder = tmp_path / "mappings"
+    shutil.copytree(PROJECT_ROOT / "mappings", folder)
+    template = folder / "resources" / "observation.yaml"
+    text = template.read_text()
+    assert old in text
+    template.write_text(text.replace(old, new, 1))
+    return folder
+
+
+def test_a_template_failing_at_run_time_names_its_file_and_line(tmp_path: Path) -> None:
+    folder = _broken_mappings(
+        tmp_path,
+        'code: "{{ concept(case.presentation.complaint) }}"',
+        'code: "{{ concept(case.presentation.suspected) }}"',
+    )
+    result = run("convert", str(SEED), env={"CASEBRIDGE_MAPPINGS_DIR": str(folder)})
+    assert result.returncode == 3, result.stderr
+    assert "mappings/resources/observation.yaml:" in result.stderr and "presenting-complaint" in result.stderr
+
+
+def test_a_template_producing_invalid_fhir_writes_nothing(tmp_path: Path) -> None:
+    folder = _broken_mappings(tmp_path, "valueBoolean: true", 'valueBoolean: "{{ case.presentation.course }}"')
+    out = tmp_path / "out" / "bundle.json"
+    result = run("convert", str(SEED), "-o", str(out), env={"CASEBRIDGE_MAPPINGS_DIR": str(folder)})
+    assert result.returncode == 3, result.stderr
+    assert "not valid FHIR R4" in result.stderr and "valueBoolean" in result.stderr
+    assert not out.exists()

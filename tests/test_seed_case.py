@@ -61,7 +61,7 @@ def test_final_diagnosis(seed: Seed) -> None:
     assert codes(dx["verificationStatus"]) == {
         ("http://terminology.hl7.org/CodeSystem/condition-ver-status", "confirmed")
     }
-    assert dx["code"]["text"] == "Dystrophic calcification"
+    assert dx["code"] == {"text": "Dystrophic calcification"}  # no confirmed code says what the report says
     assert (SNOMED, "64262003") in codes(dx["bodySite"][0])  # right forearm
     assert dx["onsetString"] == "7 years before presentation"
     evidence = seed.resolve(dx["evidence"][0]["detail"][0])
@@ -133,6 +133,7 @@ def test_serum_calcium_has_no_invented_value(seed: Seed) -> None:
     assert not any(k.startswith("value") for k in ca)
     assert codes(ca["dataAbsentReason"]) == {("http://terminology.hl7.org/CodeSystem/data-absent-reason", "unknown")}
     assert any("Within normal range" in n["text"] for n in ca["note"])
+    assert not any("Specimen" in n["text"] for n in ca["note"])  # the report names no specimen
 
 
 def test_lesion_size_in_ucum(seed: Seed) -> None:
@@ -180,6 +181,7 @@ def test_imaging_studies_and_reports(seed: Seed) -> None:
         assert series["laterality"]["code"] == "419465000"
         assert series["uid"].startswith("2.25.")
         assert (SNOMED, procedure) in codes(study["procedureCode"][0])
+        assert study["status"] == "unknown"
     reports = {seed.resolve(r["imagingStudy"][0])["description"]: r for r in seed.all("imaging-report")}
     assert reports["X-ray of the right forearm"]["conclusion"] == "A small well-defined radiopaque calcified lesion."
     assert "heteroechoic" in reports["Ultrasound of the right forearm"]["conclusion"]
@@ -213,5 +215,11 @@ def test_provenance_points_at_the_article(seed: Seed) -> None:
     assert article["content"][0]["attachment"]["url"] == "https://doi.org/10.30574/ijrsra.2026.18.3.0536"
     assert "Accepted 2026-03-17" in article["description"]
     assert "Informed consent was obtained" in article["description"]
-    assert provenance["agent"][0]["who"]["display"] == "Madhurima Mahanti"
+    assert provenance["entity"][0]["agent"][0]["who"]["display"] == "Madhurima Mahanti"
+    assert provenance["agent"][0]["who"]["display"] == "casebridge"
+    for words in ("University of Calcutta", "Keywords: Dystrophic", "Corresponding author: Madhurima Mahanti"):
+        assert words in article["description"]
+    titles = [c["attachment"]["title"] for c in article["content"]]
+    assert "Table 1: The whole procedure to come in conclusion as Dystrophic calcification" in titles
+    assert "Figure 1: Clinical swelling on the right forearm" in titles
     assert len(provenance["target"]) == len(seed.bundle["entry"]) - 2

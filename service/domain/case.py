@@ -19,6 +19,7 @@ The JSON Schema published in ``schemas/case-report-1.0.schema.json`` is generate
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 from functools import cached_property
 from typing import Annotated, Literal
@@ -37,8 +38,10 @@ SCHEMA_VERSION = "1.0"
 
 # Short machine names: case ids, step ids, vocabulary keys. Kept FHIR-id compatible.
 Key = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
-Text = Annotated[str, Field(min_length=1, max_length=10_000)]
-ShortText = Annotated[str, Field(min_length=1, max_length=500)]
+# No control characters (tab and newline aside): they cannot appear in XHTML narrative or most exports.
+_PRINTABLE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+Text = Annotated[str, Field(min_length=1, max_length=10_000, pattern=_PRINTABLE)]
+ShortText = Annotated[str, Field(min_length=1, max_length=500, pattern=_PRINTABLE)]
 # int is accepted for a decimal (0.5 and 1 are both numbers in JSON); bool and "12" strings are not.
 Decimal = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
@@ -53,6 +56,8 @@ STEP_LABELS = {
     "laboratory": "Laboratory tests",
     "histopathology": "Histopathology",
 }
+
+_DAYS = {"years": 365.25, "months": 30.44, "weeks": 7.0, "days": 1.0}
 
 Sex = Literal["female", "male", "other", "unknown"]
 Laterality = Literal["left", "right", "bilateral"]
@@ -71,8 +76,16 @@ class Concept(_Model):
 
     @property
     def ref_key(self) -> str:
-        """What tells this concept apart within a case: its key, else its words as a slug."""
-        return self.key or _slug(self.text)
+        """What tells this concept apart within a case: its vocabulary key, else its exact words.
+
+        For words, a readable slug plus a hash of the case-folded text: two different texts never share
+        a key (not even in scripts the slug cannot show), and the same words always get the same key.
+        """
+        if self.key:
+            return self.key
+        digest = hashlib.sha256(self.text.casefold().encode()).hexdigest()[:10]
+        slug = re.sub(r"[^a-z0-9]+", "-", self.text.lower()).strip("-")[:40]
+        return f"{slug}-{digest}" if slug else f"text-{digest}"
 
     @model_validator(mode="before")
     @classmethod
@@ -101,18 +114,31 @@ class Age(_Model):
     value: Annotated[StrictInt, Field(ge=0)]
     unit: TimeUnit = "years"
 
+    @property
+    def days(self) -> float:
+        return self.value * _DAYS[self.unit]
+
     @model_validator(mode="after")
     def _plausible(self) -> Age:
-        limits = {"years": 150, "months": 150 * 12, "weeks": 150 * 53, "days": 150 * 366}
-        if self.value > limits[self.unit]:
+        if self.days > 150 * 365.25:
             raise ValueError(f"an age of {self.value} {self.unit} is not possible")
         return self
 
 
 class Duration(_Model):
-    value: Annotated[Decimal, Field(gt=0, le=150 * 366)]
+    value: Annotated[Decimal, Field(gt=0)]
     unit: TimeUnit
     approximate: StrictBool = False
+
+    @property
+    def days(self) -> float:
+        return float(self.value) * _DAYS[self.unit]
+
+    @model_validator(mode="after")
+    def _plausible(self) -> Duration:
+        if self.days > 150 * 365.25:
+            raise ValueError(f"a duration of {self.value} {self.unit} is not possible")
+        return self
 
     @property
     def label(self) -> str:
@@ -348,17 +374,33 @@ class Source(_Model):
     doi: Annotated[str, Field(pattern=r"^10\.\d{4,9}/[^\s]+$")] | None = None
     url: Annotated[str, Field(pattern=r"^https?://[^\s]+$")] | None = None
     authors: list[ShortText] = []
+    affiliations: list[Text] = []
+    corresponding_author: ShortText | None = None
+    keywords: list[ShortText] = []
     journal: ShortText | None = None
     year: Annotated[StrictInt, Field(ge=1800, le=2100)] | None = None
     publication_history: PublicationHistory | None = None
     statements: list[Text] = []  # e.g. informed consent, conflicts of interest
     figures: list[Figure] = []
+    tables: list[Figure] = []  # captions of the source's tables (their content is in the steps)
 
     @model_validator(mode="after")
     def _locatable(self) -> Source:
         if self.kind == "publication" and not (self.doi or self.url):
             raise ValueError("a publication needs a doi or a url")
         return self
+
+    @property
+    def affiliation_line(self) -> str | None:
+        parts = [
+            f"Affiliation: {'; '.join(self.affiliations)}." if self.affiliations else None,
+            f"Corresponding author: {self.corresponding_author}." if self.corresponding_author else None,
+        ]
+        return " ".join(p for p in parts if p) or None
+
+    @property
+    def keyword_line(self) -> str | None:
+        return f"Keywords: {'; '.join(self.keywords)}." if self.keywords else None
 
     @property
     def journal_line(self) -> str | None:
@@ -370,8 +412,15 @@ class Source(_Model):
         return f"https://doi.org/{self.doi}" if self.doi else self.url
 
 
+class PatientIdentifier(_Model):
+    system: Annotated[str, Field(pattern=r"^(https?://|urn:)[^\s]+$")]  # the registry's namespace, a URI
+    value: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^\S(.*\S)?$")]
+
+
 class Patient(_Model):
-    identifier: Key | None = None  # the source's own patient id, when it has one (registries do)
+    # The source's own patient id, when it has one (registries do). With it, cases of the same
+    # patient share one Patient resource.
+    identifier: PatientIdentifier | None = None
     sex: Sex
     age_at_presentation: Age
 
@@ -389,11 +438,7 @@ class DifferentialView(_Model):
 
     @property
     def key(self) -> str:
-        return self.concept.key or _slug(self.concept.text)
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:64] or "x"
+        return self.concept.ref_key
 
 
 class CaseReport(_Model):
@@ -429,6 +474,10 @@ class CaseReport(_Model):
         for i, spec in enumerate(self.specimens):
             if spec.collected_by is not None and spec.collected_by not in procedure_ids:
                 raise ValueError(f"specimens[{i}].collected_by: no procedure with id {spec.collected_by!r}")
+        duration = self.presentation.duration
+        if duration is not None and duration.days > self.patient.age_at_presentation.days:
+            raise ValueError("presentation.duration: longer than the patient's age at presentation")
+        _unique("presentation.findings (by concept)", [f.concept.ref_key for f in self.presentation.findings])
         dx = self.final_diagnosis
         if dx is not None:
             if dx.established_by not in step_ids:
@@ -453,12 +502,12 @@ class CaseReport(_Model):
         ]
         for where, concepts in sources:
             for concept in concepts:
-                key = concept.key or _slug(concept.text)
+                key = concept.ref_key
                 _, steps = held.setdefault(key, (concept, []))
                 if where not in steps:
                     steps.append(where)
         dx = self.final_diagnosis
-        dx_key = (dx.condition.key or _slug(dx.condition.text)) if dx else None
+        dx_key = dx.condition.ref_key if dx else None
         labels = {"presentation": STEP_LABELS["presentation"]} | {s.id: s.label for s in self.diagnostic_steps}
         views = []
         for key, (concept, steps) in held.items():
@@ -479,15 +528,53 @@ class CaseReport(_Model):
         """The differentials that are not the final diagnosis itself (that one has its own Condition)."""
         return [d for d in self.differentials if d.status not in ("confirmed", "provisional")]
 
-    @property
-    def steps(self) -> list[StepView]:
-        ids = [s.id for s in self.diagnostic_steps]
-        return [
-            StepView(step=s, previous_id=ids[i - 1] if i else None, label=s.label)
-            for i, s in enumerate(self.diagnostic_steps)
-        ]
+    # Views are cached: mappings read them once per resource, and a case is immutable.
 
-    @property
+    @cached_property
+    def steps(self) -> list[StepView]:
+        """Every diagnostic step with what the mappings need beside it: the step before, and its
+        findings and measurements with their resource keys."""
+        out = []
+        previous: str | None = None
+        for s in self.diagnostic_steps:
+            site = getattr(s, "body_site", None)
+            findings = (
+                []
+                if isinstance(s, HistopathologyStep)  # these go into the histopathology report
+                else [
+                    StepFinding(step_id=s.id, kind=s.kind, index=i, finding=f, body_site=f.body_site or site)
+                    for i, f in enumerate(s.findings)
+                ]
+            )
+            measurements = [
+                StepMeasurement(step_id=s.id, kind=s.kind, index=i, measurement=m, body_site=m.body_site or site)
+                for i, m in enumerate(s.measurements)
+            ]
+            out.append(StepView(step=s, previous_id=previous, findings=findings, measurements=measurements))
+            previous = s.id
+        return out
+
+    @cached_property
+    def imaging_views(self) -> list[StepView]:
+        return [v for v in self.steps if isinstance(v.step, ImagingStep)]
+
+    @cached_property
+    def lab_tests(self) -> list[LabTest]:
+        return [t for s in self.diagnostic_steps if isinstance(s, LaboratoryStep) for t in s.tests]
+
+    @cached_property
+    def histopathology_steps(self) -> list[HistopathologyStep]:
+        return [s for s in self.diagnostic_steps if isinstance(s, HistopathologyStep)]
+
+    @cached_property
+    def measurements(self) -> list[StepMeasurement]:
+        return [m for v in self.steps for m in v.measurements]
+
+    @cached_property
+    def step_findings(self) -> list[StepFinding]:
+        return [f for v in self.steps for f in v.findings]
+
+    @cached_property
     def procedure_views(self) -> list[ProcedureView]:
         out = []
         for p in self.procedures:
@@ -496,70 +583,18 @@ class CaseReport(_Model):
             out.append(ProcedureView(procedure=p, specimen_ids=specimens, report_step_ids=reports))
         return out
 
-    @property
+    @cached_property
     def specimen_views(self) -> list[SpecimenView]:
         procedures = {p.id: p for p in self.procedures}
         return [
-            SpecimenView(
-                specimen=s,
-                collected_by=procedures.get(s.collected_by) if s.collected_by else None,
-            )
+            SpecimenView(specimen=s, collected_by=procedures.get(s.collected_by) if s.collected_by else None)
             for s in self.specimens
         ]
 
-    @property
-    def imaging_steps(self) -> list[ImagingStep]:
-        return [s for s in self.diagnostic_steps if isinstance(s, ImagingStep)]
 
-    @property
-    def examination_steps(self) -> list[ClinicalExamination]:
-        return [s for s in self.diagnostic_steps if isinstance(s, ClinicalExamination)]
-
-    @property
-    def lab_tests(self) -> list[LabTest]:
-        return [t for s in self.diagnostic_steps if isinstance(s, LaboratoryStep) for t in s.tests]
-
-    @property
-    def histopathology_steps(self) -> list[HistopathologyStep]:
-        return [s for s in self.diagnostic_steps if isinstance(s, HistopathologyStep)]
-
-    @property
-    def measurements(self) -> list[StepMeasurement]:
-        return [
-            StepMeasurement(
-                step_id=s.id,
-                kind=s.kind,
-                index=i,
-                measurement=m,
-                body_site=m.body_site or getattr(s, "body_site", None),
-            )
-            for s in self.diagnostic_steps
-            for i, m in enumerate(s.measurements)
-        ]
-
-    @property
-    def step_findings(self) -> list[StepFinding]:
-        """Findings of every step but histopathology (whose findings go into its report), with their step."""
-        return [
-            StepFinding(
-                step_id=s.id,
-                kind=s.kind,
-                index=i,
-                finding=f,
-                body_site=f.body_site or getattr(s, "body_site", None),
-            )
-            for s in self.diagnostic_steps
-            if not isinstance(s, HistopathologyStep)
-            for i, f in enumerate(s.findings)
-        ]
-
-    def step(self, step_id: str) -> DiagnosticStepType | None:
-        return next((s for s in self.diagnostic_steps if s.id == step_id), None)
-
-    def previous_step(self, step_id: str) -> DiagnosticStepType | None:
-        ids = [s.id for s in self.diagnostic_steps]
-        i = ids.index(step_id) if step_id in ids else 0
-        return self.diagnostic_steps[i - 1] if i > 0 else None
+# Categories of observation by the kind of step that made it.
+_EXAM_KINDS = frozenset({"clinical_examination"})
+_IMAGING_KINDS = frozenset({"xray", "ultrasound", "ct", "mri"})
 
 
 class StepMeasurement(_Model):
@@ -573,6 +608,10 @@ class StepMeasurement(_Model):
     def key(self) -> str:
         return f"{self.step_id}-{self.index + 1}"
 
+    @property
+    def category(self) -> str | None:
+        return "exam" if self.kind in _EXAM_KINDS else "imaging" if self.kind in _IMAGING_KINDS else None
+
 
 class StepFinding(_Model):
     step_id: str
@@ -585,11 +624,16 @@ class StepFinding(_Model):
     def key(self) -> str:
         return f"{self.step_id}-{self.index + 1}"
 
+    @property
+    def category(self) -> str | None:
+        return "exam" if self.kind in _EXAM_KINDS else "imaging" if self.kind in _IMAGING_KINDS else None
+
 
 class StepView(_Model):
     step: DiagnosticStep
     previous_id: str | None
-    label: str
+    findings: list[StepFinding]
+    measurements: list[StepMeasurement]
 
 
 class ProcedureView(_Model):

@@ -72,6 +72,8 @@ def _load_json(text: str, source: str) -> Any:
         raise CaseFileError(f"malformed JSON: duplicate key {exc.args[0]!r}", source=source) from exc
     except RecursionError as exc:
         raise CaseFileError(f"the document nests deeper than {MAX_DEPTH} levels", source=source) from exc
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise CaseFileError(f"malformed JSON: {exc}", source=source) from exc
 
 
 def _yaml_error(exc: yaml.YAMLError, source: str) -> CaseFileError:
@@ -107,6 +109,8 @@ def parse_document(data: bytes, *, source: str, max_bytes: int = DEFAULT_MAX_BYT
                 raise _yaml_error(exc, source) from exc
             except RecursionError as exc:
                 raise CaseFileError(f"the document nests deeper than {MAX_DEPTH} levels", source=source) from exc
+            except ValueError as exc:  # e.g. an integer of more digits than Python converts
+                raise CaseFileError(f"malformed YAML: {exc}", source=source) from exc
     if not isinstance(doc, dict):
         raise CaseFileError(f"a case must be a JSON/YAML object, not {type(doc).__name__}", source=source)
     _check_depth(doc, source)

@@ -12,6 +12,9 @@ and narrative, and wrapped in a Bundle entry whose request is idempotent.
 from __future__ import annotations
 
 import datetime as dt
+import re
+import types
+import typing
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -136,6 +139,11 @@ class MappingSet:
         return problems
 
     def convert(self, case: CaseReport, *, recorded: dt.datetime | None = None, source: str = "") -> dict[str, Any]:
+        return self.convert_detailed(case, recorded=recorded, source=source).bundle
+
+    def convert_detailed(
+        self, case: CaseReport, *, recorded: dt.datetime | None = None, source: str = ""
+    ) -> Conversion:
         problems = self.check_vocabulary(case)
         if problems:
             raise ConversionError(
@@ -146,37 +154,47 @@ class MappingSet:
         ctx = Context(tables=self.tables, case_id=case.case_id, recorded=recorded or dt.datetime.now(dt.UTC))
         base_env: dict[str, Any] = {"case": case, "settings": self.settings, "$ctx": ctx}
         jobs: list[tuple[ResourceTemplate, Planned, dict[str, Any]]] = []
+        ids: dict[str, str] = {}
         for t in self.templates:
             for key, env in self._instances(t, base_env):
-                seed_id = t.identity(env) if t.identity is not None else None
-                seed = f"{t.role}/{seed_id}" if seed_id else f"{case.case_id}/{t.role}" + (f"/{key}" if key else "")
+                identity = _guarded(t, t.identity, env) if t.identity is not None else None
+                # Shared identities (a registry's patient) and per-case seeds live in separate namespaces.
+                seed = (
+                    f"identity/{t.role}/{identity}"
+                    if identity
+                    else f"{case.case_id}/{t.role}" + (f"/{key}" if key else "")
+                )
                 if (t.role, key) in ctx.planned:
-                    raise ConversionError(
-                        f"two {t.role} resources share the key {key!r} ({t.file}:{t.line})", source=source
-                    )
-                title = t.title(env) if t.title is not None else None
+                    raise ConversionError(f"two {t.role} resources share the key {key!r}", source=source)
+                title = _guarded(t, t.title, env) if t.title is not None else None
                 planned = Planned(t.role, key, t.resource_type, str(uuid.uuid5(ID_NAMESPACE, seed)), seed, title)
+                if planned.id in ids:  # uuid5 of distinct seeds: cannot happen unless seeds coincide
+                    raise ConversionError(f"{seed!r} and {ids[planned.id]!r} give the same id", source=source)
+                ids[planned.id] = seed
                 ctx.planned[(t.role, key)] = planned
                 ctx.by_role.setdefault(t.role, []).append(planned)
                 jobs.append((t, planned, env))
-        entries = [self._entry(t, p, env) for t, p, env in jobs]
-        return {
+        entries = [_guarded(t, self._entry, t, p, env) for t, p, env in jobs]
+        bundle = {
             "resourceType": "Bundle",
             "identifier": {"system": self.identifier_system, "value": case.case_id},
             "type": "transaction",
             "entry": entries,
         }
+        return Conversion(bundle, {p.full_url: p.title or p.role for _, p, _ in jobs})
 
     def _instances(self, t: ResourceTemplate, env: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-        if t.when is not None and not t.when(env):
-            return
+        """The resources a template makes for a case. ``when`` is checked per item (with the item bound)."""
         if t.for_each is None:
-            yield "", env
+            if t.when is None or _guarded(t, t.when, env):
+                yield "", env
             return
         var = t.var or "item"  # always set with for_each (checked at load)
-        for item in t.for_each(env) or ():
+        for item in _guarded(t, t.for_each, env) or ():
             inner = {**env, var: item}
-            key = t.key(inner) if t.key is not None else None
+            if t.when is not None and not _guarded(t, t.when, inner):
+                continue
+            key = _guarded(t, t.key, inner) if t.key is not None else None
             if key in (None, ""):
                 raise MappingError(f"role {t.role!r}: the key evaluated to nothing", file=t.file, line=t.line)
             yield str(key), inner
@@ -203,7 +221,7 @@ class MappingSet:
             request = {
                 "method": "POST",
                 "url": t.resource_type,
-                "ifNoneExist": f"identifier={self.identifier_system}|{p.seed}",
+                "ifNoneExist": f"identifier={_escape(self.identifier_system)}|{_escape(p.seed)}",
             }
         else:
             request = {"method": "PUT", "url": f"{t.resource_type}/{p.id}"}
@@ -222,11 +240,37 @@ def _relative(path: Path, root: Path) -> str:
 
 def _identifier_is_list(resource_type: str) -> bool | None:
     """Whether the type's ``identifier`` is a list (True), single (False), or absent (None)."""
-    fields = get_fhir_model_class(resource_type).model_fields
-    info = fields.get("identifier")
+    info = get_fhir_model_class(resource_type).model_fields.get("identifier")
     if info is None:
         return None
-    return "List" in repr(info.annotation) or "list" in repr(info.annotation)
+    annotation = info.annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # Optional[...]
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    return typing.get_origin(annotation) is list
+
+
+def _escape(value: str) -> str:
+    """A token for a FHIR search parameter: backslash, pipe, comma and dollar are escaped."""
+    return re.sub(r"([\\|,$])", r"\\\1", value)
+
+
+@dataclass(frozen=True)
+class Conversion:
+    bundle: dict[str, Any]
+    titles: dict[str, str]  # fullUrl -> what the resource is, in words
+
+
+T = typing.TypeVar("T")
+
+
+def _guarded(t: ResourceTemplate, fn: typing.Callable[..., T], *args: Any) -> T:
+    """Run a template's compiled code; a failure is the template's fault and names its file and line."""
+    try:
+        return fn(*args)
+    except (MappingError, ConversionError):
+        raise
+    except Exception as exc:
+        raise MappingError(f"role {t.role!r} failed: {type(exc).__name__}: {exc}", file=t.file, line=t.line) from exc
 
 
 def _element_names(resource_type: str) -> set[str]:
@@ -260,8 +304,6 @@ class _Header:
         for_each = key = when = identity = None
         var = None
         e = self.entries
-        if "when" in e:
-            when = bc.expr(str(scalar(e["when"][0])), scope, e["when"][1])[0]
         if "for_each" in e:
             if "as" not in e or "key" not in e:
                 raise MappingError(
@@ -281,6 +323,8 @@ class _Header:
         elif "as" in e or "key" in e:
             k = "as" if "as" in e else "key"
             raise MappingError(f"{k!r} only goes with for_each", file=self.file, line=e[k][1])
+        if "when" in e:  # with the item in scope: it filters items
+            when = bc.expr(str(scalar(e["when"][0])), scope, e["when"][1])[0]
         if "identity" in e:
             identity = bc.expr(str(scalar(e["identity"][0])), scope, e["identity"][1])[0]
         title = bc.value(e["title"][0], scope) if "title" in e else None
