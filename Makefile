@@ -6,7 +6,10 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup demo test lint bench schema clean
 
+# Python packages when pyproject/constraints change; the pinned FHIR packages (npm pack, checked against
+# their integrity) whenever missing. Both steps do nothing when everything is in place.
 setup: $(STAMP)
+	@$(BIN)/casebridge packages fetch --quiet
 
 # Reinstall when the dependency list changes; pip is quiet unless something fails.
 $(STAMP): pyproject.toml constraints.txt
@@ -31,6 +34,7 @@ lint: setup
 
 bench: setup
 	@$(BIN)/python benchmarks/bench_convert.py
+	@$(BIN)/python benchmarks/bench_validate.py
 
 schema: setup
 	@$(BIN)/casebridge schema -o schemas/case-report-1.0.schema.json

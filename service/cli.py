@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 import tempfile
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -24,9 +25,13 @@ from rich.table import Table
 from service import __version__
 from service.config import PROJECT_ROOT, Settings, get_settings
 from service.domain.case import CaseReport
-from service.domain.reader import read_case
+from service.domain.reader import check_depth, read_case
 from service.errors import CasebridgeError, InputError, MappingError
+from service.fhir.packages import PackageError
+from service.fhir.packages_cli import packages_app
 from service.mapping.engine import MappingSet
+from service.validation.service import load_validator
+from service.validation.validator import SEVERITY_RANK, Issue, has_errors, operation_outcome
 
 app = typer.Typer(
     name="casebridge",
@@ -35,10 +40,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.add_typer(packages_app, name="packages")
 err = Console(stderr=True, soft_wrap=True)  # never wrap: messages carry file names and paths
 # Wide enough for the demo table when output is piped (CI logs, make), where rich would assume 80 columns.
 out = Console(width=shutil.get_terminal_size((120, 40)).columns)
 
+# FHIR resources nest a few dozen levels at most (deep Questionnaires included); deeper is hostile.
+MAX_RESOURCE_DEPTH = 128
 SEED_CASE = PROJECT_ROOT / "fixtures" / "cases" / "dystrophic-calcification-right-forearm.yaml"
 
 
@@ -149,6 +157,70 @@ def _check_output(bundle: dict[str, object]) -> None:
         raise MappingError(
             f"the mappings produced a Bundle that is not valid FHIR R4: {where}: {first['msg']}"
         ) from exc
+
+
+class OutputFormat(StrEnum):
+    json = "json"
+    text = "text"
+
+
+@app.command()
+def validate(
+    file: Annotated[Path, typer.Argument(help="A FHIR R4 resource or Bundle (JSON).", dir_okay=False)],
+    profile: Annotated[
+        list[str] | None, typer.Option("--profile", help="Also validate against this profile (canonical URL).")
+    ] = None,
+    definitions: Annotated[
+        list[Path] | None,
+        typer.Option("--definitions", help="Extra StructureDefinition/ValueSet/CodeSystem files or folders."),
+    ] = None,
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="json: an OperationOutcome; text: a list.")] = (
+        OutputFormat.text
+    ),
+) -> None:
+    """Validate a resource against base R4, its meta.profile and --profile. Exit 0: no error; 1: errors; 2:
+    unusable input or arguments."""
+    settings = _settings()
+    issues, code = _validate_file(file, settings, list(profile or ()), list(definitions or ()))
+    if fmt is OutputFormat.json:
+        sys.stdout.buffer.write(dump_json(operation_outcome(issues)))
+    else:
+        for i in sorted(issues, key=lambda i: SEVERITY_RANK.get(i.severity, 9)):
+            out.print(f"{i.severity:<11} {i.expression or '-'}: {i.message}", markup=False, highlight=False)
+        counts = {s: sum(1 for i in issues if i.severity == s) for s in ("fatal", "error", "warning", "information")}
+        out.print(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no issues", highlight=False)
+    raise typer.Exit(code)
+
+
+def _validate_file(
+    file: Path, settings: Settings, profiles: list[str], definitions: list[Path]
+) -> tuple[list[Issue], int]:
+    """(issues, exit code). Unusable input becomes a fatal issue and exit 2, never an exception."""
+    try:
+        data = read_bounded(file, settings.max_resource_bytes)
+        resource = orjson.loads(data)
+    except InputError as exc:
+        return [Issue("fatal", "structure", exc.report(), "")], 2
+    except orjson.JSONDecodeError as exc:
+        return [Issue("fatal", "structure", f"{file}: malformed JSON: {exc}", "")], 2
+    if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+        return [Issue("fatal", "structure", f"{file}: not a FHIR resource (no resourceType)", "")], 2
+    try:
+        check_depth(resource, str(file), MAX_RESOURCE_DEPTH)
+    except InputError as exc:
+        return [Issue("fatal", "structure", exc.report(), "")], 2
+    try:
+        validator = load_validator(settings, definitions)
+    except PackageError as exc:
+        return [Issue("fatal", "not-found", str(exc), "")], 2
+    unknown = [p for p in profiles if validator.tree(p) is None]
+    if unknown:
+        return [Issue("fatal", "not-found", f"profile {p} is not loaded", "") for p in unknown], 2
+    if validator.type_tree(resource["resourceType"]) is None:
+        message = f"{file}: unknown resourceType {resource['resourceType']!r}"
+        return [Issue("fatal", "structure", message, "")], 2
+    issues = validator.validate(resource, profiles)
+    return issues, 1 if has_errors(issues) else 0
 
 
 @app.command()

@@ -25,6 +25,17 @@ class Settings(BaseSettings):
         ),
     )
     max_case_bytes: int = Field(5 * 1024 * 1024, gt=0, description="Largest case file accepted, in bytes.")
+    max_resource_bytes: int = Field(
+        5 * 1024 * 1024, gt=0, description="Largest FHIR resource or Bundle accepted for validation, in bytes."
+    )
+    fhir_packages_lock: Path = Field(
+        PROJECT_ROOT / "fhir-packages.json",
+        description="The pinned FHIR packages, in priority order (the first that defines a URL wins).",
+    )
+    fhir_package_cache: Path | None = Field(
+        None, description="The FHIR package cache (default: CASEBRIDGE_FHIR_PACKAGE_CACHE or ~/.fhir/packages)."
+    )
+    profiles_dir: Path = Field(PROJECT_ROOT / "profiles", description="casebridge's own profiles (a FHIR package).")
 
     @field_validator("mappings_dir")
     @classmethod

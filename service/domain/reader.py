@@ -113,17 +113,18 @@ def parse_document(data: bytes, *, source: str, max_bytes: int = DEFAULT_MAX_BYT
                 raise CaseFileError(f"malformed YAML: {exc}", source=source) from exc
     if not isinstance(doc, dict):
         raise CaseFileError(f"a case must be a JSON/YAML object, not {type(doc).__name__}", source=source)
-    _check_depth(doc, source)
+    check_depth(doc, source)
     return doc
 
 
-def _check_depth(doc: object, source: str) -> None:
-    # Iterative, so a hostile document cannot exhaust the Python stack.
+def check_depth(doc: object, source: str, limit: int = MAX_DEPTH) -> None:
+    """Refuse a document nested deeper than ``limit``. Iterative, so a hostile document cannot exhaust the
+    Python stack."""
     stack: list[tuple[object, int]] = [(doc, 1)]
     while stack:
         node, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise CaseFileError(f"the document nests deeper than {MAX_DEPTH} levels", source=source)
+        if depth > limit:
+            raise CaseFileError(f"the document nests deeper than {limit} levels", source=source)
         if isinstance(node, dict):
             stack.extend((v, depth + 1) for v in node.values())
         elif isinstance(node, list):

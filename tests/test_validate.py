@@ -1,0 +1,198 @@
+"""Validation against the installed FHIR packages: our own output, known-bad edits, and bad input."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.config import Settings
+from service.validation.service import load_validator
+from service.validation.validator import Validator, has_errors
+
+from .conftest import CASE_FILES
+from .test_cli import run
+
+
+@pytest.fixture(scope="module")
+def validator() -> Validator:
+    return load_validator(Settings())
+
+
+def errors(issues: list[Any]) -> list[tuple[str, str]]:
+    return [(i.expression, i.message) for i in issues if i.severity in ("error", "fatal")]
+
+
+@pytest.mark.parametrize("case", [p.name for p in CASE_FILES])
+def test_every_fixture_bundle_validates_without_errors(
+    validator: Validator, bundles: dict[str, Any], case: str
+) -> None:
+    assert errors(validator.validate(bundles[case])) == []
+
+
+def test_a_wrong_gender_and_a_bogus_status_are_both_caught(validator: Validator, seed_bundle: dict[str, Any]) -> None:
+    bundle = copy.deepcopy(seed_bundle)
+    for i, entry in enumerate(bundle["entry"]):
+        r = entry["resource"]
+        if r["resourceType"] == "Patient":
+            r["gender"] = "f"
+            patient = f"Bundle.entry[{i}].resource/*Patient/{r['id']}*/.gender"
+        if r["resourceType"] == "Observation" and "dataAbsentReason" in r:
+            r["status"] = "bogus"
+            observation = f"Bundle.entry[{i}].resource/*Observation/{r['id']}*/.status"
+    found = errors(validator.validate(bundle))
+    assert [e for e, _ in found] == [patient, observation]
+    assert "'f'" in found[0][1] and "'bogus'" in found[1][1]
+
+
+@pytest.mark.parametrize(
+    ("resource", "expression", "words"),
+    [
+        ({"resourceType": "Patient", "unknownElement": 1}, "Patient", "Unrecognized property 'unknownElement'"),
+        ({"resourceType": "Patient", "birthDate": "not a date"}, "Patient.birthDate", "Not a valid date"),
+        ({"resourceType": "Patient", "birthDate": "2020-02-30"}, "Patient.birthDate", "Not a valid date"),
+        ({"resourceType": "Patient", "id": "bad id"}, "Patient.id", "Invalid Resource id"),
+        ({"resourceType": "Patient", "name": {"family": "x"}}, "Patient.name", "must be a JSON Array"),
+        ({"resourceType": "Patient", "active": "true"}, "Patient.active", "must be a boolean"),
+        (
+            {"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "valueQuantity": {"value": "1"}},
+            "Observation.value.ofType(Quantity).value",
+            "must be a number",
+        ),
+        (
+            {"resourceType": "Observation", "code": {"text": "x"}},
+            "Observation",
+            "Observation.status: minimum required = 1",
+        ),
+        (
+            {
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"text": "x"},
+                "valueString": "a",
+                "dataAbsentReason": {"text": "y"},
+            },
+            "Observation",
+            "obs-6",
+        ),
+        (
+            {"resourceType": "Patient", "extension": [{"url": "http://example.org/nope", "valueString": "x"}]},
+            "Patient.extension[0]",
+            "could not be found",
+        ),
+        (
+            {"resourceType": "Patient", "meta": {"profile": ["http://example.org/not-loaded"]}},
+            "Patient",
+            "could not be resolved",
+        ),
+        (
+            {
+                "resourceType": "Condition",
+                "subject": {"reference": "Patient/1"},
+                "evidence": [{"detail": [{"reference": "#missing"}]}],
+            },
+            "Condition.evidence[0].detail[0]",
+            "ref-1",
+        ),
+        (
+            {
+                "resourceType": "DiagnosticReport",
+                "status": "final",
+                "code": {"text": "x"},
+                "subject": {"reference": "Medication/1"},
+            },
+            "DiagnosticReport.subject",
+            "Invalid Resource target type",
+        ),
+        (
+            {
+                "resourceType": "Patient",
+                "maritalStatus": {
+                    "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus", "code": "ZZ"}]
+                },
+            },
+            "Patient.maritalStatus.coding[0]",
+            "Unknown code 'ZZ'",
+        ),
+    ],
+)
+def test_known_errors(validator: Validator, resource: dict[str, Any], expression: str, words: str) -> None:
+    found = errors(validator.validate(resource))
+    assert any(e == expression and words in m for e, m in found), found
+
+
+def test_a_clean_resource_has_no_errors(validator: Validator) -> None:
+    patient = {
+        "resourceType": "Patient",
+        "id": "p1",
+        "gender": "female",
+        "birthDate": "1990-01-01",
+        "text": {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">x</div>'},
+    }
+    assert not has_errors(validator.validate(patient))
+
+
+def test_ips_profile_applies_from_meta_profile(validator: Validator) -> None:
+    patient = {
+        "resourceType": "Patient",
+        "meta": {"profile": ["http://hl7.org/fhir/uv/ips/StructureDefinition/Patient-uv-ips"]},
+        "gender": "female",
+    }
+    found = errors(validator.validate(patient))
+    assert any("Patient.name: minimum required = 1" in m for _, m in found), found
+
+
+# --- the command line -----------------------------------------------------------------------------------
+
+
+def _write(tmp_path: Path, name: str, content: str | bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+def test_cli_exit_codes_and_outcome(tmp_path: Path, seed_bundle: dict[str, Any]) -> None:
+    good = _write(tmp_path, "good.json", json.dumps(seed_bundle))
+    result = run("validate", str(good), "--format", "json")
+    assert result.returncode == 0, result.stdout
+    outcome = json.loads(result.stdout)
+    assert outcome["resourceType"] == "OperationOutcome"
+    bad = _write(tmp_path, "bad.json", json.dumps({"resourceType": "Patient", "gender": "f"}))
+    result = run("validate", str(bad), "--format", "json")
+    assert result.returncode == 1
+    issue = json.loads(result.stdout)["issue"][0]
+    assert issue["severity"] == "error" and issue["expression"] == ["Patient.gender"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "args", "words"),
+    [
+        ("malformed.json", '{"resourceType": "Patient",', (), "malformed JSON"),
+        ("list.json", "[1, 2]", (), "not a FHIR resource"),
+        ("noresource.json", '{"a": 1}', (), "not a FHIR resource"),
+        ("unknown.json", '{"resourceType": "Spaceship"}', (), "unknown resourceType"),
+        ("big.json", '{"resourceType": "Bundle", "x": "' + "x" * (10 * 1024 * 1024) + '"}', (), "limit"),
+        ("deep.json", '{"resourceType": "Patient", "extension": ' + "[" * 1000 + "]" * 1000 + "}", (), "nests deeper"),
+        ("profile.json", '{"resourceType": "Patient"}', ("--profile", "http://example.org/nope"), "not loaded"),
+    ],
+)
+def test_cli_unusable_input(tmp_path: Path, name: str, content: str, args: tuple[str, ...], words: str) -> None:
+    path = _write(tmp_path, name, content)
+    result = run("validate", str(path), "--format", "json", *args)
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    issue = json.loads(result.stdout)["issue"][0]
+    assert issue["severity"] == "fatal" and words in issue["details"]["text"]
+
+
+def test_cli_deeply_nested_extensions_do_not_crash(tmp_path: Path) -> None:
+    nested: dict[str, Any] = {"url": "http://example.org/x", "valueString": "leaf"}
+    for _ in range(300):
+        nested = {"url": "http://example.org/x", "extension": [nested]}
+    path = _write(tmp_path, "nested.json", json.dumps({"resourceType": "Patient", "extension": [nested]}))
+    result = run("validate", str(path), "--format", "json")
+    assert result.returncode in (1, 2) and "Traceback" not in result.stderr
+    assert json.loads(result.stdout)["resourceType"] == "OperationOutcome"
