@@ -85,6 +85,7 @@ class _Run:
     seen: set[tuple[str, str, str]] = field(default_factory=set)
     profile_stack: list[str] = field(default_factory=list)
     roots: dict[int, dict[str, Any]] = field(default_factory=dict)  # id(resource) -> its %rootResource
+    conforms: dict[tuple[int, str], bool] = field(default_factory=dict)  # (id(resource), profile) -> conforms
 
     def add(self, severity: str, code: str, message: str, expression: str, source: str | None = None) -> None:
         key = (severity, expression, message)
@@ -385,15 +386,10 @@ class Validator:
         type_ref = next((t for t in node.types if t.code == type_code), None)
         for i, item in enumerate(items):
             item_extra = extras[i] if i < len(extras) else None
-            if node.repeats:
-                item_expr = f"{expr}.{name}[{i}]"
-            elif node.is_choice and type_code:
-                item_expr = f"{expr}.{name}.ofType({type_code})"
-            else:
-                item_expr = f"{expr}.{name}"
+            item_expr = _item_expression(expr, node, type_code, i)
             self._item(item, item_extra, node, child.tree, type_code, type_ref, item_expr, run, res, depth)
         if node.slicing and node.slices:
-            self._slicing(items, node, child.tree, expr, name, run, res, depth)
+            self._slicing(items, extras, node, child.tree, expr, type_code, run, res, depth)
 
     # --- one value ------------------------------------------------------------------------------------
 
@@ -749,10 +745,11 @@ class Validator:
     def _slicing(
         self,
         items: list[Any],
+        extras: list[Any],
         node: ElementNode,
         tree: StructureTree,
         parent_expr: str,
-        name: str,
+        type_code: str | None,
         run: _Run,
         res: dict[str, Any],
         depth: int,
@@ -762,22 +759,21 @@ class Validator:
         slices = list(node.slices.values())
         counts = {s.slice_name: 0 for s in slices}
         for i, item in enumerate(items):
-            item_expr = f"{parent_expr}.{name}[{i}]" if node.repeats else f"{parent_expr}.{name}"
-            match = next((s for s in slices if self._in_slice(item, s, slicing.discriminators)), None)
+            extra = extras[i] if i < len(extras) else None
+            if item is None and extra is None:
+                continue
+            item_expr = _item_expression(parent_expr, node, type_code, i)
+            match = next((s for s in slices if self._in_slice(item, type_code, s, slicing.discriminators, run)), None)
             if match is None:
                 if slicing.rules == "closed":
-                    run.add(
-                        "error",
-                        "structure",
-                        f"This element does not match any known slice defined in the profile {tree.label}",
-                        item_expr,
-                    )
+                    message = f"This element does not match any known slice defined in the profile {tree.label}"
+                    run.add("error", "structure", message, item_expr)
                 continue
             counts[match.slice_name] += 1
-            type_code = match.types[0].code if len(match.types) == 1 else None
-            self._item(
-                item, None, match, tree, type_code, match.types[0] if match.types else None, item_expr, run, res, depth
-            )
+            codes = [t.code for t in match.types]
+            slice_type = type_code if type_code in codes else codes[0] if len(codes) == 1 else type_code
+            type_ref = next((t for t in match.types if t.code == slice_type), None)
+            self._item(item, extra, match, tree, slice_type, type_ref, item_expr, run, res, depth)
         for s in slices:
             count = counts[s.slice_name]
             if count < s.min:
@@ -797,7 +793,14 @@ class Validator:
                     tree.url,
                 )
 
-    def _in_slice(self, item: Any, slice_node: ElementNode, discriminators: tuple[Any, ...]) -> bool:
+    def _in_slice(
+        self,
+        item: Any,
+        type_code: str | None,
+        slice_node: ElementNode,
+        discriminators: tuple[Any, ...],
+        run: _Run,
+    ) -> bool:
         if not discriminators:
             return False
         for d in discriminators:
@@ -806,26 +809,42 @@ class Validator:
                 expected = self._expected_at(slice_node, path)
                 if expected is _MISSING:
                     return False
-                values = list(_values_at(item, path))
-                if not any(_matches_pattern(v, expected) for v in values):
+                if not any(_matches_pattern(v, expected) for v, _ in _typed_values_at(item, path, type_code)):
                     return False
             elif d.type == "exists":
                 target = _node_at(slice_node, path)
-                present = bool(list(_values_at(item, path)))
-                if target is None or ((target.min > 0) != present and not (target.max == 0 and not present)):
+                present = bool(list(_typed_values_at(item, path, type_code)))
+                if target is None or present != (target.min > 0 or target.max != 0):
                     return False
             elif d.type == "type":
-                if not self._type_matches(item, slice_node, path):
+                target = _node_at(slice_node, path)
+                if target is None:
+                    return False
+                wanted = {t.code for t in target.types}
+                values = list(_typed_values_at(item, path, type_code))
+                if not values or not all(actual in wanted for _, actual in values):
                     return False
             elif d.type == "profile":
-                profiles = [p for t in slice_node.types for p in (t.profiles or ())]
-                if not profiles or not isinstance(item, dict):
-                    return False
-                if not all(not has_errors(self.validate(item, [p])) for p in profiles if "resourceType" in item):
+                target = _node_at(slice_node, path)
+                profiles = [p for t in (target.types if target else ()) for p in t.profiles]
+                values = [v for v, _ in _typed_values_at(item, path, type_code)]
+                if not profiles or not values or not all(self._conforms(v, profiles, run) for v in values):
                     return False
             else:
                 return False
         return True
+
+    def _conforms(self, value: Any, profiles: list[str], run: _Run) -> bool:
+        """Whether a resource conforms to any of the profiles (a profile discriminator). Cached per run."""
+        if not isinstance(value, dict) or "resourceType" not in value:
+            return False
+        for p in profiles:
+            key = (id(value), p)
+            if key not in run.conforms:
+                run.conforms[key] = self.tree(p) is not None and not has_errors(self.validate(value, [p]))
+            if run.conforms[key]:
+                return True
+        return False
 
     def _expected_at(self, slice_node: ElementNode, path: str) -> Any:
         if path in ("url",) and slice_node.types and slice_node.types[0].code == "Extension":
@@ -843,13 +862,14 @@ class Validator:
             return target.pattern
         return _MISSING
 
-    def _type_matches(self, item: Any, slice_node: ElementNode, path: str) -> bool:
-        wanted = {t.code for t in slice_node.types}
-        if path in ("$this", ""):
-            if isinstance(item, dict) and "resourceType" in item:
-                return item["resourceType"] in wanted
-            return True
-        return True
+
+def _item_expression(parent_expr: str, node: ElementNode, type_code: str | None, index: int) -> str:
+    name = node.name[:-3] if node.is_choice else node.name
+    if node.repeats:
+        return f"{parent_expr}.{name}[{index}]"
+    if node.is_choice and type_code:
+        return f"{parent_expr}.{name}.ofType({type_code})"
+    return f"{parent_expr}.{name}"
 
 
 _MISSING = object()
@@ -867,22 +887,39 @@ def _node_at(node: ElementNode, path: str) -> ElementNode | None:
     return current
 
 
-def _values_at(item: Any, path: str) -> Iterator[Any]:
+def _type_of_key(key: str, stem: str) -> str:
+    """The type a choice property name implies: valueQuantity -> Quantity, valueString -> string."""
+    suffix = key[len(stem) :]
+    lowered = suffix[:1].lower() + suffix[1:]
+    return lowered if lowered in primitives.PRIMITIVES else suffix
+
+
+def _typed_values_at(item: Any, path: str, type_code: str | None) -> Iterator[tuple[Any, str | None]]:
+    """The values at a discriminator path, each with its type where the JSON tells it."""
     if path in ("$this", ""):
-        yield item
+        actual = item["resourceType"] if isinstance(item, dict) and "resourceType" in item else type_code
+        yield item, actual
         return
-    current = [item]
+    current: list[tuple[Any, str | None]] = [(item, type_code)]
     for part in path.split("."):
-        nxt: list[Any] = []
-        for c in current:
-            if isinstance(c, dict):
-                v = c.get(part)
-                if v is None:
-                    v = next((val for k, val in c.items() if k.startswith(part) and k[len(part) :][:1].isupper()), None)
-                if isinstance(v, list):
-                    nxt.extend(v)
-                elif v is not None:
-                    nxt.append(v)
+        part = re.sub(r"\.?ofType\(.*\)$", "", part)
+        nxt: list[tuple[Any, str | None]] = []
+        for c, _ in current:
+            if not isinstance(c, dict):
+                continue
+            found: list[tuple[Any, str | None]]
+            if part in c:
+                found = [(c[part], None)]
+            else:
+                found = [
+                    (v, _type_of_key(k, part))
+                    for k, v in c.items()
+                    if k.startswith(part) and k[len(part) :][:1].isupper()
+                ]
+            for v, t in found:
+                for x in v if isinstance(v, list) else [v]:
+                    actual = x["resourceType"] if isinstance(x, dict) and "resourceType" in x else t
+                    nxt.append((x, actual))
         current = nxt
     yield from current
 
