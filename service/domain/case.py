@@ -597,36 +597,29 @@ _EXAM_KINDS = frozenset({"clinical_examination"})
 _IMAGING_KINDS = frozenset({"xray", "ultrasound", "ct", "mri"})
 
 
-class StepMeasurement(_Model):
+class _StepItem(_Model):
+    """Something a step produced (a finding, a measurement), with the step it belongs to."""
+
     step_id: str
     kind: str
     index: int
+    body_site: BodySite | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.step_id}-{self.index + 1}"
+
+    @property
+    def category(self) -> str | None:
+        return "exam" if self.kind in _EXAM_KINDS else "imaging" if self.kind in _IMAGING_KINDS else None
+
+
+class StepMeasurement(_StepItem):
     measurement: Measurement
-    body_site: BodySite | None
-
-    @property
-    def key(self) -> str:
-        return f"{self.step_id}-{self.index + 1}"
-
-    @property
-    def category(self) -> str | None:
-        return "exam" if self.kind in _EXAM_KINDS else "imaging" if self.kind in _IMAGING_KINDS else None
 
 
-class StepFinding(_Model):
-    step_id: str
-    kind: str
-    index: int
+class StepFinding(_StepItem):
     finding: Finding
-    body_site: BodySite | None
-
-    @property
-    def key(self) -> str:
-        return f"{self.step_id}-{self.index + 1}"
-
-    @property
-    def category(self) -> str | None:
-        return "exam" if self.kind in _EXAM_KINDS else "imaging" if self.kind in _IMAGING_KINDS else None
 
 
 class StepView(_Model):
