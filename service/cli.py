@@ -30,6 +30,7 @@ from service.errors import CasebridgeError, InputError, MappingError
 from service.fhir.packages import PackageError
 from service.fhir.packages_cli import packages_app
 from service.mapping.engine import MappingSet
+from service.validation.conformance_cli import conformance
 from service.validation.service import load_validator
 from service.validation.validator import SEVERITY_RANK, Issue, has_errors, operation_outcome
 
@@ -41,6 +42,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(packages_app, name="packages")
+app.command("conformance")(conformance)
 err = Console(stderr=True, soft_wrap=True)  # never wrap: messages carry file names and paths
 # Wide enough for the demo table when output is piped (CI logs, make), where rich would assume 80 columns.
 out = Console(width=shutil.get_terminal_size((120, 40)).columns)
