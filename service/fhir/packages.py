@@ -543,7 +543,10 @@ class DefinitionIndex:
                     same.append(record)
         if record.is_core_definition and record.type:
             current = self._core.get(record.type)
-            if current is None or (loose and current.package is not None):
+            # A loose definition replaces a package's only when it is that very type's core definition:
+            # a test's specialisation or logical model of the same type name must not hide the real one.
+            core_url = f"http://hl7.org/fhir/StructureDefinition/{record.type}"
+            if current is None or (loose and current.package is not None and record.url == core_url):
                 self._core[record.type] = record
 
     # -- looking up

@@ -100,7 +100,18 @@ def _html_checks(inputs: list[Any]) -> bool:
     return all(isinstance(i, str) and html_checks(i) for i in inputs)
 
 
+def _matches(inputs: list[Any], pattern: str) -> list[bool]:
+    # As the HL7 validator reads it: the whole string must match (fhirpathpy searches for a part).
+    if len(inputs) != 1 or not isinstance(inputs[0], str):
+        return []
+    try:
+        return [re.fullmatch(pattern, inputs[0], re.DOTALL) is not None]
+    except re.error:
+        return []
+
+
 _USER_FUNCTIONS: dict[str, dict[str, Any]] = {
+    "matches": {"fn": _matches, "arity": {1: ["String"]}},
     "hasValue": {"fn": _has_value, "arity": {0: []}},
     "htmlChecks": {"fn": _html_checks, "arity": {0: []}},
     "resolve": {"fn": _resolve, "arity": {0: []}},

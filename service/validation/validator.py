@@ -86,6 +86,7 @@ class _Run:
     profile_stack: list[str] = field(default_factory=list)
     roots: dict[int, dict[str, Any]] = field(default_factory=dict)  # id(resource) -> its %rootResource
     conforms: dict[tuple[int, str], bool] = field(default_factory=dict)  # (id(resource), profile) -> conforms
+    bundle_type: str | None = None  # the type of the Bundle being validated, if any
 
     def add(self, severity: str, code: str, message: str, expression: str, source: str | None = None) -> None:
         key = (severity, expression, message)
@@ -175,26 +176,22 @@ class Validator:
         # A contained resource's %rootResource is its container; any other resource is its own root.
         run.roots[id(res)] = run.roots.get(id(container), container) if container is not None else res
         rid = res.get("id")
+        # Inside a Bundle or as a contained resource, paths name the resource: entry[0].resource/*Type/id*/
+        root_expr = f"{expr}/*{rtype}/{rid}*/" if expr != rtype and isinstance(rid, str) else expr
         if rid is not None:
             if not isinstance(rid, str) or not _ID.fullmatch(rid):
                 why = "Too long" if isinstance(rid, str) and len(rid) > 64 else "Invalid Characters"
                 shown = f"({len(rid)} chars)" if why == "Too long" and isinstance(rid, str) else f"('{rid}')"
-                run.add("error", "invalid", f"Invalid Resource id: {why} {shown}", f"{expr}.id")
-        if expr != rtype and isinstance(rid, str):
-            root_expr = f"{expr}/*{rtype}/{rid}*/"
-        else:
-            root_expr = expr
+                run.add("error", "invalid", f"Invalid Resource id: {why} {shown}", f"{root_expr}.id")
         claimed = [p for p in (res.get("meta") or {}).get("profile", ()) if isinstance(p, str)]
         trees = []
         for url in dict.fromkeys([*claimed, *profiles]):
             tree = self.tree(url)
             if tree is None:
-                run.add(
-                    "error",
-                    "processing",
-                    f"Profile reference '{url}' could not be resolved, so has not been checked",
-                    root_expr,
-                )
+                # Never a silent pass: a profile we cannot check is an error, at the claim that names it.
+                where = f"{root_expr}.meta.profile[{claimed.index(url)}]" if url in claimed else root_expr
+                message = f"Profile reference '{url}' could not be resolved, so has not been checked"
+                run.add("error", "processing", message, where)
             elif tree.type != rtype:
                 run.add("error", "structure", f"The profile {url} is for {tree.type}, not {rtype}", root_expr)
             else:
@@ -239,15 +236,23 @@ class Validator:
             ):
                 index.setdefault(f"{resource['resourceType']}/{resource['id']}", resource)
         run.bundle_index = index
+        bundle_type = bundle.get("type")
+        run.bundle_type = bundle_type if isinstance(bundle_type, str) else ""
 
     def _bundle_rules(self, bundle: dict[str, Any], run: _Run, expr: str) -> None:
+        relations: set[object] = set()
+        for i, link in enumerate(bundle.get("link") or ()):
+            relation = link.get("relation") if isinstance(link, dict) else None
+            if relation in ("self", "first", "previous", "next", "last") and relation in relations:
+                message = f"The link relationship type '{relation}' can only occur once"
+                run.add("error", "invalid", message, f"{expr}.link[{i}]")
+            relations.add(relation)
         for i, entry in enumerate(bundle.get("entry") or ()):
             if not isinstance(entry, dict):
                 continue
             full_url = entry.get("fullUrl")
-            if isinstance(full_url, str) and not (
-                full_url.startswith(("urn:uuid:", "urn:oid:")) or re.match(r"^[a-z][a-z0-9+.-]*://", full_url)
-            ):
+            # Any absolute URI (a scheme, then a colon) will do; a relative one will not.
+            if isinstance(full_url, str) and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", full_url):
                 run.add(
                     "error", "invalid", f"The fullUrl must be an absolute URL (not '{full_url}')", f"{expr}.entry[{i}]"
                 )
@@ -569,13 +574,12 @@ class Validator:
         elif reference in run.bundle_index:
             target_type = run.bundle_index[reference].get("resourceType")
         elif reference.startswith(("urn:uuid:", "urn:oid:")):
-            if run.bundle_index or "entry" in res:
-                run.add(
-                    "error",
-                    "structure",
-                    f"Bundled or contained reference not found within the bundle/resource {reference}",
-                    expr,
-                )
+            if run.bundle_type in ("transaction", "batch"):
+                # A transaction's URN references must be entries: the server cannot resolve them.
+                message = f"Bundled or contained reference not found within the bundle/resource {reference}"
+                run.add("error", "structure", message, expr)
+            elif run.bundle_type is not None:
+                run.add("warning", "structure", "URN reference is not locally contained within the bundle", expr)
             return
         else:
             m = _REFERENCE.search(reference)
