@@ -85,7 +85,7 @@ def test_a_wrong_gender_and_a_bogus_status_are_both_caught(validator: Validator,
         ),
         (
             {"resourceType": "Patient", "meta": {"profile": ["http://example.org/not-loaded"]}},
-            "Patient",
+            "Patient.meta.profile[0]",
             "could not be resolved",
         ),
         (
