@@ -92,6 +92,7 @@ class ElementNode:
     max_length: int | None = None
     min_value: Any = None
     max_value: Any = None
+    additional_required: tuple[str, ...] = ()  # value sets of "additional" bindings with purpose required
     children: dict[str, ElementNode] = field(default_factory=dict)  # by element name ("value[x]")
     slices: dict[str, ElementNode] = field(default_factory=dict)  # by slice name
     is_modifier: bool = False
@@ -172,6 +173,7 @@ def _node(element: dict[str, Any], source: str) -> ElementNode:
         fixed=_choice_value(element, "fixed"),
         pattern=_choice_value(element, "pattern"),
         binding=(binding["strength"], binding["valueSet"]) if binding and binding.get("valueSet") else None,
+        additional_required=_additional_required(binding),
         constraints=tuple(
             Constraint(
                 c["key"], c.get("severity", "error"), c.get("human", ""), c["expression"], c.get("source", source)
@@ -194,6 +196,26 @@ def _node(element: dict[str, Any], source: str) -> ElementNode:
         is_modifier=bool(element.get("isModifier")),
         base_max=(element.get("base") or {}).get("max", element.get("max", "1")),
     )
+
+
+_ADDITIONAL_BINDING = (
+    "http://hl7.org/fhir/5.0/StructureDefinition/extension-ElementDefinition.binding.additional",
+    "http://hl7.org/fhir/tools/StructureDefinition/additional-binding",
+)
+
+
+def _additional_required(binding: dict[str, Any] | None) -> tuple[str, ...]:
+    """Value sets of additional bindings (the R5 feature, carried in R4 by extension) that are required."""
+    out = []
+    for ext in (binding or {}).get("extension", ()):
+        if ext.get("url") not in _ADDITIONAL_BINDING:
+            continue
+        parts = {e.get("url"): e for e in ext.get("extension", ())}
+        purpose = (parts.get("purpose") or {}).get("valueCode")
+        vs = (parts.get("valueSet") or {}).get("valueCanonical")
+        if purpose == "required" and isinstance(vs, str):
+            out.append(vs)
+    return tuple(out)
 
 
 def _split_id(element_id: str) -> list[tuple[str, str | None]]:

@@ -20,8 +20,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.validation import primitives
+from service.validation import primitives, ucum
 from service.validation.fhirpath import FhirPathError, Resolver, evaluate, html_checks, is_true
+from service.validation.snapshot import generate_snapshot, needs_snapshot
 from service.validation.structure import (
     Constraint,
     DefinitionError,
@@ -110,6 +111,7 @@ class Validator:
         self.definitions = definitions
         self.terminology = terminology or Terminology(definitions)
         self._trees: dict[str, StructureTree | None] = {}
+        self.unusable: dict[str, str] = {}  # canonical -> why a definition that exists cannot be used
         self._lookups: dict[tuple[int, int], dict[str, _Child]] = {}
         self._required: dict[tuple[int, int], list[ElementNode]] = {}
 
@@ -123,9 +125,9 @@ class Validator:
             tree = None
             if sd is not None and sd.get("resourceType") == "StructureDefinition":
                 try:
-                    tree = compile_structure(sd)
-                except DefinitionError:
-                    tree = None
+                    tree = compile_structure(generate_snapshot(sd, self.definitions) if needs_snapshot(sd) else sd)
+                except DefinitionError as exc:
+                    self.unusable[canonical] = str(exc)
             self._trees[canonical] = tree
         return self._trees[canonical]
 
@@ -190,7 +192,11 @@ class Validator:
             if tree is None:
                 # Never a silent pass: a profile we cannot check is an error, at the claim that names it.
                 where = f"{root_expr}.meta.profile[{claimed.index(url)}]" if url in claimed else root_expr
-                message = f"Profile reference '{url}' could not be resolved, so has not been checked"
+                message = (
+                    f"Profile '{url}' could not be used: {self.unusable[url]}"
+                    if url in self.unusable
+                    else f"Profile reference '{url}' could not be resolved, so has not been checked"
+                )
                 run.add("error", "processing", message, where)
             elif tree.type != rtype:
                 run.add("error", "structure", f"The profile {url} is for {tree.type}, not {rtype}", root_expr)
@@ -456,6 +462,11 @@ class Validator:
             )
         if node.binding is not None and type_code in ("Coding", "CodeableConcept", "Quantity"):
             self._binding(item, type_code, node, tree, expr, run)
+        for vs in node.additional_required:
+            if type_code in ("Coding", "CodeableConcept"):
+                self._binding(item, type_code, node, tree, expr, run, ("required", vs))
+        if type_code == "Quantity" and (node.min_value is not None or node.max_value is not None):
+            self._quantity_limits(item, node, expr, run)
         if type_code == "Reference":
             self._reference(item, node, expr, run, run.roots.get(id(res), res))
         if type_code in ("Coding", "CodeableConcept"):
@@ -640,9 +651,16 @@ class Validator:
         )
 
     def _binding(
-        self, item: dict[str, Any], type_code: str, node: ElementNode, tree: StructureTree, expr: str, run: _Run
+        self,
+        item: dict[str, Any],
+        type_code: str,
+        node: ElementNode,
+        tree: StructureTree,
+        expr: str,
+        run: _Run,
+        binding: tuple[str, str] | None = None,
     ) -> None:
-        strength, vs = node.binding  # type: ignore[misc]
+        strength, vs = binding or node.binding  # type: ignore[misc]
         if strength not in ("required", "extensible") or type_code == "Quantity":
             return
         codings = [c for _, c in _codings(item, type_code, expr)]
@@ -685,6 +703,27 @@ class Validator:
             "from this value set",
             expr,
         )
+
+    def _quantity_limits(self, item: dict[str, Any], node: ElementNode, expr: str, run: _Run) -> None:
+        value = item.get("value")
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return
+        for limit, word, below in ((node.min_value, "minValue", True), (node.max_value, "maxValue", False)):
+            if not isinstance(limit, dict) or not isinstance(limit.get("value"), (int, float)):
+                continue
+            ours = ucum.to_base(value, item.get("code") or item.get("unit"))
+            theirs = ucum.to_base(limit["value"], limit.get("code") or limit.get("unit"))
+            if ours is None or theirs is None or ours[1] != theirs[1]:
+                continue  # not comparable offline (unknown units or dimensions)
+            if (ours[0] < theirs[0]) if below else (ours[0] > theirs[0]):
+                shown = f"{value} {item.get('code') or item.get('unit') or ''}".strip()
+                limit_shown = f"{limit['value']} {limit.get('code') or limit.get('unit') or ''}".strip()
+                relation = "less" if below else "greater"
+                message = (
+                    f"The value in the instance ({shown}) is {relation} than the specified {word} "
+                    f"({limit_shown}) after UCUM conversion"
+                )
+                run.add("error", "invalid", message, expr)
 
     def _known_code(self, coding: dict[str, Any], expr: str, run: _Run) -> None:
         system, code = coding.get("system"), coding.get("code")
@@ -807,15 +846,19 @@ class Validator:
     ) -> bool:
         if not discriminators:
             return False
+        constrained = False
         for d in discriminators:
             path = d.path.strip()
             if d.type in ("value", "pattern"):
                 expected = self._expected_at(slice_node, path)
                 if expected is _MISSING:
-                    return False
+                    continue  # this slice leaves that path open: it matches any value there
+                constrained = True
                 if not any(_matches_pattern(v, expected) for v, _ in _typed_values_at(item, path, type_code)):
                     return False
-            elif d.type == "exists":
+                continue
+            constrained = True
+            if d.type == "exists":
                 target = _node_at(slice_node, path)
                 present = bool(list(_typed_values_at(item, path, type_code)))
                 if target is None or present != (target.min > 0 or target.max != 0):
@@ -836,7 +879,7 @@ class Validator:
                     return False
             else:
                 return False
-        return True
+        return constrained
 
     def _conforms(self, value: Any, profiles: list[str], run: _Run) -> bool:
         """Whether a resource conforms to any of the profiles (a profile discriminator). Cached per run."""

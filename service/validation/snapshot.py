@@ -1,0 +1,219 @@
+"""Snapshot generation: a profile that carries only a differential gets its snapshot here.
+
+The snapshot starts as a copy of the base definition's snapshot; each differential element is then
+merged into the element with the same id. An id the copy does not have yet is made first:
+- a deeper element (``Observation.code.coding``) by expanding its parent with the children of the
+  parent's type, taken from that type's own snapshot and rebased onto the parent's path;
+- a slice (``Observation.category:lab``) by copying its base element, after the base element's subtree
+  and the slices already there;
+- a renamed choice (``Observation.valueQuantity``) is read as ``Observation.value[x]`` restricted to that
+  type, as R4 allows.
+
+This covers what profiles commonly do (cardinality, types, fixed and pattern values, bindings,
+invariants, slicing, extensions); it does not re-derive what the HL7 snapshot generator checks about a
+profile's own consistency.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from service.validation.structure import DefinitionError, Definitions
+
+_MERGED_LISTS = ("constraint",)
+_NEVER_COPIED = ("id", "path")
+_MAX_BASE_DEPTH = 20
+
+
+def needs_snapshot(sd: dict[str, Any]) -> bool:
+    return not (sd.get("snapshot") or {}).get("element") and bool((sd.get("differential") or {}).get("element"))
+
+
+def generate_snapshot(sd: dict[str, Any], definitions: Definitions, _depth: int = 0) -> dict[str, Any]:
+    """A copy of ``sd`` with a snapshot. Raises DefinitionError when it cannot be built."""
+    url = sd.get("url", "?")
+    if _depth > _MAX_BASE_DEPTH:
+        raise DefinitionError(f"{url}: the chain of base definitions is too long (or circular)")
+    base_url = sd.get("baseDefinition")
+    if not base_url:
+        raise DefinitionError(f"{url}: a differential without a baseDefinition")
+    base = definitions.get(base_url)
+    if base is None:
+        raise DefinitionError(f"{url}: its base definition {base_url} is not loaded")
+    if needs_snapshot(base):
+        base = generate_snapshot(base, definitions, _depth + 1)
+    elements = copy.deepcopy((base.get("snapshot") or {}).get("element") or [])
+    if not elements:
+        raise DefinitionError(f"{url}: its base definition {base_url} has no snapshot")
+    builder = _Builder(elements, definitions, url)
+    base_type = base.get("type")
+    if sd.get("type") and base_type and sd["type"] != base_type and sd.get("derivation") != "specialization":
+        raise DefinitionError(f"{url}: type {sd['type']} differs from its base's type {base_type}")
+    for diff in sd["differential"]["element"]:
+        builder.apply(diff)
+    out = dict(sd)
+    out["snapshot"] = {"element": builder.elements}
+    return out
+
+
+class _Builder:
+    def __init__(self, elements: list[dict[str, Any]], definitions: Definitions, url: str):
+        self.elements = elements
+        self.definitions = definitions
+        self.url = url
+
+    # --- positions --------------------------------------------------------------------------------------
+
+    def _index(self, element_id: str) -> int | None:
+        for i, e in enumerate(self.elements):
+            if e.get("id") == element_id:
+                return i
+        return None
+
+    def _subtree_end(self, index: int) -> int:
+        """The index just after the element at ``index`` and everything below it (its children, its
+        slices and theirs)."""
+        own = self.elements[index]["id"]
+        end = index + 1
+        while end < len(self.elements):
+            other = self.elements[end]["id"]
+            if other.startswith(own + ".") or other.startswith(own + ":"):
+                end += 1
+            else:
+                break
+        return end
+
+    # --- applying one differential element --------------------------------------------------------------
+
+    def apply(self, diff: dict[str, Any]) -> None:
+        element_id = self._normalise_id(diff)
+        index = self._index(element_id)
+        if index is None:
+            index = self._make(element_id, diff)
+        target = self.elements[index]
+        for key, value in diff.items():
+            if key in _NEVER_COPIED:
+                continue
+            if key in _MERGED_LISTS:
+                existing = {c.get("key"): c for c in target.get(key, [])}
+                for item in value:
+                    existing[item.get("key")] = item
+                target[key] = list(existing.values())
+            else:
+                target[key] = copy.deepcopy(value)
+        if diff.get("type") and target["path"].endswith("[x]"):
+            # The choice is narrowed: fixed or pattern values of the removed types would no longer apply.
+            target["type"] = copy.deepcopy(diff["type"])
+
+    def _normalise_id(self, diff: dict[str, Any]) -> str:
+        element_id = diff.get("id")
+        path = diff.get("path")
+        if not isinstance(path, str) or not path:
+            raise DefinitionError(f"{self.url}: a differential element has no path")
+        if not isinstance(element_id, str) or not element_id:
+            element_id = path + (f":{diff['sliceName']}" if diff.get("sliceName") else "")
+        return self._choice_rename(element_id)
+
+    def _choice_rename(self, element_id: str) -> str:
+        """``Observation.valueQuantity`` -> ``Observation.value[x]`` when the base has that choice."""
+        parts = element_id.split(".")
+        for i in range(1, len(parts)):
+            name, _, slice_name = parts[i].partition(":")
+            prefix = ".".join(parts[:i])
+            if self._index(f"{prefix}.{name}") is not None or name.endswith("[x]"):
+                continue
+            for stem_end in range(len(name) - 1, 0, -1):
+                if name[stem_end].isupper():
+                    choice = f"{prefix}.{name[:stem_end]}[x]"
+                    if self._index(choice) is not None:
+                        parts[i] = f"{name[:stem_end]}[x]" + (f":{slice_name}" if slice_name else "")
+                        break
+        return ".".join(parts)
+
+    def _make(self, element_id: str, diff: dict[str, Any]) -> int:
+        head, _, last = element_id.rpartition(".")
+        name, _, slice_name = last.partition(":")
+        if slice_name:
+            base_id = f"{head}.{name}" if head else name
+            base_index = self._index(base_id)
+            if base_index is None:
+                base_index = self._make(base_id, {})
+            new = copy.deepcopy(self.elements[base_index])
+            new.pop("slicing", None)
+            new["id"] = element_id
+            new["sliceName"] = slice_name
+            position = self._subtree_end(base_index)
+            self.elements.insert(position, new)
+            return position
+        if not head:
+            raise DefinitionError(f"{self.url}: element {element_id} is not in the base definition")
+        parent_index = self._index(head)
+        if parent_index is None:
+            parent_index = self._make(head, {})
+        self._expand(parent_index)
+        index = self._index(element_id)
+        if index is None:
+            raise DefinitionError(f"{self.url}: element {element_id} is not in the base definition")
+        return index
+
+    def _copy_children(self, parent_index: int, source_id: str) -> bool:
+        """Copy the children (not the slices) of ``source_id`` under the element at ``parent_index``."""
+        source_index = self._index(source_id)
+        if source_index is None:
+            return False
+        parent = self.elements[parent_index]
+        source = self.elements[source_index]
+        copied = []
+        for e in self.elements[source_index + 1 : self._subtree_end(source_index)]:
+            if not e["id"].startswith(source_id + ".") or ":" in e["id"][len(source_id) :]:
+                continue
+            child = copy.deepcopy(e)
+            child["id"] = parent["id"] + e["id"][len(source_id) :]
+            child["path"] = parent["path"] + e["path"][len(source["path"]) :]
+            copied.append(child)
+        self.elements[parent_index + 1 : parent_index + 1] = copied
+        return bool(copied)
+
+    def _expand(self, parent_index: int) -> None:
+        """Give an element its children (once): those of the element it slices or refers to
+        (``contentReference``) when that one has them, else those of its type."""
+        parent = self.elements[parent_index]
+        below = self.elements[parent_index + 1 : self._subtree_end(parent_index)]
+        if any(e["id"].startswith(parent["id"] + ".") for e in below):
+            return
+        source_id = None
+        if parent.get("sliceName"):
+            source_id = parent["id"][: parent["id"].rfind(":")]
+        elif isinstance(parent.get("contentReference"), str):
+            source_id = parent["contentReference"].split("#", 1)[-1]
+        if source_id is not None and self._copy_children(parent_index, source_id):
+            return
+        types = parent.get("type") or []
+        codes = {t.get("code") for t in types}
+        if len(codes) != 1:
+            raise DefinitionError(
+                f"{self.url}: cannot go below {parent['id']}: it has {len(codes)} types (restrict it to one first)"
+            )
+        type_code = codes.pop()
+        profile = next((p for t in types for p in t.get("profile", ())), None)
+        type_sd = self.definitions.get(profile) if profile and type_code != "Extension" else None
+        if type_sd is None:
+            type_sd = self.definitions.core_definition(str(type_code))
+        if type_sd is None:
+            raise DefinitionError(f"{self.url}: the type {type_code} of {parent['id']} is not loaded")
+        if needs_snapshot(type_sd):
+            type_sd = generate_snapshot(type_sd, self.definitions, 1)
+        type_elements = (type_sd.get("snapshot") or {}).get("element") or []
+        if not type_elements:
+            raise DefinitionError(f"{self.url}: the type {type_code} has no snapshot")
+        root_path = type_elements[0]["path"]
+        root_id = type_elements[0].get("id", root_path)
+        children = []
+        for e in type_elements[1:]:
+            child = copy.deepcopy(e)
+            child["id"] = parent["id"] + child.get("id", child["path"])[len(root_id) :]
+            child["path"] = parent["path"] + child["path"][len(root_path) :]
+            children.append(child)
+        position = parent_index + 1
+        self.elements[position:position] = children
