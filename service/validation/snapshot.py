@@ -60,6 +60,8 @@ def generate_snapshot(sd: dict[str, Any], definitions: Definitions, _depth: int 
 class _Builder:
     def __init__(self, elements: list[dict[str, Any]], definitions: Definitions, url: str):
         self.elements = elements
+        # contentReference names an element of the base definition as defined there, unconstrained.
+        self.base_elements = copy.deepcopy(elements)
         self.definitions = definitions
         self.url = url
 
@@ -125,10 +127,18 @@ class _Builder:
                 continue
             for stem_end in range(len(name) - 1, 0, -1):
                 if name[stem_end].isupper():
-                    choice = f"{prefix}.{name[:stem_end]}[x]"
-                    if self._index(choice) is not None:
-                        parts[i] = f"{name[:stem_end]}[x]" + (f":{slice_name}" if slice_name else "")
-                        break
+                    choice_index = self._index(f"{prefix}.{name[:stem_end]}[x]")
+                    if choice_index is None:
+                        continue
+                    wanted = name[stem_end:]
+                    codes = [str(t.get("code", "")) for t in self.elements[choice_index].get("type", [])]
+                    if not any(c[:1].upper() + c[1:] == wanted for c in codes):
+                        raise DefinitionError(
+                            f"{self.url}: the path must be '{prefix}.{name[:stem_end]}[x]' not '{prefix}.{name}' "
+                            f"({wanted} is not one of its types)"
+                        )
+                    parts[i] = f"{name[:stem_end]}[x]" + (f":{slice_name}" if slice_name else "")
+                    break
         return ".".join(parts)
 
     def _make(self, element_id: str, diff: dict[str, Any]) -> int:
@@ -157,15 +167,22 @@ class _Builder:
             raise DefinitionError(f"{self.url}: element {element_id} is not in the base definition")
         return index
 
-    def _copy_children(self, parent_index: int, source_id: str) -> bool:
-        """Copy the children (not the slices) of ``source_id`` under the element at ``parent_index``."""
-        source_index = self._index(source_id)
+    def _copy_children(self, parent_index: int, source_id: str, *, from_base: bool = False) -> bool:
+        """Copy the children (not the slices) of ``source_id`` under the element at ``parent_index``; from
+        the base definition as it was (``from_base``) or from the snapshot being built."""
+        pool = self.base_elements if from_base else self.elements
+        source_index = next((i for i, e in enumerate(pool) if e.get("id") == source_id), None)
         if source_index is None:
             return False
         parent = self.elements[parent_index]
-        source = self.elements[source_index]
+        source = pool[source_index]
+        end = source_index + 1
+        while end < len(pool) and (
+            pool[end]["id"].startswith(source_id + ".") or pool[end]["id"].startswith(source_id + ":")
+        ):
+            end += 1
         copied = []
-        for e in self.elements[source_index + 1 : self._subtree_end(source_index)]:
+        for e in pool[source_index + 1 : end]:
             if not e["id"].startswith(source_id + ".") or ":" in e["id"][len(source_id) :]:
                 continue
             child = copy.deepcopy(e)
@@ -182,12 +199,14 @@ class _Builder:
         below = self.elements[parent_index + 1 : self._subtree_end(parent_index)]
         if any(e["id"].startswith(parent["id"] + ".") for e in below):
             return
-        source_id = None
         if parent.get("sliceName"):
-            source_id = parent["id"][: parent["id"].rfind(":")]
-        elif isinstance(parent.get("contentReference"), str):
-            source_id = parent["contentReference"].split("#", 1)[-1]
-        if source_id is not None and self._copy_children(parent_index, source_id):
+            # A slice starts as its base element as the profile constrains it.
+            if self._copy_children(parent_index, parent["id"][: parent["id"].rfind(":")]):
+                return
+        reference = parent.get("contentReference")
+        if isinstance(reference, str) and self._copy_children(
+            parent_index, reference.split("#", 1)[-1], from_base=True
+        ):
             return
         types = parent.get("type") or []
         codes = {t.get("code") for t in types}

@@ -284,9 +284,11 @@ class Validator:
         if node.children:
             return node, tree, False
         if node.content_reference:
-            target = tree.by_id.get(node.content_reference.split("#", 1)[-1])
+            # contentReference names the element as the base type defines it, not as a profile constrains it.
+            base = self.type_tree(tree.type) or tree
+            target = base.by_id.get(node.content_reference.split("#", 1)[-1])
             if target is not None:
-                return target, tree, False
+                return target, base, False
         if type_ref is not None:
             type_tree = None
             if type_ref.profiles and type_ref.code != "Extension":
@@ -848,7 +850,7 @@ class Validator:
             return False
         constrained = False
         for d in discriminators:
-            path = d.path.strip()
+            path = d.path.strip().removeprefix("$this.")
             if d.type in ("value", "pattern"):
                 expected = self._expected_at(slice_node, path)
                 if expected is _MISSING:
