@@ -43,7 +43,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,7 @@ import orjson
 from service.config import Settings
 from service.errors import CasebridgeError
 from service.fhir.packages import DefinitionIndex, PackageError, default_cache_dir, ensure_all, load_lock
-from service.validation.validator import Issue, Validator
+from service.validation.validator import Issue, ValidationOptions, Validator
 
 MANIFEST = "manifest.json"
 OUTCOMES = "outcomes"
@@ -61,7 +61,9 @@ ERROR_SEVERITIES = frozenset({"error", "fatal"})
 
 # Keys that only describe a case, or belong to other validators' expected outcomes: nothing to do or note.
 _DESCRIPTIVE = frozenset({"name", "version", "module", "description", "explanation", "documentation"})
-_HANDLED = frozenset({"file", "supporting", "supporting5", "profiles", "profile", "java"})
+_HANDLED = frozenset(
+    {"file", "supporting", "supporting5", "profiles", "profile", "java", "noHtmlInMarkdown", "validateContains"}
+)
 _PROFILE_HANDLED = frozenset({"source", "supporting", "java"})
 
 
@@ -469,6 +471,7 @@ class _Plan:
     expected: Any
     notes: tuple[str, ...]
     urls: tuple[str, ...] = ()  # canonicals validated against directly (a profile step's source given as a url)
+    options: ValidationOptions = field(default_factory=ValidationOptions)
 
 
 def _plans(entry: dict[str, Any]) -> list[tuple[str, _Plan | _Unsupported]]:
@@ -486,8 +489,13 @@ def _plans(entry: dict[str, Any]) -> list[tuple[str, _Plan | _Unsupported]]:
         loaded = []
     else:
         problem = None
+    # The runner's switches that change what the validator checks.
+    options = ValidationOptions(
+        no_html_in_markdown=bool(entry.get("noHtmlInMarkdown")),
+        validate_contained=entry.get("validateContains") != "IGNORE",
+    )
     plans: list[tuple[str, _Plan | _Unsupported]] = [
-        ("base", problem or _Plan(tuple(loaded), (), entry.get("java"), notes))
+        ("base", problem or _Plan(tuple(loaded), (), entry.get("java"), notes, (), options))
     ]
     step = entry.get("profile")
     if step is None:
@@ -504,9 +512,9 @@ def _plans(entry: dict[str, Any]) -> list[tuple[str, _Plan | _Unsupported]]:
         # The Java runner loads the profile step's files into the same context: the base step's files stay.
         notes = (*notes, *(f"profile: {n}" for n in _ignored_options(step, _PROFILE_HANDLED)))
         if "://" in source:  # the runner takes an absolute URL as the canonical of a definition already loaded
-            plans.append(("profile", _Plan((*loaded, *extra), (), step.get("java"), notes, (source,))))
+            plans.append(("profile", _Plan((*loaded, *extra), (), step.get("java"), notes, (source,), options)))
         else:
-            plans.append(("profile", _Plan((*loaded, *extra, source), (source,), step.get("java"), notes)))
+            plans.append(("profile", _Plan((*loaded, *extra, source), (source,), step.get("java"), notes, (), options)))
     except _Unsupported as exc:
         plans.append(("profile", exc))
     return plans
@@ -559,7 +567,8 @@ def _run_step(
         result.seconds = time.perf_counter() - started
         return result
     try:
-        issues = Validator(overlay).validate(instance, urls)
+        options = replace(plan.options, global_profiles=_global_profiles(directory, plan.definitions))
+        issues = Validator(overlay, options=options).validate(instance, urls)
     except Exception as exc:  # noqa: BLE001 - a crash of the validator is a result to report, not to raise
         result.status = "crashed"
         result.reason = _crash(exc)
@@ -568,6 +577,23 @@ def _run_step(
         result.ours = _errors(issues)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _global_profiles(directory: Path, names: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """The "global" profiles of any ImplementationGuide among the loaded files: (type, profile)."""
+    out: list[tuple[str, str]] = []
+    for name in names:
+        if not name.lower().endswith(".json"):
+            continue
+        try:
+            resource = _read_json(directory, name, "definition")
+        except _Unsupported:
+            continue
+        if isinstance(resource, dict) and resource.get("resourceType") == "ImplementationGuide":
+            for g in resource.get("global") or ():
+                if isinstance(g, dict) and isinstance(g.get("type"), str) and isinstance(g.get("profile"), str):
+                    out.append((g["type"], g["profile"]))
+    return tuple(out)
 
 
 def _errors(issues: list[Issue]) -> tuple[Finding, ...]:

@@ -22,6 +22,12 @@ from typing import Any
 from service.validation.structure import DefinitionError, Definitions
 
 _MERGED_LISTS = ("constraint",)
+
+
+class SnapshotPathError(DefinitionError):
+    """The differential names an element the base does not have (a wrong path or choice name)."""
+
+
 _NEVER_COPIED = ("id", "path")
 _MAX_BASE_DEPTH = 20
 
@@ -133,7 +139,7 @@ class _Builder:
                     wanted = name[stem_end:]
                     codes = [str(t.get("code", "")) for t in self.elements[choice_index].get("type", [])]
                     if not any(c[:1].upper() + c[1:] == wanted for c in codes):
-                        raise DefinitionError(
+                        raise SnapshotPathError(
                             f"{self.url}: the path must be '{prefix}.{name[:stem_end]}[x]' not '{prefix}.{name}' "
                             f"({wanted} is not one of its types)"
                         )
@@ -157,14 +163,14 @@ class _Builder:
             self.elements.insert(position, new)
             return position
         if not head:
-            raise DefinitionError(f"{self.url}: element {element_id} is not in the base definition")
+            raise SnapshotPathError(f"{self.url}: element {element_id} is not in the base definition")
         parent_index = self._index(head)
         if parent_index is None:
             parent_index = self._make(head, {})
         self._expand(parent_index)
         index = self._index(element_id)
         if index is None:
-            raise DefinitionError(f"{self.url}: element {element_id} is not in the base definition")
+            raise SnapshotPathError(f"{self.url}: element {element_id} is not in the base definition")
         return index
 
     def _copy_children(self, parent_index: int, source_id: str, *, from_base: bool = False) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 
 from service.validation import primitives, ucum
 from service.validation.fhirpath import FhirPathError, Resolver, evaluate, html_checks, is_true
-from service.validation.snapshot import generate_snapshot, needs_snapshot
+from service.validation.snapshot import SnapshotPathError, generate_snapshot, needs_snapshot
 from service.validation.structure import (
     Constraint,
     DefinitionError,
@@ -79,6 +79,16 @@ def has_errors(issues: list[Issue]) -> bool:
     return any(i.severity in ("error", "fatal") for i in issues)
 
 
+@dataclass(frozen=True)
+class ValidationOptions:
+    """Policies a caller may choose (the HL7 validator has the same switches)."""
+
+    no_html_in_markdown: bool = False  # markdown that holds HTML tags is an error
+    validate_contained: bool = True  # check contained resources (False: skip them)
+    # Profiles that apply to every resource of a type (an ImplementationGuide's "global" list).
+    global_profiles: tuple[tuple[str, str], ...] = ()  # (resource type, profile canonical)
+
+
 @dataclass
 class _Run:
     issues: list[Issue] = field(default_factory=list)
@@ -107,9 +117,15 @@ class Validator:
     """Validates resources against the definitions of a ``Definitions`` source. Reuse one instance:
     compiled trees and expansions are cached on it."""
 
-    def __init__(self, definitions: Definitions, terminology: Terminology | None = None):
+    def __init__(
+        self,
+        definitions: Definitions,
+        terminology: Terminology | None = None,
+        options: ValidationOptions | None = None,
+    ):
         self.definitions = definitions
         self.terminology = terminology or Terminology(definitions)
+        self.options = options or ValidationOptions()
         self._trees: dict[str, StructureTree | None] = {}
         self.unusable: dict[str, str] = {}  # canonical -> why a definition that exists cannot be used
         self._lookups: dict[tuple[int, int], dict[str, _Child]] = {}
@@ -186,8 +202,16 @@ class Validator:
                 shown = f"({len(rid)} chars)" if why == "Too long" and isinstance(rid, str) else f"('{rid}')"
                 run.add("error", "invalid", f"Invalid Resource id: {why} {shown}", f"{root_expr}.id")
         claimed = [p for p in (res.get("meta") or {}).get("profile", ()) if isinstance(p, str)]
+        global_profiles = [p for t, p in self.options.global_profiles if t == rtype]
+        if rtype == "StructureDefinition" and needs_snapshot(res):
+            try:
+                generate_snapshot(res, self.definitions)
+            except SnapshotPathError as exc:  # its own paths are wrong (a missing base is not its fault)
+                run.add("error", "invalid", f"Error generating Snapshot: {exc}", root_expr)
+            except DefinitionError:
+                pass
         trees = []
-        for url in dict.fromkeys([*claimed, *profiles]):
+        for url in dict.fromkeys([*claimed, *profiles, *global_profiles]):
             tree = self.tree(url)
             if tree is None:
                 # Never a silent pass: a profile we cannot check is an error, at the claim that names it.
@@ -429,6 +453,8 @@ class Validator:
             self._primitive(item, extra, node, tree, type_code, expr, run, res, depth)
             return
         if type_code == "Resource" or (type_code[:1].isupper() and self._is_resource_type(type_code)):
+            if node.name == "contained" and not self.options.validate_contained:
+                return
             if not isinstance(item, dict):
                 run.add("error", "structure", "A resource must be a JSON object", expr)
                 return
@@ -510,6 +536,14 @@ class Validator:
             if node.pattern is not None and value != node.pattern:
                 message = f"Value is '{value}' but must be '{node.pattern}' (from {tree.label})"
                 run.add("error", "value", message, expr)
+            if type_code == "markdown" and self.options.no_html_in_markdown:
+                tag = re.search(r"<[A-Za-z/!]", value)
+                if tag:
+                    message = (
+                        f"The markdown contains content that appears to be an embedded HTML tag starting at "
+                        f"'{value[tag.start() : tag.start() + 2]}'"
+                    )
+                    run.add("error", "invalid", message, expr)
             if node.binding is not None and type_code in ("code", "string", "uri"):
                 self._code_binding(str(value), node, tree, expr, run)
         if isinstance(extra, dict):
@@ -686,7 +720,8 @@ class Validator:
                 continue
             if (system, code) in expansion.codes:
                 return
-            if system in expansion.open_systems or system in EXTERNAL_SYSTEMS or not expansion.complete:
+            # An enumerated value set decides even for SNOMED CT or LOINC codes; only an open one cannot.
+            if system in expansion.open_systems or not expansion.complete:
                 unchecked.append(f"{system}#{code}")
         if unchecked:
             run.add(
