@@ -97,9 +97,9 @@ def test_the_shipped_mappings_load_and_convert() -> None:
         ),
         (
             "resources/observation.yaml",
-            "code('observation-category', 'laboratory')",
-            "code('observation-category', 'lab')",
-            "table 'observation-category' has no key 'lab'",
+            "code('data-absent-reason', 'unknown')",
+            "code('data-absent-reason', 'unknwn')",
+            "table 'data-absent-reason' has no key 'unknwn'",
         ),
         (
             "resources/procedure.yaml",

@@ -50,7 +50,9 @@ def test_bundle_is_a_transaction(seed: Seed) -> None:
 def test_patient_has_gender_and_nothing_invented(seed: Seed) -> None:
     patient = seed.one("patient")
     assert patient["gender"] == "female"
-    assert "name" not in patient and "birthDate" not in patient
+    # IPS requires a name and a birth date: both are there only as "unknown" (data-absent-reason).
+    assert "birthDate" not in patient and patient["_birthDate"]["extension"][0]["valueCode"] == "unknown"
+    assert [set(n) for n in patient["name"]] == [{"_text"}]
     age = seed.one("age-at-presentation")
     assert age["valueQuantity"] == {"value": 26, "unit": "years"}
     assert seed.resolve(age["subject"]) is patient

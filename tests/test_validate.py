@@ -196,3 +196,46 @@ def test_cli_deeply_nested_extensions_do_not_crash(tmp_path: Path) -> None:
     result = run("validate", str(path), "--format", "json")
     assert result.returncode in (1, 2) and "Traceback" not in result.stderr
     assert json.loads(result.stdout)["resourceType"] == "OperationOutcome"
+
+
+PROFILE_BASE = "https://casebridge.example.org/fhir/StructureDefinition/"
+
+
+def test_every_resource_claims_a_casebridge_profile_that_loads(validator: Validator, bundles: dict[str, Any]) -> None:
+    for bundle in bundles.values():
+        for entry in bundle["entry"]:
+            (profile,) = entry["resource"]["meta"]["profile"]
+            assert profile.startswith(PROFILE_BASE)
+            tree = validator.tree(profile)
+            assert tree is not None, validator.unusable.get(profile)
+            assert tree.type == entry["resource"]["resourceType"]
+
+
+@pytest.mark.parametrize(
+    ("resource_type", "drop", "words"),
+    [
+        ("ImagingStudy", "description", "ImagingStudy.description: minimum required = 1"),
+        ("Patient", "_birthDate", "Patient.birthDate: minimum required = 1"),  # IPS, through our profile
+        ("Patient", "name", "Patient.name: minimum required = 1"),
+        ("Specimen", "type", "Specimen.type: minimum required = 1"),
+    ],
+)
+def test_the_profiles_are_applied(
+    validator: Validator, seed_bundle: dict[str, Any], resource_type: str, drop: str, words: str
+) -> None:
+    resource = copy.deepcopy(
+        next(e["resource"] for e in seed_bundle["entry"] if e["resource"]["resourceType"] == resource_type)
+    )
+    resource.pop(drop)
+    found = errors(validator.validate(resource))
+    assert any(words in m for _, m in found), found
+
+
+def test_the_ips_examples_validate_without_errors(validator: Validator) -> None:
+    from service.fhir.packages import default_cache_dir
+
+    folder = default_cache_dir() / "hl7.fhir.uv.ips#2.0.0" / "package" / "example"
+    examples = sorted(folder.glob("*.json"))
+    assert len(examples) == 44
+    failing = {p.name: errors(validator.validate(json.loads(p.read_text()))) for p in examples}
+    assert {k: v for k, v in failing.items() if v} == {}

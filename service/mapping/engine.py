@@ -42,7 +42,7 @@ from service.mapping.templates import (
 )
 
 RequestMode = Literal["put", "conditional-create"]
-_TEMPLATE_KEYS = {"role", "title", "for_each", "as", "key", "when", "identity", "body", "description"}
+_TEMPLATE_KEYS = {"role", "title", "for_each", "as", "key", "when", "identity", "body", "description", "profile"}
 
 
 @dataclass
@@ -211,12 +211,10 @@ class MappingSet:
             else:
                 resource["identifier"] = identifier
         resource.update(body)
-        resource = {
-            "resourceType": resource.pop("resourceType"),
-            "id": resource.pop("id"),
-            "text": narrative(resource | {"resourceType": t.resource_type}, p.title),
-            **resource,
-        }
+        head: dict[str, Any] = {"resourceType": resource.pop("resourceType"), "id": resource.pop("id")}
+        if t.profile:
+            head["meta"] = {"profile": [t.profile]}
+        resource = {**head, "text": narrative(resource | {"resourceType": t.resource_type}, p.title), **resource}
         if self.request == "conditional-create" and as_list is not None:
             request = {
                 "method": "POST",
@@ -333,13 +331,32 @@ class _Header:
         body_node, _ = e["body"]
         allowed = _element_names(self.resource_type)
         for name, _node, line in mapping_items(body_node, self.file):
-            if name in ("resourceType", "id", "text"):
+            if name in ("resourceType", "id", "text", "meta"):
                 raise MappingError(f"{name!r} is set by casebridge, not by the template", file=self.file, line=line)
-            if not name.startswith("$") and name not in allowed:
+            # "_birthDate" carries the id and extensions of the primitive birthDate.
+            if not name.startswith("$") and name.removeprefix("_") not in allowed:
                 raise MappingError(f"{self.resource_type} has no element {name!r}", file=self.file, line=line)
         body = bc.value(body_node, scope)
+        profile = None
+        if "profile" in e:
+            profile = scalar(e["profile"][0])
+            if not isinstance(profile, str) or not profile.startswith(("http://", "https://")):
+                raise MappingError(
+                    "profile must be the canonical URL of a profile", file=self.file, line=e["profile"][1]
+                )
         return ResourceTemplate(
-            self.role, self.resource_type, self.file, self.line, title, for_each, var, key, when, body, identity
+            self.role,
+            self.resource_type,
+            self.file,
+            self.line,
+            title,
+            for_each,
+            var,
+            key,
+            when,
+            body,
+            identity,
+            profile,
         )
 
 

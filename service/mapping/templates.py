@@ -278,3 +278,4 @@ class ResourceTemplate:
     when: Compiled | None
     body: Render
     identity: Compiled | None = None
+    profile: str | None = None  # the profile every resource of this role claims (meta.profile)
