@@ -1,0 +1,61 @@
+"""Every native invariant means what its FHIRPath says: both agree on passing and failing samples."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from service.validation.fhirpath import Resolver, evaluate, is_true
+from service.validation.validator import _NATIVE_EXPRESSIONS
+
+VER = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "entered-in-error"}]}
+RESOLVED = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "resolved"}]}
+ACTIVE = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]}
+CODE = {"coding": [{"system": "http://loinc.org", "code": "1-1"}]}
+SAMPLES: list[tuple[str | None, dict[str, Any]]] = [
+    (None, {"resource": {"resourceType": "Patient"}}),
+    (None, {"request": {"method": "PUT", "url": "Patient/1"}}),
+    (None, {"fullUrl": "urn:uuid:1"}),
+    (None, {"fullUrl": "http://x/Patient/1/_history/2", "resource": {"resourceType": "Patient"}}),
+    ("Observation", {"resourceType": "Observation", "valueString": "x"}),
+    ("Observation", {"resourceType": "Observation", "valueString": "x", "dataAbsentReason": {"text": "y"}}),
+    ("Observation", {"resourceType": "Observation", "dataAbsentReason": {"text": "y"}}),
+    ("Observation", {"resourceType": "Observation", "code": CODE, "valueString": "x", "component": [{"code": CODE}]}),
+    (
+        "Observation",
+        {
+            "resourceType": "Observation",
+            "code": CODE,
+            "valueString": "x",
+            "component": [{"code": {"coding": [{"system": "http://loinc.org", "code": "2-2"}]}}],
+        },
+    ),
+    ("Observation", {"resourceType": "Observation", "code": CODE, "component": [{"code": CODE}]}),
+    ("Condition", {"resourceType": "Condition"}),
+    ("Condition", {"resourceType": "Condition", "category": [{"text": "x"}]}),
+    ("Condition", {"resourceType": "Condition", "category": [{"text": "x"}], "clinicalStatus": ACTIVE}),
+    ("Condition", {"resourceType": "Condition", "verificationStatus": VER, "clinicalStatus": ACTIVE}),
+    ("Condition", {"resourceType": "Condition", "verificationStatus": VER, "category": [{"text": "x"}]}),
+    ("Condition", {"resourceType": "Condition", "abatementString": "x", "clinicalStatus": ACTIVE}),
+    ("Condition", {"resourceType": "Condition", "abatementString": "x", "clinicalStatus": RESOLVED}),
+    (None, {"code": [{"text": "x"}]}),
+    (None, {"detail": [{"reference": "Observation/1"}]}),
+    (None, {}),
+    (None, {"data": "AAAA"}),
+    (None, {"data": "AAAA", "contentType": "text/plain"}),
+    (None, {"code": "cm"}),
+    (None, {"code": "cm", "system": "http://unitsofmeasure.org"}),
+    (None, {"value": 1}),
+]
+
+
+@pytest.mark.parametrize("expression", sorted(_NATIVE_EXPRESSIONS))
+def test_native_agrees_with_fhirpath(expression: str) -> None:
+    native = _NATIVE_EXPRESSIONS[expression]
+    outcomes = set()
+    for base, item in SAMPLES:
+        expected = is_true(evaluate(expression, item, base=base, resource=item, root=item, resolver=Resolver(item, {})))
+        assert native(item, item) == expected, (expression, item)
+        outcomes.add(expected)
+    assert outcomes == {True, False}, "the samples must make this invariant both pass and fail"
