@@ -485,7 +485,7 @@ def test_bad_loose_files_are_named(tmp_path: Path) -> None:
     xml = tmp_path / "folder" / "profile.xml"
     xml.parent.mkdir()
     xml.write_text("<StructureDefinition/>")
-    with pytest.raises(PackageError, match=r"profile\.xml: XML definitions are not supported"):
+    with pytest.raises(PackageError, match=r"profile\.xml: the root element is not in the FHIR namespace"):
         DefinitionIndex().add_path(xml.parent)
     with pytest.raises(PackageError, match=r"missing\.json: no such"):
         DefinitionIndex().add_path(tmp_path / "missing.json")

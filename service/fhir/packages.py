@@ -479,7 +479,8 @@ class DefinitionIndex:
     def add_path(self, path: Path) -> int:
         """Add loose definitions: a JSON file (a Bundle contributes its entries) or a folder's ``*.json``.
 
-        Loose definitions come before every package. Returns how many were added. XML is not supported.
+        Loose definitions come before every package. Returns how many were added. FHIR XML files are read with
+        the type definitions already indexed.
         """
         if path.is_dir():
             files = sorted(
@@ -506,14 +507,23 @@ class DefinitionIndex:
         return record
 
     def _add_loose_file(self, file: Path) -> int:
-        if file.suffix.lower() == ".xml":
-            raise PackageError(f"{file}: XML definitions are not supported; convert the file to JSON")
         try:
-            data = orjson.loads(file.read_bytes())
+            raw = file.read_bytes()
         except OSError as exc:
             raise PackageError(f"{file}: cannot read the definition file: {exc.strerror or exc}") from exc
-        except orjson.JSONDecodeError as exc:
-            raise PackageError(f"{file}: not valid JSON: {exc}") from exc
+        if file.suffix.lower() == ".xml":
+            # FHIR XML is read with the type definitions already indexed (the packages come first).
+            from service.fhir.xml import FhirXmlError, XmlReader
+
+            try:
+                data: Any = XmlReader(self).read(raw, str(file))
+            except FhirXmlError as exc:
+                raise PackageError(str(exc)) from exc
+        else:
+            try:
+                data = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise PackageError(f"{file}: not valid JSON: {exc}") from exc
         if isinstance(data, dict) and data.get("resourceType") == "Bundle":
             added = 0
             for i, entry in enumerate(data.get("entry") or []):

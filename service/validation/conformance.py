@@ -51,7 +51,8 @@ import orjson
 
 from service.config import Settings
 from service.errors import CasebridgeError
-from service.fhir.packages import DefinitionIndex, PackageError, default_cache_dir, ensure_all, load_lock
+from service.fhir.packages import INDEXED_TYPES, DefinitionIndex, PackageError, default_cache_dir, ensure_all, load_lock
+from service.fhir.xml import FhirXmlError, XmlReader
 from service.validation.validator import Issue, ValidationOptions, Validator
 
 MANIFEST = "manifest.json"
@@ -90,8 +91,18 @@ class OverlayDefinitions:
         self.loose = DefinitionIndex()
 
     def add_path(self, path: Path) -> int:
-        """Add a loose definition file (``DefinitionIndex.add_path``: JSON only, ``PackageError`` otherwise)."""
-        return self.loose.add_path(path)
+        """Add a loose definition file (``DefinitionIndex.add_path``); FHIR XML is read through the overlay,
+        whose base holds the type definitions the XML reader needs."""
+        if path.suffix.lower() != ".xml":
+            return self.loose.add_path(path)
+        try:
+            resource = XmlReader(self).read(path.read_bytes(), path.name)
+        except (FhirXmlError, OSError) as exc:
+            raise PackageError(f"{path}: {exc}") from exc
+        if resource.get("resourceType") not in INDEXED_TYPES:
+            return 0
+        self.loose.add_resource(resource, str(path))
+        return 1
 
     def get(self, canonical: str) -> dict[str, Any] | None:
         record = self.loose.get_info(canonical)
@@ -407,12 +418,17 @@ def _inside(directory: Path, name: str) -> Path:
     return path
 
 
-def _read_json(directory: Path, name: str, what: str) -> Any:
-    if name.lower().endswith(".xml"):
-        raise _Unsupported(f"{what} {name} is XML (only JSON is supported)")
+def _read_json(directory: Path, name: str, what: str, xml: XmlReader | None = None) -> Any:
+    """A JSON file of the case, or a FHIR XML one when an XML reader (with definitions) is given."""
+    if name.lower().endswith(".xml") and xml is None:
+        raise _Unsupported(f"{what} {name} is XML and no XML reader was given")
     path = _inside(directory, name)
     try:
+        if name.lower().endswith(".xml") and xml is not None:
+            return xml.read(path.read_bytes(), name)
         return orjson.loads(path.read_bytes())
+    except FhirXmlError as exc:
+        raise _Unsupported(f"{what} {name}: {exc}") from exc
     except FileNotFoundError as exc:
         raise _Unsupported(f"{what} {name} does not exist") from exc
     except OSError as exc:
@@ -520,8 +536,8 @@ def _plans(entry: dict[str, Any]) -> list[tuple[str, _Plan | _Unsupported]]:
     return plans
 
 
-def _profile_url(directory: Path, name: str) -> str:
-    sd = _read_json(directory, name, "profile")
+def _profile_url(directory: Path, name: str, xml: XmlReader | None = None) -> str:
+    sd = _read_json(directory, name, "profile", xml)
     if (
         not isinstance(sd, dict)
         or sd.get("resourceType") != "StructureDefinition"
@@ -546,12 +562,11 @@ def _run_step(
         result.expected = _expected(directory, plan.expected)
         if not isinstance(instance_name, str):
             raise _Unsupported("no instance ('file')")
-        instance = _read_json(directory, instance_name, "instance")
         overlay = OverlayDefinitions(base)
+        xml = XmlReader(overlay)
+        instance = _read_json(directory, instance_name, "instance", xml)
         notes = list(plan.notes)
         for name in dict.fromkeys(plan.definitions):
-            if name.lower().endswith(".xml"):
-                raise _Unsupported(f"definition {name} is XML (only JSON is supported)")
             path = _inside(directory, name)
             if not path.is_file():
                 raise _Unsupported(f"definition {name} does not exist")
@@ -561,7 +576,7 @@ def _run_step(
             except PackageError as exc:
                 raise _Unsupported(f"definition {name}: {exc}") from exc
         result.notes = tuple(notes)
-        urls = [*plan.urls, *(_profile_url(directory, name) for name in plan.profiles)]
+        urls = [*plan.urls, *(_profile_url(directory, name, xml) for name in plan.profiles)]
     except _Unsupported as exc:
         result.reason = str(exc)
         result.seconds = time.perf_counter() - started

@@ -1,0 +1,183 @@
+"""FHIR XML read into FHIR JSON, the form the rest of casebridge works with.
+
+XML does not say which elements repeat or which primitive is a number, so the reader walks the XML
+with the type definitions (StructureDefinition snapshots) in hand: repeating elements become arrays,
+``boolean``/``integer``/``decimal`` values become JSON booleans and numbers, choice elements keep their
+typed names (``valueQuantity``), ``id`` and extensions of primitives go to ``_name``, the narrative
+``div`` becomes its XHTML text, and contained or bundled resources are read with their own definitions.
+Parsing uses defusedxml: entity expansion and external references are refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from xml.etree.ElementTree import Element, tostring
+
+import defusedxml.ElementTree as SafeET
+from defusedxml import DefusedXmlException
+
+from service.errors import CasebridgeError
+from service.validation.structure import DefinitionError, Definitions, ElementNode, StructureTree, compile_structure
+
+FHIR_NS = "http://hl7.org/fhir"
+XHTML_NS = "http://www.w3.org/1999/xhtml"
+_NUMBERS = frozenset({"integer", "positiveInt", "unsignedInt", "integer64"})
+
+
+class FhirXmlError(CasebridgeError):
+    """The XML is not FHIR XML this reader can map (not well-formed, unknown type, unsafe)."""
+
+
+def _local(tag: str) -> tuple[str, str]:
+    if tag.startswith("{"):
+        ns, _, name = tag[1:].partition("}")
+        return ns, name
+    return "", tag
+
+
+class XmlReader:
+    def __init__(self, definitions: Definitions):
+        self.definitions = definitions
+        self._trees: dict[str, StructureTree | None] = {}
+
+    def _tree(self, type_code: str) -> StructureTree | None:
+        if type_code not in self._trees:
+            sd = self.definitions.core_definition(type_code)
+            try:
+                self._trees[type_code] = compile_structure(sd) if sd and sd.get("snapshot") else None
+            except DefinitionError:
+                self._trees[type_code] = None
+        return self._trees[type_code]
+
+    def read(self, data: bytes, source: str = "") -> dict[str, Any]:
+        try:
+            root = SafeET.fromstring(data)
+        except DefusedXmlException as exc:
+            raise FhirXmlError(f"{source}: unsafe XML refused ({type(exc).__name__})") from exc
+        except SafeET.ParseError as exc:
+            raise FhirXmlError(f"{source}: not well-formed XML: {exc}") from exc
+        ns, name = _local(root.tag)
+        if ns != FHIR_NS:
+            raise FhirXmlError(f"{source}: the root element is not in the FHIR namespace ({FHIR_NS})")
+        return self._resource(root, name, source)
+
+    def _resource(self, element: Element, type_code: str, source: str) -> dict[str, Any]:
+        tree = self._tree(type_code)
+        if tree is None or tree.kind != "resource":
+            raise FhirXmlError(f"{source}: unknown resource type {type_code!r}")
+        out: dict[str, Any] = {"resourceType": type_code}
+        self._complex(element, tree.root, tree, out, source)
+        return out
+
+    def _children(
+        self, node: ElementNode, tree: StructureTree, type_code: str | None
+    ) -> tuple[ElementNode, StructureTree]:
+        if node.children:
+            return node, tree
+        if node.content_reference:
+            target = tree.by_id.get(node.content_reference.split("#", 1)[-1])
+            if target is not None:
+                return target, tree
+        type_tree = self._tree(type_code) if type_code else None
+        return (type_tree.root, type_tree) if type_tree is not None else (node, tree)
+
+    def _complex(
+        self, element: Element, node: ElementNode, tree: StructureTree, out: dict[str, Any], source: str
+    ) -> None:
+        # FHIR XML puts only an element's id and an extension's url in attributes.
+        for attribute in ("id", "url"):
+            if attribute in element.attrib:
+                out[attribute] = element.attrib[attribute]
+        lookup: dict[str, tuple[ElementNode, str | None]] = {}
+        for child in node.children.values():
+            for json_name, implied in child.json_names().items():
+                lookup[json_name] = (child, implied)
+        for child_element in element:
+            if not isinstance(child_element.tag, str):
+                continue  # comments, processing instructions
+            ns, name = _local(child_element.tag)
+            if ns not in (FHIR_NS, XHTML_NS):
+                continue
+            if ns == XHTML_NS and name == "div":
+                out["div"] = tostring(child_element, encoding="unicode", default_namespace=XHTML_NS).replace(
+                    " />", "/>"
+                )
+                continue
+            found = lookup.get(name)
+            if found is None:
+                # Kept, so that the validator reports it as the unknown element it is.
+                out.setdefault(name, self._loose(child_element))
+                continue
+            child_node, implied = found
+            type_code = implied or (child_node.types[0].code if len(child_node.types) == 1 else None)
+            value, companion = self._value(child_element, child_node, tree, type_code, source)
+            if child_node.repeats:
+                out.setdefault(name, []).append(value)
+                if companion is not None or f"_{name}" in out:
+                    extras = out.setdefault(f"_{name}", [None] * (len(out[name]) - 1))
+                    extras.append(companion)
+            else:
+                if value is not None:
+                    out[name] = value
+                if companion is not None:
+                    out[f"_{name}"] = companion
+        # Arrays of primitives: a value-less entry is JSON null beside its companion.
+        for key in [k for k in out if k.startswith("_") and isinstance(out[k], list)]:
+            while len(out[key]) < len(out.get(key[1:], [])):
+                out[key].append(None)
+
+    def _value(
+        self, element: Element, node: ElementNode, tree: StructureTree, type_code: str | None, source: str
+    ) -> tuple[Any, dict[str, Any] | None]:
+        if type_code in ("Resource",) or (type_code and type_code[:1].isupper() and self._is_resource(type_code)):
+            inner = next((c for c in element if isinstance(c.tag, str)), None)
+            if inner is None:
+                return {}, None
+            return self._resource(inner, _local(inner.tag)[1], source), None
+        if type_code is not None and type_code[:1].islower() and type_code != "xhtml":
+            raw = element.attrib.get("value")
+            companion: dict[str, Any] = {}
+            if "id" in element.attrib:
+                companion["id"] = element.attrib["id"]
+            extensions = [c for c in element if isinstance(c.tag, str) and _local(c.tag)[1] == "extension"]
+            if extensions:
+                ext_tree = self._tree("Extension")
+                companion["extension"] = [
+                    self._complex_value(e, ext_tree.root, ext_tree, source) if ext_tree else {} for e in extensions
+                ]
+            return _primitive(raw, type_code), companion or None
+        if type_code == "xhtml":
+            return tostring(element, encoding="unicode", default_namespace=XHTML_NS), None
+        inner_node, inner_tree = self._children(node, tree, type_code)
+        return self._complex_value(element, inner_node, inner_tree, source), None
+
+    def _complex_value(self, element: Element, node: ElementNode, tree: StructureTree, source: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        self._complex(element, node, tree, out, source)
+        return out
+
+    def _is_resource(self, type_code: str) -> bool:
+        tree = self._tree(type_code)
+        return tree is not None and tree.kind == "resource"
+
+    def _loose(self, element: Element) -> Any:
+        return element.attrib.get("value", {})
+
+
+def _primitive(raw: str | None, type_code: str) -> Any:
+    if raw is None:
+        return None
+    if type_code == "boolean":
+        return {"true": True, "false": False}.get(raw, raw)
+    if type_code in _NUMBERS:
+        try:
+            return int(raw)
+        except ValueError:
+            return raw
+    if type_code == "decimal":
+        try:
+            number = float(raw)
+        except ValueError:
+            return raw
+        return int(number) if number.is_integer() and "." not in raw and "e" not in raw.lower() else number
+    return raw
