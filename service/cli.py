@@ -29,6 +29,7 @@ from service.domain.reader import check_depth, read_case
 from service.errors import CasebridgeError, InputError, MappingError
 from service.fhir.packages import PackageError
 from service.fhir.packages_cli import packages_app
+from service.fhir.xml import FhirXmlError, XmlReader
 from service.mapping.engine import MappingSet
 from service.validation.conformance_cli import conformance
 from service.validation.service import load_validator
@@ -168,7 +169,7 @@ class OutputFormat(StrEnum):
 
 @app.command()
 def validate(
-    file: Annotated[Path, typer.Argument(help="A FHIR R4 resource or Bundle (JSON).", dir_okay=False)],
+    file: Annotated[Path, typer.Argument(help="A FHIR R4 resource or Bundle (JSON or XML).", dir_okay=False)],
     profile: Annotated[
         list[str] | None, typer.Option("--profile", help="Also validate against this profile (canonical URL).")
     ] = None,
@@ -188,7 +189,9 @@ def validate(
         sys.stdout.buffer.write(dump_json(operation_outcome(issues)))
     else:
         for i in sorted(issues, key=lambda i: SEVERITY_RANK.get(i.severity, 9)):
-            out.print(f"{i.severity:<11} {i.expression or '-'}: {i.message}", markup=False, highlight=False)
+            out.print(
+                f"{i.severity:<11} {i.expression or '-'}: {i.message}", markup=False, highlight=False, soft_wrap=True
+            )
         counts = {s: sum(1 for i in issues if i.severity == s) for s in ("fatal", "error", "warning", "information")}
         out.print(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no issues", highlight=False)
     raise typer.Exit(code)
@@ -200,9 +203,19 @@ def _validate_file(
     """(issues, exit code). Unusable input becomes a fatal issue and exit 2, never an exception."""
     try:
         data = read_bounded(file, settings.max_resource_bytes)
-        resource = orjson.loads(data)
     except InputError as exc:
         return [Issue("fatal", "structure", exc.report(), "")], 2
+    try:
+        validator = load_validator(settings, definitions)
+    except PackageError as exc:
+        return [Issue("fatal", "not-found", str(exc), "")], 2
+    try:
+        if data.lstrip()[:1] == b"<":
+            resource = XmlReader(validator.definitions).read(data, str(file))
+        else:
+            resource = orjson.loads(data)
+    except FhirXmlError as exc:
+        return [Issue("fatal", "structure", str(exc), "")], 2
     except orjson.JSONDecodeError as exc:
         return [Issue("fatal", "structure", f"{file}: malformed JSON: {exc}", "")], 2
     if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
@@ -211,10 +224,6 @@ def _validate_file(
         check_depth(resource, str(file), MAX_RESOURCE_DEPTH)
     except InputError as exc:
         return [Issue("fatal", "structure", exc.report(), "")], 2
-    try:
-        validator = load_validator(settings, definitions)
-    except PackageError as exc:
-        return [Issue("fatal", "not-found", str(exc), "")], 2
     unknown = [p for p in profiles if validator.tree(p) is None]
     if unknown:
         return [Issue("fatal", "not-found", f"profile {p} is not loaded", "") for p in unknown], 2

@@ -239,3 +239,13 @@ def test_the_ips_examples_validate_without_errors(validator: Validator) -> None:
     assert len(examples) == 44
     failing = {p.name: errors(validator.validate(json.loads(p.read_text()))) for p in examples}
     assert {k: v for k, v in failing.items() if v} == {}
+
+
+def test_cli_validates_fhir_xml(tmp_path: Path) -> None:
+    path = _write(tmp_path, "p.xml", '<Patient xmlns="http://hl7.org/fhir"><gender value="f"/></Patient>')
+    result = run("validate", str(path), "--format", "json")
+    assert result.returncode == 1
+    assert json.loads(result.stdout)["issue"][0]["expression"] == ["Patient.gender"]
+    bad = _write(tmp_path, "bad.xml", "<Patient")
+    result = run("validate", str(bad), "--format", "json")
+    assert result.returncode == 2 and "not well-formed" in json.loads(result.stdout)["issue"][0]["details"]["text"]
