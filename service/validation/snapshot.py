@@ -121,6 +121,8 @@ class _Builder:
             raise DefinitionError(f"{self.url}: a differential element has no path")
         if not isinstance(element_id, str) or not element_id:
             element_id = path + (f":{diff['sliceName']}" if diff.get("sliceName") else "")
+        # The path is checked too: an id may look right while the path names no element.
+        self._choice_rename(path)
         return self._choice_rename(element_id)
 
     def _choice_rename(self, element_id: str) -> str:

@@ -98,6 +98,7 @@ class _Run:
     roots: dict[int, dict[str, Any]] = field(default_factory=dict)  # id(resource) -> its %rootResource
     conforms: dict[tuple[int, str], bool] = field(default_factory=dict)  # (id(resource), profile) -> conforms
     bundle_type: str | None = None  # the type of the Bundle being validated, if any
+    by_type_id: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # "Type/id" -> bundle entries
 
     def add(self, severity: str, code: str, message: str, expression: str, source: str | None = None) -> None:
         key = (severity, expression, message)
@@ -264,7 +265,9 @@ class Validator:
                 and isinstance(resource.get("resourceType"), str)
                 and isinstance(resource.get("id"), str)
             ):
-                index.setdefault(f"{resource['resourceType']}/{resource['id']}", resource)
+                key = f"{resource['resourceType']}/{resource['id']}"
+                index.setdefault(key, resource)
+                run.by_type_id.setdefault(key, []).append(resource)
         run.bundle_index = index
         bundle_type = bundle.get("type")
         run.bundle_type = bundle_type if isinstance(bundle_type, str) else ""
@@ -632,8 +635,7 @@ class Validator:
             m = _REFERENCE.search(reference)
             if m:
                 target_type = m.group(1)
-                if run.bundle_index and f"{m.group(1)}/{m.group(2)}" in run.bundle_index:
-                    pass
+                self._bundle_match(reference, f"{m.group(1)}/{m.group(2)}", expr, run)
         if target_type is None:
             return
         allowed: list[str] = []
@@ -650,6 +652,16 @@ class Validator:
             f"Invalid Resource target type. Found {target_type}, but expected one of ({', '.join(allowed)})",
             expr,
         )
+
+    def _bundle_match(self, reference: str, key: str, expr: str, run: _Run) -> None:
+        """A Type/id reference inside a Bundle must not be ambiguous, and a version it names must be there."""
+        matches = run.by_type_id.get(key, [])
+        version = reference.split("/_history/", 1)[1] if "/_history/" in reference else None
+        if version is not None:
+            if matches and not any((r.get("meta") or {}).get("versionId") == version for r in matches):
+                run.add("error", "not-found", f"Can't find '{reference}' in the bundle", expr)
+        elif len(matches) > 1:
+            run.add("error", "invalid", f"Multiple matches in bundle for reference {reference}", expr)
 
     def _profile_type(self, canonical: str) -> str:
         if canonical.startswith("http://hl7.org/fhir/StructureDefinition/"):
