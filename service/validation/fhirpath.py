@@ -152,13 +152,20 @@ def evaluate(
     token = _resolver.set(resolver)
     try:
         target = ResourceNode.create_node(node, base) if base else node  # type: ignore[no-untyped-call]
-        return fn(target, {"resource": resource, "rootResource": root or resource})  # type: ignore[no-any-return]
+        return fn(target, {"resource": _typed(resource), "rootResource": _typed(root or resource)})  # type: ignore[no-any-return]
     except FhirPathError:
         raise
     except Exception as exc:
         raise FhirPathError(f"error evaluating {expression!r}: {type(exc).__name__}: {exc}") from exc
     finally:
         _resolver.reset(token)
+
+
+def _typed(resource: dict[str, Any] | None) -> Any:
+    """A resource as a typed FHIRPath node, so that %resource.type() names its type."""
+    if isinstance(resource, dict) and isinstance(resource.get("resourceType"), str):
+        return ResourceNode.create_node(resource, resource["resourceType"])  # type: ignore[no-untyped-call]
+    return resource
 
 
 def is_true(result: list[Any]) -> bool:

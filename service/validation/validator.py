@@ -15,6 +15,7 @@ cardinality problems are reported on the parent element.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -484,7 +485,10 @@ class Validator:
             self._complex(item, inner, inner_tree, expr, run, res, depth + 1)
             if descended:
                 self._constraints(inner.constraints, item, inner_tree.type, expr, run, res, inner_tree)
-        self._constraints(node.constraints, item, node.path, expr, run, res, tree)
+        # FHIRPath knows a node's type from its path: a datatype's name gives type() and its children;
+        # a backbone element needs its element path (for choices such as component.value).
+        base = type_code if type_code not in ("BackboneElement", "Element") else node.path
+        self._constraints(node.constraints, item, base, expr, run, res, tree)
         if node.fixed is not None and item != node.fixed:
             run.add("error", "value", f"Value does not match the fixed value of {node.path} (from {tree.label})", expr)
         if node.pattern is not None and not _matches_pattern(item, node.pattern):
@@ -528,6 +532,8 @@ class Validator:
             if problem:
                 run.add("error", "invalid" if "JSON" not in problem else "structure", problem, expr)
                 return
+            if type_code in ("date", "dateTime", "instant") and (node.min_value or node.max_value):
+                self._date_limits(value, node, expr, run)
             if node.max_length is not None and isinstance(value, str) and len(value) > node.max_length:
                 run.add(
                     "error", "too-long", f"value is longer than permitted maximum length of {node.max_length}", expr
@@ -773,6 +779,32 @@ class Validator:
                     f"({limit_shown}) after UCUM conversion"
                 )
                 run.add("error", "invalid", message, expr)
+
+    def _date_limits(self, value: str, node: ElementNode, expr: str, run: _Run) -> None:
+        """min/maxValue on dates: a fixed date, or a Duration from today (e.g. "at most 10 years ahead")."""
+        try:
+            day = dt.date.fromisoformat(value[:10]) if len(value) >= 10 else None
+        except ValueError:
+            return
+        if day is None:
+            return
+        for limit, below in ((node.min_value, True), (node.max_value, False)):
+            bound: dt.date | None = None
+            if isinstance(limit, str):
+                try:
+                    bound = dt.date.fromisoformat(limit[:10])
+                except ValueError:
+                    continue
+            elif isinstance(limit, dict) and isinstance(limit.get("value"), (int, float)):
+                days = ucum.to_base(float(limit["value"]), limit.get("code") or limit.get("unit"))
+                if days is None or days[1] != "time":
+                    continue
+                bound = dt.date.today() + dt.timedelta(seconds=days[0])
+            if bound is None:
+                continue
+            if (day < bound) if below else (day > bound):
+                word = "earlier" if below else "later"
+                run.add("error", "invalid", f"The value '{value}' is {word} than the limit {bound.isoformat()}", expr)
 
     def _known_code(self, coding: dict[str, Any], expr: str, run: _Run) -> None:
         system, code = coding.get("system"), coding.get("code")
