@@ -838,6 +838,18 @@ class Validator:
         tree: StructureTree,
     ) -> None:
         for c in constraints:
+            if c.key == "dom-3":
+                # Reported on each unreferenced contained resource, as the HL7 validator does; skipped
+                # with the contained resources when the caller asked for that.
+                if self.options.validate_contained and isinstance(item, dict):
+                    for i in _unreferenced_contained(item):
+                        cid = item["contained"][i].get("id")
+                        message = (
+                            f"The contained resource '{cid}' is not referenced to from elsewhere in the "
+                            "containing resource nor does it refer to the containing resource (dom-3)"
+                        )
+                        run.add("error", "invariant", message, f"{expr}.contained[{i}]", tree.url)
+                continue
             native = _NATIVE.get(c.key) or _NATIVE_EXPRESSIONS.get(c.expression)
             if native is not None:
                 if c.key in _NATIVE_HANDLED_ELSEWHERE:
@@ -1117,22 +1129,27 @@ def _strings(node: Any, key: str | None = None) -> Iterator[tuple[str | None, st
         yield key, node
 
 
-def _dom_3(res: Any, root: Any = None) -> bool:
+def _unreferenced_contained(res: Any) -> list[int]:
+    """dom-3: indexes of contained resources that nothing refers to and that refer to nothing of their container."""
     contained = _contained(res)
     if not contained:
-        return True
+        return []
     outside = {k: v for k, v in res.items() if k != "contained"}
     refs = {v for _, v in _strings(outside) if v.startswith("#")}
     inner_refs = {v for c in contained for _, v in _strings(c) if v.startswith("#")}
-    for c in contained:
+    bad = []
+    for i, c in enumerate(contained):
         cid = c.get("id")
         if f"#{cid}" in refs or f"#{cid}" in inner_refs - {f"#{cid}"}:
             continue
-        # a contained resource may instead refer to its container
-        if "#" in {v for _, v in _strings(c)}:
+        if "#" in {v for _, v in _strings(c)}:  # it refers to its container
             continue
-        return False
-    return True
+        bad.append(i)
+    return bad
+
+
+def _dom_3(res: Any, root: Any = None) -> bool:
+    return not _unreferenced_contained(res)
 
 
 def _txt_2(item: Any, root: Any = None) -> bool:
