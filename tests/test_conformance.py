@@ -274,6 +274,10 @@ def test_the_real_hl7_folder_runs_end_to_end(base: DefinitionIndex) -> None:
     assert {r.status for r in report.results} <= {"ran", "unsupported", "crashed"}
     assert len({(r.case, r.step) for r in report.results}) == len(report.results)
     assert seconds < 120
+    # The target: the same verdict as the HL7 Java validator on at least 95% of all steps (a step that
+    # cannot run counts as a disagreement), and nothing crashes.
+    assert report.scores().agreement_all >= 95.0, report.scores()
+    assert not [r for r in report.results if r.status == "crashed"]
 
 
 def test_a_profile_source_may_be_a_canonical_and_a_crash_is_reported(
