@@ -249,3 +249,20 @@ def test_cli_validates_fhir_xml(tmp_path: Path) -> None:
     bad = _write(tmp_path, "bad.xml", "<Patient")
     result = run("validate", str(bad), "--format", "json")
     assert result.returncode == 2 and "not well-formed" in json.loads(result.stdout)["issue"][0]["details"]["text"]
+
+
+def test_a_resolved_target_must_conform_to_the_target_profile(
+    validator: Validator, seed_bundle: dict[str, Any]
+) -> None:
+    """Our lab result (IPS-derived) requires its subject to be an IPS Patient: a Patient without the
+    data-absent name is no longer one, and the reference says so."""
+    bundle = copy.deepcopy(seed_bundle)
+    for entry in bundle["entry"]:
+        resource = entry["resource"]
+        if resource["resourceType"] == "Patient":
+            resource.pop("name")
+            resource.pop("meta")  # so that only the referring resources notice
+    found = errors(validator.validate(bundle))
+    assert any(e.endswith(".subject") and "does not conform to any of the target profiles" in m for e, m in found), (
+        found
+    )

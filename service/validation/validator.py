@@ -619,6 +619,7 @@ class Validator:
         if not isinstance(reference, str):
             return
         target_type: str | None = None
+        resolved: dict[str, Any] | None = None
         if reference.startswith("#"):
             # A missing contained target is ref-1's failure, reported by that invariant.
             target = next(
@@ -626,9 +627,11 @@ class Validator:
             )
             if target is None and reference != "#":
                 return
-            target_type = target.get("resourceType") if target else res.get("resourceType")
+            resolved = target if target is not None else res
+            target_type = resolved.get("resourceType")
         elif reference in run.bundle_index:
-            target_type = run.bundle_index[reference].get("resourceType")
+            resolved = run.bundle_index[reference]
+            target_type = resolved.get("resourceType")
         elif reference.startswith(("urn:uuid:", "urn:oid:")):
             if run.bundle_type in ("transaction", "batch"):
                 # A transaction's URN references must be entries: the server cannot resolve them.
@@ -642,6 +645,8 @@ class Validator:
             if m:
                 target_type = m.group(1)
                 self._bundle_match(reference, f"{m.group(1)}/{m.group(2)}", expr, run)
+                matches = run.by_type_id.get(f"{m.group(1)}/{m.group(2)}", [])
+                resolved = matches[0] if len(matches) == 1 else None
         if target_type is None:
             return
         allowed: list[str] = []
@@ -650,14 +655,41 @@ class Validator:
                 continue
             for p in t.target_profiles:
                 allowed.append(self._profile_type(p))
-        if not allowed or "Resource" in allowed or target_type in allowed:
+        if allowed and "Resource" not in allowed and target_type not in allowed:
+            run.add(
+                "error",
+                "structure",
+                f"Invalid Resource target type. Found {target_type}, but expected one of ({', '.join(allowed)})",
+                expr,
+            )
             return
-        run.add(
-            "error",
-            "structure",
-            f"Invalid Resource target type. Found {target_type}, but expected one of ({', '.join(allowed)})",
-            expr,
-        )
+        if resolved is not None:
+            self._target_profiles(resolved, target_type, node, expr, run)
+
+    def _target_profiles(
+        self, target: dict[str, Any], target_type: str, node: ElementNode, expr: str, run: _Run
+    ) -> None:
+        """A resolved target must conform to one of the element's target profiles for its type (core
+        definitions need no check: the target is validated as itself anyway)."""
+        profiles = [
+            p
+            for t in node.types
+            if t.code == "Reference"
+            for p in t.target_profiles
+            if not p.startswith("http://hl7.org/fhir/StructureDefinition/") and self._profile_type(p) == target_type
+        ]
+        if not profiles or any(
+            p.startswith("http://hl7.org/fhir/StructureDefinition/") and self._profile_type(p) == target_type
+            for t in node.types
+            for p in t.target_profiles
+        ):
+            return
+        if not self._conforms(target, profiles, run):
+            message = (
+                f"The resource {target_type} referred to does not conform to any of the target profiles "
+                f"({', '.join(profiles)})"
+            )
+            run.add("error", "structure", message, expr)
 
     def _bundle_match(self, reference: str, key: str, expr: str, run: _Run) -> None:
         """A Type/id reference inside a Bundle must not be ambiguous, and a version it names must be there."""
