@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -30,6 +29,7 @@ from service.errors import CasebridgeError, InputError, MappingError
 from service.fhir.packages import PackageError
 from service.fhir.packages_cli import packages_app
 from service.fhir.xml import FhirXmlError, XmlReader
+from service.files import read_bounded, write_atomically
 from service.mapping.engine import MappingSet
 from service.validation.conformance_cli import conformance
 from service.validation.service import load_validator
@@ -82,40 +82,6 @@ def load_mappings(settings: Settings) -> MappingSet:
 
 def _read_case(path: Path, settings: Settings) -> CaseReport:
     return read_case(read_bounded(path, settings.max_case_bytes), source=str(path), max_bytes=settings.max_case_bytes)
-
-
-def read_bounded(path: Path, limit: int) -> bytes:
-    """The file's bytes, refusing anything that is not a regular file or is larger than ``limit``.
-
-    Reads at most ``limit + 1`` bytes, so neither a huge file nor a device (/dev/zero) nor a pipe that
-    never ends is pulled into memory to be rejected.
-    """
-    try:
-        if not path.is_file():
-            what = "does not exist" if not path.exists() else "is not a regular file"
-            raise InputError(f"the path {what}", source=str(path))
-        with path.open("rb") as fh:
-            data = fh.read(limit + 1)
-    except OSError as exc:
-        raise InputError(f"cannot read the file: {exc.strerror}", source=str(path)) from exc
-    if len(data) > limit:
-        raise InputError(f"the file is larger than the limit of {limit:,} bytes", source=str(path))
-    return data
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write all or nothing: a temporary file beside the target, then an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def dump_json(doc: object) -> bytes:

@@ -7,9 +7,7 @@ unusable, or the FHIR packages are not installed; 3 the configuration (``CASEBRI
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -20,6 +18,7 @@ from rich.console import Console
 
 from service.config import Settings
 from service.fhir.packages import PackageError
+from service.files import write_atomically
 from service.validation.conformance import (
     STEPS,
     ConformanceError,
@@ -79,7 +78,7 @@ def conformance(
     print_report(report, show)
     if json_out is not None:
         try:
-            _write_atomically(json_out, report.to_json().encode("utf-8"))
+            write_atomically(json_out, report.to_json().encode("utf-8"))
         except OSError as exc:
             _fail(2, f"{json_out}: cannot write the report: {exc.strerror or exc}")
         _err.print(f"wrote {json_out}", markup=False, highlight=False)
@@ -166,19 +165,6 @@ def _findings(say: Callable[[str], None], label: str, findings: tuple[Finding, .
         say(f"    {label}: {f.expression or '-'}: {message}")
     if len(findings) > _FINDINGS_SHOWN:
         say(f"    {label}: … and {len(findings) - _FINDINGS_SHOWN} more")
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """All or nothing: a temporary file beside the target, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _fail(code: int, message: str) -> NoReturn:
