@@ -42,15 +42,6 @@ class TypeRef:
     profiles: tuple[str, ...] = ()
     target_profiles: tuple[str, ...] = ()
 
-    @property
-    def target_types(self) -> tuple[str, ...]:
-        """Resource type names a Reference may point at ('' for Resource/any)."""
-        out = []
-        for p in self.target_profiles:
-            name = p.split("|")[0].rsplit("/", 1)[-1]
-            out.append(name)
-        return tuple(out)
-
 
 @dataclass(frozen=True)
 class Constraint:

@@ -95,7 +95,6 @@ class _Run:
     issues: list[Issue] = field(default_factory=list)
     bundle_index: dict[str, dict[str, Any]] = field(default_factory=dict)
     seen: set[tuple[str, str, str]] = field(default_factory=set)
-    profile_stack: list[str] = field(default_factory=list)
     roots: dict[int, dict[str, Any]] = field(default_factory=dict)  # id(resource) -> its %rootResource
     conforms: dict[tuple[int, str], bool] = field(default_factory=dict)  # (id(resource), profile) -> conforms
     bundle_type: str | None = None  # the type of the Bundle being validated, if any
@@ -231,12 +230,8 @@ class Validator:
         if rtype == "Bundle":
             self._index_bundle(res, run, root_expr)
         for tree in trees or [base]:
-            run.profile_stack.append(tree.url)
-            try:
-                self._complex(res, tree.root, tree, root_expr, run, res, depth, is_root=True)
-                self._constraints(tree.root.constraints, res, tree.root.path, root_expr, run, res, tree)
-            finally:
-                run.profile_stack.pop()
+            self._complex(res, tree.root, tree, root_expr, run, res, depth, is_root=True)
+            self._constraints(tree.root.constraints, res, tree.root.path, root_expr, run, res, tree)
         if rtype == "Bundle":
             self._bundle_rules(res, run, root_expr)
 
@@ -349,7 +344,7 @@ class Validator:
             if key.startswith("_"):
                 name = key[1:]
                 child = lookup.get(name)
-                if child is None or not self._is_primitive(child, name):
+                if child is None or not self._is_primitive(child):
                     run.add("error", "structure", f"Unrecognized property '{key}'", expr)
                 elif name not in obj:
                     self._property(name, None, value, child, expr, run, res, depth, counts)
@@ -379,7 +374,7 @@ class Validator:
                     tree.url,
                 )
 
-    def _is_primitive(self, child: _Child, name: str) -> bool:
+    def _is_primitive(self, child: _Child) -> bool:
         type_code = child.type_code or (child.node.types[0].code if len(child.node.types) == 1 else None)
         return type_code in primitives.PRIMITIVES
 
