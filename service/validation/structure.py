@@ -118,6 +118,7 @@ class StructureTree:
     base: str | None
     root: ElementNode
     by_id: dict[str, ElementNode]
+    abstract: bool = False
 
     @property
     def label(self) -> str:
@@ -259,4 +260,5 @@ def compile_structure(sd: dict[str, Any]) -> StructureTree:
         base=sd.get("baseDefinition"),
         root=root,
         by_id=by_id,
+        abstract=bool(sd.get("abstract")),
     )

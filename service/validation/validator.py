@@ -16,6 +16,7 @@ cardinality problems are reported on the parent element.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from service.validation.structure import (
 )
 from service.validation.terminology import EXTERNAL_SYSTEMS, Terminology
 
+log = logging.getLogger(__name__)
 SEVERITY_RANK = {"fatal": 0, "error": 1, "warning": 2, "information": 3}
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _REFERENCE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?$")
@@ -170,6 +172,10 @@ class Validator:
             self._resource(resource, rtype, list(profiles), run, depth=0, container=None)
         except RecursionError:
             run.add("fatal", "structure", "The resource nests too deeply to be validated", rtype)
+        except Exception as exc:
+            log.exception("validation failed on unforeseen input")
+            message = f"The validator could not finish on this input ({type(exc).__name__}: {exc})"
+            run.add("fatal", "exception", message, rtype)
         return run.issues
 
     # --- resources ------------------------------------------------------------------------------------
@@ -189,8 +195,9 @@ class Validator:
             run.add("error", "structure", "Unable to find resourceType property", expr)
             return
         base = self.type_tree(rtype)
-        if base is None or base.kind != "resource":
-            run.add("error", "structure", f"Unknown resource type '{rtype}'", expr)
+        if base is None or base.kind != "resource" or base.abstract:
+            why = "an abstract type, not a resource" if base is not None and base.abstract else "unknown"
+            run.add("error", "structure", f"Unknown resource type '{rtype}' ({why})", expr)
             return
         # A contained resource's %rootResource is its container; any other resource is its own root.
         run.roots[id(res)] = run.roots.get(id(container), container) if container is not None else res
@@ -202,7 +209,7 @@ class Validator:
                 why = "Too long" if isinstance(rid, str) and len(rid) > 64 else "Invalid Characters"
                 shown = f"({len(rid)} chars)" if why == "Too long" and isinstance(rid, str) else f"('{rid}')"
                 run.add("error", "invalid", f"Invalid Resource id: {why} {shown}", f"{root_expr}.id")
-        claimed = [p for p in (res.get("meta") or {}).get("profile", ()) if isinstance(p, str)]
+        claimed = [p for p in _arr(_obj(res.get("meta")).get("profile")) if isinstance(p, str)]
         global_profiles = [p for t, p in self.options.global_profiles if t == rtype]
         if rtype == "StructureDefinition" and needs_snapshot(res):
             try:
@@ -238,15 +245,15 @@ class Validator:
     def _index_bundle(self, bundle: dict[str, Any], run: _Run, expr: str) -> None:
         index: dict[str, dict[str, Any]] = {}
         full_urls: dict[str, int] = {}
-        for i, entry in enumerate(bundle.get("entry") or ()):
+        for i, entry in enumerate(_arr(bundle.get("entry"))):
             if not isinstance(entry, dict):
                 continue
             resource = entry.get("resource")
             full_url = entry.get("fullUrl")
             if isinstance(full_url, str):
                 if full_url in full_urls and isinstance(resource, dict):
-                    other = bundle["entry"][full_urls[full_url]].get("resource") or {}
-                    if (other.get("meta") or {}).get("versionId") == (resource.get("meta") or {}).get("versionId"):
+                    other = _obj(bundle["entry"][full_urls[full_url]].get("resource"))
+                    if _obj(other.get("meta")).get("versionId") == _obj(resource.get("meta")).get("versionId"):
                         run.add(
                             "error",
                             "invalid",
@@ -270,16 +277,29 @@ class Validator:
 
     def _bundle_rules(self, bundle: dict[str, Any], run: _Run, expr: str) -> None:
         relations: set[object] = set()
-        for i, link in enumerate(bundle.get("link") or ()):
+        for i, link in enumerate(_arr(bundle.get("link"))):
             relation = link.get("relation") if isinstance(link, dict) else None
             if relation in ("self", "first", "previous", "next", "last") and relation in relations:
                 message = f"The link relationship type '{relation}' can only occur once"
                 run.add("error", "invalid", message, f"{expr}.link[{i}]")
             relations.add(relation)
-        for i, entry in enumerate(bundle.get("entry") or ()):
+        for i, entry in enumerate(_arr(bundle.get("entry"))):
             if not isinstance(entry, dict):
                 continue
             full_url = entry.get("fullUrl")
+            resource = _obj(entry.get("resource"))
+            named = (
+                re.match(r"^https?://.+/([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})$", full_url or "")
+                if isinstance(full_url, str)
+                else None
+            )
+            if named and isinstance(resource.get("id"), str) and resource.get("resourceType"):
+                if (named.group(1), named.group(2)) != (resource["resourceType"], resource["id"]):
+                    message = (
+                        f"The fullUrl '{full_url}' does not match the resource "
+                        f"{resource['resourceType']}/{resource['id']}"
+                    )
+                    run.add("error", "invalid", message, f"{expr}.entry[{i}]")
             # Any absolute URI (a scheme, then a colon) will do; a relative one will not.
             if isinstance(full_url, str) and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", full_url):
                 run.add(
@@ -480,6 +500,9 @@ class Validator:
             self._complex(item, inner, inner_tree, expr, run, res, depth + 1)
             if descended:
                 self._constraints(inner.constraints, item, inner_tree.type, expr, run, res, inner_tree)
+            elif node.content_reference and inner is not node:
+                # A recursive element (Questionnaire.item.item) has the invariants of the one it names.
+                self._constraints(inner.constraints, item, inner.path, expr, run, res, inner_tree)
         # FHIRPath knows a node's type from its path: a datatype's name gives type() and its children;
         # a backbone element needs its element path (for choices such as component.value).
         base = type_code if type_code not in ("BackboneElement", "Element") else node.path
@@ -550,8 +573,16 @@ class Validator:
                     run.add("error", "invalid", message, expr)
             if node.binding is not None and type_code in ("code", "string", "uri"):
                 self._code_binding(str(value), node, tree, expr, run)
-        if isinstance(extra, dict):
-            for i, ext in enumerate(extra.get("extension") or ()):
+        if extra is not None and not isinstance(extra, dict):
+            run.add("error", "structure", f"The _ companion of {node.name} must be an Object (at {expr})", expr)
+        elif isinstance(extra, dict):
+            # A primitive's companion is an Element: an id and extensions, nothing else.
+            for key in extra:
+                if key not in ("id", "extension"):
+                    run.add("error", "structure", f"Unrecognized property '{key}'", expr)
+            if "extension" in extra and not isinstance(extra["extension"], list):
+                run.add("error", "structure", f"The property extension must be a JSON Array (at {expr})", expr)
+            for i, ext in enumerate(_arr(extra.get("extension"))):
                 if isinstance(ext, dict):
                     self._extension(ext, node, tree, f"{expr}.extension[{i}]", run, res, depth)
         node_constraints = [c for c in node.constraints if c.key not in ("ele-1",)]
@@ -671,12 +702,10 @@ class Validator:
             for t in node.types
             if t.code == "Reference"
             for p in t.target_profiles
-            if not p.startswith("http://hl7.org/fhir/StructureDefinition/") and self._profile_type(p) == target_type
+            if not self._is_type_url(p) and self._profile_type(p) == target_type
         ]
         if not profiles or any(
-            p.startswith("http://hl7.org/fhir/StructureDefinition/") and self._profile_type(p) == target_type
-            for t in node.types
-            for p in t.target_profiles
+            self._is_type_url(p) and self._profile_type(p) == target_type for t in node.types for p in t.target_profiles
         ):
             return
         if not self._conforms(target, profiles, run):
@@ -696,8 +725,14 @@ class Validator:
         elif len(matches) > 1:
             run.add("error", "invalid", f"Multiple matches in bundle for reference {reference}", expr)
 
+    def _is_type_url(self, canonical: str) -> bool:
+        """Whether a canonical is a type's own core definition (Patient), not a profile (vitalsigns)."""
+        url = canonical.split("|")[0]
+        name = url.rsplit("/", 1)[-1]
+        return url == f"http://hl7.org/fhir/StructureDefinition/{name}" and self.type_tree(name) is not None
+
     def _profile_type(self, canonical: str) -> str:
-        if canonical.startswith("http://hl7.org/fhir/StructureDefinition/"):
+        if self._is_type_url(canonical):
             return canonical.split("|")[0].rsplit("/", 1)[-1]
         tree = self.tree(canonical)
         return tree.type if tree is not None else canonical.rsplit("/", 1)[-1]
@@ -761,8 +796,8 @@ class Validator:
         unchecked = []
         for c in codings:
             system, code = c.get("system"), c.get("code")
-            if not isinstance(code, str):
-                continue
+            if not isinstance(code, str) or not isinstance(system, (str, type(None))):
+                continue  # a wrong shape is reported by the structure walk
             if (system, code) in expansion.codes:
                 return
             # An enumerated value set decides even for SNOMED CT or LOINC codes; only an open one cannot.
@@ -1020,13 +1055,13 @@ class Validator:
                 return target.fixed
             profiles = slice_node.types[0].profiles
             return profiles[0] if profiles else _MISSING
-        target = _node_at(slice_node, path)
-        if target is None:
-            return _MISSING
-        if target.fixed is not None:
-            return target.fixed
-        if target.pattern is not None:
-            return target.pattern
+        # The value may be fixed on the element itself or inside a slice along the path
+        # (bp: component:SystolicBP.code.coding:SBPCode.code).
+        for target in _nodes_at(slice_node, path):
+            if target.fixed is not None:
+                return target.fixed
+            if target.pattern is not None:
+                return target.pattern
         return _MISSING
 
 
@@ -1042,6 +1077,16 @@ def _item_expression(parent_expr: str, node: ElementNode, type_code: str | None,
 _MISSING = object()
 
 
+def _obj(value: Any) -> dict[str, Any]:
+    """The value if it is a JSON object, else an empty one: structural errors are reported by the walk;
+    the rule checks that read around must not fail on a wrong shape."""
+    return value if isinstance(value, dict) else {}
+
+
+def _arr(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def _node_at(node: ElementNode, path: str) -> ElementNode | None:
     if path in ("$this", ""):
         return node
@@ -1052,6 +1097,25 @@ def _node_at(node: ElementNode, path: str) -> ElementNode | None:
         part = re.sub(r"\.ofType\(.*\)$", "", part)
         current = current.children.get(part) or current.children.get(part + "[x]")
     return current
+
+
+def _nodes_at(node: ElementNode, path: str) -> Iterator[ElementNode]:
+    """Every definition of the element at ``path`` below ``node``: through children, and through the
+    slices of each element on the way."""
+    if path in ("$this", ""):
+        yield node
+        return
+    parts = [re.sub(r"\.ofType\(.*\)$", "", p) for p in path.split(".")]
+    frontier = [node]
+    for part in parts:
+        following: list[ElementNode] = []
+        for current in frontier:
+            child = current.children.get(part) or current.children.get(part + "[x]")
+            if child is not None:
+                following.append(child)
+                following.extend(child.slices.values())
+        frontier = following
+    yield from frontier
 
 
 def _type_of_key(key: str, stem: str) -> str:
@@ -1106,7 +1170,7 @@ def _matches_pattern(value: Any, pattern: Any) -> bool:
 def _codings(item: dict[str, Any], type_code: str, expr: str) -> list[tuple[str, dict[str, Any]]]:
     if type_code == "Coding":
         return [(expr, item)]
-    return [(f"{expr}.coding[{i}]", c) for i, c in enumerate(item.get("coding") or ()) if isinstance(c, dict)]
+    return [(f"{expr}.coding[{i}]", c) for i, c in enumerate(_arr(item.get("coding"))) if isinstance(c, dict)]
 
 
 # --- native invariants: the same meaning as their FHIRPath, without the interpreter ------------------------
@@ -1123,7 +1187,7 @@ def _ext_1(item: Any, root: Any = None) -> bool:
 
 
 def _contained(res: Any) -> list[dict[str, Any]]:
-    return [c for c in (res.get("contained") or ()) if isinstance(c, dict)] if isinstance(res, dict) else []
+    return [c for c in _arr(res.get("contained")) if isinstance(c, dict)] if isinstance(res, dict) else []
 
 
 def _dom_2(res: Any, root: Any = None) -> bool:
@@ -1132,17 +1196,16 @@ def _dom_2(res: Any, root: Any = None) -> bool:
 
 def _dom_4(res: Any, root: Any = None) -> bool:
     return all(
-        not (c.get("meta") or {}).get("versionId") and not (c.get("meta") or {}).get("lastUpdated")
-        for c in _contained(res)
+        not _obj(c.get("meta")).get("versionId") and not _obj(c.get("meta")).get("lastUpdated") for c in _contained(res)
     )
 
 
 def _dom_5(res: Any, root: Any = None) -> bool:
-    return all(not (c.get("meta") or {}).get("security") for c in _contained(res))
+    return all(not _obj(c.get("meta")).get("security") for c in _contained(res))
 
 
 def _dom_6(res: Any, root: Any = None) -> bool:
-    return isinstance(res, dict) and bool((res.get("text") or {}).get("div"))
+    return isinstance(res, dict) and bool(_obj(res.get("text")).get("div"))
 
 
 def _strings(node: Any, key: str | None = None) -> Iterator[tuple[str | None, str]]:
@@ -1220,7 +1283,7 @@ def _choice_present(item: dict[str, Any], stem: str) -> bool:
 
 
 def _codings_of(cc: Any) -> list[Any]:
-    return list(cc.get("coding") or ()) if isinstance(cc, dict) else []
+    return list(_arr(cc.get("coding"))) if isinstance(cc, dict) else []
 
 
 def _coded(cc: Any, system: str, codes: tuple[str, ...]) -> bool:

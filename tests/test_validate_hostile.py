@@ -1,0 +1,104 @@
+"""Malformed but parseable resources: structural errors, never an exception (found by review)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from service.config import Settings
+from service.validation.service import load_validator
+from service.validation.validator import Validator
+
+
+@pytest.fixture(scope="module")
+def validator() -> Validator:
+    return load_validator(Settings())
+
+
+HOSTILE: list[dict[str, Any]] = [
+    {"resourceType": "Patient", "meta": [1]},
+    {"resourceType": "Patient", "meta": "x"},
+    {"resourceType": "Patient", "meta": {"profile": 5}},
+    {"resourceType": "Patient", "meta": {"profile": "http://x"}},
+    {
+        "resourceType": "Patient",
+        "contained": [{"resourceType": "Patient", "id": "x", "meta": [1]}],
+        "link": [{"other": {"reference": "#x"}, "type": "seealso"}],
+    },
+    {"resourceType": "Bundle", "type": "collection", "entry": 5},
+    {"resourceType": "Bundle", "type": "collection", "entry": True},
+    {"resourceType": "Bundle", "type": "collection", "link": 5},
+    {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {"fullUrl": "urn:uuid:1", "resource": [1]},
+            {"fullUrl": "urn:uuid:1", "resource": {"resourceType": "Patient", "meta": [1]}},
+        ],
+    },
+    {"resourceType": "Patient", "_birthDate": {"extension": 5}},
+    {"resourceType": "Patient", "contained": 5},
+    {"resourceType": "Patient", "text": "x"},
+    {"resourceType": "Patient", "text": [1]},
+    {"resourceType": "Patient", "maritalStatus": {"coding": 5}},
+    {"resourceType": "Patient", "maritalStatus": {"coding": [{"system": ["a"], "code": "M"}]}},
+]
+
+
+@pytest.mark.parametrize("resource", HOSTILE, ids=range(len(HOSTILE)))
+def test_hostile_shapes_are_errors_not_exceptions(validator: Validator, resource: dict[str, Any]) -> None:
+    issues = validator.validate(resource)
+    assert not [i for i in issues if i.code == "exception"], issues
+    assert any(i.severity in ("error", "fatal") for i in issues), issues
+
+
+def test_a_profile_string_is_one_error_not_one_per_character(validator: Validator) -> None:
+    issues = validator.validate({"resourceType": "Patient", "meta": {"profile": "http://x"}})
+    assert not [i for i in issues if "could not be resolved" in i.message]
+    assert any("must be a JSON Array" in i.message for i in issues)
+
+
+def test_core_profiles_as_target_profiles_and_nested_slice_values(validator: Validator) -> None:
+    """vitalsigns as a hasMember target profile; bp's component slices fixed inside coding slices."""
+    import json
+
+    from service.fhir.packages import default_cache_dir
+
+    core = default_cache_dir() / "hl7.fhir.r4.examples#4.0.1" / "package"
+    panel = json.loads((core / "Observation-vitals-panel.json").read_text())
+    assert not [i for i in validator.validate(panel) if i.severity == "error"]
+    bp = json.loads((core / "Observation-blood-pressure.json").read_text())
+    bp.setdefault("meta", {})["profile"] = ["http://hl7.org/fhir/StructureDefinition/bp"]
+    assert not [i for i in validator.validate(bp) if i.severity == "error"]
+    bp["component"][0]["code"]["coding"][0]["code"] = "9999-9"
+    assert any("SystolicBP" in i.message for i in validator.validate(bp) if i.severity == "error")
+
+
+def test_invariants_apply_to_recursive_elements(validator: Validator) -> None:
+    questionnaire = {
+        "resourceType": "Questionnaire",
+        "status": "active",
+        "item": [{"linkId": "1", "type": "group", "item": [{"linkId": "2", "type": "group"}]}],
+    }
+    found = [(i.expression, i.message) for i in validator.validate(questionnaire) if i.severity == "error"]
+    assert any(e == "Questionnaire.item[0].item[0]" and "que-1" in m for e, m in found), found
+
+
+@pytest.mark.parametrize(
+    ("resource", "words"),
+    [
+        ({"resourceType": "Resource", "id": "x"}, "abstract"),
+        ({"resourceType": "DomainResource"}, "abstract"),
+        (
+            {
+                "resourceType": "Bundle",
+                "type": "collection",
+                "entry": [{"fullUrl": "http://a/Patient/1", "resource": {"resourceType": "Patient", "id": "2"}}],
+            },
+            "does not match the resource Patient/2",
+        ),
+    ],
+)
+def test_abstract_types_and_mismatched_full_urls(validator: Validator, resource: dict[str, Any], words: str) -> None:
+    assert any(words in i.message for i in validator.validate(resource) if i.severity == "error")
