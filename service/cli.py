@@ -24,7 +24,7 @@ from rich.table import Table
 from service import __version__
 from service.config import PROJECT_ROOT, Settings, get_settings
 from service.domain.case import CaseReport
-from service.domain.reader import check_depth, read_case
+from service.domain.reader import check_depth, load_json, read_case
 from service.errors import CasebridgeError, InputError, MappingError
 from service.fhir.packages import PackageError
 from service.fhir.packages_cli import packages_app
@@ -179,11 +179,14 @@ def _validate_file(
         if data.lstrip()[:1] == b"<":
             resource = XmlReader(validator.definitions).read(data, str(file))
         else:
-            resource = orjson.loads(data)
+            # The case reader's JSON parser: it refuses duplicate keys (which keep only the last value).
+            resource = load_json(data.decode("utf-8-sig"), str(file))
     except FhirXmlError as exc:
         return [Issue("fatal", "structure", str(exc), "")], 2
-    except orjson.JSONDecodeError as exc:
-        return [Issue("fatal", "structure", f"{file}: malformed JSON: {exc}", "")], 2
+    except UnicodeDecodeError:
+        return [Issue("fatal", "structure", f"{file}: not UTF-8 text", "")], 2
+    except InputError as exc:
+        return [Issue("fatal", "structure", exc.report(), "")], 2
     if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
         return [Issue("fatal", "structure", f"{file}: not a FHIR resource (no resourceType)", "")], 2
     try:

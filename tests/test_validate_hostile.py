@@ -102,3 +102,31 @@ def test_invariants_apply_to_recursive_elements(validator: Validator) -> None:
 )
 def test_abstract_types_and_mismatched_full_urls(validator: Validator, resource: dict[str, Any], words: str) -> None:
     assert any(words in i.message for i in validator.validate(resource) if i.severity == "error")
+
+
+XHTML = 'xmlns="http://www.w3.org/1999/xhtml"'
+
+
+@pytest.mark.parametrize(
+    ("div", "ok"),
+    [
+        (f"<div {XHTML}><p>a <b>b</b></p><table><tr><td>x</td></tr></table></div>", True),
+        (f'<div {XHTML}><a href="http://x/">x</a><img src="#pic" alt="p"/></div>', True),
+        ("<div><p>a</p></div>", False),  # no XHTML namespace
+        ('<div xmlns="http://example.org">x</div>', False),
+        (f"<p {XHTML}>x</p>", False),  # the root must be a div
+        ("just text", False),
+        (f"<div {XHTML}><p>a</div>", False),  # not well-formed
+        (f"<div {XHTML}><script>alert(1)</script></div>", False),
+        (f'<div {XHTML}><p onclick="x()">a</p></div>', False),
+        (f'<div {XHTML}><p foo="1">a</p></div>', False),
+        (f'<div {XHTML}><a href="java&#9;script:alert(1)">x</a></div>', False),
+        (f'<div {XHTML}><a href="data:text/html;base64,PHNjcmlwdD4=">x</a></div>', False),
+        (f"<div {XHTML}><P>x</P></div>", False),
+        (f"<!DOCTYPE html><div {XHTML}>x</div>", False),
+    ],
+)
+def test_narrative_xhtml(validator: Validator, div: str, ok: bool) -> None:
+    patient = {"resourceType": "Patient", "text": {"status": "generated", "div": div}}
+    errors = [i for i in validator.validate(patient) if i.severity == "error" and i.expression == "Patient.text.div"]
+    assert (not errors) == ok, errors

@@ -59,7 +59,7 @@ class _DuplicateKey(ValueError):
     pass
 
 
-def _load_json(text: str, source: str) -> Any:
+def load_json(text: str, source: str) -> Any:
     # The standard library's parser (C-accelerated) rather than orjson: only it lets us refuse
     # duplicate keys, which RFC 8259 leaves undefined and most parsers resolve by keeping the last.
     try:
@@ -96,10 +96,10 @@ def parse_document(data: bytes, *, source: str, max_bytes: int = DEFAULT_MAX_BYT
     if not text.strip():
         raise CaseFileError("the file is empty", source=source)
     if source.lower().endswith(".json"):
-        doc = _load_json(text, source)
+        doc = load_json(text, source)
     else:
         try:
-            doc = _load_json(text, source) if text.lstrip().startswith(("{", "[")) else None
+            doc = load_json(text, source) if text.lstrip().startswith(("{", "[")) else None
         except CaseFileError:
             doc = None  # not JSON: it may still be YAML flow style
         if doc is None:

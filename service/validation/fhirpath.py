@@ -14,9 +14,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from html.parser import HTMLParser
 from typing import Any
 
+import defusedxml.ElementTree as SafeET
 import fhirpathpy
 from fhirpathpy.engine.nodes import ResourceNode
 from fhirpathpy.models import models
@@ -65,35 +65,43 @@ def _resolve(inputs: list[Any]) -> list[dict[str, Any]]:
     return out
 
 
-# The XHTML subset allowed in narrative (R4 "Narrative" rules): no active content, no forms.
+# The XHTML subset allowed in narrative (R4 "Narrative" rules): no active content, no forms, no frames.
+XHTML = "http://www.w3.org/1999/xhtml"
 _ALLOWED_TAGS = frozenset(
     "a abbr acronym b big blockquote br caption cite code col colgroup dd dfn div dl dt em h1 h2 h3 h4 h5 h6 hr i "
     "img li ol p pre q samp small span strong sub sup table tbody td tfoot th thead tr tt ul var".split()
 )
-
-
-class _NarrativeChecker(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.ok = True
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag not in _ALLOWED_TAGS:
-            self.ok = False
-        for name, value in attrs:
-            if name.startswith("on") or (value or "").strip().lower().startswith("javascript:"):
-                self.ok = False
+_ALLOWED_ATTRIBUTES = frozenset(
+    {
+        *"abbr accesskey align alt axis border cellpadding cellspacing char charoff charset cite class colspan compact "
+        "coords datetime dir frame headers height href hreflang id lang name nowrap rel rev rowspan rules scope shape "
+        "span src start style summary tabindex target title type valign value width".split(),
+        "{http://www.w3.org/XML/1998/namespace}lang",
+    }
+)
+_UNSAFE_URL = re.compile(r"^(javascript|vbscript|data):", re.I)
 
 
 def html_checks(div: str) -> bool:
-    """txt-1: the narrative contains only the basic XHTML FHIR allows."""
-    checker = _NarrativeChecker()
+    """txt-1: the narrative is well-formed XHTML, a div in the XHTML namespace, and uses only the basic
+    elements and attributes FHIR allows, with no script URLs (checked after decoding, as a browser would)."""
     try:
-        checker.feed(div)
-        checker.close()
-    except Exception:  # noqa: BLE001 - any parse failure means the narrative is not acceptable
+        root = SafeET.fromstring(div, forbid_dtd=True)
+    except Exception:  # noqa: BLE001 - not well-formed, a DTD, an entity: not acceptable narrative
         return False
-    return checker.ok
+    if root.tag != f"{{{XHTML}}}div":
+        return False
+    for element in root.iter():
+        if not isinstance(element.tag, str) or not element.tag.startswith(f"{{{XHTML}}}"):
+            return False
+        if element.tag[len(XHTML) + 2 :] not in _ALLOWED_TAGS:
+            return False
+        for name, value in element.attrib.items():
+            if name not in _ALLOWED_ATTRIBUTES:
+                return False
+            if name in ("href", "src") and _UNSAFE_URL.match(re.sub(r"[\x00-\x20]+", "", value)):
+                return False
+    return True
 
 
 def _html_checks(inputs: list[Any]) -> bool:

@@ -108,6 +108,11 @@ def check(type_code: str, value: object) -> str | None:
     if pattern is not None and not pattern.fullmatch(value):
         formatter = _FORMAT_MESSAGES.get(type_code)
         return formatter(value) if formatter else f"The value '{value}' is not a valid {type_code}"
+    if type_code in ("uri", "url", "canonical") and value.startswith(("urn:oid:", "urn:uuid:")):
+        # A URN of these two kinds must be well formed wherever a URI is expected.
+        kind = "oid" if value.startswith("urn:oid:") else "uuid"
+        if not REGEX[kind].fullmatch(value):
+            return f"The value '{value}' is not a valid {kind.upper()}"
     if type_code in ("date", "dateTime", "instant") and not _valid_date(value):
         return f"Not a valid date/time ({value})"
     if type_code == "base64Binary" and not _valid_base64(value):
