@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -26,6 +27,7 @@ from service.config import PROJECT_ROOT, Settings, get_settings
 from service.domain.case import CaseReport
 from service.domain.reader import check_depth, load_json, read_case
 from service.errors import CasebridgeError, InputError, MappingError
+from service.fhir.embedded import EmbeddedFhirServer, EmbeddedServerError
 from service.fhir.packages import PackageError
 from service.fhir.packages_cli import packages_app
 from service.fhir.xml import FhirXmlError, XmlReader
@@ -201,6 +203,23 @@ def _validate_file(
         return [Issue("fatal", "structure", message, "")], 2
     issues = validator.validate(resource, profiles)
     return issues, 1 if has_errors(issues) else 0
+
+
+@app.command("fhir-server")
+def fhir_server(
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1 (0: any free port).", min=0, max=65535)] = 8090,
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", help="Where the server keeps its SQLite database.", file_okay=False)
+    ] = Path(".fhir-server"),
+) -> None:
+    """Run the embedded FHIR R4 server (sekmet-fhir) on 127.0.0.1 until interrupted."""
+    # SIGTERM ends the server like Ctrl-C does, so the database is closed cleanly.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    server = EmbeddedFhirServer(data_dir, port=port)
+    try:
+        server.serve_forever_announced(lambda base: out.print(f"FHIR base: {base}", highlight=False))
+    except EmbeddedServerError as exc:
+        _fail(2, str(exc))
 
 
 @app.command()

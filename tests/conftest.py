@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,3 +38,12 @@ def bundles(mappings: MappingSet) -> dict[str, dict[str, Any]]:
 @pytest.fixture(scope="session")
 def seed_bundle(bundles: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return bundles[SEED.name]
+
+
+@pytest.fixture(scope="session")
+def fhir_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The embedded FHIR server, started once for the test session on a free port; yields its base URL."""
+    from service.fhir.embedded import EmbeddedFhirServer
+
+    with EmbeddedFhirServer(tmp_path_factory.mktemp("fhir-server")) as server:
+        yield server.base_url
