@@ -585,9 +585,8 @@ class Validator:
             for i, ext in enumerate(_arr(extra.get("extension"))):
                 if isinstance(ext, dict):
                     self._extension(ext, node, tree, f"{expr}.extension[{i}]", run, res, depth)
-        node_constraints = [c for c in node.constraints if c.key not in ("ele-1",)]
-        if node_constraints and value is not None:
-            self._constraints(tuple(node_constraints), value, None, expr, run, res, tree)
+        if node.constraints and value is not None:
+            self._constraints(node.constraints, value, None, expr, run, res, tree)
 
     # --- extensions -----------------------------------------------------------------------------------
 
@@ -628,15 +627,7 @@ class Validator:
             run.add("error", "structure", f"The definition of {url} is not an extension", expr)
             return
         self._complex(ext, definition.root, definition, expr, run, res, depth + 1)
-        self._constraints(
-            tuple(c for c in definition.root.constraints if c.key != "ext-1"),
-            ext,
-            "Extension",
-            expr,
-            run,
-            res,
-            definition,
-        )
+        self._constraints(definition.root.constraints, ext, "Extension", expr, run, res, definition)
 
     # --- references -----------------------------------------------------------------------------------
 
@@ -900,6 +891,8 @@ class Validator:
         tree: StructureTree,
     ) -> None:
         for c in constraints:
+            if c.key in _CHECKED_IN_WALK:
+                continue
             if c.key == "dom-3":
                 # Reported on each unreferenced contained resource, as the HL7 validator does; skipped
                 # with the contained resources when the caller asked for that.
@@ -914,8 +907,6 @@ class Validator:
                 continue
             native = _NATIVE.get(c.key) or _NATIVE_EXPRESSIONS.get(c.expression)
             if native is not None:
-                if c.key in _NATIVE_HANDLED_ELSEWHERE:
-                    continue
                 ok = native(item, run.roots.get(id(res), res))
             else:
                 try:
@@ -1176,16 +1167,6 @@ def _codings(item: dict[str, Any], type_code: str, expr: str) -> list[tuple[str,
 # --- native invariants: the same meaning as their FHIRPath, without the interpreter ------------------------
 
 
-def _ele_1(item: Any, root: Any = None) -> bool:
-    return not isinstance(item, dict) or any(k != "id" for k in item)
-
-
-def _ext_1(item: Any, root: Any = None) -> bool:
-    if not isinstance(item, dict):
-        return True
-    return bool(item.get("extension")) != any(k.startswith("value") for k in item)
-
-
 def _contained(res: Any) -> list[dict[str, Any]]:
     return [c for c in _arr(res.get("contained")) if isinstance(c, dict)] if isinstance(res, dict) else []
 
@@ -1238,10 +1219,6 @@ def _unreferenced_contained(res: Any) -> list[int]:
     return bad
 
 
-def _dom_3(res: Any, root: Any = None) -> bool:
-    return not _unreferenced_contained(res)
-
-
 def _txt_2(item: Any, root: Any = None) -> bool:
     if not isinstance(item, str):
         return True
@@ -1259,10 +1236,7 @@ def _ref_1(item: Any, root: Any = None) -> bool:
 
 
 _NATIVE = {
-    "ele-1": _ele_1,
-    "ext-1": _ext_1,
     "dom-2": _dom_2,
-    "dom-3": _dom_3,
     "dom-4": _dom_4,
     "dom-5": _dom_5,
     "dom-6": _dom_6,
@@ -1354,5 +1328,5 @@ _NATIVE_EXPRESSIONS: dict[str, Any] = {
         not isinstance(item, dict) or not _present(item, "code") or _present(item, "system")
     ),
 }
-# Checked where the element is walked (ele-1 for every element, ext-1 for every extension).
-_NATIVE_HANDLED_ELSEWHERE = frozenset({"ele-1", "ext-1"})
+# Checked by the walk itself (ele-1 on every element, ext-1 on every extension), never as invariants.
+_CHECKED_IN_WALK = frozenset({"ele-1", "ext-1"})
