@@ -79,17 +79,14 @@ class _Builder:
                 return i
         return None
 
-    def _subtree_end(self, index: int) -> int:
+    def _subtree_end(self, index: int, pool: list[dict[str, Any]] | None = None) -> int:
         """The index just after the element at ``index`` and everything below it (its children, its
-        slices and theirs)."""
-        own = self.elements[index]["id"]
+        slices and theirs), in ``pool`` (default: the snapshot being built)."""
+        pool = self.elements if pool is None else pool
+        own = pool[index]["id"]
         end = index + 1
-        while end < len(self.elements):
-            other = self.elements[end]["id"]
-            if other.startswith(own + ".") or other.startswith(own + ":"):
-                end += 1
-            else:
-                break
+        while end < len(pool) and (pool[end]["id"].startswith(own + ".") or pool[end]["id"].startswith(own + ":")):
+            end += 1
         return end
 
     # --- applying one differential element --------------------------------------------------------------
@@ -184,13 +181,8 @@ class _Builder:
             return False
         parent = self.elements[parent_index]
         source = pool[source_index]
-        end = source_index + 1
-        while end < len(pool) and (
-            pool[end]["id"].startswith(source_id + ".") or pool[end]["id"].startswith(source_id + ":")
-        ):
-            end += 1
         copied = []
-        for e in pool[source_index + 1 : end]:
+        for e in pool[source_index + 1 : self._subtree_end(source_index, pool)]:
             if not e["id"].startswith(source_id + ".") or ":" in e["id"][len(source_id) :]:
                 continue
             child = copy.deepcopy(e)
