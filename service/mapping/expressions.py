@@ -23,6 +23,7 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel
@@ -86,19 +87,9 @@ def _attribute_type(owner: type[BaseModel], name: str) -> tuple[bool, StaticType
 
 
 def _public_names(owner: type[BaseModel]) -> list[str]:
-    props = [
-        n
-        for n, v in inspect.getmembers(owner)
-        if not n.startswith("_") and isinstance(inspect.getattr_static(owner, n, None), (property,))
-    ]
-    cached = [n for n in dir(owner) if isinstance(inspect.getattr_static(owner, n, None), _cached_types())]
-    return sorted(n for n in set(owner.model_fields) | set(props) | set(cached) if not n.startswith("model_"))
-
-
-def _cached_types() -> tuple[type, ...]:
-    from functools import cached_property
-
-    return (cached_property,)
+    """The names a mapping may read on a model: its fields and its (cached) properties."""
+    derived = [n for n in dir(owner) if isinstance(inspect.getattr_static(owner, n, None), (property, cached_property))]
+    return sorted(n for n in {*owner.model_fields, *derived} if not n.startswith("_") and not n.startswith("model_"))
 
 
 # --- functions ------------------------------------------------------------------------------------------
