@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +39,73 @@ class Settings(BaseSettings):
         None, description="The FHIR package cache (default: CASEBRIDGE_FHIR_PACKAGE_CACHE or ~/.fhir/packages)."
     )
     profiles_dir: Path = Field(PROJECT_ROOT / "profiles", description="casebridge's own profiles (a FHIR package).")
+
+    # The FHIR server pushes go to and pulls come from. The default is where `casebridge fhir-server` listens.
+    fhir_base_url: str = Field(
+        "http://127.0.0.1:8090/fhir", description="FHIR server base URL (http or https), e.g. http://hapi:8080/fhir."
+    )
+    fhir_timeout: float = Field(60.0, gt=0, description="Seconds to wait for a FHIR server's answer (read/write).")
+    fhir_connect_timeout: float = Field(10.0, gt=0, description="Seconds to wait for a connection to the FHIR server.")
+    fhir_max_connections: int = Field(16, ge=1, le=1000, description="Size of the shared connection pool.")
+    fhir_retry_attempts: int = Field(
+        6, ge=1, le=100, description="Attempts per idempotent request on 429/502/503/504 and connection errors."
+    )
+    fhir_retry_max_wait: float = Field(
+        30.0, gt=0, description="Longest single wait between retries, Retry-After included, in seconds."
+    )
+    fhir_token: SecretStr | None = Field(None, description="A static bearer token for the FHIR server.")
+    smart_token_url: str | None = Field(None, description="SMART Backend Services: the token endpoint.")
+    smart_client_id: str | None = Field(None, description="SMART Backend Services: the registered client id.")
+    smart_private_key: Path | None = Field(
+        None, description="SMART Backend Services: the PEM private key (RSA or EC P-384) that signs the assertion."
+    )
+    smart_key_id: str | None = Field(None, description="SMART Backend Services: the key id (kid) of that key.")
+    smart_algorithm: Literal["RS384", "ES384"] = Field("RS384", description="SMART assertion signing algorithm.")
+    smart_scope: str = Field("system/*.rs system/*.cud", description="SMART Backend Services: the scopes requested.")
+    lock_dir: Path | None = Field(
+        None,
+        description=(
+            "Where per-patient write locks live, so concurrent pushes of one case are serialized across processes "
+            "(default: $XDG_CACHE_HOME/casebridge/locks or ~/.cache/casebridge/locks)."
+        ),
+    )
+
+    @field_validator("fhir_base_url", "smart_token_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", value):
+            raise ValueError(f"{value!r} is not an http(s) URL without query or fragment")
+        return value.rstrip("/")
+
+    @field_validator("smart_private_key")
+    @classmethod
+    def _key_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} does not exist")
+        return value
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> Self:
+        smart = {
+            "smart_token_url": self.smart_token_url,
+            "smart_client_id": self.smart_client_id,
+            "smart_private_key": self.smart_private_key,
+        }
+        given = [k for k, v in smart.items() if v is not None]
+        if given and len(given) != len(smart):
+            missing = ", ".join(k for k in smart if k not in given)
+            raise ValueError(f"SMART Backend Services needs {missing} too")
+        if given and self.fhir_token is not None:
+            raise ValueError("set either fhir_token or the smart_* settings, not both")
+        return self
+
+    def locks(self) -> Path:
+        if self.lock_dir is not None:
+            return self.lock_dir
+        cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(cache) / "casebridge" / "locks"
 
     @field_validator("mappings_dir")
     @classmethod

@@ -8,7 +8,23 @@ where they enter (``raise Ours(...) from exc``), so callers catch ours only.
     │   ├── CaseFileError          the case file cannot be read: empty, too large, not JSON/YAML, not an object
     │   ├── CaseSchemaError        the case does not fit the case model: each problem with its field path
     │   └── ConversionError        a valid case the mappings cannot convert (e.g. an unknown vocabulary key)
-    └── MappingError               a mapping, code table or terminology file is wrong: names file and line
+    ├── MappingError               a mapping, code table or terminology file is wrong: names file and line
+    ├── InvalidResourceError       a Bundle failed validation, so nothing was sent: carries the OperationOutcome
+    └── FhirError                  talking to a FHIR server failed; ``url`` names the request
+        ├── FhirTransportError     no answer: connection refused or reset, timeout (after any retries)
+        ├── FhirProtocolError      an answer that is not usable FHIR: not JSON, wrong resourceType, a next
+        │                          link outside the base URL, a paging loop
+        ├── AuthError              the token endpoint refused or failed (SMART Backend Services)
+        └── FhirHttpError          the server answered 4xx/5xx: ``status`` and its ``outcome`` (OperationOutcome)
+            ├── FhirClientError    4xx
+            │   ├── BadRequest             400, 422: the server refused the content
+            │   ├── Unauthorized           401, 403
+            │   ├── ResourceNotFound       404
+            │   ├── Conflict               409 (e.g. a concurrent write on the server)
+            │   ├── ResourceGone           410: deleted
+            │   ├── PreconditionFailed     412: If-Match names a version that is no longer current
+            │   └── TooManyRequests        429 (after any retries)
+            └── FhirServerError    5xx (after any retries)
 
 ``InputError`` and its subclasses carry ``problems``: (location, message) pairs, where location is a
 field path such as ``patient.sex`` or ``diagnostic_steps[2].differential[0].key``.
@@ -16,8 +32,9 @@ field path such as ``patient.sex`` or ``diagnostic_steps[2].differential[0].key`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -70,3 +87,106 @@ class MappingError(CasebridgeError):
         self.line = line
         where = f"{file}:{line}" if file and line else file
         super().__init__(f"{where}: {message}" if where else message)
+
+
+class InvalidResourceError(CasebridgeError):
+    """A resource or Bundle failed validation, so it was not sent. ``outcome`` is the OperationOutcome."""
+
+    def __init__(self, message: str, *, outcome: Mapping[str, Any]):
+        self.outcome = dict(outcome)
+        super().__init__(message)
+
+
+class FhirError(CasebridgeError):
+    """Talking to a FHIR server failed. ``method`` and ``url`` name the request."""
+
+    def __init__(self, message: str, *, method: str = "", url: str = ""):
+        self.method = method
+        self.url = url
+        super().__init__(message)
+
+
+class FhirTransportError(FhirError):
+    """No answer: the connection was refused or reset, or timed out (after any retries).
+
+    ``request_sent`` is False when no connection was made, so the server cannot have seen the request.
+    """
+
+    def __init__(self, message: str, *, method: str = "", url: str = "", request_sent: bool = True):
+        self.request_sent = request_sent
+        super().__init__(message, method=method, url=url)
+
+
+class FhirProtocolError(FhirError):
+    """An answer that is not usable FHIR, or a paging link that must not be followed."""
+
+
+class AuthError(FhirError):
+    """The token endpoint refused or failed."""
+
+
+class FhirHttpError(FhirError):
+    """The server answered with an error status. ``outcome`` is its OperationOutcome, when it sent one."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        outcome: Mapping[str, Any] | None = None,
+        method: str = "",
+        url: str = "",
+        retry_after: float | None = None,
+    ):
+        self.status = status
+        self.outcome = dict(outcome) if outcome is not None else None
+        self.retry_after = retry_after
+        super().__init__(message, method=method, url=url)
+
+    def diagnostics(self) -> list[str]:
+        """The outcome's issues as readable lines (severity, code, diagnostics/details, expression)."""
+        lines = []
+        for issue in (self.outcome or {}).get("issue", []) or []:
+            if not isinstance(issue, dict):
+                continue
+            text = issue.get("diagnostics") or (issue.get("details") or {}).get("text") or ""
+            where = ", ".join(issue.get("expression") or issue.get("location") or [])
+            line = f"{issue.get('severity', '?')} {issue.get('code', '?')}: {text}"
+            lines.append(f"{line} (at {where})" if where else line)
+        return lines
+
+
+class FhirClientError(FhirHttpError):
+    """4xx."""
+
+
+class BadRequest(FhirClientError):
+    """400 or 422: the server refused the request's content."""
+
+
+class Unauthorized(FhirClientError):
+    """401 or 403."""
+
+
+class ResourceNotFound(FhirClientError):
+    """404."""
+
+
+class Conflict(FhirClientError):
+    """409."""
+
+
+class ResourceGone(FhirClientError):
+    """410: the resource was deleted."""
+
+
+class PreconditionFailed(FhirClientError):
+    """412: If-Match named a version that is no longer current."""
+
+
+class TooManyRequests(FhirClientError):
+    """429, after any retries."""
+
+
+class FhirServerError(FhirHttpError):
+    """5xx, after any retries."""
