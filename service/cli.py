@@ -8,31 +8,38 @@ internal error (no traceback unless CASEBRIDGE_DEBUG=1).
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sys
+import time
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, NoReturn
 
-import orjson
 import typer
 from fhir.resources.R4B.bundle import Bundle
 from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
 
 from service import __version__
-from service.config import PROJECT_ROOT, Settings, get_settings
+from service.cli_support import cli_settings, dump_json, err, fail, load_mappings, out, read_case_file
+from service.config import PROJECT_ROOT, Settings
 from service.domain.case import CaseReport
-from service.domain.reader import check_depth, load_json, read_case
+from service.domain.reader import check_depth, load_json
 from service.errors import CasebridgeError, InputError, MappingError
 from service.fhir.embedded import EmbeddedFhirServer, EmbeddedServerError
 from service.fhir.packages import PackageError
 from service.fhir.packages_cli import packages_app
 from service.fhir.xml import FhirXmlError, XmlReader
 from service.files import read_bounded, write_atomically
-from service.mapping.engine import MappingSet
+from service.transfer_cli import (
+    ping,
+    prepare_validator,
+    print_pulled,
+    print_push,
+    pull_app,
+    push,
+    push_and_pull,
+)
 from service.validation.conformance_cli import conformance
 from service.validation.service import load_validator
 from service.validation.validator import SEVERITY_RANK, Issue, has_errors, operation_outcome
@@ -46,48 +53,12 @@ app = typer.Typer(
 )
 app.add_typer(packages_app, name="packages")
 app.command("conformance")(conformance)
-err = Console(stderr=True, soft_wrap=True)  # never wrap: messages carry file names and paths
-# Wide enough for the demo table when output is piped (CI logs, make), where rich would assume 80 columns.
-out = Console(width=shutil.get_terminal_size((120, 40)).columns)
-
+app.command("push")(push)
+app.command("ping")(ping)
+app.add_typer(pull_app, name="pull")
 # FHIR resources nest a few dozen levels at most (deep Questionnaires included); deeper is hostile.
 MAX_RESOURCE_DEPTH = 128
 SEED_CASE = PROJECT_ROOT / "fixtures" / "cases" / "dystrophic-calcification-right-forearm.yaml"
-
-
-def _fail(code: int, message: str) -> NoReturn:
-    err.print(message, markup=False, highlight=False)
-    raise typer.Exit(code)
-
-
-def _settings() -> Settings:
-    try:
-        return get_settings()
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        _fail(3, f"configuration error (CASEBRIDGE_* environment): {problems}")
-
-
-def load_mappings(settings: Settings) -> MappingSet:
-    terminology = settings.terminology()
-    if terminology is None:
-        err.print(
-            "warning: no terminology file, so code citations in the code tables are not checked "
-            "(set CASEBRIDGE_TERMINOLOGY_FILE)",
-            highlight=False,
-        )
-    try:
-        return MappingSet.load(settings.mappings_dir, terminology=terminology)
-    except MappingError as exc:
-        _fail(3, f"mapping error: {exc}")
-
-
-def _read_case(path: Path, settings: Settings) -> CaseReport:
-    return read_case(read_bounded(path, settings.max_case_bytes), source=str(path), max_bytes=settings.max_case_bytes)
-
-
-def dump_json(doc: object) -> bytes:
-    return orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"
 
 
 @app.command()
@@ -98,9 +69,9 @@ def convert(
     ] = None,
 ) -> None:
     """Convert a case report into a FHIR R4 transaction Bundle."""
-    settings = _settings()
+    settings = cli_settings()
     mappings = load_mappings(settings)
-    case = _read_case(case_file, settings)
+    case = read_case_file(case_file, settings)
     bundle = mappings.convert(case, source=str(case_file))
     _check_output(bundle)
     data = dump_json(bundle)
@@ -151,7 +122,7 @@ def validate(
 ) -> None:
     """Validate a resource against base R4, its meta.profile and --profile. Exit 0: no error; 1: errors; 2:
     unusable input or arguments."""
-    settings = _settings()
+    settings = cli_settings()
     issues, code = _validate_file(file, settings, list(profile or ()), list(definitions or ()))
     if fmt is OutputFormat.json:
         sys.stdout.buffer.write(dump_json(operation_outcome(issues)))
@@ -219,7 +190,7 @@ def fhir_server(
     try:
         server.serve_forever_announced(lambda base: out.print(f"FHIR base: {base}", highlight=False))
     except EmbeddedServerError as exc:
-        _fail(2, str(exc))
+        fail(2, str(exc))
 
 
 @app.command()
@@ -246,7 +217,7 @@ def case_json_schema() -> dict[str, object]:
 @app.command("check-mappings")
 def check_mappings() -> None:
     """Load and check the mapping folder; print its roles and code tables."""
-    settings = _settings()
+    settings = cli_settings()
     mappings = load_mappings(settings)
     table = Table(title=f"Mappings in {settings.mappings_dir}")
     table.add_column("role")
@@ -264,16 +235,25 @@ def check_mappings() -> None:
 @app.command()
 def demo(
     case_file: Annotated[Path, typer.Argument(dir_okay=False)] = SEED_CASE,
+    server: Annotated[
+        str | None, typer.Option("--server", help="Use this FHIR server instead of starting the embedded one.")
+    ] = None,
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", help="The embedded server's data folder (kept between runs).", file_okay=False)
+    ] = Path(".fhir-demo"),
 ) -> None:
-    """Convert the seed case and show what was produced."""
-    settings = _settings()
+    """Convert a case, validate it, push it to a FHIR server, pull its DiagnosticReports back, and say what happened.
+
+    Without --server, the embedded FHIR server is started for the demo on a free port and stopped after it.
+    """
+    settings = cli_settings()
     mappings = load_mappings(settings)
-    case = _read_case(case_file, settings)
+    case = read_case_file(case_file, settings)
     conversion = mappings.convert_detailed(case, source=str(case_file))
     bundle = conversion.bundle
     out.print(f"[bold]casebridge {__version__}[/bold] - case [cyan]{case.case_id}[/cyan] from {case_file.name}")
     out.print(f"source: {case.source.citation}", highlight=False)
-    table = Table(title=f"FHIR R4 transaction Bundle: {len(bundle['entry'])} resources")
+    table = Table(title=f"1. converted: a FHIR R4 transaction Bundle of {len(bundle['entry'])} resources")
     table.add_column("#", justify="right")
     table.add_column("resource")
     table.add_column("what")
@@ -288,10 +268,52 @@ def demo(
             f"{entry['request']['method']} {resource['resourceType']}/{resource['id'][:8]}…",
         )
     out.print(table)
-    counts: dict[str, int] = {}
-    for entry in bundle["entry"]:
-        counts[entry["resource"]["resourceType"]] = counts.get(entry["resource"]["resourceType"], 0) + 1
-    out.print("by type: " + ", ".join(f"{k} {v}" for k, v in counts.items()), highlight=False)
+
+    started = time.perf_counter()
+    validator = prepare_validator(settings)
+    loaded = time.perf_counter()
+    issues = validator.validate(bundle)
+    checked = time.perf_counter()
+    errors = [i for i in issues if i.severity in ("error", "fatal")]
+    warnings = [i for i in issues if i.severity == "warning"]
+    out.print(
+        f"2. validated against base R4 and the casebridge profiles: {len(errors)} errors, {len(warnings)} warnings "
+        f"({checked - loaded:.2f} s; definitions loaded in {loaded - started:.2f} s)",
+        highlight=False,
+    )
+    if errors:
+        for issue in errors[:10]:
+            err.print(f"  {issue.severity} {issue.expression}: {issue.message}", markup=False, highlight=False)
+        fail(1, "the Bundle is not valid: nothing was sent")
+
+    embedded = None
+    if server is None:
+        embedded = EmbeddedFhirServer(data_dir)
+        try:
+            embedded.start()
+        except EmbeddedServerError as exc:
+            fail(2, str(exc))
+        base = embedded.base_url
+        out.print(
+            f"3. started the embedded FHIR server (sekmet-fhir, SQLite in {data_dir}/) at {base}", highlight=False
+        )
+    else:
+        base = server
+        out.print(f"3. FHIR server: {base}", highlight=False)
+    try:
+        round_ = push_and_pull(settings, base, bundle, warnings)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    out.print("4. ", end="")
+    print_push(round_.push)
+    out.print("5. ", end="")
+    print_pulled(round_.pulled, round_.pull_seconds, round_.push.patient)
+    if embedded is not None:
+        out.print(
+            f"6. stopped the embedded FHIR server; its data stays in {data_dir}/, so a second run finds everything "
+            "already there"
+        )
 
 
 @app.callback()

@@ -1,0 +1,207 @@
+"""Pulling DiagnosticReports for analysts: one search with their results and specimens, every page, then
+one of three shapes — a searchset Bundle, NDJSON (one report per line), or CSV (one row per report).
+
+Everything is fetched before anything is written, so a failure half-way leaves no half-written output.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from service.fhir.client import AsyncFhirClient
+from service.fhir.search import Search
+
+REPORT_INCLUDES = ("DiagnosticReport:result", "DiagnosticReport:specimen")
+CSV_COLUMNS = (
+    "id",
+    "patient",
+    "category",
+    "code",
+    "date",
+    "status",
+    "conclusion",
+    "conclusion_codes",
+    "results",
+)
+
+
+def report_query(
+    *,
+    patient: str | None = None,
+    category: str | None = None,
+    code: str | None = None,
+    since: dt.date | dt.datetime | None = None,
+    page_size: int = 100,
+) -> Search:
+    """DiagnosticReports with their results and specimens. ``patient``: an id or ``Patient/<id>``;
+    ``category``/``code``: a code or ``system|code``; ``since``: created or changed at or after (``_lastUpdated``),
+    because the reports of published cases carry no clinical dates."""
+    query = Search("DiagnosticReport").include(*REPORT_INCLUDES).count(page_size)
+    if patient:
+        query = query.where(patient=patient if "/" in patient else f"Patient/{patient}")
+    if category:
+        query = query.where(category=category)
+    if code:
+        query = query.where(code=code)
+    if since is not None:
+        query = query.since(since)
+    return query.sort("_id")
+
+
+@dataclass
+class PulledReports:
+    reports: list[dict[str, Any]] = field(default_factory=list)
+    included: dict[str, dict[str, Any]] = field(default_factory=dict)  # "Type/id" -> resource
+    total: int | None = None
+
+
+async def pull_reports(client: AsyncFhirClient, query: Search) -> PulledReports:
+    pulled = PulledReports()
+    seen: set[str] = set()
+    async for page in client.pages(query):
+        if pulled.total is None and isinstance(page.get("total"), int):
+            pulled.total = page["total"]
+        for entry in page.get("entry") or []:
+            resource = entry.get("resource")
+            if not isinstance(resource, dict):
+                continue
+            key = f"{resource.get('resourceType')}/{resource.get('id')}"
+            mode = (entry.get("search") or {}).get("mode", "match")
+            if mode == "match" and resource.get("resourceType") == "DiagnosticReport":
+                if key not in seen:  # a server may repeat a match across pages if data changes while paging
+                    seen.add(key)
+                    pulled.reports.append(resource)
+            else:
+                pulled.included.setdefault(key, resource)
+    return pulled
+
+
+def to_searchset(pulled: PulledReports, base_url: str) -> dict[str, Any]:
+    """One searchset Bundle: the reports (mode match), then what they include (mode include)."""
+    entries = [
+        {"fullUrl": f"{base_url}/DiagnosticReport/{r.get('id')}", "resource": r, "search": {"mode": "match"}}
+        for r in pulled.reports
+    ]
+    entries += [
+        {"fullUrl": f"{base_url}/{key}", "resource": r, "search": {"mode": "include"}}
+        for key, r in pulled.included.items()
+    ]
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "total": len(pulled.reports),
+        "entry": entries,
+    }
+
+
+def to_ndjson(pulled: PulledReports) -> bytes:
+    return b"".join(orjson.dumps(r) + b"\n" for r in pulled.reports)
+
+
+def to_csv(pulled: PulledReports) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for report in pulled.reports:
+        writer.writerow([_cell(v) for v in report_row(report, pulled.included)])
+    return buffer.getvalue()
+
+
+def report_row(report: Mapping[str, Any], included: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    results = []
+    for ref in report.get("result") or []:
+        target = included.get(_local(str(ref.get("reference") or "")))
+        if target is None:
+            results.append(f"{ref.get('display') or ref.get('reference')}: (not included)")
+        else:
+            results.append(f"{_concept(target.get('code')) or ref.get('display') or '?'}: {observation_value(target)}")
+    return [
+        str(report.get("id") or ""),
+        str((report.get("subject") or {}).get("reference") or ""),
+        "; ".join(_concept(c) for c in report.get("category") or []),
+        _concept(report.get("code")),
+        _date(report),
+        str(report.get("status") or ""),
+        str(report.get("conclusion") or ""),
+        "; ".join(_concept(c) for c in report.get("conclusionCode") or []),
+        "; ".join(results),
+    ]
+
+
+def observation_value(observation: Mapping[str, Any]) -> str:
+    """An Observation's value as text, with its unit; components joined; a data-absent reason when no value."""
+    own = _value(observation)
+    if own:
+        return own
+    parts = [f"{_concept(c.get('code'))} {_value(c)}".strip() for c in observation.get("component") or []]
+    if any(parts):
+        return ", ".join(p for p in parts if p)
+    absent = _concept(observation.get("dataAbsentReason"))
+    return f"(no value: {absent})" if absent else "(no value)"
+
+
+def _value(element: Mapping[str, Any]) -> str:
+    if "valueQuantity" in element:
+        q = element["valueQuantity"]
+        return " ".join(str(x) for x in (q.get("comparator"), q.get("value"), q.get("unit") or q.get("code")) if x)
+    if "valueCodeableConcept" in element:
+        return _concept(element["valueCodeableConcept"])
+    if "valueRange" in element:
+        low, high = element["valueRange"].get("low") or {}, element["valueRange"].get("high") or {}
+        unit = low.get("unit") or high.get("unit") or ""
+        return f"{low.get('value', '')}-{high.get('value', '')} {unit}".strip()
+    for key in ("valueString", "valueBoolean", "valueInteger", "valueDateTime", "valueTime"):
+        if key in element:
+            return str(element[key]).lower() if key == "valueBoolean" else str(element[key])
+    return ""
+
+
+def _concept(concept: Any) -> str:
+    """``display [code]`` for each coding, or the text when there is no coding."""
+    if not isinstance(concept, dict):
+        return ""
+    codings = [c for c in concept.get("coding") or [] if isinstance(c, dict) and c.get("code")]
+    if not codings:
+        return str(concept.get("text") or "")
+    return ", ".join(f"{c['display']} [{c['code']}]" if c.get("display") else str(c["code"]) for c in codings)
+
+
+def _date(report: Mapping[str, Any]) -> str:
+    if report.get("effectiveDateTime"):
+        return str(report["effectiveDateTime"])
+    period = report.get("effectivePeriod") or {}
+    return str(period.get("start") or report.get("issued") or "")
+
+
+def _local(reference: str) -> str:
+    """``Observation/x`` from a relative or absolute reference (history part dropped)."""
+    parts = reference.split("/_history/")[0].rstrip("/").split("/")
+    return "/".join(parts[-2:])
+
+
+_FORMULA_START = ("=", "+", "@", "\t", "\r")
+
+
+def _cell(text: str) -> str:
+    # Spreadsheet formula injection: a cell a spreadsheet would evaluate gets a leading apostrophe.
+    if text.startswith(_FORMULA_START) or (text.startswith("-") and not text[1:2].isdigit()):
+        return "'" + text
+    return text
+
+
+def summarize(pulled: PulledReports) -> Iterable[tuple[str, str, str]]:
+    """(category, code, conclusion) per report, for the demo's table."""
+    for report in pulled.reports:
+        yield (
+            "; ".join(_concept(c) for c in report.get("category") or []),
+            _concept(report.get("code")),
+            str(report.get("conclusion") or ""),
+        )
