@@ -1,0 +1,96 @@
+# syntax=docker/dockerfile:1
+# casebridge image: the `casebridge` command line, the project's data folders and the pinned FHIR packages.
+#
+#   docker build -t casebridge .
+#   docker run --rm --network host casebridge ping --server http://localhost:8080/fhir   # (Linux)
+#   docker compose up --build     # with HAPI and PostgreSQL: see docker-compose.yml
+#
+# Two stages. `build` has Node.js + npm, needed only by `casebridge packages fetch` (it runs `npm pack`);
+# the final stage copies the virtualenv, the project and the package cache out of it, so no Node.js, npm,
+# compiler or pip cache ends up in the image.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# --------------------------------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS build
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    CASEBRIDGE_FHIR_PACKAGE_CACHE=/opt/fhir-packages
+
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends nodejs npm \
+ && rm -rf /var/lib/apt/lists/*
+
+RUN python -m venv /opt/venv
+
+WORKDIR /app
+
+# Dependencies first, in their own layer: it is rebuilt only when pyproject.toml or constraints.txt change.
+# The list is read from pyproject.toml (no second copy of it to keep in step); constraints.txt pins versions.
+COPY pyproject.toml constraints.txt ./
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        >/tmp/requirements.txt \
+ && pip install -c constraints.txt -r /tmp/requirements.txt
+
+# Why an editable install (-e): service/config.py takes PROJECT_ROOT as the parent of the `service` package
+# and finds mappings/, profiles/, fhir-packages.json there; the demo's seed case (fixtures/) and
+# service/fhir/packages.py do the same, and only some of these have a CASEBRIDGE_* setting. A regular
+# install would move `service` into site-packages, and PROJECT_ROOT with it. Installed editable, `service`
+# is imported from /app/service, so PROJECT_ROOT is /app, where the data folders are copied below: the
+# layout is the one of a checkout, with no per-folder settings to keep in step.
+COPY README.md fhir-packages.json ./
+COPY service/ ./service/
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install --no-deps -c constraints.txt -e /app \
+ && python -m compileall -q /app/service
+
+# The pinned FHIR packages (verified against the integrity in fhir-packages.json) into a fixed cache;
+# `packages list` then writes each package's definition index, so runs start without re-indexing.
+RUN --mount=type=cache,target=/root/.npm \
+    casebridge packages fetch --quiet \
+ && casebridge packages list
+
+COPY mappings/ ./mappings/
+COPY profiles/ ./profiles/
+COPY fixtures/ ./fixtures/
+COPY schemas/ ./schemas/
+
+# --------------------------------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE}
+
+LABEL org.opencontainers.image.title="casebridge" \
+      org.opencontainers.image.description="Clinical case reports to validated FHIR R4, pushed to and pulled from FHIR servers." \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    CASEBRIDGE_FHIR_PACKAGE_CACHE=/opt/fhir-packages
+
+# No terminology file is in the image (../shared/terminology/case-codes.yaml lives outside the project):
+# casebridge says so in a warning and does not check code citations. Mount one at
+# /shared/terminology/case-codes.yaml (the default place, beside /app) or set CASEBRIDGE_TERMINOLOGY_FILE.
+
+RUN groupadd --system --gid 10001 casebridge \
+ && useradd --system --uid 10001 --gid casebridge --create-home --home-dir /home/casebridge \
+        --shell /usr/sbin/nologin casebridge
+
+# Owned by root and read-only to the casebridge user: code, data and packages are not changed at run time.
+# Per-patient write locks go to the user's ~/.cache/casebridge/locks (CASEBRIDGE_LOCK_DIR to change it).
+COPY --from=build /opt/venv /opt/venv
+COPY --from=build /opt/fhir-packages /opt/fhir-packages
+COPY --from=build /app /app
+
+WORKDIR /app
+USER 10001:10001
+
+# `casebridge serve` (the HTTP API, a later issue) will listen on port 8000 with GET /health:
+# EXPOSE 8000 and a HEALTHCHECK calling /health (with python, the image has no curl) will go here.
+
+ENTRYPOINT ["casebridge"]
+CMD ["--help"]

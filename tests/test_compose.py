@@ -1,0 +1,760 @@
+"""docker-compose.yml, Dockerfile and .dockerignore agree with each other and with the code. No Docker needed.
+
+Each ``check_*`` function returns the inconsistencies it finds, as sentences naming what disagrees with what;
+the tests assert that there are none. The negative tests break a copy of the files and assert that the check
+meant for that mistake reports it, so none of the checks can pass vacuously.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import json
+import re
+import shlex
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import typer
+import yaml
+from pydantic import ValidationError
+
+from service.cli import app as cli_app
+from service.config import PROJECT_ROOT, Settings
+
+COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"
+DOCKERFILE = PROJECT_ROOT / "Dockerfile"
+DOCKERIGNORE = PROJECT_ROOT / ".dockerignore"
+
+HAPI_IMAGE = "hapiproject/hapi"
+POSTGRES_IMAGE = "postgres"
+POSTGRES_MAJOR = "16"
+HAPI_DEFAULT_PORT = 8080  # the HAPI JPA starter's server.port (SERVER_PORT overrides it)
+HAPI_SERVLET_PATH = "/fhir"  # the starter's FHIR servlet path: base URL http://<host>:8080/fhir
+POSTGRES_DEFAULT_PORT = 5432
+POSTGRES_DRIVER = "org.postgresql.Driver"
+HAPI_POSTGRES_DIALECT = "ca.uhn.fhir.jpa.model.dialect.HapiFhirPostgresDialect"
+LOCAL_ONLY = "127.0.0.1"
+
+# PROJECT_ROOT-relative paths the image must contain (service.config.PROJECT_ROOT and the seed case), and
+# what `pip install` needs (pyproject.toml names README.md as the readme).
+PROJECT_DATA = ("mappings", "profiles", "fixtures", "schemas", "fhir-packages.json")
+BUILD_INPUTS = ("pyproject.toml", "constraints.txt", "README.md", "service")
+
+Compose = dict[str, Any]
+
+
+# -- reading the files ----------------------------------------------------------------------------------------
+
+
+def load_compose(path: Path = COMPOSE_FILE) -> Compose:
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert isinstance(doc, dict) and isinstance(doc.get("services"), dict), f"{path}: no services"
+    return doc
+
+
+def services(compose: Compose) -> dict[str, dict[str, Any]]:
+    return {name: svc or {} for name, svc in compose["services"].items()}
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    """A service's environment, from either compose form (mapping, or list of KEY=VALUE)."""
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        pairs = (item.split("=", 1) if "=" in item else (item, "") for item in env)
+        return {k: v for k, v in pairs}
+    return {k: "" if v is None else str(v) for k, v in env.items()}
+
+
+def split_image(image: str) -> tuple[str, str | None]:
+    """``repo[:tag][@digest]`` -> (repo, tag); a registry's port is not a tag."""
+    image = image.split("@", 1)[0]
+    repo, sep, tag = image.rpartition(":")
+    if not sep or "/" in tag:
+        return image, None
+    return repo, tag
+
+
+def service_with_image(compose: Compose, repo: str) -> str | None:
+    for name, svc in services(compose).items():
+        if split_image(str(svc.get("image", "")))[0] in (repo, f"docker.io/{repo}", f"docker.io/library/{repo}"):
+            return name
+    return None
+
+
+def built_services(compose: Compose) -> list[str]:
+    return [name for name, svc in services(compose).items() if "build" in svc]
+
+
+def depends_on(service: dict[str, Any]) -> dict[str, str]:
+    """Target -> condition (the short list form means service_started)."""
+    deps = service.get("depends_on") or {}
+    if isinstance(deps, list):
+        return dict.fromkeys(deps, "service_started")
+    return {name: (spec or {}).get("condition", "service_started") for name, spec in deps.items()}
+
+
+def setting_env_names() -> dict[str, str]:
+    """CASEBRIDGE_<FIELD> -> field, for every field of service.config.Settings."""
+    prefix = Settings.model_config.get("env_prefix", "")
+    return {f"{prefix}{name}".upper(): name for name in Settings.model_fields}
+
+
+def spring_key(name: str) -> str:
+    """Spring Boot relaxed binding, enough to compare names: ``hapi.fhir.fhir_version``, ``HAPI_FHIR_FHIR_VERSION``
+    and ``spring.datasource.driver-class-name`` / ``SPRING_DATASOURCE_DRIVERCLASSNAME`` compare equal."""
+    return name.lower().replace("_", ".").replace("-", "")
+
+
+def spring_value(env: dict[str, str], prop: str) -> str | None:
+    wanted = spring_key(prop)
+    found = [v for k, v in env.items() if spring_key(k) == wanted]
+    return found[0] if found else None
+
+
+def hapi_listen_port(env: dict[str, str]) -> int:
+    value = spring_value(env, "server.port")
+    return int(value) if value else HAPI_DEFAULT_PORT
+
+
+def parse_port(spec: Any) -> tuple[str | None, str | None, str]:
+    """A ports entry -> (host ip, host port, container port)."""
+    if isinstance(spec, dict):
+        published = spec.get("published")
+        return spec.get("host_ip"), None if published is None else str(published), str(spec.get("target"))
+    text = str(spec).split("/", 1)[0]
+    host_ip = None
+    if text.startswith("["):  # [::1]:8080:8080
+        host_ip, _, text = text[1:].partition("]:")
+    parts = text.split(":")
+    if len(parts) == 3:
+        host_ip, host, container = parts
+        return host_ip, host, container
+    if len(parts) == 2:
+        return host_ip, parts[0], parts[1]
+    return host_ip, None, parts[0]
+
+
+def invocations(service: dict[str, Any]) -> list[list[str]]:
+    """The ``casebridge ...`` command lines a service runs, in order, as argument lists (``casebridge`` first).
+
+    Either the image's ENTRYPOINT ["casebridge"] with the service's command, or an ``sh -c`` entrypoint whose
+    script runs ``casebridge ...`` and may end with ``exec casebridge "$@"`` (the command's arguments).
+    """
+    command = service.get("command") or []
+    command = shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
+    entrypoint = service.get("entrypoint")
+    if entrypoint is None:
+        return [["casebridge", *command]]
+    entrypoint = shlex.split(entrypoint) if isinstance(entrypoint, str) else [str(a) for a in entrypoint]
+    if entrypoint == ["casebridge"]:
+        return [["casebridge", *command]]
+    if len(entrypoint) < 3 or PurePosixPath(entrypoint[0]).name not in ("sh", "bash") or entrypoint[1] != "-c":
+        return []
+    script = entrypoint[2].replace("$$", "$")  # compose's escape for a literal $
+    lexer = shlex.shlex(script, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    lines: list[list[str]] = []
+    current: list[str] = []
+    for token in [*lexer, ";"]:
+        if token in ("&&", "||", ";", "|", "&"):
+            if current:
+                lines.append(current)
+            current = []
+        elif token[:1] in "<>" or (current[-1:] and current[-1][:1] in "<>" and token.isdigit()):
+            continue  # a redirection (>&2 comes as '>&' and '2')
+        else:
+            current.append(token)
+    out = []
+    for line in lines:
+        while line and line[0] in ("exec", "command"):
+            line = line[1:]
+        if line[:1] == ["casebridge"]:
+            out.append([a for arg in line for a in (command if arg == "$@" else [arg])])
+    return out
+
+
+def resolve(arg: str, env: dict[str, str]) -> str:
+    """``$VAR`` / ``${VAR}`` -> the service's value for it (the shell expands it at run time)."""
+    match = re.fullmatch(r"\$\{?(\w+)\}?", arg)
+    return env.get(match.group(1), arg) if match else arg
+
+
+def option_value(argv: list[str], option: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == option and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(option + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+# -- the checks on docker-compose.yml ----------------------------------------------------------------------------
+
+
+def check_casebridge_settings(compose: Compose) -> list[str]:
+    """Every CASEBRIDGE_* variable a service sets is a casebridge setting, with a value Settings accepts."""
+    known = setting_env_names()
+    problems = []
+    for name, svc in services(compose).items():
+        ours = {k: v for k, v in environment(svc).items() if k.startswith("CASEBRIDGE_") and k != "CASEBRIDGE_DEBUG"}
+        for key in sorted(set(ours) - set(known)):
+            problems.append(f"service {name!r} sets {key}, which is not a field of service.config.Settings")
+        given = {known[k]: v for k, v in ours.items() if k in known}
+        try:
+            Settings(**given)
+        except ValidationError as exc:
+            problems.append(f"service {name!r}: Settings refuses its CASEBRIDGE_* values: {exc}")
+    return problems
+
+
+def check_base_url(compose: Compose) -> list[str]:
+    """CASEBRIDGE_FHIR_BASE_URL points at the HAPI service: its name, the port HAPI listens on, /fhir."""
+    hapi = service_with_image(compose, HAPI_IMAGE)
+    if hapi is None:
+        return [f"no service runs the {HAPI_IMAGE} image"]
+    port = hapi_listen_port(environment(services(compose)[hapi]))
+    problems = []
+    envs = {name: environment(svc) for name, svc in services(compose).items()}
+    users = {name: env["CASEBRIDGE_FHIR_BASE_URL"] for name, env in envs.items() if "CASEBRIDGE_FHIR_BASE_URL" in env}
+    if not any(name in users for name in built_services(compose)):
+        problems.append("the casebridge service (the one built here) does not set CASEBRIDGE_FHIR_BASE_URL")
+    for name, url in users.items():
+        where = f"service {name!r}: CASEBRIDGE_FHIR_BASE_URL={url}"
+        parts = urlsplit(url)
+        if parts.scheme != "http":
+            problems.append(f"{where}: HAPI is reached over plain http inside the compose network, not {parts.scheme}")
+        if parts.hostname != hapi:
+            problems.append(f"{where}: host {parts.hostname!r} is not the HAPI service's name {hapi!r}")
+        if (parts.port or 80) != port:
+            problems.append(f"{where}: port {parts.port or 80} is not the port HAPI listens on ({port})")
+        if parts.path.rstrip("/") != HAPI_SERVLET_PATH:
+            problems.append(f"{where}: path {parts.path!r} is not HAPI's FHIR servlet path {HAPI_SERVLET_PATH!r}")
+        try:
+            accepted = Settings(fhir_base_url=url).fhir_base_url
+        except ValidationError as exc:
+            problems.append(f"{where}: service.config.Settings refuses it: {exc}")
+        else:
+            if accepted != url:
+                problems.append(f"{where}: Settings normalises it to {accepted!r}; write that instead")
+        for argv in invocations(services(compose)[name]):
+            server = option_value(argv, "--server")
+            if server is not None and resolve(server, envs[name]) != url:
+                problems.append(f"{where}: but `{' '.join(argv)}` uses --server {server}")
+    return problems
+
+
+def check_images(compose: Compose) -> list[str]:
+    """HAPI's image is pinned to a release; Postgres is major 16 with a pinned minor version."""
+    problems = []
+    hapi = service_with_image(compose, HAPI_IMAGE)
+    if hapi is None:
+        problems.append(f"no service runs the {HAPI_IMAGE} image")
+    else:
+        image = services(compose)[hapi]["image"]
+        tag = split_image(image)[1]
+        if tag is None or tag == "latest" or not re.match(r"v?\d+\.\d+\.\d+", tag):
+            problems.append(f"service {hapi!r}: image {image} is not pinned to a release (e.g. {HAPI_IMAGE}:v8.8.0-1)")
+    db = service_with_image(compose, POSTGRES_IMAGE)
+    if db is None:
+        problems.append(f"no service runs the {POSTGRES_IMAGE} image")
+    else:
+        image = services(compose)[db]["image"]
+        tag = split_image(image)[1]
+        if tag is None or not re.fullmatch(rf"{POSTGRES_MAJOR}\.\d+(-[a-z0-9.]+)?", tag):
+            problems.append(
+                f"service {db!r}: image {image} is not PostgreSQL {POSTGRES_MAJOR} with a pinned minor (16.N[-alpine])"
+            )
+    return problems
+
+
+def check_dependencies(compose: Compose) -> list[str]:
+    """depends_on targets exist; service_healthy targets have a healthcheck; db has one (pg_isready) and HAPI
+    waits for it to be healthy."""
+    svcs = services(compose)
+    problems = []
+    for name, svc in svcs.items():
+        for target, condition in depends_on(svc).items():
+            if target not in svcs:
+                problems.append(f"service {name!r} depends on {target!r}, which is not a service")
+            elif condition == "service_healthy":
+                check = svcs[target].get("healthcheck") or {}
+                if not check.get("test") or check.get("disable"):
+                    problems.append(f"service {name!r} waits for {target!r} to be healthy, but it has no healthcheck")
+    db = service_with_image(compose, POSTGRES_IMAGE)
+    hapi = service_with_image(compose, HAPI_IMAGE)
+    if db is not None:
+        test = (svcs[db].get("healthcheck") or {}).get("test") or []
+        if "pg_isready" not in (test if isinstance(test, str) else " ".join(map(str, test))):
+            problems.append(f"service {db!r} has no pg_isready healthcheck")
+        if hapi is not None and depends_on(svcs[hapi]).get(db) != "service_healthy":
+            problems.append(f"service {hapi!r} does not depend on {db!r} with condition service_healthy")
+    return problems
+
+
+def check_datasource(compose: Compose) -> list[str]:
+    """HAPI's Spring datasource is the db service: host, port, database, user, password; Postgres driver and
+    HAPI's Postgres dialect."""
+    db = service_with_image(compose, POSTGRES_IMAGE)
+    hapi = service_with_image(compose, HAPI_IMAGE)
+    if db is None or hapi is None:
+        return ["the compose file needs both a postgres and a hapi service"]
+    pg = environment(services(compose)[db])
+    env = environment(services(compose)[hapi])
+    problems = []
+    url = spring_value(env, "spring.datasource.url") or ""
+    if not url.startswith("jdbc:postgresql://"):
+        return [f"service {hapi!r}: SPRING_DATASOURCE_URL={url!r} is not a jdbc:postgresql:// URL"]
+    parts = urlsplit(url.removeprefix("jdbc:"))
+    database = pg.get("POSTGRES_DB") or pg.get("POSTGRES_USER") or "postgres"  # the image's own default
+    if parts.hostname != db:
+        problems.append(f"SPRING_DATASOURCE_URL host {parts.hostname!r} is not the database service {db!r}")
+    if (parts.port or POSTGRES_DEFAULT_PORT) != POSTGRES_DEFAULT_PORT:
+        problems.append(f"SPRING_DATASOURCE_URL port {parts.port} is not Postgres's {POSTGRES_DEFAULT_PORT}")
+    if parts.path.lstrip("/") != database:
+        problems.append(f"SPRING_DATASOURCE_URL database {parts.path.lstrip('/')!r} is not POSTGRES_DB {database!r}")
+    for prop, var in (
+        ("spring.datasource.username", "POSTGRES_USER"),
+        ("spring.datasource.password", "POSTGRES_PASSWORD"),
+    ):
+        if spring_value(env, prop) != pg.get(var):
+            problems.append(f"service {hapi!r}: {prop} is not the {db!r} service's {var}")
+    if spring_value(env, "spring.datasource.driver-class-name") != POSTGRES_DRIVER:
+        problems.append(f"service {hapi!r}: the datasource driver is not {POSTGRES_DRIVER}")
+    if spring_value(env, "spring.jpa.properties.hibernate.dialect") != HAPI_POSTGRES_DIALECT:
+        problems.append(f"service {hapi!r}: the Hibernate dialect is not {HAPI_POSTGRES_DIALECT}")
+    return problems
+
+
+def check_hapi_settings(compose: Compose) -> list[str]:
+    """FHIR R4, and no reuse of cached search results (a pull right after a push must see it)."""
+    hapi = service_with_image(compose, HAPI_IMAGE)
+    if hapi is None:
+        return [f"no service runs the {HAPI_IMAGE} image"]
+    env = environment(services(compose)[hapi])
+    problems = []
+    if (spring_value(env, "hapi.fhir.fhir_version") or "").upper() != "R4":
+        problems.append(f"service {hapi!r}: hapi.fhir.fhir_version (HAPI_FHIR_FHIR_VERSION) is not R4")
+    if spring_value(env, "hapi.fhir.reuse_cached_search_results_millis") != "-1":
+        problems.append(
+            f"service {hapi!r}: hapi.fhir.reuse_cached_search_results_millis "
+            "(HAPI_FHIR_REUSE_CACHED_SEARCH_RESULTS_MILLIS) is not -1"
+        )
+    return problems
+
+
+def check_ports(compose: Compose) -> list[str]:
+    """Every published port binds 127.0.0.1; HAPI's is the port HAPI listens on."""
+    problems = []
+    hapi = service_with_image(compose, HAPI_IMAGE)
+    for name, svc in services(compose).items():
+        for spec in svc.get("ports") or []:
+            host_ip, _, container = parse_port(spec)
+            if host_ip != LOCAL_ONLY:
+                problems.append(
+                    f"service {name!r} publishes {spec!r} on {host_ip or 'every interface'}, not {LOCAL_ONLY}"
+                )
+            if name == hapi and container != str(hapi_listen_port(environment(svc))):
+                problems.append(f"service {name!r} publishes container port {container}, but HAPI listens on another")
+    return problems
+
+
+def check_build(compose: Compose, root: Path = PROJECT_ROOT) -> list[str]:
+    """casebridge is built from the Dockerfile at the project root."""
+    built = built_services(compose)
+    if not built:
+        return ["no service is built from this project (build: .)"]
+    problems = []
+    for name in built:
+        build = services(compose)[name]["build"]
+        if isinstance(build, str):
+            build = {"context": build}
+        context, dockerfile = build.get("context", "."), build.get("dockerfile", "Dockerfile")
+        if (root / context).resolve() != root.resolve():
+            problems.append(f"service {name!r} builds from {context!r}, not the project root")
+        elif not (root / context / dockerfile).is_file():
+            problems.append(f"service {name!r} builds with {dockerfile!r}, which does not exist")
+        elif (root / context / dockerfile).resolve() != DOCKERFILE.resolve():
+            problems.append(f"service {name!r} builds with {dockerfile!r}, not the project's Dockerfile")
+    return problems
+
+
+def check_waits_for_hapi(compose: Compose) -> list[str]:
+    """HAPI's image has no shell or curl, so it has no healthcheck: a service that uses HAPI must first wait
+    for it with `casebridge ping --wait N`, against the same base URL."""
+    hapi = service_with_image(compose, HAPI_IMAGE)
+    if hapi is None:
+        return [f"no service runs the {HAPI_IMAGE} image"]
+    if (services(compose)[hapi].get("healthcheck") or {}).get("test"):
+        return []
+    problems = []
+    for name, svc in services(compose).items():
+        if hapi not in depends_on(svc):
+            continue
+        argv_list = invocations(svc)
+        first = argv_list[0] if argv_list else []
+        wait = option_value(first, "--wait")
+        if first[1:2] != ["ping"] or not wait or float(wait) <= 0:
+            problems.append(f"service {name!r} uses {hapi!r} without waiting for it first (`casebridge ping --wait N`)")
+        elif len(argv_list) < 2:
+            problems.append(f'service {name!r} waits for {hapi!r} but then runs nothing (no exec casebridge "$@")')
+    return problems
+
+
+def registered_commands(app: typer.Typer) -> set[str]:
+    names = {cmd.name or cmd.callback.__name__.replace("_", "-") for cmd in app.registered_commands if cmd.callback}
+    names |= {group.name or group.typer_instance.info.name for group in app.registered_groups}
+    return {n for n in names if n}
+
+
+def check_subcommands(compose: Compose, app: typer.Typer = cli_app) -> list[str]:
+    """Every `casebridge <sub> [--option]...` the compose file runs exists in service.cli.app."""
+    names = registered_commands(app)
+    root = typer.main.get_command(app)
+    problems = []
+    for name, svc in services(compose).items():
+        if "build" not in svc:
+            continue
+        for argv in invocations(svc):
+            sub = argv[1] if len(argv) > 1 else None
+            if sub is None or sub.startswith("-"):
+                continue
+            if sub not in names:
+                problems.append(
+                    f"service {name!r} runs `casebridge {sub}`, but service.cli.app has no {sub!r} command "
+                    f"(it has: {', '.join(sorted(names))})"
+                )
+                continue
+            command = root.commands[sub] if hasattr(root, "commands") else root
+            args = argv[2:]
+            if hasattr(command, "commands") and args and args[0] in command.commands:
+                command, args = command.commands[args[0]], args[1:]
+            options = {opt for param in command.params for opt in getattr(param, "opts", ())}
+            for arg in args:
+                option = arg.split("=", 1)[0]
+                if option.startswith("--") and option not in options:
+                    problems.append(f"service {name!r} runs `casebridge {sub} ... {option}`, which has no such option")
+    return problems
+
+
+COMPOSE_CHECKS: list[Callable[[Compose], list[str]]] = [
+    check_casebridge_settings,
+    check_base_url,
+    check_images,
+    check_dependencies,
+    check_datasource,
+    check_hapi_settings,
+    check_ports,
+    check_build,
+    check_waits_for_hapi,
+]
+
+
+# -- the checks on Dockerfile and .dockerignore ------------------------------------------------------------------
+
+
+def dockerfile_stages(text: str) -> list[list[tuple[str, str]]]:
+    """The stages, each a list of (INSTRUCTION, arguments), continuation lines joined, comments dropped."""
+    logical: list[str] = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if pending and line.startswith("#"):
+            continue  # a comment inside a continued instruction
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        logical.append(pending + line)
+        pending = ""
+    stages: list[list[tuple[str, str]]] = []
+    for line in logical:
+        instruction, _, args = line.partition(" ")
+        instruction = instruction.upper()
+        if instruction == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append((instruction, args.strip()))
+    return stages
+
+
+def env_pairs(args: str) -> dict[str, str]:
+    tokens = shlex.split(args)
+    if tokens and "=" not in tokens[0]:  # legacy form: ENV KEY value with spaces
+        return {tokens[0]: " ".join(tokens[1:])}
+    return dict(t.split("=", 1) for t in tokens if "=" in t)
+
+
+def check_dockerfile(text: str) -> list[str]:
+    stages = dockerfile_stages(text)
+    if not stages:
+        return ["the Dockerfile has no FROM"]
+    final = stages[-1]
+    problems = []
+    entrypoints = [args for instr, args in final if instr == "ENTRYPOINT"]
+    try:
+        entrypoint = json.loads(entrypoints[-1]) if entrypoints else None
+    except json.JSONDecodeError:
+        entrypoint = entrypoints[-1]
+    if entrypoint != ["casebridge"]:
+        problems.append(f'the final stage\'s ENTRYPOINT is {entrypoint!r}, not ["casebridge"] (exec form)')
+    known = setting_env_names()
+    envs = [env_pairs(args) for stage in stages for instr, args in stage if instr == "ENV"]
+    for key in sorted({k for env in envs for k in env if k.startswith("CASEBRIDGE_")} - set(known)):
+        problems.append(f"the Dockerfile sets {key}, which is not a field of service.config.Settings")
+    final_env = {k: v for instr, args in final if instr == "ENV" for k, v in env_pairs(args).items()}
+    cache = final_env.get("CASEBRIDGE_FHIR_PACKAGE_CACHE")
+    build_env = {
+        k: v for stage in stages[:-1] for instr, args in stage if instr == "ENV" for k, v in env_pairs(args).items()
+    }
+    if not cache:
+        problems.append(
+            "the final stage does not set CASEBRIDGE_FHIR_PACKAGE_CACHE: the packages fetched at build time "
+            "would not be found"
+        )
+    elif len(stages) > 1:
+        if build_env.get("CASEBRIDGE_FHIR_PACKAGE_CACHE") != cache:
+            problems.append(f"the build stage fetches the FHIR packages somewhere else than {cache} (final stage)")
+        copied = [args for instr, args in final if instr == "COPY" and "--from=" in args]
+        if not any(cache in shlex.split(args)[:-1] for args in copied):
+            problems.append(f"the final stage does not copy the FHIR package cache {cache} from the build stage")
+    runs = " ".join(args for stage in stages for instr, args in stage if instr == "RUN")
+    if not re.search(r"pip install\b[^&;]*\s(-e|--editable)\s", runs):
+        problems.append(
+            "the project is not installed editable (pip install -e): service.config.PROJECT_ROOT would point "
+            "into site-packages, away from mappings/, profiles/, fixtures/"
+        )
+    if "casebridge packages fetch" not in runs:
+        problems.append("the Dockerfile does not run `casebridge packages fetch`: validation would find no packages")
+    copies = [shlex.split(args) for stage in stages for instr, args in stage if instr == "COPY"]
+    sources = {PurePosixPath(src).parts[0] for words in copies for src in words[:-1] if not src.startswith("--")}
+    for path in (*PROJECT_DATA, *BUILD_INPUTS):
+        if path not in sources:
+            problems.append(f"the Dockerfile does not COPY {path} into the image")
+    users = [args for instr, args in final if instr == "USER"]
+    if not users or users[-1].split(":")[0] in ("root", "0"):
+        problems.append("the final stage runs as root (no USER, or USER root)")
+    return problems
+
+
+def check_dockerignore(text: str) -> list[str]:
+    """.dockerignore keeps out what must stay out, and lets in what the image needs."""
+    patterns = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    excluded = [p.rstrip("/") for p in patterns if not p.startswith("!")]
+
+    def ignored(path: str) -> bool:
+        return any(fnmatch.fnmatchcase(path, p) or fnmatch.fnmatchcase(path, p.removeprefix("**/")) for p in excluded)
+
+    needed = (*PROJECT_DATA, *BUILD_INPUTS)
+    problems = [f".dockerignore excludes {path}, which the image needs" for path in needed if ignored(path)]
+    for path in (".venv", ".git", ".fhir-server", "tests", ".env"):
+        if not ignored(path):
+            problems.append(f".dockerignore does not exclude {path}")
+    return problems
+
+
+# -- tests -----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> Compose:
+    return load_compose()
+
+
+@pytest.mark.parametrize("check", COMPOSE_CHECKS, ids=lambda c: c.__name__)
+def test_compose_is_consistent(compose: Compose, check: Callable[[Compose], list[str]]) -> None:
+    problems = check(compose)
+    assert not problems, f"docker-compose.yml: {check.__doc__}\n" + "\n".join(f"- {p}" for p in problems)
+
+
+def test_compose_subcommands_exist_in_the_cli(compose: Compose) -> None:
+    # `ping` and `demo --server` come from the push/pull work (service/transfer_cli.py): this test is what
+    # keeps the compose file and the command line in step.
+    problems = check_subcommands(compose)
+    assert not problems, (
+        "docker-compose.yml runs casebridge commands or options that service.cli.app does not register:\n"
+        + "\n".join(f"- {p}" for p in problems)
+    )
+
+
+def test_compose_services_are_the_documented_ones(compose: Compose) -> None:
+    """README.md and the comments refer to these names (docker compose run --rm casebridge ...)."""
+    assert {"db", "hapi", "casebridge"} <= set(services(compose)), f"services: {sorted(services(compose))}"
+    assert service_with_image(compose, HAPI_IMAGE) == "hapi", "the HAPI service is not called 'hapi'"
+    assert service_with_image(compose, POSTGRES_IMAGE) == "db", "the Postgres service is not called 'db'"
+    assert built_services(compose) == ["casebridge"], f"services built here: {built_services(compose)}"
+
+
+def test_compose_volumes_are_declared(compose: Compose) -> None:
+    declared = set(compose.get("volumes") or {})
+    for name, svc in services(compose).items():
+        for spec in svc.get("volumes") or []:
+            source = spec.get("source") if isinstance(spec, dict) else str(spec).split(":", 1)[0]
+            if source and not source.startswith((".", "/", "~")):
+                assert source in declared, f"service {name!r} mounts the named volume {source!r}, not declared"
+
+
+def test_dockerfile_is_consistent() -> None:
+    assert DOCKERFILE.is_file(), f"{DOCKERFILE} does not exist (docker-compose.yml builds from it)"
+    problems = check_dockerfile(DOCKERFILE.read_text(encoding="utf-8"))
+    assert not problems, "Dockerfile:\n" + "\n".join(f"- {p}" for p in problems)
+
+
+def test_dockerignore_is_consistent() -> None:
+    assert DOCKERIGNORE.is_file(), f"{DOCKERIGNORE} does not exist: the whole project, .venv included, is sent"
+    problems = check_dockerignore(DOCKERIGNORE.read_text(encoding="utf-8"))
+    assert not problems, ".dockerignore:\n" + "\n".join(f"- {p}" for p in problems)
+
+
+# -- the checks find what they are for -------------------------------------------------------------------------
+
+
+def _set_env(service: str, key: str, value: str | None) -> Callable[[Compose], None]:
+    def mutate(doc: Compose) -> None:
+        env = doc["services"][service].setdefault("environment", {})
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+
+    return mutate
+
+
+def _set(path: str, value: Any) -> Callable[[Compose], None]:
+    """Set doc[a][b][c] for path 'a.b.c' (None deletes)."""
+
+    def mutate(doc: Compose) -> None:
+        *parents, last = path.split(".")
+        node = doc
+        for key in parents:
+            node = node[key]
+        if value is None:
+            node.pop(last, None)
+        else:
+            node[last] = value
+
+    return mutate
+
+
+BROKEN_COMPOSE = [
+    ("unknown-setting", _set_env("casebridge", "CASEBRIDGE_FHIR_BASEURL", "http://hapi:8080/fhir"),
+     check_casebridge_settings, "CASEBRIDGE_FHIR_BASEURL"),
+    ("bad-setting-value", _set_env("casebridge", "CASEBRIDGE_FHIR_TIMEOUT", "-5"), check_casebridge_settings,
+     "refuses"),
+    ("url-host", _set_env("casebridge", "CASEBRIDGE_FHIR_BASE_URL", "http://hapi-fhir:8080/fhir"), check_base_url,
+     "not the HAPI service's name"),
+    ("url-port", _set_env("casebridge", "CASEBRIDGE_FHIR_BASE_URL", "http://hapi:8090/fhir"), check_base_url,
+     "not the port HAPI listens on"),
+    ("url-path", _set_env("casebridge", "CASEBRIDGE_FHIR_BASE_URL", "http://hapi:8080/baseR4"), check_base_url,
+     "servlet path"),
+    ("url-unparseable", _set_env("casebridge", "CASEBRIDGE_FHIR_BASE_URL", "http://hapi:8080/fhir?x=1"),
+     check_base_url, "Settings refuses it"),
+    ("server-port-moved", _set_env("hapi", "SERVER_PORT", "9090"), check_base_url, "not the port HAPI listens on"),
+    ("demo-elsewhere", _set("services.casebridge.command", ["demo", "--server", "http://localhost:8080/fhir"]),
+     check_base_url, "uses --server"),
+    ("hapi-latest", _set("services.hapi.image", "hapiproject/hapi:latest"), check_images, "not pinned"),
+    ("hapi-untagged", _set("services.hapi.image", "hapiproject/hapi"), check_images, "not pinned"),
+    ("postgres-17", _set("services.db.image", "postgres:17.2-alpine"), check_images, "PostgreSQL 16"),
+    ("postgres-floating", _set("services.db.image", "postgres:16-alpine"), check_images, "pinned minor"),
+    ("no-db-healthcheck", _set("services.db.healthcheck", None), check_dependencies, "no healthcheck"),
+    ("hapi-starts-early", _set("services.hapi.depends_on", ["db"]), check_dependencies, "service_healthy"),
+    ("missing-target", _set("services.casebridge.depends_on", {"fhir": {"condition": "service_started"}}),
+     check_dependencies, "not a service"),
+    ("datasource-db", _set_env("hapi", "SPRING_DATASOURCE_URL", "jdbc:postgresql://db:5432/fhir"),
+     check_datasource, "POSTGRES_DB"),
+    ("datasource-host", _set_env("hapi", "SPRING_DATASOURCE_URL", "jdbc:postgresql://postgres:5432/hapi"),
+     check_datasource, "not the database service"),
+    ("datasource-password", _set_env("db", "POSTGRES_PASSWORD", "changed"), check_datasource, "POSTGRES_PASSWORD"),
+    ("datasource-h2", _set_env("hapi", "SPRING_DATASOURCE_URL", "jdbc:h2:file:./target/database/h2"),
+     check_datasource, "not a jdbc:postgresql"),
+    ("old-dialect", _set_env("hapi", "SPRING_JPA_PROPERTIES_HIBERNATE_DIALECT", "org.hibernate.dialect.H2Dialect"),
+     check_datasource, "dialect"),
+    ("fhir-r5", _set_env("hapi", "HAPI_FHIR_FHIR_VERSION", "R5"), check_hapi_settings, "R4"),
+    ("search-cache-on", _set_env("hapi", "HAPI_FHIR_REUSE_CACHED_SEARCH_RESULTS_MILLIS", None), check_hapi_settings,
+     "-1"),
+    ("port-all-interfaces", _set("services.hapi.ports", ["8080:8080"]), check_ports, "every interface"),
+    ("port-long-form", _set("services.hapi.ports", [{"target": 8080, "published": 8080, "host_ip": "0.0.0.0"}]),
+     check_ports, "0.0.0.0"),
+    ("port-wrong-target", _set("services.hapi.ports", ["127.0.0.1:8080:80"]), check_ports, "container port 80"),
+    ("build-elsewhere", _set("services.casebridge.build", "./docker"), check_build, "not the project root"),
+    ("build-no-dockerfile", _set("services.casebridge.build", {"context": ".", "dockerfile": "Nope.Dockerfile"}),
+     check_build, "does not exist"),
+    ("no-wait", _set("services.casebridge.entrypoint", None), check_waits_for_hapi, "without waiting"),
+    ("wait-then-nothing", _set("services.casebridge.entrypoint", ["sh", "-c", "casebridge ping --wait 300"]),
+     check_waits_for_hapi, "runs nothing"),
+    ("unknown-subcommand", _set("services.casebridge.command", ["demo-against-hapi"]), check_subcommands,
+     "no 'demo-against-hapi' command"),
+    ("unknown-option", _set("services.casebridge.command", ["demo", "--url", "http://hapi:8080/fhir"]),
+     check_subcommands, "--url"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("mutate", "check", "expected"), [c[1:] for c in BROKEN_COMPOSE], ids=[c[0] for c in BROKEN_COMPOSE]
+)
+def test_checks_find_a_broken_compose_file(
+    compose: Compose, mutate: Callable[[Compose], None], check: Callable[[Compose], list[str]], expected: str
+) -> None:
+    broken = copy.deepcopy(compose)
+    mutate(broken)
+    problems = check(broken)
+    assert any(expected in p for p in problems), f"{check.__name__} did not report {expected!r}; it said: {problems}"
+
+
+def test_invocations_read_the_entrypoint_wrapper(compose: Compose) -> None:
+    argv = invocations(services(compose)["casebridge"])
+    assert [a[:2] for a in argv] == [["casebridge", "ping"], ["casebridge", "demo"]], argv
+    assert invocations({"command": ["push", "x.yaml"]}) == [["casebridge", "push", "x.yaml"]]
+
+
+BROKEN_DOCKERFILE = [
+    ("entrypoint", lambda t: t.replace('ENTRYPOINT ["casebridge"]', 'ENTRYPOINT ["python", "-m", "service.cli"]'),
+     "ENTRYPOINT"),
+    ("entrypoint-shell-form", lambda t: t.replace('ENTRYPOINT ["casebridge"]', "ENTRYPOINT casebridge"), "exec form"),
+    ("unknown-setting", lambda t: t + "\nENV CASEBRIDGE_PACKAGE_CACHE=/opt/fhir-packages\n",
+     "CASEBRIDGE_PACKAGE_CACHE"),
+    ("not-editable", lambda t: t.replace(" -e /app", " /app"), "editable"),
+    ("no-fixtures", lambda t: t.replace("COPY fixtures/ ./fixtures/", ""), "COPY fixtures"),
+    ("cache-not-copied", lambda t: t.replace("COPY --from=build /opt/fhir-packages /opt/fhir-packages", ""),
+     "does not copy the FHIR package cache"),
+    ("root", lambda t: t.replace("USER 10001:10001", "USER root"), "root"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"), [c[1:] for c in BROKEN_DOCKERFILE], ids=[c[0] for c in BROKEN_DOCKERFILE]
+)
+def test_checks_find_a_broken_dockerfile(mutate: Callable[[str], str], expected: str) -> None:
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    broken = mutate(text)
+    assert broken != text, "the mutation did not apply: the Dockerfile changed, update this test"
+    problems = check_dockerfile(broken)
+    assert any(expected in p for p in problems), f"check_dockerfile did not report {expected!r}; it said: {problems}"
+
+
+def test_checks_find_a_broken_dockerignore() -> None:
+    text = DOCKERIGNORE.read_text(encoding="utf-8")
+    assert any("mappings" in p for p in check_dockerignore(text + "\nmappings\n"))
+    assert any("profiles" in p for p in check_dockerignore(text + "\n**/profiles\n"))
+    assert any(".venv" in p for p in check_dockerignore(text.replace("\n.venv\n", "\n")))
+
+
+def test_subcommand_check_reads_the_registered_commands(compose: Compose) -> None:
+    """An app without `ping` (as before the push/pull work) is reported, by command name."""
+    bare = typer.Typer()
+
+    @bare.command()
+    def demo(server: str = typer.Option("", "--server")) -> None:
+        """A stand-in."""
+
+    @bare.command("check-mappings")
+    def check_mappings() -> None:
+        """A stand-in."""
+
+    problems = check_subcommands(compose, bare)
+    assert any("no 'ping' command" in p for p in problems), problems
+    assert not any("'demo'" in p for p in problems), problems
