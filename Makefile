@@ -35,6 +35,7 @@ lint: setup
 bench: setup
 	@$(BIN)/python benchmarks/bench_convert.py
 	@$(BIN)/python benchmarks/bench_validate.py
+	@$(BIN)/python benchmarks/bench_push_pull.py
 
 schema: setup
 	@$(BIN)/casebridge schema -o schemas/case-report-1.0.schema.json

@@ -15,6 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, NoReturn
 
+import stamina.instrumentation
 import typer
 from fhir.resources.R4B.bundle import Bundle
 from pydantic import ValidationError
@@ -325,8 +326,18 @@ def _root(
         raise typer.Exit(0)
 
 
+def announce_retry(details: stamina.instrumentation.RetryDetails) -> None:
+    err.print(
+        f"retry {details.retry_num} in {details.wait_for:.1f} s after: {details.caused_by}",
+        markup=False,
+        highlight=False,
+    )
+
+
 def main() -> None:
     """Entry point: our errors become messages and exit codes, never tracebacks."""
+    # A retry is worth a line on stderr in our words (stamina's default is a bare logging event name).
+    stamina.instrumentation.set_on_retry_hooks([announce_retry])
     try:
         app(standalone_mode=True)
     except InputError as exc:

@@ -204,6 +204,7 @@ def test_an_unreachable_server_is_exit_4_with_a_message(tmp_path: Path) -> None:
     result = cli("push", str(SEED), "--server", f"http://127.0.0.1:{port}/fhir", env=env)
     assert result.returncode == 4, result.stderr
     assert f"127.0.0.1:{port}" in result.stderr and "ConnectError" in result.stderr
+    assert "retry 1 in" in result.stderr  # no connection was made, so even the POST was retried, and said so
     assert "Traceback" not in result.stderr
     result = cli("ping", "--server", f"http://127.0.0.1:{port}/fhir", env=env)
     assert result.returncode == 4
