@@ -545,3 +545,32 @@ def test_auth_from_settings(
     key_file.write_bytes(pem(rsa_key))
     with pytest.raises(ValueError, match=f"{key_file}: ES384 needs an EC P-384"):
         auth_from_settings(settings)
+
+
+def test_the_fhir_client_authenticates_from_settings(
+    server: AuthServer, tmp_path: Path, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    """The whole path: settings -> AsyncFhirClient -> SMART token -> FHIR read; a refused client is an AuthError."""
+    from service.errors import AuthError
+    from service.fhir.client import AsyncFhirClient
+
+    key_file = tmp_path / "key.pem"
+    key_file.write_bytes(pem(rsa_key))
+    client_id = server.register(rsa_key, "RS384", kid="k9")
+    settings = Settings(
+        fhir_token=None,
+        smart_token_url=server.token_url,
+        smart_client_id=client_id,
+        smart_private_key=key_file,
+        smart_key_id="k9",
+    )
+
+    async def read(settings: Settings) -> dict[str, Any]:
+        async with AsyncFhirClient.from_settings(settings, base_url=f"{server.base_url}/fhir") as fhir:
+            return await fhir.read("Patient", "x")
+
+    assert asyncio.run(read(settings)) == {"resourceType": "Patient", "id": "x"}
+    assert server.clients[client_id].token_requests == 1
+    stranger = settings.model_copy(update={"smart_client_id": "client-unknown"})
+    with pytest.raises(AuthError, match="invalid_client"):
+        asyncio.run(read(stranger))
