@@ -78,7 +78,9 @@ ENV VIRTUAL_ENV=/opt/venv \
 
 RUN groupadd --system --gid 10001 casebridge \
  && useradd --system --uid 10001 --gid casebridge --create-home --home-dir /home/casebridge \
-        --shell /usr/sbin/nologin casebridge
+        --shell /usr/sbin/nologin casebridge \
+ && install -d -o 10001 -g 10001 /var/lib/casebridge/locks
+# /var/lib/casebridge/locks: owned by the user, so a named volume mounted there (docker-compose.yml) is too.
 
 # Owned by root and read-only to the casebridge user: code, data and packages are not changed at run time.
 # Per-patient write locks go to the user's ~/.cache/casebridge/locks (CASEBRIDGE_LOCK_DIR to change it).

@@ -19,6 +19,7 @@ import stamina.instrumentation
 import typer
 from fhir.resources.R4B.bundle import Bundle
 from pydantic import ValidationError
+from rich.markup import escape
 from rich.table import Table
 
 from service import __version__
@@ -26,7 +27,7 @@ from service.cli_support import cli_settings, dump_json, err, fail, load_mapping
 from service.config import PROJECT_ROOT, Settings
 from service.domain.case import CaseReport
 from service.domain.reader import check_depth, load_json
-from service.errors import CasebridgeError, InputError, MappingError
+from service.errors import CasebridgeError, ConfigurationError, InputError, LockError, MappingError
 from service.fhir.embedded import EmbeddedFhirServer, EmbeddedServerError
 from service.fhir.packages import PackageError
 from service.fhir.packages_cli import packages_app
@@ -40,6 +41,7 @@ from service.transfer_cli import (
     pull_app,
     push,
     push_and_pull,
+    server_url,
 )
 from service.validation.conformance_cli import conformance
 from service.validation.service import load_validator
@@ -195,6 +197,41 @@ def fhir_server(
 
 
 @app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on (0.0.0.0: all, e.g. in a container).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
+) -> None:
+    """Run the HTTP API (FastAPI on uvicorn). Needs CASEBRIDGE_API_KEYS; forwards to CASEBRIDGE_FHIR_BASE_URL."""
+    import uvicorn
+
+    from service.api.app import create_app
+    from service.api.logs import configure
+    from service.api.services import Services
+
+    settings = cli_settings()
+    if not settings.keys():
+        fail(3, "configuration error: no API keys; set CASEBRIDGE_API_KEYS=NAME:SCOPE:SECRET[,...] (SCOPE ro or rw)")
+    configure(settings.log_level)
+    try:
+        services = Services.build(settings)
+    except PackageError as exc:
+        fail(2, f"{exc} (run `casebridge packages fetch`)")
+    except MappingError as exc:
+        fail(3, f"mapping error: {exc}")
+    uvicorn.run(  # uvicorn handles SIGTERM/SIGINT itself: a graceful shutdown
+        create_app(settings, services),
+        host=host,
+        port=port,
+        log_config=None,  # our JSON logging, configured above
+        access_log=False,  # our middleware logs each request, without its query string
+        server_header=False,
+        proxy_headers=False,
+    )
+
+
+@app.command()
 def schema(
     output: Annotated[Path | None, typer.Option("--output", "-o", dir_okay=False)] = None,
 ) -> None:
@@ -248,12 +285,14 @@ def demo(
     Without --server, the embedded FHIR server is started for the demo on a free port and stopped after it.
     """
     settings = cli_settings()
+    given_server = server_url(settings, server) if server is not None else None  # checked before any work
     mappings = load_mappings(settings)
     case = read_case_file(case_file, settings)
     conversion = mappings.convert_detailed(case, source=str(case_file))
     bundle = conversion.bundle
-    out.print(f"[bold]casebridge {__version__}[/bold] - case [cyan]{case.case_id}[/cyan] from {case_file.name}")
-    out.print(f"source: {case.source.citation}", highlight=False)
+    name = escape(case_file.name)
+    out.print(f"[bold]casebridge {__version__}[/bold] - case [cyan]{escape(case.case_id)}[/cyan] from {name}")
+    out.print(f"source: {case.source.citation}", highlight=False, markup=False)
     table = Table(title=f"1. converted: a FHIR R4 transaction Bundle of {len(bundle['entry'])} resources")
     table.add_column("#", justify="right")
     table.add_column("resource")
@@ -265,7 +304,7 @@ def demo(
         table.add_row(
             str(i),
             resource["resourceType"],
-            title,
+            escape(title),  # the case's words: never read as markup
             f"{entry['request']['method']} {resource['resourceType']}/{resource['id'][:8]}…",
         )
     out.print(table)
@@ -288,7 +327,7 @@ def demo(
         fail(1, "the Bundle is not valid: nothing was sent")
 
     embedded = None
-    if server is None:
+    if given_server is None:
         embedded = EmbeddedFhirServer(data_dir)
         try:
             embedded.start()
@@ -299,7 +338,7 @@ def demo(
             f"3. started the embedded FHIR server (sekmet-fhir, SQLite in {data_dir}/) at {base}", highlight=False
         )
     else:
-        base = server
+        base = given_server
         out.print(f"3. FHIR server: {base}", highlight=False)
     try:
         round_ = push_and_pull(settings, base, bundle, warnings)
@@ -342,6 +381,8 @@ def main() -> None:
         app(standalone_mode=True)
     except InputError as exc:
         _fail_now(2, exc.report())
+    except (ConfigurationError, LockError) as exc:
+        _fail_now(3, f"configuration error: {exc}")
     except MappingError as exc:
         _fail_now(3, f"mapping error: {exc}")
     except CasebridgeError as exc:

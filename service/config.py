@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Self
@@ -12,6 +13,44 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    name: str
+    scope: Literal["ro", "rw"]
+    secret: str = field(repr=False)
+
+    @property
+    def can_write(self) -> bool:
+        return self.scope == "rw"
+
+
+MIN_KEY_LENGTH = 24
+
+
+def parse_api_keys(text: str) -> list[ApiKey]:
+    """``NAME:SCOPE:SECRET[,...]``; errors name the entry by position and name, never the secret."""
+    keys: list[ApiKey] = []
+    for position, item in enumerate((part.strip() for part in text.split(",")), 1):
+        if not item:
+            continue
+        name, scope, secret = [*item.split(":", 2), "", ""][:3]
+        where = f"API key {position}" + (f" ({name})" if name else "")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+            raise ValueError(f"{where}: the name must be 1-64 letters, digits, '.', '_' or '-' (NAME:SCOPE:SECRET)")
+        if scope not in ("ro", "rw"):
+            raise ValueError(f"{where}: the scope must be ro or rw (NAME:SCOPE:SECRET)")
+        if len(secret) < MIN_KEY_LENGTH or not re.fullmatch(r"[\x21-\x7e]+", secret) or "," in secret:
+            raise ValueError(
+                f"{where}: the secret must be at least {MIN_KEY_LENGTH} visible ASCII characters, no comma"
+            )
+        if any(k.name == name for k in keys):
+            raise ValueError(f"{where}: the name is used twice")
+        if any(k.secret == secret for k in keys):
+            raise ValueError(f"{where}: the secret is used twice")
+        keys.append(ApiKey(name, "rw" if scope == "rw" else "ro", secret))
+    return keys
 
 
 class Settings(BaseSettings):
@@ -70,13 +109,39 @@ class Settings(BaseSettings):
         ),
     )
 
+    # The HTTP API (`casebridge serve`).
+    api_keys: SecretStr | None = Field(
+        None,
+        description=(
+            "API keys, comma-separated, each NAME:SCOPE:SECRET with SCOPE ro (read and validate) or rw (also "
+            "write to the FHIR server); SECRET at least 24 characters. Every API endpoint but health, readiness and "
+            "metrics needs one as `Authorization: Bearer SECRET`."
+        ),
+    )
+    max_body_bytes: int = Field(5 * 1024 * 1024, gt=0, description="Largest request body the API accepts (413).")
+    api_cpu_threads: int = Field(
+        1, ge=1, le=32, description="Threads that convert and validate for the API (the event loop stays free)."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="The API's log level.")
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_parse(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_api_keys(value.get_secret_value())
+        return value
+
+    def keys(self) -> list[ApiKey]:
+        return parse_api_keys(self.api_keys.get_secret_value()) if self.api_keys is not None else []
+
     @field_validator("fhir_base_url", "smart_token_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        if not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", value):
-            raise ValueError(f"{value!r} is not an http(s) URL without query or fragment")
+        if not re.fullmatch(r"[Hh][Tt][Tt][Pp][Ss]?://[^/\s?#@]+(/[^\s?#]*)?", value):
+            # No user:password@ either: it would be printed with every URL (messages, fullUrls of pulled Bundles).
+            raise ValueError("not an http(s) URL without user info, query or fragment")
         return value.rstrip("/")
 
     @field_validator("smart_private_key")

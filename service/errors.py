@@ -9,6 +9,8 @@ where they enter (``raise Ours(...) from exc``), so callers catch ours only.
     │   ├── CaseSchemaError        the case does not fit the case model: each problem with its field path
     │   └── ConversionError        a valid case the mappings cannot convert (e.g. an unknown vocabulary key)
     ├── MappingError               a mapping, code table or terminology file is wrong: names file and line
+    ├── ConfigurationError         a setting that cannot work (a SMART key that does not fit): the CLI exits 3
+    ├── LockError                  the per-patient write lock cannot be had (lock folder unusable, waited too long)
     ├── InvalidResourceError       a Bundle failed validation, so nothing was sent: carries the OperationOutcome
     └── FhirError                  talking to a FHIR server failed; ``url`` names the request
         ├── FhirTransportError     no answer: connection refused or reset, timeout (after any retries)
@@ -89,6 +91,14 @@ class MappingError(CasebridgeError):
         super().__init__(f"{where}: {message}" if where else message)
 
 
+class ConfigurationError(CasebridgeError):
+    """A setting that passed its own checks but cannot work (e.g. a key file that is not the right kind of key)."""
+
+
+class LockError(CasebridgeError):
+    """The per-patient write lock cannot be had."""
+
+
 class InvalidResourceError(CasebridgeError):
     """A resource or Bundle failed validation, so it was not sent. ``outcome`` is the OperationOutcome."""
 
@@ -149,8 +159,10 @@ class FhirHttpError(FhirError):
         for issue in (self.outcome or {}).get("issue", []) or []:
             if not isinstance(issue, dict):
                 continue
-            text = issue.get("diagnostics") or (issue.get("details") or {}).get("text") or ""
-            where = ", ".join(issue.get("expression") or issue.get("location") or [])
+            details = issue.get("details")
+            text = issue.get("diagnostics") or (details.get("text") if isinstance(details, dict) else "") or ""
+            places = issue.get("expression") or issue.get("location") or []
+            where = ", ".join(str(p) for p in places) if isinstance(places, list) else str(places)
             line = f"{issue.get('severity', '?')} {issue.get('code', '?')}: {text}"
             lines.append(f"{line} (at {where})" if where else line)
         return lines

@@ -9,7 +9,8 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,10 @@ def report_query(
     """DiagnosticReports with their results and specimens. ``patient``: an id or ``Patient/<id>``;
     ``category``/``code``: a code or ``system|code``; ``since``: created or changed at or after (``_lastUpdated``),
     because the reports of published cases carry no clinical dates."""
+    for name, value in (("patient", patient), ("category", category), ("code", code)):
+        if value is not None and not value.strip():
+            # An empty filter (an unset shell variable) must not quietly widen the pull to every patient.
+            raise ValueError(f"{name}: empty; leave the filter out to mean 'all'")
     query = Search("DiagnosticReport").include(*REPORT_INCLUDES).count(page_size)
     if patient:
         query = query.where(patient=patient if "/" in patient else f"Patient/{patient}")
@@ -118,6 +123,8 @@ def to_csv(pulled: PulledReports) -> str:
 def report_row(report: Mapping[str, Any], included: Mapping[str, Mapping[str, Any]]) -> list[str]:
     results = []
     for ref in report.get("result") or []:
+        if not isinstance(ref, dict):
+            continue
         target = included.get(_local(str(ref.get("reference") or "")))
         if target is None:
             results.append(f"{ref.get('display') or ref.get('reference')}: (not included)")
@@ -187,12 +194,13 @@ def _local(reference: str) -> str:
     return "/".join(parts[-2:])
 
 
-_FORMULA_START = ("=", "+", "@", "\t", "\r")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"-?\d+(\.\d+)?")
 
 
 def _cell(text: str) -> str:
     # Spreadsheet formula injection: a cell a spreadsheet would evaluate gets a leading apostrophe.
-    if text.startswith(_FORMULA_START) or (text.startswith("-") and not text[1:2].isdigit()):
+    if text.startswith(_FORMULA_START) and not _NUMBER.fullmatch(text):
         return "'" + text
     return text
 
@@ -205,3 +213,61 @@ def summarize(pulled: PulledReports) -> Iterable[tuple[str, str, str]]:
             _concept(report.get("code")),
             str(report.get("conclusion") or ""),
         )
+
+
+async def stream_reports(pages: AsyncIterator[dict[str, Any]], fmt: str, base_url: str) -> AsyncIterator[bytes]:
+    """The pages of a report search as one output, page by page: a searchset Bundle (json), NDJSON, or CSV.
+
+    Included resources are passed on once each; a report's CSV row uses what its own page (or an earlier one)
+    included. For a server: the response can start before the last page is fetched.
+    """
+    seen_reports: set[str] = set()
+    included: dict[str, dict[str, Any]] = {}
+    count = 0
+    if fmt == "json":
+        yield b'{"resourceType":"Bundle","type":"searchset","entry":['
+    elif fmt == "csv":
+        header = io.StringIO()
+        csv.writer(header, lineterminator="\n").writerow(CSV_COLUMNS)
+        yield header.getvalue().encode()
+    first = True
+    async for page in pages:
+        chunk: list[bytes] = []
+        page_reports: list[dict[str, Any]] = []
+        for entry in page.get("entry") or []:
+            resource = entry.get("resource")
+            if not isinstance(resource, dict):
+                continue
+            key = f"{resource.get('resourceType')}/{resource.get('id')}"
+            mode = (entry.get("search") or {}).get("mode", "match")
+            is_match = mode == "match" and resource.get("resourceType") == "DiagnosticReport"
+            if is_match:
+                if key in seen_reports:
+                    continue
+                seen_reports.add(key)
+                page_reports.append(resource)
+                count += 1
+            elif key in included:
+                continue
+            else:
+                included[key] = resource
+            if fmt == "json":
+                item = {
+                    "fullUrl": f"{base_url}/{key}",
+                    "resource": resource,
+                    "search": {"mode": "match" if is_match else "include"},
+                }
+                chunk.append((b"" if first else b",") + orjson.dumps(item))
+                first = False
+            elif fmt == "ndjson" and is_match:
+                chunk.append(orjson.dumps(resource) + b"\n")
+        if fmt == "csv" and page_reports:
+            buffer = io.StringIO()
+            writer = csv.writer(buffer, lineterminator="\n")
+            for report in page_reports:
+                writer.writerow([_cell(v) for v in report_row(report, included)])
+            chunk.append(buffer.getvalue().encode())
+        if chunk:
+            yield b"".join(chunk)
+    if fmt == "json":
+        yield b'],"total":' + str(count).encode() + b"}"

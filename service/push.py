@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.errors import FhirProtocolError, InvalidResourceError
+from service.errors import FhirProtocolError, InvalidResourceError, LockError
 from service.fhir.client import AsyncFhirClient
 from service.validation.validator import Issue, Validator, has_errors, operation_outcome
 
@@ -44,6 +44,7 @@ class PushResult:
     entries: tuple[EntryResult, ...]
     warnings: tuple[Issue, ...]
     seconds: float
+    response: dict[str, Any]  # the server's transaction-response Bundle
 
     @property
     def created(self) -> int:
@@ -105,15 +106,20 @@ class PatientLocks:
         self._local: dict[str, asyncio.Lock] = {}
 
     @contextlib.asynccontextmanager
-    async def hold(self, server: str, key: str | None) -> AsyncIterator[None]:
+    async def hold(self, key: str | None) -> AsyncIterator[None]:
+        """Hold the lock of ``key`` (a patient). Keyed on the patient alone, not on the server URL: one server
+        has many spellings (localhost, 127.0.0.1, an explicit port), and over-serializing costs next to nothing."""
         if key is None:
             yield
             return
-        name = hashlib.sha256(f"{server}\n{key}".encode()).hexdigest()[:32]
+        name = hashlib.sha256(key.encode()).hexdigest()[:32]
         lock = self._local.setdefault(name, asyncio.Lock())
         async with lock:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as exc:
+                raise LockError(f"cannot use the lock folder {self.folder}: {exc.strerror or exc}") from exc
             try:
                 deadline = time.monotonic() + self.timeout
                 while True:
@@ -122,7 +128,7 @@ class PatientLocks:
                         break
                     except BlockingIOError:
                         if time.monotonic() > deadline:
-                            raise TimeoutError(f"waited {self.timeout:.0f} s for the write lock of {key}") from None
+                            raise LockError(f"waited {self.timeout:.0f} s for the write lock of {key}") from None
                         await asyncio.sleep(self.poll)
                 yield
             finally:
@@ -139,23 +145,27 @@ async def push_bundle(
     """Send an already validated transaction Bundle under its patient's write lock."""
     key = patient_key(bundle)
     started = time.perf_counter()
-    async with locks.hold(client.base_url, key):
+    async with locks.hold(key):
         response = await client.transaction(bundle)
     seconds = time.perf_counter() - started
-    return PushResult(client.base_url, key, _entry_results(bundle, response, client.base_url), tuple(warnings), seconds)
+    entries = _entry_results(bundle, response, client.base_url)
+    return PushResult(client.base_url, key, entries, tuple(warnings), seconds, response)
 
 
 def _entry_results(bundle: Mapping[str, Any], response: Mapping[str, Any], server: str) -> tuple[EntryResult, ...]:
     sent = bundle.get("entry") or []
-    answered = response.get("entry") or []
-    if len(answered) != len(sent):
+    answered = response.get("entry")
+    if not isinstance(answered, list) or len(answered) != len(sent):
+        got = len(answered) if isinstance(answered, list) else 0
         raise FhirProtocolError(
-            f"the transaction-response has {len(answered)} entries for {len(sent)} sent", method="POST", url=server
+            f"the transaction-response has {got} entries for {len(sent)} sent", method="POST", url=server
         )
     results = []
     for request_entry, answer in zip(sent, answered, strict=True):
         resource = request_entry.get("resource") or {}
-        reply = answer.get("response") or {}
+        reply = answer.get("response") if isinstance(answer, dict) else None
+        if not isinstance(reply, dict):
+            raise FhirProtocolError("a transaction-response entry without a response", method="POST", url=server)
         status_text = str(reply.get("status", ""))
         try:
             status = int(status_text.split()[0])
@@ -170,6 +180,7 @@ def _entry_results(bundle: Mapping[str, Any], response: Mapping[str, Any], serve
         if "_history" in parts:
             at = parts.index("_history")
             resource_id = parts[at - 1] if at >= 1 else resource_id
-        version = reply.get("etag", "").removeprefix("W/").strip('"') or None
+        etag = reply.get("etag")
+        version = (etag.removeprefix("W/").strip('"') or None) if isinstance(etag, str) else None
         results.append(EntryResult(str(resource.get("resourceType", "")), resource_id, status, version))
     return tuple(results)

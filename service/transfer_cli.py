@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from service.cli_support import cli_settings, dump_json, err, fail, load_mappings, out
@@ -46,7 +47,7 @@ ServerOption = Annotated[
 pull_app = typer.Typer(help="Fetch resources from a FHIR server.", no_args_is_help=True)
 
 
-def _server(settings: Settings, server: str | None) -> str:
+def server_url(settings: Settings, server: str | None) -> str:
     if server is None:
         return settings.fhir_base_url
     try:
@@ -98,7 +99,7 @@ def push(
 ) -> None:
     """Validate, then send one transaction. Invalid: nothing is sent, the OperationOutcome is printed, exit 1."""
     settings = cli_settings()
-    base = _server(settings, server)
+    base = server_url(settings, server)
     validator = prepare_validator(settings)
     bundle = load_push_input(file, settings, validator)
     try:
@@ -117,18 +118,18 @@ def push(
 
 def print_push(result: PushResult) -> None:
     out.print(
-        f"pushed to {result.server}: one transaction of {len(result.entries)} entries in {result.seconds:.2f} s - "
-        f"[green]{result.created} created[/green], {result.already_there} already there (updated in place)",
+        f"pushed to {escape(result.server)}: one transaction of {len(result.entries)} entries in {result.seconds:.2f} s"
+        f" - [green]{result.created} created[/green], {result.already_there} already there (updated in place)",
         highlight=False,
     )
     if result.patient:
-        out.print(f"patient: {result.patient}", highlight=False)
+        out.print(f"patient: {result.patient}", highlight=False, markup=False)
     table = Table(show_edge=False, box=None, padding=(0, 2))
     table.add_column("resource")
     table.add_column("created", justify="right")
     table.add_column("already there", justify="right")
     for kind, (new, old) in result.by_type().items():
-        table.add_row(kind, str(new), str(old))
+        table.add_row(escape(kind), str(new), str(old))
     out.print(table)
     if result.warnings:
         out.print(f"validation warnings: {len(result.warnings)} (run `casebridge validate` for the list)")
@@ -171,7 +172,7 @@ def pull_diagnostic_reports(
 ) -> None:
     """DiagnosticReports with their results and specimens (_include), every page."""
     settings = cli_settings()
-    base = _server(settings, server)
+    base = server_url(settings, server)
     try:
         query = report_query(patient=patient, category=category, code=code, since=_since(since), page_size=page_size)
     except ValueError as exc:
@@ -208,7 +209,7 @@ def ping(
 ) -> None:
     """Check that a FHIR server answers (GET [base]/metadata); print its software and FHIR version."""
     settings = cli_settings()
-    base = _server(settings, server)
+    base = server_url(settings, server)
     deadline = time.monotonic() + wait
 
     async def work() -> dict[str, Any]:
@@ -224,7 +225,7 @@ def ping(
     capabilities = run_fhir(work)
     software = capabilities.get("software") or {}
     name = " ".join(str(x) for x in (software.get("name"), software.get("version")) if x) or "unnamed server"
-    out.print(f"{base}: {name}, FHIR {capabilities.get('fhirVersion', '?')}", highlight=False)
+    out.print(f"{base}: {name}, FHIR {capabilities.get('fhirVersion', '?')}", highlight=False, markup=False)
 
 
 # -- the demo's server part ---------------------------------------------------------------------------------
@@ -255,18 +256,20 @@ def print_pulled(pulled: PulledReports, seconds: float, patient: str | None) -> 
         f"pulled back {len(pulled.reports)} DiagnosticReports of {patient} (+{len(pulled.included)} included "
         f"results and specimens) in {seconds:.2f} s",
         highlight=False,
+        markup=False,
     )
     table = Table(show_lines=False)
     for column in ("category", "code", "status", "conclusion", "results"):
         table.add_column(column)
     for report in pulled.reports:
         row = report_row(report, pulled.included)
-        table.add_row(row[2], row[3], row[5], row[6], row[8])
+        table.add_row(*(escape(row[i]) for i in (2, 3, 5, 6, 8)))  # server text: never markup
     out.print(table)
     for report in pulled.reports:
         codes = {c.get("code") for cat in report.get("category") or [] for c in cat.get("coding") or []}
         if "SP" in codes:
             found = "; ".join(str(c.get("text") or "") for c in report.get("conclusionCode") or [] if c.get("text"))
-            out.print(f"[bold]histopathology conclusion:[/bold] {report.get('conclusion', '(none)')}", highlight=False)
+            conclusion = escape(str(report.get("conclusion", "(none)")))
+            out.print(f"[bold]histopathology conclusion:[/bold] {conclusion}", highlight=False)
             if found:
-                out.print(f"  conclusion code: {found}", highlight=False)
+                out.print(f"  conclusion code: {found}", highlight=False, markup=False)

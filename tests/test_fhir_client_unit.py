@@ -394,3 +394,83 @@ def test_sync_facade_runs_the_same_logic():
         script.answers = [fhir(outcome("gone"), 410)]
         with pytest.raises(ResourceGone):
             client.read("Patient", "p1")
+
+
+# -- found in review: answers that are not success, ids, link tricks, the facade's life -----------------------
+
+
+def test_a_redirect_is_not_a_success_and_is_not_followed():
+    script = Script(httpx.Response(301, headers={"Location": "https://elsewhere.test/fhir/Patient/p1"}))
+    for work in (lambda c: c.update(PATIENT), lambda c: c.read("Patient", "p1"), lambda c: c.delete("Patient", "p1")):
+        with pytest.raises(FhirProtocolError, match="redirects are not followed"):
+            run(script, work)
+    assert {r.url.host for r in script.requests} == {"fhir.test"}
+
+
+def test_an_empty_body_where_a_resource_is_expected_is_an_error():
+    with pytest.raises(FhirProtocolError, match="empty body"):
+        run(Script(httpx.Response(200)), lambda c: c.update(PATIENT))
+    assert run(Script(httpx.Response(204)), lambda c: c.delete("Patient", "p1")) is None
+
+
+@pytest.mark.parametrize("bad_id", [".", "..", "a/b", "", "x" * 65])
+def test_ids_that_a_url_would_rewrite_are_refused(bad_id: str):
+    script = Script(fhir(PATIENT))
+    with pytest.raises(ValueError, match="not a FHIR id"):
+        run(script, lambda c: c.delete("Patient", bad_id))
+    with pytest.raises(ValueError, match="not a FHIR id"):
+        run(script, lambda c: c.update({"resourceType": "Patient", "id": bad_id}))
+    assert script.requests == []
+
+
+@pytest.mark.parametrize(
+    "next_url",
+    [
+        "http://fhir.test/fhir/%2e%2e/admin/x",
+        "http://fhir.test/fhir/..%2fadmin",
+        "http://fhir.test/fhir/%2E%2E%2Fadmin",
+        "http://user:pw@fhir.test/fhir/Patient?_offset=1",
+        "http://fhir.test/fhir/Patient\x01?_offset=1",
+    ],
+)
+def test_encoded_climbs_userinfo_and_malformed_next_links_are_refused(next_url: str):
+    script = Script(fhir(page(1, next_url)), fhir(page(2, None)))
+    with pytest.raises(FhirProtocolError, match="refusing to follow"):
+        collect(script)
+    assert len(script.requests) == 1
+
+
+def test_an_uppercase_scheme_next_link_is_followed_as_the_url_it_is():
+    script = Script(fhir(page(1, "HTTP://fhir.test/fhir/Patient?_offset=1&token=a%2Fb")), fhir(page(2, None)))
+    assert collect(script) == ["p1", "p2"]
+    assert str(script.requests[1].url) == "http://fhir.test/fhir/Patient?_offset=1&token=a%2Fb"
+
+
+def test_a_loop_spelled_differently_is_still_a_loop():
+    script = Script(
+        fhir(page(1, "http://fhir.test/fhir/Patient?_offset=1")),
+        fhir(page(2, "http://FHIR.TEST:80/fhir/Patient?_offset=1")),
+    )
+    with pytest.raises(FhirProtocolError, match="loops"):
+        collect(script)
+
+
+def test_undecodable_bodies_are_protocol_errors():
+    broken = httpx.Response(200, stream=httpx.ByteStream(b"not gzip"), headers={"Content-Encoding": "gzip"})
+    with pytest.raises(FhirProtocolError, match="DecodingError"):
+        run(Script(broken), lambda c: c.read("Patient", "p1"))
+
+
+def test_the_facade_closes_twice_and_never_blocks_exit():
+    client = FhirClient(BASE, transport=httpx.MockTransport(Script(fhir(PATIENT))))
+    client.close()
+    client.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        client.read("Patient", "p1")
+    import subprocess
+    import sys
+
+    # A client never closed: the interpreter still exits (its loop runs in a daemon thread).
+    code = "from service.fhir.client import FhirClient; FhirClient('http://127.0.0.1:1/fhir'); print('done')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0 and "done" in done.stdout, done.stderr

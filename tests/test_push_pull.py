@@ -315,9 +315,14 @@ def test_pull_filters_by_category_and_code(fhir_server: str, pushed: dict[str, A
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 1
     result = cli(*common, "--code", "http://loinc.org|18748-4")
+    assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 2
     result = cli(*common, "--since", "2999-01-01")
+    assert result.returncode == 0, result.stderr
     assert result.stdout == ""
+    # An empty filter (an unset shell variable) is refused, not read as "every patient".
+    result = cli("pull", "diagnostic-reports", "--server", fhir_server, "--patient", "")
+    assert result.returncode == 2 and "patient: empty" in result.stderr and result.stdout == ""
     result = cli(*common, "--since", "yesterday")
     assert result.returncode == 2 and "--since" in result.stderr
 
@@ -384,3 +389,36 @@ def test_demo_pushes_pulls_and_is_idempotent(tmp_path: Path) -> None:
     second = cli("demo", "--data-dir", str(tmp_path / "fhir"), env=env)
     assert second.returncode == 0, second.stderr
     assert "0 created, 37 already there" in second.stdout
+
+
+# -- configuration and environment errors: exit 2/3 with a message, never an internal error ------------------
+
+
+def test_configuration_problems_are_named(tmp_path: Path, fhir_server: str) -> None:
+    not_a_key = tmp_path / "key.pem"
+    not_a_key.write_text("not a key")
+    smart = {
+        "CASEBRIDGE_SMART_TOKEN_URL": "http://127.0.0.1:1/token",
+        "CASEBRIDGE_SMART_CLIENT_ID": "me",
+        "CASEBRIDGE_SMART_PRIVATE_KEY": str(not_a_key),
+    }
+    result = cli("ping", "--server", fhir_server, env=smart)
+    assert result.returncode == 3 and "configuration error" in result.stderr, result.stderr
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    result = cli("push", str(SEED), "--server", fhir_server, env={"CASEBRIDGE_LOCK_DIR": str(blocked / "locks")})
+    assert result.returncode == 3 and "lock folder" in result.stderr, result.stderr
+    result = cli("demo", "--server", "localhost:8090/fhir")
+    assert result.returncode == 2 and "--server" in result.stderr and "pushed" not in result.stdout
+    result = cli("ping", env={"CASEBRIDGE_FHIR_BASE_URL": "http://user:secret@127.0.0.1:1/fhir"})
+    assert result.returncode == 3 and "secret" not in result.stderr, result.stderr
+
+
+def test_csv_cells_a_spreadsheet_would_run_are_defused() -> None:
+    from service.pull import _cell
+
+    assert _cell("=HYPERLINK(1)") == "'=HYPERLINK(1)"
+    assert _cell("-2+3+cmd|' /C calc'!A0") == "'-2+3+cmd|' /C calc'!A0"
+    assert _cell("@SUM(A1)") == "'@SUM(A1)"
+    assert _cell("-2.5") == "-2.5"  # a number stays a number
+    assert _cell("Dystrophic calcification") == "Dystrophic calcification"

@@ -17,15 +17,16 @@ Why it is shaped this way:
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import email.utils
-import functools
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+import threading
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, ParamSpec, TypeVar
+from urllib.parse import unquote
 
-import anyio.from_thread
 import httpx
 import orjson
 import stamina
@@ -34,6 +35,7 @@ from service import __version__
 from service.config import Settings
 from service.errors import (
     BadRequest,
+    ConfigurationError,
     Conflict,
     FhirClientError,
     FhirError,
@@ -53,7 +55,9 @@ FHIR_JSON = "application/fhir+json"
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 _TYPE = re.compile(r"[A-Z][A-Za-z]+")
-_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+# A FHIR id; "." and ".." are excluded: a URL path would resolve them away (DELETE Patient/.. is DELETE [base]).
+_ID = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9\-.]{1,64}")
+MAX_PAGES = 100_000
 _ERRORS: dict[int, type[FhirHttpError]] = {
     400: BadRequest,
     422: BadRequest,
@@ -157,9 +161,13 @@ class AsyncFhirClient:
     ) -> AsyncFhirClient:
         from service.fhir.auth import auth_from_settings
 
+        try:
+            auth = auth_from_settings(settings)
+        except ValueError as exc:  # a key file that is not a usable key, a token that cannot be a header
+            raise ConfigurationError(f"FHIR server authentication: {exc}") from exc
         return cls(
             base_url or settings.fhir_base_url,
-            auth=auth_from_settings(settings),
+            auth=auth,
             timeout=settings.fhir_timeout,
             connect_timeout=settings.fhir_connect_timeout,
             max_connections=settings.fhir_max_connections,
@@ -237,27 +245,35 @@ class AsyncFhirClient:
         """The first page of a search (a searchset Bundle)."""
         return await self._page(f"{self.base_url}/{query.resource_type}", query.query())
 
-    async def pages(self, query: Search) -> AsyncIterator[Resource]:
+    async def pages(self, query: Search) -> AsyncGenerator[Resource, None]:
         """Every page of a search, following ``link[next]``."""
         page = await self.search(query)
         seen: set[str] = set()
         while True:
             yield page
+            links = page.get("link")
             next_url = next(
-                (link.get("url") for link in page.get("link") or [] if link.get("relation") == "next"), None
+                (
+                    link.get("url")
+                    for link in (links if isinstance(links, list) else [])
+                    if isinstance(link, dict) and link.get("relation") == "next"
+                ),
+                None,
             )
             if not next_url:
                 return
-            self._check_next(str(next_url), seen)
-            seen.add(str(next_url))
-            page = await self._page(str(next_url), None)
+            target = self._check_next(str(next_url), seen)
+            seen.add(str(target))
+            if len(seen) >= MAX_PAGES:
+                raise FhirProtocolError(f"more than {MAX_PAGES:,} pages: stopping", method="GET", url=str(target))
+            page = await self._page(str(target), None)
 
-    async def resources(self, query: Search, *, mode: str | None = "match") -> AsyncIterator[Resource]:
+    async def resources(self, query: Search, *, mode: str | None = "match") -> AsyncGenerator[Resource, None]:
         """The resources of every page; ``mode`` picks ``match`` or ``include`` entries (None: both)."""
         async for page in self.pages(query):
             for entry in page.get("entry") or []:
-                resource = entry.get("resource")
-                if resource is None:
+                resource = entry.get("resource") if isinstance(entry, dict) else None
+                if not isinstance(resource, dict):
                     continue
                 if mode is None or (entry.get("search") or {}).get("mode", "match") == mode:
                     yield resource
@@ -268,21 +284,37 @@ class AsyncFhirClient:
             raise FhirProtocolError(f"a search answered a {bundle.get('type')!r} Bundle", method="GET", url=url)
         return bundle
 
-    def _check_next(self, url: str, seen: set[str]) -> None:
-        target = httpx.URL(url)
+    def _check_next(self, url: str, seen: set[str]) -> httpx.URL:
+        """The next link as a URL, if it stays inside the base URL and was not followed before."""
+
+        def refuse(why: str) -> FhirProtocolError:
+            return FhirProtocolError(f"refusing to follow a next link {why}: {url[:300]}", method="GET", url=url)
+
+        try:
+            target = httpx.URL(url)
+        except httpx.InvalidURL as exc:
+            raise refuse("that is not a URL") from exc
         base = self._base
+        # Decoded, so an encoded "../" or "/" cannot climb out of the base path on a server that decodes it.
+        raw_path = target.raw_path.split(b"?")[0].decode("ascii", "replace")
+        path = unquote(raw_path)
+        segments = path.split("/")
         inside = (
             target.scheme == base.scheme
             and target.host == base.host
             and target.port == base.port
-            and (target.path + "/").startswith(base.path)
+            and not target.userinfo
+            and (path + "/").startswith(base.path)
+            and "." not in segments
+            and ".." not in segments
+            and "\\" not in path
+            and "%2f" not in raw_path.lower()
         )
         if not inside:
-            raise FhirProtocolError(
-                f"refusing to follow a next link outside the base URL {self.base_url}: {url}", method="GET", url=url
-            )
-        if url in seen:
-            raise FhirProtocolError(f"the server's paging loops back to {url}", method="GET", url=url)
+            raise refuse(f"outside the base URL {self.base_url}")
+        if str(target) in seen:
+            raise FhirProtocolError(f"the server's paging loops back to {url[:300]}", method="GET", url=url)
+        return target
 
     # -- the core ---------------------------------------------------------------------------------------------
 
@@ -299,7 +331,13 @@ class AsyncFhirClient:
     ) -> Resource:
         response = await self._send(method, path, params=params, body=body, headers=headers, idempotent=idempotent)
         if not response.content:
-            return {}
+            if expect is None or method == "DELETE":
+                return {}
+            raise FhirProtocolError(
+                f"{method} {response.request.url}: {response.status_code} with an empty body, expected a {expect}",
+                method=method,
+                url=str(response.request.url),
+            )
         try:
             doc = orjson.loads(response.content)
         except orjson.JSONDecodeError as exc:
@@ -327,7 +365,8 @@ class AsyncFhirClient:
         headers: Mapping[str, str] | None = None,
         idempotent: bool,
     ) -> httpx.Response:
-        url = path if path.startswith(("http://", "https://")) else f"{self.base_url}/{path}".rstrip("/")
+        absolute = path.lower().startswith(("http://", "https://"))
+        url = path if absolute else f"{self.base_url}/{path}".rstrip("/")
         request_headers = dict(headers or {})
         content = None
         if body is not None:
@@ -335,6 +374,9 @@ class AsyncFhirClient:
             request_headers["Content-Type"] = f"{FHIR_JSON}; charset=utf-8"
         if method in ("GET", "HEAD") and self._wrote:
             request_headers["Cache-Control"] = "no-cache"
+        if method not in ("GET", "HEAD"):
+            # Before sending: a write that times out may still have been committed.
+            self._wrote = True
 
         policy = self.retry
 
@@ -357,8 +399,6 @@ class AsyncFhirClient:
         ):
             with attempt:
                 response = await self._attempt(method, url, params, content, request_headers)
-        if method not in ("GET", "HEAD"):
-            self._wrote = True
         return response
 
     async def _attempt(
@@ -373,6 +413,8 @@ class AsyncFhirClient:
             response = await self._http.request(
                 method, url, params=tuple(params) if params is not None else None, content=content, headers=headers
             )
+        except httpx.UnsupportedProtocol as exc:
+            raise FhirProtocolError(f"{method} {url}: {exc}", method=method, url=url) from exc
         except httpx.TransportError as exc:
             # Nothing reached the server when the connection (or a pooled one) could not be had.
             sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
@@ -383,8 +425,20 @@ class AsyncFhirClient:
                 url=url,
                 request_sent=sent,
             ) from exc
+        except httpx.HTTPError as exc:  # e.g. a body that does not decode, a malformed URL
+            raise FhirProtocolError(f"{method} {url}: {type(exc).__name__}: {exc}", method=method, url=url) from exc
         if response.status_code >= 400:
             raise _http_error(response, method)
+        if not 200 <= response.status_code < 300:
+            # Redirects are not followed (credentials must not travel); a 3xx is not a success either.
+            where = response.headers.get("location", "")
+            raise FhirProtocolError(
+                f"{method} {url}: {response.status_code} {response.reason_phrase}"
+                + (f" to {where}" if where else "")
+                + " (redirects are not followed: configure the final base URL)",
+                method=method,
+                url=url,
+            )
         return response
 
 
@@ -414,9 +468,10 @@ def _http_error(response: httpx.Response, method: str) -> FhirHttpError:
 
 
 class FhirClient:
-    """The same client for synchronous code: each call runs the async client on a private event loop thread.
+    """The same client for synchronous code: each call runs the async client on a private event loop.
 
-    No logic lives here: every method hands its arguments to ``AsyncFhirClient``.
+    The loop runs in a daemon thread, so a client that is never closed cannot keep the interpreter from
+    exiting. No logic lives here: every method hands its arguments to ``AsyncFhirClient``.
     """
 
     def __init__(self, base_url: str, **options: Any):
@@ -431,12 +486,14 @@ class FhirClient:
         return client
 
     def _start(self, make: Callable[[], AsyncFhirClient]) -> None:
-        self._portal_cm = anyio.from_thread.start_blocking_portal()
-        self._portal = self._portal_cm.__enter__()
+        self._closed = False
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="casebridge-fhir", daemon=True)
+        self._thread.start()
         try:
-            self._client = self._portal.call(_build, make)
+            self._client = self._call(_build(make))
         except BaseException:
-            self._portal_cm.__exit__(None, None, None)
+            self._stop_loop()
             raise
         self.base_url = self._client.base_url
 
@@ -447,13 +504,27 @@ class FhirClient:
         self.close()
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         try:
-            self._portal.call(self._client.aclose)
+            self._call(self._client.aclose())
         finally:
-            self._portal_cm.__exit__(None, None, None)
+            self._stop_loop()
 
-    def _run(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
-        return self._portal.call(functools.partial(fn, *args, **kwargs))
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def _run(self, fn: Callable[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        if self._closed:
+            raise RuntimeError("the FHIR client is closed")
+        return self._call(fn(*args, **kwargs))
 
     def capabilities(self) -> Resource:
         return self._run(self._client.capabilities)
@@ -488,21 +559,22 @@ class FhirClient:
     def resources(self, query: Search, *, mode: str | None = "match") -> Iterator[Resource]:
         return self._iterate(self._client.resources(query, mode=mode))
 
-    def _iterate(self, agen: AsyncIterator[Resource]) -> Iterator[Resource]:
+    def _iterate(self, agen: AsyncGenerator[Resource, None]) -> Iterator[Resource]:
         try:
             while True:
+                if self._closed:
+                    raise RuntimeError("the FHIR client is closed")
                 try:
-                    yield self._portal.call(agen.__anext__)
+                    yield self._call(agen.__anext__())
                 except StopAsyncIteration:
                     return
         finally:
-            aclose = getattr(agen, "aclose", None)
-            if aclose is not None:
-                self._portal.call(aclose)
+            if not self._closed:
+                self._call(agen.aclose())
 
 
 async def _build(make: Callable[[], AsyncFhirClient]) -> AsyncFhirClient:
-    # Built inside the portal's event loop, so its connection pool belongs to that loop.
+    # Built inside the client's own event loop, so its connection pool belongs to that loop.
     return make()
 
 
