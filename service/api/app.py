@@ -1,0 +1,83 @@
+"""The FastAPI application: routers, error handlers, the request-context middleware, the OpenAPI document."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from service import __version__
+from service.api import errors
+from service.api.metrics import Metrics
+from service.api.middleware import RequestContext
+from service.api.routes import bundles, cases, health, reports, validation
+from service.api.services import Services
+from service.config import Settings
+from service.domain.case import CaseReport
+
+DESCRIPTION = """\
+Clinical case reports to FHIR R4, validated, forwarded to a FHIR server and read back.
+
+- **Registry jobs** post cases: `POST /cases` (`?push=true` to send them).
+- **EHR integrators** validate (`POST /{resourceType}/$validate`) and forward transaction Bundles (`POST /bundles`).
+- **Analysts** read DiagnosticReports: `GET /diagnostic-reports` (FHIR JSON, NDJSON or CSV).
+
+Every endpoint but `/healthz`, `/readyz` and `/metrics` needs `Authorization: Bearer <API key>`; read-only keys
+cannot write. Every 4xx/5xx body is an OperationOutcome.
+"""
+
+
+def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
+    """The app. ``services`` (validator, mappings, FHIR client...) are built at startup unless given."""
+    metrics = services.metrics if services is not None else Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ready: Services = services if services is not None else await asyncio.to_thread(Services.build, settings)
+        ready.metrics = metrics
+        app.state.services = ready
+        try:
+            yield
+        finally:
+            await ready.aclose()
+
+    app = FastAPI(
+        title="casebridge",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "cases", "description": "Case reports in (registry jobs)."},
+            {"name": "validation", "description": "FHIR $validate."},
+            {"name": "bundles", "description": "Transaction Bundles validated and forwarded (EHR integrators)."},
+            {"name": "reports", "description": "DiagnosticReports out (analysts)."},
+            {"name": "health", "description": "Liveness, readiness, metrics (no key)."},
+        ],
+    )
+    for router in (cases.router, validation.router, bundles.router, reports.router, health.router):
+        app.include_router(router)
+    errors.install(app)
+    app.add_middleware(RequestContext, metrics=metrics)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+                tags=app.openapi_tags,
+            )
+            case = CaseReport.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(case.pop("$defs", {}))
+            components["CaseReport"] = case
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

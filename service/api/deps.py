@@ -1,0 +1,20 @@
+"""Dependency aliases for the routers (``Annotated[..., Depends(...)]``)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.api.security import ReadKey, WriteKey
+from service.api.services import Services
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+__all__ = ["ReadKey", "ServicesDep", "WriteKey"]

@@ -1,0 +1,35 @@
+"""Prometheus metrics, in a registry of the app's own (so two apps in one process never share counters)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "casebridge_http_requests",
+            "HTTP requests answered, by method, route template and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "casebridge_http_request_duration_seconds",
+            "Time to answer, by method and route template.",
+            ["method", "route"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.validations = Counter(
+            "casebridge_validations",
+            "Validations run, by endpoint and outcome (valid: no error).",
+            ["endpoint", "outcome"],
+            registry=self.registry,
+        )
+        self.upstream_errors = Counter(
+            "casebridge_upstream_errors",
+            "Failures of the FHIR server behind the API, by kind.",
+            ["kind"],
+            registry=self.registry,
+        )

@@ -1,0 +1,1 @@
+"""One router per user: cases (jobs), validation and bundles (EHR integrators), reports (analysts), health."""

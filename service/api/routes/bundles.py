@@ -1,0 +1,87 @@
+"""POST /bundles: for EHR integrators. Validate against base R4, the profiles each resource claims and the
+configured inbound profiles, then forward to the FHIR server as one transaction."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from service.api import examples
+from service.api.body import FHIR_TYPES, media_type, parse_fhir, read_body
+from service.api.deps import ServicesDep, WriteKey
+from service.api.errors import ApiError
+from service.api.outcomes import FhirResponse, error_outcome
+from service.errors import FhirError
+from service.push import push_bundle
+from service.validation.inbound import with_inbound_profiles
+from service.validation.validator import has_errors, operation_outcome
+
+router = APIRouter(tags=["bundles"])
+
+
+@router.post(
+    "/bundles",
+    summary="Validate a transaction Bundle, then forward it to the FHIR server",
+    description=(
+        "Invalid (errors against base R4, the profiles its resources claim, or the configured inbound profiles in "
+        "mappings/inbound-profiles.yaml): 422 with the OperationOutcome, and nothing is forwarded. Valid: sent as "
+        "one transaction; the answer is the FHIR server's transaction-response. Upstream failures: 502/503/504 "
+        "with an OperationOutcome saying what happened upstream."
+    ),
+    response_class=FhirResponse,
+    responses={
+        200: {
+            "description": "The FHIR server's transaction-response Bundle.",
+            "content": examples.fhir_content(
+                {
+                    "resourceType": "Bundle",
+                    "type": "transaction-response",
+                    "entry": [{"response": {"status": "201 Created", "location": "Patient/7f1c3bb2/_history/1"}}],
+                }
+            ),
+        },
+        400: examples.outcome_response("Unreadable content (OperationOutcome).", examples.OUTCOME_INVALID),
+        422: examples.outcome_response(
+            "Not valid: nothing was forwarded (OperationOutcome).", examples.OUTCOME_INVALID
+        ),
+        **examples.AUTH_RESPONSES,
+        **examples.UPSTREAM_RESPONSES,
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/fhir+json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["resourceType", "type"],
+                        "properties": {
+                            "resourceType": {"const": "Bundle"},
+                            "type": {"const": "transaction"},
+                            "entry": {"type": "array", "items": {"type": "object"}},
+                        },
+                    },
+                    "example": examples.TRANSACTION,
+                },
+                "application/fhir+xml": {"schema": {"type": "string"}},
+            },
+        }
+    },
+)
+async def forward_bundle(request: Request, key: WriteKey, services: ServicesDep) -> FhirResponse:
+    media = media_type(request, FHIR_TYPES)
+    data = await read_body(request, services.settings.max_body_bytes)
+    bundle = await services.cpu(parse_fhir, data, media, services.validator.definitions)
+    if bundle.get("resourceType") != "Bundle" or bundle.get("type") != "transaction":
+        raise ApiError(422, error_outcome("invalid", "only a transaction Bundle can be forwarded", "Bundle.type"))
+    checked = with_inbound_profiles(bundle, services.inbound_profiles)
+    issues = await services.cpu(services.validator.validate, checked)
+    invalid = has_errors(issues)
+    services.metrics.validations.labels("bundles", "invalid" if invalid else "valid").inc()
+    if invalid:
+        raise ApiError(422, operation_outcome(issues))
+    try:
+        result = await push_bundle(services.client, bundle, locks=services.locks, warnings=issues)
+    except FhirError as exc:
+        services.metrics.upstream_errors.labels(type(exc).__name__).inc()
+        raise
+    return FhirResponse(result.response)

@@ -1,0 +1,61 @@
+"""Liveness, readiness and metrics: no API key (compose and orchestrators call them)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import Response
+
+from service.api.deps import ServicesDep
+from service.api.errors import ApiError
+from service.api.outcomes import issue, outcome
+from service.errors import FhirError
+
+router = APIRouter(tags=["health"])
+READY_TIMEOUT = 3.0
+
+
+@router.get(
+    "/healthz",
+    summary="The process is alive",
+    responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}},
+)
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    summary="Ready: definitions loaded and the FHIR server reachable",
+    responses={
+        200: {
+            "content": {
+                "application/json": {"example": {"status": "ready", "fhir": "HAPI FHIR Server 8.8.0, FHIR 4.0.1"}}
+            }
+        },
+        503: {"description": "Not ready (OperationOutcome saying why)."},
+    },
+)
+async def readyz(services: ServicesDep) -> dict[str, Any]:
+    try:
+        capabilities = await asyncio.wait_for(services.client.capabilities(), READY_TIMEOUT)
+    except (FhirError, TimeoutError) as exc:
+        text = "no answer within 3 s" if isinstance(exc, TimeoutError) else str(exc)
+        raise ApiError(
+            503, outcome([issue("error", "transient", f"the FHIR server is not reachable: {text}")])
+        ) from exc
+    software = capabilities.get("software") or {}
+    name = " ".join(str(x) for x in (software.get("name"), software.get("version")) if x) or "FHIR server"
+    return {
+        "status": "ready",
+        "fhir": f"{name}, FHIR {capabilities.get('fhirVersion', '?')}",
+        "definitions": "loaded",  # the validator is built before the first request is taken
+    }
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(services: ServicesDep) -> Response:
+    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,101 @@
+"""POST /{resourceType}/$validate: FHIR's validate operation. The content is a resource, or a Parameters
+with ``resource`` (and ``profile``); the answer is 200 with an OperationOutcome whether or not the content is
+valid (as the operation defines it); 4xx only when it cannot be validated at all."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request
+
+from service.api import examples
+from service.api.body import FHIR_TYPES, media_type, parse_fhir, read_body
+from service.api.deps import ReadKey, ServicesDep
+from service.api.errors import ApiError
+from service.api.outcomes import FhirResponse
+from service.validation.validator import has_errors, operation_outcome
+
+router = APIRouter(tags=["validation"])
+_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
+
+
+def _from_parameters(doc: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    resource: dict[str, Any] | None = None
+    profiles: list[str] = []
+    for parameter in doc.get("parameter") or []:
+        if not isinstance(parameter, dict):
+            continue
+        if parameter.get("name") == "resource" and isinstance(parameter.get("resource"), dict):
+            resource = parameter["resource"]
+        elif parameter.get("name") == "profile":
+            url = parameter.get("valueUri") or parameter.get("valueCanonical")
+            if isinstance(url, str):
+                profiles.append(url)
+    if resource is None:
+        raise ApiError.of(400, "required", "a Parameters body needs a 'resource' parameter", "Parameters.parameter")
+    return resource, profiles
+
+
+@router.post(
+    "/{resource_type}/$validate",
+    summary="Validate a resource (FHIR $validate): an OperationOutcome back",
+    response_class=FhirResponse,
+    responses={
+        200: {
+            "description": "The OperationOutcome: errors, warnings, information (or 'No issues').",
+            "content": examples.fhir_content(examples.OUTCOME_INVALID),
+        },
+        400: examples.outcome_response(
+            "Unreadable content, wrong or unknown type, unknown profile.", examples.OUTCOME_INVALID
+        ),
+        **examples.AUTH_RESPONSES,
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/fhir+json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["resourceType"],
+                        "properties": {"resourceType": {"type": "string"}},
+                    },
+                    "example": examples.PATIENT,
+                },
+                "application/fhir+xml": {"schema": {"type": "string"}},
+            },
+        }
+    },
+)
+async def validate(
+    request: Request,
+    key: ReadKey,
+    services: ServicesDep,
+    resource_type: Annotated[str, Path(description="The resource type, e.g. Bundle or Patient.")],
+    profile: Annotated[
+        list[str] | None, Query(description="Also validate against this profile (canonical URL).")
+    ] = None,
+) -> FhirResponse:
+    if not _TYPE.fullmatch(resource_type) or services.validator.type_tree(resource_type) is None:
+        raise ApiError.of(404, "not-supported", f"unknown resource type {resource_type[:64]!r}")
+    media = media_type(request, FHIR_TYPES)
+    data = await read_body(request, services.settings.max_body_bytes)
+    doc = await services.cpu(parse_fhir, data, media, services.validator.definitions)
+    profiles = list(profile or [])
+    if doc["resourceType"] == "Parameters" and resource_type != "Parameters":
+        doc, more = _from_parameters(doc)
+        profiles += more
+    if doc.get("resourceType") != resource_type:
+        raise ApiError.of(
+            400,
+            "invalid",
+            f"the content is a {str(doc.get('resourceType'))[:64]}, not a {resource_type}",
+            "resourceType",
+        )
+    unknown = [p for p in profiles if services.validator.tree(p) is None]
+    if unknown:
+        raise ApiError.of(400, "not-found", f"profile {unknown[0][:200]} is not loaded")
+    issues = await services.cpu(services.validator.validate, doc, profiles)
+    services.metrics.validations.labels("validate", "invalid" if has_errors(issues) else "valid").inc()
+    return FhirResponse(operation_outcome(issues))
