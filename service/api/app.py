@@ -58,6 +58,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             {"name": "health", "description": "Liveness, readiness, metrics (no key)."},
         ],
     )
+    if services is not None:
+        app.state.services = services  # usable at once (tools that skip the lifespan, e.g. API fuzzers)
     for router in (cases.router, validation.router, bundles.router, reports.router, health.router):
         app.include_router(router)
     errors.install(app)

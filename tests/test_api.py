@@ -1,0 +1,338 @@
+"""The HTTP API, with the real embedded FHIR server behind it: every endpoint and its error paths."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from service.api.app import create_app
+from service.config import Settings
+
+from .conftest import SEED
+
+RW = "rw-" + "k" * 30
+RO = "ro-" + "r" * 30
+KEYS = f"job:rw:{RW},analyst:ro:{RO}"
+WRITE = {"Authorization": f"Bearer {RW}"}
+READ = {"Authorization": f"Bearer {RO}"}
+FHIR_JSON = {"Content-Type": "application/fhir+json"}
+YAML = {"Content-Type": "application/yaml"}
+
+
+def settings_for(server: str, tmp: Path, **extra: Any) -> Settings:
+    return Settings(fhir_base_url=server, api_keys=KEYS, lock_dir=tmp / "locks", **extra)
+
+
+@pytest.fixture(scope="module")
+def api(fhir_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    app = create_app(settings_for(fhir_server, tmp_path_factory.mktemp("api")))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def seed_yaml() -> bytes:
+    """The seed case as YAML under its own case id: the session's FHIR server keeps the real seed's ids for the
+    test that checks the seed goes in once."""
+    text = SEED.read_text()
+    assert "case_id: ijsra-2026-18-3-0536\n" in text
+    return text.replace("case_id: ijsra-2026-18-3-0536\n", "case_id: ijsra-2026-18-3-0536-api\n").encode()
+
+
+def case_copy(case_id: str) -> bytes:
+    doc = yaml.safe_load(SEED.read_text())
+    doc["case_id"] = case_id
+    return json.dumps(doc, default=str).encode()
+
+
+def is_outcome(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text[:500]
+    assert response.headers["content-type"].startswith("application/fhir+json")
+    body = response.json()
+    assert body["resourceType"] == "OperationOutcome"
+    if code is not None:
+        assert code in {i["code"] for i in body["issue"]}, body
+    return body
+
+
+def patient_of(transaction_response: dict[str, Any]) -> str:
+    """The Patient id from a transaction-response's locations (relative or absolute)."""
+    for entry in transaction_response["entry"]:
+        parts = entry["response"]["location"].split("/_history")[0].split("/")
+        if parts[-2] == "Patient":
+            return parts[-1]
+    raise AssertionError("no Patient in the transaction-response")
+
+
+def no_errors(body: dict[str, Any]) -> bool:
+    return not [i for i in body["issue"] if i["severity"] in ("error", "fatal")]
+
+
+def count(fhir_server: str, query: str) -> int:
+    return int(httpx.get(f"{fhir_server}/{query}", timeout=10).json()["total"])
+
+
+# -- health ---------------------------------------------------------------------------------------------------
+
+
+def test_health_readiness_and_metrics_need_no_key(api: TestClient) -> None:
+    assert api.get("/healthz").json() == {"status": "ok"}
+    ready = api.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["fhir"].endswith("FHIR 4.0.1")
+    api.post("/Patient/$validate", json={"resourceType": "Patient"}, headers={**READ, **FHIR_JSON})
+    metrics = api.get("/metrics").text
+    assert 'casebridge_http_requests_total{method="GET",route="/readyz",status="200"}' in metrics
+    assert 'casebridge_validations_total{endpoint="validate",outcome="valid"}' in metrics
+    assert "casebridge_http_request_duration_seconds_bucket" in metrics
+
+
+def test_not_ready_when_the_fhir_server_is_unreachable(tmp_path: Path) -> None:
+    settings = settings_for("http://127.0.0.1:9/fhir", tmp_path, fhir_retry_attempts=1)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        is_outcome(client.get("/readyz"), 503, "transient")
+        assert client.get("/healthz").status_code == 200
+
+
+# -- POST /cases -------------------------------------------------------------------------------------------------
+
+
+def test_a_case_becomes_a_validated_bundle(api: TestClient, seed_yaml: bytes) -> None:
+    response = api.post("/cases", content=seed_yaml, headers={**READ, **YAML})
+    assert response.status_code == 200, response.text
+    bundle = response.json()
+    assert (bundle["resourceType"], bundle["type"], len(bundle["entry"])) == ("Bundle", "transaction", 37)
+    assert response.headers["x-request-id"]
+    as_json = api.post(
+        "/cases", content=case_copy("api-json-case"), headers={**READ, "Content-Type": "application/json"}
+    )
+    assert as_json.status_code == 200 and as_json.json()["type"] == "transaction"
+
+
+def test_push_true_sends_it_once(api: TestClient, fhir_server: str) -> None:
+    body = case_copy("api-push-case")
+    first = api.post("/cases?push=true", content=body, headers={**WRITE, "Content-Type": "application/json"})
+    assert first.status_code == 200, first.text
+    reply = first.json()
+    assert reply["type"] == "transaction-response"
+    assert {e["response"]["status"].split()[0] for e in reply["entry"]} == {"201"}
+    again = api.post("/cases?push=true", content=body, headers={**WRITE, "Content-Type": "application/json"})
+    assert {e["response"]["status"].split()[0] for e in again.json()["entry"]} == {"200"}
+    assert count(fhir_server, f"Patient?_id={patient_of(reply)}") == 1
+
+
+def test_a_read_only_key_cannot_push(api: TestClient) -> None:
+    response = api.post(
+        "/cases?push=true", content=case_copy("api-ro"), headers={**READ, "Content-Type": "application/json"}
+    )
+    is_outcome(response, 403, "forbidden")
+
+
+# -- $validate ----------------------------------------------------------------------------------------------------
+
+
+def test_validate_answers_an_outcome_for_valid_and_invalid(api: TestClient) -> None:
+    ok = api.post(
+        "/Patient/$validate", json={"resourceType": "Patient", "gender": "female"}, headers={**READ, **FHIR_JSON}
+    )
+    assert no_errors(is_outcome(ok, 200))
+    bad = api.post("/Patient/$validate", json={"resourceType": "Patient", "gender": "f"}, headers={**READ, **FHIR_JSON})
+    issues = is_outcome(bad, 200)["issue"]
+    assert any(i["severity"] == "error" and i["expression"] == ["Patient.gender"] for i in issues)
+
+
+def test_validate_with_a_profile_as_query_or_parameters(api: TestClient) -> None:
+    ips = "http://hl7.org/fhir/uv/ips/StructureDefinition/Patient-uv-ips"
+    query = api.post(
+        f"/Patient/$validate?profile={ips}", json={"resourceType": "Patient"}, headers={**READ, **FHIR_JSON}
+    )
+    assert any("Patient.name" in i.get("details", {}).get("text", "") for i in is_outcome(query, 200)["issue"])
+    parameters = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "resource", "resource": {"resourceType": "Patient"}},
+            {"name": "profile", "valueUri": ips},
+        ],
+    }
+    wrapped = api.post("/Patient/$validate", json=parameters, headers={**READ, **FHIR_JSON})
+    assert is_outcome(wrapped, 200)["issue"] == is_outcome(query, 200)["issue"]
+
+
+def test_validate_reads_fhir_xml(api: TestClient) -> None:
+    xml = b'<Patient xmlns="http://hl7.org/fhir"><gender value="female"/></Patient>'
+    response = api.post("/Patient/$validate", content=xml, headers={**READ, "Content-Type": "application/fhir+xml"})
+    assert no_errors(is_outcome(response, 200))
+
+
+def test_the_seed_bundle_validates(api: TestClient, seed_bundle: dict[str, Any]) -> None:
+    response = api.post("/Bundle/$validate", json=seed_bundle, headers={**READ, **FHIR_JSON})
+    assert not [i for i in is_outcome(response, 200)["issue"] if i["severity"] in ("error", "fatal")]
+
+
+# -- POST /bundles -----------------------------------------------------------------------------------------------
+
+
+def bundle_of(*resources: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": f"urn:uuid:{r['id']}",
+                "resource": r,
+                "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"},
+            }
+            for r in resources
+        ],
+    }
+
+
+PATIENT = {
+    "resourceType": "Patient",
+    "id": "0f3e2a4c-1b2d-4e5f-8a9b-0c1d2e3f4a5b",
+    "name": [{"family": "Example", "given": ["Test"]}],
+    "gender": "female",
+    "birthDate": "1990-01-01",
+}
+
+
+def test_a_valid_bundle_is_forwarded(api: TestClient, fhir_server: str) -> None:
+    response = api.post("/bundles", json=bundle_of(PATIENT), headers={**WRITE, **FHIR_JSON})
+    assert response.status_code == 200, response.text
+    assert response.json()["type"] == "transaction-response"
+    assert count(fhir_server, f"Patient?_id={PATIENT['id']}") == 1
+
+
+def test_an_invalid_bundle_is_422_and_not_forwarded(api: TestClient, fhir_server: str) -> None:
+    patient = {**PATIENT, "id": "1f3e2a4c-1b2d-4e5f-8a9b-0c1d2e3f4a5b", "gender": "f"}
+    body = is_outcome(api.post("/bundles", json=bundle_of(patient), headers={**WRITE, **FHIR_JSON}), 422)
+    assert any("gender" in " ".join(i.get("expression", [])) for i in body["issue"])
+    nameless = {**PATIENT, "id": "2f3e2a4c-1b2d-4e5f-8a9b-0c1d2e3f4a5b"}
+    del nameless["name"]
+    # Valid R4, but not the configured inbound profile (IPS Patient needs a name).
+    body = is_outcome(api.post("/bundles", json=bundle_of(nameless), headers={**WRITE, **FHIR_JSON}), 422)
+    assert any("Patient.name" in i.get("details", {}).get("text", "") for i in body["issue"])
+    assert count(fhir_server, f"Patient?_id={patient['id']}") == 0
+    assert count(fhir_server, f"Patient?_id={nameless['id']}") == 0
+
+
+# -- GET /diagnostic-reports ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pushed_patient(api: TestClient) -> str:
+    reply = api.post(
+        "/cases?push=true", content=case_copy("api-reports"), headers={**WRITE, "Content-Type": "application/json"}
+    )
+    assert reply.status_code == 200, reply.text
+    return patient_of(reply.json())
+
+
+def test_reports_as_searchset_ndjson_and_csv(api: TestClient, pushed_patient: str) -> None:
+    searchset = api.get(f"/diagnostic-reports?patient={pushed_patient}", headers=READ)
+    assert searchset.status_code == 200 and searchset.headers["content-type"] == "application/fhir+json"
+    bundle = searchset.json()
+    assert (bundle["type"], bundle["total"]) == ("searchset", 3)
+    modes = [e["search"]["mode"] for e in bundle["entry"]]
+    assert modes.count("match") == 3 and modes.count("include") >= 3
+    ndjson = api.get(
+        f"/diagnostic-reports?patient={pushed_patient}", headers={**READ, "Accept": "application/fhir+ndjson"}
+    )
+    assert ndjson.headers["content-type"] == "application/fhir+ndjson"
+    assert [json.loads(line)["resourceType"] for line in ndjson.text.splitlines()] == ["DiagnosticReport"] * 3
+    for how in ({"params": {"_format": "csv"}}, {"headers": {"Accept": "text/csv"}}):
+        csv_text = api.get(
+            "/diagnostic-reports",
+            params={"patient": pushed_patient, **how.get("params", {})},
+            headers={**READ, **how.get("headers", {})},
+        )
+        assert csv_text.headers["content-type"].startswith("text/csv")
+        rows = csv_text.text.splitlines()
+        assert rows[0].startswith("id,patient,category,code") and len(rows) == 4
+
+
+def test_reports_paged_with_small_pages(api: TestClient, pushed_patient: str) -> None:
+    response = api.get(f"/diagnostic-reports?patient={pushed_patient}&_count=1&_format=ndjson", headers=READ)
+    assert len({json.loads(line)["id"] for line in response.text.splitlines()}) == 3
+
+
+def test_reports_filters(api: TestClient, pushed_patient: str) -> None:
+    def n(**params: str) -> int:
+        r = api.get(
+            "/diagnostic-reports", params={"patient": pushed_patient, "_format": "ndjson", **params}, headers=READ
+        )
+        assert r.status_code == 200, r.text
+        return len(r.text.splitlines())
+
+    assert n(category="SP") == 1
+    assert n(code="http://loinc.org|18748-4") == 2
+    assert n(since="2999-01-01") == 0
+
+
+def test_reports_when_the_fhir_server_is_down(tmp_path: Path) -> None:
+    settings = settings_for("http://127.0.0.1:9/fhir", tmp_path, fhir_retry_attempts=1)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        body = is_outcome(client.get("/diagnostic-reports", headers=READ), 503, "transient")
+        assert "did not answer" in body["issue"][0]["diagnostics"]
+        forwarded = client.post("/bundles", json=bundle_of(PATIENT), headers={**WRITE, **FHIR_JSON})
+        is_outcome(forwarded, 503, "transient")
+
+
+# -- logs ---------------------------------------------------------------------------------------------------------
+
+
+def test_logs_carry_no_case_content(api: TestClient, caplog: pytest.LogCaptureFixture, seed_yaml: bytes) -> None:
+    """A full run (convert, push, validate, forward, pull in three formats): no word of the case in any log."""
+    caplog.set_level(logging.DEBUG, logger="casebridge")
+    caplog.set_level(logging.INFO)
+    reply = api.post("/cases?push=true", content=seed_yaml, headers={**WRITE, **YAML})
+    assert reply.status_code == 200
+    bundle = api.post("/cases", content=seed_yaml, headers={**READ, **YAML}).json()
+    api.post("/Bundle/$validate", json=bundle, headers={**READ, **FHIR_JSON})
+    api.post("/bundles", json=bundle, headers={**WRITE, **FHIR_JSON})
+    patient = next(e["resource"]["id"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
+    for fmt in ("json", "ndjson", "csv"):
+        api.get(f"/diagnostic-reports?patient={patient}&_format={fmt}", headers=READ)
+    api.post("/cases", content=b"patient: {sex: nonsense, secret_word: Mahanti}", headers={**READ, **YAML})
+    records = [r for r in caplog.records if not r.name.startswith("sekmet")]  # the FHIR server's own logs aside
+    assert any(getattr(r, "route", None) == "/cases" for r in records), "the access log is there"
+    logged = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in records).lower()
+    for word in (
+        "dystrophic",
+        "calcification",
+        "forearm",
+        "swelling",
+        "mahanti",
+        "histopathology",
+        "nonsense",
+        patient,
+        RW,
+        RO,
+    ):
+        assert word.lower() not in logged, word
+
+
+def test_openapi_has_examples_for_every_endpoint(api: TestClient) -> None:
+    document = api.get("/openapi.json").json()
+    assert document["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
+    assert "CaseReport" in document["components"]["schemas"]
+    operations = [(path, method, op) for path, ops in document["paths"].items() for method, op in ops.items()]
+    assert len(operations) == 7
+    for path, method, op in operations:
+        examples = [
+            media
+            for response in op["responses"].values()
+            for media in response.get("content", {}).values()
+            if "example" in media or "examples" in media
+        ]
+        assert examples, f"{method} {path}: no response example"
+        if method == "post":
+            bodies = op["requestBody"]["content"].values()
+            assert any("example" in media for media in bodies), f"{method} {path}: no request example"

@@ -1,0 +1,330 @@
+"""Named bad inputs to the API, each with the status and OperationOutcome issue code it must get; and the FHIR
+server behind the API failing in the ways servers fail (refusal, 5xx, timeout), answered as 502/503/504."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from service.api.app import create_app
+
+from .loopback import serve
+from .test_api import FHIR_JSON, PATIENT, READ, RO, WRITE, bundle_of, is_outcome, settings_for
+
+LIMIT = 64 * 1024  # a small body limit, so the oversized cases stay small
+CASE_JSON = {"Content-Type": "application/json"}
+YAML = {"Content-Type": "application/yaml"}
+
+
+@pytest.fixture(scope="module")
+def api(fhir_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    settings = settings_for(fhir_server, tmp_path_factory.mktemp("bad"), max_body_bytes=LIMIT)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+def nested(depth: int) -> bytes:
+    return b'{"resourceType": "Patient", "extension": ' + b"[" * depth + b"]" * depth + b"}"
+
+
+def chunks(data: bytes, size: int = 8192) -> Iterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+BILLION_LAUGHS = b"""a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+"""
+XXE = b"""<?xml version="1.0"?><!DOCTYPE Patient [<!ENTITY x SYSTEM "file:///etc/passwd">]>
+<Patient xmlns="http://hl7.org/fhir"><gender value="&x;"/></Patient>"""
+DUPLICATE_FULLURL = {
+    "resourceType": "Bundle",
+    "type": "transaction",
+    "entry": [
+        {
+            "fullUrl": "urn:uuid:0f3e2a4c-1b2d-4e5f-8a9b-0c1d2e3f4a5b",
+            "resource": PATIENT,
+            "request": {"method": "PUT", "url": f"Patient/{PATIENT['id']}"},
+        },
+        {
+            "fullUrl": "urn:uuid:0f3e2a4c-1b2d-4e5f-8a9b-0c1d2e3f4a5b",
+            "resource": PATIENT,
+            "request": {"method": "PUT", "url": f"Patient/{PATIENT['id']}"},
+        },
+    ],
+}
+DANGLING = bundle_of(
+    {
+        "resourceType": "Observation",
+        "id": "3f3e2a4c-1b2d-4e5f-8a9b-0c1d2e3f4a5b",
+        "status": "final",
+        "code": {"text": "x"},
+        "subject": {"reference": "urn:uuid:9f9e9a9c-1b2d-4e5f-8a9b-0c1d2e3f4a5b"},
+    }
+)
+
+
+@dataclass
+class Bad:
+    name: str
+    method: str
+    path: str
+    status: int
+    code: str  # an issue code the OperationOutcome must carry
+    body: bytes | Iterator[bytes] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def j(doc: Any) -> bytes:
+    return json.dumps(doc).encode()
+
+
+BAD_INPUTS = [
+    Bad("malformed JSON case", "POST", "/cases", 400, "structure", b'{"case_id": ', {**READ, **CASE_JSON}),
+    Bad("malformed YAML case", "POST", "/cases", 400, "structure", b"a: [1, 2\nb: }", {**READ, **YAML}),
+    Bad("YAML bomb (aliases)", "POST", "/cases", 400, "structure", BILLION_LAUGHS, {**READ, **YAML}),
+    Bad("1,000-deep JSON case", "POST", "/cases", 400, "structure", b"[" * 1000 + b"]" * 1000, {**READ, **CASE_JSON}),
+    Bad("1,000-deep resource", "POST", "/Patient/$validate", 400, "structure", nested(1000), {**READ, **FHIR_JSON}),
+    Bad(
+        "huge string (over the limit)",
+        "POST",
+        "/cases",
+        413,
+        "too-costly",
+        j({"case_id": "x" * (LIMIT + 10)}),
+        {**READ, **CASE_JSON},
+    ),
+    Bad(
+        "huge string in an id",
+        "POST",
+        "/cases",
+        422,
+        "invalid",
+        j({"schema_version": "1.0", "case_id": "x" * 5000}),
+        {**READ, **CASE_JSON},
+    ),
+    Bad(
+        "oversized body, chunked (no Content-Length)",
+        "POST",
+        "/Bundle/$validate",
+        413,
+        "too-costly",
+        chunks(b" " * (LIMIT + 1)),
+        {**READ, **FHIR_JSON},
+    ),
+    Bad("wrong content type", "POST", "/cases", 415, "not-supported", b"{}", {**READ, "Content-Type": "text/plain"}),
+    Bad("no content type", "POST", "/Patient/$validate", 415, "not-supported", b"{}", READ),
+    Bad(
+        "form content type on /bundles",
+        "POST",
+        "/bundles",
+        415,
+        "not-supported",
+        b"a=b",
+        {**WRITE, "Content-Type": "application/x-www-form-urlencoded"},
+    ),
+    Bad(
+        "unknown resource type in the path",
+        "POST",
+        "/Foo/$validate",
+        404,
+        "not-supported",
+        j({"resourceType": "Foo"}),
+        {**READ, **FHIR_JSON},
+    ),
+    Bad(
+        "unknown resourceType in the body",
+        "POST",
+        "/Bundle/$validate",
+        400,
+        "invalid",
+        j({"resourceType": "Foo"}),
+        {**READ, **FHIR_JSON},
+    ),
+    Bad("no resourceType", "POST", "/Patient/$validate", 400, "structure", j({"id": "x"}), {**READ, **FHIR_JSON}),
+    Bad("duplicate fullUrls", "POST", "/bundles", 422, "invalid", j(DUPLICATE_FULLURL), {**WRITE, **FHIR_JSON}),
+    Bad("dangling reference", "POST", "/bundles", 422, "structure", j(DANGLING), {**WRITE, **FHIR_JSON}),
+    Bad(
+        "bad code",
+        "POST",
+        "/bundles",
+        422,
+        "code-invalid",
+        j(bundle_of({**PATIENT, "gender": "f"})),
+        {**WRITE, **FHIR_JSON},
+    ),
+    Bad(
+        "batch instead of transaction",
+        "POST",
+        "/bundles",
+        422,
+        "invalid",
+        j({**bundle_of(PATIENT), "type": "batch"}),
+        {**WRITE, **FHIR_JSON},
+    ),
+    Bad("no Authorization", "POST", "/cases", 401, "login", b"{}", CASE_JSON),
+    Bad("unknown API key", "POST", "/cases", 401, "login", b"{}", {"Authorization": "Bearer " + "n" * 40, **CASE_JSON}),
+    Bad("Basic instead of Bearer", "GET", "/diagnostic-reports", 401, "login", None, {"Authorization": f"Basic {RO}"}),
+    Bad("read-only key forwarding", "POST", "/bundles", 403, "forbidden", j(bundle_of(PATIENT)), {**READ, **FHIR_JSON}),
+    Bad(
+        "duplicate JSON keys",
+        "POST",
+        "/Patient/$validate",
+        400,
+        "structure",
+        b'{"resourceType": "Patient", "gender": "male", "gender": "female"}',
+        {**READ, **FHIR_JSON},
+    ),
+    Bad(
+        "not UTF-8",
+        "POST",
+        "/Patient/$validate",
+        400,
+        "structure",
+        b'{"resourceType": "Patient", "x": "\xff"}',
+        {**READ, **FHIR_JSON},
+    ),
+    Bad("a JSON array, not a case", "POST", "/cases", 400, "structure", b"[1, 2]", {**READ, **CASE_JSON}),
+    Bad("empty body", "POST", "/cases", 400, "required", b"", {**READ, **CASE_JSON}),
+    Bad(
+        "case that does not fit the model",
+        "POST",
+        "/cases",
+        422,
+        "invalid",
+        j({"schema_version": "1.0", "case_id": "x", "patient": {"sex": "nonsense"}}),
+        {**READ, **CASE_JSON},
+    ),
+    Bad(
+        "XML with an external entity",
+        "POST",
+        "/Patient/$validate",
+        400,
+        "structure",
+        XXE,
+        {**READ, "Content-Type": "application/fhir+xml"},
+    ),
+    Bad(
+        "Parameters without a resource",
+        "POST",
+        "/Patient/$validate",
+        400,
+        "required",
+        j({"resourceType": "Parameters", "parameter": []}),
+        {**READ, **FHIR_JSON},
+    ),
+    Bad(
+        "unknown profile",
+        "POST",
+        "/Patient/$validate?profile=http://example.org/nope",
+        400,
+        "not-found",
+        j({"resourceType": "Patient"}),
+        {**READ, **FHIR_JSON},
+    ),
+    Bad("page size 0", "GET", "/diagnostic-reports?_count=0", 400, "invalid", None, READ),
+    Bad("since that is not a date", "GET", "/diagnostic-reports?since=yesterday", 400, "invalid", None, READ),
+    Bad("empty patient filter", "GET", "/diagnostic-reports?patient=", 400, "invalid", None, READ),
+    Bad("unknown format", "GET", "/diagnostic-reports?_format=xlsx", 400, "invalid", None, READ),
+    Bad("unknown route", "GET", "/Patient/123", 404, "not-found", None, READ),
+    Bad("wrong method", "GET", "/cases", 405, "not-supported", None, READ),
+]
+
+
+@pytest.mark.parametrize("bad", BAD_INPUTS, ids=[b.name for b in BAD_INPUTS])
+def test_bad_input(api: TestClient, bad: Bad) -> None:
+    response = api.request(bad.method, bad.path, content=bad.body, headers=bad.headers)
+    body = is_outcome(response, bad.status, bad.code)
+    assert all(i["severity"] in ("error", "fatal") or i["code"] == bad.code for i in body["issue"][:1])
+    assert "Traceback" not in response.text
+    if bad.status == 401:
+        assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_there_are_at_least_25_named_bad_inputs() -> None:
+    assert len({b.name for b in BAD_INPUTS}) == len(BAD_INPUTS) >= 25
+
+
+# -- the FHIR server behind the API failing -------------------------------------------------------------------
+
+
+class Upstream:
+    """A FHIR server stand-in whose transaction endpoint fails as told."""
+
+    def __init__(self) -> None:
+        self.mode = "refuse"
+        self.app = Starlette(
+            routes=[
+                Route("/fhir", self.transaction, methods=["POST"]),
+                Route("/fhir/DiagnosticReport", self.search, methods=["GET"]),
+            ]
+        )
+
+    async def transaction(self, request: Request) -> Response:
+        await request.body()
+        if self.mode == "slow":
+            await asyncio.sleep(2)
+        if self.mode == "refuse":
+            return JSONResponse(
+                {
+                    "resourceType": "OperationOutcome",
+                    "issue": [
+                        {"severity": "error", "code": "processing", "diagnostics": "HAPI-0550: id already in use"}
+                    ],
+                },
+                status_code=400,
+            )
+        return JSONResponse(
+            {
+                "resourceType": "OperationOutcome",
+                "issue": [{"severity": "fatal", "code": "exception", "diagnostics": "database down"}],
+            },
+            status_code=500,
+        )
+
+    async def search(self, request: Request) -> Response:
+        return Response(b"<html>proxy error</html>", status_code=502, media_type="text/html")
+
+
+@pytest.fixture(scope="module")
+def failing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, Upstream]]:
+    upstream = Upstream()
+    with serve(upstream.app) as base:
+        settings = settings_for(
+            f"{base}/fhir", Path(tmp_path_factory.mktemp("upstream")), fhir_timeout=0.5, fhir_retry_attempts=2
+        )
+        with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+            yield client, upstream
+
+
+@pytest.mark.parametrize(
+    ("mode", "status", "words"),
+    [("refuse", 502, "HAPI-0550"), ("crash", 502, "database down"), ("slow", 504, "timed out")],
+)
+def test_upstream_failures_are_502_or_504_with_what_happened(
+    failing: tuple[TestClient, Upstream], mode: str, status: int, words: str
+) -> None:
+    client, upstream = failing
+    upstream.mode = mode
+    body = is_outcome(client.post("/bundles", json=bundle_of(PATIENT), headers={**WRITE, **FHIR_JSON}), status)
+    assert words in json.dumps(body)
+    assert body["issue"][0]["diagnostics"].startswith(("the FHIR server", "upstream"))
+
+
+def test_an_upstream_answer_that_is_not_fhir_is_502(failing: tuple[TestClient, Upstream]) -> None:
+    client, _ = failing
+    body = is_outcome(client.get("/diagnostic-reports", headers=READ), 502)
+    assert "502" in json.dumps(body)
