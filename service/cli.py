@@ -7,6 +7,7 @@ internal error (no traceback unless CASEBRIDGE_DEBUG=1).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sys
@@ -202,6 +203,10 @@ def serve(
         "127.0.0.1"
     ),
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
+    workers: Annotated[
+        int,
+        typer.Option("--workers", min=1, max=64, help="Worker processes (the work is CPU-bound)."),
+    ] = 1,
 ) -> None:
     """Run the HTTP API (FastAPI on uvicorn). Needs CASEBRIDGE_API_KEYS; forwards to CASEBRIDGE_FHIR_BASE_URL."""
     import uvicorn
@@ -220,6 +225,21 @@ def serve(
         fail(2, f"{exc} (run `casebridge packages fetch`)")
     except MappingError as exc:
         fail(3, f"mapping error: {exc}")
+    if workers > 1:
+        # Each worker process builds its own services; the build above checked they can be built.
+        asyncio.run(services.aclose())
+        uvicorn.run(
+            "service.api.app:create_app_from_environment",
+            factory=True,
+            workers=workers,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            proxy_headers=False,
+        )
+        return
     uvicorn.run(  # uvicorn handles SIGTERM/SIGINT itself: a graceful shutdown
         create_app(settings, services),
         host=host,

@@ -47,6 +47,31 @@ SAMPLES: list[tuple[str | None, dict[str, Any]]] = [
     (None, {"code": "cm"}),
     (None, {"code": "cm", "system": "http://unitsofmeasure.org"}),
     (None, {"value": 1}),
+    ("Bundle", {"resourceType": "Bundle", "type": "transaction", "entry": [{"request": {"method": "GET"}}]}),
+    ("Bundle", {"resourceType": "Bundle", "type": "transaction", "entry": [{"fullUrl": "urn:uuid:1"}]}),
+    ("Bundle", {"resourceType": "Bundle", "type": "collection", "entry": [{"request": {"method": "GET"}}]}),
+    ("Bundle", {"resourceType": "Bundle", "type": "collection", "entry": [{"fullUrl": "urn:uuid:1"}]}),
+    ("Bundle", {"resourceType": "Bundle", "type": "transaction-response", "entry": [{"response": {"status": "200"}}]}),
+    ("Bundle", {"resourceType": "Bundle", "type": "history", "entry": [{"request": {}, "response": {}}]}),
+    ("Bundle", {"resourceType": "Bundle", "entry": [{"fullUrl": "urn:uuid:1"}]}),
+    ("Bundle", {"resourceType": "Bundle"}),
+    ("Bundle", {"resourceType": "Bundle", "type": "collection", "entry": [{"fullUrl": "a"}, {"fullUrl": "a"}]}),
+    (
+        "Bundle",
+        {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [
+                {"fullUrl": "a", "resource": {"resourceType": "Patient", "meta": {"versionId": "1"}}},
+                {"fullUrl": "a", "resource": {"resourceType": "Patient", "meta": {"versionId": "2"}}},
+            ],
+        },
+    ),
+    ("Bundle", {"resourceType": "Bundle", "type": "history", "entry": [{"fullUrl": "a"}, {"fullUrl": "a"}]}),
+    (
+        "Bundle",
+        {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {"resourceType": "Basic"}}] * 2},
+    ),
 ]
 
 

@@ -83,3 +83,13 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def create_app_from_environment() -> FastAPI:
+    """The app factory for ``uvicorn --factory`` (several worker processes): settings from the environment."""
+    from service.api.logs import configure
+    from service.config import get_settings
+
+    settings = get_settings()
+    configure(settings.log_level)
+    return create_app(settings)

@@ -1294,6 +1294,44 @@ def _con_3(item: Any, root: Any = None) -> bool:
     )
 
 
+def _entries(item: Any) -> list[Any]:
+    return list(_arr(item.get("entry"))) if isinstance(item, dict) else []
+
+
+def _bundle_entries_match(kinds: tuple[str, ...], element: str) -> Any:
+    """bdl-3 / bdl-4: every entry has ``element`` exactly when the Bundle's type is one of ``kinds``.
+
+    As FHIRPath has it, a Bundle without a type compares to empty, and all() of empties is false when there is
+    any entry."""
+
+    def check(item: Any, root: Any = None) -> bool:
+        if not isinstance(item, dict):
+            return True
+        entries = _entries(item)
+        kind = item.get("type")
+        if kind is None:
+            return not entries
+        expected = kind in kinds
+        return all((isinstance(e, dict) and _present(e, element)) == expected for e in entries)
+
+    return check
+
+
+def _bdl_7(item: Any, root: Any = None) -> bool:
+    if not isinstance(item, dict) or item.get("type") == "history":
+        return True
+    seen: set[str] = set()
+    for entry in _entries(item):
+        if not isinstance(entry, dict) or not _present(entry, "fullUrl"):
+            continue
+        version = _obj(_obj(entry.get("resource")).get("meta")).get("versionId")
+        key = f"{entry.get('fullUrl') or ''}{version or ''}"
+        if key in seen:
+            return False
+        seen.add(key)
+    return True
+
+
 # Invariants with a native version of the same meaning, matched on their exact R4 expression (so a
 # profile reusing a key for something else still goes through FHIRPath). They run on every resource.
 _NATIVE_EXPRESSIONS: dict[str, Any] = {
@@ -1324,6 +1362,14 @@ _NATIVE_EXPRESSIONS: dict[str, Any] = {
     "data.empty() or contentType.exists()": lambda item, root=None: (
         not isinstance(item, dict) or not _present(item, "data") or _present(item, "contentType")
     ),
+    # The Bundle rules: on a large Bundle the interpreter takes a quarter of all validation time with these three.
+    "entry.all(request.exists() = (%resource.type = 'batch' or %resource.type = 'transaction' or %resource.type = "
+    "'history'))": _bundle_entries_match(("batch", "transaction", "history"), "request"),
+    "entry.all(response.exists() = (%resource.type = 'batch-response' or %resource.type = 'transaction-response' or "
+    "%resource.type = 'history'))": _bundle_entries_match(
+        ("batch-response", "transaction-response", "history"), "response"
+    ),
+    "(type = 'history') or entry.where(fullUrl.exists()).select(fullUrl&resource.meta.versionId).isDistinct()": _bdl_7,
     "code.empty() or system.exists()": lambda item, root=None: (
         not isinstance(item, dict) or not _present(item, "code") or _present(item, "system")
     ),

@@ -1,0 +1,150 @@
+"""API throughput and latency: POST /cases (convert + validate, no push) with 32 concurrent clients for 20 s
+against `casebridge serve` (uvicorn, one process) on 127.0.0.1, next to a bare FastAPI JSON echo endpoint
+(benchmarks/echo_app.py) measured the same way in the same run. Both servers run in their own process; the load
+comes from this one (asyncio + httpx). Targets: p99 <= 100 ms; throughput >= 0.3 x the echo.
+
+Run: .venv/bin/python benchmarks/bench_api.py [--seconds 20] [--clients 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED = ROOT / "fixtures" / "cases" / "dystrophic-calcification-right-forearm.yaml"
+KEY = "bench-" + "k" * 30
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start(command: list[str], port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return process
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    raise SystemExit(f"{command[0]} did not start")
+
+
+async def load(url: str, bodies: list[bytes], headers: dict[str, str], clients: int, seconds: float) -> list[float]:
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(limits=limits, timeout=60) as http:
+        # Warm-up: caches, connection pool, lazily compiled validation trees.
+        for body in bodies[:3]:
+            (await http.post(url, content=body, headers=headers)).raise_for_status()
+        stop = time.perf_counter() + seconds
+
+        async def client(n: int) -> None:
+            nonlocal errors
+            i = n
+            while time.perf_counter() < stop:
+                started = time.perf_counter()
+                response = await http.post(url, content=bodies[i % len(bodies)], headers=headers)
+                latencies.append(time.perf_counter() - started)
+                errors += response.status_code != 200
+                i += clients
+
+        await asyncio.gather(*(client(n) for n in range(clients)))
+    if errors:
+        raise SystemExit(f"{errors} requests failed against {url}")
+    return latencies
+
+
+def summary(name: str, latencies: list[float], seconds: float) -> tuple[float, float, float]:
+    ordered = sorted(latencies)
+    rate = len(ordered) / seconds
+    p50 = statistics.median(ordered) * 1000
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
+    print(f"  {name:32} {rate:8.1f} req/s   p50 {p50:7.1f} ms   p99 {p99:7.1f} ms   ({len(ordered)} requests)")
+    return rate, p50, p99
+
+
+def main(seconds: float, clients: int, workers: int) -> None:
+    doc = yaml.safe_load(SEED.read_text())
+    bodies = []
+    for i in range(64):  # distinct cases, so nothing downstream can answer from a cache
+        doc["case_id"] = f"bench-api-{i:03d}"
+        bodies.append(json.dumps(doc, default=str).encode())
+    api_port, echo_port = free_port(), free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {
+            **os.environ,
+            "CASEBRIDGE_API_KEYS": f"bench:rw:{KEY}",
+            "CASEBRIDGE_LOCK_DIR": tmp,
+            "CASEBRIDGE_LOG_LEVEL": "WARNING",
+        }
+        serve = [sys.executable, "-m", "service.cli", "serve", "--port", str(api_port), "--workers", str(workers)]
+        api = start(serve, api_port, env)
+        echo = start(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--app-dir",
+                str(ROOT / "benchmarks"),
+                "echo_app:app",
+                "--port",
+                str(echo_port),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
+            echo_port,
+            env,
+        )
+        try:
+            json_headers = {"Content-Type": "application/json"}
+            echo_lat = asyncio.run(load(f"http://127.0.0.1:{echo_port}/echo", bodies, json_headers, clients, seconds))
+            api_lat = asyncio.run(
+                load(
+                    f"http://127.0.0.1:{api_port}/cases",
+                    bodies,
+                    {**json_headers, "Authorization": f"Bearer {KEY}"},
+                    clients,
+                    seconds,
+                )
+            )
+        finally:
+            for process in (api, echo):
+                process.terminate()
+                process.wait(30)
+    print(
+        f"POST of the seed case ({len(bodies[0]):,} bytes JSON), {clients} concurrent clients, {seconds:.0f} s each, "
+        f"casebridge serve --workers {workers}, {os.cpu_count()} CPUs"
+    )
+    echo_rate, _, _ = summary("bare FastAPI JSON echo", echo_lat, seconds)
+    api_rate, _, api_p99 = summary("POST /cases (convert + validate)", api_lat, seconds)
+    print(f"  throughput ratio (cases / echo): {api_rate / echo_rate:.3f}  (target >= 0.3)")
+    print(f"  p99 of POST /cases: {api_p99:.1f} ms  (target <= 100 ms)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=1, help="casebridge serve --workers")
+    args = parser.parse_args()
+    main(args.seconds, args.clients, args.workers)
