@@ -91,8 +91,9 @@ COPY --from=build /app /app
 WORKDIR /app
 USER 10001:10001
 
-# `casebridge serve` (the HTTP API, a later issue) will listen on port 8000 with GET /health:
-# EXPOSE 8000 and a HEALTHCHECK calling /health (with python, the image has no curl) will go here.
+# `casebridge serve --host 0.0.0.0` (the HTTP API) listens on 8000; GET /healthz needs no key. The image also
+# runs one-off commands (push, pull, demo), so its health check is set where it serves: docker-compose.yml's api.
+EXPOSE 8000
 
 ENTRYPOINT ["casebridge"]
 CMD ["--help"]

@@ -203,7 +203,8 @@ def check_casebridge_settings(compose: Compose) -> list[str]:
         ours = {k: v for k, v in environment(svc).items() if k.startswith("CASEBRIDGE_") and k != "CASEBRIDGE_DEBUG"}
         for key in sorted(set(ours) - set(known)):
             problems.append(f"service {name!r} sets {key}, which is not a field of service.config.Settings")
-        given = {known[k]: v for k, v in ours.items() if k in known}
+        # A value from the user's environment (${VAR:?...}) is only known at `docker compose up`.
+        given = {known[k]: v for k, v in ours.items() if k in known and "${" not in str(v)}
         try:
             Settings(**given)
         except ValidationError as exc:
@@ -583,10 +584,15 @@ def test_compose_subcommands_exist_in_the_cli(compose: Compose) -> None:
 
 def test_compose_services_are_the_documented_ones(compose: Compose) -> None:
     """README.md and the comments refer to these names (docker compose run --rm casebridge ...)."""
-    assert {"db", "hapi", "casebridge"} <= set(services(compose)), f"services: {sorted(services(compose))}"
+    assert {"db", "hapi", "casebridge", "api"} <= set(services(compose)), f"services: {sorted(services(compose))}"
     assert service_with_image(compose, HAPI_IMAGE) == "hapi", "the HAPI service is not called 'hapi'"
     assert service_with_image(compose, POSTGRES_IMAGE) == "db", "the Postgres service is not called 'db'"
-    assert built_services(compose) == ["casebridge"], f"services built here: {built_services(compose)}"
+    assert sorted(built_services(compose)) == ["api", "casebridge"], f"services built here: {built_services(compose)}"
+    api = services(compose)["api"]
+    assert any(argv[1:2] == ["serve"] for argv in invocations(api)), "the api service does not run casebridge serve"
+    assert "CASEBRIDGE_API_KEYS" in environment(api), "the api service has no API keys setting"
+    assert (api.get("healthcheck") or {}).get("test"), "the api service has no healthcheck"
+    assert "/healthz" in " ".join(api["healthcheck"]["test"]), "the api healthcheck does not call /healthz"
 
 
 def test_compose_volumes_are_declared(compose: Compose) -> None:
