@@ -119,8 +119,8 @@ class Settings(BaseSettings):
         ),
     )
     max_body_bytes: int = Field(5 * 1024 * 1024, gt=0, description="Largest request body the API accepts (413).")
-    api_cpu_threads: int = Field(
-        1, ge=1, le=32, description="Threads that convert and validate for the API (the event loop stays free)."
+    api_docs_public: bool = Field(
+        False, description="Serve /docs, /redoc and /openapi.json without a key (they hold no data, only the API)."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="The API's log level.")
 

@@ -73,12 +73,14 @@ async def pull_reports(client: AsyncFhirClient, query: Search) -> PulledReports:
     async for page in client.pages(query):
         if pulled.total is None and isinstance(page.get("total"), int):
             pulled.total = page["total"]
-        for entry in page.get("entry") or []:
-            resource = entry.get("resource")
+        entries = page.get("entry")
+        for entry in entries if isinstance(entries, list) else []:
+            resource = entry.get("resource") if isinstance(entry, dict) else None
             if not isinstance(resource, dict):
                 continue
             key = f"{resource.get('resourceType')}/{resource.get('id')}"
-            mode = (entry.get("search") or {}).get("mode", "match")
+            search = entry.get("search")
+            mode = search.get("mode", "match") if isinstance(search, dict) else "match"
             if mode == "match" and resource.get("resourceType") == "DiagnosticReport":
                 if key not in seen:  # a server may repeat a match across pages if data changes while paging
                     seen.add(key)
@@ -122,7 +124,7 @@ def to_csv(pulled: PulledReports) -> str:
 
 def report_row(report: Mapping[str, Any], included: Mapping[str, Mapping[str, Any]]) -> list[str]:
     results = []
-    for ref in report.get("result") or []:
+    for ref in _list(report.get("result")):
         if not isinstance(ref, dict):
             continue
         target = included.get(_local(str(ref.get("reference") or "")))
@@ -132,13 +134,13 @@ def report_row(report: Mapping[str, Any], included: Mapping[str, Mapping[str, An
             results.append(f"{_concept(target.get('code')) or ref.get('display') or '?'}: {observation_value(target)}")
     return [
         str(report.get("id") or ""),
-        str((report.get("subject") or {}).get("reference") or ""),
-        "; ".join(_concept(c) for c in report.get("category") or []),
+        str(_obj(report.get("subject")).get("reference") or ""),
+        "; ".join(_concept(c) for c in _list(report.get("category"))),
         _concept(report.get("code")),
         _date(report),
         str(report.get("status") or ""),
         str(report.get("conclusion") or ""),
-        "; ".join(_concept(c) for c in report.get("conclusionCode") or []),
+        "; ".join(_concept(c) for c in _list(report.get("conclusionCode"))),
         "; ".join(results),
     ]
 
@@ -148,21 +150,28 @@ def observation_value(observation: Mapping[str, Any]) -> str:
     own = _value(observation)
     if own:
         return own
-    parts = [f"{_concept(c.get('code'))} {_value(c)}".strip() for c in observation.get("component") or []]
+    components = observation.get("component")
+    parts = [
+        f"{_concept(c.get('code'))} {_value(c)}".strip()
+        for c in (components if isinstance(components, list) else [])
+        if isinstance(c, dict)
+    ]
     if any(parts):
         return ", ".join(p for p in parts if p)
     absent = _concept(observation.get("dataAbsentReason"))
     return f"(no value: {absent})" if absent else "(no value)"
 
 
-def _value(element: Mapping[str, Any]) -> str:
-    if "valueQuantity" in element:
+def _value(element: Any) -> str:
+    if not isinstance(element, dict):
+        return ""
+    if isinstance(element.get("valueQuantity"), dict):
         q = element["valueQuantity"]
         return " ".join(str(x) for x in (q.get("comparator"), q.get("value"), q.get("unit") or q.get("code")) if x)
     if "valueCodeableConcept" in element:
         return _concept(element["valueCodeableConcept"])
-    if "valueRange" in element:
-        low, high = element["valueRange"].get("low") or {}, element["valueRange"].get("high") or {}
+    if isinstance(element.get("valueRange"), dict):
+        low, high = _obj(element["valueRange"].get("low")), _obj(element["valueRange"].get("high"))
         unit = low.get("unit") or high.get("unit") or ""
         return f"{low.get('value', '')}-{high.get('value', '')} {unit}".strip()
     for key in ("valueString", "valueBoolean", "valueInteger", "valueDateTime", "valueTime"):
@@ -175,16 +184,41 @@ def _concept(concept: Any) -> str:
     """``display [code]`` for each coding, or the text when there is no coding."""
     if not isinstance(concept, dict):
         return ""
-    codings = [c for c in concept.get("coding") or [] if isinstance(c, dict) and c.get("code")]
+    codings = [c for c in _list(concept.get("coding")) if isinstance(c, dict) and c.get("code")]
     if not codings:
         return str(concept.get("text") or "")
     return ", ".join(f"{c['display']} [{c['code']}]" if c.get("display") else str(c["code"]) for c in codings)
 
 
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def parse_since(value: str) -> dt.date | dt.datetime:
+    """``--since``/``since``: a date, or a date-time with its time zone (FHIR wants one when a time is given)."""
+    try:
+        moment: dt.date | dt.datetime = (
+            dt.date.fromisoformat(value) if len(value) == 10 else dt.datetime.fromisoformat(value)
+        )
+    except ValueError:
+        raise ValueError("since: not a date (YYYY-MM-DD) or date-time with a zone (YYYY-MM-DDThh:mm:ssZ)") from None
+    if isinstance(moment, dt.datetime) and moment.tzinfo is None:
+        raise ValueError("since: a date-time needs its time zone (Z or +hh:mm)")
+    if not 1900 <= moment.year <= 2200:
+        raise ValueError("since: the year must be between 1900 and 2200")
+    if isinstance(moment, dt.datetime) and moment.microsecond:
+        moment = moment.replace(microsecond=0)
+    return moment
+
+
 def _date(report: Mapping[str, Any]) -> str:
     if report.get("effectiveDateTime"):
         return str(report["effectiveDateTime"])
-    period = report.get("effectivePeriod") or {}
+    period = _obj(report.get("effectivePeriod"))
     return str(period.get("start") or report.get("issued") or "")
 
 
@@ -209,7 +243,7 @@ def summarize(pulled: PulledReports) -> Iterable[tuple[str, str, str]]:
     """(category, code, conclusion) per report, for the demo's table."""
     for report in pulled.reports:
         yield (
-            "; ".join(_concept(c) for c in report.get("category") or []),
+            "; ".join(_concept(c) for c in _list(report.get("category"))),
             _concept(report.get("code")),
             str(report.get("conclusion") or ""),
         )
@@ -234,12 +268,14 @@ async def stream_reports(pages: AsyncIterator[dict[str, Any]], fmt: str, base_ur
     async for page in pages:
         chunk: list[bytes] = []
         page_reports: list[dict[str, Any]] = []
-        for entry in page.get("entry") or []:
-            resource = entry.get("resource")
+        entries = page.get("entry")
+        for entry in entries if isinstance(entries, list) else []:
+            resource = entry.get("resource") if isinstance(entry, dict) else None
             if not isinstance(resource, dict):
                 continue
             key = f"{resource.get('resourceType')}/{resource.get('id')}"
-            mode = (entry.get("search") or {}).get("mode", "match")
+            search = entry.get("search")
+            mode = search.get("mode", "match") if isinstance(search, dict) else "match"
             is_match = mode == "match" and resource.get("resourceType") == "DiagnosticReport"
             if is_match:
                 if key in seen_reports:

@@ -141,12 +141,13 @@ async def push_bundle(
     *,
     locks: PatientLocks,
     warnings: Sequence[Issue] = (),
+    raw: bytes | None = None,
 ) -> PushResult:
-    """Send an already validated transaction Bundle under its patient's write lock."""
+    """Send an already validated transaction Bundle under its patient's write lock (``raw``: its own bytes)."""
     key = patient_key(bundle)
     started = time.perf_counter()
     async with locks.hold(key):
-        response = await client.transaction(bundle)
+        response = await client.transaction(bundle, raw=raw)
     seconds = time.perf_counter() - started
     entries = _entry_results(bundle, response, client.base_url)
     return PushResult(client.base_url, key, entries, tuple(warnings), seconds, response)

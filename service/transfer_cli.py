@@ -29,7 +29,16 @@ from service.fhir.client import AsyncFhirClient
 from service.fhir.packages import PackageError
 from service.fhir.xml import FhirXmlError, XmlReader
 from service.files import read_bounded, write_atomically
-from service.pull import PulledReports, pull_reports, report_query, report_row, to_csv, to_ndjson, to_searchset
+from service.pull import (
+    PulledReports,
+    parse_since,
+    pull_reports,
+    report_query,
+    report_row,
+    to_csv,
+    to_ndjson,
+    to_searchset,
+)
 from service.push import PatientLocks, PushResult, check_bundle, push_bundle
 from service.validation.service import load_validator
 from service.validation.validator import Issue, Validator
@@ -148,9 +157,9 @@ def _since(value: str | None) -> dt.date | dt.datetime | None:
     if value is None:
         return None
     try:
-        return dt.date.fromisoformat(value) if len(value) == 10 else dt.datetime.fromisoformat(value)
-    except ValueError:
-        fail(2, f"--since {value!r}: not a date (YYYY-MM-DD) or date-time (YYYY-MM-DDThh:mm:ss+zz:zz)")
+        return parse_since(value)
+    except ValueError as exc:
+        fail(2, f"--{exc}")
 
 
 @pull_app.command("diagnostic-reports")

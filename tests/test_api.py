@@ -94,10 +94,26 @@ def test_health_readiness_and_metrics_need_no_key(api: TestClient) -> None:
     assert "casebridge_http_request_duration_seconds_bucket" in metrics
 
 
+def test_health_answers_head_and_negotiation_honours_quality(api: TestClient, pushed_patient: str) -> None:
+    assert api.head("/healthz").status_code == 200
+    refused_csv = api.get(
+        f"/diagnostic-reports?patient={pushed_patient}",
+        headers={**READ, "Accept": "text/csv;q=0, application/fhir+json"},
+    )
+    assert refused_csv.headers["content-type"] == "application/fhir+json"
+    assert refused_csv.headers["vary"] == "Accept"
+    preferred = api.get(
+        f"/diagnostic-reports?patient={pushed_patient}",
+        headers={**READ, "Accept": "application/fhir+json;q=0.5, text/csv"},
+    )
+    assert preferred.headers["content-type"].startswith("text/csv")
+
+
 def test_not_ready_when_the_fhir_server_is_unreachable(tmp_path: Path) -> None:
     settings = settings_for("http://127.0.0.1:9/fhir", tmp_path, fhir_retry_attempts=1)
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        is_outcome(client.get("/readyz"), 503, "transient")
+        body = is_outcome(client.get("/readyz"), 503, "transient")
+        assert "127.0.0.1" not in str(body)  # no internal address without a key
         assert client.get("/healthz").status_code == 200
 
 
@@ -273,7 +289,7 @@ def test_reports_filters(api: TestClient, pushed_patient: str) -> None:
 
     assert n(category="SP") == 1
     assert n(code="http://loinc.org|18748-4") == 2
-    assert n(since="2999-01-01") == 0
+    assert n(since="2199-01-01") == 0
 
 
 def test_reports_when_the_fhir_server_is_down(tmp_path: Path) -> None:
@@ -320,11 +336,13 @@ def test_logs_carry_no_case_content(api: TestClient, caplog: pytest.LogCaptureFi
 
 
 def test_openapi_has_examples_for_every_endpoint(api: TestClient) -> None:
-    document = api.get("/openapi.json").json()
+    assert api.get("/openapi.json").status_code == 401  # behind a key, like the data endpoints
+    assert api.get("/docs").status_code == 404
+    document = api.get("/openapi.json", headers=READ).json()
     assert document["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
     assert "CaseReport" in document["components"]["schemas"]
     operations = [(path, method, op) for path, ops in document["paths"].items() for method, op in ops.items()]
-    assert len(operations) == 7
+    assert len(operations) == 9  # with HEAD on /healthz and /readyz
     for path, method, op in operations:
         examples = [
             media
@@ -336,3 +354,11 @@ def test_openapi_has_examples_for_every_endpoint(api: TestClient) -> None:
         if method == "post":
             bodies = op["requestBody"]["content"].values()
             assert any("example" in media for media in bodies), f"{method} {path}: no request example"
+
+
+def test_metric_labels_stay_bounded(api: TestClient) -> None:
+    api.request("XXXXXXXX", "/healthz")
+    api.get("/no/such/route/" + "z" * 50, headers=READ)
+    metrics = api.get("/metrics").text
+    assert "XXXXXXXX" not in metrics and 'method="OTHER"' in metrics
+    assert "zzzz" not in metrics and 'route="unmatched"' in metrics

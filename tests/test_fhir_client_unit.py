@@ -474,3 +474,14 @@ def test_the_facade_closes_twice_and_never_blocks_exit():
     code = "from service.fhir.client import FhirClient; FhirClient('http://127.0.0.1:1/fhir'); print('done')"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 0 and "done" in done.stdout, done.stderr
+
+
+def test_a_transaction_can_be_sent_as_its_own_bytes():
+    """Forwarded Bundles keep their decimals exactly as written (0.10 is not 0.1)."""
+    raw = (
+        b'{"resourceType":"Bundle","type":"transaction","entry":[{"resource":{"resourceType":"Observation",'
+        b'"id":"o1","valueQuantity":{"value":0.10}},"request":{"method":"PUT","url":"Observation/o1"}}]}'
+    )
+    script = Script(fhir(RESPONSE_BUNDLE))
+    run(script, lambda c: c.transaction(orjson.loads(raw), raw=raw))
+    assert script.requests[0].content == raw

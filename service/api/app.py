@@ -9,12 +9,15 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from starlette.responses import Response
 
 from service import __version__
 from service.api import errors
 from service.api.metrics import Metrics
 from service.api.middleware import RequestContext
+from service.api.outcomes import FhirResponse
 from service.api.routes import bundles, cases, health, reports, validation
+from service.api.security import ReadKey
 from service.api.services import Services
 from service.config import Settings
 from service.domain.case import CaseReport
@@ -45,7 +48,13 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         finally:
             await ready.aclose()
 
+    docs = settings.api_docs_public
     app = FastAPI(
+        # No redirect for a trailing slash: it would send the caller to its own Host header, unauthenticated.
+        redirect_slashes=False,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
         title="casebridge",
         version=__version__,
         description=DESCRIPTION,
@@ -82,6 +91,12 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    if not docs:
+        # The OpenAPI document behind a key, like every endpoint but health, readiness and metrics.
+        @app.get("/openapi.json", include_in_schema=False)
+        async def openapi_document(key: ReadKey) -> Response:
+            return FhirResponse(openapi(), media_type="application/json")
+
     return app
 
 

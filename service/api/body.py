@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 
 from service.api.errors import ApiError
 from service.domain.reader import check_depth, load_json
 from service.errors import InputError
 from service.fhir.xml import FhirXmlError, XmlReader
-from service.validation.structure import Definitions
 
 JSON_TYPES = frozenset({"application/json", "application/fhir+json"})
 XML_TYPES = frozenset({"application/xml", "application/fhir+xml", "text/xml"})
@@ -41,11 +41,15 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The client went away (or sent a broken chunked body): nobody reads the answer; not a server error.
+        raise ApiError.of(400, "incomplete", "the request body ended early") from None
     data = b"".join(chunks)
     if not data.strip():
         raise ApiError.of(400, "required", "the request body is empty")
@@ -56,11 +60,11 @@ def _too_large(limit: int) -> ApiError:
     return ApiError.of(413, "too-costly", f"the request body is larger than {limit:,} bytes")
 
 
-def parse_fhir(data: bytes, media: str, definitions: Definitions) -> dict[str, Any]:
+def parse_fhir(data: bytes, media: str, reader: XmlReader) -> dict[str, Any]:
     """A FHIR resource from JSON (duplicate keys refused) or XML; 400 when it cannot be read as one."""
     try:
         if media in XML_TYPES:
-            doc: Any = XmlReader(definitions).read(data, SOURCE)
+            doc: Any = reader.read(data, SOURCE)
         else:
             doc = load_json(data.decode("utf-8-sig"), SOURCE)
     except FhirXmlError as exc:

@@ -27,6 +27,7 @@ from service.errors import (
     FhirProtocolError,
     FhirTransportError,
     InputError,
+    LockError,
     TooManyRequests,
 )
 
@@ -83,12 +84,30 @@ def upstream_error(exc: FhirError) -> ApiError:
         text = f"the FHIR server failed: {exc}"
     issues = [issue("error", "transient" if status in (503, 504) else "exception", text)]
     if isinstance(exc, FhirHttpError) and exc.outcome:
-        for upstream in exc.outcome.get("issue") or []:
+        upstream_issues = exc.outcome.get("issue")
+        for upstream in (upstream_issues if isinstance(upstream_issues, list) else [])[:20]:
             if isinstance(upstream, dict):
-                passed = {k: v for k, v in upstream.items() if k in ("severity", "code", "diagnostics", "expression")}
-                passed["diagnostics"] = f"upstream: {passed.get('diagnostics', '')}".rstrip(": ")
-                issues.append(passed)
+                issues.append(_passed_on(upstream))
     return ApiError(status, outcome(issues), headers=headers)
+
+
+_SEVERITIES = ("fatal", "error", "warning", "information")
+
+
+def _passed_on(upstream: dict[str, Any]) -> dict[str, Any]:
+    """An upstream issue, rebuilt from its well-formed parts only (so our OperationOutcome stays valid)."""
+    severity = upstream.get("severity") if upstream.get("severity") in _SEVERITIES else "error"
+    raw_code = upstream.get("code")
+    code = raw_code if isinstance(raw_code, str) and raw_code else "exception"
+    details = upstream.get("details")
+    diagnostics = upstream.get("diagnostics")
+    detail_text = details.get("text") if isinstance(details, dict) else None
+    text = diagnostics if isinstance(diagnostics, str) else detail_text if isinstance(detail_text, str) else ""
+    item: dict[str, Any] = {"severity": severity, "code": code, "diagnostics": f"upstream: {text[:2000]}".rstrip(": ")}
+    expression = upstream.get("expression")
+    if isinstance(expression, list) and all(isinstance(e, str) for e in expression):
+        item["expression"] = expression[:10]
+    return item
 
 
 def install(app: FastAPI) -> None:
@@ -101,10 +120,20 @@ def install(app: FastAPI) -> None:
         error = input_error(exc)
         return outcome_response(error.status, error.body)
 
-    async def upstream(_: Request, exc: Exception) -> Response:
+    async def upstream(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, FhirError)
         error = upstream_error(exc)
+        request.app.state.services.metrics.upstream_errors.labels(type(exc).__name__).inc()
+        log.warning("upstream %s", type(exc).__name__, extra={"status": error.status})
         return outcome_response(error.status, error.body, error.headers)
+
+    async def lock_problem(_: Request, exc: Exception) -> Response:
+        # Another writer holds the patient's lock for too long, or the lock folder is unusable: try later.
+        return outcome_response(
+            503,
+            error_outcome("lock-error", "the patient's write lock is not available; try again"),
+            {"Retry-After": "5"},
+        )
 
     async def request_invalid(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -123,5 +152,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(InputError, input_problem)
     app.add_exception_handler(FhirError, upstream)
+    app.add_exception_handler(LockError, lock_problem)
     app.add_exception_handler(RequestValidationError, request_invalid)
     app.add_exception_handler(StarletteHTTPException, http_error)

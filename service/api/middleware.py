@@ -50,6 +50,11 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception as exc:  # noqa: BLE001 - the last resort: nothing may leave as a traceback
+            if state["started"]:
+                # A stream cut short (its upstream failed on a later page): the client sees it incomplete.
+                state["status"] = "aborted"
+                log.warning("response aborted: %s", _cause(exc), extra={"route": _route(scope)})
+                return
             frames = "".join(traceback.format_tb(exc.__traceback__))
             log.error("unhandled %s", type(exc).__name__, extra={"frames": frames, "route": _route(scope)})
             if not state["started"]:
@@ -68,7 +73,8 @@ class RequestContext:
             # A response already under way (a stream) can only be cut short: the client sees it incomplete.
         finally:
             seconds = time.perf_counter() - started
-            route, method, status = _route(scope), scope["method"], state["status"]
+            route, status = _route(scope), state["status"]
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"  # bounded metric labels
             self.metrics.requests.labels(method, route, str(status)).inc()
             self.metrics.latency.labels(method, route).observe(seconds)
             log.info(
@@ -76,6 +82,17 @@ class RequestContext:
                 extra={"method": method, "route": route, "status": status, "duration_ms": round(seconds * 1000, 1)},
             )
             request_id.reset(token)
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
+
+def _cause(exc: BaseException) -> str:
+    """The exception's type, looking through Starlette's wrappers (an exception group around a stream)."""
+    inner = getattr(exc, "exceptions", None)
+    if inner:
+        return _cause(inner[0])
+    return type(exc).__name__
 
 
 def _route(scope: Scope) -> str:

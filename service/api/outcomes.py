@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -19,7 +20,11 @@ class FhirResponse(Response):
     media_type = FHIR_JSON
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
+        try:
+            return orjson.dumps(content)
+        except TypeError:
+            # Text orjson will not encode (a lone surrogate from somewhere): ASCII-escaped JSON always works.
+            return json.dumps(content, ensure_ascii=True, default=str).encode()
 
 
 def issue(severity: str, code: str, text: str, expression: str | None = None) -> dict[str, Any]:

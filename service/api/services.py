@@ -1,9 +1,10 @@
 """What the API's handlers share, built once at start: settings, validator, mappings, the FHIR client,
 the per-patient write locks, metrics, and the thread(s) that convert and validate.
 
-Conversion and validation are CPU work; they run on a small thread pool of their own (one thread by
-default: the validator's caches are filled lazily and are not meant for concurrent writers), so the event
-loop keeps answering health checks and streams while a large Bundle is validated.
+Conversion and validation are CPU work; they run on one thread of their own (the validator's caches are
+filled lazily and are not meant for concurrent writers), so the event loop keeps answering health checks
+and streams while a large Bundle is validated. At most ``MAX_QUEUED`` pieces of such work wait for that
+thread; beyond, requests get 503 with Retry-After at once rather than queueing without bound.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import ParamSpec, TypeVar
 
+from service.api.errors import ApiError
 from service.api.metrics import Metrics
 from service.api.security import key_digests
 from service.config import PROJECT_ROOT, ApiKey, Settings
 from service.fhir.client import AsyncFhirClient
+from service.fhir.xml import XmlReader
 from service.mapping.engine import MappingSet
 from service.push import PatientLocks
 from service.validation.inbound import load_inbound_profiles
@@ -26,6 +29,7 @@ from service.validation.service import load_validator
 from service.validation.validator import Validator
 
 P = ParamSpec("P")
+MAX_QUEUED = 64
 T = TypeVar("T")
 
 
@@ -56,12 +60,26 @@ class Services:
             inbound_profiles=inbound,
             locks=PatientLocks(settings.locks()),
             key_digests=key_digests(settings.keys()),
-            executor=ThreadPoolExecutor(settings.api_cpu_threads, "casebridge-cpu"),
         )
 
+    queued: int = 0
+
     async def cpu(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+        if self.queued >= MAX_QUEUED:
+            raise ApiError.of(
+                503, "transient", "busy: too much validation waiting; try again shortly", headers={"Retry-After": "2"}
+            )
+        self.queued += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+        finally:
+            self.queued -= 1
+
+    @functools.cached_property
+    def xml_reader(self) -> XmlReader:
+        """One reader, so its compiled type trees are reused (used on the CPU thread only)."""
+        return XmlReader(self.validator.definitions)
 
     async def aclose(self) -> None:
         await self.client.aclose()

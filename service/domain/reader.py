@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 import yaml
@@ -23,6 +25,9 @@ class _StrictLoader(_YamlLoader):  # type: ignore[misc, valid-type]
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                # A list or mapping as a key ("? [1, 2]") is legal YAML and cannot be a JSON key.
+                raise yaml.MarkedYAMLError(problem="a key must be a plain value", problem_mark=key_node.start_mark)
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.MarkedYAMLError(
@@ -59,11 +64,31 @@ class _DuplicateKey(ValueError):
     pass
 
 
+_LONE_SURROGATE = re.compile(
+    r"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text[:40]} is too large a number")
+    return value
+
+
 def load_json(text: str, source: str) -> Any:
     # The standard library's parser (C-accelerated) rather than orjson: only it lets us refuse
     # duplicate keys, which RFC 8259 leaves undefined and most parsers resolve by keeping the last.
+    if _LONE_SURROGATE.search(text):
+        # "\ud800" alone is legal JSON syntax but not Unicode text: nothing downstream can encode it.
+        raise CaseFileError("malformed JSON: an unpaired surrogate escape (\\ud800-\\udfff)", source=source)
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates)
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant, parse_float=_finite)
     except json.JSONDecodeError as exc:
         raise CaseFileError(
             f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", source=source

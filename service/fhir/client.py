@@ -220,17 +220,23 @@ class AsyncFhirClient:
     async def delete(self, resource_type: str, resource_id: str) -> None:
         await self._send("DELETE", f"{_check_type(resource_type)}/{_check_id(resource_id)}", idempotent=True)
 
-    async def transaction(self, bundle: Mapping[str, Any]) -> Resource:
-        """Send a transaction Bundle; returns the transaction-response Bundle."""
-        return await self._bundle(bundle, "transaction")
+    async def transaction(self, bundle: Mapping[str, Any], *, raw: bytes | None = None) -> Resource:
+        """Send a transaction Bundle; returns the transaction-response Bundle.
+
+        ``raw``: the Bundle's own JSON bytes, sent as they are (a forwarded Bundle keeps its decimals exactly:
+        ``0.10`` stays ``0.10``); ``bundle`` is still what idempotence is judged on."""
+        return await self._bundle(bundle, "transaction", raw)
 
     async def batch(self, bundle: Mapping[str, Any]) -> Resource:
         return await self._bundle(bundle, "batch")
 
-    async def _bundle(self, bundle: Mapping[str, Any], kind: Literal["transaction", "batch"]) -> Resource:
+    async def _bundle(
+        self, bundle: Mapping[str, Any], kind: Literal["transaction", "batch"], raw: bytes | None = None
+    ) -> Resource:
         if bundle.get("resourceType") != "Bundle" or bundle.get("type") != kind:
             raise ValueError(f"not a {kind} Bundle")
-        response = await self._json("POST", "", body=bundle, idempotent=bundle_is_idempotent(bundle), expect="Bundle")
+        idempotent = bundle_is_idempotent(bundle)
+        response = await self._json("POST", "", body=bundle, raw=raw, idempotent=idempotent, expect="Bundle")
         if response.get("type") != f"{kind}-response":
             raise FhirProtocolError(
                 f"the server answered a {kind} with a Bundle of type {response.get('type')!r}",
@@ -325,11 +331,14 @@ class AsyncFhirClient:
         *,
         params: list[tuple[str, str]] | None = None,
         body: Mapping[str, Any] | None = None,
+        raw: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         idempotent: bool,
         expect: str | None = None,
     ) -> Resource:
-        response = await self._send(method, path, params=params, body=body, headers=headers, idempotent=idempotent)
+        response = await self._send(
+            method, path, params=params, body=body, raw=raw, headers=headers, idempotent=idempotent
+        )
         if not response.content:
             if expect is None or method == "DELETE":
                 return {}
@@ -362,6 +371,7 @@ class AsyncFhirClient:
         *,
         params: list[tuple[str, str]] | None = None,
         body: Mapping[str, Any] | None = None,
+        raw: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         idempotent: bool,
     ) -> httpx.Response:
@@ -369,8 +379,8 @@ class AsyncFhirClient:
         url = path if absolute else f"{self.base_url}/{path}".rstrip("/")
         request_headers = dict(headers or {})
         content = None
-        if body is not None:
-            content = orjson.dumps(body)
+        if body is not None or raw is not None:
+            content = raw if raw is not None else orjson.dumps(body)
             request_headers["Content-Type"] = f"{FHIR_JSON}; charset=utf-8"
         if method in ("GET", "HEAD") and self._wrote:
             request_headers["Cache-Control"] = "no-cache"

@@ -35,6 +35,20 @@ def _local(tag: str) -> tuple[str, str]:
     return "", tag
 
 
+MAX_XML_DEPTH = 256  # elements, counting XHTML: JSON's limit is 128 objects/arrays, each two XML levels at most
+
+
+def _depth(root: Element) -> int:
+    """The element tree's depth, without recursion (a hostile document must not exhaust the stack)."""
+    deepest = 0
+    stack = [(root, 1)]
+    while stack:
+        element, level = stack.pop()
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in element)
+    return deepest
+
+
 class XmlReader:
     def __init__(self, definitions: Definitions):
         self.definitions = definitions
@@ -50,16 +64,22 @@ class XmlReader:
         return self._trees[type_code]
 
     def read(self, data: bytes, source: str = "") -> dict[str, Any]:
+        """A FHIR resource from FHIR XML; ``FhirXmlError`` names ``source`` when it cannot be one."""
         try:
             root = SafeET.fromstring(data)
         except DefusedXmlException as exc:
             raise FhirXmlError(f"{source}: unsafe XML refused ({type(exc).__name__})") from exc
         except SafeET.ParseError as exc:
             raise FhirXmlError(f"{source}: not well-formed XML: {exc}") from exc
+        if _depth(root) > MAX_XML_DEPTH:
+            raise FhirXmlError(f"{source}: the XML nests deeper than {MAX_XML_DEPTH} levels")
         ns, name = _local(root.tag)
         if ns != FHIR_NS:
             raise FhirXmlError(f"{source}: the root element is not in the FHIR namespace ({FHIR_NS})")
-        return self._resource(root, name, source)
+        try:
+            return self._resource(root, name, source)
+        except RecursionError as exc:
+            raise FhirXmlError(f"{source}: the XML nests too deep to read") from exc
 
     def _resource(self, element: Element, type_code: str, source: str) -> dict[str, Any]:
         tree = self._tree(type_code)

@@ -60,7 +60,9 @@ def with_inbound_profiles(bundle: Mapping[str, Any], profiles: Mapping[str, list
         meta = resource.setdefault("meta", {})
         if not isinstance(meta, dict):
             continue
-        existing = meta.get("profile")
-        claimed: list[Any] = existing if isinstance(existing, list) else []
+        existing = meta.get("profile", [])
+        if not isinstance(existing, list):
+            continue  # malformed: left as it is, so the validator reports it (replacing it would hide it)
+        claimed: list[Any] = existing
         meta["profile"] = [*claimed, *(url for url in wanted if url not in claimed)]
     return out

@@ -38,6 +38,7 @@ from service.validation.terminology import EXTERNAL_SYSTEMS, Terminology
 
 log = logging.getLogger(__name__)
 SEVERITY_RANK = {"fatal": 0, "error": 1, "warning": 2, "information": 3}
+MAX_CLAIMED_PROFILES = 20  # per resource (meta.profile and asked-for profiles together stay small)
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _REFERENCE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?$")
 MAX_DEPTH = 200  # deeper than any real resource; a guard against hostile nesting
@@ -141,6 +142,8 @@ class Validator:
             sd = self.definitions.get(canonical)
             if sd is None and "|" in canonical:
                 sd = self.definitions.get(canonical.split("|")[0])
+            if sd is None:
+                return None  # not remembered: unknown URLs come from input, and would grow the cache forever
             tree = None
             if sd is not None and sd.get("resourceType") == "StructureDefinition":
                 try:
@@ -154,7 +157,9 @@ class Validator:
         key = f"type:{type_code}"
         if key not in self._trees:
             sd = self.definitions.core_definition(type_code)
-            self._trees[key] = compile_structure(sd) if sd is not None and sd.get("snapshot") else None
+            if sd is None:
+                return None  # not remembered, as in tree()
+            self._trees[key] = compile_structure(sd) if sd.get("snapshot") else None
         return self._trees[key]
 
     # --- entry points ---------------------------------------------------------------------------------
@@ -210,6 +215,16 @@ class Validator:
                 shown = f"({len(rid)} chars)" if why == "Too long" and isinstance(rid, str) else f"('{rid}')"
                 run.add("error", "invalid", f"Invalid Resource id: {why} {shown}", f"{root_expr}.id")
         claimed = [p for p in _arr(_obj(res.get("meta")).get("profile")) if isinstance(p, str)]
+        if len(claimed) > MAX_CLAIMED_PROFILES:
+            # Each profile is a full validation pass: a resource claiming thousands is an attack, not data.
+            run.add(
+                "error",
+                "too-costly",
+                f"{len(claimed)} profiles claimed; at most {MAX_CLAIMED_PROFILES} are checked",
+                f"{root_expr}.meta.profile",
+            )
+            claimed = claimed[:MAX_CLAIMED_PROFILES]
+        position = {url: i for i, url in reversed(list(enumerate(claimed)))}
         global_profiles = [p for t, p in self.options.global_profiles if t == rtype]
         if rtype == "StructureDefinition" and needs_snapshot(res):
             try:
@@ -223,7 +238,7 @@ class Validator:
             tree = self.tree(url)
             if tree is None:
                 # Never a silent pass: a profile we cannot check is an error, at the claim that names it.
-                where = f"{root_expr}.meta.profile[{claimed.index(url)}]" if url in claimed else root_expr
+                where = f"{root_expr}.meta.profile[{position[url]}]" if url in position else root_expr
                 message = (
                     f"Profile '{url}' could not be used: {self.unusable[url]}"
                     if url in self.unusable

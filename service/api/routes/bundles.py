@@ -3,17 +3,19 @@ configured inbound profiles, then forward to the FHIR server as one transaction.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 
 from service.api import examples
-from service.api.body import FHIR_TYPES, media_type, parse_fhir, read_body
+from service.api.body import FHIR_TYPES, JSON_TYPES, media_type, parse_fhir, read_body
 from service.api.deps import ServicesDep, WriteKey
 from service.api.errors import ApiError
 from service.api.outcomes import FhirResponse, error_outcome
-from service.errors import FhirError
+from service.api.services import Services
 from service.push import push_bundle
 from service.validation.inbound import with_inbound_profiles
-from service.validation.validator import has_errors, operation_outcome
+from service.validation.validator import Issue, has_errors, operation_outcome
 
 router = APIRouter(tags=["bundles"])
 
@@ -70,18 +72,20 @@ router = APIRouter(tags=["bundles"])
 async def forward_bundle(request: Request, key: WriteKey, services: ServicesDep) -> FhirResponse:
     media = media_type(request, FHIR_TYPES)
     data = await read_body(request, services.settings.max_body_bytes)
-    bundle = await services.cpu(parse_fhir, data, media, services.validator.definitions)
-    if bundle.get("resourceType") != "Bundle" or bundle.get("type") != "transaction":
-        raise ApiError(422, error_outcome("invalid", "only a transaction Bundle can be forwarded", "Bundle.type"))
-    checked = with_inbound_profiles(bundle, services.inbound_profiles)
-    issues = await services.cpu(services.validator.validate, checked)
+    bundle, issues = await services.cpu(_check, services, data, media)
     invalid = has_errors(issues)
     services.metrics.validations.labels("bundles", "invalid" if invalid else "valid").inc()
     if invalid:
         raise ApiError(422, operation_outcome(issues))
-    try:
-        result = await push_bundle(services.client, bundle, locks=services.locks, warnings=issues)
-    except FhirError as exc:
-        services.metrics.upstream_errors.labels(type(exc).__name__).inc()
-        raise
+    # JSON is forwarded as it came (its decimals exactly as written); XML as the JSON it was read into.
+    raw = data if media in JSON_TYPES else None
+    result = await push_bundle(services.client, bundle, locks=services.locks, warnings=issues, raw=raw)
     return FhirResponse(result.response)
+
+
+def _check(services: Services, data: bytes, media: str) -> tuple[dict[str, Any], list[Issue]]:
+    bundle = parse_fhir(data, media, services.xml_reader)
+    if bundle.get("resourceType") != "Bundle" or bundle.get("type") != "transaction":
+        raise ApiError(422, error_outcome("invalid", "only a transaction Bundle can be forwarded", "Bundle.type"))
+    checked = with_inbound_profiles(bundle, services.inbound_profiles)
+    return bundle, services.validator.validate(checked)

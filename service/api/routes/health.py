@@ -18,8 +18,9 @@ router = APIRouter(tags=["health"])
 READY_TIMEOUT = 3.0
 
 
-@router.get(
+@router.api_route(
     "/healthz",
+    methods=["GET", "HEAD"],
     summary="The process is alive",
     responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}},
 )
@@ -27,8 +28,9 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get(
+@router.api_route(
     "/readyz",
+    methods=["GET", "HEAD"],
     summary="Ready: definitions loaded and the FHIR server reachable",
     responses={
         200: {
@@ -43,9 +45,10 @@ async def readyz(services: ServicesDep) -> dict[str, Any]:
     try:
         capabilities = await asyncio.wait_for(services.client.capabilities(), READY_TIMEOUT)
     except (FhirError, TimeoutError) as exc:
-        text = "no answer within 3 s" if isinstance(exc, TimeoutError) else str(exc)
+        # No key is needed here, so nothing internal goes out (no URL, no errno): only the kind of failure.
+        text = "no answer within 3 s" if isinstance(exc, TimeoutError) else type(exc).__name__
         raise ApiError(
-            503, outcome([issue("error", "transient", f"the FHIR server is not reachable: {text}")])
+            503, outcome([issue("error", "transient", f"the FHIR server is not reachable ({text})")])
         ) from exc
     software = capabilities.get("software") or {}
     name = " ".join(str(x) for x in (software.get("name"), software.get("version")) if x) or "FHIR server"

@@ -5,7 +5,6 @@ a failure on a later page can only cut the stream short (the client sees an inco
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
@@ -15,33 +14,54 @@ from starlette.responses import StreamingResponse
 from service.api import examples
 from service.api.deps import ReadKey, ServicesDep
 from service.api.errors import ApiError
-from service.pull import report_query, stream_reports
+from service.errors import FhirError
+from service.pull import parse_since, report_query, stream_reports
 
 router = APIRouter(tags=["reports"])
 MEDIA = {"json": "application/fhir+json", "ndjson": "application/fhir+ndjson", "csv": "text/csv; charset=utf-8"}
 
 
+_OFFERED = {
+    "application/fhir+json": "json",
+    "application/json": "json",
+    "application/fhir+ndjson": "ndjson",
+    "application/ndjson": "ndjson",
+    "application/x-ndjson": "ndjson",
+    "text/csv": "csv",
+}
+
+
 def _format(requested: str | None, accept: str) -> str:
+    """``_format`` wins; else the Accept header, by quality (q=0: not acceptable); JSON when nothing is asked."""
     if requested is not None:
         return requested
-    accepted = [part.split(";")[0].strip().lower() for part in accept.split(",")]
-    for media in accepted:
-        if media in ("application/fhir+ndjson", "application/ndjson", "application/x-ndjson"):
-            return "ndjson"
-        if media == "text/csv":
-            return "csv"
-        if media in ("application/fhir+json", "application/json", "*/*"):
-            return "json"
-    return "json"
-
-
-def _since(value: str | None) -> dt.date | dt.datetime | None:
-    if value is None:
-        return None
-    try:
-        return dt.date.fromisoformat(value) if len(value) == 10 else dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise ApiError.of(400, "invalid", "since: not a date (YYYY-MM-DD) or date-time", "since") from None
+    if not accept.strip():
+        return "json"
+    best: tuple[float, int, str] | None = None
+    for position, part in enumerate(accept.split(",")):
+        media, *params = (p.strip() for p in part.split(";"))
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        media = media.lower()
+        choice = _OFFERED.get(media) or ("json" if media in ("*/*", "application/*") else None)
+        if choice is None or quality <= 0:
+            continue
+        if best is None or (quality, -position) > (best[0], -best[1]):
+            best = (quality, position, choice)
+    if best is None:
+        raise ApiError.of(
+            406,
+            "not-supported",
+            "none of the Accept types is offered: application/fhir+json, "
+            "application/fhir+ndjson, text/csv (or _format=json|ndjson|csv)",
+        )
+    return best[2]
 
 
 @router.get(
@@ -77,7 +97,8 @@ async def diagnostic_reports(
 ) -> StreamingResponse:
     output = _format(fmt, request.headers.get("accept", ""))
     try:
-        query = report_query(patient=patient, category=category, code=code, since=_since(since), page_size=count)
+        moment = parse_since(since) if since is not None else None
+        query = report_query(patient=patient, category=category, code=code, since=moment, page_size=count)
     except ValueError as exc:
         raise ApiError.of(400, "invalid", str(exc)) from exc
     pages = services.client.pages(query)
@@ -88,5 +109,14 @@ async def diagnostic_reports(
         async for page in pages:
             yield page
 
-    body = stream_reports(all_pages(), output, services.client.base_url)
-    return StreamingResponse(body, media_type=MEDIA[output])
+    async def counted() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in stream_reports(all_pages(), output, services.client.base_url):
+                yield chunk
+        except FhirError as exc:
+            # A later page failed: the answer has started, so it can only be cut short (the client sees it
+            # incomplete). Counted and logged here; the middleware records the request as aborted.
+            services.metrics.upstream_errors.labels(type(exc).__name__).inc()
+            raise
+
+    return StreamingResponse(counted(), media_type=MEDIA[output], headers={"Vary": "Accept"})
