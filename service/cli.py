@@ -34,6 +34,8 @@ from service.fhir.packages import PackageError
 from service.fhir.packages_cli import packages_app
 from service.fhir.xml import FhirXmlError, XmlReader
 from service.files import read_bounded, write_atomically
+from service.ingest_cli import ingest
+from service.synth_cli import synth
 from service.transfer_cli import (
     ping,
     prepare_validator,
@@ -59,6 +61,8 @@ app.add_typer(packages_app, name="packages")
 app.command("conformance")(conformance)
 app.command("push")(push)
 app.command("ping")(ping)
+app.command("synth")(synth)
+app.command("ingest")(ingest)
 app.add_typer(pull_app, name="pull")
 # FHIR resources nest a few dozen levels at most (deep Questionnaires included); deeper is hostile.
 MAX_RESOURCE_DEPTH = 128

@@ -1,0 +1,1 @@
+"""Registry ingestion: many cases, unattended, convert -> validate -> push, with a durable job state."""

@@ -1,0 +1,172 @@
+"""``casebridge ingest PATH``: a registry load, convert -> validate -> push, with a durable job state.
+
+Exit codes: 0 every case pushed; 1 some cases invalid (reported, not sent), none failed; 4 some cases failed
+(the FHIR server: see the report); 2 unusable arguments or state file; 3 configuration.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from service.cli_support import cli_settings, err, fail, load_mappings, out
+from service.errors import InputError
+from service.fhir.client import AsyncFhirClient
+from service.files import write_atomically
+from service.ingest.job import IngestJob, IngestOptions, RunStats
+from service.ingest.report import build_report, summary
+from service.ingest.sources import CaseSource
+from service.ingest.state import JobState
+from service.push import PatientLocks
+from service.transfer_cli import ServerOption, prepare_validator, run_fhir, server_url
+
+
+class BarProgress:
+    """A progress bar with rate and ETA, on a terminal."""
+
+    def __init__(self) -> None:
+        self._bar = Progress(
+            TextColumn("ingest"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[counts]}"),
+            TextColumn("{task.fields[rate]:.1f}/s"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            transient=False,
+        )
+        self._task: Any = None
+        self._counts: dict[str, int] = {}
+        self._started = time.monotonic()
+
+    def start(self, total: int, already_done: int) -> None:
+        self._bar.start()
+        self._task = self._bar.add_task("ingest", total=total, counts="", rate=0.0)
+
+    def advance(self, status: str) -> None:
+        self._counts[status] = self._counts.get(status, 0) + 1
+        rate = sum(self._counts.values()) / max(time.monotonic() - self._started, 1e-6)
+        counts = " ".join(f"{k} {v}" for k, v in sorted(self._counts.items()))
+        self._bar.update(self._task, advance=1, counts=counts, rate=rate)
+
+    def note(self, message: str) -> None:
+        self._bar.console.print(message, markup=False, highlight=False)
+
+    def stop(self) -> None:
+        self._bar.stop()
+
+
+class LineProgress:
+    """Plain lines when not on a terminal (CI logs, cron): one every few seconds, and at the end."""
+
+    def __init__(self, every: float = 5.0) -> None:
+        self.every = every
+        self._counts: dict[str, int] = {}
+        self._total = 0
+        self._started = time.monotonic()
+        self._last = 0.0
+
+    def start(self, total: int, already_done: int) -> None:
+        self._total = total
+        self._started = time.monotonic()
+        self._last = self._started
+        err.print(f"ingest: {total} cases", highlight=False)
+
+    def advance(self, status: str) -> None:
+        self._counts[status] = self._counts.get(status, 0) + 1
+        now = time.monotonic()
+        if now - self._last >= self.every:
+            self._last = now
+            self._line(now)
+
+    def note(self, message: str) -> None:
+        err.print(f"ingest: {message}", markup=False, highlight=False)
+
+    def stop(self) -> None:
+        self._line(time.monotonic())
+
+    def _line(self, now: float) -> None:
+        done = sum(self._counts.values())
+        rate = done / max(now - self._started, 1e-6)
+        eta = (self._total - done) / rate if rate > 0 else 0
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(self._counts.items()))
+        err.print(f"ingest: {done}/{self._total} ({counts}), {rate:.1f} cases/s, ETA {eta:.0f} s", highlight=False)
+
+
+def ingest(
+    path: Annotated[Path, typer.Argument(help="A folder of case files (YAML/JSON), or an .ndjson file of cases.")],
+    server: ServerOption = None,
+    state: Annotated[
+        Path | None, typer.Option("--state", help="The job's SQLite state (default: PATH.ingest.sqlite).")
+    ] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=64, help="Pushes in flight.")] = 4,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the job of this state file.")] = False,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="The JSON report (default: the state file's name .report.json).")
+    ] = None,
+    max_attempts: Annotated[
+        int, typer.Option("--max-attempts", min=1, max=100, help="Attempts per case when the server fails.")
+    ] = 6,
+) -> None:
+    """Load many cases: convert, validate and push each; resumable; a report at the end."""
+    settings = cli_settings()
+    base = server_url(settings, server)
+    source = CaseSource(path, max_bytes=settings.max_case_bytes)
+    state_path = state or path.with_name(path.name + ".ingest.sqlite")
+    report_path = report or state_path.with_name(state_path.stem + ".report.json")
+    if state_path.exists() and not resume:
+        fail(2, f"{state_path}: a job state exists; add --resume to continue that job, or choose another --state")
+    if resume and not state_path.exists():
+        fail(2, f"{state_path}: no job state to resume")
+    try:
+        job_state = JobState(state_path)
+    except Exception as exc:  # noqa: BLE001 - sqlite3 and OS errors alike: the file is unusable
+        fail(2, f"{state_path}: cannot use it as the job state: {exc}")
+    started_against = job_state.meta("server")
+    if started_against is not None and started_against != base:
+        fail(2, f"{state_path}: this job sends to {started_against}; resume it against that server (--server)")
+    job_state.set_meta("server", base)
+    job_state.set_meta("source", str(path.resolve()))
+    validator = prepare_validator(settings)
+    mappings = load_mappings(settings)
+    progress: BarProgress | LineProgress = BarProgress() if err.is_terminal else LineProgress()
+    total = source.count()
+
+    async def work() -> RunStats:
+        async with AsyncFhirClient.from_settings(settings, base_url=base) as client:
+            job = IngestJob(
+                source,
+                job_state,
+                client=client,
+                locks=PatientLocks(settings.locks()),
+                mappings=mappings,
+                validator=validator,
+                options=IngestOptions(concurrency=concurrency, max_attempts=max_attempts),
+                progress=progress,
+            )
+            return await job.run()
+
+    try:
+        stats = run_fhir(work)
+    finally:
+        progress.stop()
+    result = build_report(job_state, stats, source=str(path), server=base, total=total)
+    job_state.close()
+    try:
+        write_atomically(report_path, orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+    except OSError as exc:
+        raise InputError(f"cannot write the report: {exc.strerror}", source=str(report_path)) from exc
+    for line in summary(result):
+        out.print(line, markup=False, highlight=False)
+    out.print(f"report: {report_path}", markup=False, highlight=False)
+    counts = result["counts"]
+    if counts["failed"] or counts["sending"] or counts["pending"]:
+        raise typer.Exit(4)
+    if counts["invalid"]:
+        raise typer.Exit(1)
