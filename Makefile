@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench schema clean
+.PHONY: setup demo test faults lint bench schema clean
 
 # Python packages when pyproject/constraints change; the pinned FHIR packages (npm pack, checked against
 # their integrity) whenever missing. Both steps do nothing when everything is in place.
@@ -27,6 +27,10 @@ test: setup
 	@$(BIN)/ruff check -q service tests benchmarks
 	@$(BIN)/mypy service
 	@$(BIN)/python -m pytest -q
+
+# The ingestion fault scenarios at the issue's full size: 1,000 generated cases each (make test runs 200).
+faults: setup
+	@CASEBRIDGE_FAULT_CASES=1000 $(BIN)/python -m pytest -q tests/test_ingest_faults.py --durations=0
 
 lint: setup
 	@$(BIN)/ruff check service tests benchmarks
