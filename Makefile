@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test faults lint bench schema clean
+.PHONY: setup demo test faults lint bench bench-scale schema clean
 
 # Python packages when pyproject/constraints change; the pinned FHIR packages (npm pack, checked against
 # their integrity) whenever missing. Both steps do nothing when everything is in place.
@@ -40,6 +40,12 @@ bench: setup
 	@$(BIN)/python benchmarks/bench_convert.py
 	@$(BIN)/python benchmarks/bench_validate.py
 	@$(BIN)/python benchmarks/bench_push_pull.py
+	@$(BIN)/python benchmarks/bench_api.py
+	@$(BIN)/python benchmarks/bench_ingest.py
+
+# 10,000 and 100,000 synthetic cases converted and validated: about half an hour on two cores.
+bench-scale: setup
+	@$(BIN)/python benchmarks/bench_ingest_scale.py
 
 schema: setup
 	@$(BIN)/casebridge schema -o schemas/case-report-1.0.schema.json

@@ -1,0 +1,83 @@
+"""Ingestion at scale without a server: synthetic cases converted and validated (the job's own `prepare`, no
+push), 10,000 then 100,000, each in a fresh process; peak RSS and time. Targets: peak RSS <= 300 MB; the time
+for 100,000 within 1.1 x ten times the time for 10,000 (linear: nothing grows with the job).
+
+Run: .venv/bin/python benchmarks/bench_ingest_scale.py [--small 10000] [--large 100000]
+(the large run takes roughly half an hour on a 2-core machine)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def phase(n: int, path: Path) -> dict[str, float]:
+    """In this process: write n cases as NDJSON (not timed), then convert and validate every one (timed)."""
+    from service.config import Settings
+    from service.domain.synth import generate
+    from service.ingest.job import Prepared, prepare
+    from service.ingest.sources import CaseSource
+    from service.mapping.engine import MappingSet
+    from service.validation.service import load_validator
+
+    with path.open("w") as handle:
+        for case in generate(n, seed=2026, invalid_share=0.02):
+            handle.write(json.dumps(case.doc, separators=(",", ":")) + "\n")
+    settings = Settings()
+    mappings = MappingSet.load(settings.mappings_dir)
+    validator = load_validator(settings)
+    started = time.perf_counter()
+    valid = 0
+    for item in CaseSource(path, max_bytes=settings.max_case_bytes):
+        valid += isinstance(prepare(item, mappings, validator), Prepared)
+    seconds = time.perf_counter() - started
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"cases": n, "valid": valid, "seconds": seconds, "peak_rss_mb": peak_mb}
+
+
+def run_phase(n: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = subprocess.run(
+            [sys.executable, __file__, "--phase", str(n), "--file", str(Path(tmp) / "cases.ndjson")],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--small", type=int, default=10_000)
+    parser.add_argument("--large", type=int, default=100_000)
+    parser.add_argument("--phase", type=int)
+    parser.add_argument("--file", type=Path)
+    args = parser.parse_args()
+    if args.phase is not None:
+        print(json.dumps(phase(args.phase, args.file)))
+        return
+    small, large = run_phase(args.small), run_phase(args.large)
+    for r in (small, large):
+        print(
+            f"{r['cases']:>7} cases ({r['valid']} valid): {r['seconds']:8.1f} s, "
+            f"{r['cases'] / r['seconds']:6.1f} cases/s, peak RSS {r['peak_rss_mb']:.0f} MB  (target <= 300 MB)"
+        )
+    ratio = large["seconds"] / (small["seconds"] * large["cases"] / small["cases"])
+    print(
+        f"time({large['cases']}) / ({large['cases'] // small['cases']} x time({small['cases']})): {ratio:.3f}"
+        "  (target <= 1.1)"
+    )
+
+
+if __name__ == "__main__":
+    main()
