@@ -15,10 +15,12 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from service.cli_support import cli_settings, err, fail, load_mappings, out
-from service.errors import InputError
+from service.config import PROJECT_ROOT
+from service.errors import InputError, MappingError
 from service.fhir.client import AsyncFhirClient
 from service.files import write_atomically
 from service.ingest.job import IngestJob, IngestOptions, RunStats
+from service.ingest.registry_csv import RegistryLayout
 from service.ingest.report import build_report, summary
 from service.ingest.sources import CaseSource
 from service.ingest.state import JobState
@@ -100,7 +102,9 @@ class LineProgress:
 
 
 def ingest(
-    path: Annotated[Path, typer.Argument(help="A folder of case files (YAML/JSON), or an .ndjson file of cases.")],
+    path: Annotated[
+        Path, typer.Argument(help="A folder of case files (YAML/JSON), an .ndjson file of cases, or a registry .csv.")
+    ],
     server: ServerOption = None,
     state: Annotated[
         Path | None, typer.Option("--state", help="The job's SQLite state (default: PATH.ingest.sqlite).")
@@ -117,7 +121,13 @@ def ingest(
     """Load many cases: convert, validate and push each; resumable; a report at the end."""
     settings = cli_settings()
     base = server_url(settings, server)
-    source = CaseSource(path, max_bytes=settings.max_case_bytes)
+    layout = None
+    if path.suffix.lower() == ".csv":
+        try:
+            layout = RegistryLayout.load(settings.mappings_dir / "registry-csv.yaml", root=PROJECT_ROOT)
+        except MappingError as exc:
+            fail(3, f"mapping error: {exc}")
+    source = CaseSource(path, max_bytes=settings.max_case_bytes, layout=layout)
     state_path = state or path.with_name(path.name + ".ingest.sqlite")
     report_path = report or state_path.with_name(state_path.stem + ".report.json")
     if state_path.exists() and not resume:

@@ -112,6 +112,9 @@ def prepare(item: SourceItem, mappings: MappingSet, validator: Validator) -> Pre
     if item.suffix == ".too-large":
         reason = f"{item.source}: {int(item.data):,} bytes, over the size limit"
         return Refused(item, None, reason, _problems_outcome([Problem("", reason)]))
+    if item.suffix == ".invalid-row":
+        reason = item.data.decode()
+        return Refused(item, None, reason, _problems_outcome([Problem("", reason)]))
     if item.suffix == ".unreadable":
         reason = f"{item.source}: {item.data.decode()}"
         return Refused(item, None, reason, _problems_outcome([Problem("", reason)]))

@@ -1,7 +1,9 @@
-"""Where the cases of a job come from: a folder of case files, or an NDJSON file of cases (one per line).
+"""Where the cases of a job come from: a folder of case files, an NDJSON file of cases (one per line), or a
+CSV in the flat registry layout of ``mappings/registry-csv.yaml`` (one row per case).
 
 Items are read lazily (a job may hold 100,000 cases). Each has a stable ``key`` (the file name, or
-``<file>:<line>``) the job state is kept under, and a content hash, so a changed input is sent again.
+``<file>:<line>``: append to a file being loaded, do not insert) the job state is kept under, and a content
+hash, so a changed input is sent again.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+
 from service.errors import InputError
+from service.ingest.registry_csv import RegistryLayout
 
 CASE_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -29,22 +34,34 @@ class SourceItem:
 
 
 class CaseSource:
-    def __init__(self, path: Path, *, max_bytes: int):
+    def __init__(self, path: Path, *, max_bytes: int, layout: RegistryLayout | None = None):
         if not path.exists():
             raise InputError("no such file or folder", source=str(path))
         self.path = path
         self.max_bytes = max_bytes
-        self.kind = "folder" if path.is_dir() else "ndjson"
-        if self.kind == "ndjson" and path.suffix.lower() not in (".ndjson", ".jsonl"):
-            raise InputError("expected a folder of case files or an .ndjson file of cases", source=str(path))
+        self.layout = layout
+        suffix = path.suffix.lower()
+        self.kind = "folder" if path.is_dir() else "csv" if suffix == ".csv" else "ndjson"
+        if self.kind == "ndjson" and suffix not in (".ndjson", ".jsonl"):
+            raise InputError(
+                "expected a folder of case files, an .ndjson file of cases or a registry .csv", source=str(path)
+            )
+        if self.kind == "csv":
+            if layout is None:
+                raise InputError("a registry CSV needs the layout (mappings/registry-csv.yaml)", source=str(path))
+            next(layout.rows(path), None)  # the header is checked now, before anything is sent
 
     def __iter__(self) -> Iterator[SourceItem]:
+        if self.kind == "csv":
+            return self._csv()
         return self._folder() if self.kind == "folder" else self._ndjson()
 
     def count(self) -> int:
         """How many items, without reading them all into memory (for the progress bar)."""
         if self.kind == "folder":
             return sum(1 for _ in self._files())
+        if self.kind == "csv":
+            return sum(1 for _ in self._csv())
         with self.path.open("rb") as handle:
             return sum(1 for line in handle if line.strip())
 
@@ -69,6 +86,15 @@ class CaseSource:
                 continue
             suffix = ".json" if file.suffix.lower() == ".json" else ".yaml"
             yield SourceItem(file.name, str(file), data, suffix)
+
+    def _csv(self) -> Iterator[SourceItem]:
+        assert self.layout is not None
+        for line, doc in self.layout.rows(self.path):
+            key, source = f"{self.path.name}:{line}", f"{self.path}:{line}"
+            if isinstance(doc, InputError):
+                yield SourceItem(key, source, doc.report().encode(), ".invalid-row")
+            else:
+                yield SourceItem(key, source, orjson.dumps(doc), ".json")
 
     def _ndjson(self) -> Iterator[SourceItem]:
         with self.path.open("rb") as handle:
