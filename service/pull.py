@@ -10,7 +10,7 @@ import csv
 import datetime as dt
 import io
 import re
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,21 +67,27 @@ class PulledReports:
     total: int | None = None
 
 
+def page_entries(page: Mapping[str, Any]) -> Iterator[tuple[str, dict[str, Any], bool]]:
+    """(``Type/id``, resource, is a matched DiagnosticReport) for each usable entry of a searchset page."""
+    entries = page.get("entry")
+    for entry in entries if isinstance(entries, list) else []:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict):
+            continue
+        search = entry.get("search")
+        mode = search.get("mode", "match") if isinstance(search, dict) else "match"
+        is_match = mode == "match" and resource.get("resourceType") == "DiagnosticReport"
+        yield f"{resource.get('resourceType')}/{resource.get('id')}", resource, is_match
+
+
 async def pull_reports(client: AsyncFhirClient, query: Search) -> PulledReports:
     pulled = PulledReports()
     seen: set[str] = set()
     async for page in client.pages(query):
         if pulled.total is None and isinstance(page.get("total"), int):
             pulled.total = page["total"]
-        entries = page.get("entry")
-        for entry in entries if isinstance(entries, list) else []:
-            resource = entry.get("resource") if isinstance(entry, dict) else None
-            if not isinstance(resource, dict):
-                continue
-            key = f"{resource.get('resourceType')}/{resource.get('id')}"
-            search = entry.get("search")
-            mode = search.get("mode", "match") if isinstance(search, dict) else "match"
-            if mode == "match" and resource.get("resourceType") == "DiagnosticReport":
+        for key, resource, is_match in page_entries(page):
+            if is_match:
                 if key not in seen:  # a server may repeat a match across pages if data changes while paging
                     seen.add(key)
                     pulled.reports.append(resource)
@@ -268,15 +274,7 @@ async def stream_reports(pages: AsyncIterator[dict[str, Any]], fmt: str, base_ur
     async for page in pages:
         chunk: list[bytes] = []
         page_reports: list[dict[str, Any]] = []
-        entries = page.get("entry")
-        for entry in entries if isinstance(entries, list) else []:
-            resource = entry.get("resource") if isinstance(entry, dict) else None
-            if not isinstance(resource, dict):
-                continue
-            key = f"{resource.get('resourceType')}/{resource.get('id')}"
-            search = entry.get("search")
-            mode = search.get("mode", "match") if isinstance(search, dict) else "match"
-            is_match = mode == "match" and resource.get("resourceType") == "DiagnosticReport"
+        for key, resource, is_match in page_entries(page):
             if is_match:
                 if key in seen_reports:
                     continue

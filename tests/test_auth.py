@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import socket
 import threading
 import time
 import uuid
@@ -22,7 +21,6 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-import uvicorn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from starlette.applications import Starlette
@@ -33,6 +31,8 @@ from starlette.routing import Route
 from service.config import Settings
 from service.errors import AuthError
 from service.fhir.auth import JWT_BEARER, BearerAuth, SmartBackendAuth, auth_from_settings
+
+from .loopback import serve
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
@@ -166,23 +166,9 @@ class AuthServer:
 @pytest.fixture(scope="module")
 def server() -> Iterator[AuthServer]:
     auth_server = AuthServer()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    auth_server.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    uv = uvicorn.Server(uvicorn.Config(auth_server.app, log_level="warning", access_log=False, lifespan="off"))
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, name="auth-test-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not uv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the test server did not start"
-        time.sleep(0.01)
-    try:
+    with serve(auth_server.app, name="auth-test-server") as base:
+        auth_server.base_url = base
         yield auth_server
-    finally:
-        uv.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 # -- keys ---------------------------------------------------------------------------------------------------
