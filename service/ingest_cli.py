@@ -6,6 +6,7 @@ Exit codes: 0 every case pushed; 1 some cases invalid (reported, not sent), none
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -101,6 +102,10 @@ class LineProgress:
         err.print(f"ingest: {done}/{self._total} ({counts}), {rate:.1f} cases/s, ETA {eta:.0f} s", highlight=False)
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 def ingest(
     path: Annotated[
         Path, typer.Argument(help="A folder of case files (YAML/JSON), an .ndjson file of cases, or a registry .csv.")
@@ -121,6 +126,7 @@ def ingest(
     """Load many cases: convert, validate and push each; resumable; a report at the end."""
     settings = cli_settings()
     base = server_url(settings, server)
+    path = path.resolve() if path.exists() else path  # "ingest ." names its state after the folder, beside it
     layout = None
     if path.suffix.lower() == ".csv":
         try:
@@ -138,15 +144,19 @@ def ingest(
         job_state = JobState(state_path)
     except Exception as exc:  # noqa: BLE001 - sqlite3 and OS errors alike: the file is unusable
         fail(2, f"{state_path}: cannot use it as the job state: {exc}")
-    started_against = job_state.meta("server")
+    started_against, started_from = job_state.meta("server"), job_state.meta("source")
     if started_against is not None and started_against != base:
         fail(2, f"{state_path}: this job sends to {started_against}; resume it against that server (--server)")
+    if started_from is not None and started_from != str(path):
+        fail(2, f"{state_path}: this job reads {started_from}; resume it with that PATH")
     job_state.set_meta("server", base)
-    job_state.set_meta("source", str(path.resolve()))
+    job_state.set_meta("source", str(path))
     validator = prepare_validator(settings)
     mappings = load_mappings(settings)
     progress: BarProgress | LineProgress = BarProgress() if err.is_terminal else LineProgress()
     total = source.count()
+    # SIGTERM (a scheduler stopping the job) ends it as Ctrl-C does: the state is consistent either way.
+    signal.signal(signal.SIGTERM, _interrupt)
 
     async def work() -> RunStats:
         async with AsyncFhirClient.from_settings(settings, base_url=base) as client:
@@ -159,6 +169,7 @@ def ingest(
                 validator=validator,
                 options=IngestOptions(concurrency=concurrency, max_attempts=max_attempts),
                 progress=progress,
+                total=total,
             )
             return await job.run()
 

@@ -120,7 +120,7 @@ def prepare(item: SourceItem, mappings: MappingSet, validator: Validator) -> Pre
         return Refused(item, None, reason, _problems_outcome([Problem("", reason)]))
     case_id = None
     try:
-        doc = parse_document(item.data, source=item.source + item.suffix if item.suffix == ".json" else item.source)
+        doc = parse_document(item.data, source=item.source)
         raw_id = doc.get("case_id")
         case_id = raw_id if isinstance(raw_id, str) else None
         case = validate_case(doc, source=item.source)
@@ -156,7 +156,9 @@ class IngestJob:
         options: IngestOptions = IngestOptions(),
         progress: Progress | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
+        total: int | None = None,
     ):
+        self.total = total  # the source's size, when the caller has counted it already
         self.source = source
         self.state = state
         self.client = client
@@ -171,21 +173,25 @@ class IngestJob:
 
     async def run(self) -> RunStats:
         queue: asyncio.Queue[Prepared | None] = asyncio.Queue(maxsize=self.options.concurrency * 2)
-        pushers = [asyncio.create_task(self._pusher(queue)) for _ in range(self.options.concurrency)]
         try:
-            await self._convert_all(queue)
-        finally:
-            for _ in pushers:
-                await queue.put(None)
-            results = await asyncio.gather(*pushers, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+            # A task group: if a pusher dies (its state write failed), the converter waiting on the full queue
+            # is cancelled with the rest, instead of waiting for ever.
+            async with asyncio.TaskGroup() as group:
+                for _ in range(self.options.concurrency):
+                    group.create_task(self._pusher(queue))
+                group.create_task(self._convert_then_stop(queue))
+        except* Exception as failures:  # noqa: BLE001 - the first failure of the group, re-raised as it was
+            raise failures.exceptions[0] from None
         return self.stats
+
+    async def _convert_then_stop(self, queue: asyncio.Queue[Prepared | None]) -> None:
+        await self._convert_all(queue)
+        for _ in range(self.options.concurrency):
+            await queue.put(None)
 
     async def _convert_all(self, queue: asyncio.Queue[Prepared | None]) -> None:
         loop = asyncio.get_running_loop()
-        total = self.source.count()
+        total = self.total if self.total is not None else self.source.count()
         done_before = 0
         with ThreadPoolExecutor(1, "casebridge-convert") as executor:
             items = iter(self.source)
@@ -203,7 +209,13 @@ class IngestJob:
                     self.progress.advance("done before")
                     continue
                 self.state.pending(item.key, item.source, item.digest)
-                result = await loop.run_in_executor(executor, prepare, item, self.mappings, self.validator)
+                try:
+                    result = await loop.run_in_executor(executor, prepare, item, self.mappings, self.validator)
+                except Exception as exc:  # noqa: BLE001 - our own defect on one case must not stop the job
+                    self.state.failed(item.key, f"{item.source}: internal error: {type(exc).__name__}: {exc}")
+                    self.stats.add("failed")
+                    self.progress.advance("failed")
+                    continue
                 if isinstance(result, Refused):
                     self.state.invalid(item.key, result.case_id, result.reason, result.outcome)
                     self.stats.add("invalid")
@@ -225,8 +237,10 @@ class IngestJob:
     async def _push(self, prepared: Prepared) -> str:
         key = prepared.item.key
         wait = self.options.retry_wait
+        attempt = 0  # this run's attempts (the state keeps the total across runs, for the report)
         while True:
-            attempt = self.state.sending(key, prepared.case_id, prepared.patient)
+            self.state.sending(key, prepared.case_id, prepared.patient)
+            attempt += 1
             started = time.perf_counter()
             try:
                 result = await push_bundle(self.client, prepared.bundle, locks=self.locks)
@@ -239,11 +253,14 @@ class IngestJob:
                 self.state.failed(key, f"attempt {attempt}: {_reason(exc)} (will try again)", outcome)
                 pause = wait
                 if isinstance(exc, TooManyRequests) and exc.retry_after is not None:
-                    pause = max(pause, exc.retry_after)
+                    pause = min(max(pause, exc.retry_after), self.options.max_wait)
                 self.progress.note(f"{prepared.item.source}: {_reason(exc)}; again in {pause:.1f} s")
                 await self.sleep(pause + self._random.uniform(0, pause / 4))
                 wait = min(wait * 2, self.options.max_wait)
                 continue
+            except Exception as exc:  # noqa: BLE001 - an unexpected failure is this case's, recorded with its reason
+                self.state.failed(key, f"attempt {attempt}: internal error: {type(exc).__name__}: {exc}")
+                return "failed"
             seconds = time.perf_counter() - started
             self.stats.push_seconds.append(seconds)
             self.state.pushed(key, result.created, result.already_there, seconds)

@@ -23,6 +23,7 @@ from service.mapping.templates import compose, line_of, mapping_items, scalar
 _PLACEHOLDER = re.compile(r"\$([a-z][a-z0-9_]*)(?::(number|bool|list))?")
 _ANY_PLACEHOLDER = re.compile(r"\$([a-z][a-z0-9_]*)(?::([a-z]+))?")
 _EMPTY = object()
+csv.field_size_limit(16 * 1024 * 1024)  # a long free-text column is a case's text, not an error (the default is 128 KB)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,13 @@ class RegistryLayout:
 
     def rows(self, path: Path) -> Iterator[tuple[int, dict[str, Any] | InputError]]:
         """(line number, case document or the error that row gives), row by row."""
+        try:
+            yield from self._rows(path)
+        except (csv.Error, UnicodeDecodeError) as exc:
+            # The CSV itself is broken from here on (a runaway quote, bytes that are not UTF-8): say where.
+            raise InputError(f"unreadable CSV: {exc}", source=str(path)) from exc
+
+    def _rows(self, path: Path) -> Iterator[tuple[int, dict[str, Any] | InputError]]:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             header = [h.strip() for h in reader.fieldnames or []]
