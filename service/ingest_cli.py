@@ -49,12 +49,14 @@ class BarProgress:
         self._started = time.monotonic()
 
     def start(self, total: int, already_done: int) -> None:
+        self._started = time.monotonic()
         self._bar.start()
         self._task = self._bar.add_task("ingest", total=total, counts="", rate=0.0)
 
     def advance(self, status: str) -> None:
         self._counts[status] = self._counts.get(status, 0) + 1
-        rate = sum(self._counts.values()) / max(time.monotonic() - self._started, 1e-6)
+        worked = sum(self._counts.values()) - self._counts.get("done before", 0)
+        rate = worked / max(time.monotonic() - self._started, 1e-6)
         counts = " ".join(f"{k} {v}" for k, v in sorted(self._counts.items()))
         self._bar.update(self._task, advance=1, counts=counts, rate=rate)
 
@@ -96,7 +98,9 @@ class LineProgress:
 
     def _line(self, now: float) -> None:
         done = sum(self._counts.values())
-        rate = done / max(now - self._started, 1e-6)
+        # The rate counts this run's work only: cases done before are skipped in no time and would flatter the ETA.
+        worked = done - self._counts.get("done before", 0)
+        rate = worked / max(now - self._started, 1e-6)
         eta = (self._total - done) / rate if rate > 0 else 0
         counts = ", ".join(f"{k} {v}" for k, v in sorted(self._counts.items()))
         err.print(f"ingest: {done}/{self._total} ({counts}), {rate:.1f} cases/s, ETA {eta:.0f} s", highlight=False)
