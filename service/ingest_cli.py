@@ -6,6 +6,8 @@ Exit codes: 0 every case pushed; 1 some cases invalid (reported, not sent), none
 
 from __future__ import annotations
 
+import fcntl
+import os
 import signal
 import time
 from pathlib import Path
@@ -144,6 +146,15 @@ def ingest(
         fail(2, f"{state_path}: a job state exists; add --resume to continue that job, or choose another --state")
     if resume and not state_path.exists():
         fail(2, f"{state_path}: no job state to resume")
+    # One job per state at a time: a second process would send everything again beside the first.
+    try:
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        guard = os.open(state_path.with_name(state_path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fail(2, f"{state_path}: another ingest job is running on this state")
+    except OSError as exc:
+        fail(2, f"{state_path}: cannot lock the job state: {exc.strerror}")
     try:
         job_state = JobState(state_path)
     except Exception as exc:  # noqa: BLE001 - sqlite3 and OS errors alike: the file is unusable

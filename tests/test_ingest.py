@@ -95,3 +95,15 @@ def test_bad_arguments(fhir_server: str, tmp_path: Path) -> None:
         tmp=tmp_path,
     )
     assert result.returncode == 2 and "no job state" in result.stderr
+
+
+def test_two_jobs_on_one_state_are_refused(fhir_server: str, tmp_path: Path) -> None:
+    import fcntl
+
+    state = tmp_path / "job.sqlite"
+    path = tmp_path / "cases.ndjson"
+    path.write_text("".join(json.dumps(c.doc) + "\n" for c in generate(1, seed=104)))
+    with (tmp_path / "job.sqlite.lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a running job holds it
+        result = run("ingest", str(path), "--server", fhir_server, "--state", str(state), tmp=tmp_path)
+    assert result.returncode == 2 and "another ingest job" in result.stderr
