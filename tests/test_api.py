@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from service.api.app import create_app
 from service.config import Settings
 
+from . import loopback
 from .conftest import SEED
 
 RW = "rw-" + "k" * 30
@@ -362,3 +363,42 @@ def test_metric_labels_stay_bounded(api: TestClient) -> None:
     metrics = api.get("/metrics").text
     assert "XXXXXXXX" not in metrics and 'method="OTHER"' in metrics
     assert "zzzz" not in metrics and 'route="unmatched"' in metrics
+
+
+def test_decimals_from_xml_keep_their_digits_when_forwarded(tmp_path: Path) -> None:
+    """FHIR decimals carry their precision (2.50 is not 2.5): an XML Bundle's decimals reach the server as written."""
+    received: list[bytes] = []
+
+    async def fhir_server(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        received.append(body)
+        answer = json.dumps(
+            {"resourceType": "Bundle", "type": "transaction-response", "entry": [{"response": {"status": "201"}}]}
+        ).encode()
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/fhir+json")]}
+        )
+        await send({"type": "http.response.body", "body": answer})
+
+    xml = b"""<Bundle xmlns="http://hl7.org/fhir"><type value="transaction"/>
+      <entry><fullUrl value="urn:uuid:6b0a3c1e-8f4d-4b2a-9c3e-1d2f3a4b5c6d"/><resource><Observation>
+        <id value="6b0a3c1e-8f4d-4b2a-9c3e-1d2f3a4b5c6d"/><status value="final"/>
+        <code><text value="serum calcium"/></code>
+        <valueQuantity><value value="2.50"/><unit value="mmol/L"/><system value="http://unitsofmeasure.org"/>
+          <code value="mmol/L"/></valueQuantity>
+        <referenceRange><low><value value="2.10"/></low><high><value value="1.0e1"/></high></referenceRange>
+      </Observation></resource>
+      <request><method value="PUT"/><url value="Observation/6b0a3c1e-8f4d-4b2a-9c3e-1d2f3a4b5c6d"/></request></entry>
+    </Bundle>"""
+    with loopback.serve(fhir_server) as base:
+        with TestClient(create_app(settings_for(base, tmp_path)), raise_server_exceptions=False) as client:
+            response = client.post("/bundles", content=xml, headers={**WRITE, "Content-Type": "application/fhir+xml"})
+    assert response.status_code == 200, response.text
+    (sent,) = received
+    assert b'"value":2.50' in sent and b'"value":2.10' in sent and b'"value":1.0e1' in sent
+    assert json.loads(sent)["entry"][0]["resource"]["valueQuantity"]["value"] == 2.5

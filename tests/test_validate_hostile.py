@@ -124,6 +124,13 @@ XHTML = 'xmlns="http://www.w3.org/1999/xhtml"'
         (f'<div {XHTML}><a href="data:text/html;base64,PHNjcmlwdD4=">x</a></div>', False),
         (f"<div {XHTML}><P>x</P></div>", False),
         (f"<!DOCTYPE html><div {XHTML}>x</div>", False),
+        (f'<div {XHTML} xml:lang="en"><p lang="en">x</p></div>', True),
+        (f'<div {XHTML} xmlns:x="http://example.org" x:href="1">x</div>', False),  # an attribute in another namespace
+        (f"<div {XHTML}>a &amp; b&#160;&lt;</div>", True),
+        (f"<div {XHTML}>&nbsp;</div>", False),  # an HTML entity is not XML
+        (f'<!DOCTYPE d [<!ENTITY e SYSTEM "file:///etc/passwd">]><div {XHTML}>&e;</div>', False),
+        (f"<div {XHTML}>a</div><div {XHTML}>b</div>", False),  # two roots
+        ("", False),
     ],
 )
 def test_narrative_xhtml(validator: Validator, div: str, ok: bool) -> None:

@@ -21,6 +21,7 @@ from service.api.security import ReadKey
 from service.api.services import Services
 from service.config import Settings
 from service.domain.case import CaseReport
+from service.runtime import settle_heap
 
 DESCRIPTION = """\
 Clinical case reports to FHIR R4, validated, forwarded to a FHIR server and read back.
@@ -41,6 +42,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ready: Services = services if services is not None else await asyncio.to_thread(Services.build, settings)
+        if services is None:
+            settle_heap()
         ready.metrics = metrics
         app.state.services = ready
         try:

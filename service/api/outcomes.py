@@ -10,6 +10,7 @@ import orjson
 from starlette.responses import Response
 
 from service.errors import Problem
+from service.fhir.numbers import json_default
 
 FHIR_JSON = "application/fhir+json"
 
@@ -21,7 +22,7 @@ class FhirResponse(Response):
 
     def render(self, content: Any) -> bytes:
         try:
-            return orjson.dumps(content)
+            return orjson.dumps(content, default=json_default)
         except TypeError:
             # Text orjson will not encode (a lone surrogate from somewhere): ASCII-escaped JSON always works.
             return json.dumps(content, ensure_ascii=True, default=str).encode()

@@ -49,6 +49,7 @@ from service.errors import (
     TooManyRequests,
     Unauthorized,
 )
+from service.fhir.numbers import json_default
 from service.fhir.search import Search
 
 FHIR_JSON = "application/fhir+json"
@@ -380,7 +381,7 @@ class AsyncFhirClient:
         request_headers = dict(headers or {})
         content = None
         if body is not None or raw is not None:
-            content = raw if raw is not None else orjson.dumps(body)
+            content = raw if raw is not None else orjson.dumps(body, default=json_default)
             request_headers["Content-Type"] = f"{FHIR_JSON}; charset=utf-8"
         if method in ("GET", "HEAD") and self._wrote:
             request_headers["Cache-Control"] = "no-cache"

@@ -17,6 +17,7 @@ import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
 from service.errors import CasebridgeError
+from service.fhir.numbers import FhirDecimal
 from service.validation.structure import DefinitionError, Definitions, ElementNode, StructureTree, compile_structure
 
 FHIR_NS = "http://hl7.org/fhir"
@@ -196,8 +197,9 @@ def _primitive(raw: str | None, type_code: str) -> Any:
             return raw
     if type_code == "decimal":
         try:
-            number = float(raw)
+            number = FhirDecimal(raw)
         except ValueError:
-            return raw
-        return int(number) if number.is_integer() and "." not in raw and "e" not in raw.lower() else number
+            return raw  # not a number: left as text, which validation reports
+        # A decimal keeps its digits (2.50 stays 2.50 when written as JSON); a plain integer is one.
+        return int(raw) if raw.lstrip("-").isdigit() else number
     return raw

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
+from xml.parsers import expat
 
-import defusedxml.ElementTree as SafeET
 import fhirpathpy
 from fhirpathpy.engine.nodes import ResourceNode
 from fhirpathpy.models import models
@@ -79,29 +79,48 @@ _ALLOWED_ATTRIBUTES = frozenset(
         "{http://www.w3.org/XML/1998/namespace}lang",
     }
 )
+# As expat names them with namespace_separator=" " (the namespace joined by "}"): "{uri}local" minus the "{".
+_ALLOWED_ATTRIBUTE_KEYS = frozenset(a.lstrip("{") for a in _ALLOWED_ATTRIBUTES)
 _UNSAFE_URL = re.compile(r"^(javascript|vbscript|data):", re.I)
+
+
+class _NotNarrative(Exception):
+    pass
 
 
 def html_checks(div: str) -> bool:
     """txt-1: the narrative is well-formed XHTML, a div in the XHTML namespace, and uses only the basic
-    elements and attributes FHIR allows, with no script URLs (checked after decoding, as a browser would)."""
+    elements and attributes FHIR allows, with no script URLs (checked after decoding, as a browser would).
+
+    Checked by expat's callbacks as it parses, with no tree built (it runs on every narrative); no DTD is
+    accepted, so no entity can be declared or fetched."""
+    parser = expat.ParserCreate(namespace_separator=" ")
+    started = False
+
+    def start(name: str, attributes: dict[str, str]) -> None:
+        nonlocal started
+        namespace, _, local = name.rpartition(" ")
+        if namespace != XHTML or local not in _ALLOWED_TAGS or (not started and local != "div"):
+            raise _NotNarrative
+        started = True
+        for attribute, value in attributes.items():
+            if attribute.replace(" ", "}", 1) not in _ALLOWED_ATTRIBUTE_KEYS:
+                raise _NotNarrative
+            if attribute in ("href", "src") and _UNSAFE_URL.match(re.sub(r"[\x00-\x20]+", "", value)):
+                raise _NotNarrative
+
+    def refuse(*_: Any) -> Any:
+        raise _NotNarrative
+
+    parser.StartElementHandler = start
+    parser.StartDoctypeDeclHandler = refuse
+    parser.EntityDeclHandler = refuse
+    parser.ExternalEntityRefHandler = refuse
     try:
-        root = SafeET.fromstring(div, forbid_dtd=True)
-    except Exception:  # noqa: BLE001 - not well-formed, a DTD, an entity: not acceptable narrative
+        parser.Parse(div, True)
+    except (_NotNarrative, expat.ExpatError, ValueError):
         return False
-    if root.tag != f"{{{XHTML}}}div":
-        return False
-    for element in root.iter():
-        if not isinstance(element.tag, str) or not element.tag.startswith(f"{{{XHTML}}}"):
-            return False
-        if element.tag[len(XHTML) + 2 :] not in _ALLOWED_TAGS:
-            return False
-        for name, value in element.attrib.items():
-            if name not in _ALLOWED_ATTRIBUTES:
-                return False
-            if name in ("href", "src") and _UNSAFE_URL.match(re.sub(r"[\x00-\x20]+", "", value)):
-                return False
-    return True
+    return started
 
 
 def _html_checks(inputs: list[Any]) -> bool:

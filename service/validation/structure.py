@@ -11,6 +11,7 @@ Children that a snapshot does not list (a profile that leaves ``Patient.name`` a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
 from service.errors import CasebridgeError
@@ -89,11 +90,13 @@ class ElementNode:
     is_modifier: bool = False
     base_max: str = "1"
 
-    @property
+    # Cached: the validator asks these for every value it walks; name and base_max never change after
+    # compilation.
+    @cached_property
     def is_choice(self) -> bool:
         return self.name.endswith("[x]")
 
-    @property
+    @cached_property
     def repeats(self) -> bool:
         # The JSON shape follows the base definition's max: an element that repeats in the base is an
         # array even where a profile limits it to one.

@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,11 +110,22 @@ class _Run:
             self.issues.append(Issue(severity, code, message, expression, source))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Child:
     node: ElementNode
     tree: StructureTree
-    type_code: str | None  # implied by a choice property name
+    type_code: str | None  # implied by a choice property name, else the element's only type (None: several)
+    type_ref: TypeRef | None  # the TypeRef of type_code
+    name: str  # the element's name without [x]
+    primitive: bool
+
+    @classmethod
+    def of(cls, node: ElementNode, tree: StructureTree, implied: str | None) -> _Child:
+        # Worked out once per (element, tree): the walk asks for these on every value.
+        type_code = implied or (node.types[0].code if len(node.types) == 1 else None)
+        type_ref = next((t for t in node.types if t.code == type_code), None)
+        name = node.name[:-3] if node.is_choice else node.name
+        return cls(node, tree, type_code, type_ref, name, type_code in primitives.PRIMITIVES)
 
 
 class Validator:
@@ -134,6 +145,14 @@ class Validator:
         self.unusable: dict[str, str] = {}  # canonical -> why a definition that exists cannot be used
         self._lookups: dict[tuple[int, int], dict[str, _Child]] = {}
         self._required: dict[tuple[int, int], list[ElementNode]] = {}
+        self._resource_types: dict[str, bool] = {}
+        # Per element (the node is kept so that its id cannot be reused by another object).
+        self._reference_target_cache: dict[int, tuple[ElementNode, tuple[str, ...]]] = {}
+        self._target_profile_cache: dict[tuple[int, str], tuple[ElementNode, tuple[str, ...]]] = {}
+        # id(constraint tuple) -> (the tuple, kept so the id stays its own; (constraint, native check) pairs)
+        self._prepared: dict[
+            int, tuple[tuple[Constraint, ...] | list[Constraint], tuple[tuple[Constraint, Any], ...]]
+        ] = {}
 
     # --- definitions ----------------------------------------------------------------------------------
 
@@ -330,7 +349,7 @@ class Validator:
             lookup = {}
             for child in node.children.values():
                 for json_name, implied in child.json_names().items():
-                    lookup[json_name] = _Child(child, tree, implied)
+                    lookup[json_name] = _Child.of(child, tree, implied)
             self._lookups[key] = lookup
             self._required[key] = [c for c in node.children.values() if c.min > 0 or c.max is not None]
         return lookup, self._required[key]
@@ -379,7 +398,7 @@ class Validator:
             if key.startswith("_"):
                 name = key[1:]
                 child = lookup.get(name)
-                if child is None or not self._is_primitive(child):
+                if child is None or not child.primitive:
                     run.add("error", "structure", f"Unrecognized property '{key}'", expr)
                 elif name not in obj:
                     self._property(name, None, value, child, expr, run, res, depth, counts)
@@ -409,10 +428,6 @@ class Validator:
                     tree.url,
                 )
 
-    def _is_primitive(self, child: _Child) -> bool:
-        type_code = child.type_code or (child.node.types[0].code if len(child.node.types) == 1 else None)
-        return type_code in primitives.PRIMITIVES
-
     def _property(
         self,
         key: str,
@@ -426,10 +441,8 @@ class Validator:
         counts: dict[int, int],
     ) -> None:
         node = child.node
-        name = node.name[:-3] if node.is_choice else node.name
-        type_code = child.type_code or (node.types[0].code if node.types else None)
-        if len(node.types) > 1 and child.type_code is None:
-            type_code = None
+        name = child.name
+        type_code = child.type_code
         source = value if value is not None else extra
         if node.repeats and not isinstance(source, list):
             run.add(
@@ -454,11 +467,18 @@ class Validator:
         if value is None:
             items, extras = [None] * len(items), items
         counts[id(node)] = counts.get(id(node), 0) + len(items)
-        type_ref = next((t for t in node.types if t.code == type_code), None)
-        for i, item in enumerate(items):
-            item_extra = extras[i] if i < len(extras) else None
-            item_expr = _item_expression(expr, node, type_code, i)
-            self._item(item, item_extra, node, child.tree, type_code, type_ref, item_expr, run, res, depth)
+        type_ref = child.type_ref
+        n_extras = len(extras)
+        if node.repeats:
+            for i, item in enumerate(items):
+                item_extra = extras[i] if i < n_extras else None
+                self._item(
+                    item, item_extra, node, child.tree, type_code, type_ref, f"{expr}.{name}[{i}]", run, res, depth
+                )
+        elif items:
+            item_expr = f"{expr}.{name}.ofType({type_code})" if node.is_choice and type_code else f"{expr}.{name}"
+            item_extra = extras[0] if n_extras else None
+            self._item(items[0], item_extra, node, child.tree, type_code, type_ref, item_expr, run, res, depth)
         if node.slicing and node.slices:
             self._slicing(items, extras, node, child.tree, expr, type_code, run, res, depth)
 
@@ -506,7 +526,7 @@ class Validator:
                 "error", "structure", f"The property must be an Object, not a {type(item).__name__} (at {expr})", expr
             )
             return
-        if not any(k != "id" for k in item):
+        if not item or (len(item) == 1 and "id" in item):
             run.add("error", "invariant", "All FHIR elements must have a @value or children (ele-1)", expr)
         if type_code == "Extension" and node.name in ("extension", "modifierExtension") and not node.slice_name:
             self._extension(item, node, tree, expr, run, res, depth)
@@ -542,8 +562,13 @@ class Validator:
                 self._known_code(coding, coding_expr, run)
 
     def _is_resource_type(self, type_code: str) -> bool:
-        tree = self.type_tree(type_code)
-        return tree is not None and tree.kind == "resource"
+        known = self._resource_types.get(type_code)
+        if known is None:
+            tree = self.type_tree(type_code)
+            known = tree is not None and tree.kind == "resource"
+            if tree is not None:  # unknown codes come from input: not remembered
+                self._resource_types[type_code] = known
+        return known
 
     def _primitive(
         self,
@@ -681,12 +706,7 @@ class Validator:
                 resolved = matches[0] if len(matches) == 1 else None
         if target_type is None:
             return
-        allowed: list[str] = []
-        for t in node.types:
-            if t.code != "Reference":
-                continue
-            for p in t.target_profiles:
-                allowed.append(self._profile_type(p))
+        allowed = self._reference_targets(node)
         if allowed and "Resource" not in allowed and target_type not in allowed:
             run.add(
                 "error",
@@ -698,21 +718,48 @@ class Validator:
         if resolved is not None:
             self._target_profiles(resolved, target_type, node, expr, run)
 
+    def _reference_targets(self, node: ElementNode) -> tuple[str, ...]:
+        """The resource types an element's Reference may point to (empty: any), worked out once per element."""
+        cached = self._reference_target_cache.get(id(node))
+        if cached is None or cached[0] is not node:
+            allowed = tuple(
+                self._profile_type(p) for t in node.types if t.code == "Reference" for p in t.target_profiles
+            )
+            cached = (node, allowed)
+            if self._all_known(node):
+                self._reference_target_cache[id(node)] = cached
+        return cached[1]
+
+    def _all_known(self, node: ElementNode) -> bool:
+        # Only what no later-loaded definition can change is remembered (an unknown profile is read from its URL).
+        return all(self._is_type_url(p) or self.tree(p) is not None for t in node.types for p in t.target_profiles)
+
     def _target_profiles(
         self, target: dict[str, Any], target_type: str, node: ElementNode, expr: str, run: _Run
     ) -> None:
         """A resolved target must conform to one of the element's target profiles for its type (core
         definitions need no check: the target is validated as itself anyway)."""
-        profiles = [
-            p
-            for t in node.types
-            if t.code == "Reference"
-            for p in t.target_profiles
-            if not self._is_type_url(p) and self._profile_type(p) == target_type
-        ]
-        if not profiles or any(
-            self._is_type_url(p) and self._profile_type(p) == target_type for t in node.types for p in t.target_profiles
-        ):
+        key = (id(node), target_type)
+        cached = self._target_profile_cache.get(key)
+        if cached is None or cached[0] is not node:
+            found = [
+                p
+                for t in node.types
+                if t.code == "Reference"
+                for p in t.target_profiles
+                if not self._is_type_url(p) and self._profile_type(p) == target_type
+            ]
+            if any(
+                self._is_type_url(p) and self._profile_type(p) == target_type
+                for t in node.types
+                for p in t.target_profiles
+            ):
+                found = []
+            cached = (node, tuple(found))
+            if self._all_known(node):
+                self._target_profile_cache[key] = cached
+        profiles = cached[1]
+        if not profiles:
             return
         if not self._conforms(target, profiles, run):
             message = (
@@ -905,9 +952,18 @@ class Validator:
         res: dict[str, Any],
         tree: StructureTree,
     ) -> None:
-        for c in constraints:
-            if c.key in _CHECKED_IN_WALK:
-                continue
+        if not constraints:
+            return
+        prepared = self._prepared.get(id(constraints))
+        if prepared is None or prepared[0] is not constraints:
+            # Once per constraint list: which are checked by the walk itself, which have a native check.
+            active = tuple(
+                (c, _NATIVE.get(c.key) or _NATIVE_EXPRESSIONS.get(c.expression))
+                for c in constraints
+                if c.key not in _CHECKED_IN_WALK
+            )
+            prepared = self._prepared[id(constraints)] = (constraints, active)
+        for c, native in prepared[1]:
             if c.key == "dom-3":
                 # Reported on each unreferenced contained resource, as the HL7 validator does; skipped
                 # with the contained resources when the caller asked for that.
@@ -920,7 +976,6 @@ class Validator:
                         )
                         run.add("error", "invariant", message, f"{expr}.contained[{i}]", tree.url)
                 continue
-            native = _NATIVE.get(c.key) or _NATIVE_EXPRESSIONS.get(c.expression)
             if native is not None:
                 ok = native(item, run.roots.get(id(res), res))
             else:
@@ -1042,7 +1097,7 @@ class Validator:
                 return False
         return constrained
 
-    def _conforms(self, value: Any, profiles: list[str], run: _Run) -> bool:
+    def _conforms(self, value: Any, profiles: Sequence[str], run: _Run) -> bool:
         """Whether a resource conforms to any of the profiles (a profile discriminator). Cached per run."""
         if not isinstance(value, dict) or "resourceType" not in value:
             return False
@@ -1349,6 +1404,17 @@ def _bdl_7(item: Any, root: Any = None) -> bool:
 
 # Invariants with a native version of the same meaning, matched on their exact R4 expression (so a
 # profile reusing a key for something else still goes through FHIRPath). They run on every resource.
+def _first_entry_is(item: Any, bundle_type: str, resource_type: str) -> bool:
+    """type = '<bundle_type>' implies entry.first().resource.is(<resource_type>): no first resource is empty,
+    which an invariant takes as passing."""
+    if not isinstance(item, dict) or item.get("type") != bundle_type:
+        return True
+    entries = _arr(item.get("entry"))
+    first = entries[0] if entries and isinstance(entries[0], dict) else {}
+    resource = first.get("resource")
+    return not isinstance(resource, dict) or resource.get("resourceType") == resource_type
+
+
 _NATIVE_EXPRESSIONS: dict[str, Any] = {
     "resource.exists() or request.exists() or response.exists()": lambda item, root=None: (
         not isinstance(item, dict) or any(_present(item, k) for k in ("resource", "request", "response"))
@@ -1387,6 +1453,49 @@ _NATIVE_EXPRESSIONS: dict[str, Any] = {
     "(type = 'history') or entry.where(fullUrl.exists()).select(fullUrl&resource.meta.versionId).isDistinct()": _bdl_7,
     "code.empty() or system.exists()": lambda item, root=None: (
         not isinstance(item, dict) or not _present(item, "code") or _present(item, "system")
+    ),
+    # Evaluated on every case Bundle (IPS HumanName and Observation rules, bdl-1/2/9/10/11/12): natives take
+    # the interpreter out of the common path.
+    "family.exists() or given.exists() or text.exists()": lambda item, root=None: (
+        not isinstance(item, dict) or any(_present(item, k) for k in ("family", "given", "text"))
+    ),
+    "value.exists() or hasMember.exists() or component.exists() or dataAbsentReason.exists()": lambda item, root=None: (
+        not isinstance(item, dict)
+        or _choice_present(item, "value")
+        or any(_present(item, k) for k in ("value", "hasMember", "component", "dataAbsentReason"))
+    ),
+    "component.exists() implies (component.value.exists() or component.dataAbsentReason.exists())": (
+        lambda item, root=None: (
+            not isinstance(item, dict)
+            or not _present(item, "component")
+            or any(
+                _choice_present(c, "value") or _present(c, "dataAbsentReason")
+                for c in _arr(item.get("component"))
+                if isinstance(c, dict)
+            )
+        )
+    ),
+    "total.empty() or (type = 'searchset') or (type = 'history')": lambda item, root=None: (
+        not isinstance(item, dict) or not _present(item, "total") or item.get("type") in ("searchset", "history")
+    ),
+    "entry.search.empty() or (type = 'searchset')": lambda item, root=None: (
+        not isinstance(item, dict)
+        or item.get("type") == "searchset"
+        or not any(_present(e, "search") for e in _arr(item.get("entry")) if isinstance(e, dict))
+    ),
+    "type = 'document' implies (identifier.system.exists() and identifier.value.exists())": lambda item, root=None: (
+        not isinstance(item, dict)
+        or item.get("type") != "document"
+        or (_present(_obj(item.get("identifier")), "system") and _present(_obj(item.get("identifier")), "value"))
+    ),
+    "type = 'document' implies (timestamp.hasValue())": lambda item, root=None: (
+        not isinstance(item, dict) or item.get("type") != "document" or item.get("timestamp") is not None
+    ),
+    "type = 'document' implies entry.first().resource.is(Composition)": lambda item, root=None: _first_entry_is(
+        item, "document", "Composition"
+    ),
+    "type = 'message' implies entry.first().resource.is(MessageHeader)": lambda item, root=None: _first_entry_is(
+        item, "message", "MessageHeader"
     ),
 }
 # Checked by the walk itself (ele-1 on every element, ext-1 on every extension), never as invariants.
