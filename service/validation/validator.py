@@ -118,6 +118,10 @@ class _Child:
     type_ref: TypeRef | None  # the TypeRef of type_code
     name: str  # the element's name without [x]
     primitive: bool
+    # A single primitive with nothing to check but its type: the walk checks its value in place (most
+    # values of a resource are such; the full path costs five calls per value).
+    plain: bool
+    expression: str  # the item's expression relative to its parent's (".name" or ".name.ofType(T)")
 
     @classmethod
     def of(cls, node: ElementNode, tree: StructureTree, implied: str | None) -> _Child:
@@ -125,7 +129,22 @@ class _Child:
         type_code = implied or (node.types[0].code if len(node.types) == 1 else None)
         type_ref = next((t for t in node.types if t.code == type_code), None)
         name = node.name[:-3] if node.is_choice else node.name
-        return cls(node, tree, type_code, type_ref, name, type_code in primitives.PRIMITIVES)
+        primitive = type_code in primitives.PRIMITIVES
+        plain = (
+            primitive
+            and type_code != "markdown"
+            and not node.repeats
+            and node.fixed is None
+            and node.pattern is None
+            and node.binding is None
+            and node.max_length is None
+            and node.min_value is None
+            and node.max_value is None
+            and node.slicing is None
+            and all(c.key in _CHECKED_IN_WALK for c in node.constraints)
+        )
+        expression = f".{name}.ofType({type_code})" if node.is_choice and type_code else f".{name}"
+        return cls(node, tree, type_code, type_ref, name, primitive, plain, expression)
 
 
 class Validator:
@@ -407,7 +426,17 @@ class Validator:
             if child is None:
                 run.add("error", "structure", f"Unrecognized property '{key}'", expr)
                 continue
-            self._property(key, value, obj.get("_" + key), child, expr, run, res, depth, counts)
+            extra = obj.get("_" + key)
+            if child.plain and extra is None and type(value) in _SCALARS:
+                # What _property -> _item -> _primitive would do for this value, without the calls.
+                node_id = id(child.node)
+                counts[node_id] = counts.get(node_id, 0) + 1
+                problem = primitives.check(child.type_code or "", value)
+                if problem:
+                    code = "invalid" if "JSON" not in problem else "structure"
+                    run.add("error", code, problem, expr + child.expression)
+                continue
+            self._property(key, value, extra, child, expr, run, res, depth, counts)
         for child_node in bounded:
             count = counts.get(id(child_node), 0)
             if count < child_node.min:
@@ -1498,5 +1527,6 @@ _NATIVE_EXPRESSIONS: dict[str, Any] = {
         item, "message", "MessageHeader"
     ),
 }
+_SCALARS = frozenset({str, bool, int, float})
 # Checked by the walk itself (ele-1 on every element, ext-1 on every extension), never as invariants.
 _CHECKED_IN_WALK = frozenset({"ele-1", "ext-1"})
