@@ -402,3 +402,28 @@ def test_decimals_from_xml_keep_their_digits_when_forwarded(tmp_path: Path) -> N
     (sent,) = received
     assert b'"value":2.50' in sent and b'"value":2.10' in sent and b'"value":1.0e1' in sent
     assert json.loads(sent)["entry"][0]["resource"]["valueQuantity"]["value"] == 2.5
+
+
+def test_a_contained_resource_meets_the_inbound_profiles_too(api: TestClient, fhir_server: str) -> None:
+    """A Patient does not escape the configured Patient profile by being contained in another resource."""
+    condition = {
+        "resourceType": "Condition",
+        "id": "3f3e2a4c-1b2d-4e5f-8a9b-0c1d2e3f4a5b",
+        "contained": [{"resourceType": "Patient", "id": "p", "gender": "female"}],  # IPS Patient needs a name
+        "clinicalStatus": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]
+        },
+        "code": {"text": "soft-tissue mass"},
+        "subject": {"reference": "#p"},
+    }
+    body = is_outcome(api.post("/bundles", json=bundle_of(condition), headers={**WRITE, **FHIR_JSON}), 422)
+    contained_issues = [
+        i
+        for i in body["issue"]
+        if any("contained[0]" in e for e in i.get("expression", [])) and i["severity"] == "error"
+    ]
+    assert any("Patient.name" in i.get("details", {}).get("text", "") for i in contained_issues), body
+    assert count(fhir_server, f"Condition?_id={condition['id']}") == 0
+    condition["contained"][0] |= {"name": [{"family": "Example"}], "birthDate": "1990-01-01"}
+    response = api.post("/bundles", json=bundle_of(condition), headers={**WRITE, **FHIR_JSON})
+    assert response.status_code == 200, response.text

@@ -48,21 +48,30 @@ def load_inbound_profiles(path: Path, validator: Validator, *, root: Path | None
 
 
 def with_inbound_profiles(bundle: Mapping[str, Any], profiles: Mapping[str, list[str]]) -> dict[str, Any]:
-    """A copy of the Bundle whose entries also claim the configured profiles, so validation applies them."""
+    """A copy of the Bundle whose entries, and the resources they contain, also claim the configured profiles,
+    so validation applies them (a Patient does not escape the Patient profile by being contained)."""
     out = copy.deepcopy(dict(bundle))
     for entry in out.get("entry") or []:
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict):
             continue
-        wanted = profiles.get(str(resource.get("resourceType")))
-        if not wanted:
-            continue
-        meta = resource.setdefault("meta", {})
-        if not isinstance(meta, dict):
-            continue
-        existing = meta.get("profile", [])
-        if not isinstance(existing, list):
-            continue  # malformed: left as it is, so the validator reports it (replacing it would hide it)
-        claimed: list[Any] = existing
-        meta["profile"] = [*claimed, *(url for url in wanted if url not in claimed)]
+        _claim(resource, profiles)
+        contained = resource.get("contained")
+        for inner in contained if isinstance(contained, list) else ():
+            if isinstance(inner, dict):
+                _claim(inner, profiles)
     return out
+
+
+def _claim(resource: dict[str, Any], profiles: Mapping[str, list[str]]) -> None:
+    wanted = profiles.get(str(resource.get("resourceType")))
+    if not wanted:
+        return
+    meta = resource.setdefault("meta", {})
+    if not isinstance(meta, dict):
+        return
+    existing = meta.get("profile", [])
+    if not isinstance(existing, list):
+        return  # malformed: left as it is, so the validator reports it (replacing it would hide it)
+    claimed: list[Any] = existing
+    meta["profile"] = [*claimed, *(url for url in wanted if url not in claimed)]
