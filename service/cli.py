@@ -217,6 +217,7 @@ def serve(
 
     from service.api.app import create_app
     from service.api.logs import configure
+    from service.api.protocol import http_protocol
     from service.api.services import Services
 
     settings = cli_settings()
@@ -242,6 +243,7 @@ def serve(
             access_log=False,
             server_header=False,
             proxy_headers=False,
+            http=http_protocol(),
         )
         return
     uvicorn.run(  # uvicorn handles SIGTERM/SIGINT itself: a graceful shutdown
@@ -252,6 +254,7 @@ def serve(
         access_log=False,  # our middleware logs each request, without its query string
         server_header=False,
         proxy_headers=False,
+        http=http_protocol(),  # malformed HTTP answered with an OperationOutcome too
     )
 
 

@@ -26,6 +26,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def raw_exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes that are not valid HTTP; read the answer until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
+    return int(status_line.split()[1]), headers, body
+
+
 def test_serve_needs_keys() -> None:
     env = {k: v for k, v in os.environ.items() if k != "CASEBRIDGE_API_KEYS"}
     result = subprocess.run(
@@ -102,6 +115,16 @@ def test_a_full_run_logs_json_lines_without_case_content(fhir_server: str, tmp_p
             timeout=60,
         )
         assert refused.status_code == 422
+        for raw in (
+            b"NOT HTTP AT ALL\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nA header without a colon\r\n\r\n",
+            b"POST /cases HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 9\r\n\r\nhello",
+        ):
+            status, headers, body = raw_exchange(port, raw)
+            assert status == 400, (raw, status, body)
+            assert headers["content-type"].startswith("application/fhir+json"), headers
+            outcome = json.loads(body)
+            assert outcome["resourceType"] == "OperationOutcome" and outcome["issue"][0]["code"] == "structure"
     finally:
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
