@@ -1,11 +1,14 @@
 """``casebridge ingest PATH``: a registry load, convert -> validate -> push, with a durable job state.
 
-Exit codes: 0 every case pushed; 1 some cases invalid (reported, not sent), none failed; 4 some cases failed
-(the FHIR server: see the report); 2 unusable arguments or state file; 3 configuration.
+Exit codes: 0 every case pushed; 1 some cases invalid (reported, not sent), none failed; 4 some cases failed or
+are unfinished (the FHIR server: see the report; also when it stayed down and the job stopped); 2 unusable
+arguments or state file (one of another casebridge version included); 3 configuration. Only the cases of the
+current source count: a case no longer in it (its row kept in the state) changes no count and no exit code.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import signal
@@ -22,12 +25,14 @@ from service.config import PROJECT_ROOT
 from service.errors import InputError, MappingError
 from service.fhir.client import AsyncFhirClient
 from service.files import write_atomically
+from service.ingest.fingerprint import ruleset_fingerprint
 from service.ingest.job import IngestJob, IngestOptions, RunStats
 from service.ingest.registry_csv import RegistryLayout
 from service.ingest.report import build_report, summary
 from service.ingest.sources import CaseSource
 from service.ingest.state import JobState
 from service.push import PatientLocks
+from service.runtime import settle_heap
 from service.transfer_cli import ServerOption, prepare_validator, run_fhir, server_url
 
 
@@ -128,6 +133,14 @@ def ingest(
     max_attempts: Annotated[
         int, typer.Option("--max-attempts", min=1, max=100, help="Attempts per case when the server fails.")
     ] = 6,
+    outage_wait: Annotated[
+        float,
+        typer.Option(
+            "--outage-wait",
+            min=0,
+            help="Seconds to wait for a FHIR server that stopped answering before the job stops (resume later).",
+        ),
+    ] = 600.0,
 ) -> None:
     """Load many cases: convert, validate and push each; resumable; a report at the end."""
     settings = cli_settings()
@@ -168,13 +181,20 @@ def ingest(
     job_state.set_meta("source", str(path))
     validator = prepare_validator(settings)
     mappings = load_mappings(settings)
+    # The rules a verdict is reached under: an invalid case is judged again when they change.
+    ruleset = ruleset_fingerprint(
+        [settings.mappings_dir, settings.profiles_dir, settings.fhir_packages_lock, settings.terminology()]
+    )
+    settle_heap()  # the definitions live as long as the job: out of the garbage collector's way
     progress: BarProgress | LineProgress = BarProgress() if err.is_terminal else LineProgress()
-    total = source.count()
     # SIGTERM (a scheduler stopping the job) ends it as Ctrl-C does: the state is consistent either way.
     signal.signal(signal.SIGTERM, _interrupt)
 
     async def work() -> RunStats:
         async with AsyncFhirClient.from_settings(settings, base_url=base) as client:
+            # The job retries each push itself: so it knows every attempt whose answer was lost (what makes a
+            # later "already there" uncertain), and its breaker sees an outage as it happens.
+            client.retry = dataclasses.replace(client.retry, attempts=1)
             job = IngestJob(
                 source,
                 job_state,
@@ -182,9 +202,9 @@ def ingest(
                 locks=PatientLocks(settings.locks()),
                 mappings=mappings,
                 validator=validator,
-                options=IngestOptions(concurrency=concurrency, max_attempts=max_attempts),
+                options=IngestOptions(concurrency=concurrency, max_attempts=max_attempts, outage_wait=outage_wait),
                 progress=progress,
-                total=total,
+                ruleset=ruleset,
             )
             return await job.run()
 
@@ -192,7 +212,7 @@ def ingest(
         stats = run_fhir(work)
     finally:
         progress.stop()
-    result = build_report(job_state, stats, source=str(path), server=base, total=total)
+    result = build_report(job_state, stats, source=str(path), server=base)
     job_state.close()
     try:
         write_atomically(report_path, orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
@@ -202,7 +222,7 @@ def ingest(
         out.print(line, markup=False, highlight=False)
     out.print(f"report: {report_path}", markup=False, highlight=False)
     counts = result["counts"]
-    if counts["failed"] or counts["sending"] or counts["pending"]:
+    if stats.stopped or counts["failed"] or counts["sending"] or counts["pending"]:
         raise typer.Exit(4)
     if counts["invalid"]:
         raise typer.Exit(1)

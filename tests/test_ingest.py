@@ -107,3 +107,110 @@ def test_two_jobs_on_one_state_are_refused(fhir_server: str, tmp_path: Path) -> 
         fcntl.flock(held, fcntl.LOCK_EX)  # as a running job holds it
         result = run("ingest", str(path), "--server", fhir_server, "--state", str(state), tmp=tmp_path)
     assert result.returncode == 2 and "another ingest job" in result.stderr
+
+
+def ndjson(path: Path, docs: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    return path
+
+
+def test_keys_are_case_identities_so_inserted_lines_do_not_re_key_and_removed_cases_do_not_count(
+    fhir_server: str, tmp_path: Path
+) -> None:
+    docs = [c.doc for c in generate(5, seed=105)]
+    broken = {**docs[2], "patient": {"sex": "sometimes"}}  # invalid: refused, not sent
+    path = ndjson(tmp_path / "cases.ndjson", [docs[0], docs[1], broken, docs[3]])
+    state = tmp_path / "job.sqlite"
+    first = run("ingest", str(path), "--server", fhir_server, "--state", str(state), tmp=tmp_path)
+    assert first.returncode == 1, first.stderr
+    assert report_of(state)["counts"] == {"pushed": 3, "invalid": 1, "failed": 0, "sending": 0, "pending": 0}
+    # A new case inserted at the top, the invalid one removed: the others keep their keys (nothing re-sent),
+    # and the removed one no longer counts (nor makes the exit code 1).
+    ndjson(path, [docs[4], docs[0], docs[1], docs[3]])
+    again = run("ingest", str(path), "--server", fhir_server, "--state", str(state), "--resume", tmp=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    report = report_of(state)
+    assert report["this_run"] == {"done_before": 3, "pushed": 1}
+    assert report["counts"] == {"pushed": 4, "invalid": 0, "failed": 0, "sending": 0, "pending": 0}
+    assert report["cases"] == 4 and report["stale"] == 1 and report["invalid"] == []
+    assert "1 no longer in the source" in again.stdout
+    keys = {json.loads(line)["case_id"] for line in path.read_text().splitlines()}
+    assert {r["key"] for r in report_rows(state, "pushed")} == {f"case:{k}" for k in keys}
+
+
+def report_rows(state: Path, status: str) -> list[dict]:
+    import sqlite3
+
+    with sqlite3.connect(state) as db:
+        run_no = int(db.execute("SELECT value FROM job WHERE name = 'run'").fetchone()[0])
+        rows = db.execute("SELECT key, location FROM cases WHERE status = ? AND run = ?", (status, run_no))
+        return [{"key": k, "location": loc} for k, loc in rows]
+
+
+def test_a_case_id_twice_in_one_source_is_loaded_once_and_the_repeat_reported(fhir_server: str, tmp_path: Path) -> None:
+    docs = [c.doc for c in generate(2, seed=106)]
+    changed = json.loads(json.dumps(docs[0]))
+    changed["presentation"]["source_text"] = "Another text under the same case id."
+    path = ndjson(tmp_path / "cases.ndjson", [docs[0], docs[1], changed])
+    state = tmp_path / "job.sqlite"
+    result = run("ingest", str(path), "--server", fhir_server, "--state", str(state), tmp=tmp_path)
+    assert result.returncode == 1, result.stderr
+    report = report_of(state)
+    assert report["counts"]["pushed"] == 2 and report["counts"]["invalid"] == 1
+    (repeat,) = report["invalid"]
+    assert repeat["key"] == f"case:{docs[0]['case_id']}#2"
+    assert repeat["location"].endswith("cases.ndjson:3") and f"{path}:1" in repeat["reason"]
+    assert "not sent" in repeat["reason"] and repeat["outcome"]["issue"][0]["code"] == "duplicate"
+
+
+def test_a_state_file_of_the_earlier_schema_is_refused_with_a_clear_message(fhir_server: str, tmp_path: Path) -> None:
+    import sqlite3
+
+    state = tmp_path / "old.sqlite"
+    with sqlite3.connect(state) as db:  # the first schema: keyed by file:line, no schema version
+        db.executescript(
+            "CREATE TABLE cases (key TEXT PRIMARY KEY, source TEXT NOT NULL, digest TEXT NOT NULL, status TEXT);"
+            "CREATE TABLE job (name TEXT PRIMARY KEY, value TEXT NOT NULL);"
+            "INSERT INTO cases VALUES ('cases.ndjson:1', 'x', 'y', 'pushed');"
+        )
+    path = ndjson(tmp_path / "cases.ndjson", [c.doc for c in generate(1, seed=107)])
+    result = run("ingest", str(path), "--server", fhir_server, "--state", str(state), "--resume", tmp=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "another casebridge version" in result.stderr and "new --state" in result.stderr
+
+
+def test_a_server_that_stays_down_stops_the_job_with_exit_4_and_nothing_failed(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    path = ndjson(tmp_path / "cases.ndjson", [c.doc for c in generate(6, seed=108)])
+    state = tmp_path / "job.sqlite"
+    server = f"http://127.0.0.1:{port}/fhir"
+    result = run("ingest", str(path), "--server", server, "--state", str(state), "--outage-wait", "3", tmp=tmp_path)
+    assert result.returncode == 4, result.stdout + result.stderr
+    report = report_of(state)
+    assert report["counts"] == {"pushed": 0, "invalid": 0, "failed": 0, "sending": 0, "pending": 6}
+    assert report["failed"] == [] and len(report["unfinished"]) == 6
+    assert report["stopped"] and "--resume" in report["stopped"] and "stopped:" in result.stdout
+    assert "pushes paused" in result.stderr
+
+
+def test_the_report_counts_each_resource_once_across_shared_patients_and_re_sends(
+    fhir_server: str, tmp_path: Path
+) -> None:
+    docs = [c.doc for c in generate(3, seed=109)]
+    docs[1]["patient"] = json.loads(json.dumps(docs[0]["patient"]))  # a follow-up: one Patient for two cases
+    path = ndjson(tmp_path / "cases.ndjson", docs)
+    state = tmp_path / "job.sqlite"
+    assert run("ingest", str(path), "--server", fhir_server, "--state", str(state), tmp=tmp_path).returncode == 0
+    first = report_of(state)["resources"]
+    assert first["already_there"] == 0 and first["uncertain"] == 0 and first["created"] > 0
+    # A changed case is sent again: its resources were created by this job, and stay counted so.
+    docs[2]["presentation"]["source_text"] = "Changed after the first load."
+    ndjson(path, docs)
+    again = run("ingest", str(path), "--server", fhir_server, "--state", str(state), "--resume", tmp=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert report_of(state)["this_run"] == {"done_before": 2, "pushed": 1}
+    assert report_of(state)["resources"] == first

@@ -6,20 +6,26 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from service.config import Settings
+from service.domain.reader import validate_case
 from service.domain.synth import generate
+from service.errors import Conflict, FhirServerError, FhirTransportError
 from service.fhir.client import AsyncFhirClient
+from service.ingest.fingerprint import ruleset_fingerprint
 from service.ingest.job import IngestJob, IngestOptions
+from service.ingest.report import build_report
 from service.ingest.sources import CaseSource
 from service.ingest.state import JobState
 from service.mapping.engine import MappingSet
 from service.push import PatientLocks
 from service.validation.service import load_validator
+from service.validation.validator import Issue
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +92,369 @@ def test_a_state_that_cannot_be_written_ends_the_job_instead_of_hanging(
     with pytest.raises(sqlite3.OperationalError):
         asyncio.run(asyncio.wait_for(go(), 120))  # a hang would be a TimeoutError here
     assert state.counts().get("pushed", 0) == 0
+
+
+# -- doubles ------------------------------------------------------------------------------------------------
+
+
+class FakeServer:
+    """A FHIR server stand-in for ``AsyncFhirClient``: keeps resources (Type/id -> version), records each
+    transaction's case id in order, and fails on request: ``down`` (no connection), ``faults[case_id]``: a list
+    of "503" (the server failing, nothing done), "409" (a conflict: this case's trouble, nothing done) or "lost"
+    (done, then the answer lost)."""
+
+    base_url = "http://fake.invalid/fhir"
+
+    def __init__(self) -> None:
+        self.stored: dict[str, int] = {}
+        self.bodies: dict[str, dict[str, Any]] = {}
+        self.calls: list[str] = []
+        self.probes = 0
+        self.down = False
+        self.up_after_probes: int | None = None
+        self.faults: dict[str, list[str]] = {}
+        self.before_send: Any = None
+
+    async def capabilities(self) -> dict[str, Any]:
+        self.probes += 1
+        if self.up_after_probes is not None and self.probes >= self.up_after_probes:
+            self.down = False
+        if self.down:
+            raise FhirTransportError("GET metadata failed: connection refused", request_sent=False)
+        return {"resourceType": "CapabilityStatement"}
+
+    async def transaction(self, bundle: dict[str, Any], *, raw: bytes | None = None) -> dict[str, Any]:
+        case_id = bundle["identifier"]["value"]
+        if self.before_send is not None:
+            self.before_send(case_id)
+        self.calls.append(case_id)
+        await asyncio.sleep(0.001)
+        if self.down:
+            raise FhirTransportError("POST failed: connection refused", request_sent=False)
+        fault = (self.faults.get(case_id) or [None]).pop(0) if self.faults.get(case_id) else None
+        if fault == "503":
+            raise FhirServerError("POST: 503 Service Unavailable", status=503)
+        if fault == "409":
+            raise Conflict("POST: 409 Conflict", status=409)
+        entries = []
+        for entry in bundle["entry"]:
+            resource = entry["resource"]
+            ref = f"{resource['resourceType']}/{resource['id']}"
+            created = ref not in self.stored
+            self.stored[ref] = self.stored.get(ref, 0) + 1
+            self.bodies[ref] = resource
+            status = "201 Created" if created else "200 OK"
+            entries.append({"response": {"status": status, "location": f"{ref}/_history/{self.stored[ref]}"}})
+        if fault == "lost":
+            raise FhirTransportError("POST timed out: ReadTimeout", request_sent=True)
+        return {"resourceType": "Bundle", "type": "transaction-response", "entry": entries}
+
+
+class Notes:
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    def start(self, total: int, already_done: int) -> None:
+        pass
+
+    def advance(self, status: str) -> None:
+        pass
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+
+
+async def no_wait(seconds: float) -> None:
+    await asyncio.sleep(0)
+
+
+def write_cases(tmp: Path, docs: list[dict[str, Any]], name: str = "cases.ndjson") -> Path:
+    path = tmp / name
+    path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    return path
+
+
+def fake_job(
+    path: Path,
+    state: JobState,
+    server: FakeServer,
+    mappings: MappingSet,
+    validator: Any,
+    *,
+    sleep: Any = no_wait,
+    progress: Any = None,
+    ruleset: str | None = None,
+    **options: Any,
+) -> IngestJob:
+    return IngestJob(
+        CaseSource(path, max_bytes=5_000_000),
+        state,
+        client=server,  # type: ignore[arg-type]
+        locks=PatientLocks(path.parent / "locks"),
+        mappings=mappings,
+        validator=validator,
+        options=IngestOptions(**{"concurrency": 4, **options}),
+        progress=progress,
+        sleep=sleep,
+        ruleset=ruleset,
+    )
+
+
+def same_patient(docs: list[dict[str, Any]], *indexes: int) -> None:
+    for i in indexes[1:]:
+        docs[i]["patient"] = json.loads(json.dumps(docs[indexes[0]]["patient"]))
+
+
+# -- 2: state calls off the event loop ---------------------------------------------------------------------
+
+
+def test_state_calls_run_on_one_thread_off_the_loop_and_sending_is_committed_before_the_push(
+    tmp_path: Path, mappings: MappingSet, validator: Any
+) -> None:
+    threads: set[int] = set()
+
+    class Watched(JobState):
+        def sending(self, *args: Any, **kwargs: Any) -> int:
+            threads.add(threading.get_ident())
+            return super().sending(*args, **kwargs)
+
+        def pushed(self, *args: Any, **kwargs: Any) -> None:
+            threads.add(threading.get_ident())
+            super().pushed(*args, **kwargs)
+
+        def register(self, *args: Any, **kwargs: Any) -> None:
+            threads.add(threading.get_ident())
+            super().register(*args, **kwargs)
+
+        def lookup(self, *args: Any, **kwargs: Any) -> Any:
+            threads.add(threading.get_ident())
+            return super().lookup(*args, **kwargs)
+
+    docs = [c.doc for c in generate(5, seed=311)]
+    path = write_cases(tmp_path, docs)
+    state = Watched(tmp_path / "job.sqlite")
+    server = FakeServer()
+    seen: dict[str, str] = {}
+
+    def committed_status(case_id: str) -> None:
+        # Another connection sees only what is committed: the row must say 'sending' before the request goes.
+        with sqlite3.connect(tmp_path / "job.sqlite") as db:
+            seen[case_id] = db.execute("SELECT status FROM cases WHERE case_id = ?", (case_id,)).fetchone()[0]
+
+    server.before_send = committed_status
+    loop_thread: list[int] = []
+
+    async def go() -> None:
+        loop_thread.append(threading.get_ident())
+        await fake_job(path, state, server, mappings, validator).run()
+
+    asyncio.run(asyncio.wait_for(go(), 120))
+    assert state.counts() == {"pushed": 5}
+    assert len(threads) == 1 and loop_thread[0] not in threads
+    assert seen == {d["case_id"]: "sending" for d in docs}
+
+
+# -- 4: per-patient order ----------------------------------------------------------------------------------
+
+
+def test_a_patient_s_later_case_waits_for_the_earlier_one_being_retried(
+    tmp_path: Path, mappings: MappingSet, validator: Any
+) -> None:
+    docs = [c.doc for c in generate(6, seed=312)]
+    same_patient(docs, 0, 1)  # cases 0 and 1: one patient, in this order, the later one older
+    later_age = docs[0]["patient"]["age_at_presentation"]["value"] + 7
+    docs[1]["patient"]["age_at_presentation"]["value"] = later_age
+    first, second = docs[0]["case_id"], docs[1]["case_id"]
+    first_patient = mappings.convert(validate_case(docs[0], source="x"))["entry"][0]["resource"]["id"]
+    path = write_cases(tmp_path, docs)
+    state = JobState(tmp_path / "job.sqlite")
+    server = FakeServer()
+    server.faults[first] = ["503"]  # the first case of the patient fails once
+
+    async def go() -> None:
+        # Real waits: the retry of the first case comes after the second case is ready to go.
+        await fake_job(path, state, server, mappings, validator, sleep=asyncio.sleep, retry_wait=0.3).run()
+
+    asyncio.run(asyncio.wait_for(go(), 120))
+    assert [c for c in server.calls if c in (first, second)] == [first, first, second]
+    assert state.counts() == {"pushed": 6}
+    # The Patient was last written by the second case: it says that case's age at presentation.
+    (patient,) = [body for ref, body in server.bodies.items() if ref.startswith("Patient/") and first_patient in ref]
+    assert f"{later_age} years at presentation" in patient["text"]["div"]
+
+
+def test_an_earlier_case_that_fails_lets_the_later_ones_go_in_order_and_a_retry_re_sends_them(
+    tmp_path: Path, mappings: MappingSet, validator: Any
+) -> None:
+    docs = [c.doc for c in generate(4, seed=313)]
+    same_patient(docs, 0, 1, 2)
+    ids = [d["case_id"] for d in docs[:3]]
+    path = write_cases(tmp_path, docs)
+    state = JobState(tmp_path / "job.sqlite")
+    server = FakeServer()
+    server.faults[ids[0]] = ["409", "409"]  # two attempts allowed: it fails for this run
+
+    async def go(**options: Any) -> None:
+        await fake_job(path, state, server, mappings, validator, **options).run()
+
+    asyncio.run(asyncio.wait_for(go(max_attempts=2), 120))
+    assert state.counts() == {"pushed": 3, "failed": 1}
+    assert [c for c in server.calls if c in ids] == [ids[0], ids[0], ids[1], ids[2]]
+    # Resumed: the failed case goes, then its patient's later cases again, after it (the patient ends as its
+    # last case says); the other patient's case is not sent again.
+    server.calls.clear()
+    asyncio.run(asyncio.wait_for(go(), 120))
+    assert state.counts() == {"pushed": 4}
+    assert server.calls == ids
+
+
+# -- 3: the circuit breaker --------------------------------------------------------------------------------
+
+
+def test_a_long_outage_stops_the_job_with_every_unsent_case_pending_then_resume_finishes(
+    tmp_path: Path, mappings: MappingSet, validator: Any
+) -> None:
+    docs = [c.doc for c in generate(8, seed=314)]
+    path = write_cases(tmp_path, docs)
+    state = JobState(tmp_path / "job.sqlite")
+    server = FakeServer()
+    server.down = True
+    notes = Notes()
+    waits: list[float] = []
+
+    async def counted_wait(seconds: float) -> None:
+        waits.append(seconds)
+        await asyncio.sleep(0)
+
+    async def go() -> Any:
+        return await fake_job(
+            path,
+            state,
+            server,
+            mappings,
+            validator,
+            sleep=counted_wait,
+            progress=notes,
+            max_attempts=3,
+            outage_wait=60,
+            probe_wait=1,
+            max_wait=16,
+        ).run()
+
+    stats = asyncio.run(asyncio.wait_for(go(), 120))
+    assert stats.stopped and "did not answer for 60 s" in stats.stopped
+    assert state.counts() == {"pending": 8}  # none failed for the outage
+    assert any("pushes paused" in n for n in notes.notes)
+    assert server.probes >= 4  # 1 + 2 + 4 + 8 + 16 + 16 + 13: growing waits, summed up to 60 s
+    report = build_report(state, stats, source=str(path), server=server.base_url)
+    assert report["failed"] == [] and len(report["unfinished"]) == 8
+    assert all(r["reason"] for r in report["unfinished"])
+    server.down = False
+    stats = asyncio.run(asyncio.wait_for(go(), 120))
+    assert stats.stopped is None and state.counts() == {"pushed": 8}
+
+
+def test_a_short_outage_pauses_pushes_and_burns_no_case_s_attempts(
+    tmp_path: Path, mappings: MappingSet, validator: Any
+) -> None:
+    docs = [c.doc for c in generate(10, seed=315)]
+    path = write_cases(tmp_path, docs)
+    state = JobState(tmp_path / "job.sqlite")
+    server = FakeServer()
+    server.down = True
+    server.up_after_probes = 4
+    notes = Notes()
+
+    async def go() -> Any:
+        return await fake_job(path, state, server, mappings, validator, progress=notes, max_attempts=2).run()
+
+    stats = asyncio.run(asyncio.wait_for(go(), 120))
+    assert state.counts() == {"pushed": 10}
+    assert stats.pauses >= 1 and stats.stopped is None
+    assert any("answers again" in n for n in notes.notes)
+
+
+# -- 5: a changed rule set judges invalid cases again ------------------------------------------------------
+
+
+def test_invalid_cases_are_judged_again_when_the_rules_change_pushed_ones_are_not_re_sent(
+    tmp_path: Path, mappings: MappingSet, validator: Any
+) -> None:
+    docs = [c.doc for c in generate(4, seed=316)]
+    refused = docs[2]["case_id"]
+
+    class Strict:
+        """The rules of the first run: one case's Bundle does not pass."""
+
+        def validate(self, resource: Any, profiles: Any = ()) -> Any:
+            if resource.get("identifier", {}).get("value") == refused:
+                return [Issue("error", "invalid", "refused by the old rules", "Bundle")]
+            return validator.validate(resource, profiles)
+
+    path = write_cases(tmp_path, docs)
+    state = JobState(tmp_path / "job.sqlite")
+    server = FakeServer()
+
+    def go(rules: Any, ruleset: str) -> Any:
+        job = fake_job(path, state, server, mappings, rules, ruleset=ruleset)
+        return asyncio.run(asyncio.wait_for(job.run(), 120))
+
+    go(Strict(), "rules-1")
+    assert state.counts() == {"pushed": 3, "invalid": 1}
+    # The same rules: nothing again.
+    assert go(Strict(), "rules-1").this_run == {}
+    server.calls.clear()
+    # Fixed rules: the invalid case is processed again and pushed; the pushed ones are not sent again.
+    stats = go(validator, "rules-2")
+    assert stats.this_run == {"pushed": 1} and stats.skipped == 3
+    assert server.calls == [refused]
+    assert state.counts() == {"pushed": 4}
+
+
+def test_the_rules_fingerprint_covers_the_mapping_files(tmp_path: Path) -> None:
+    folder = tmp_path / "mappings"
+    (folder / "codes").mkdir(parents=True)
+    (folder / "codes" / "concepts.csv").write_text("key,code\n")
+    lock = tmp_path / "lock.json"
+    lock.write_text("{}")
+    before = ruleset_fingerprint([folder, lock, None])
+    assert ruleset_fingerprint([folder, lock, None]) == before
+    (folder / ".concepts.csv.swp").write_text("editor state")  # not a rule
+    assert ruleset_fingerprint([folder, lock, None]) == before
+    (folder / "codes" / "concepts.csv").write_text("key,code\nnew,1\n")
+    assert ruleset_fingerprint([folder, lock, None]) != before
+
+
+# -- 6: the report ------------------------------------------------------------------------------------------
+
+
+def test_resources_are_counted_once_each_and_a_lost_answer_makes_them_uncertain_not_already_there(
+    tmp_path: Path, mappings: MappingSet, validator: Any
+) -> None:
+    docs = [c.doc for c in generate(4, seed=317)]
+    same_patient(docs, 0, 1)
+    lost = docs[3]["case_id"]
+    path = write_cases(tmp_path, docs)
+    state = JobState(tmp_path / "job.sqlite")
+    server = FakeServer()
+    server.faults[lost] = ["lost"]  # done on the server, the answer lost: the retry finds it all there
+
+    async def go() -> Any:
+        return await fake_job(path, state, server, mappings, validator).run()
+
+    stats = asyncio.run(asyncio.wait_for(go(), 120))
+    bundles = [mappings.convert(validate_case(d, source="x")) for d in docs]
+    lost_refs = {f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in bundles[3]["entry"]}
+    report = build_report(state, stats, source=str(path), server=server.base_url)
+    assert report["resources"] == {
+        "created": len(server.stored) - len(lost_refs),
+        "already_there": 0,  # the shared Patient, found by the second case, was created by the first
+        "uncertain": len(lost_refs),
+        "unanswered": 0,
+    }
+    assert report["counts"]["pushed"] == 4 and report["failed"] == [] and report["unfinished"] == []
+    # A second job (a new state) on the same server: everything already there, nothing created.
+    again = JobState(tmp_path / "again.sqlite")
+    stats = asyncio.run(asyncio.wait_for(fake_job(path, again, server, mappings, validator).run(), 120))
+    report = build_report(again, stats, source=str(path), server=server.base_url)
+    assert report["resources"] == {"created": 0, "already_there": len(server.stored), "uncertain": 0, "unanswered": 0}

@@ -96,5 +96,6 @@ def test_ingest_a_registry_csv(fhir_server: str, tmp_path: Path) -> None:
     assert result.returncode == 1, result.stderr  # one invalid row, reported, not sent
     report = json.loads(state.with_name("job.report.json").read_text())
     assert report["counts"]["pushed"] == 3 and report["counts"]["invalid"] == 1
-    assert report["invalid"][0]["key"] == "registry-example.csv:5"
+    assert report["invalid"][0]["key"] == "case:reg-0004"  # keyed by the case's own id, not by its line
+    assert report["invalid"][0]["location"].endswith("registry-example.csv:5")
     assert "patient.sex" in report["invalid"][0]["reason"]

@@ -1,13 +1,27 @@
 """An ingestion job: every case of a source converted, validated and pushed, each exactly once, none lost.
 
-The pipeline: one thread converts and validates (CPU work, in order), ``concurrency`` tasks push. A bounded
-queue between them keeps memory flat however large the source. Before each push the case is recorded as
-``sending``, after it as ``pushed`` (or ``failed``): a job killed at any instant resumes from the state and
+The pipeline: first the whole source is registered in the state (its identities and digests: what this run's
+counts cover); then one thread converts and validates (CPU work, in order), ``concurrency`` tasks push. A
+bounded queue between them keeps memory flat however large the source. Before each push the case is recorded
+as ``sending``, after it as ``pushed`` (or ``failed``): a job killed at any instant resumes from the state and
 sends again only what may not have arrived — which is safe, every push being idempotent (PUT with
-deterministic ids). Writes for one patient are serialized (registry cases of one patient share a Patient).
+deterministic ids). State calls run on one thread of their own (``StateThread``), never on the event loop.
+
+Per patient, cases are pushed in source order: a case is not sent while an earlier case of its patient is
+unfinished (being tried again, or waiting out an outage), so a retried earlier case never overwrites the
+Patient a later one wrote. An earlier case that finally fails does not hold the later ones back (they go, in
+order, after it). When an earlier case of a patient is sent in a run (a retried failure, a changed case), the
+patient's later cases that were already pushed are sent again after it, so the patient ends as its last case
+says; that is the one time a finished case is re-sent.
 
 A push that fails for a reason that may pass (no answer, 429, 5xx, a conflict) is tried again, up to
 ``max_attempts`` times with a growing wait; one the server refuses for its content (other 4xx) fails at once.
+The job retries itself (the client's own retries are off for pushes: see ``ingest_cli``), so it knows each
+attempt whose answer was lost. Job-wide, a circuit breaker (``Breaker``) tells an outage from a case's trouble:
+after ``breaker_threshold`` transport-level failures in a row (no answer, 5xx) across all pushers, pushes pause
+and one probe (GET metadata) is tried with growing waits; an attempt that failed in the outage does not count
+against its case. If the server does not answer within ``outage_wait`` seconds (the waits summed), the job
+stops: unsent cases stay ``pending`` (never ``failed`` for the outage) for ``--resume``.
 """
 
 from __future__ import annotations
@@ -15,13 +29,14 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from service.domain.reader import parse_document, validate_case
 from service.errors import (
+    CasebridgeError,
     Conflict,
     FhirError,
     FhirHttpError,
@@ -35,12 +50,14 @@ from service.errors import (
 )
 from service.fhir.client import AsyncFhirClient
 from service.ingest.sources import CaseSource, SourceItem
-from service.ingest.state import JobState
+from service.ingest.state import DONE, JobState, StateThread
 from service.mapping.engine import MappingSet
 from service.push import PatientLocks, patient_key, push_bundle
 from service.validation.validator import Validator, has_errors, operation_outcome
 
 TRANSIENT = (FhirTransportError, FhirServerError, TooManyRequests, Conflict, FhirProtocolError)
+OUTAGE = (FhirTransportError, FhirServerError)  # no answer, or the server failing: what the breaker counts
+REGISTER_BATCH = 2000
 
 
 @dataclass(frozen=True)
@@ -49,6 +66,9 @@ class IngestOptions:
     max_attempts: int = 6  # per case and run; each attempt is a client call with its own quick retries
     retry_wait: float = 1.0  # the first wait between attempts; doubles, up to max_wait
     max_wait: float = 30.0
+    breaker_threshold: int = 5  # transport-level failures in a row, across pushers, that pause every push
+    outage_wait: float = 600.0  # how long the paused job waits (its waits summed) for the server to answer
+    probe_wait: float = 1.0  # the first wait before probing a server that stopped answering; doubles to max_wait
 
 
 class Progress(Protocol):
@@ -86,12 +106,24 @@ class Refused:
     outcome: dict[str, Any]
 
 
+@dataclass(slots=True)
+class Work:
+    """A prepared case on its way to a pusher: ``after`` is set when the previous case of its patient is done."""
+
+    prepared: Prepared
+    after: asyncio.Event | None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 @dataclass
 class RunStats:
     started: float = field(default_factory=time.time)
+    total: int = 0  # the source's items (every one registered in the state)
     skipped: int = 0  # done in an earlier run, content unchanged
     this_run: dict[str, int] = field(default_factory=dict)
     push_seconds: list[float] = field(default_factory=list)
+    pauses: int = 0  # times the breaker paused pushes
+    stopped: str | None = None  # why the job stopped before its end (the server stayed down)
 
     def add(self, status: str) -> None:
         self.this_run[status] = self.this_run.get(status, 0) + 1
@@ -109,11 +141,19 @@ def _problems_outcome(problems: list[Problem]) -> dict[str, Any]:
 
 def prepare(item: SourceItem, mappings: MappingSet, validator: Validator) -> Prepared | Refused:
     """Read, convert and validate one case (runs on the converter thread; touches no shared state)."""
+    if item.duplicate_of is not None:
+        same = f"case_id {item.key.split(':', 1)[1].split('#')[0]}" if item.key.startswith("case:") else "content"
+        reason = f"{item.source}: the same {same} as {item.duplicate_of}: not sent (a case is loaded once)"
+        outcome = {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": "duplicate", "diagnostics": reason}],
+        }
+        return Refused(item, None, reason, outcome)
     if item.suffix == ".too-large":
         reason = f"{item.source}: {int(item.data):,} bytes, over the size limit"
         return Refused(item, None, reason, _problems_outcome([Problem("", reason)]))
     if item.suffix == ".invalid-row":
-        reason = item.data.decode()
+        reason = f"{item.source}: {item.data.decode()}"
         return Refused(item, None, reason, _problems_outcome([Problem("", reason)]))
     if item.suffix == ".unreadable":
         reason = f"{item.source}: {item.data.decode()}"
@@ -136,11 +176,116 @@ def prepare(item: SourceItem, mappings: MappingSet, validator: Validator) -> Pre
     return Prepared(item, case.case_id, bundle, patient_key(bundle))
 
 
+def _refs(bundle: dict[str, Any]) -> list[str]:
+    """``Type/id`` of every entry a push writes (what an unanswered attempt may have created)."""
+    refs = []
+    for entry in bundle.get("entry") or []:
+        resource = entry.get("resource") or {}
+        if resource.get("resourceType") and resource.get("id"):
+            refs.append(f"{resource['resourceType']}/{resource['id']}")
+    return refs
+
+
+def _may_have_arrived(exc: Exception) -> bool:
+    """No usable answer, though the request may have been carried out (a timeout after the commit, a gateway
+    giving up, an answer that did not parse)."""
+    if isinstance(exc, FhirTransportError):
+        return exc.request_sent
+    if isinstance(exc, FhirServerError):
+        return exc.status in (502, 504)
+    return isinstance(exc, FhirProtocolError)
+
+
 def _reason(exc: Exception) -> str:
     if isinstance(exc, FhirHttpError):
         details = exc.diagnostics()
         return f"{exc}" + (f" ({details[0]})" if details and details[0] not in str(exc) else "")
     return str(exc)
+
+
+class Breaker:
+    """Job-wide: after ``threshold`` transport-level failures in a row (across pushers), pushes pause and one
+    probe is tried with growing waits, by the first pusher that finds the breaker open (the others wait for
+    it). The first answer resumes every pusher; waits adding up to ``give_up_after`` without one stop the job."""
+
+    def __init__(
+        self,
+        probe: Callable[[], Awaitable[object]],
+        *,
+        threshold: int,
+        give_up_after: float,
+        first_wait: float,
+        max_wait: float,
+        sleep: Callable[[float], Any],
+        progress: Progress,
+    ):
+        self.probe = probe
+        self.threshold = threshold
+        self.give_up_after = give_up_after
+        self.first_wait = first_wait
+        self.max_wait = max_wait
+        self.sleep = sleep
+        self.progress = progress
+        self.streak = 0
+        self.is_open = False
+        self.gave_up = False
+        self.pauses = 0
+        self.down_for = 0.0  # the waits of the last outage, summed
+        self._probing = False
+        self._resumed = asyncio.Event()
+
+    def success(self) -> None:
+        self.streak = 0
+
+    def failure(self) -> None:
+        self.streak += 1
+        if self.streak >= self.threshold and not self.is_open and not self.gave_up:
+            self.is_open = True
+            self.pauses += 1
+            self._resumed = asyncio.Event()
+
+    async def wait(self) -> bool:
+        """Returns at once while closed; when open, once the server answers (True) or the job gives up (False)."""
+        while self.is_open and not self.gave_up:
+            if self._probing:
+                await self._resumed.wait()
+                continue
+            self._probing = True
+            try:
+                await self._probe_until_up()
+            finally:
+                self._probing = False
+                self.is_open = False
+                self.streak = 0
+                self._resumed.set()
+        return not self.gave_up
+
+    async def _probe_until_up(self) -> None:
+        self.progress.note(
+            f"the FHIR server failed {self.streak} requests in a row: pushes paused; checking it "
+            f"(for up to {self.give_up_after:.0f} s)"
+        )
+        waited, wait, last = 0.0, self.first_wait, ""
+        while True:
+            wait = min(wait, self.give_up_after - waited)
+            if wait <= 0:
+                self.gave_up = True
+                self.down_for = waited
+                self.progress.note(f"the FHIR server did not answer for {waited:.0f} s ({last}): stopping")
+                return
+            await self.sleep(wait)
+            waited += wait
+            try:
+                await self.probe()
+            except OUTAGE as exc:
+                last = str(exc)
+                wait = min(wait * 2, self.max_wait)
+                continue
+            except (FhirError, CasebridgeError):
+                pass  # any other answer (401, 404, not FHIR...) says the server is there again
+            self.down_for = waited
+            self.progress.note(f"the FHIR server answers again (after {waited:.0f} s): pushes resume")
+            return
 
 
 class IngestJob:
@@ -156,9 +301,8 @@ class IngestJob:
         options: IngestOptions = IngestOptions(),
         progress: Progress | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
-        total: int | None = None,
+        ruleset: str | None = None,
     ):
-        self.total = total  # the source's size, when the caller has counted it already
         self.source = source
         self.state = state
         self.client = client
@@ -166,13 +310,27 @@ class IngestJob:
         self.mappings = mappings
         self.validator = validator
         self.options = options
+        self.ruleset = ruleset  # the rules' fingerprint, kept with each verdict (see fingerprint.py)
         self.progress = progress or NoProgress()
         self.sleep = sleep
         self.stats = RunStats()
         self._random = random.Random()  # noqa: S311 - jitter, not secrets
+        self._state = StateThread()
+        self._tails: dict[str, asyncio.Event] = {}  # patient -> the done event of its latest queued case
+        # At least 2, so that one case failing alone (a pusher on its own) is not taken for an outage for ever.
+        threshold = max(2, min(options.breaker_threshold, options.max_attempts))
+        self.breaker = Breaker(
+            client.capabilities,
+            threshold=threshold,
+            give_up_after=options.outage_wait,
+            first_wait=options.probe_wait,
+            max_wait=options.max_wait,
+            sleep=sleep,
+            progress=self.progress,
+        )
 
     async def run(self) -> RunStats:
-        queue: asyncio.Queue[Prepared | None] = asyncio.Queue(maxsize=self.options.concurrency * 2)
+        queue: asyncio.Queue[Work | None] = asyncio.Queue(maxsize=self.options.concurrency * 2)
         try:
             # A task group: if a pusher dies (its state write failed), the converter waiting on the full queue
             # is cancelled with the rest, instead of waiting for ever.
@@ -182,75 +340,129 @@ class IngestJob:
                 group.create_task(self._convert_then_stop(queue))
         except* Exception as failures:  # noqa: BLE001 - the first failure of the group, re-raised as it was
             raise failures.exceptions[0] from None
+        finally:
+            self._state.close()  # every write made is committed before the caller reads the state
+        self.stats.pauses = self.breaker.pauses
+        if self.breaker.gave_up:
+            self.stats.stopped = (
+                f"the FHIR server did not answer for {self.breaker.down_for:.0f} s; the cases not sent are pending "
+                "(continue with --resume)"
+            )
         return self.stats
 
-    async def _convert_then_stop(self, queue: asyncio.Queue[Prepared | None]) -> None:
+    async def _convert_then_stop(self, queue: asyncio.Queue[Work | None]) -> None:
         await self._convert_all(queue)
         for _ in range(self.options.concurrency):
             await queue.put(None)
 
-    async def _convert_all(self, queue: asyncio.Queue[Prepared | None]) -> None:
+    async def _register_all(self, executor: ThreadPoolExecutor) -> int:
+        """Every item of the source in the state, before any work: this run's counts cover exactly these."""
         loop = asyncio.get_running_loop()
-        total = self.total if self.total is not None else self.source.count()
-        done_before = 0
+        await self._state(self.state.begin_run)
+        items = iter(self.source)
+        total = 0
+
+        def take() -> list[tuple[str, str, str]]:
+            return [(i.key, i.source, i.digest) for _, i in zip(range(REGISTER_BATCH), items, strict=False)]
+
+        while batch := await loop.run_in_executor(executor, take):
+            total += len(batch)
+            await self._state(self.state.register, batch, self.ruleset)
+        return total
+
+    async def _convert_all(self, queue: asyncio.Queue[Work | None]) -> None:
+        loop = asyncio.get_running_loop()
+        resent: set[str] = set()  # patients with a case sent in this run: their later pushed cases go again
         with ThreadPoolExecutor(1, "casebridge-convert") as executor:
+            self.stats.total = await self._register_all(executor)
+            self.progress.start(self.stats.total, 0)
             items = iter(self.source)
-            started = False
-            while True:
+            while not self.breaker.gave_up:
                 item = await loop.run_in_executor(executor, next, items, None)
                 if item is None:
                     break
-                if not started:
-                    self.progress.start(total, 0)
-                    started = True
-                if self.state.is_done(item.key, item.digest):
-                    done_before += 1
+                known = await self._state(self.state.lookup, item.key)
+                if known is None:  # the source changed since it was registered: a case must never go unrecorded
+                    await self._state(self.state.register, [(item.key, item.source, item.digest)], self.ruleset)
+                if known is not None and known[0] in DONE and not (known[0] == "pushed" and known[1] in resent):
                     self.stats.skipped += 1
                     self.progress.advance("done before")
                     continue
-                self.state.pending(item.key, item.source, item.digest)
                 try:
                     result = await loop.run_in_executor(executor, prepare, item, self.mappings, self.validator)
                 except Exception as exc:  # noqa: BLE001 - our own defect on one case must not stop the job
-                    self.state.failed(item.key, f"{item.source}: internal error: {type(exc).__name__}: {exc}")
+                    reason = f"{item.source}: internal error: {type(exc).__name__}: {exc}"
+                    await self._state(self.state.failed, item.key, reason)
                     self.stats.add("failed")
                     self.progress.advance("failed")
                     continue
                 if isinstance(result, Refused):
-                    self.state.invalid(item.key, result.case_id, result.reason, result.outcome)
+                    await self._state(
+                        self.state.invalid, item.key, result.case_id, result.reason, result.outcome, self.ruleset
+                    )
                     self.stats.add("invalid")
                     self.progress.advance("invalid")
                     continue
-                await queue.put(result)
-            if not started:
-                self.progress.start(total, 0)
+                after = None
+                if result.patient is not None:
+                    resent.add(result.patient)
+                    after = self._tails.get(result.patient)
+                work = Work(result, after)
+                if result.patient is not None:
+                    self._tails[result.patient] = work.done
+                await queue.put(work)
 
-    async def _pusher(self, queue: asyncio.Queue[Prepared | None]) -> None:
+    async def _pusher(self, queue: asyncio.Queue[Work | None]) -> None:
         while True:
-            prepared = await queue.get()
-            if prepared is None:
+            work = await queue.get()
+            if work is None:
                 return
-            status = await self._push(prepared)
+            patient = work.prepared.patient
+            try:
+                if work.after is not None:
+                    await work.after.wait()  # the previous case of this patient first: source order
+                status = await self._push(work.prepared)
+            finally:
+                work.done.set()
+                if patient is not None and self._tails.get(patient) is work.done:
+                    del self._tails[patient]  # its last queued case: forget the patient (memory stays flat)
             self.stats.add(status)
             self.progress.advance(status)
 
     async def _push(self, prepared: Prepared) -> str:
         key = prepared.item.key
+        refs = _refs(prepared.bundle)
         wait = self.options.retry_wait
-        attempt = 0  # this run's attempts (the state keeps the total across runs, for the report)
+        attempt = 0  # this run's attempts that count against the case (the state keeps every one, for the report)
         while True:
-            self.state.sending(key, prepared.case_id, prepared.patient)
+            if not await self.breaker.wait():
+                reason = "not sent: the FHIR server stopped answering and the job stopped"
+                await self._state(self.state.not_sent, key, reason)
+                return "not sent"
+            await self._state(self.state.sending, key, prepared.case_id, prepared.patient, refs)
             attempt += 1
             started = time.perf_counter()
             try:
                 result = await push_bundle(self.client, prepared.bundle, locks=self.locks)
             except (FhirError, LockError) as exc:
                 outcome = exc.outcome if isinstance(exc, FhirHttpError) else None
+                lost = refs if _may_have_arrived(exc) else None
+                if isinstance(exc, OUTAGE):
+                    self.breaker.failure()
+                elif isinstance(exc, FhirHttpError):
+                    self.breaker.success()  # an answer: the server is there
+                if isinstance(exc, OUTAGE) and self.breaker.is_open:
+                    # The server's outage, not this case's trouble: the attempt does not count against the case.
+                    attempt -= 1
+                    reason = f"{_reason(exc)} (the server is not answering; pushes paused)"
+                    await self._state(self.state.retrying, key, reason, outcome, lost=lost)
+                    continue
                 transient = isinstance(exc, TRANSIENT) or isinstance(exc, LockError)
                 if not transient or attempt >= self.options.max_attempts:
-                    self.state.failed(key, f"attempt {attempt}: {_reason(exc)}", outcome)
+                    await self._state(self.state.failed, key, f"attempt {attempt}: {_reason(exc)}", outcome, lost=lost)
                     return "failed"
-                self.state.failed(key, f"attempt {attempt}: {_reason(exc)} (will try again)", outcome)
+                reason = f"attempt {attempt}: {_reason(exc)} (will try again)"
+                await self._state(self.state.retrying, key, reason, outcome, lost=lost)
                 pause = wait
                 if isinstance(exc, TooManyRequests) and exc.retry_after is not None:
                     pause = min(max(pause, exc.retry_after), self.options.max_wait)
@@ -259,9 +471,12 @@ class IngestJob:
                 wait = min(wait * 2, self.options.max_wait)
                 continue
             except Exception as exc:  # noqa: BLE001 - an unexpected failure is this case's, recorded with its reason
-                self.state.failed(key, f"attempt {attempt}: internal error: {type(exc).__name__}: {exc}")
+                reason = f"attempt {attempt}: internal error: {type(exc).__name__}: {exc}"
+                await self._state(self.state.failed, key, reason, lost=refs)
                 return "failed"
+            self.breaker.success()
             seconds = time.perf_counter() - started
             self.stats.push_seconds.append(seconds)
-            self.state.pushed(key, result.created, result.already_there, seconds)
+            entries = [(f"{e.resource_type}/{e.id}", e.created) for e in result.entries]
+            await self._state(self.state.pushed, key, entries, seconds, self.ruleset)
             return "pushed"

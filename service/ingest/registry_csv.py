@@ -23,6 +23,17 @@ from service.mapping.templates import compose, line_of, mapping_items, scalar
 _PLACEHOLDER = re.compile(r"\$([a-z][a-z0-9_]*)(?::(number|bool|list))?")
 _ANY_PLACEHOLDER = re.compile(r"\$([a-z][a-z0-9_]*)(?::([a-z]+))?")
 _EMPTY = object()
+
+
+class RowError(InputError):
+    """A CSV row that does not fit the layout, with the row's values: its identity in the job state is its
+    case_id column (or its values), so that it keeps its key when rows are inserted above it."""
+
+    def __init__(self, message: str, *, source: str, values: dict[str, str]):
+        self.values = values
+        super().__init__(message, source=source)
+
+
 csv.field_size_limit(16 * 1024 * 1024)  # a long free-text column is a case's text, not an error (the default is 128 KB)
 
 
@@ -54,7 +65,7 @@ class RegistryLayout:
         template = _check(top["case"][0], columns, file)
         return cls(columns, template, file)
 
-    def rows(self, path: Path) -> Iterator[tuple[int, dict[str, Any] | InputError]]:
+    def rows(self, path: Path) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
         """(line number, case document or the error that row gives), row by row."""
         try:
             yield from self._rows(path)
@@ -62,7 +73,7 @@ class RegistryLayout:
             # The CSV itself is broken from here on (a runaway quote, bytes that are not UTF-8): say where.
             raise InputError(f"unreadable CSV: {exc}", source=str(path)) from exc
 
-    def _rows(self, path: Path) -> Iterator[tuple[int, dict[str, Any] | InputError]]:
+    def _rows(self, path: Path) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             header = [h.strip() for h in reader.fieldnames or []]
@@ -78,7 +89,7 @@ class RegistryLayout:
                 try:
                     doc = _fill(self.template, values)
                 except ValueError as exc:
-                    yield line, InputError(str(exc), source=f"{path}:{line}")
+                    yield line, RowError(str(exc), source=f"{path}:{line}", values=values)
                     continue
                 yield line, doc if isinstance(doc, dict) else {}
 

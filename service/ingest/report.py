@@ -1,7 +1,12 @@
-"""The end-of-job report: counts by status, every invalid and failed case with its reason, timings.
+"""The end-of-job report: counts by status, every invalid, failed and unfinished case with its reason, timings.
 
 Built from the job state (the truth, across resumed runs), plus this run's timings; written as JSON and
-told as a short human summary.
+told as a short human summary. Counts and lists cover the cases of the current source only (``cases`` is
+their number, and the counts add up to it); rows of cases no longer in the source are ``stale``, counted apart.
+``resources`` are distinct resources (``Type/id``) over the job's life, by what the server first answered:
+``created``, ``already_there`` (there before the job), ``uncertain`` (found there after an attempt of this job
+whose answer was lost: created by that attempt or there before; no answer tells which), ``unanswered`` (only
+sent by attempts whose answer was lost, their cases not pushed yet).
 """
 
 from __future__ import annotations
@@ -17,38 +22,49 @@ from service.ingest.state import JobState
 STATUSES = ("pushed", "invalid", "failed", "sending", "pending")
 
 
-def build_report(state: JobState, stats: RunStats, *, source: str, server: str, total: int) -> dict[str, Any]:
+def build_report(state: JobState, stats: RunStats, *, source: str, server: str) -> dict[str, Any]:
     counts = {s: 0 for s in STATUSES}
     counts.update(state.counts())
     finished = time.time()
     seconds = finished - stats.started
     pushes = sorted(stats.push_seconds)
-    created = already = 0
-    for row in state.rows("pushed"):
-        created += row.created or 0
-        already += row.already_there or 0
     return {
         "source": source,
         "server": server,
         "started": dt.datetime.fromtimestamp(stats.started, dt.UTC).isoformat(timespec="seconds"),
         "finished": dt.datetime.fromtimestamp(finished, dt.UTC).isoformat(timespec="seconds"),
-        "cases": total,
+        "cases": sum(counts.values()),
         "counts": counts,
+        "stale": state.stale(),
+        "stopped": stats.stopped,
         "this_run": {"done_before": stats.skipped, **stats.this_run},
-        "resources": {"created": created, "already_there": already},
+        "resources": state.resources(),
         "timings": {
             "seconds": round(seconds, 2),
             "cases_per_second": round(sum(stats.this_run.values()) / seconds, 2) if seconds > 0 else None,
             "push_p50_ms": round(statistics.median(pushes) * 1000, 1) if pushes else None,
             "push_p95_ms": round(pushes[int(len(pushes) * 0.95)] * 1000, 1) if pushes else None,
+            "paused": stats.pauses,
         },
         "invalid": [
-            {"key": r.key, "source": r.source, "case_id": r.case_id, "reason": r.reason, "outcome": r.outcome}
+            {"key": r.key, "location": r.location, "case_id": r.case_id, "reason": r.reason, "outcome": r.outcome}
             for r in state.rows("invalid")
         ],
         "failed": [
-            {"key": r.key, "source": r.source, "case_id": r.case_id, "attempts": r.attempts, "reason": r.reason}
-            for r in state.rows("failed", "sending", "pending")
+            {"key": r.key, "location": r.location, "case_id": r.case_id, "attempts": r.attempts, "reason": r.reason}
+            for r in state.rows("failed")
+        ],
+        "unfinished": [
+            {
+                "key": r.key,
+                "location": r.location,
+                "case_id": r.case_id,
+                "status": r.status,
+                "attempts": r.attempts,
+                "reason": r.reason
+                or ("sent, no answer recorded" if r.status == "sending" else "not reached before the job stopped"),
+            }
+            for r in state.rows("sending", "pending")
         ],
     }
 
@@ -56,20 +72,28 @@ def build_report(state: JobState, stats: RunStats, *, source: str, server: str, 
 def summary(report: dict[str, Any]) -> list[str]:
     counts = report["counts"]
     timing = report["timings"]
+    resources = report["resources"]
+    unfinished = counts["sending"] + counts["pending"]
     lines = [
         f"{report['cases']} cases from {report['source']} -> {report['server']}",
         f"  pushed {counts['pushed']}, invalid {counts['invalid']} (not sent), failed {counts['failed']}"
-        + (f", unfinished {counts['sending'] + counts['pending']}" if counts["sending"] + counts["pending"] else ""),
+        + (f", unfinished {unfinished}" if unfinished else "")
+        + (f"; {report['stale']} no longer in the source (not counted)" if report["stale"] else ""),
         f"  this run: {', '.join(f'{k} {v}' for k, v in report['this_run'].items())}",
-        f"  resources: {report['resources']['created']} created, {report['resources']['already_there']} already there",
+        f"  resources: {resources['created']} created, {resources['already_there']} already there"
+        + (f", {resources['uncertain']} created or already there (answer lost)" if resources["uncertain"] else "")
+        + (f", {resources['unanswered']} sent without an answer yet" if resources["unanswered"] else ""),
         f"  {timing['seconds']} s, {timing['cases_per_second']} cases/s"
         + (f", push p50 {timing['push_p50_ms']} ms, p95 {timing['push_p95_ms']} ms" if timing["push_p50_ms"] else ""),
     ]
-    for title, rows in (("invalid", report["invalid"]), ("failed", report["failed"])):
+    if report["stopped"]:
+        lines.append(f"  stopped: {report['stopped']}")
+    for title in ("invalid", "failed", "unfinished"):
+        rows = report[title]
         for row in rows[:20]:
             first = str(row["reason"] or "").splitlines()[0] if row["reason"] else ""
-            if not first.startswith(row["source"]):
-                first = f"{row['source']}: {first}"
+            if not first.startswith(row["location"]):
+                first = f"{row['location']}: {first}"
             lines.append(f"  {title}: {first[:240]}")
         if len(rows) > 20:
             lines.append(f"  ... and {len(rows) - 20} more {title} (see the JSON report)")

@@ -8,50 +8,92 @@ gone, which only means sending those cases again (idempotent), never losing one,
 
     status      pending -> sending -> pushed
                         \\-> invalid (with its OperationOutcome)      sending -> failed (reason, attempts)
+                                                                     sending -> pending (to be tried again)
+
+Rows are keyed by the case's identity (``sources.py``), with its ``location`` (file or file:line) for messages.
+Every run first registers the whole source (``begin_run`` then ``register``): a row's ``run`` says the last run
+whose source held it. Counts and rows are those of the current run's source; rows of cases no longer in the
+source ("stale") are kept (their resources are on the server, and a case put back is known again) but counted
+apart and never in the exit code. A changed content makes a case ``pending`` again; so does a changed rule set
+(mappings, code tables, profiles: ``fingerprint.py``) for an ``invalid`` case, never for a ``pushed`` one: a
+pushed case is on the server, and a new rule set alone does not send the registry again (use a new state).
+
+``resources`` holds every resource (``Type/id``) the job's pushes were told about, with what the first answer
+said: ``created`` (201), ``already_there`` (200, and no attempt of this job that touched it went unanswered),
+``uncertain`` (200 after such an attempt: created by the lost attempt, or there before), ``unanswered`` (only
+touched by attempts whose answer was lost). Counting distinct resources keeps a patient shared by several
+cases, a retry and a re-send of a changed case from counting twice.
+
+One connection, used from one thread at a time: while a job runs, ``StateThread``'s (the event loop never
+blocks on SQLite); before and after, the caller's.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
+import functools
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import orjson
 
+from service.errors import CasebridgeError
+
+SCHEMA_VERSION = 2
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS cases (
+CREATE TABLE cases (
     key TEXT PRIMARY KEY,
-    source TEXT NOT NULL,
+    location TEXT NOT NULL,
     digest TEXT NOT NULL,
+    run INTEGER NOT NULL,
     case_id TEXT,
     patient TEXT,
     status TEXT NOT NULL CHECK (status IN ('pending', 'sending', 'pushed', 'invalid', 'failed')),
     attempts INTEGER NOT NULL DEFAULT 0,
+    unanswered INTEGER NOT NULL DEFAULT 0,
     reason TEXT,
     outcome TEXT,
+    ruleset TEXT,
     created INTEGER,
     already_there INTEGER,
     seconds REAL,
     updated TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS cases_status ON cases(status);
-CREATE TABLE IF NOT EXISTS job (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE INDEX cases_run_status ON cases(run, status);
+CREATE TABLE resources (
+    ref TEXT PRIMARY KEY,
+    key TEXT NOT NULL,
+    first TEXT NOT NULL CHECK (first IN ('created', 'already_there', 'uncertain', 'unanswered'))
+);
+CREATE TABLE job (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 DONE = ("pushed", "invalid")
+RESOURCE_OUTCOMES = ("created", "already_there", "uncertain", "unanswered")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class StateVersionError(CasebridgeError):
+    """A state file of another casebridge version: its rows cannot be read as this one's."""
 
 
 @dataclass(frozen=True, slots=True)
 class CaseRow:
     key: str
-    source: str
+    location: str
     digest: str
     case_id: str | None
     patient: str | None
     status: str
     attempts: int
+    unanswered: int
     reason: str | None
     outcome: dict[str, Any] | None
     created: int | None
@@ -67,11 +109,43 @@ class JobState:
     def __init__(self, path: Path):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        # One connection, used from the event loop's thread only; autocommit: every statement is its own commit.
+        # Autocommit: every statement is its own commit, unless inside _transaction.
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._open_schema()
+        except BaseException:
+            self._db.close()
+            raise
+        self.run = int(self.meta("run") or 0)
+
+    def _open_schema(self) -> None:
+        tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables:
+            with self._transaction():  # all or nothing: a half-made schema would be refused next time
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self.set_meta("schema", SCHEMA_VERSION)
+            return
+        version = self.meta("schema") if "job" in tables else None
+        if version != SCHEMA_VERSION:
+            found = f"schema {version}" if version is not None else "an earlier schema, cases keyed by file and line"
+            raise StateVersionError(
+                f"a job state of another casebridge version ({found}; this one reads schema {SCHEMA_VERSION}): "
+                "finish that job with the casebridge that started it, or start this one with a new --state"
+            )
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def close(self) -> None:
         self._db.close()
@@ -86,75 +160,177 @@ class JobState:
         row = self._db.execute("SELECT value FROM job WHERE name = ?", (name,)).fetchone()
         return orjson.loads(row[0]) if row else None
 
+    # -- a run: the source registered, then worked through ----------------------------------------------
+
+    def begin_run(self) -> int:
+        """A new run: the rows its source holds get its number (``register``)."""
+        self.run = int(self.meta("run") or 0) + 1
+        self.set_meta("run", self.run)
+        return self.run
+
+    def register(self, items: Sequence[tuple[str, str, str]], ruleset: str | None) -> None:
+        """(key, location, digest) of source items, in one commit: new ones ``pending``; known ones marked as in
+        this run's source, and ``pending`` again when their content changed, or (invalid ones) the rules did.
+        A ``sending`` row stays ``sending``: its last attempt went unanswered, which its next push must know."""
+        now = _now()
+        with self._transaction():
+            self._db.executemany(
+                "INSERT INTO cases(key, location, digest, run, status, updated) VALUES (?, ?, ?, ?, 'pending', ?) "
+                "ON CONFLICT(key) DO UPDATE SET location = excluded.location, run = excluded.run, "
+                "status = CASE WHEN cases.status = 'sending' THEN 'sending' "
+                "  WHEN cases.digest != excluded.digest THEN 'pending' "
+                "  WHEN cases.status = 'invalid' AND cases.ruleset IS NOT ? THEN 'pending' "
+                "  ELSE cases.status END, "
+                "reason = CASE WHEN cases.digest != excluded.digest THEN NULL ELSE cases.reason END, "
+                "digest = excluded.digest, updated = excluded.updated",
+                [(key, location, digest, self.run, now, ruleset) for key, location, digest in items],
+            )
+
+    def pending(self, key: str, location: str, digest: str, ruleset: str | None = None) -> None:
+        """One item registered (see ``register``)."""
+        self.register([(key, location, digest)], ruleset)
+
+    def lookup(self, key: str) -> tuple[str, str | None] | None:
+        """(status, patient) of a case, if known."""
+        row = self._db.execute("SELECT status, patient FROM cases WHERE key = ?", (key,)).fetchone()
+        return (str(row[0]), row[1]) if row else None
+
     def get(self, key: str) -> CaseRow | None:
         row = self._db.execute(_SELECT + " WHERE key = ?", (key,)).fetchone()
         return _row(row) if row else None
 
-    def is_done(self, key: str, digest: str) -> bool:
-        row = self._db.execute("SELECT status, digest FROM cases WHERE key = ?", (key,)).fetchone()
-        return bool(row and row[0] in DONE and row[1] == digest)
+    # -- verdicts -------------------------------------------------------------------------------------------
 
-    def pending(self, key: str, source: str, digest: str) -> None:
-        """Known to the job, not yet done (a changed input starts again from pending)."""
+    def invalid(
+        self, key: str, case_id: str | None, reason: str, outcome: dict[str, Any], ruleset: str | None = None
+    ) -> None:
         self._db.execute(
-            "INSERT INTO cases(key, source, digest, status, updated) VALUES (?, ?, ?, 'pending', ?) "
-            "ON CONFLICT(key) DO UPDATE SET source = excluded.source, digest = excluded.digest, "
-            "status = CASE WHEN cases.digest = excluded.digest THEN cases.status ELSE 'pending' END, "
-            "updated = excluded.updated",
-            (key, source, digest, _now()),
-        )
-
-    def invalid(self, key: str, case_id: str | None, reason: str, outcome: dict[str, Any]) -> None:
-        self._db.execute(
-            "UPDATE cases SET status = 'invalid', case_id = ?, reason = ?, outcome = ?, updated = ? WHERE key = ?",
-            (case_id, reason, orjson.dumps(outcome).decode(), _now(), key),
-        )
-
-    def sending(self, key: str, case_id: str, patient: str | None) -> int:
-        """Recorded before the push is sent; returns the attempt number."""
-        self._db.execute(
-            "UPDATE cases SET status = 'sending', case_id = ?, patient = ?, attempts = attempts + 1, updated = ? "
+            "UPDATE cases SET status = 'invalid', case_id = ?, reason = ?, outcome = ?, ruleset = ?, updated = ? "
             "WHERE key = ?",
-            (case_id, patient, _now(), key),
+            (case_id, reason, orjson.dumps(outcome).decode(), ruleset, _now(), key),
         )
-        row = self._db.execute("SELECT attempts FROM cases WHERE key = ?", (key,)).fetchone()
-        return int(row[0])
 
-    def pushed(self, key: str, created: int, already_there: int, seconds: float) -> None:
+    def sending(self, key: str, case_id: str, patient: str | None, refs: Sequence[str] = ()) -> int:
+        """Recorded (committed) before the push is sent; returns the attempt number. A row found ``sending`` was
+        sent by a run that died before the answer was recorded: that attempt counts as unanswered."""
+        with self._transaction():
+            row = self._db.execute("SELECT status FROM cases WHERE key = ?", (key,)).fetchone()
+            lost = bool(row and row[0] == "sending")
+            if lost:
+                self._unanswered(key, refs)
+            self._db.execute(
+                "UPDATE cases SET status = 'sending', case_id = ?, patient = ?, attempts = attempts + 1, "
+                "unanswered = unanswered + ?, updated = ? WHERE key = ?",
+                (case_id, patient, int(lost), _now(), key),
+            )
+            attempts = self._db.execute("SELECT attempts FROM cases WHERE key = ?", (key,)).fetchone()
+        return int(attempts[0]) if attempts else 0
+
+    def pushed(self, key: str, entries: Sequence[tuple[str, bool]], seconds: float, ruleset: str | None = None) -> None:
+        """The push's answer: each entry as (Type/id, created?)."""
+        created = sum(1 for _, new in entries if new)
+        with self._transaction():
+            # The first answer about a resource decides; one only an unanswered attempt touched is settled now.
+            self._db.executemany(
+                "INSERT INTO resources(ref, key, first) VALUES (?, ?, ?) ON CONFLICT(ref) DO UPDATE SET "
+                "first = CASE WHEN excluded.first = 'created' THEN 'created' ELSE 'uncertain' END, key = excluded.key "
+                "WHERE resources.first = 'unanswered'",
+                [(ref, key, "created" if new else "already_there") for ref, new in entries],
+            )
+            self._db.execute(
+                "UPDATE cases SET status = 'pushed', reason = NULL, outcome = NULL, created = ?, already_there = ?, "
+                "seconds = ?, ruleset = ?, updated = ? WHERE key = ?",
+                (created, len(entries) - created, seconds, ruleset, _now(), key),
+            )
+
+    def retrying(
+        self, key: str, reason: str, outcome: dict[str, Any] | None = None, *, lost: Sequence[str] | None = None
+    ) -> None:
+        """An attempt failed and another follows: ``pending`` with the reason. ``lost``: the attempt may have
+        reached the server (no answer): the resources it carried."""
+        self._settle(key, "pending", reason, outcome, lost)
+
+    def failed(
+        self, key: str, reason: str, outcome: dict[str, Any] | None = None, *, lost: Sequence[str] | None = None
+    ) -> None:
+        self._settle(key, "failed", reason, outcome, lost)
+
+    def not_sent(self, key: str, reason: str) -> None:
+        """The job stopped before sending this case: ``pending`` with the reason; a row still ``sending`` from a
+        run that died stays so (that attempt's answer is unknown, which its next push must know)."""
         self._db.execute(
-            "UPDATE cases SET status = 'pushed', reason = NULL, created = ?, already_there = ?, seconds = ?, "
+            "UPDATE cases SET status = CASE WHEN status = 'sending' THEN 'sending' ELSE 'pending' END, reason = ?, "
             "updated = ? WHERE key = ?",
-            (created, already_there, seconds, _now(), key),
+            (reason, _now(), key),
         )
 
-    def failed(self, key: str, reason: str, outcome: dict[str, Any] | None = None) -> None:
-        self._db.execute(
-            "UPDATE cases SET status = 'failed', reason = ?, outcome = ?, updated = ? WHERE key = ?",
-            (reason, orjson.dumps(outcome).decode() if outcome else None, _now(), key),
+    def _settle(
+        self, key: str, status: str, reason: str, outcome: dict[str, Any] | None, lost: Sequence[str] | None
+    ) -> None:
+        with self._transaction():
+            if lost is not None:
+                self._unanswered(key, lost)
+            self._db.execute(
+                "UPDATE cases SET status = ?, reason = ?, outcome = ?, unanswered = unanswered + ?, updated = ? "
+                "WHERE key = ?",
+                (status, reason, orjson.dumps(outcome).decode() if outcome else None, lost is not None, _now(), key),
+            )
+
+    def _unanswered(self, key: str, refs: Sequence[str]) -> None:
+        self._db.executemany(
+            "INSERT OR IGNORE INTO resources(ref, key, first) VALUES (?, ?, 'unanswered')", [(r, key) for r in refs]
         )
+
+    # -- what the report reads: the current run's source ----------------------------------------------------
 
     def counts(self) -> dict[str, int]:
-        return dict(self._db.execute("SELECT status, COUNT(*) FROM cases GROUP BY status").fetchall())
+        return dict(
+            self._db.execute("SELECT status, COUNT(*) FROM cases WHERE run = ? GROUP BY status", (self.run,)).fetchall()
+        )
+
+    def stale(self) -> int:
+        """Rows of cases no longer in the source (not counted anywhere else)."""
+        return int(self._db.execute("SELECT COUNT(*) FROM cases WHERE run != ?", (self.run,)).fetchone()[0])
 
     def rows(self, *statuses: str) -> Iterator[CaseRow]:
-        query = _SELECT
+        query = _SELECT + " WHERE run = ?"
         if statuses:
             # Only placeholders are built here; the statuses themselves are bound parameters.
-            query += " WHERE status IN (" + ", ".join("?" * len(statuses)) + ")"
-        for row in self._db.execute(query + " ORDER BY key", statuses):
+            query += " AND status IN (" + ", ".join("?" * len(statuses)) + ")"
+        for row in self._db.execute(query + " ORDER BY location, key", (self.run, *statuses)):
             yield _row(row)
 
+    def resources(self) -> dict[str, int]:
+        """Distinct resources by what this job's pushes were told first (over all its runs)."""
+        found = dict(self._db.execute("SELECT first, COUNT(*) FROM resources GROUP BY first").fetchall())
+        return {name: int(found.get(name, 0)) for name in RESOURCE_OUTCOMES}
+
     def keys(self) -> set[str]:
-        return {row[0] for row in self._db.execute("SELECT key FROM cases")}
+        return {row[0] for row in self._db.execute("SELECT key FROM cases WHERE run = ?", (self.run,))}
+
+
+class StateThread:
+    """Runs the state's calls on one dedicated thread, in the order they are made: SQLite blocks (a commit waits
+    for the disk) and the event loop must not. Awaiting a call returns once it is committed, so "recorded
+    before the push is sent" still holds."""
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(1, "casebridge-state")
+
+    async def __call__(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
 
 
 _SELECT = (
-    "SELECT key, source, digest, case_id, patient, status, attempts, reason, outcome, created, already_there, seconds "
-    "FROM cases"
+    "SELECT key, location, digest, case_id, patient, status, attempts, unanswered, reason, outcome, created, "
+    "already_there, seconds FROM cases"
 )
 
 
 def _row(row: tuple[Any, ...]) -> CaseRow:
     values = list(row)
-    values[8] = orjson.loads(values[8]) if values[8] else None
+    values[9] = orjson.loads(values[9]) if values[9] else None
     return CaseRow(*values)
