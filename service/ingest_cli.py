@@ -2,7 +2,8 @@
 
 Exit codes: 0 every case pushed; 1 some cases invalid (reported, not sent), none failed; 4 some cases failed or
 are unfinished (the FHIR server: see the report; also when it stayed down and the job stopped); 2 unusable
-arguments or state file (one of another casebridge version included); 3 configuration. Only the cases of the
+arguments or state file (one of another casebridge version included); 3 configuration; 130 interrupted (Ctrl-C
+or SIGTERM: the report is written, with ``stopped``, and the summary printed first). Only the cases of the
 current source count: a case no longer in it (its row kept in the state) changes no count and no exit code.
 """
 
@@ -117,6 +118,20 @@ def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
+def _report(state: JobState, stats: RunStats, path: Path, base: str, report_path: Path) -> dict[str, Any]:
+    """The report built from the state, written, and told as a summary; the state is closed."""
+    result = build_report(state, stats, source=str(path), server=base)
+    state.close()
+    try:
+        write_atomically(report_path, orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+    except OSError as exc:
+        raise InputError(f"cannot write the report: {exc.strerror}", source=str(report_path)) from exc
+    for line in summary(result):
+        out.print(line, markup=False, highlight=False)
+    out.print(f"report: {report_path}", markup=False, highlight=False)
+    return result
+
+
 def ingest(
     path: Annotated[
         Path, typer.Argument(help="A folder of case files (YAML/JSON), an .ndjson file of cases, or a registry .csv.")
@@ -190,6 +205,8 @@ def ingest(
     # SIGTERM (a scheduler stopping the job) ends it as Ctrl-C does: the state is consistent either way.
     signal.signal(signal.SIGTERM, _interrupt)
 
+    jobs: list[IngestJob] = []  # the job, once made: an interrupted run still reports what it did
+
     async def work() -> RunStats:
         async with AsyncFhirClient.from_settings(settings, base_url=base) as client:
             # The job retries each push itself: so it knows every attempt whose answer was lost (what makes a
@@ -206,21 +223,25 @@ def ingest(
                 progress=progress,
                 ruleset=ruleset,
             )
+            jobs.append(job)
             return await job.run()
 
+    interrupted = False
     try:
         stats = run_fhir(work)
+    except KeyboardInterrupt:
+        # By now asyncio.run has cancelled the job and its state thread has committed every write made: the
+        # state is consistent, and the report says what happened up to here. Then exit 130, as before.
+        interrupted = True
+        stats = jobs[0].stats if jobs else RunStats()
+        stats.stopped = (
+            "interrupted (Ctrl-C or SIGTERM); every case not finished stays in the state (continue with --resume)"
+        )
     finally:
         progress.stop()
-    result = build_report(job_state, stats, source=str(path), server=base)
-    job_state.close()
-    try:
-        write_atomically(report_path, orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
-    except OSError as exc:
-        raise InputError(f"cannot write the report: {exc.strerror}", source=str(report_path)) from exc
-    for line in summary(result):
-        out.print(line, markup=False, highlight=False)
-    out.print(f"report: {report_path}", markup=False, highlight=False)
+    result = _report(job_state, stats, path, base, report_path)
+    if interrupted:
+        raise KeyboardInterrupt
     counts = result["counts"]
     if stats.stopped or counts["failed"] or counts["sending"] or counts["pending"]:
         raise typer.Exit(4)

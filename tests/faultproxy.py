@@ -5,6 +5,8 @@ networks and servers fail:
 
 - ``down``: every connection reset (as if nothing listened);
 - ``500`` / ``429`` (with Retry-After): answered by the proxy, nothing forwarded;
+- ``422`` (``refuse``): the first ``refuse_attempts`` sends of the named cases answered with a 422
+  OperationOutcome by the proxy, nothing forwarded (the server refusing the content: the case fails at once);
 - ``slow``: answered ``slow_seconds`` late (the request reaches the server, which commits it);
 - ``reset-after``: the connection cut once the server has answered (it went in; the client never hears);
 - ``reset-before``: the connection cut partway through reading the request body (nothing forwarded);
@@ -18,9 +20,12 @@ Client connections are kept alive (HTTP/1.1); each forwarded request opens its o
 
 Every transaction POST (``POST [base]``) is recorded as a ``Send``: which case it carried (the Bundle's
 identifier), what the proxy did to it, whether the upstream committed it, and whether the client received
-that answer. Fault draws for a transaction are seeded by (seed, case, attempt number), so the same attempt
-of the same case meets the same fault on every run whatever the scheduling; the other draws (GETs, idle
-closes) come from one generator seeded with ``seed``.
+that answer; and, on one clock of the proxy's events, when it was forwarded and when the upstream's answer
+(or the end of the upstream connection) came back, so that two transactions' effects on the server can be
+ordered (one forwarded after the other's answer came back went in after it). Fault draws for a transaction
+are seeded by (seed, case, attempt number), so the same attempt of the same case meets the same fault on
+every run whatever the scheduling; the other draws (GETs, idle closes) come from one generator seeded with
+``seed``.
 """
 
 from __future__ import annotations
@@ -34,17 +39,21 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+
+def _canned(status: str, code: str, extra: str = "") -> bytes:
+    """A whole answer of the proxy's own: an OperationOutcome, its Content-Length counted."""
+    body = json.dumps(
+        {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": code, "diagnostics": "x"}]},
+        separators=(",", ":"),
+    ).encode()
+    head = f"HTTP/1.1 {status}\r\n{extra}Content-Type: application/fhir+json\r\nConnection: close\r\n"
+    return head.encode() + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+
 CANNED = {
-    500: (
-        b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/fhir+json\r\nConnection: close\r\n"
-        b'Content-Length: 98\r\n\r\n{"resourceType":"OperationOutcome","issue":[{"severity":"fatal","code":"exception"'
-        b',"diagnostics":"x"}]}'
-    ),
-    429: (
-        b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Type: application/fhir+json\r\n"
-        b'Connection: close\r\nContent-Length: 93\r\n\r\n{"resourceType":"OperationOutcome","issue":[{"severity":'
-        b'"error","code":"throttled","diagnostics":"x"}]}'
-    ),
+    500: _canned("500 Internal Server Error", "exception"),
+    429: _canned("429 Too Many Requests", "throttled", "Retry-After: 1\r\n"),
+    422: _canned("422 Unprocessable Entity", "invalid"),
 }
 # The Bundle's own identifier comes before its entries (and their identifiers) in the body.
 _BUNDLE_ID = re.compile(rb'^\s*\{[^\[]*?"identifier"\s*:\s*\{[^{}]*?"value"\s*:\s*"([^"\\]+)"')
@@ -66,6 +75,8 @@ class Faults:
     reset_before: float = 0.0  # cut the connection partway through the request body (it did not go in)
     idle_close: float = 0.0  # after an answer, close (or reset) the kept-alive connection while idle
     idle_close_within: float = 0.05  # seconds after the answer
+    refuse: frozenset[str] = frozenset()  # cases whose first `refuse_attempts` sends are answered 422
+    refuse_attempts: int = 1
     only_writes: bool = True  # faults hit POST/PUT only (reads pass), so the job's own checks stay simple
     # The client's read timeout, when the test shortened it: an answer later than that did not reach it.
     client_timeout: float | None = None
@@ -80,7 +91,7 @@ class Send:
     run: int  # the proxy's run label when it arrived (the test starts a new one per job process)
     case: str | None  # the Bundle's identifier value (the case id); None if it could not be read
     attempt: int  # 1 for the first time this proxy saw this case, 2 for the second...
-    # What happened to it: pass, or a fault the proxy drew (down, 500, 429, slow, reset-after, reset-before), or
+    # What happened to it: pass, or a fault the proxy drew (down, 500, 429, 422, slow, reset-after, reset-before), or
     # one that befell it (cut: stopped listening, late..., idle-reset after the answer).
     fault: str
     upstream: str = "not sent"  # not sent | committed (2xx) | refused (an error status) | unknown (no answer)
@@ -88,6 +99,10 @@ class Send:
     # the client's timeout, or the connection was reset soon after the answer was written).
     delivered: bool | None = False
     seconds: float = 0.0  # from the request's head to the answer written (or the cut)
+    # On the proxy's event clock (``FaultProxy.tick``): when it was written to the upstream (None: never
+    # forwarded), and when the upstream's answer, or the end of its connection, came back (None: not yet).
+    forwarded: int | None = None
+    settled: int | None = None
 
     def describe(self) -> str:
         got = {True: "answered", False: "no answer", None: "answer maybe lost"}[self.delivered]
@@ -111,6 +126,7 @@ class FaultProxy:
         self.sends: list[Send] = []  # every transaction POST, in arrival order
         self.requests: Counter[tuple[int, str]] = Counter()  # (run, method) -> requests that reached the proxy
         self.connections = 0  # client connections accepted
+        self._clock = 0  # the event clock: only the proxy's event loop advances it
         self._thread = threading.Thread(target=self._run, name="fault-proxy", daemon=True)
 
     @property
@@ -133,6 +149,11 @@ class FaultProxy:
         """Label the requests from now on as a new run (call before starting a job process)."""
         self.run += 1
         return self.run
+
+    def tick(self) -> int:
+        """The next instant of the proxy's event clock (one event loop: no two events share one)."""
+        self._clock += 1
+        return self._clock
 
     def sends_of(self, run: int) -> list[Send]:
         return [s for s in list(self.sends) if s.run == run]
@@ -190,6 +211,8 @@ class FaultProxy:
             rng = random.Random(f"{f.seed}|{case}|{attempt}")
         if f.down:
             return "down", attempt
+        if case is not None and case in f.refuse and attempt <= f.refuse_attempts:
+            return "422", attempt
         if f.only_writes and method in ("GET", "HEAD"):
             return "pass", attempt
         roll = rng.random()
@@ -297,7 +320,7 @@ class FaultProxy:
             done("not sent", False)
             writer.transport.abort()  # a reset: as if nothing listened
             return False, send
-        if fault in ("500", "429"):
+        if fault in ("500", "429", "422"):
             done("not sent", False)
             writer.write(CANNED[int(fault)])
             await _close(writer)
@@ -309,6 +332,8 @@ class FaultProxy:
             done("not sent", False)
             writer.transport.abort()  # the server is not there (restarting): a reset
             return False, send
+        if send is not None:
+            send.forwarded = self.tick()
         try:
             up_writer.write(request)
             await up_writer.drain()
@@ -317,6 +342,8 @@ class FaultProxy:
             raw = b""
         finally:
             up_writer.transport.abort()
+            if send is not None:
+                send.settled = self.tick()
         answer = _reframe(raw, method, keep_alive)
         if answer is None:
             done("unknown", False)  # sent, but no complete answer: it may or may not have gone in

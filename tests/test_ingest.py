@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import tracemalloc
 from pathlib import Path
+from typing import Any
 
 from service.config import PROJECT_ROOT
 from service.domain.synth import generate
+from service.ingest.job import prepare
+from service.ingest.sources import CaseSource
 
 
 def run(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
@@ -180,11 +187,7 @@ def test_a_state_file_of_the_earlier_schema_is_refused_with_a_clear_message(fhir
 
 
 def test_a_server_that_stays_down_stops_the_job_with_exit_4_and_nothing_failed(tmp_path: Path) -> None:
-    import socket
-
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     path = ndjson(tmp_path / "cases.ndjson", [c.doc for c in generate(6, seed=108)])
     state = tmp_path / "job.sqlite"
     server = f"http://127.0.0.1:{port}/fhir"
@@ -214,3 +217,106 @@ def test_the_report_counts_each_resource_once_across_shared_patients_and_re_send
     assert again.returncode == 0, again.stderr
     assert report_of(state)["this_run"] == {"done_before": 2, "pushed": 1}
     assert report_of(state)["resources"] == first
+
+
+def free_port() -> int:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_job_stopped_by_sigterm_writes_its_report_and_prints_the_summary(tmp_path: Path) -> None:
+    path = ndjson(tmp_path / "cases.ndjson", [c.doc for c in generate(6, seed=111)])
+    state = tmp_path / "job.sqlite"
+    server = f"http://127.0.0.1:{free_port()}/fhir"  # down: the job waits out the outage until it is stopped
+    with (tmp_path / "out.txt").open("w+") as out, (tmp_path / "err.txt").open("w+") as err:
+        command = ["ingest", str(path), "--server", server, "--state", str(state), "--outage-wait", "120"]
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", *command],
+            stdout=out,
+            stderr=err,
+            cwd=PROJECT_ROOT,
+            env={**os.environ, "CASEBRIDGE_LOCK_DIR": str(tmp_path / "locks")},
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while "pushes paused" not in (tmp_path / "err.txt").read_text():
+                assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "err.txt").read_text()
+                time.sleep(0.1)
+            process.send_signal(signal.SIGTERM)
+            returncode = process.wait(60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    stdout, stderr = (tmp_path / "out.txt").read_text(), (tmp_path / "err.txt").read_text()
+    assert returncode == 130, stdout + stderr  # interrupted, as Ctrl-C (typer's code for KeyboardInterrupt)
+    report = report_of(state)
+    assert report["stopped"] and report["stopped"].startswith("interrupted")
+    assert report["counts"] == {"pushed": 0, "invalid": 0, "failed": 0, "sending": 0, "pending": 6}
+    assert len(report["unfinished"]) == 6 and report["failed"] == []
+    assert "stopped: interrupted" in stdout and "6 cases from" in stdout
+
+
+def test_an_oversized_ndjson_line_is_skipped_in_bounded_memory_and_reported_with_its_line(tmp_path: Path) -> None:
+    docs = [c.doc for c in generate(2, seed=112)]
+    path = tmp_path / "cases.ndjson"
+    long_line = b'{"case_id": "huge", "text": "' + b"a" * 3_000_000 + b'"}\n'
+    with path.open("wb") as handle:
+        handle.write(json.dumps(docs[0]).encode() + b"\n")
+        handle.write(long_line)  # line 2
+        handle.write(json.dumps(docs[1]).encode() + b"\n")
+        handle.write(b"b" * 3_000_000)  # line 4: 3 MB and no newline, to the end of the file
+    source = CaseSource(path, max_bytes=64_000)
+    tracemalloc.start()
+    try:
+        items = list(source)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000, peak  # never a whole 3 MB line in memory
+    assert [i.source for i in items] == [f"{path}:{n}" for n in (1, 2, 3, 4)]
+    assert [i.suffix for i in items] == [".json", ".too-large", ".json", ".too-large"]
+    assert [int(items[1].data), int(items[3].data)] == [len(long_line), 3_000_000]
+    assert [i.key for i in CaseSource(path, max_bytes=64_000)] == [i.key for i in items]  # stable keys
+    none: Any = None  # an oversized case is refused before it is converted or validated
+    refused = prepare(items[3], none, none)
+    assert getattr(refused, "reason", "") == f"{path}:4: 3,000,000 bytes, over the size limit"
+
+
+def test_resources_a_corrected_case_no_longer_writes_are_reported_orphaned_and_left_on_the_server(
+    fhir_server: str, tmp_path: Path
+) -> None:
+    import httpx
+
+    from service.domain.reader import validate_case
+    from service.mapping.engine import MappingSet
+
+    docs = [c.doc for c in generate(2, seed=113)]
+    path = ndjson(tmp_path / "cases.ndjson", docs)
+    state = tmp_path / "job.sqlite"
+    assert run("ingest", str(path), "--server", fhir_server, "--state", str(state), tmp=tmp_path).returncode == 0
+    assert report_of(state)["orphaned"] == []
+    mappings = MappingSet.load(PROJECT_ROOT / "mappings")
+
+    def refs(doc: dict) -> set[str]:
+        bundle = mappings.convert(validate_case(doc, source="x"))
+        return {f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in bundle["entry"]}
+
+    before = refs(docs[1])
+    docs[1]["diagnostic_steps"].pop(1)  # corrected: one step was recorded in error
+    gone = before - refs(docs[1])
+    assert gone
+    ndjson(path, docs)
+    again = run("ingest", str(path), "--server", fhir_server, "--state", str(state), "--resume", tmp=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    report = report_of(state)
+    assert report["this_run"] == {"done_before": 1, "pushed": 1}
+    assert {o["ref"] for o in report["orphaned"]} == gone
+    assert {o["location"] for o in report["orphaned"]} == {f"{path}:2"}
+    assert f"orphaned: {len(gone)} resources" in again.stdout
+    for ref in gone:  # left on the server, not deleted
+        assert httpx.get(f"{fhir_server}/{ref}", headers={"Accept": "application/fhir+json"}).status_code == 200
+    # The step put back: its resources are written again, no longer orphaned.
+    ndjson(path, [c.doc for c in generate(2, seed=113)])
+    run("ingest", str(path), "--server", fhir_server, "--state", str(state), "--resume", tmp=tmp_path)
+    assert report_of(state)["orphaned"] == []

@@ -1,5 +1,6 @@
 """Registry ingestion under faults: a fault-injecting proxy on loopback in front of the embedded FHIR server,
-generated cases (5% deliberately invalid), and `casebridge ingest` as a real process.
+generated cases (5% deliberately invalid; a fifth are follow-ups of an earlier case's patient, so many
+patients have several cases and share one Patient), and `casebridge ingest` as a real process.
 
 Scenarios: the server down at start, random 500s, 429 with Retry-After, answers slower than the client waits,
 connections cut before the request went in (mid-body) or after the server did the work, idle kept-alive
@@ -8,10 +9,18 @@ job SIGKILLed mid-run then resumed. In every one: every valid case on the server
 reading back every resource and counting identifiers), every invalid case reported and not sent, nothing lost.
 
 Idempotent PUTs hide duplicate sends on the server, so the proxy also records every transaction it saw (which
-case, what it did to it, whether the server committed it, whether the client got the answer), and each
-scenario checks that a case is sent again only after an attempt whose outcome the client could not know
-(a fault, a cut, a refused connection): never after the client had its answer. A finished job run again sends
-nothing; a killed job, resumed, sends only the cases not yet pushed at the kill.
+case, what it did to it, whether the server committed it, whether the client got the answer, and on one clock
+when it was forwarded and when the server's answer came back), and each scenario checks that a case is sent
+again only after an attempt whose outcome the client could not know (a fault, a cut, a refused connection):
+never after the client had its answer. Per patient: its cases went in in source order (every send of an
+earlier case had come back before the last committed send of the next one was forwarded), and the Patient on
+the server is the one its last case writes. A finished job run again sends nothing; a killed job, resumed,
+sends the cases not yet pushed at the kill, and, by design, a pushed case again only when an earlier case of
+its patient was unfinished at the kill (it goes again after that one, so the Patient ends as its last case
+says).
+
+A job's stdout and stderr go to files (a pipe nobody reads while the job runs would block a chatty job); their
+tails are shown when a check fails.
 
 Cases per scenario: CASEBRIDGE_FAULT_CASES (default 200, so the suite stays within a few minutes on two
 cores; `make faults` runs the full 1,000 per scenario).
@@ -21,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -30,6 +40,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +53,24 @@ from service.fhir.client import FhirClient
 from service.fhir.embedded import EmbeddedFhirServer
 from service.fhir.search import Search
 from service.mapping.engine import MappingSet
+from service.push import patient_key
 
 from .faultproxy import FaultProxy, Faults, Send
 
 CASES = int(os.environ.get("CASEBRIDGE_FAULT_CASES", "200"))
 SEED = 11
+REPEAT_PATIENTS = 0.2  # the share of cases that are follow-ups of an earlier case's patient
+UNFINISHED = ("pending", "sending", "failed")  # a case's statuses in the job state before it is pushed
 pytestmark = pytest.mark.slow
+
+
+def comparable(resource: dict[str, Any]) -> dict[str, Any]:
+    """A resource without what the server adds to it (``meta.versionId``, ``lastUpdated``, ``source``)."""
+    kept = {k: v for k, v in resource.items() if k != "meta"}
+    meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated", "source")}
+    if meta:
+        kept["meta"] = meta
+    return kept
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +81,13 @@ def cases(tmp_path_factory: pytest.TempPathFactory, mappings: MappingSet) -> dic
     expected: collections.Counter[str] = collections.Counter()
     valid, invalid, provenance = 0, 0, 0
     ids: set[str] = set()  # the valid cases' Bundle identifiers (what the proxy names a transaction by)
+    sequence: list[str] = []  # the same, in source order
+    patients: dict[str, list[str]] = collections.defaultdict(list)  # Patient/<id> -> its valid cases, in order
+    patient_of: dict[str, str] = {}  # valid case -> Patient/<id>
+    written: dict[str, dict[str, Any]] = {}  # valid case -> the Patient its Bundle writes
+    generated = generate(CASES, seed=SEED, invalid_share=0.05, repeat_patient_share=REPEAT_PATIENTS)
     with path.open("w") as handle:
-        for case in generate(CASES, seed=SEED, invalid_share=0.05):
+        for case in generated:
             handle.write(json.dumps(case.doc, separators=(",", ":")) + "\n")
             if not case.valid:
                 invalid += 1
@@ -70,15 +98,28 @@ def cases(tmp_path_factory: pytest.TempPathFactory, mappings: MappingSet) -> dic
                 invalid += 1
                 continue
             valid += 1
-            ids.add(bundle["identifier"]["value"])
+            case_id = bundle["identifier"]["value"]
+            ids.add(case_id)
+            sequence.append(case_id)
+            patient = patient_key(bundle)
+            assert patient is not None, f"{case.name}: a Bundle without a Patient"
+            patients[patient].append(case_id)
+            patient_of[case_id] = patient
             for entry in bundle["entry"]:
                 resource = entry["resource"]
                 if resource["resourceType"] == "Provenance":
                     provenance += 1
+                if resource["resourceType"] == "Patient":
+                    written[case_id] = comparable(resource)
                 for identifier in resource.get("identifier") or []:
                     if identifier.get("system") == "urn:casebridge:resource":
                         expected[f"{resource['resourceType']}|{identifier['value']}"] += 1
     assert len(ids) == valid, "two valid cases share a Bundle identifier: the send checks need them distinct"
+    shared = {p: c for p, c in patients.items() if len(c) > 1}
+    # Patients whose last case writes a Patient none of their earlier cases writes (the age at presentation in
+    # its narrative differs): on those, a Patient left by an earlier case is seen on the server.
+    telling = [p for p, c in shared.items() if all(written[e] != written[c[-1]] for e in c[:-1])]
+    assert len(shared) >= 5 and telling, "too few patients with several cases to exercise per-patient order"
     return {
         "path": path,
         "expected": expected,
@@ -86,60 +127,106 @@ def cases(tmp_path_factory: pytest.TempPathFactory, mappings: MappingSet) -> dic
         "invalid": invalid,
         "provenance": provenance,
         "ids": frozenset(ids),
+        "sequence": sequence,
+        "patients": dict(patients),
+        "patient_of": patient_of,
+        "written": written,
+        "shared": len(shared),
+        "telling": len(telling),
     }
 
 
-def on_server(base_url: str, types: set[str]) -> tuple[collections.Counter[str], int]:
-    """Every casebridge identifier on the server, counted; and the number of Provenances."""
+def on_server(base_url: str, types: set[str]) -> tuple[collections.Counter[str], int, dict[str, dict[str, Any]]]:
+    """Every casebridge identifier on the server, counted; the number of Provenances; the Patients by
+    ``Patient/<id>``."""
     found: collections.Counter[str] = collections.Counter()
     provenance = 0
+    patients: dict[str, dict[str, Any]] = {}
     with FhirClient(base_url) as client:
-        for kind in sorted(types):
+        for kind in sorted(types | {"Patient"}):
             for resource in client.resources(Search(kind).count(1000)):
                 if kind == "Provenance":
                     provenance += 1
+                if kind == "Patient":
+                    patients[f"Patient/{resource['id']}"] = resource
                 for identifier in resource.get("identifier") or []:
                     if identifier.get("system") == "urn:casebridge:resource":
                         found[f"{kind}|{identifier['value']}"] += 1
-    return found, provenance
+    return found, provenance, patients
+
+
+@dataclass
+class Job:
+    """A job process; its stdout and stderr go to files, never to pipes that nobody reads while it runs."""
+
+    process: subprocess.Popen[bytes]
+    out: Path
+    err: Path
+
+    def tails(self, limit: int = 3000) -> str:
+        return "".join(
+            f"\n--- the job's {name} (pid {self.process.pid}, last {limit} characters) ---\n{_tail(path, limit)}"
+            for name, path in (("stdout", self.out), ("stderr", self.err))
+        )
+
+
+def _tail(path: Path, limit: int) -> str:
+    try:
+        return path.read_text(errors="replace")[-limit:]
+    except OSError as exc:
+        return f"(unreadable: {exc})"
+
+
+@contextlib.contextmanager
+def tails_on_failure(*jobs: Job) -> Iterator[None]:
+    """A failed check names what the job processes said."""
+    try:
+        yield
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}{''.join(job.tails() for job in jobs)}") from exc
 
 
 def ingest(
     proxy_url: str,
     path: Path,
     state: Path,
+    logs: Path,
     *extra: str,
     env: dict[str, str] | None = None,
-) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "ingest",
-            str(path),
-            "--server",
-            proxy_url,
-            "--state",
-            str(state),
-            "--concurrency",
-            "4",
-            "--max-attempts",
-            "12",
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=PROJECT_ROOT,
-        env={
-            **os.environ,
-            "CASEBRIDGE_FHIR_RETRY_ATTEMPTS": "3",
-            "CASEBRIDGE_FHIR_RETRY_MAX_WAIT": "5",
-            "CASEBRIDGE_LOCK_DIR": str(state.parent / "locks"),
-            **(env or {}),
-        },
-    )
+) -> Job:
+    """``casebridge ingest`` as a process; ``logs``: where its stdout and stderr go (``.out``, ``.err``)."""
+    out, err = logs.with_suffix(".out"), logs.with_suffix(".err")
+    with out.open("wb") as stdout, err.open("wb") as stderr:  # the child keeps its own copies
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "service.cli",
+                "ingest",
+                str(path),
+                "--server",
+                proxy_url,
+                "--state",
+                str(state),
+                "--concurrency",
+                "4",
+                "--max-attempts",
+                "12",
+                *extra,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            cwd=PROJECT_ROOT,
+            env={
+                **os.environ,
+                "CASEBRIDGE_FHIR_RETRY_ATTEMPTS": "3",
+                "CASEBRIDGE_FHIR_RETRY_MAX_WAIT": "5",
+                "CASEBRIDGE_LOCK_DIR": str(state.parent / "locks"),
+                **(env or {}),
+            },
+        )
+    return Job(process, out, err)
 
 
 def pushed_so_far(state: Path) -> int:
@@ -150,31 +237,54 @@ def pushed_so_far(state: Path) -> int:
         return 0
 
 
-def statuses(state: Path) -> tuple[collections.Counter[str], set[str] | None]:
-    """Cases per status in the job state; and the case ids of the pushed ones, if the state records case ids.
+@dataclass(frozen=True)
+class CaseState:
+    status: str
+    patient: str | None  # the state's ``patient`` column, when it has one and it is filled
 
-    Reads only the named columns it needs (``status``, and ``case_id`` when there), so added columns do not
-    matter."""
+
+def case_states(state: Path) -> dict[str, CaseState]:
+    """Every row of the job state by case: its status, and its patient when the state records one.
+
+    Reads only the columns it names (``key``, ``status``, and ``case_id``/``patient`` when there), so added
+    columns do not matter. A row keyed ``case:<case_id>`` is named by that case id (what the proxy names a
+    transaction by); another by its ``case_id``, else its key."""
     with contextlib.closing(sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=5)) as db:
-        counts = collections.Counter(
-            {str(k): int(v) for k, v in db.execute("SELECT status, COUNT(*) FROM cases GROUP BY status")}
-        )
         columns = {str(row[1]) for row in db.execute("PRAGMA table_info(cases)")}
-        pushed = None
-        if "case_id" in columns:
-            pushed = {str(row[0]) for row in db.execute("SELECT case_id FROM cases WHERE status = 'pushed'")}
-    return counts, pushed
+        case_id = "case_id" if "case_id" in columns else "NULL"
+        patient = "patient" if "patient" in columns else "NULL"
+        rows = db.execute(f"SELECT key, status, {case_id}, {patient} FROM cases").fetchall()
+    found: dict[str, CaseState] = {}
+    for key, status, cid, who in rows:
+        name = str(key)[len("case:") :] if str(key).startswith("case:") else str(cid or key)
+        found[name] = CaseState(str(status), None if who is None else str(who))
+    return found
 
 
-def wait_until(
-    condition: Callable[[], bool], process: subprocess.Popen[str] | None = None, timeout: float = 300
-) -> None:
+def check_state_patients(rows: dict[str, CaseState], cases: dict[str, Any]) -> int:
+    """Where the state names a case's patient, it names one patient per patient of the source (whatever its
+    spelling): one value for all the cases of a patient, a different one for each patient. Returns how many
+    valid cases the state names a patient for."""
+    named: dict[str, str] = {}  # the source's Patient/<id> -> the state's value
+    count = 0
+    for case, row in rows.items():
+        if row.patient is None or case not in cases["patient_of"]:
+            continue
+        count += 1
+        patient = cases["patient_of"][case]
+        assert named.setdefault(patient, row.patient) == row.patient, (
+            f"the state names two patients for the cases of {patient}: {named[patient]!r} and {row.patient!r}"
+        )
+    assert len(set(named.values())) == len(named), "the state names two patients of the source alike"
+    return count
+
+
+def wait_until(condition: Callable[[], bool], job: Job | None = None, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out waiting"
-        if process is not None and process.poll() is not None:
-            _, err = process.communicate()
-            raise AssertionError(f"the job ended (exit {process.returncode}) before the awaited point\n{err[-3000:]}")
+        if job is not None and job.process.poll() is not None:
+            raise AssertionError(f"the job ended (exit {job.process.returncode}) before the awaited point")
         time.sleep(0.1)
 
 
@@ -184,41 +294,43 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
     data = tmp_path / "fhir"
     server = EmbeddedFhirServer(data).start()
     proxy = FaultProxy(server.port, Faults(seed=SEED)).__enter__()
-    processes: list[subprocess.Popen[str]] = []
-    holder: dict[str, Any] = {"server": server, "proxy": proxy, "data": data, "tmp": tmp_path, "processes": processes}
+    jobs: list[Job] = []
+    holder: dict[str, Any] = {"server": server, "proxy": proxy, "data": data, "tmp": tmp_path, "jobs": jobs}
     try:
         yield holder
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.communicate(timeout=30)
+        for job in jobs:
+            if job.process.poll() is None:
+                job.process.kill()
+                job.process.wait(timeout=30)
         proxy.__exit__(None, None, None)
         holder["server"].stop()
 
 
-def start(
-    stack: dict[str, Any], cases: dict[str, Any], *extra: str, env: dict[str, str] | None = None
-) -> subprocess.Popen[str]:
+def start(stack: dict[str, Any], cases: dict[str, Any], *extra: str, env: dict[str, str] | None = None) -> Job:
     """A job process against the proxy, as a new run of the proxy's records."""
     proxy: FaultProxy = stack["proxy"]
-    proxy.begin_run()
-    process = ingest(proxy.base_url, cases["path"], stack["tmp"] / "job.sqlite", *extra, env=env)
-    stack["processes"].append(process)
-    return process
+    run = proxy.begin_run()
+    tmp: Path = stack["tmp"]
+    job = ingest(proxy.base_url, cases["path"], tmp / "job.sqlite", tmp / f"job-run{run}", *extra, env=env)
+    stack["jobs"].append(job)
+    return job
 
 
-def finish(process: subprocess.Popen[str], timeout: float = 600 * max(1, CASES // 200)) -> tuple[int, str, str]:
+def finish(job: Job, timeout: float = 600 * max(1, CASES // 200)) -> tuple[int, str, str]:
+    """Wait for the job; its exit code, stdout and stderr."""
     try:
-        out, err = process.communicate(timeout=timeout)
+        code = job.process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        process.kill()
-        out, err = process.communicate(timeout=30)
-        raise AssertionError(f"the job did not finish within {timeout} s\n{err[-3000:]}") from None
-    return process.returncode, out, err
+        job.process.kill()
+        job.process.wait(timeout=30)
+        raise AssertionError(f"the job did not finish within {timeout} s") from None
+    return code, job.out.read_text(errors="replace"), job.err.read_text(errors="replace")
 
 
-def check_exactly_once(stack: dict[str, Any], cases: dict[str, Any], state: Path) -> None:
+def check_exactly_once(stack: dict[str, Any], cases: dict[str, Any], state: Path) -> dict[str, dict[str, Any]]:
+    """Every valid case on the server exactly once, no invalid one, the report agreeing; returns the Patients on
+    the server (for ``check_patients``)."""
     report = json.loads(state.with_name(state.stem + ".report.json").read_text())
     counts = report["counts"]
     assert counts["pushed"] == cases["valid"], report["counts"]
@@ -226,7 +338,7 @@ def check_exactly_once(stack: dict[str, Any], cases: dict[str, Any], state: Path
     assert counts["failed"] == counts["sending"] == counts["pending"] == 0, (report["counts"], report["failed"][:5])
     assert len(report["invalid"]) == cases["invalid"] and all(r["reason"] for r in report["invalid"])
     types = {key.split("|")[0] for key in cases["expected"]} | {"Provenance"}
-    found, provenance = on_server(stack["server"].base_url, types)
+    found, provenance, patients = on_server(stack["server"].base_url, types)
     extra = {k: v for k, v in found.items() if k not in cases["expected"]}
     assert not extra, f"{len(extra)} resources of cases that should not be there: {list(extra)[:5]}"
     twice = {k: v for k, v in found.items() if v > 1}
@@ -234,6 +346,7 @@ def check_exactly_once(stack: dict[str, Any], cases: dict[str, Any], state: Path
     missing = [k for k in cases["expected"] if found[k] != 1]
     assert not missing, f"{len(missing)} resources missing on the server: {missing[:5]}"
     assert provenance == cases["provenance"]
+    return patients
 
 
 def _cases_line(by_case: dict[str, list[Send]], limit: int = 5) -> str:
@@ -242,10 +355,22 @@ def _cases_line(by_case: dict[str, list[Send]], limit: int = 5) -> str:
     )
 
 
-def check_sends(proxy: FaultProxy, cases: dict[str, Any], run: int, *, finished: bool = True) -> dict[str, int]:
+def check_sends(
+    proxy: FaultProxy,
+    cases: dict[str, Any],
+    run: int,
+    *,
+    finished: bool = True,
+    designed: frozenset[str] = frozenset(),
+    caught: frozenset[str] = frozenset(),
+) -> dict[str, int]:
     """What reached the proxy during one job run: only valid cases; a case sent again only after an attempt
     whose outcome the client could not know; committed sends bounded by the cases plus the faults that hid a
-    commit. ``finished``: the run ended normally (not killed), so each case's last send was answered."""
+    commit. ``finished``: the run ended normally (not killed), so each case's last send was answered.
+
+    Across runs: a case committed and answered in an earlier run is sent in this one only as a designed re-send
+    (``designed``: an earlier case of its patient was unfinished, and is sent in this run before it) or because
+    a kill caught it between that answer and recording it (``caught``: ``sending`` in the state at the kill)."""
     sends = proxy.sends_of(run)
     unnamed = [s.describe() for s in sends if s.case is None]
     assert not unnamed, f"{len(unnamed)} transactions the proxy could not name a case for: {unnamed[:5]}"
@@ -267,6 +392,14 @@ def check_sends(proxy: FaultProxy, cases: dict[str, Any], run: int, *, finished:
             f"{len(unanswered)} cases whose last send was not committed and answered, yet the job ended: "
             + _cases_line(unanswered)
         )
+    earlier = {
+        str(s.case) for s in list(proxy.sends) if s.run < run and s.upstream == "committed" and s.delivered is True
+    }
+    repeated = {case: by_case[case] for case in sorted(set(by_case) & earlier - designed - caught)}
+    assert not repeated, (
+        f"{len(repeated)} cases committed and answered in an earlier run sent again, though neither a designed "
+        "re-send nor caught by a kill before their answer was recorded: " + _cases_line(repeated)
+    )
     # Redundant with the above, stated as bounds: a case is committed once, plus once per send whose commit a
     # fault hid from the client (an answer cut, late, or lost).
     hidden = collections.Counter(str(s.case) for s in sends if s.upstream == "committed" and s.delivered is not True)
@@ -284,6 +417,7 @@ def check_sends(proxy: FaultProxy, cases: dict[str, Any], run: int, *, finished:
         "committed": sum(committed.values()),
         "hidden": sum(hidden.values()),
         "resent": len(sends) - len(by_case),
+        "designed": len(set(by_case) & designed),  # cases finished in an earlier run, sent again by design
     }
 
 
@@ -294,47 +428,103 @@ def check_reached(proxy: FaultProxy, cases: dict[str, Any]) -> None:
     assert not missing, f"{len(missing)} valid cases never committed through the proxy: {missing[:10]}"
 
 
+def check_patients(proxy: FaultProxy, cases: dict[str, Any], on_server: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """Per patient, over every run so far: its cases went in in source order, and its Patient on the server is
+    the one its last case writes.
+
+    Order, from the proxy's clock: for each valid case and the patient's next valid case, every send of the
+    first that reached the server had its answer back (or its upstream connection ended) before the last
+    committed send of the next was forwarded. So the server applied the next case's final write after anything
+    the first wrote, whatever the faults, retries, runs and designed re-sends in between."""
+    by_case: dict[str, list[Send]] = collections.defaultdict(list)
+    for send in list(proxy.sends):
+        by_case[str(send.case)].append(send)
+    disorder: list[str] = []
+    pairs = 0
+    for patient, ids in cases["patients"].items():
+        for first, then in itertools.pairwise(ids):
+            final = [s for s in by_case[then] if s.upstream == "committed"]
+            if not final:
+                continue  # never committed: check_reached says so
+            pairs += 1
+            at = final[-1].forwarded
+            late = [
+                s
+                for s in by_case[first]
+                if s.forwarded is not None and (s.settled is None or at is None or s.settled > at)
+            ]
+            if late:
+                disorder.append(
+                    f"{patient}: {first} [{' | '.join(s.describe() for s in late)}] came back after {then}'s last "
+                    f"committed send [{final[-1].describe()}] was forwarded"
+                )
+    assert not disorder, f"{len(disorder)} pairs of a patient's cases went in out of source order: " + "; ".join(
+        disorder[:5]
+    )
+    wrong: list[str] = []
+    for patient, ids in cases["patients"].items():
+        found = on_server.get(patient)
+        if found is not None and comparable(found) == cases["written"][ids[-1]]:
+            continue
+        whose = [c for c in ids if found is not None and cases["written"][c] == comparable(found)]
+        wrong.append(f"{patient} (cases {ids}) holds the Patient of {whose or 'none of them'}, not of {ids[-1]}")
+    assert not wrong, f"{len(wrong)} Patients on the server are not what their last case writes: " + "; ".join(
+        wrong[:5]
+    )
+    return {
+        "patients": len(cases["patients"]),
+        "shared": cases["shared"],  # with several valid cases
+        "telling": cases["telling"],  # whose last case's Patient differs from every earlier case's
+        "ordered_pairs": pairs,
+    }
+
+
 def check_rerun_sends_nothing(stack: dict[str, Any], cases: dict[str, Any]) -> None:
     """The finished job, run again: every case done before, no write reaches the proxy."""
     proxy: FaultProxy = stack["proxy"]
     state = stack["tmp"] / "job.sqlite"
-    process = start(stack, cases, "--resume")
-    code, out, err = finish(process)
-    assert code == (1 if cases["invalid"] else 0), f"exit {code}\n{out}\n{err[-3000:]}"
-    sends = proxy.sends_of(proxy.run)
-    assert proxy.writes_of(proxy.run) == 0, (
-        f"re-running the finished job sent {proxy.writes_of(proxy.run)} writes: "
-        + "; ".join(f"{s.case} {s.describe()}" for s in sends[:5])
-    )
-    again = json.loads(state.with_name(state.stem + ".report.json").read_text())
-    assert again["this_run"] == {"done_before": cases["valid"] + cases["invalid"]}, again["this_run"]
+    job = start(stack, cases, "--resume")
+    with tails_on_failure(job):
+        code, _, _ = finish(job)
+        assert code == (1 if cases["invalid"] else 0), f"exit {code}"
+        sends = proxy.sends_of(proxy.run)
+        assert proxy.writes_of(proxy.run) == 0, (
+            f"re-running the finished job sent {proxy.writes_of(proxy.run)} writes: "
+            + "; ".join(f"{s.case} {s.describe()}" for s in sends[:5])
+        )
+        again = json.loads(state.with_name(state.stem + ".report.json").read_text())
+        assert again["this_run"] == {"done_before": cases["valid"] + cases["invalid"]}, again["this_run"]
 
 
 def run_scenario(
     stack: dict[str, Any],
     cases: dict[str, Any],
     faults: Faults,
-    during: Callable[[Path, subprocess.Popen[str]], None] | None = None,
+    during: Callable[[Path, Job], None] | None = None,
     env: dict[str, str] | None = None,
 ) -> dict[str, int]:
     proxy: FaultProxy = stack["proxy"]
     proxy.faults.__dict__.update({k: v for k, v in faults.__dict__.items() if k not in ("seed", "injected")})
     state = stack["tmp"] / "job.sqlite"
-    process = start(stack, cases, env=env)
-    if during is not None:
-        during(state, process)
-    code, out, err = finish(process)
-    assert code == (1 if cases["invalid"] else 0), f"exit {code}\n{out}\n{err[-3000:]}"
-    check_exactly_once(stack, cases, state)
-    check_reached(proxy, cases)
-    result = check_sends(proxy, cases, proxy.run)
-    assert result["cases"] == cases["valid"], result
-    print(f"sends: {result}; faults: {dict(proxy.faults.injected)}; connections: {proxy.connections}")
+    job = start(stack, cases, env=env)
+    with tails_on_failure(job):
+        if during is not None:
+            during(state, job)
+        code, _, _ = finish(job)
+        assert code == (1 if cases["invalid"] else 0), f"exit {code}"
+        patients = check_exactly_once(stack, cases, state)
+        check_reached(proxy, cases)
+        result = check_sends(proxy, cases, proxy.run)
+        assert result["cases"] == cases["valid"], result
+        order = check_patients(proxy, cases, patients)
+    print(
+        f"sends: {result}; patients: {order}; faults: {dict(proxy.faults.injected)}; connections: {proxy.connections}"
+    )
     return result
 
 
 def test_server_down_at_start(stack: dict[str, Any], cases: dict[str, Any]) -> None:
-    def come_up_later(state: Path, process: subprocess.Popen[str]) -> None:
+    def come_up_later(state: Path, job: Job) -> None:
         time.sleep(4)
         stack["proxy"].faults.down = False
 
@@ -382,15 +572,15 @@ def test_idle_connections_closed_and_connections_refused_mid_run(stack: dict[str
     proxy: FaultProxy = stack["proxy"]
     window: dict[str, int] = {}
 
-    def refuse_for_a_while(state: Path, process: subprocess.Popen[str]) -> None:
-        wait_until(lambda: pushed_so_far(state) >= cases["valid"] // 3, process)
+    def refuse_for_a_while(state: Path, job: Job) -> None:
+        wait_until(lambda: pushed_so_far(state) >= cases["valid"] // 3, job)
         proxy.stop_listening()
         window["before"] = len(proxy.sends)
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", proxy.port), timeout=5).close()
         time.sleep(3)
         window["during"] = len(proxy.sends) - window["before"]
-        assert process.poll() is None, "the job ended during the window: it never met the refused connections"
+        assert job.process.poll() is None, "the job ended during the window: it never met the refused connections"
         proxy.start_listening()
 
     result = run_scenario(stack, cases, Faults(idle_close=0.15), during=refuse_for_a_while)
@@ -403,8 +593,8 @@ def test_idle_connections_closed_and_connections_refused_mid_run(stack: dict[str
 
 
 def test_server_restarted_mid_run(stack: dict[str, Any], cases: dict[str, Any]) -> None:
-    def restart(state: Path, process: subprocess.Popen[str]) -> None:
-        wait_until(lambda: pushed_so_far(state) >= cases["valid"] // 3, process)
+    def restart(state: Path, job: Job) -> None:
+        wait_until(lambda: pushed_so_far(state) >= cases["valid"] // 3, job)
         server: EmbeddedFhirServer = stack["server"]
         port = server.port
         server.stop()
@@ -414,39 +604,89 @@ def test_server_restarted_mid_run(stack: dict[str, Any], cases: dict[str, Any]) 
     run_scenario(stack, cases, Faults(), during=restart)
 
 
+def first_cases_with_early_follow_ups(cases: dict[str, Any], limit: int = 3) -> frozenset[str]:
+    """The first case of up to ``limit`` patients whose next case comes within the first fifth of the source
+    (so both are reached long before the kill at a third)."""
+    early = set(cases["sequence"][: cases["valid"] // 5])
+    chosen = sorted(ids[0] for ids in cases["patients"].values() if len(ids) > 1 and ids[1] in early)
+    return frozenset(chosen[:limit])
+
+
+def earlier_cases(cases: dict[str, Any], case: str) -> list[str]:
+    """The valid cases of ``case``'s patient that come before it in the source."""
+    ids: list[str] = cases["patients"][cases["patient_of"][case]]
+    return ids[: ids.index(case)]
+
+
 def test_job_killed_mid_run_then_resumed(stack: dict[str, Any], cases: dict[str, Any]) -> None:
+    """SIGKILL at a third, then --resume. The first case of a few patients is refused once (a 422 of the
+    proxy's: the case fails at once), so their later cases are pushed after it; the resume sends it again, and
+    by design those later cases again after it. A case pushed before the kill is sent again exactly when an
+    earlier case of its patient was unfinished (pending, sending or failed) at the kill."""
     proxy: FaultProxy = stack["proxy"]
     state = stack["tmp"] / "job.sqlite"
-    process = start(stack, cases)
+    refused = first_cases_with_early_follow_ups(cases)
+    assert refused, "no patient has two cases early in the source"
+    proxy.faults.refuse = refused
+    job = start(stack, cases)
     killed_run = proxy.run
-    wait_until(lambda: pushed_so_far(state) >= cases["valid"] // 3, process)
-    process.send_signal(signal.SIGKILL)
-    process.communicate(timeout=30)
-    assert process.returncode == -signal.SIGKILL
-    at_kill, pushed_ids = statuses(state)
-    before = at_kill["pushed"]
-    assert 0 < before < cases["valid"], at_kill
-    unfinished = cases["valid"] - before  # pending, sending or failed at the kill, or not read yet
+    with tails_on_failure(job):
+        wait_until(lambda: pushed_so_far(state) >= cases["valid"] // 3, job)
+        job.process.send_signal(signal.SIGKILL)
+        job.process.wait(timeout=30)
+        assert job.process.returncode == -signal.SIGKILL
+    rows = case_states(state)
+    at_kill = collections.Counter(row.status for row in rows.values())
+    unregistered = sorted(cases["ids"] - rows.keys())
+    assert not unregistered, f"valid cases not in the state at the kill: {unregistered[:10]}"
+    status = {case: rows[case].status for case in cases["ids"]}
+    odd = {case: s for case, s in status.items() if s not in ("pushed", *UNFINISHED)}
+    assert not odd, f"valid cases neither pushed nor unfinished at the kill: {list(odd.items())[:10]}"
+    pushed = frozenset(case for case, s in status.items() if s == "pushed")
+    unfinished = cases["ids"] - pushed
+    assert 0 < len(pushed) < cases["valid"], at_kill
+    named = check_state_patients(rows, cases)
+    failed = {case for case in unfinished if status[case] == "failed"}
+    assert failed == refused, (sorted(failed), sorted(refused))  # each refused case failed at once; nothing else
+    # Pushed at the kill, with an earlier case of the patient unfinished: sent again after it (designed).
+    designed = frozenset(case for case in pushed if set(earlier_cases(cases, case)) & unfinished)
+    assert designed, "no case was pushed at the kill with an earlier case of its patient unfinished"
+    caught = frozenset(case for case, s in status.items() if s == "sending")
     check_sends(proxy, cases, killed_run, finished=False)
-    answered = {s.case for s in proxy.sends_of(killed_run) if s.delivered is True}
+    answered = {str(s.case) for s in proxy.sends_of(killed_run) if s.delivered is True}
 
-    code, out, err = finish(start(stack, cases, "--resume"))
-    assert code == (1 if cases["invalid"] else 0), f"{out}\n{err[-3000:]}"
-    report = json.loads(state.with_name(state.stem + ".report.json").read_text())
-    assert report["this_run"]["done_before"] >= before  # finished cases were not sent again
-    resumed = check_sends(proxy, cases, proxy.run)
-    sent = {s.case for s in proxy.sends_of(proxy.run)}
-    # Only the cases not pushed at the kill are sent, each once (no faults here).
-    assert resumed["sends"] <= unfinished, (resumed, dict(at_kill), unfinished)
-    if pushed_ids is not None:
-        again = sorted(str(c) for c in sent & pushed_ids)
-        assert not again, f"{len(again)} cases pushed before the kill were sent again after --resume: {again[:10]}"
-    # A case answered before the kill but sent again can only be one the kill caught between the answer and
-    # recording it (state 'sending').
-    over = sorted(str(c) for c in sent & answered)
-    assert len(over) <= at_kill["sending"], (over[:10], dict(at_kill))
-    check_exactly_once(stack, cases, state)
-    check_reached(proxy, cases)
-    print(f"killed at {dict(at_kill)}; resumed: {resumed}")
+    resume = start(stack, cases, "--resume")
+    with tails_on_failure(job, resume):
+        code, _, _ = finish(resume)
+        assert code == (1 if cases["invalid"] else 0), f"exit {code}"
+        report = json.loads(state.with_name(state.stem + ".report.json").read_text())
+        assert report["this_run"]["done_before"] >= len(pushed) - len(designed), report["this_run"]
+        resumed = check_sends(proxy, cases, proxy.run, designed=designed, caught=caught)
+        sent = {str(s.case) for s in proxy.sends_of(proxy.run)}
+        # Exactly the cases unfinished at the kill, and the designed re-sends; each once (no faults now).
+        needless = sorted(sent - unfinished - designed)
+        assert not needless, (
+            f"{len(needless)} cases pushed before the kill sent again after --resume, though no earlier case of "
+            f"their patient was unfinished at the kill: {needless[:10]}"
+        )
+        unsent = sorted(unfinished - sent)
+        assert not unsent, f"{len(unsent)} cases unfinished at the kill not sent by --resume: {unsent[:10]}"
+        skipped = sorted(designed - sent)
+        assert not skipped, (
+            f"{len(skipped)} cases pushed before the kill not sent again after an earlier case of their patient "
+            f"was: {skipped[:10]}"
+        )
+        assert resumed["sends"] == len(sent) and resumed["designed"] == len(designed), (resumed, len(designed))
+        # A case answered before the kill but sent again, not by design: only one the kill caught between the
+        # answer and recording it (state 'sending').
+        over = sorted((sent & answered) - designed - caught)
+        assert not over, (over[:10], dict(at_kill))
+        patients = check_exactly_once(stack, cases, state)
+        check_reached(proxy, cases)
+        order = check_patients(proxy, cases, patients)
+    print(
+        f"killed at {dict(at_kill)} (state names the patient of {named} cases); designed re-sends "
+        f"{len(designed)} after {len(refused)} refused cases; resumed: {resumed}; patients: {order}"
+    )
     # Re-running the finished job sends nothing and creates nothing.
     check_rerun_sends_nothing(stack, cases)

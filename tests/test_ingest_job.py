@@ -15,10 +15,10 @@ import pytest
 from service.config import Settings
 from service.domain.reader import validate_case
 from service.domain.synth import generate
-from service.errors import Conflict, FhirServerError, FhirTransportError
+from service.errors import Conflict, FhirServerError, FhirTransportError, TooManyRequests
 from service.fhir.client import AsyncFhirClient
 from service.ingest.fingerprint import ruleset_fingerprint
-from service.ingest.job import IngestJob, IngestOptions
+from service.ingest.job import IngestJob, IngestOptions, PushTimes
 from service.ingest.report import build_report
 from service.ingest.sources import CaseSource
 from service.ingest.state import JobState
@@ -91,7 +91,11 @@ def test_a_state_that_cannot_be_written_ends_the_job_instead_of_hanging(
 
     with pytest.raises(sqlite3.OperationalError):
         asyncio.run(asyncio.wait_for(go(), 120))  # a hang would be a TimeoutError here
-    assert state.counts().get("pushed", 0) == 0
+    # Every case registered; the job stopped at the first failed write: only the pushes in flight then (at most
+    # one per pusher) were sent, and their rows say so; nothing else was sent or marked done.
+    counts = state.counts()
+    assert sum(counts.values()) == 12 and set(counts) <= {"sending", "pending"}, counts
+    assert 1 <= counts.get("sending", 0) <= 2, counts
 
 
 # -- doubles ------------------------------------------------------------------------------------------------
@@ -136,6 +140,11 @@ class FakeServer:
             raise FhirServerError("POST: 503 Service Unavailable", status=503)
         if fault == "409":
             raise Conflict("POST: 409 Conflict", status=409)
+        if fault == "429":
+            raise TooManyRequests("POST: 429 Too Many Requests", status=429)
+        if fault == "down":  # the server goes down from this request on
+            self.down = True
+            raise FhirTransportError("POST failed: connection refused", request_sent=False)
         entries = []
         for entry in bundle["entry"]:
             resource = entry["resource"]
@@ -168,6 +177,22 @@ async def no_wait(seconds: float) -> None:
     await asyncio.sleep(0)
 
 
+class Clock:
+    """A fake monotonic clock that only the job's waits (and a slow probe) move."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.waits: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
 def write_cases(tmp: Path, docs: list[dict[str, Any]], name: str = "cases.ndjson") -> Path:
     path = tmp / name
     path.write_text("".join(json.dumps(d) + "\n" for d in docs))
@@ -184,6 +209,7 @@ def fake_job(
     sleep: Any = no_wait,
     progress: Any = None,
     ruleset: str | None = None,
+    clock: Any = None,
     **options: Any,
 ) -> IngestJob:
     return IngestJob(
@@ -197,6 +223,7 @@ def fake_job(
         progress=progress,
         sleep=sleep,
         ruleset=ruleset,
+        **({"clock": clock} if clock is not None else {}),
     )
 
 
@@ -320,11 +347,7 @@ def test_a_long_outage_stops_the_job_with_every_unsent_case_pending_then_resume_
     server = FakeServer()
     server.down = True
     notes = Notes()
-    waits: list[float] = []
-
-    async def counted_wait(seconds: float) -> None:
-        waits.append(seconds)
-        await asyncio.sleep(0)
+    clock = Clock()
 
     async def go() -> Any:
         return await fake_job(
@@ -333,8 +356,10 @@ def test_a_long_outage_stops_the_job_with_every_unsent_case_pending_then_resume_
             server,
             mappings,
             validator,
-            sleep=counted_wait,
+            sleep=clock.sleep,
+            clock=clock,
             progress=notes,
+            concurrency=1,  # one pusher: its retry waits all come before the breaker opens, and the clock is exact
             max_attempts=3,
             outage_wait=60,
             probe_wait=1,
@@ -345,7 +370,10 @@ def test_a_long_outage_stops_the_job_with_every_unsent_case_pending_then_resume_
     assert stats.stopped and "did not answer for 60 s" in stats.stopped
     assert state.counts() == {"pending": 8}  # none failed for the outage
     assert any("pushes paused" in n for n in notes.notes)
-    assert server.probes >= 4  # 1 + 2 + 4 + 8 + 16 + 16 + 13: growing waits, summed up to 60 s
+    # Two retry waits of the case (attempts 1 and 2), its third failure opens the breaker; then a probe after
+    # each wait: 1 + 2 + 4 + 8 + 16 + 16 (max_wait) + 13 (what is left of the 60 s), and the job stops.
+    assert server.probes == 7
+    assert len(clock.waits) == 9 and clock.waits[2:] == pytest.approx([1, 2, 4, 8, 16, 16, 13]), clock.waits
     report = build_report(state, stats, source=str(path), server=server.base_url)
     assert report["failed"] == [] and len(report["unfinished"]) == 8
     assert all(r["reason"] for r in report["unfinished"])
@@ -458,3 +486,216 @@ def test_resources_are_counted_once_each_and_a_lost_answer_makes_them_uncertain_
     stats = asyncio.run(asyncio.wait_for(fake_job(path, again, server, mappings, validator).run(), 120))
     report = build_report(again, stats, source=str(path), server=server.base_url)
     assert report["resources"] == {"created": 0, "already_there": len(server.stored), "uncertain": 0, "unanswered": 0}
+
+
+# -- review F: re-sends are durable; a pushed case is never shown as not sent; outages never fail a case -----
+
+
+def test_a_later_case_is_re_sent_even_when_the_job_is_killed_right_after_the_earlier_one(
+    tmp_path: Path, mappings: MappingSet, validator: Any
+) -> None:
+    docs = [c.doc for c in generate(3, seed=313)]
+    same_patient(docs, 0, 1)
+    a, b = docs[0]["case_id"], docs[1]["case_id"]
+    path = write_cases(tmp_path, docs)
+    server = FakeServer()
+    server.faults[a] = ["409", "409"]
+    state = JobState(tmp_path / "job.sqlite")
+    asyncio.run(asyncio.wait_for(fake_job(path, state, server, mappings, validator, max_attempts=2).run(), 120))
+    assert state.counts() == {"pushed": 2, "failed": 1}  # run 1: A failed, B (later, same patient) pushed
+    state.close()
+    snapshot = tmp_path / "killed.sqlite"
+
+    class KilledAfterA(JobState):
+        """Copies the committed state the instant A's answer is recorded: what a SIGKILL there would leave."""
+
+        def pushed(self, key: str, *args: Any, **kwargs: Any) -> None:
+            super().pushed(key, *args, **kwargs)
+            if key == f"case:{a}":
+                with sqlite3.connect(snapshot) as copy:
+                    self._db.backup(copy)
+
+    run2 = KilledAfterA(tmp_path / "job.sqlite")
+    asyncio.run(asyncio.wait_for(fake_job(path, run2, server, mappings, validator).run(), 120))
+    assert snapshot.exists()
+    # Run 3 resumes from the state the kill left: A is done, and B must still go after it (the Patient as B says).
+    server.calls.clear()
+    run3 = JobState(snapshot)
+    asyncio.run(asyncio.wait_for(fake_job(path, run3, server, mappings, validator).run(), 120))
+    assert server.calls == [b]
+    assert run3.counts() == {"pushed": 3}
+
+
+def test_a_pushed_case_due_again_after_an_earlier_one_and_refused_by_new_rules_stays_pushed_with_a_warning(
+    tmp_path: Path, mappings: MappingSet, validator: Any
+) -> None:
+    docs = [c.doc for c in generate(3, seed=313)]
+    same_patient(docs, 0, 1)
+    a, b = docs[0]["case_id"], docs[1]["case_id"]
+    path = write_cases(tmp_path, docs)
+    server = FakeServer()
+    server.faults[a] = ["409", "409"]
+    state = JobState(tmp_path / "job.sqlite")
+    job = fake_job(path, state, server, mappings, validator, max_attempts=2, ruleset="rules-1")
+    asyncio.run(asyncio.wait_for(job.run(), 120))
+    assert state.counts() == {"pushed": 2, "failed": 1}
+
+    class Stricter:
+        """The new rules refuse B's (unchanged) Bundle."""
+
+        def validate(self, resource: Any, profiles: Any = ()) -> Any:
+            if resource.get("identifier", {}).get("value") == b:
+                return [Issue("error", "invalid", "refused by the new rules", "Bundle")]
+            return validator.validate(resource, profiles)
+
+    server.calls.clear()
+    job = fake_job(path, state, server, mappings, Stricter(), ruleset="rules-2")
+    stats = asyncio.run(asyncio.wait_for(job.run(), 120))
+    # A is sent; B is not sent again, and is not relabelled "invalid (not sent)": its resources are on the server.
+    assert server.calls == [a]
+    assert state.counts() == {"pushed": 3}
+    assert stats.this_run == {"pushed": 1, "kept": 1}
+    report = build_report(state, stats, source=str(path), server=server.base_url)
+    (warning,) = report["warnings"]
+    assert warning["case_id"] == b and "version pushed earlier" in warning["reason"]
+    assert report["invalid"] == []
+
+
+def test_a_pushed_case_whose_changed_content_is_refused_is_invalid_with_its_earlier_version_on_the_server(
+    tmp_path: Path, mappings: MappingSet, validator: Any
+) -> None:
+    docs = [c.doc for c in generate(3, seed=318)]
+    path = write_cases(tmp_path, docs)
+    server = FakeServer()
+    state = JobState(tmp_path / "job.sqlite")
+    asyncio.run(asyncio.wait_for(fake_job(path, state, server, mappings, validator).run(), 120))
+    assert state.counts() == {"pushed": 3}
+    docs[1]["patient"]["sex"] = "sometimes"  # the corrected case is now refused
+    write_cases(tmp_path, docs)
+    stats = asyncio.run(asyncio.wait_for(fake_job(path, state, server, mappings, validator).run(), 120))
+    report = build_report(state, stats, source=str(path), server=server.base_url)
+    (invalid,) = report["invalid"]
+    assert invalid["case_id"] == docs[1]["case_id"] and invalid["on_server"] is True
+    assert "its earlier version is on the server" in invalid["reason"]
+    assert [r["on_server"] for r in report["failed"] + report["unfinished"]] == []
+
+
+def test_with_one_attempt_a_case_is_not_failed_for_an_outage(
+    tmp_path: Path, mappings: MappingSet, validator: Any
+) -> None:
+    docs = [c.doc for c in generate(4, seed=319)]
+    path = write_cases(tmp_path, docs)
+    server = FakeServer()
+    server.down = True
+    server.up_after_probes = 3
+    state = JobState(tmp_path / "job.sqlite")
+    job = fake_job(path, state, server, mappings, validator, concurrency=1, max_attempts=1)
+    stats = asyncio.run(asyncio.wait_for(job.run(), 120))
+    # The first case's refused connection is checked with a probe before it is blamed: the server is down, the
+    # breaker opens, and the case waits it out.
+    assert state.counts() == {"pushed": 4}, [r.reason for r in state.rows("failed")]
+    assert stats.pauses == 1 and stats.stopped is None
+
+
+def test_429s_then_refused_connections_do_not_fail_a_case(tmp_path: Path, mappings: MappingSet, validator: Any) -> None:
+    docs = [c.doc for c in generate(3, seed=320)]
+    path = write_cases(tmp_path, docs)
+    server = FakeServer()
+    first = docs[0]["case_id"]
+    # Four 429s (answers: the server is there), then it goes down: the 5th and 6th attempts are refused, and the
+    # 6th is the case's last. The probe finds the server down too: an outage, not the case's trouble.
+    server.faults[first] = ["429", "429", "429", "429", "down"]
+    server.up_after_probes = 3
+    state = JobState(tmp_path / "job.sqlite")
+    job = fake_job(path, state, server, mappings, validator, concurrency=1)
+    stats = asyncio.run(asyncio.wait_for(job.run(), 120))
+    assert state.counts() == {"pushed": 3}, [r.reason for r in state.rows("failed")]
+    assert server.calls[:6] == [first] * 6 and stats.pauses == 1
+
+
+def test_a_case_the_server_keeps_refusing_connections_for_while_it_answers_probes_fails(
+    tmp_path: Path, mappings: MappingSet, validator: Any
+) -> None:
+    docs = [c.doc for c in generate(2, seed=321)]
+    path = write_cases(tmp_path, docs)
+
+    class RefusesOne(FakeServer):
+        async def transaction(self, bundle: dict[str, Any], *, raw: bytes | None = None) -> dict[str, Any]:
+            if bundle["identifier"]["value"] == docs[0]["case_id"]:
+                self.calls.append(docs[0]["case_id"])
+                raise FhirTransportError("POST failed: connection reset", request_sent=False)
+            return await super().transaction(bundle, raw=raw)
+
+    server = RefusesOne()
+    state = JobState(tmp_path / "job.sqlite")
+    asyncio.run(asyncio.wait_for(fake_job(path, state, server, mappings, validator, max_attempts=1).run(), 120))
+    # The probe answers: that case's own trouble, failed (the probe does not keep a case pending for ever).
+    assert state.counts() == {"pushed": 1, "failed": 1}
+
+
+def test_the_outage_wait_is_time_on_the_clock_slow_probes_included(
+    tmp_path: Path, mappings: MappingSet, validator: Any
+) -> None:
+    docs = [c.doc for c in generate(3, seed=322)]
+    path = write_cases(tmp_path, docs)
+    clock = Clock()
+
+    class SlowProbes(FakeServer):
+        async def capabilities(self) -> dict[str, Any]:
+            clock.now += 20  # each probe takes 20 s to time out
+            return await super().capabilities()
+
+    server = SlowProbes()
+    server.down = True
+    state = JobState(tmp_path / "job.sqlite")
+    job = fake_job(
+        path,
+        state,
+        server,
+        mappings,
+        validator,
+        sleep=clock.sleep,
+        clock=clock,
+        concurrency=1,
+        max_attempts=2,
+        outage_wait=60,
+        probe_wait=1,
+    )
+    stats = asyncio.run(asyncio.wait_for(job.run(), 120))
+    # Opened at t; probes at t+1 (ends t+21), t+23 (ends t+43), t+47 (ends t+67): past 60 s, it stops. Summing only
+    # the waits, it would have probed 7 times (over 200 s).
+    assert server.probes == 3
+    assert stats.stopped and "did not answer for 67 s" in stats.stopped
+    assert state.counts() == {"pending": 3}
+
+
+def test_push_times_stay_bounded_however_many_pushes() -> None:
+    times = PushTimes(size=100)
+    for i in range(10_000):
+        times.add(i / 1000)
+    assert times.count == 10_000 and len(times.sample) == 100
+    assert abs(times.total - sum(i / 1000 for i in range(10_000))) < 1e-6
+    p50 = times.percentile(0.5)
+    assert p50 is not None and 3.5 < p50 < 6.5  # a uniform sample of 0..10 s
+
+
+def test_a_state_of_schema_2_is_brought_up_to_date_and_its_pushed_cases_stay_done(
+    tmp_path: Path, mappings: MappingSet, validator: Any
+) -> None:
+    docs = [c.doc for c in generate(2, seed=323)]
+    path = write_cases(tmp_path, docs)
+    server = FakeServer()
+    state = JobState(tmp_path / "job.sqlite")
+    asyncio.run(asyncio.wait_for(fake_job(path, state, server, mappings, validator).run(), 120))
+    state.close()
+    with sqlite3.connect(tmp_path / "job.sqlite") as db:  # back to what schema 2 had
+        db.executescript(
+            "DROP INDEX cases_patient_seq; ALTER TABLE cases DROP COLUMN seq; ALTER TABLE cases DROP COLUMN "
+            "pushed_digest; DROP TABLE written; DROP TABLE orphaned; UPDATE job SET value = '2' WHERE name = 'schema';"
+        )
+    state = JobState(tmp_path / "job.sqlite")
+    assert state.meta("schema") == 3
+    assert all(row.on_server for row in state.rows("pushed"))
+    server.calls.clear()
+    stats = asyncio.run(asyncio.wait_for(fake_job(path, state, server, mappings, validator).run(), 120))
+    assert server.calls == [] and stats.skipped == 2 and state.counts() == {"pushed": 2}

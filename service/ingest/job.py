@@ -10,9 +10,13 @@ deterministic ids). State calls run on one thread of their own (``StateThread``)
 Per patient, cases are pushed in source order: a case is not sent while an earlier case of its patient is
 unfinished (being tried again, or waiting out an outage), so a retried earlier case never overwrites the
 Patient a later one wrote. An earlier case that finally fails does not hold the later ones back (they go, in
-order, after it). When an earlier case of a patient is sent in a run (a retried failure, a changed case), the
-patient's later cases that were already pushed are sent again after it, so the patient ends as its last case
-says; that is the one time a finished case is re-sent.
+order, after it). When an earlier case of a patient is to be sent in a run (a retried failure, a changed case),
+the patient's later cases that were already pushed are made ``pending`` in the state (one commit, before that
+case is queued: durable, so a job killed between the two pushes still re-sends them) and sent again after it,
+so the patient ends as its last case says; that is the one time a finished case is re-sent. Such a re-send is
+not a new verdict on the case: if the current rules refuse its unchanged content, it stays ``pushed`` (that
+version is on the server) with a warning. A case whose earlier version is on the server and whose changed
+content is refused is ``invalid``, its reason saying the earlier version is on the server.
 
 A push that fails for a reason that may pass (no answer, 429, 5xx, a conflict) is tried again, up to
 ``max_attempts`` times with a growing wait; one the server refuses for its content (other 4xx) fails at once.
@@ -20,8 +24,11 @@ The job retries itself (the client's own retries are off for pushes: see ``inges
 attempt whose answer was lost. Job-wide, a circuit breaker (``Breaker``) tells an outage from a case's trouble:
 after ``breaker_threshold`` transport-level failures in a row (no answer, 5xx) across all pushers, pushes pause
 and one probe (GET metadata) is tried with growing waits; an attempt that failed in the outage does not count
-against its case. If the server does not answer within ``outage_wait`` seconds (the waits summed), the job
-stops: unsent cases stay ``pending`` (never ``failed`` for the outage) for ``--resume``.
+against its case. Before a case is marked ``failed`` for a transport-level error (its attempts used up), the
+server is probed: if the probe fails too, it is an outage, the breaker opens and the case waits it out instead.
+If the server does not answer within ``outage_wait`` seconds (measured on the clock from the moment the breaker
+opened, probes included), the job stops: unsent cases stay ``pending`` (never ``failed`` for the outage) for
+``--resume``.
 """
 
 from __future__ import annotations
@@ -115,13 +122,41 @@ class Work:
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+class PushTimes:
+    """Push durations in bounded memory: count, total, and a uniform sample of at most ``size`` of them
+    (reservoir sampling) for the percentiles, however many cases the job pushes."""
+
+    def __init__(self, size: int = 4096, seed: int = 0) -> None:
+        self.size = size
+        self.count = 0
+        self.total = 0.0
+        self.sample: list[float] = []
+        self._random = random.Random(seed)  # noqa: S311 - sampling, not secrets
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.total += seconds
+        if len(self.sample) < self.size:
+            self.sample.append(seconds)
+            return
+        slot = self._random.randrange(self.count)
+        if slot < self.size:
+            self.sample[slot] = seconds
+
+    def percentile(self, share: float) -> float | None:
+        if not self.sample:
+            return None
+        ordered = sorted(self.sample)
+        return ordered[min(int(len(ordered) * share), len(ordered) - 1)]
+
+
 @dataclass
 class RunStats:
     started: float = field(default_factory=time.time)
     total: int = 0  # the source's items (every one registered in the state)
     skipped: int = 0  # done in an earlier run, content unchanged
     this_run: dict[str, int] = field(default_factory=dict)
-    push_seconds: list[float] = field(default_factory=list)
+    push_times: PushTimes = field(default_factory=PushTimes)
     pauses: int = 0  # times the breaker paused pushes
     stopped: str | None = None  # why the job stopped before its end (the server stayed down)
 
@@ -206,7 +241,8 @@ def _reason(exc: Exception) -> str:
 class Breaker:
     """Job-wide: after ``threshold`` transport-level failures in a row (across pushers), pushes pause and one
     probe is tried with growing waits, by the first pusher that finds the breaker open (the others wait for
-    it). The first answer resumes every pusher; waits adding up to ``give_up_after`` without one stop the job."""
+    it). The first answer resumes every pusher; ``give_up_after`` seconds on ``clock`` from the breaker opening
+    (waits and probes alike) without one stop the job."""
 
     def __init__(
         self,
@@ -218,8 +254,10 @@ class Breaker:
         max_wait: float,
         sleep: Callable[[float], Any],
         progress: Progress,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.probe = probe
+        self.clock = clock
         self.threshold = threshold
         self.give_up_after = give_up_after
         self.first_wait = first_wait
@@ -230,7 +268,8 @@ class Breaker:
         self.is_open = False
         self.gave_up = False
         self.pauses = 0
-        self.down_for = 0.0  # the waits of the last outage, summed
+        self.down_for = 0.0  # how long the last outage lasted, on the clock
+        self.opened_at = 0.0
         self._probing = False
         self._resumed = asyncio.Event()
 
@@ -239,10 +278,29 @@ class Breaker:
 
     def failure(self) -> None:
         self.streak += 1
-        if self.streak >= self.threshold and not self.is_open and not self.gave_up:
+        if self.streak >= self.threshold:
+            self._open()
+
+    def _open(self) -> None:
+        if not self.is_open and not self.gave_up:
             self.is_open = True
             self.pauses += 1
+            self.opened_at = self.clock()
             self._resumed = asyncio.Event()
+
+    async def answers(self) -> bool:
+        """Whether the server answers now (one probe), asked before a case is marked failed for a transport-level
+        error: if it does not, that was an outage, not the case's trouble, and the breaker opens."""
+        if self.is_open or self.gave_up:
+            return False
+        try:
+            await self.probe()
+        except OUTAGE:
+            self._open()
+            return False
+        except (FhirError, CasebridgeError):
+            pass  # any other answer says the server is there
+        return True
 
     async def wait(self) -> bool:
         """Returns at once while closed; when open, once the server answers (True) or the job gives up (False)."""
@@ -265,16 +323,16 @@ class Breaker:
             f"the FHIR server failed {self.streak} requests in a row: pushes paused; checking it "
             f"(for up to {self.give_up_after:.0f} s)"
         )
-        waited, wait, last = 0.0, self.first_wait, ""
+        wait, last = self.first_wait, ""
         while True:
-            wait = min(wait, self.give_up_after - waited)
-            if wait <= 0:
+            # Time on the clock, not the waits summed: a probe may itself take up to the client's timeouts.
+            waited = self.clock() - self.opened_at
+            if waited >= self.give_up_after:
                 self.gave_up = True
                 self.down_for = waited
                 self.progress.note(f"the FHIR server did not answer for {waited:.0f} s ({last}): stopping")
                 return
-            await self.sleep(wait)
-            waited += wait
+            await self.sleep(min(wait, self.give_up_after - waited))
             try:
                 await self.probe()
             except OUTAGE as exc:
@@ -283,6 +341,7 @@ class Breaker:
                 continue
             except (FhirError, CasebridgeError):
                 pass  # any other answer (401, 404, not FHIR...) says the server is there again
+            waited = self.clock() - self.opened_at
             self.down_for = waited
             self.progress.note(f"the FHIR server answers again (after {waited:.0f} s): pushes resume")
             return
@@ -302,6 +361,7 @@ class IngestJob:
         progress: Progress | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
         ruleset: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.source = source
         self.state = state
@@ -327,6 +387,7 @@ class IngestJob:
             max_wait=options.max_wait,
             sleep=sleep,
             progress=self.progress,
+            clock=clock,
         )
 
     async def run(self) -> RunStats:
@@ -362,8 +423,9 @@ class IngestJob:
         items = iter(self.source)
         total = 0
 
-        def take() -> list[tuple[str, str, str]]:
-            return [(i.key, i.source, i.digest) for _, i in zip(range(REGISTER_BATCH), items, strict=False)]
+        def take() -> list[tuple[str, str, str, int | None]]:
+            # Each item with its position in the source (``total``: the items registered before this batch).
+            return [(i.key, i.source, i.digest, total + n) for n, i in zip(range(REGISTER_BATCH), items, strict=False)]
 
         while batch := await loop.run_in_executor(executor, take):
             total += len(batch)
@@ -372,19 +434,24 @@ class IngestJob:
 
     async def _convert_all(self, queue: asyncio.Queue[Work | None]) -> None:
         loop = asyncio.get_running_loop()
-        resent: set[str] = set()  # patients with a case sent in this run: their later pushed cases go again
         with ThreadPoolExecutor(1, "casebridge-convert") as executor:
             self.stats.total = await self._register_all(executor)
             self.progress.start(self.stats.total, 0)
             items = iter(self.source)
+            position = -1
             while not self.breaker.gave_up:
                 item = await loop.run_in_executor(executor, next, items, None)
                 if item is None:
                     break
+                position += 1
+                # A later case of a patient whose earlier case is sent in this run was made pending by
+                # ``resend_later`` (committed before that case was queued): this lookup, on the same state thread,
+                # comes after it.
                 known = await self._state(self.state.lookup, item.key)
                 if known is None:  # the source changed since it was registered: a case must never go unrecorded
-                    await self._state(self.state.register, [(item.key, item.source, item.digest)], self.ruleset)
-                if known is not None and known[0] in DONE and not (known[0] == "pushed" and known[1] in resent):
+                    entry = (item.key, item.source, item.digest, position)
+                    await self._state(self.state.register, [entry], self.ruleset)
+                if known is not None and known[0] in DONE:
                     self.stats.skipped += 1
                     self.progress.advance("done before")
                     continue
@@ -397,20 +464,40 @@ class IngestJob:
                     self.progress.advance("failed")
                     continue
                 if isinstance(result, Refused):
-                    await self._state(
-                        self.state.invalid, item.key, result.case_id, result.reason, result.outcome, self.ruleset
-                    )
-                    self.stats.add("invalid")
-                    self.progress.advance("invalid")
+                    status = await self._refused(item, result)
+                    self.stats.add(status)
+                    self.progress.advance(status)
                     continue
                 after = None
                 if result.patient is not None:
-                    resent.add(result.patient)
+                    await self._state(self.state.resend_later, item.key, result.patient)
                     after = self._tails.get(result.patient)
                 work = Work(result, after)
                 if result.patient is not None:
                     self._tails[result.patient] = work.done
                 await queue.put(work)
+
+    async def _refused(self, item: SourceItem, result: Refused) -> str:
+        """Records a refused case; one whose earlier version is on the server is never shown as merely not sent."""
+        row = await self._state(self.state.get, item.key)
+        if row is not None and row.pushed_digest == item.digest:
+            # Its content is what was pushed (it was to go again after an earlier case of its patient): a re-send
+            # is not a new verdict; that version stays on the server and the case stays pushed, with a warning.
+            first = result.reason.splitlines()[0] if result.reason else ""
+            warning = (
+                f"{first}: not sent again under the current rules; its version pushed earlier (same content) is on "
+                "the server"
+            )
+            await self._state(self.state.kept, item.key, warning)
+            return "kept"
+        reason = result.reason
+        if row is not None and row.on_server:
+            # On the first line, which the summary shows.
+            first, newline, rest = reason.partition("\n")
+            note = "; its earlier version is on the server (pushed before the content changed; not replaced)"
+            reason = first + note + newline + rest
+        await self._state(self.state.invalid, item.key, result.case_id, reason, result.outcome, self.ruleset)
+        return "invalid"
 
     async def _pusher(self, queue: asyncio.Queue[Work | None]) -> None:
         while True:
@@ -458,6 +545,14 @@ class IngestJob:
                     await self._state(self.state.retrying, key, reason, outcome, lost=lost)
                     continue
                 transient = isinstance(exc, TRANSIENT) or isinstance(exc, LockError)
+                if transient and attempt >= self.options.max_attempts and isinstance(exc, OUTAGE):
+                    # Before blaming the case: does the server answer at all? If not, this is an outage (the
+                    # breaker opens) and the case waits it out, pending, its attempt not counted.
+                    if not await self.breaker.answers():
+                        attempt -= 1
+                        reason = f"{_reason(exc)} (the server is not answering; pushes paused)"
+                        await self._state(self.state.retrying, key, reason, outcome, lost=lost)
+                        continue
                 if not transient or attempt >= self.options.max_attempts:
                     await self._state(self.state.failed, key, f"attempt {attempt}: {_reason(exc)}", outcome, lost=lost)
                     return "failed"
@@ -476,7 +571,7 @@ class IngestJob:
                 return "failed"
             self.breaker.success()
             seconds = time.perf_counter() - started
-            self.stats.push_seconds.append(seconds)
+            self.stats.push_times.add(seconds)
             entries = [(f"{e.resource_type}/{e.id}", e.created) for e in result.entries]
             await self._state(self.state.pushed, key, entries, seconds, self.ruleset)
             return "pushed"

@@ -6,13 +6,18 @@ their number, and the counts add up to it); rows of cases no longer in the sourc
 ``resources`` are distinct resources (``Type/id``) over the job's life, by what the server first answered:
 ``created``, ``already_there`` (there before the job), ``uncertain`` (found there after an attempt of this job
 whose answer was lost: created by that attempt or there before; no answer tells which), ``unanswered`` (only
-sent by attempts whose answer was lost, their cases not pushed yet).
+sent by attempts whose answer was lost, their cases not pushed yet). Invalid, failed and unfinished cases say
+``on_server``: an earlier version of the case was pushed and is on the server (a changed case now refused, say).
+``orphaned`` lists resources a case's earlier push wrote that no case of the job writes any more (a corrected
+case no longer produces them): left on the server, for an operator to remove. ``warnings`` lists pushed cases
+with a caveat: one due to be sent again after an earlier case of its patient, whose unchanged content the
+current rules refuse, stays pushed (its earlier push is on the server). ``stopped`` says why the job ended
+before its end: the server stayed down, or it was interrupted (SIGTERM, Ctrl-C).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import statistics
 import time
 from typing import Any
 
@@ -27,7 +32,7 @@ def build_report(state: JobState, stats: RunStats, *, source: str, server: str) 
     counts.update(state.counts())
     finished = time.time()
     seconds = finished - stats.started
-    pushes = sorted(stats.push_seconds)
+    p50, p95 = stats.push_times.percentile(0.5), stats.push_times.percentile(0.95)
     return {
         "source": source,
         "server": server,
@@ -42,16 +47,31 @@ def build_report(state: JobState, stats: RunStats, *, source: str, server: str) 
         "timings": {
             "seconds": round(seconds, 2),
             "cases_per_second": round(sum(stats.this_run.values()) / seconds, 2) if seconds > 0 else None,
-            "push_p50_ms": round(statistics.median(pushes) * 1000, 1) if pushes else None,
-            "push_p95_ms": round(pushes[int(len(pushes) * 0.95)] * 1000, 1) if pushes else None,
+            "pushes": stats.push_times.count,
+            "push_p50_ms": round(p50 * 1000, 1) if p50 is not None else None,
+            "push_p95_ms": round(p95 * 1000, 1) if p95 is not None else None,
             "paused": stats.pauses,
         },
         "invalid": [
-            {"key": r.key, "location": r.location, "case_id": r.case_id, "reason": r.reason, "outcome": r.outcome}
+            {
+                "key": r.key,
+                "location": r.location,
+                "case_id": r.case_id,
+                "reason": r.reason,
+                "outcome": r.outcome,
+                "on_server": r.on_server,
+            }
             for r in state.rows("invalid")
         ],
         "failed": [
-            {"key": r.key, "location": r.location, "case_id": r.case_id, "attempts": r.attempts, "reason": r.reason}
+            {
+                "key": r.key,
+                "location": r.location,
+                "case_id": r.case_id,
+                "attempts": r.attempts,
+                "reason": r.reason,
+                "on_server": r.on_server,
+            }
             for r in state.rows("failed")
         ],
         "unfinished": [
@@ -63,8 +83,13 @@ def build_report(state: JobState, stats: RunStats, *, source: str, server: str) 
                 "attempts": r.attempts,
                 "reason": r.reason
                 or ("sent, no answer recorded" if r.status == "sending" else "not reached before the job stopped"),
+                "on_server": r.on_server,
             }
             for r in state.rows("sending", "pending")
+        ],
+        "orphaned": [{"ref": ref, "key": key, "location": location} for ref, key, location in state.orphaned()],
+        "warnings": [
+            {"key": r.key, "location": r.location, "case_id": r.case_id, "reason": r.reason} for r in state.warnings()
         ],
     }
 
@@ -74,9 +99,12 @@ def summary(report: dict[str, Any]) -> list[str]:
     timing = report["timings"]
     resources = report["resources"]
     unfinished = counts["sending"] + counts["pending"]
+    earlier = sum(1 for row in report["invalid"] if row["on_server"])
     lines = [
         f"{report['cases']} cases from {report['source']} -> {report['server']}",
-        f"  pushed {counts['pushed']}, invalid {counts['invalid']} (not sent), failed {counts['failed']}"
+        f"  pushed {counts['pushed']}, invalid {counts['invalid']} (not sent"
+        + (f"; {earlier} with an earlier version on the server" if earlier else "")
+        + f"), failed {counts['failed']}"
         + (f", unfinished {unfinished}" if unfinished else "")
         + (f"; {report['stale']} no longer in the source (not counted)" if report["stale"] else ""),
         f"  this run: {', '.join(f'{k} {v}' for k, v in report['this_run'].items())}",
@@ -88,13 +116,18 @@ def summary(report: dict[str, Any]) -> list[str]:
     ]
     if report["stopped"]:
         lines.append(f"  stopped: {report['stopped']}")
-    for title in ("invalid", "failed", "unfinished"):
+    if report["orphaned"]:
+        lines.append(
+            f"  orphaned: {len(report['orphaned'])} resources written by earlier versions of changed cases, no longer "
+            "written by any case, left on the server (see the JSON report)"
+        )
+    for title in ("invalid", "failed", "unfinished", "warnings"):
         rows = report[title]
         for row in rows[:20]:
             first = str(row["reason"] or "").splitlines()[0] if row["reason"] else ""
             if not first.startswith(row["location"]):
                 first = f"{row['location']}: {first}"
-            lines.append(f"  {title}: {first[:240]}")
+            lines.append(f"  {title.removesuffix('s')}: {first[:240]}")
         if len(rows) > 20:
             lines.append(f"  ... and {len(rows) - 20} more {title} (see the JSON report)")
     return lines

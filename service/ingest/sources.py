@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import orjson
 
@@ -76,15 +77,6 @@ class CaseSource:
             repeats[key] = repeats.get(key, 1) + 1
             yield SourceItem(f"{key}#{repeats[key]}", location, data, suffix, duplicate_of=earlier)
 
-    def count(self) -> int:
-        """How many items, without reading them all into memory (for the progress bar)."""
-        if self.kind == "folder":
-            return sum(1 for _ in self._files())
-        if self.kind == "csv":
-            return sum(1 for _ in self.layout.rows(self.path)) if self.layout else 0
-        with self.path.open("rb") as handle:
-            return sum(1 for line in handle if line.strip())
-
     def _files(self) -> Iterator[Path]:
         for child in sorted(self.path.iterdir()):
             if child.is_file() and child.suffix.lower() in CASE_SUFFIXES and not child.name.startswith("."):
@@ -125,15 +117,34 @@ class CaseSource:
 
     def _ndjson(self) -> Iterator[tuple[str, str, bytes, str]]:
         with self.path.open("rb") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
+            number = 0
+            # At most max_bytes + 1 bytes of a line are read at once: an oversized line (one without a newline
+            # for gigabytes, say) is skipped in chunks, hashed for its key, never held whole.
+            while line := handle.readline(self.max_bytes + 1):
+                number += 1
                 source = f"{self.path}:{number}"
                 if len(line) > self.max_bytes:
-                    yield _digest_key(line.strip()), source, f"{len(line)}".encode(), ".too-large"
+                    size, digest = _skip_line(handle, line)
+                    yield "sha256:" + digest[:32], source, f"{size}".encode(), ".too-large"
+                    continue
+                if not line.strip():
                     continue
                 data = line.strip()
                 yield _identity(data, ".json", source), source, data, ".json"
+
+
+def _skip_line(handle: BinaryIO, start: bytes, chunk: int = 1 << 16) -> tuple[int, str]:
+    """Reads the rest of a line begun with ``start`` in bounded chunks: its size in bytes and its digest (what
+    an oversized line is keyed by), without holding it."""
+    digest = hashlib.sha256()
+    size, part = 0, start
+    while part:
+        size += len(part)
+        digest.update(part.removesuffix(b"\n"))
+        if part.endswith(b"\n"):
+            break
+        part = handle.readline(chunk)
+    return size, digest.hexdigest()
 
 
 def _case_key(case_id: str | None) -> str | None:

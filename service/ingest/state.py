@@ -9,6 +9,7 @@ gone, which only means sending those cases again (idempotent), never losing one,
     status      pending -> sending -> pushed
                         \\-> invalid (with its OperationOutcome)      sending -> failed (reason, attempts)
                                                                      sending -> pending (to be tried again)
+                pushed -> pending  (an earlier case of its patient is about to be sent: it goes again after it)
 
 Rows are keyed by the case's identity (``sources.py``), with its ``location`` (file or file:line) for messages.
 Every run first registers the whole source (``begin_run`` then ``register``): a row's ``run`` says the last run
@@ -17,6 +18,21 @@ source ("stale") are kept (their resources are on the server, and a case put bac
 apart and never in the exit code. A changed content makes a case ``pending`` again; so does a changed rule set
 (mappings, code tables, profiles: ``fingerprint.py``) for an ``invalid`` case, never for a ``pushed`` one: a
 pushed case is on the server, and a new rule set alone does not send the registry again (use a new state).
+
+``seq`` is the row's position in the current run's source (set at registration): one patient's cases are sent in
+that order, and when an earlier case of a patient is about to be sent (``resend_later``), the patient's later
+``pushed`` cases are made ``pending`` again in the same commit, so the patient ends as its last case says even if
+the job is killed between the two pushes. ``pushed_digest`` is the digest of the content last pushed: a case
+whose earlier version is on the server is never shown as merely "not sent" (``on_server``), and a re-send of
+unchanged content that the current rules refuse keeps the case ``pushed`` with a warning in ``reason``.
+
+``written`` holds, per case, the resources its last push wrote. Resource ids derive from the case's content
+(``case_id``/role/key), so a corrected case pushed again may no longer write some of them: such a resource that
+no other case of the job writes either is recorded in ``orphaned`` — left on the server, not deleted (a DELETE in
+the case's transaction could make the server refuse the whole transaction, referential integrity say, and fail
+a corrected case; and a resource there before the job is not ours to delete) — and reported, for an operator to
+remove. Written again by any case, it is no longer orphaned. (Rows pushed under schema 2 have no ``written``
+entries: a change to those cases cannot be checked.)
 
 ``resources`` holds every resource (``Type/id``) the job's pushes were told about, with what the first answer
 said: ``created`` (201), ``already_there`` (200, and no attempt of this job that touched it went unanswered),
@@ -45,7 +61,7 @@ import orjson
 
 from service.errors import CasebridgeError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE cases (
     key TEXT PRIMARY KEY,
@@ -63,15 +79,31 @@ CREATE TABLE cases (
     created INTEGER,
     already_there INTEGER,
     seconds REAL,
-    updated TEXT NOT NULL
+    updated TEXT NOT NULL,
+    seq INTEGER,
+    pushed_digest TEXT
 );
 CREATE INDEX cases_run_status ON cases(run, status);
+CREATE INDEX cases_patient_seq ON cases(patient, seq);
 CREATE TABLE resources (
     ref TEXT PRIMARY KEY,
     key TEXT NOT NULL,
     first TEXT NOT NULL CHECK (first IN ('created', 'already_there', 'uncertain', 'unanswered'))
 );
 CREATE TABLE job (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE written (key TEXT NOT NULL, ref TEXT NOT NULL, PRIMARY KEY (key, ref));
+CREATE INDEX written_ref ON written(ref);
+CREATE TABLE orphaned (ref TEXT PRIMARY KEY, key TEXT NOT NULL, noted TEXT NOT NULL);
+"""
+# Schema 2 -> 3: a pushed row's digest is the content it pushed; its position comes with the next registration.
+MIGRATE_2_3 = """
+ALTER TABLE cases ADD COLUMN seq INTEGER;
+ALTER TABLE cases ADD COLUMN pushed_digest TEXT;
+UPDATE cases SET pushed_digest = digest WHERE status = 'pushed';
+CREATE INDEX cases_patient_seq ON cases(patient, seq);
+CREATE TABLE written (key TEXT NOT NULL, ref TEXT NOT NULL, PRIMARY KEY (key, ref));
+CREATE INDEX written_ref ON written(ref);
+CREATE TABLE orphaned (ref TEXT PRIMARY KEY, key TEXT NOT NULL, noted TEXT NOT NULL);
 """
 DONE = ("pushed", "invalid")
 RESOURCE_OUTCOMES = ("created", "already_there", "uncertain", "unanswered")
@@ -99,6 +131,11 @@ class CaseRow:
     created: int | None
     already_there: int | None
     seconds: float | None
+    pushed_digest: str | None  # the content last pushed: an earlier version of the case is on the server
+
+    @property
+    def on_server(self) -> bool:
+        return self.pushed_digest is not None
 
 
 def _now() -> str:
@@ -130,6 +167,13 @@ class JobState:
                 self.set_meta("schema", SCHEMA_VERSION)
             return
         version = self.meta("schema") if "job" in tables else None
+        if version == 2:
+            with self._transaction():  # schema 2 lacks only the columns below: brought up to date in place
+                for statement in MIGRATE_2_3.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self.set_meta("schema", SCHEMA_VERSION)
+            return
         if version != SCHEMA_VERSION:
             found = f"schema {version}" if version is not None else "an earlier schema, cases keyed by file and line"
             raise StateVersionError(
@@ -168,27 +212,45 @@ class JobState:
         self.set_meta("run", self.run)
         return self.run
 
-    def register(self, items: Sequence[tuple[str, str, str]], ruleset: str | None) -> None:
-        """(key, location, digest) of source items, in one commit: new ones ``pending``; known ones marked as in
-        this run's source, and ``pending`` again when their content changed, or (invalid ones) the rules did.
-        A ``sending`` row stays ``sending``: its last attempt went unanswered, which its next push must know."""
+    def register(self, items: Sequence[tuple[str, str, str, int | None]], ruleset: str | None) -> None:
+        """(key, location, digest, position) of source items, in one commit: new ones ``pending``; known ones
+        marked as in this run's source at their position, and ``pending`` again when their content changed, or
+        (invalid ones) the rules did. A ``sending`` row stays ``sending``: its last attempt went unanswered, which
+        its next push must know."""
         now = _now()
         with self._transaction():
             self._db.executemany(
-                "INSERT INTO cases(key, location, digest, run, status, updated) VALUES (?, ?, ?, ?, 'pending', ?) "
-                "ON CONFLICT(key) DO UPDATE SET location = excluded.location, run = excluded.run, "
+                "INSERT INTO cases(key, location, digest, run, seq, status, updated) "
+                "VALUES (?, ?, ?, ?, ?, 'pending', ?) "
+                "ON CONFLICT(key) DO UPDATE SET location = excluded.location, run = excluded.run, seq = excluded.seq, "
                 "status = CASE WHEN cases.status = 'sending' THEN 'sending' "
                 "  WHEN cases.digest != excluded.digest THEN 'pending' "
                 "  WHEN cases.status = 'invalid' AND cases.ruleset IS NOT ? THEN 'pending' "
                 "  ELSE cases.status END, "
                 "reason = CASE WHEN cases.digest != excluded.digest THEN NULL ELSE cases.reason END, "
                 "digest = excluded.digest, updated = excluded.updated",
-                [(key, location, digest, self.run, now, ruleset) for key, location, digest in items],
+                [(key, location, digest, self.run, seq, now, ruleset) for key, location, digest, seq in items],
             )
 
     def pending(self, key: str, location: str, digest: str, ruleset: str | None = None) -> None:
-        """One item registered (see ``register``)."""
-        self.register([(key, location, digest)], ruleset)
+        """One item registered, at no known position (see ``register``; used by benchmarks/bench_ingest.py)."""
+        self.register([(key, location, digest, None)], ruleset)
+
+    def resend_later(self, key: str, patient: str) -> int:
+        """``key``, a case of ``patient``, is about to be sent: the patient's later cases (source order) that are
+        ``pushed`` become ``pending`` again, in this one commit, so that they go again after it and the patient
+        ends as its last case says, even if the job is killed in between. Returns how many."""
+        with self._transaction():
+            row = self._db.execute("SELECT seq, location FROM cases WHERE key = ?", (key,)).fetchone()
+            if row is None or row[0] is None:
+                return 0
+            reason = f"to be sent again after {row[1]}, an earlier case of its patient sent again"
+            changed = self._db.execute(
+                "UPDATE cases SET status = 'pending', reason = ?, updated = ? "
+                "WHERE patient = ? AND seq > ? AND run = ? AND status = 'pushed'",
+                (reason, _now(), patient, row[0], self.run),
+            ).rowcount
+        return int(changed)
 
     def lookup(self, key: str) -> tuple[str, str | None] | None:
         """(status, patient) of a case, if known."""
@@ -229,7 +291,9 @@ class JobState:
     def pushed(self, key: str, entries: Sequence[tuple[str, bool]], seconds: float, ruleset: str | None = None) -> None:
         """The push's answer: each entry as (Type/id, created?)."""
         created = sum(1 for _, new in entries if new)
+        refs = sorted({ref for ref, _ in entries})
         with self._transaction():
+            self._orphans(key, refs)
             # The first answer about a resource decides; one only an unanswered attempt touched is settled now.
             self._db.executemany(
                 "INSERT INTO resources(ref, key, first) VALUES (?, ?, ?) ON CONFLICT(ref) DO UPDATE SET "
@@ -239,9 +303,42 @@ class JobState:
             )
             self._db.execute(
                 "UPDATE cases SET status = 'pushed', reason = NULL, outcome = NULL, created = ?, already_there = ?, "
-                "seconds = ?, ruleset = ?, updated = ? WHERE key = ?",
+                "seconds = ?, ruleset = ?, pushed_digest = digest, updated = ? WHERE key = ?",
                 (created, len(entries) - created, seconds, ruleset, _now(), key),
             )
+
+    def _orphans(self, key: str, refs: Sequence[str]) -> None:
+        """``written`` for ``key`` becomes ``refs``; what its last push wrote and this one does not, and no other
+        case writes, is ``orphaned``; what is written again is not."""
+        now = _now()
+        self._db.execute("CREATE TEMP TABLE IF NOT EXISTS now_written (ref TEXT PRIMARY KEY)")
+        self._db.execute("DELETE FROM now_written")
+        self._db.executemany("INSERT INTO now_written(ref) VALUES (?)", [(r,) for r in refs])
+        self._db.execute(
+            "INSERT OR IGNORE INTO orphaned(ref, key, noted) SELECT w.ref, w.key, ? FROM written w "
+            "WHERE w.key = ? AND w.ref NOT IN (SELECT ref FROM now_written) "
+            "AND NOT EXISTS (SELECT 1 FROM written o WHERE o.ref = w.ref AND o.key != w.key)",
+            (now, key),
+        )
+        self._db.execute("DELETE FROM orphaned WHERE ref IN (SELECT ref FROM now_written)")
+        self._db.execute("DELETE FROM written WHERE key = ?", (key,))
+        self._db.executemany("INSERT INTO written(key, ref) VALUES (?, ?)", [(key, r) for r in refs])
+
+    def orphaned(self) -> list[tuple[str, str, str | None]]:
+        """(Type/id, the case that last wrote it, its location) of resources no case of the job writes any more."""
+        return [
+            (str(ref), str(key), location)
+            for ref, key, location in self._db.execute(
+                "SELECT o.ref, o.key, c.location FROM orphaned o LEFT JOIN cases c ON c.key = o.key ORDER BY o.ref"
+            )
+        ]
+
+    def kept(self, key: str, warning: str) -> None:
+        """A case whose content, unchanged since it was pushed, is refused by the current rules when it was to be
+        sent again: it stays ``pushed`` (that version is on the server), with the warning as its reason."""
+        self._db.execute(
+            "UPDATE cases SET status = 'pushed', reason = ?, updated = ? WHERE key = ?", (warning, _now(), key)
+        )
 
     def retrying(
         self, key: str, reason: str, outcome: dict[str, Any] | None = None, *, lost: Sequence[str] | None = None
@@ -305,8 +402,12 @@ class JobState:
         found = dict(self._db.execute("SELECT first, COUNT(*) FROM resources GROUP BY first").fetchall())
         return {name: int(found.get(name, 0)) for name in RESOURCE_OUTCOMES}
 
-    def keys(self) -> set[str]:
-        return {row[0] for row in self._db.execute("SELECT key FROM cases WHERE run = ?", (self.run,))}
+    def warnings(self) -> Iterator[CaseRow]:
+        """Pushed cases with a warning (``kept``)."""
+        for row in self._db.execute(
+            _SELECT + " WHERE run = ? AND status = 'pushed' AND reason IS NOT NULL ORDER BY location, key", (self.run,)
+        ):
+            yield _row(row)
 
 
 class StateThread:
@@ -326,7 +427,7 @@ class StateThread:
 
 _SELECT = (
     "SELECT key, location, digest, case_id, patient, status, attempts, unanswered, reason, outcome, created, "
-    "already_there, seconds FROM cases"
+    "already_there, seconds, pushed_digest FROM cases"
 )
 
 
