@@ -1,7 +1,8 @@
 """``casebridge ingest PATH``: a registry load, convert -> validate -> push, with a durable job state.
 
 Exit codes: 0 every case pushed; 1 some cases invalid (reported, not sent), none failed; 4 some cases failed or
-are unfinished (the FHIR server: see the report; also when it stayed down and the job stopped); 2 unusable
+are unfinished (the FHIR server: see the report; also when it stayed down and the job stopped), or some patients
+are left unsettled (an attempt's lost answer not yet re-asserted: see the report); 2 unusable
 arguments or state file (one of another casebridge version included); 3 configuration; 130 interrupted (Ctrl-C
 or SIGTERM: the report is written, with ``stopped``, and the summary printed first). Only the cases of the
 current source count: a case no longer in it (its row kept in the state) changes no count and no exit code.
@@ -156,6 +157,15 @@ def ingest(
             help="Seconds to wait for a FHIR server that stopped answering before the job stops (resume later).",
         ),
     ] = 600.0,
+    settle: Annotated[
+        float,
+        typer.Option(
+            "--settle",
+            min=0,
+            help="Seconds after an attempt whose answer was lost before its patient's last case is pushed again: "
+            "longer than any request the network may still deliver (a bound, not a proof).",
+        ),
+    ] = 30.0,
 ) -> None:
     """Load many cases: convert, validate and push each; resumable; a report at the end."""
     settings = cli_settings()
@@ -219,7 +229,9 @@ def ingest(
                 locks=PatientLocks(settings.locks()),
                 mappings=mappings,
                 validator=validator,
-                options=IngestOptions(concurrency=concurrency, max_attempts=max_attempts, outage_wait=outage_wait),
+                options=IngestOptions(
+                    concurrency=concurrency, max_attempts=max_attempts, outage_wait=outage_wait, settle=settle
+                ),
                 progress=progress,
                 ruleset=ruleset,
             )
@@ -243,7 +255,7 @@ def ingest(
     if interrupted:
         raise KeyboardInterrupt
     counts = result["counts"]
-    if stats.stopped or counts["failed"] or counts["sending"] or counts["pending"]:
+    if stats.stopped or counts["failed"] or counts["sending"] or counts["pending"] or result["unsettled"]:
         raise typer.Exit(4)
     if counts["invalid"]:
         raise typer.Exit(1)

@@ -8,6 +8,8 @@ networks and servers fail:
 - ``422`` (``refuse``): the first ``refuse_attempts`` sends of the named cases answered with a 422
   OperationOutcome by the proxy, nothing forwarded (the server refusing the content: the case fails at once);
 - ``slow``: answered ``slow_seconds`` late (the request reaches the server, which commits it);
+- ``hold``: the first send of the named cases held ``hold_seconds`` before it is forwarded (a request the network
+  delivers late: the client has given up on it, retried, and may have pushed the patient's next case meanwhile);
 - ``reset-after``: the connection cut once the server has answered (it went in; the client never hears);
 - ``reset-before``: the connection cut partway through reading the request body (nothing forwarded);
 - ``idle_close``: after an answer, a kept-alive client connection closed (FIN) or reset (RST) while idle,
@@ -77,6 +79,8 @@ class Faults:
     idle_close_within: float = 0.05  # seconds after the answer
     refuse: frozenset[str] = frozenset()  # cases whose first `refuse_attempts` sends are answered 422
     refuse_attempts: int = 1
+    hold: frozenset[str] = frozenset()  # cases whose first send is held `hold_seconds` before it is forwarded
+    hold_seconds: float = 4.0
     only_writes: bool = True  # faults hit POST/PUT only (reads pass), so the job's own checks stay simple
     # The client's read timeout, when the test shortened it: an answer later than that did not reach it.
     client_timeout: float | None = None
@@ -326,6 +330,10 @@ class FaultProxy:
             await _close(writer)
             return False, send
         request = ("\r\n".join([*kept, "Connection: close"]) + "\r\n\r\n").encode("latin-1") + body
+        if send is not None and send.case in self.faults.hold and send.attempt == 1:
+            send.fault = "held"
+            self.faults.injected["held"] += 1
+            await asyncio.sleep(self.faults.hold_seconds)
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         except OSError:

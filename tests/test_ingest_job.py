@@ -691,11 +691,213 @@ def test_a_state_of_schema_2_is_brought_up_to_date_and_its_pushed_cases_stay_don
     with sqlite3.connect(tmp_path / "job.sqlite") as db:  # back to what schema 2 had
         db.executescript(
             "DROP INDEX cases_patient_seq; ALTER TABLE cases DROP COLUMN seq; ALTER TABLE cases DROP COLUMN "
-            "pushed_digest; DROP TABLE written; DROP TABLE orphaned; UPDATE job SET value = '2' WHERE name = 'schema';"
+            "pushed_digest; DROP TABLE written; DROP TABLE orphaned; DROP TABLE unsettled; "
+            "UPDATE job SET value = '2' WHERE name = 'schema';"
         )
     state = JobState(tmp_path / "job.sqlite")
-    assert state.meta("schema") == 3
+    assert state.meta("schema") == 4
     assert all(row.on_server for row in state.rows("pushed"))
     server.calls.clear()
     stats = asyncio.run(asyncio.wait_for(fake_job(path, state, server, mappings, validator).run(), 120))
     assert server.calls == [] and stats.skipped == 2 and state.counts() == {"pushed": 2}
+
+
+def test_a_state_of_schema_3_gets_the_unsettled_table_in_place(
+    tmp_path: Path, mappings: MappingSet, validator: Any
+) -> None:
+    docs = [c.doc for c in generate(2, seed=323)]
+    path = write_cases(tmp_path, docs)
+    server = FakeServer()
+    state = JobState(tmp_path / "job.sqlite")
+    asyncio.run(asyncio.wait_for(fake_job(path, state, server, mappings, validator).run(), 120))
+    state.close()
+    with sqlite3.connect(tmp_path / "job.sqlite") as db:  # back to what schema 3 had
+        db.executescript("DROP TABLE unsettled; UPDATE job SET value = '3' WHERE name = 'schema';")
+    state = JobState(tmp_path / "job.sqlite")
+    assert state.meta("schema") == 4 and state.unsettled() == []
+    server.calls.clear()
+    stats = asyncio.run(asyncio.wait_for(fake_job(path, state, server, mappings, validator).run(), 120))
+    assert server.calls == [] and stats.skipped == 2 and state.counts() == {"pushed": 2}
+
+
+# -- settle and re-assert: a lost attempt landing late -------------------------------------------------------
+
+
+class LateServer(FakeServer):
+    """A FakeServer whose ``"stale"`` fault keeps the transaction as it was sent and loses its answer: nothing is
+    written then; ``land()`` writes it later (a request the network delivered after the client gave up)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[dict[str, Any]] = []
+
+    async def transaction(self, bundle: dict[str, Any], *, raw: bytes | None = None) -> dict[str, Any]:
+        case_id = bundle["identifier"]["value"]
+        if self.faults.get(case_id) and self.faults[case_id][0] == "stale":
+            self.faults[case_id].pop(0)
+            self.calls.append(case_id)
+            self.held.append(json.loads(json.dumps(bundle)))
+            raise FhirTransportError("POST timed out: ReadTimeout", request_sent=True)
+        return await super().transaction(bundle, raw=raw)
+
+    def land(self) -> None:
+        for bundle in self.held:
+            for entry in bundle["entry"]:
+                resource = entry["resource"]
+                ref = f"{resource['resourceType']}/{resource['id']}"
+                self.stored[ref] = self.stored.get(ref, 0) + 1
+                self.bodies[ref] = resource
+        self.held.clear()
+
+
+def _two_cases_of_one_patient(tmp_path: Path, mappings: MappingSet) -> tuple[Path, str, str, str, int]:
+    """Cases 0 and 1 of one patient (the later one older), and two others; (path, first, second, Patient/id,
+    the later age)."""
+    docs = [c.doc for c in generate(4, seed=331)]
+    same_patient(docs, 0, 1)
+    later_age = docs[0]["patient"]["age_at_presentation"]["value"] + 7
+    docs[1]["patient"]["age_at_presentation"]["value"] = later_age
+    patient = mappings.convert(validate_case(docs[0], source="x"))["entry"][0]["resource"]
+    assert patient["resourceType"] == "Patient"
+    return write_cases(tmp_path, docs), docs[0]["case_id"], docs[1]["case_id"], f"Patient/{patient['id']}", later_age
+
+
+def test_a_lost_attempt_that_lands_after_the_later_case_is_overwritten_by_the_settle_pass(
+    tmp_path: Path, mappings: MappingSet, validator: Any
+) -> None:
+    path, first, second, patient, later_age = _two_cases_of_one_patient(tmp_path, mappings)
+    state = JobState(tmp_path / "job.sqlite")
+    server = LateServer()
+    server.faults[first] = ["stale"]  # its first attempt's answer lost; the request still on its way
+    clock = Clock()
+    waits: list[float] = []
+    wall = [1000.0]
+
+    def landed_then_wait(case_id: str) -> None:
+        # The first time the pass pushes (the second case again), the stale first attempt has landed.
+        if server.held and case_id == second and server.calls.count(second) == 1:
+            server.land()
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        wall[0] += seconds
+        await asyncio.sleep(0)
+
+    async def go() -> Any:
+        job = fake_job(path, state, server, mappings, validator, sleep=sleep, clock=clock, settle=30.0)
+        job.wall = lambda: wall[0]
+        return await job.run()
+
+    server.before_send = landed_then_wait
+    stats = asyncio.run(asyncio.wait_for(go(), 120))
+    # first (lost), first (retried, answered), second, then the pass: second again, after the stale first landed.
+    assert [c for c in server.calls if c in (first, second)] == [first, first, second, second]
+    assert not server.held
+    assert f"{later_age} years at presentation" in server.bodies[patient]["text"]["div"]
+    assert 30.0 in waits or any(w > 25 for w in waits), waits  # it waited out the settle time after the loss
+    assert state.unsettled() == []
+    report = build_report(state, stats, source=str(path), server=server.base_url)
+    assert [(r["patient"], r["sends"]) for r in report["reasserted"]] == [(patient, 1)]
+    assert report["unsettled"] == [] and report["counts"] == {**report["counts"], "pushed": 4}
+
+
+def test_without_the_pass_the_late_attempt_would_leave_the_earlier_patient(
+    tmp_path: Path, mappings: MappingSet, validator: Any
+) -> None:
+    """The defect the pass closes, shown on the same doubles: the stale attempt landing after the pushes."""
+    path, first, _, patient, later_age = _two_cases_of_one_patient(tmp_path, mappings)
+    state = JobState(tmp_path / "job.sqlite")
+    server = LateServer()
+    server.faults[first] = ["stale"]
+
+    class NoPass(IngestJob):
+        async def _settle_pass(self) -> None:
+            server.land()
+
+    job = NoPass(
+        CaseSource(path, max_bytes=5_000_000),
+        state,
+        client=server,  # type: ignore[arg-type]
+        locks=PatientLocks(tmp_path / "locks"),
+        mappings=mappings,
+        validator=validator,
+        sleep=no_wait,
+    )
+    asyncio.run(asyncio.wait_for(job.run(), 120))
+    assert f"{later_age} years at presentation" not in server.bodies[patient]["text"]["div"]
+    assert [p for p, _, _ in JobState(tmp_path / "job.sqlite").unsettled()] == [patient]  # the mark says so
+
+
+def test_the_unsettled_mark_survives_a_kill_and_resume_re_asserts(
+    tmp_path: Path, mappings: MappingSet, validator: Any
+) -> None:
+    path, first, second, patient, later_age = _two_cases_of_one_patient(tmp_path, mappings)
+    server = LateServer()
+    server.faults[first] = ["stale"]
+    snapshot = tmp_path / "killed.sqlite"
+
+    class KilledAfterSecond(JobState):
+        """Copies the committed state the instant the second case's answer is recorded: a SIGKILL there."""
+
+        def pushed(self, key: str, *args: Any, **kwargs: Any) -> None:
+            super().pushed(key, *args, **kwargs)
+            if key == f"case:{second}":
+                with sqlite3.connect(snapshot) as copy:
+                    self._db.backup(copy)
+
+    class Killed(Exception):
+        pass
+
+    run1 = KilledAfterSecond(tmp_path / "job.sqlite")
+
+    class DiesBeforeThePass(IngestJob):
+        async def _settle_pass(self) -> None:
+            raise Killed
+
+    job = DiesBeforeThePass(
+        CaseSource(path, max_bytes=5_000_000),
+        run1,
+        client=server,  # type: ignore[arg-type]
+        locks=PatientLocks(tmp_path / "locks"),
+        mappings=mappings,
+        validator=validator,
+        sleep=no_wait,
+    )
+    with pytest.raises(Killed):
+        asyncio.run(asyncio.wait_for(job.run(), 120))
+    server.land()  # the stale first attempt lands after the kill: the earlier Patient is on the server
+    assert f"{later_age} years at presentation" not in server.bodies[patient]["text"]["div"]
+    resumed = JobState(snapshot)
+    assert [p for p, _, _ in resumed.unsettled()] == [patient]
+    server.calls.clear()
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        await asyncio.sleep(0)
+
+    stats = asyncio.run(
+        asyncio.wait_for(fake_job(path, resumed, server, mappings, validator, sleep=sleep, settle=3600.0).run(), 120)
+    )
+    # The cases unfinished at the kill (not of this patient), then the pass: the patient's last case again.
+    assert first not in server.calls and server.calls[-1] == second and server.calls.count(second) == 1
+    assert waits and 3000 < waits[0] <= 3600, waits  # from the lost attempt's recorded time, not from now
+    assert f"{later_age} years at presentation" in server.bodies[patient]["text"]["div"]
+    assert resumed.unsettled() == [] and [r[0] for r in stats.reasserted] == [patient]
+
+
+def test_a_re_assert_that_keeps_losing_its_answer_leaves_the_patient_unsettled_with_why(
+    tmp_path: Path, mappings: MappingSet, validator: Any
+) -> None:
+    path, first, second, patient, _ = _two_cases_of_one_patient(tmp_path, mappings)
+    state = JobState(tmp_path / "job.sqlite")
+    server = LateServer()
+    server.faults[first] = ["stale"]
+    server.faults[second] = [None, "stale", "stale", "stale"]  # type: ignore[list-item]
+    stats = asyncio.run(asyncio.wait_for(fake_job(path, state, server, mappings, validator, max_attempts=3).run(), 120))
+    assert server.calls.count(second) == 4  # pushed once, then three re-asserts, each answer lost
+    report = build_report(state, stats, source=str(path), server=server.base_url)
+    assert report["reasserted"] == []
+    (left,) = report["unsettled"]
+    assert left["patient"] == patient and "3 re-assert pushes" in left["reason"], left
+    assert report["counts"]["pushed"] == 4  # the case stays pushed: its content is on the server

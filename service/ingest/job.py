@@ -29,6 +29,18 @@ server is probed: if the probe fails too, it is an outage, the breaker opens and
 If the server does not answer within ``outage_wait`` seconds (measured on the clock from the moment the breaker
 opened, probes included), the job stops: unsent cases stay ``pending`` (never ``failed`` for the outage) for
 ``--resume``.
+
+Settle and re-assert: an attempt whose answer was lost (a timeout, a reset after sending, a run killed while the
+case was ``sending``) may still be travelling to the server, and may land after the patient's later case was
+pushed, writing the earlier Patient over the later one. Per-patient order cannot prevent that (the job no longer
+knows of that request), so each such attempt marks its patient ``unsettled`` in the state, durably, with the
+attempt's time (in the commit that records the attempt). After every push of the run (and so also on a
+``--resume`` of a state with marks), the settle pass waits, per unsettled patient, until ``settle`` seconds have
+passed since its last lost attempt — a bound on how long the network may still deliver a request, not a proof —
+then pushes the patient's last pushed case (source order) again, re-converted as any re-send is, and clears the
+mark in the commit that records that answer. A re-assert that loses its answer leaves the patient unsettled (the
+pass waits again; at most ``max_attempts`` tries); one that cannot be made leaves the mark with its reason, for
+the report and the next run.
 """
 
 from __future__ import annotations
@@ -76,6 +88,9 @@ class IngestOptions:
     breaker_threshold: int = 5  # transport-level failures in a row, across pushers, that pause every push
     outage_wait: float = 600.0  # how long the paused job waits (its waits summed) for the server to answer
     probe_wait: float = 1.0  # the first wait before probing a server that stopped answering; doubles to max_wait
+    # Seconds after an attempt whose answer was lost before its patient's last case is pushed again (the settle
+    # pass): longer than any request the network may still deliver. A bound, not a proof.
+    settle: float = 30.0
 
 
 class Progress(Protocol):
@@ -159,6 +174,8 @@ class RunStats:
     push_times: PushTimes = field(default_factory=PushTimes)
     pauses: int = 0  # times the breaker paused pushes
     stopped: str | None = None  # why the job stopped before its end (the server stayed down)
+    # Patients whose last case the settle pass pushed again in this run: (patient, case key, location, sends).
+    reasserted: list[tuple[str, str, str, int]] = field(default_factory=list)
 
     def add(self, status: str) -> None:
         self.this_run[status] = self.this_run.get(status, 0) + 1
@@ -362,8 +379,10 @@ class IngestJob:
         sleep: Callable[[float], Any] = asyncio.sleep,
         ruleset: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ):
         self.source = source
+        self.wall = wall  # epoch seconds: a lost attempt's time is kept in the state, across processes
         self.state = state
         self.client = client
         self.locks = locks
@@ -393,14 +412,17 @@ class IngestJob:
     async def run(self) -> RunStats:
         queue: asyncio.Queue[Work | None] = asyncio.Queue(maxsize=self.options.concurrency * 2)
         try:
-            # A task group: if a pusher dies (its state write failed), the converter waiting on the full queue
-            # is cancelled with the rest, instead of waiting for ever.
-            async with asyncio.TaskGroup() as group:
-                for _ in range(self.options.concurrency):
-                    group.create_task(self._pusher(queue))
-                group.create_task(self._convert_then_stop(queue))
-        except* Exception as failures:  # noqa: BLE001 - the first failure of the group, re-raised as it was
-            raise failures.exceptions[0] from None
+            try:
+                # A task group: if a pusher dies (its state write failed), the converter waiting on the full queue
+                # is cancelled with the rest, instead of waiting for ever.
+                async with asyncio.TaskGroup() as group:
+                    for _ in range(self.options.concurrency):
+                        group.create_task(self._pusher(queue))
+                    group.create_task(self._convert_then_stop(queue))
+            except* Exception as failures:  # noqa: BLE001 - the first failure of the group, re-raised as it was
+                raise failures.exceptions[0] from None
+            if not self.breaker.gave_up:
+                await self._settle_pass()  # after every push of the run: see the module's docstring
         finally:
             self._state.close()  # every write made is committed before the caller reads the state
         self.stats.pauses = self.breaker.pauses
@@ -526,7 +548,7 @@ class IngestJob:
                 reason = "not sent: the FHIR server stopped answering and the job stopped"
                 await self._state(self.state.not_sent, key, reason)
                 return "not sent"
-            await self._state(self.state.sending, key, prepared.case_id, prepared.patient, refs)
+            await self._state(self.state.sending, key, prepared.case_id, prepared.patient, refs, now=self.wall())
             attempt += 1
             started = time.perf_counter()
             try:
@@ -542,7 +564,7 @@ class IngestJob:
                     # The server's outage, not this case's trouble: the attempt does not count against the case.
                     attempt -= 1
                     reason = f"{_reason(exc)} (the server is not answering; pushes paused)"
-                    await self._state(self.state.retrying, key, reason, outcome, lost=lost)
+                    await self._state(self.state.retrying, key, reason, outcome, lost=lost, now=self.wall())
                     continue
                 transient = isinstance(exc, TRANSIENT) or isinstance(exc, LockError)
                 if transient and attempt >= self.options.max_attempts and isinstance(exc, OUTAGE):
@@ -551,13 +573,20 @@ class IngestJob:
                     if not await self.breaker.answers():
                         attempt -= 1
                         reason = f"{_reason(exc)} (the server is not answering; pushes paused)"
-                        await self._state(self.state.retrying, key, reason, outcome, lost=lost)
+                        await self._state(self.state.retrying, key, reason, outcome, lost=lost, now=self.wall())
                         continue
                 if not transient or attempt >= self.options.max_attempts:
-                    await self._state(self.state.failed, key, f"attempt {attempt}: {_reason(exc)}", outcome, lost=lost)
+                    await self._state(
+                        self.state.failed,
+                        key,
+                        f"attempt {attempt}: {_reason(exc)}",
+                        outcome,
+                        lost=lost,
+                        now=self.wall(),
+                    )
                     return "failed"
                 reason = f"attempt {attempt}: {_reason(exc)} (will try again)"
-                await self._state(self.state.retrying, key, reason, outcome, lost=lost)
+                await self._state(self.state.retrying, key, reason, outcome, lost=lost, now=self.wall())
                 pause = wait
                 if isinstance(exc, TooManyRequests) and exc.retry_after is not None:
                     pause = min(max(pause, exc.retry_after), self.options.max_wait)
@@ -567,7 +596,7 @@ class IngestJob:
                 continue
             except Exception as exc:  # noqa: BLE001 - an unexpected failure is this case's, recorded with its reason
                 reason = f"attempt {attempt}: internal error: {type(exc).__name__}: {exc}"
-                await self._state(self.state.failed, key, reason, lost=refs)
+                await self._state(self.state.failed, key, reason, lost=refs, now=self.wall())
                 return "failed"
             self.breaker.success()
             seconds = time.perf_counter() - started
@@ -575,3 +604,83 @@ class IngestJob:
             entries = [(f"{e.resource_type}/{e.id}", e.created) for e in result.entries]
             await self._state(self.state.pushed, key, entries, seconds, self.ruleset)
             return "pushed"
+
+    # -- settle and re-assert ---------------------------------------------------------------------------------
+
+    async def _settle_pass(self) -> None:
+        """Every unsettled patient (see the module's docstring), oldest lost attempt first."""
+        marks = await self._state(self.state.unsettled)
+        if not marks:
+            return
+        self.progress.note(
+            f"{len(marks)} patients had an attempt whose answer was lost: their last case goes again once "
+            f"{self.options.settle:.0f} s have passed since it"
+        )
+        keys = set()
+        for patient, _, _ in marks:
+            row = await self._state(self.state.last_pushed, patient)
+            if row is not None:
+                keys.add(row.key)
+        items = await self._items(keys)
+        for patient, _, _ in marks:
+            reason = await self._reassert(patient, items)
+            if reason is not None:
+                await self._state(self.state.still_unsettled, patient, reason)
+                self.progress.note(f"{patient}: still unsettled: {reason}")
+
+    async def _items(self, keys: set[str]) -> dict[str, SourceItem]:
+        """The source items of ``keys``, read again from the source (one pass, on a thread)."""
+
+        def find() -> dict[str, SourceItem]:
+            return {item.key: item for item in self.source if item.key in keys} if keys else {}
+
+        return await asyncio.get_running_loop().run_in_executor(None, find)
+
+    async def _reassert(self, patient: str, items: dict[str, SourceItem]) -> str | None:
+        """Pushes the patient's last pushed case again once ``settle`` seconds have passed since its last lost
+        attempt; returns why the patient stays unsettled, or None (re-asserted, mark cleared)."""
+        sends = 0
+        while True:
+            seen = await self._state(self.state.unsettled_at, patient)
+            if seen is None:
+                return None
+            row = await self._state(self.state.last_pushed, patient)
+            if row is None:
+                return "no case of the patient is pushed in this source yet: re-asserted once one is"
+            item = items.get(row.key)
+            if item is None or item.digest != row.pushed_digest:
+                return f"{row.location}: its content changed since it was pushed: re-asserted when it is pushed"
+            if sends >= self.options.max_attempts:
+                return f"{row.location}: {sends} re-assert pushes, none answered in time to settle the patient"
+            remaining = seen + self.options.settle - self.wall()
+            if remaining > 0:
+                await self.sleep(remaining)
+            result = await asyncio.get_running_loop().run_in_executor(
+                None, prepare, item, self.mappings, self.validator
+            )
+            if isinstance(result, Refused):
+                first = result.reason.splitlines()[0] if result.reason else ""
+                return f"{first}: refused by the current rules, so not re-asserted"
+            if not await self.breaker.wait():
+                return "the FHIR server stopped answering before the patient's last case was re-asserted"
+            sends += 1
+            try:
+                answer = await push_bundle(self.client, result.bundle, locks=self.locks)
+            except (FhirError, LockError) as exc:
+                if isinstance(exc, OUTAGE):
+                    self.breaker.failure()
+                elif isinstance(exc, FhirHttpError):
+                    self.breaker.success()
+                if _may_have_arrived(exc):
+                    # It may land late as well: the patient stays unsettled, from now.
+                    await self._state(self.state.reassert_lost, patient, self.wall())
+                elif not (isinstance(exc, TRANSIENT) or isinstance(exc, LockError)):
+                    return f"{row.location}: re-assert refused: {_reason(exc)}"
+                self.progress.note(f"{row.location}: re-assert of its patient: {_reason(exc)}")
+                await self.sleep(self.options.retry_wait)
+                continue
+            self.breaker.success()
+            entries = [(f"{e.resource_type}/{e.id}", e.created) for e in answer.entries]
+            if await self._state(self.state.reasserted, row.key, patient, entries, seen):
+                self.stats.reasserted.append((patient, row.key, row.location, sends))
+                return None

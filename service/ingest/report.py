@@ -12,7 +12,10 @@ sent by attempts whose answer was lost, their cases not pushed yet). Invalid, fa
 case no longer produces them): left on the server, for an operator to remove. ``warnings`` lists pushed cases
 with a caveat: one due to be sent again after an earlier case of its patient, whose unchanged content the
 current rules refuse, stays pushed (its earlier push is on the server). ``stopped`` says why the job ended
-before its end: the server stayed down, or it was interrupted (SIGTERM, Ctrl-C).
+before its end: the server stayed down, or it was interrupted (SIGTERM, Ctrl-C). ``reasserted`` lists the
+patients whose last case this run's settle pass pushed again (an attempt of theirs had lost its answer and might
+have landed late); ``unsettled`` those still marked (over the job's life), with why: the next run's pass
+re-asserts them.
 """
 
 from __future__ import annotations
@@ -88,6 +91,18 @@ def build_report(state: JobState, stats: RunStats, *, source: str, server: str) 
             for r in state.rows("sending", "pending")
         ],
         "orphaned": [{"ref": ref, "key": key, "location": location} for ref, key, location in state.orphaned()],
+        "reasserted": [
+            {"patient": patient, "key": key, "location": location, "sends": sends}
+            for patient, key, location, sends in stats.reasserted
+        ],
+        "unsettled": [
+            {
+                "patient": patient,
+                "last_lost_at": dt.datetime.fromtimestamp(at, dt.UTC).isoformat(timespec="milliseconds"),
+                "reason": reason or "the settle pass has not run since (the job stopped or was interrupted)",
+            }
+            for patient, at, reason in state.unsettled()
+        ],
         "warnings": [
             {"key": r.key, "location": r.location, "case_id": r.case_id, "reason": r.reason} for r in state.warnings()
         ],
@@ -121,6 +136,15 @@ def summary(report: dict[str, Any]) -> list[str]:
             f"  orphaned: {len(report['orphaned'])} resources written by earlier versions of changed cases, no longer "
             "written by any case, left on the server (see the JSON report)"
         )
+    if report["reasserted"]:
+        lines.append(
+            f"  re-asserted: {len(report['reasserted'])} patients (an attempt's answer was lost: their last case "
+            "pushed again once it settled)"
+        )
+    for row in report["unsettled"][:20]:
+        lines.append(f"  unsettled: {row['patient']}: {str(row['reason']).splitlines()[0][:240]}")
+    if len(report["unsettled"]) > 20:
+        lines.append(f"  ... and {len(report['unsettled']) - 20} more unsettled (see the JSON report)")
     for title in ("invalid", "failed", "unfinished", "warnings"):
         rows = report[title]
         for row in rows[:20]:

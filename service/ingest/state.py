@@ -40,6 +40,12 @@ said: ``created`` (201), ``already_there`` (200, and no attempt of this job that
 touched by attempts whose answer was lost). Counting distinct resources keeps a patient shared by several
 cases, a retry and a re-send of a changed case from counting twice.
 
+``unsettled`` holds the patients an attempt of one of whose cases lost its answer (a timeout, a reset after
+sending, a run killed while ``sending``), with the time (epoch seconds) of the last such attempt: that attempt may
+still be travelling to the server and land after the patient's later writes. The job's settle pass, once
+``--settle`` seconds have passed since it, pushes the patient's last pushed case (source order) again and clears the
+mark in the commit that records that push; a mark survives a kill, and the next run's pass handles it.
+
 One connection, used from one thread at a time: while a job runs, ``StateThread``'s (the event loop never
 blocks on SQLite); before and after, the caller's.
 """
@@ -51,6 +57,7 @@ import contextlib
 import datetime as dt
 import functools
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -61,7 +68,7 @@ import orjson
 
 from service.errors import CasebridgeError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SCHEMA = """
 CREATE TABLE cases (
     key TEXT PRIMARY KEY,
@@ -94,6 +101,7 @@ CREATE TABLE job (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE written (key TEXT NOT NULL, ref TEXT NOT NULL, PRIMARY KEY (key, ref));
 CREATE INDEX written_ref ON written(ref);
 CREATE TABLE orphaned (ref TEXT PRIMARY KEY, key TEXT NOT NULL, noted TEXT NOT NULL);
+CREATE TABLE unsettled (patient TEXT PRIMARY KEY, last_lost_at REAL NOT NULL, reason TEXT);
 """
 # Schema 2 -> 3: a pushed row's digest is the content it pushed; its position comes with the next registration.
 MIGRATE_2_3 = """
@@ -104,6 +112,10 @@ CREATE INDEX cases_patient_seq ON cases(patient, seq);
 CREATE TABLE written (key TEXT NOT NULL, ref TEXT NOT NULL, PRIMARY KEY (key, ref));
 CREATE INDEX written_ref ON written(ref);
 CREATE TABLE orphaned (ref TEXT PRIMARY KEY, key TEXT NOT NULL, noted TEXT NOT NULL);
+"""
+# Schema 3 -> 4: no patient is known unsettled (a state of schema 3 did not record lost attempts per patient).
+MIGRATE_3_4 = """
+CREATE TABLE unsettled (patient TEXT PRIMARY KEY, last_lost_at REAL NOT NULL, reason TEXT);
 """
 DONE = ("pushed", "invalid")
 RESOURCE_OUTCOMES = ("created", "already_there", "uncertain", "unanswered")
@@ -167,11 +179,14 @@ class JobState:
                 self.set_meta("schema", SCHEMA_VERSION)
             return
         version = self.meta("schema") if "job" in tables else None
-        if version == 2:
-            with self._transaction():  # schema 2 lacks only the columns below: brought up to date in place
-                for statement in MIGRATE_2_3.split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
+        if version in (2, 3):
+            # Schema 2 lacks the columns and tables of MIGRATE_2_3, schema 3 the table of MIGRATE_3_4: brought up
+            # to date in place, in one commit.
+            with self._transaction():
+                for script in (MIGRATE_2_3, MIGRATE_3_4)[version - 2 :]:
+                    for statement in script.split(";"):
+                        if statement.strip():
+                            self._db.execute(statement)
                 self.set_meta("schema", SCHEMA_VERSION)
             return
         if version != SCHEMA_VERSION:
@@ -272,14 +287,18 @@ class JobState:
             (case_id, reason, orjson.dumps(outcome).decode(), ruleset, _now(), key),
         )
 
-    def sending(self, key: str, case_id: str, patient: str | None, refs: Sequence[str] = ()) -> int:
+    def sending(
+        self, key: str, case_id: str, patient: str | None, refs: Sequence[str] = (), *, now: float | None = None
+    ) -> int:
         """Recorded (committed) before the push is sent; returns the attempt number. A row found ``sending`` was
-        sent by a run that died before the answer was recorded: that attempt counts as unanswered."""
+        sent by a run that died before the answer was recorded: that attempt counts as unanswered, and its patient
+        is unsettled (``now``, epoch seconds, as the time of that attempt: no earlier than it was)."""
         with self._transaction():
-            row = self._db.execute("SELECT status FROM cases WHERE key = ?", (key,)).fetchone()
+            row = self._db.execute("SELECT status, patient FROM cases WHERE key = ?", (key,)).fetchone()
             lost = bool(row and row[0] == "sending")
             if lost:
                 self._unanswered(key, refs)
+                self._unsettle(row[1] or patient, now)
             self._db.execute(
                 "UPDATE cases SET status = 'sending', case_id = ?, patient = ?, attempts = attempts + 1, "
                 "unanswered = unanswered + ?, updated = ? WHERE key = ?",
@@ -341,16 +360,29 @@ class JobState:
         )
 
     def retrying(
-        self, key: str, reason: str, outcome: dict[str, Any] | None = None, *, lost: Sequence[str] | None = None
+        self,
+        key: str,
+        reason: str,
+        outcome: dict[str, Any] | None = None,
+        *,
+        lost: Sequence[str] | None = None,
+        now: float | None = None,
     ) -> None:
         """An attempt failed and another follows: ``pending`` with the reason. ``lost``: the attempt may have
-        reached the server (no answer): the resources it carried."""
-        self._settle(key, "pending", reason, outcome, lost)
+        reached the server (no answer): the resources it carried; its patient becomes unsettled as of ``now``
+        (epoch seconds)."""
+        self._settle(key, "pending", reason, outcome, lost, now)
 
     def failed(
-        self, key: str, reason: str, outcome: dict[str, Any] | None = None, *, lost: Sequence[str] | None = None
+        self,
+        key: str,
+        reason: str,
+        outcome: dict[str, Any] | None = None,
+        *,
+        lost: Sequence[str] | None = None,
+        now: float | None = None,
     ) -> None:
-        self._settle(key, "failed", reason, outcome, lost)
+        self._settle(key, "failed", reason, outcome, lost, now)
 
     def not_sent(self, key: str, reason: str) -> None:
         """The job stopped before sending this case: ``pending`` with the reason; a row still ``sending`` from a
@@ -362,16 +394,85 @@ class JobState:
         )
 
     def _settle(
-        self, key: str, status: str, reason: str, outcome: dict[str, Any] | None, lost: Sequence[str] | None
+        self,
+        key: str,
+        status: str,
+        reason: str,
+        outcome: dict[str, Any] | None,
+        lost: Sequence[str] | None,
+        now: float | None,
     ) -> None:
         with self._transaction():
             if lost is not None:
                 self._unanswered(key, lost)
+                patient = self._db.execute("SELECT patient FROM cases WHERE key = ?", (key,)).fetchone()
+                self._unsettle(patient[0] if patient else None, now)
             self._db.execute(
                 "UPDATE cases SET status = ?, reason = ?, outcome = ?, unanswered = unanswered + ?, updated = ? "
                 "WHERE key = ?",
                 (status, reason, orjson.dumps(outcome).decode() if outcome else None, lost is not None, _now(), key),
             )
+
+    def _unsettle(self, patient: str | None, now: float | None) -> None:
+        """``patient``: an attempt of one of its cases lost its answer at ``now`` (epoch seconds), and may still
+        land on the server after the patient's later writes (see the settle pass in ``job.py``)."""
+        if patient is None:
+            return
+        at = time.time() if now is None else now
+        self._db.execute(
+            "INSERT INTO unsettled(patient, last_lost_at, reason) VALUES (?, ?, NULL) ON CONFLICT(patient) DO UPDATE "
+            "SET last_lost_at = MAX(unsettled.last_lost_at, excluded.last_lost_at), reason = NULL",
+            (patient, at),
+        )
+
+    # -- the settle pass ---------------------------------------------------------------------------------------
+
+    def unsettled(self) -> list[tuple[str, float, str | None]]:
+        """(patient, time of its last lost attempt, why it is still unsettled if a pass said so), oldest first."""
+        return [
+            (str(p), float(at), reason)
+            for p, at, reason in self._db.execute(
+                "SELECT patient, last_lost_at, reason FROM unsettled ORDER BY last_lost_at, patient"
+            )
+        ]
+
+    def unsettled_at(self, patient: str) -> float | None:
+        row = self._db.execute("SELECT last_lost_at FROM unsettled WHERE patient = ?", (patient,)).fetchone()
+        return float(row[0]) if row else None
+
+    def last_pushed(self, patient: str) -> CaseRow | None:
+        """The patient's last case in source order (this run's source) that is ``pushed``."""
+        row = self._db.execute(
+            _SELECT + " WHERE patient = ? AND run = ? AND status = 'pushed' ORDER BY seq DESC LIMIT 1",
+            (patient, self.run),
+        ).fetchone()
+        return _row(row) if row else None
+
+    def still_unsettled(self, patient: str, reason: str) -> None:
+        """The settle pass could not re-assert ``patient`` in this run: the mark stays, with why."""
+        self._db.execute("UPDATE unsettled SET reason = ? WHERE patient = ?", (reason, patient))
+
+    def reassert_lost(self, patient: str, now: float | None = None) -> None:
+        """A re-assert push lost its answer: it may land late too; the patient stays unsettled, as of ``now``."""
+        with self._transaction():
+            self._unsettle(patient, now)
+
+    def reasserted(self, key: str, patient: str, entries: Sequence[tuple[str, bool]], seen: float) -> bool:
+        """The re-assert push of ``key`` (the patient's last pushed case) was answered: its resources recorded
+        and, in the same commit, the patient's mark cleared, unless an attempt lost its answer after ``seen`` (the
+        mark's time the pass waited on). Returns whether it was cleared."""
+        with self._transaction():
+            self._db.executemany(
+                "INSERT INTO resources(ref, key, first) VALUES (?, ?, ?) ON CONFLICT(ref) DO UPDATE SET "
+                "first = CASE WHEN excluded.first = 'created' THEN 'created' ELSE 'uncertain' END, key = excluded.key "
+                "WHERE resources.first = 'unanswered'",
+                [(ref, key, "created" if new else "already_there") for ref, new in entries],
+            )
+            self._db.execute("UPDATE cases SET updated = ? WHERE key = ?", (_now(), key))
+            cleared = self._db.execute(
+                "DELETE FROM unsettled WHERE patient = ? AND last_lost_at <= ?", (patient, seen)
+            ).rowcount
+        return bool(cleared)
 
     def _unanswered(self, key: str, refs: Sequence[str]) -> None:
         self._db.executemany(
