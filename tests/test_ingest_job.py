@@ -679,8 +679,18 @@ def test_push_times_stay_bounded_however_many_pushes() -> None:
     assert p50 is not None and 3.5 < p50 < 6.5  # a uniform sample of 0..10 s
 
 
-def test_a_state_of_schema_2_is_brought_up_to_date_and_its_pushed_cases_stay_done(
-    tmp_path: Path, mappings: MappingSet, validator: Any
+# What each earlier schema lacked: turning today's state back into it.
+_EARLIER_SCHEMAS = {
+    2: "DROP INDEX cases_patient_seq; ALTER TABLE cases DROP COLUMN seq; ALTER TABLE cases DROP COLUMN "
+    "pushed_digest; DROP TABLE written; DROP TABLE orphaned; DROP TABLE unsettled; "
+    "UPDATE job SET value = '2' WHERE name = 'schema';",
+    3: "DROP TABLE unsettled; UPDATE job SET value = '3' WHERE name = 'schema';",
+}
+
+
+@pytest.mark.parametrize("schema", sorted(_EARLIER_SCHEMAS))
+def test_a_state_of_an_earlier_schema_is_brought_up_to_date_and_its_pushed_cases_stay_done(
+    tmp_path: Path, mappings: MappingSet, validator: Any, schema: int
 ) -> None:
     docs = [c.doc for c in generate(2, seed=323)]
     path = write_cases(tmp_path, docs)
@@ -688,33 +698,11 @@ def test_a_state_of_schema_2_is_brought_up_to_date_and_its_pushed_cases_stay_don
     state = JobState(tmp_path / "job.sqlite")
     asyncio.run(asyncio.wait_for(fake_job(path, state, server, mappings, validator).run(), 120))
     state.close()
-    with sqlite3.connect(tmp_path / "job.sqlite") as db:  # back to what schema 2 had
-        db.executescript(
-            "DROP INDEX cases_patient_seq; ALTER TABLE cases DROP COLUMN seq; ALTER TABLE cases DROP COLUMN "
-            "pushed_digest; DROP TABLE written; DROP TABLE orphaned; DROP TABLE unsettled; "
-            "UPDATE job SET value = '2' WHERE name = 'schema';"
-        )
-    state = JobState(tmp_path / "job.sqlite")
-    assert state.meta("schema") == 4
-    assert all(row.on_server for row in state.rows("pushed"))
-    server.calls.clear()
-    stats = asyncio.run(asyncio.wait_for(fake_job(path, state, server, mappings, validator).run(), 120))
-    assert server.calls == [] and stats.skipped == 2 and state.counts() == {"pushed": 2}
-
-
-def test_a_state_of_schema_3_gets_the_unsettled_table_in_place(
-    tmp_path: Path, mappings: MappingSet, validator: Any
-) -> None:
-    docs = [c.doc for c in generate(2, seed=323)]
-    path = write_cases(tmp_path, docs)
-    server = FakeServer()
-    state = JobState(tmp_path / "job.sqlite")
-    asyncio.run(asyncio.wait_for(fake_job(path, state, server, mappings, validator).run(), 120))
-    state.close()
-    with sqlite3.connect(tmp_path / "job.sqlite") as db:  # back to what schema 3 had
-        db.executescript("DROP TABLE unsettled; UPDATE job SET value = '3' WHERE name = 'schema';")
+    with sqlite3.connect(tmp_path / "job.sqlite") as db:
+        db.executescript(_EARLIER_SCHEMAS[schema])
     state = JobState(tmp_path / "job.sqlite")
     assert state.meta("schema") == 4 and state.unsettled() == []
+    assert all(row.on_server for row in state.rows("pushed"))
     server.calls.clear()
     stats = asyncio.run(asyncio.wait_for(fake_job(path, state, server, mappings, validator).run(), 120))
     assert server.calls == [] and stats.skipped == 2 and state.counts() == {"pushed": 2}
