@@ -47,7 +47,8 @@ async def casebridge_round(job: IngestJob, items: list[Prepared], concurrency: i
     async def worker() -> None:
         while queue:
             prepared = queue.pop()
-            job.state.pending(prepared.item.key, prepared.item.source, prepared.item.digest)
+            # Through the job's state thread, as the job itself does (the connection is used from that thread).
+            await job._state(job.state.pending, prepared.item.key, prepared.item.source, prepared.item.digest)
             assert await job._push(prepared) == "pushed"
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
