@@ -491,15 +491,22 @@ def test_resources_are_counted_once_each_and_a_lost_answer_makes_them_uncertain_
 # -- review F: re-sends are durable; a pushed case is never shown as not sent; outages never fail a case -----
 
 
-def test_a_later_case_is_re_sent_even_when_the_job_is_killed_right_after_the_earlier_one(
-    tmp_path: Path, mappings: MappingSet, validator: Any
-) -> None:
+def _earlier_case_refused_twice(tmp_path: Path) -> tuple[Path, FakeServer, str, str]:
+    """Three cases, the first two of one patient (A then B); the server answers A's first two sends with 409:
+    with two attempts A fails and B, later, goes first."""
     docs = [c.doc for c in generate(3, seed=313)]
     same_patient(docs, 0, 1)
     a, b = docs[0]["case_id"], docs[1]["case_id"]
     path = write_cases(tmp_path, docs)
     server = FakeServer()
     server.faults[a] = ["409", "409"]
+    return path, server, a, b
+
+
+def test_a_later_case_is_re_sent_even_when_the_job_is_killed_right_after_the_earlier_one(
+    tmp_path: Path, mappings: MappingSet, validator: Any
+) -> None:
+    path, server, a, b = _earlier_case_refused_twice(tmp_path)
     state = JobState(tmp_path / "job.sqlite")
     asyncio.run(asyncio.wait_for(fake_job(path, state, server, mappings, validator, max_attempts=2).run(), 120))
     assert state.counts() == {"pushed": 2, "failed": 1}  # run 1: A failed, B (later, same patient) pushed
@@ -529,12 +536,7 @@ def test_a_later_case_is_re_sent_even_when_the_job_is_killed_right_after_the_ear
 def test_a_pushed_case_due_again_after_an_earlier_one_and_refused_by_new_rules_stays_pushed_with_a_warning(
     tmp_path: Path, mappings: MappingSet, validator: Any
 ) -> None:
-    docs = [c.doc for c in generate(3, seed=313)]
-    same_patient(docs, 0, 1)
-    a, b = docs[0]["case_id"], docs[1]["case_id"]
-    path = write_cases(tmp_path, docs)
-    server = FakeServer()
-    server.faults[a] = ["409", "409"]
+    path, server, a, b = _earlier_case_refused_twice(tmp_path)
     state = JobState(tmp_path / "job.sqlite")
     job = fake_job(path, state, server, mappings, validator, max_attempts=2, ruleset="rules-1")
     asyncio.run(asyncio.wait_for(job.run(), 120))
