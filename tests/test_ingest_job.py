@@ -491,6 +491,20 @@ def test_resources_are_counted_once_each_and_a_lost_answer_makes_them_uncertain_
 # -- review F: re-sends are durable; a pushed case is never shown as not sent; outages never fail a case -----
 
 
+def killed_after_pushed(path: Path, case_id: str, snapshot: Path) -> JobState:
+    """A JobState that copies its committed state to ``snapshot`` the instant ``case_id``'s answer is recorded:
+    what a SIGKILL there would leave."""
+
+    class KilledAfter(JobState):
+        def pushed(self, key: str, *args: Any, **kwargs: Any) -> None:
+            super().pushed(key, *args, **kwargs)
+            if key == f"case:{case_id}":
+                with sqlite3.connect(snapshot) as copy:
+                    self._db.backup(copy)
+
+    return KilledAfter(path)
+
+
 def _earlier_case_refused_twice(tmp_path: Path) -> tuple[Path, FakeServer, str, str]:
     """Three cases, the first two of one patient (A then B); the server answers A's first two sends with 409:
     with two attempts A fails and B, later, goes first."""
@@ -513,16 +527,7 @@ def test_a_later_case_is_re_sent_even_when_the_job_is_killed_right_after_the_ear
     state.close()
     snapshot = tmp_path / "killed.sqlite"
 
-    class KilledAfterA(JobState):
-        """Copies the committed state the instant A's answer is recorded: what a SIGKILL there would leave."""
-
-        def pushed(self, key: str, *args: Any, **kwargs: Any) -> None:
-            super().pushed(key, *args, **kwargs)
-            if key == f"case:{a}":
-                with sqlite3.connect(snapshot) as copy:
-                    self._db.backup(copy)
-
-    run2 = KilledAfterA(tmp_path / "job.sqlite")
+    run2 = killed_after_pushed(tmp_path / "job.sqlite", a, snapshot)
     asyncio.run(asyncio.wait_for(fake_job(path, run2, server, mappings, validator).run(), 120))
     assert snapshot.exists()
     # Run 3 resumes from the state the kill left: A is done, and B must still go after it (the Patient as B says).
@@ -826,19 +831,10 @@ def test_the_unsettled_mark_survives_a_kill_and_resume_re_asserts(
     server.faults[first] = ["stale"]
     snapshot = tmp_path / "killed.sqlite"
 
-    class KilledAfterSecond(JobState):
-        """Copies the committed state the instant the second case's answer is recorded: a SIGKILL there."""
-
-        def pushed(self, key: str, *args: Any, **kwargs: Any) -> None:
-            super().pushed(key, *args, **kwargs)
-            if key == f"case:{second}":
-                with sqlite3.connect(snapshot) as copy:
-                    self._db.backup(copy)
-
     class Killed(Exception):
         pass
 
-    run1 = KilledAfterSecond(tmp_path / "job.sqlite")
+    run1 = killed_after_pushed(tmp_path / "job.sqlite", second, snapshot)
 
     class DiesBeforeThePass(IngestJob):
         async def _settle_pass(self) -> None:
