@@ -219,6 +219,7 @@ def serve(
     from service.api.logs import configure
     from service.api.protocol import http_protocol
     from service.api.services import Services
+    from service.runtime import settle_heap
 
     settings = cli_settings()
     if not settings.keys():
@@ -246,6 +247,8 @@ def serve(
             http=http_protocol(),
         )
         return
+    # The app is given its services, so its start-up does not settle the heap: done here, once they are loaded.
+    settle_heap()
     uvicorn.run(  # uvicorn handles SIGTERM/SIGINT itself: a graceful shutdown
         create_app(settings, services),
         host=host,

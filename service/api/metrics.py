@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+import gc
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class Metrics:
@@ -33,3 +35,11 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        # The loaded definitions are moved out of the collector's sight at start (service/runtime.py); when
+        # that is missed, every request pays for walking them again.
+        self.frozen = Gauge(
+            "casebridge_gc_frozen_objects",
+            "Objects the garbage collector no longer walks (the FHIR definitions loaded at start).",
+            registry=self.registry,
+        )
+        self.frozen.set_function(gc.get_freeze_count)
