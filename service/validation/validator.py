@@ -122,6 +122,7 @@ class _Child:
     # values of a resource are such; the full path costs five calls per value).
     plain: bool
     expression: str  # the item's expression relative to its parent's (".name" or ".name.ofType(T)")
+    single: bool  # neither repeats nor is sliced: one value, checked without _property
 
     @classmethod
     def of(cls, node: ElementNode, tree: StructureTree, implied: str | None) -> _Child:
@@ -144,7 +145,26 @@ class _Child:
             and all(c.key in _CHECKED_IN_WALK for c in node.constraints)
         )
         expression = f".{name}.ofType({type_code})" if node.is_choice and type_code else f".{name}"
-        return cls(node, tree, type_code, type_ref, name, primitive, plain, expression)
+        single = not node.repeats and not (node.slicing and node.slices)
+        return cls(node, tree, type_code, type_ref, name, primitive, plain, expression, single)
+
+
+@dataclass(frozen=True, slots=True)
+class _ItemPlan:
+    """What ``_item`` does with a complex value of one element as one type, worked out once (the walk meets
+    the same element thousands of times; each of these facts took a lookup or a call per value)."""
+
+    node: ElementNode  # kept so that the plan's key (ids) cannot be reused by another object
+    tree: StructureTree
+    resource: bool  # the value is a resource (contained, Bundle.entry.resource...)
+    extension: bool  # an extension, checked against its own definition
+    inner: ElementNode  # where the value's children are defined
+    inner_tree: StructureTree
+    inner_active: tuple[tuple[Constraint, Any], ...]  # the invariants of the type (or recursive element)
+    inner_base: str
+    active: tuple[tuple[Constraint, Any], ...]  # the element's own invariants
+    base: str
+    checks: bool  # fixed, pattern, bindings, quantity limits, references or codes to check
 
 
 class Validator:
@@ -168,6 +188,7 @@ class Validator:
         # Per element (the node is kept so that its id cannot be reused by another object).
         self._reference_target_cache: dict[int, tuple[ElementNode, tuple[str, ...]]] = {}
         self._target_profile_cache: dict[tuple[int, str], tuple[ElementNode, tuple[str, ...]]] = {}
+        self._plans: dict[tuple[int, int, str | None, int], _ItemPlan] = {}
         # id(constraint tuple) -> (the tuple, kept so the id stays its own; (constraint, native check) pairs)
         self._prepared: dict[
             int, tuple[tuple[Constraint, ...] | list[Constraint], tuple[tuple[Constraint, Any], ...]]
@@ -436,6 +457,15 @@ class Validator:
                     code = "invalid" if "JSON" not in problem else "structure"
                     run.add("error", code, problem, expr + child.expression)
                 continue
+            if child.single and extra is None and type(value) is dict:
+                # What _property does for one object of an element that neither repeats nor is sliced.
+                node_id = id(child.node)
+                counts[node_id] = counts.get(node_id, 0) + 1
+                self._item(
+                    value, None, child.node, child.tree, child.type_code, child.type_ref, expr + child.expression,
+                    run, res, depth,
+                )  # fmt: skip
+                continue
             self._property(key, value, extra, child, expr, run, res, depth, counts)
         for child_node in bounded:
             count = counts.get(id(child_node), 0)
@@ -535,7 +565,10 @@ class Validator:
         if type_code in primitives.PRIMITIVES:
             self._primitive(item, extra, node, tree, type_code, expr, run, res, depth)
             return
-        if type_code == "Resource" or (type_code[:1].isupper() and self._is_resource_type(type_code)):
+        plan = self._plans.get((id(node), id(tree), type_code, id(type_ref)))
+        if plan is None or plan.node is not node or plan.tree is not tree:
+            plan = self._plan(node, tree, type_code, type_ref)
+        if plan.resource:
             if node.name == "contained" and not self.options.validate_contained:
                 return
             if not isinstance(item, dict):
@@ -557,20 +590,16 @@ class Validator:
             return
         if not item or (len(item) == 1 and "id" in item):
             run.add("error", "invariant", "All FHIR elements must have a @value or children (ele-1)", expr)
-        if type_code == "Extension" and node.name in ("extension", "modifierExtension") and not node.slice_name:
+        if plan.extension:
             self._extension(item, node, tree, expr, run, res, depth)
         else:
-            inner, inner_tree, descended = self._children_of(node, tree, type_ref)
-            self._complex(item, inner, inner_tree, expr, run, res, depth + 1)
-            if descended:
-                self._constraints(inner.constraints, item, inner_tree.type, expr, run, res, inner_tree)
-            elif node.content_reference and inner is not node:
-                # A recursive element (Questionnaire.item.item) has the invariants of the one it names.
-                self._constraints(inner.constraints, item, inner.path, expr, run, res, inner_tree)
-        # FHIRPath knows a node's type from its path: a datatype's name gives type() and its children;
-        # a backbone element needs its element path (for choices such as component.value).
-        base = type_code if type_code not in ("BackboneElement", "Element") else node.path
-        self._constraints(node.constraints, item, base, expr, run, res, tree)
+            self._complex(item, plan.inner, plan.inner_tree, expr, run, res, depth + 1)
+            if plan.inner_active:
+                self._check_constraints(plan.inner_active, item, plan.inner_base, expr, run, res, plan.inner_tree)
+        if plan.active:
+            self._check_constraints(plan.active, item, plan.base, expr, run, res, tree)
+        if not plan.checks:
+            return
         if node.fixed is not None and item != node.fixed:
             run.add("error", "value", f"Value does not match the fixed value of {node.path} (from {tree.label})", expr)
         if node.pattern is not None and not _matches_pattern(item, node.pattern):
@@ -589,6 +618,43 @@ class Validator:
         if type_code in ("Coding", "CodeableConcept"):
             for coding_expr, coding in _codings(item, type_code, expr):
                 self._known_code(coding, coding_expr, run)
+
+    def _plan(self, node: ElementNode, tree: StructureTree, type_code: str, type_ref: TypeRef | None) -> _ItemPlan:
+        resource = type_code == "Resource" or (type_code[:1].isupper() and self._is_resource_type(type_code))
+        extension = type_code == "Extension" and node.name in ("extension", "modifierExtension") and not node.slice_name
+        inner, inner_tree, inner_base = node, tree, ""
+        inner_active: tuple[tuple[Constraint, Any], ...] = ()
+        if not resource and not extension:
+            inner, inner_tree, descended = self._children_of(node, tree, type_ref)
+            if descended:
+                inner_active, inner_base = self._active(inner.constraints), inner_tree.type
+            elif node.content_reference and inner is not node:
+                # A recursive element (Questionnaire.item.item) has the invariants of the one it names.
+                inner_active, inner_base = self._active(inner.constraints), inner.path
+        # FHIRPath knows a node's type from its path: a datatype's name gives type() and its children;
+        # a backbone element needs its element path (for choices such as component.value).
+        base = type_code if type_code not in ("BackboneElement", "Element") else node.path
+        checks = (
+            node.fixed is not None
+            or node.pattern is not None
+            or (node.binding is not None and type_code in ("Coding", "CodeableConcept", "Quantity"))
+            or bool(node.additional_required)
+            or type_code in ("Quantity", "Reference", "Coding", "CodeableConcept")
+        )
+        plan = _ItemPlan(
+            node, tree, resource, extension, inner, inner_tree, inner_active, inner_base,
+            self._active(node.constraints), base, checks,
+        )  # fmt: skip
+        # Remembered only when no later-loaded definition could change it (a type profile not found now).
+        unfound = (
+            type_ref is not None
+            and bool(type_ref.profiles)
+            and type_code != "Extension"
+            and self.tree(type_ref.profiles[0]) is None
+        )
+        if self.type_tree(type_code) is not None and not unfound:
+            self._plans[(id(node), id(tree), type_code, id(type_ref))] = plan
+        return plan
 
     def _is_resource_type(self, type_code: str) -> bool:
         known = self._resource_types.get(type_code)
@@ -981,18 +1047,34 @@ class Validator:
         res: dict[str, Any],
         tree: StructureTree,
     ) -> None:
-        if not constraints:
-            return
+        if constraints:
+            active = self._active(constraints)
+            if active:
+                self._check_constraints(active, item, base, expr, run, res, tree)
+
+    def _active(self, constraints: tuple[Constraint, ...] | list[Constraint]) -> tuple[tuple[Constraint, Any], ...]:
+        """Once per constraint list: the ones the walk does not check itself, each with its native check."""
         prepared = self._prepared.get(id(constraints))
         if prepared is None or prepared[0] is not constraints:
-            # Once per constraint list: which are checked by the walk itself, which have a native check.
             active = tuple(
                 (c, _NATIVE.get(c.key) or _NATIVE_EXPRESSIONS.get(c.expression))
                 for c in constraints
                 if c.key not in _CHECKED_IN_WALK
             )
             prepared = self._prepared[id(constraints)] = (constraints, active)
-        for c, native in prepared[1]:
+        return prepared[1]
+
+    def _check_constraints(
+        self,
+        active: tuple[tuple[Constraint, Any], ...],
+        item: Any,
+        base: str | None,
+        expr: str,
+        run: _Run,
+        res: dict[str, Any],
+        tree: StructureTree,
+    ) -> None:
+        for c, native in active:
             if c.key == "dom-3":
                 # Reported on each unreferenced contained resource, as the HL7 validator does; skipped
                 # with the contained resources when the caller asked for that.
