@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import httpx
 import pytest
 import yaml
@@ -82,6 +83,29 @@ def count(fhir_server: str, query: str) -> int:
 
 
 # -- health ---------------------------------------------------------------------------------------------------
+
+
+def test_no_dependency_runs_on_a_worker_thread(api: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FastAPI runs a plain-function dependency on a worker thread: two such hops per request cost ~1 ms of
+    CPU per /cases request (and GIL contention with the validation thread). Every dependency is a coroutine."""
+    hops: list[Any] = []
+    original = anyio.to_thread.run_sync
+
+    async def counted(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(fn)
+        return await original(fn, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+    assert api.post("/cases", content=b"case_id: [", headers={**READ, **YAML}).status_code == 400
+    assert (
+        api.post(
+            "/Patient/$validate", content=b'{"resourceType": "Patient"}', headers={**WRITE, **FHIR_JSON}
+        ).status_code
+        == 200
+    )
+    assert api.post("/bundles", content=b"{}", headers={**READ, **FHIR_JSON}).status_code == 403
+    assert api.get("/diagnostic-reports?_count=x", headers=READ).status_code == 400
+    assert hops == []
 
 
 def test_health_readiness_and_metrics_need_no_key(api: TestClient) -> None:

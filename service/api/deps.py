@@ -10,7 +10,7 @@ from service.api.security import ReadKey, WriteKey
 from service.api.services import Services
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:  # a coroutine: see security.authenticate
     services: Services = request.app.state.services
     return services
 
