@@ -1,5 +1,6 @@
-"""The ingest benchmark reaches into the job (its push path, its state thread): a change there must not leave
-`make bench` broken unnoticed. A few cases, to see it run to its figure, not to measure."""
+"""The benchmarks reach into the service (the ingest job's push path and state thread; `serve --workers`): a
+change there must not leave `make bench` broken unnoticed. Tiny runs, to see them reach their figures, not to
+measure."""
 
 from __future__ import annotations
 
@@ -20,3 +21,18 @@ def test_bench_ingest_runs_to_its_figure() -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "overhead:" in result.stdout and "casebridge ingest push path" in result.stdout
+
+
+def test_bench_api_runs_to_its_figures() -> None:
+    """Both servers start, take load from two clients for a second each, and the figures are printed."""
+    result = subprocess.run(
+        [sys.executable, "benchmarks/bench_api.py", "--seconds", "1", "--clients", "2", "--workers", "2"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for figure in ("throughput ratio", "server CPU per request", "load generator CPU per request", "p99 of POST"):
+        assert figure in result.stdout, result.stdout
