@@ -7,9 +7,11 @@ STAMP  := $(VENV)/.installed
 .PHONY: setup demo test faults lint bench bench-scale schema clean
 
 # Python packages when pyproject/constraints change; the pinned FHIR packages (npm pack, checked against
-# their integrity) whenever missing. Both steps do nothing when everything is in place.
+# their integrity) whenever missing; the validator compiled by mypyc when its sources changed (it runs from
+# the sources if that cannot be built). Each step does nothing when everything is in place.
 setup: $(STAMP)
 	@$(BIN)/casebridge packages fetch --quiet
+	@$(BIN)/python scripts/build_native.py
 
 # Reinstall when the dependency list changes; pip is quiet unless something fails.
 $(STAMP): pyproject.toml constraints.txt
@@ -24,7 +26,7 @@ demo: setup
 
 # Lint and types first (seconds), then the suite.
 test: setup
-	@$(BIN)/ruff check -q service tests benchmarks
+	@$(BIN)/ruff check -q service tests benchmarks scripts
 	@$(BIN)/mypy service
 	@$(BIN)/python -m pytest -q
 
@@ -33,7 +35,7 @@ faults: setup
 	@CASEBRIDGE_FAULT_CASES=1000 $(BIN)/python -m pytest -q tests/test_ingest_faults.py --durations=0
 
 lint: setup
-	@$(BIN)/ruff check service tests benchmarks
+	@$(BIN)/ruff check service tests benchmarks scripts
 	@$(BIN)/mypy service
 
 bench: setup
@@ -51,4 +53,5 @@ schema: setup
 	@$(BIN)/casebridge schema -o schemas/case-report-1.0.schema.json
 
 clean:
+	-@test -x $(BIN)/python && $(BIN)/python scripts/build_native.py --remove
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

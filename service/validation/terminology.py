@@ -10,6 +10,7 @@ information, never as errors.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,7 +96,7 @@ class Terminology:
             codes: dict[str, str] = {}
             parents: dict[str, set[str]] = {}
 
-            def walk(concepts: list[dict[str, Any]], parent: str | None) -> None:
+            def walk(concepts: Iterable[Any], parent: str | None) -> None:
                 for c in concepts:
                     code = c.get("code")
                     if not isinstance(code, str):
@@ -132,7 +133,7 @@ class Terminology:
     def _from_expansion(self, vs: dict[str, Any]) -> Expansion:
         out = Expansion()
 
-        def walk(items: list[dict[str, Any]]) -> None:
+        def walk(items: Iterable[Any]) -> None:
             for c in items:
                 if c.get("code") and c.get("system") and not c.get("abstract"):
                     out.codes[(c["system"], c["code"])] = c.get("display", "")

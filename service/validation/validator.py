@@ -1201,8 +1201,9 @@ class Validator:
             elif d.type == "profile":
                 target = _node_at(slice_node, path)
                 profiles = [p for t in (target.types if target else ()) for p in t.profiles]
-                values = [v for v, _ in _typed_values_at(item, path, type_code)]
-                if not profiles or not values or not all(self._conforms(v, profiles, run) for v in values):
+                # Named apart from the (value, type) pairs above: compiled, a variable keeps one type.
+                resources = [v for v, _ in _typed_values_at(item, path, type_code)]
+                if not profiles or not resources or not all(self._conforms(r, profiles, run) for r in resources):
                     return False
             else:
                 return False

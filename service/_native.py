@@ -1,0 +1,81 @@
+"""The validator's modules compiled by mypyc (scripts/build_native.py), used only while they match their sources.
+
+A compiled module sits beside its source (``validator.cpython-311-x86_64-linux-gnu.so`` next to ``validator.py``)
+and Python's import prefers it. A source edited after the build, a build from another Python, or a partial
+build would then run stale code, or mix compiled and interpreted classes of one group (which mypyc does not
+allow). So unless the manifest the build writes names this Python and the current digest of every module's
+source, all of them are imported from their sources. ``CASEBRIDGE_PURE_PYTHON=1`` forces the sources.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import json
+import os
+import sys
+import sysconfig
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+_PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+GROUP = "service._native_group"  # the shared library of the compiled modules: service/_native_group__mypyc.*.so
+MANIFEST = _PACKAGE_ROOT / "service" / "_native.json"
+MODULES = (
+    "service.validation.fhirpath",
+    "service.validation.primitives",
+    "service.validation.structure",
+    "service.validation.terminology",
+    "service.validation.validator",
+)
+
+
+def build_tag() -> str:
+    return f"{sys.implementation.cache_tag}-{sysconfig.get_config_var('EXT_SUFFIX')}"
+
+
+def source_digest(module: str) -> str:
+    path = _PACKAGE_ROOT / (module.replace(".", "/") + ".py")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def compiled_is_current() -> bool:
+    if os.environ.get("CASEBRIDGE_PURE_PYTHON", "") not in ("", "0"):
+        return False
+    try:
+        manifest = json.loads(MANIFEST.read_text())
+        return bool(
+            manifest.get("build") == build_tag() and manifest.get("modules") == {m: source_digest(m) for m in MODULES}
+        )
+    except (OSError, ValueError):
+        return False
+
+
+class _FromSource(importlib.abc.MetaPathFinder):
+    """Imports the listed modules from their .py files, whatever compiled files lie beside them."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in MODULES:
+            return None
+        source = _PACKAGE_ROOT / (fullname.replace(".", "/") + ".py")
+        return importlib.util.spec_from_file_location(fullname, source)
+
+
+def install() -> bool:
+    """Called once, when ``service`` is imported (before any of its modules). True: the compiled ones are used."""
+    if compiled_is_current():
+        return True
+    if not any(isinstance(f, _FromSource) for f in sys.meta_path):
+        sys.meta_path.insert(0, _FromSource())
+    return False
+
+
+def in_use() -> bool:
+    """Whether the validator running in this process is the compiled one."""
+    module = sys.modules.get("service.validation.validator")
+    return module is not None and not (module.__file__ or "").endswith(".py")

@@ -1,0 +1,103 @@
+"""The validator compiled by mypyc (scripts/build_native.py) gives the issues the Python sources give, and is
+used only while it was built from the sources as they are."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import service
+from service import _native
+from service.config import PROJECT_ROOT
+
+# Validates, in a fresh process, the fixture cases' Bundles, the IPS examples and hostile resources; prints
+# whether the compiled validator ran, then one line of issues per input.
+_SCRIPT = r"""
+import json, sys
+from pathlib import Path
+import yaml
+import service
+from service import _native
+from service.config import Settings
+from service.domain.reader import validate_case
+from service.fhir.packages import default_cache_dir
+from service.mapping.engine import MappingSet
+from service.validation.service import load_validator
+
+settings = Settings()
+validator = load_validator(settings)
+mappings = MappingSet.load(settings.mappings_dir, terminology=settings.terminology())
+inputs = [
+    mappings.convert(validate_case(yaml.safe_load(p.read_text()), source=p.name), source=p.name)
+    for p in sorted(Path("fixtures/cases").glob("*.yaml"))
+]
+ips = default_cache_dir() / "hl7.fhir.uv.ips#2.0.0" / "package" / "example"
+inputs += [json.loads(p.read_text()) for p in sorted(ips.glob("*.json"))]
+inputs += [
+    {"resourceType": "Patient", "name": "x", "gender": ["f"], "birthDate": "2020-02-30", "_gender": 1},
+    {"resourceType": "Observation", "status": "done", "code": {"coding": [{"system": 3}]}, "valueQuantity": []},
+    {"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": {"resourceType": "Nope"}}, 7, {}]},
+    {"resourceType": "Patient", "text": {"status": "generated", "div": "<div><script/></div>"}, "contained": [{}]},
+]
+print(json.dumps(service.NATIVE and _native.in_use()))
+for resource in inputs:
+    print(json.dumps([[i.severity, i.code, i.message, i.expression, i.source] for i in validator.validate(resource)]))
+"""
+
+
+def run_validation(*, pure: bool) -> tuple[bool, list[str]]:
+    env = {**os.environ, "CASEBRIDGE_PURE_PYTHON": "1" if pure else "0"}
+    result = subprocess.run(
+        [sys.executable, "-c", _SCRIPT], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "could not finish" not in result.stdout and "validation failed" not in result.stderr, result.stderr[-3000:]
+    first, *issues = result.stdout.splitlines()
+    return json.loads(first), issues
+
+
+@pytest.mark.skipif(not _native.MANIFEST.exists(), reason="the compiled validator is not built (no C compiler?)")
+def test_the_compiled_validator_gives_the_issues_the_sources_give() -> None:
+    compiled, ours = run_validation(pure=False)
+    interpreted, theirs = run_validation(pure=True)
+    assert compiled and not interpreted
+    assert len(ours) == 3 + 44 + 4
+    assert ours == theirs
+
+
+def test_this_session_uses_the_compiled_validator_when_it_is_built() -> None:
+    """`make setup` builds it; a build that silently stopped being used would cost every request."""
+    assert service.NATIVE == _native.MANIFEST.exists(), "built from other sources: run `make setup`"
+    if service.NATIVE:
+        import service.validation.validator as validator
+
+        assert validator.__file__ is not None and not validator.__file__.endswith(".py")
+
+
+def test_a_stale_or_foreign_build_is_not_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    digests = {m: _native.source_digest(m) for m in _native.MODULES}
+    manifest = tmp_path / "manifest.json"
+    monkeypatch.setattr(_native, "MANIFEST", manifest)
+    monkeypatch.delenv("CASEBRIDGE_PURE_PYTHON", raising=False)
+
+    def write(build: str, modules: dict[str, str]) -> None:
+        manifest.write_text(json.dumps({"build": build, "modules": modules}))
+
+    write(_native.build_tag(), digests)
+    assert _native.compiled_is_current()
+    write(_native.build_tag(), {**digests, "service.validation.validator": "0" * 64})  # a source edited since
+    assert not _native.compiled_is_current()
+    write("cpython-312-other", digests)  # built by another Python
+    assert not _native.compiled_is_current()
+    write(_native.build_tag(), {m: d for m, d in digests.items() if not m.endswith("structure")})  # partial
+    assert not _native.compiled_is_current()
+    manifest.write_text("{not json")
+    assert not _native.compiled_is_current()
+    write(_native.build_tag(), digests)
+    monkeypatch.setenv("CASEBRIDGE_PURE_PYTHON", "1")
+    assert not _native.compiled_is_current()
