@@ -1,4 +1,5 @@
-"""The validator's modules compiled by mypyc (scripts/build_native.py), used only while they match their sources.
+"""The validator's and mapping engine's modules compiled by mypyc (scripts/build_native.py), used only while they
+match their sources.
 
 A compiled module sits beside its source (``validator.cpython-311-x86_64-linux-gnu.so`` next to ``validator.py``)
 and Python's import prefers it. A source edited after the build, a build from another Python, or a partial
@@ -25,6 +26,13 @@ _PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 GROUP = "service._native_group"  # the shared library of the compiled modules: service/_native_group__mypyc.*.so
 MANIFEST = _PACKAGE_ROOT / "service" / "_native.json"
 MODULES = (
+    # Not service.mapping.expressions: it dispatches on method names built at run time (getattr), which
+    # compiled classes do not support; it runs once per template at load anyway.
+    "service.mapping.codes",
+    "service.mapping.engine",
+    "service.mapping.functions",
+    "service.mapping.narrative",
+    "service.mapping.templates",
     "service.validation.fhirpath",
     "service.validation.primitives",
     "service.validation.structure",
@@ -76,6 +84,6 @@ def install() -> bool:
 
 
 def in_use() -> bool:
-    """Whether the validator running in this process is the compiled one."""
+    """Whether the validator running in this process is the compiled one (the mapping modules go with it)."""
     module = sys.modules.get("service.validation.validator")
     return module is not None and not (module.__file__ or "").endswith(".py")

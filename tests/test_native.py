@@ -1,5 +1,5 @@
-"""The validator compiled by mypyc (scripts/build_native.py) gives the issues the Python sources give, and is
-used only while it was built from the sources as they are."""
+"""The modules compiled by mypyc (scripts/build_native.py) give the Bundles and issues the Python sources give,
+and are used only while they were built from the sources as they are."""
 
 from __future__ import annotations
 
@@ -15,16 +15,19 @@ import service
 from service import _native
 from service.config import PROJECT_ROOT
 
-# Validates, in a fresh process, the fixture cases' Bundles, the IPS examples and hostile resources; prints
-# whether the compiled validator ran, then one line of issues per input.
+# In a fresh process: converts the fixture cases and 40 generated ones (a tenth of them invalid) and validates
+# their Bundles, the IPS examples and hostile resources; prints whether the compiled modules ran, then one line
+# per input (its Bundle, if converted here, and its issues).
 _SCRIPT = r"""
-import json, sys
+import datetime as dt, json, sys
 from pathlib import Path
 import yaml
 import service
 from service import _native
 from service.config import Settings
 from service.domain.reader import validate_case
+from service.domain.synth import synth_case
+from service.errors import CasebridgeError
 from service.fhir.packages import default_cache_dir
 from service.mapping.engine import MappingSet
 from service.validation.service import load_validator
@@ -32,10 +35,15 @@ from service.validation.service import load_validator
 settings = Settings()
 validator = load_validator(settings)
 mappings = MappingSet.load(settings.mappings_dir, terminology=settings.terminology())
-inputs = [
-    mappings.convert(validate_case(yaml.safe_load(p.read_text()), source=p.name), source=p.name)
-    for p in sorted(Path("fixtures/cases").glob("*.yaml"))
-]
+recorded = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+docs = [yaml.safe_load(p.read_text()) for p in sorted(Path("fixtures/cases").glob("*.yaml"))]
+docs += [synth_case(i, seed=3, invalid_share=0.1).doc for i in range(40)]
+inputs = []
+for doc in docs:
+    try:
+        inputs.append(mappings.convert(validate_case(doc, source="case"), recorded=recorded, source="case"))
+    except CasebridgeError as exc:
+        inputs.append({"refused": str(exc)})
 ips = default_cache_dir() / "hl7.fhir.uv.ips#2.0.0" / "package" / "example"
 inputs += [json.loads(p.read_text()) for p in sorted(ips.glob("*.json"))]
 inputs += [
@@ -46,7 +54,8 @@ inputs += [
 ]
 print(json.dumps(service.NATIVE and _native.in_use()))
 for resource in inputs:
-    print(json.dumps([[i.severity, i.code, i.message, i.expression, i.source] for i in validator.validate(resource)]))
+    issues = [[i.severity, i.code, i.message, i.expression, i.source] for i in validator.validate(resource)]
+    print(json.dumps([resource if "entry" in resource or "refused" in resource else None, issues]))
 """
 
 
@@ -66,7 +75,8 @@ def test_the_compiled_validator_gives_the_issues_the_sources_give() -> None:
     compiled, ours = run_validation(pure=False)
     interpreted, theirs = run_validation(pure=True)
     assert compiled and not interpreted
-    assert len(ours) == 3 + 44 + 4
+    assert len(ours) == 3 + 40 + 44 + 4
+    assert sum('"refused"' in line for line in ours) >= 2  # invalid generated cases took that path
     assert ours == theirs
 
 
