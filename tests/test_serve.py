@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+import service
 from service.config import PROJECT_ROOT
 
 from .conftest import SEED
@@ -112,6 +113,8 @@ def test_a_full_run_logs_json_lines_without_case_content(fhir_server: str, tmp_p
         metrics = httpx.get(f"{base}/metrics", timeout=10).text
         frozen = next(line for line in metrics.splitlines() if line.startswith("casebridge_gc_frozen_objects "))
         assert float(frozen.split()[1]) > 100_000, frozen
+        compiled = next(line for line in metrics.splitlines() if line.startswith("casebridge_compiled_modules "))
+        assert float(compiled.split()[1]) == float(service.NATIVE), compiled  # what make setup built is used
         refused = httpx.post(
             f"{base}/cases",
             content=b"patient: {sex: forearm-swelling}",

@@ -6,6 +6,8 @@ import gc
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from service import _native
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -43,3 +45,9 @@ class Metrics:
             registry=self.registry,
         )
         self.frozen.set_function(gc.get_freeze_count)
+        self.compiled = Gauge(
+            "casebridge_compiled_modules",
+            "1 when the validator and mapping engine run compiled by mypyc (make setup), 0 from the Python sources.",
+            registry=self.registry,
+        )
+        self.compiled.set_function(lambda: float(_native.in_use()))
