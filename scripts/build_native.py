@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import sys
-import sysconfig
 import time
 import warnings
 from pathlib import Path
@@ -27,27 +26,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service._native import GROUP, MANIFEST, MODULES, build_tag, source_digest  # noqa: E402
+from service._native import (  # noqa: E402
+    GROUP,
+    MANIFEST,
+    MODULES,
+    build_matches_sources,
+    build_tag,
+    compiled_files,
+    source_digest,
+)
 
 WORK = ROOT / ".mypyc"  # generated C and object files (gitignored)
-
-
-def compiled_files() -> list[Path]:
-    suffix = sysconfig.get_config_var("EXT_SUFFIX")
-    group = ROOT / (GROUP.replace(".", "/") + "__mypyc" + suffix)
-    return [group, *(ROOT / (m.replace(".", "/") + suffix) for m in MODULES)]
-
-
-def up_to_date() -> bool:
-    try:
-        manifest = json.loads(MANIFEST.read_text())
-    except (OSError, ValueError):
-        return False
-    return (
-        manifest.get("build") == build_tag()
-        and manifest.get("modules") == {m: source_digest(m) for m in MODULES}
-        and all(f.exists() for f in compiled_files())
-    )
 
 
 def remove() -> None:
@@ -90,7 +79,7 @@ def main() -> int:
         shutil.rmtree(WORK, ignore_errors=True)
         print("native: removed; the service runs from the Python sources")
         return 0
-    if not args.force and up_to_date():
+    if not args.force and build_matches_sources():
         return 0
     remove()
     started = time.monotonic()

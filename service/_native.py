@@ -50,16 +50,27 @@ def source_digest(module: str) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def compiled_is_current() -> bool:
-    if os.environ.get("CASEBRIDGE_PURE_PYTHON", "") not in ("", "0"):
-        return False
+def compiled_files() -> list[Path]:
+    """The group's shared library and each module's own extension file."""
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    return [_PACKAGE_ROOT / (name.replace(".", "/") + suffix) for name in (f"{GROUP}__mypyc", *MODULES)]
+
+
+def build_matches_sources() -> bool:
+    """The manifest names this Python and every source's current digest, and every compiled file is there."""
     try:
         manifest = json.loads(MANIFEST.read_text())
         return bool(
-            manifest.get("build") == build_tag() and manifest.get("modules") == {m: source_digest(m) for m in MODULES}
+            manifest.get("build") == build_tag()
+            and manifest.get("modules") == {m: source_digest(m) for m in MODULES}
+            and all(f.exists() for f in compiled_files())
         )
     except (OSError, ValueError):
         return False
+
+
+def compiled_is_current() -> bool:
+    return os.environ.get("CASEBRIDGE_PURE_PYTHON", "") in ("", "0") and build_matches_sources()
 
 
 class _FromSource(importlib.abc.MetaPathFinder):

@@ -93,6 +93,7 @@ def test_a_stale_or_foreign_build_is_not_used(tmp_path: Path, monkeypatch: pytes
     digests = {m: _native.source_digest(m) for m in _native.MODULES}
     manifest = tmp_path / "manifest.json"
     monkeypatch.setattr(_native, "MANIFEST", manifest)
+    monkeypatch.setattr(_native, "compiled_files", lambda: [manifest])  # "the compiled files are there"
     monkeypatch.delenv("CASEBRIDGE_PURE_PYTHON", raising=False)
 
     def write(build: str, modules: dict[str, str]) -> None:
@@ -106,6 +107,10 @@ def test_a_stale_or_foreign_build_is_not_used(tmp_path: Path, monkeypatch: pytes
     assert not _native.compiled_is_current()
     write(_native.build_tag(), {m: d for m, d in digests.items() if not m.endswith("structure")})  # partial
     assert not _native.compiled_is_current()
+    monkeypatch.setattr(_native, "compiled_files", lambda: [manifest, tmp_path / "gone.so"])  # one deleted
+    write(_native.build_tag(), digests)
+    assert not _native.compiled_is_current()
+    monkeypatch.setattr(_native, "compiled_files", lambda: [manifest])
     manifest.write_text("{not json")
     assert not _native.compiled_is_current()
     write(_native.build_tag(), digests)
