@@ -8,7 +8,7 @@ import json
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -745,25 +745,35 @@ class LateServer(FakeServer):
         self.held.clear()
 
 
-def _two_cases_of_one_patient(tmp_path: Path, mappings: MappingSet) -> tuple[Path, str, str, str, int]:
-    """Cases 0 and 1 of one patient (the later one older), and two others; (path, first, second, Patient/id,
-    the later age)."""
+class _LostFirstAnswer(NamedTuple):
+    path: Path
+    first: str
+    second: str
+    patient: str  # Patient/id
+    later_age: int
+    server: LateServer
+
+
+def _lost_first_answer(tmp_path: Path, mappings: MappingSet) -> _LostFirstAnswer:
+    """Cases 0 and 1 of one patient (the later one older) and two others, behind a server that loses the answer
+    to the first case's first attempt while the request is still on its way."""
     docs = [c.doc for c in generate(4, seed=331)]
     same_patient(docs, 0, 1)
     later_age = docs[0]["patient"]["age_at_presentation"]["value"] + 7
     docs[1]["patient"]["age_at_presentation"]["value"] = later_age
     patient = mappings.convert(validate_case(docs[0], source="x"))["entry"][0]["resource"]
     assert patient["resourceType"] == "Patient"
-    return write_cases(tmp_path, docs), docs[0]["case_id"], docs[1]["case_id"], f"Patient/{patient['id']}", later_age
+    server = LateServer()
+    server.faults[docs[0]["case_id"]] = ["stale"]
+    path = write_cases(tmp_path, docs)
+    return _LostFirstAnswer(path, docs[0]["case_id"], docs[1]["case_id"], f"Patient/{patient['id']}", later_age, server)
 
 
 def test_a_lost_attempt_that_lands_after_the_later_case_is_overwritten_by_the_settle_pass(
     tmp_path: Path, mappings: MappingSet, validator: Any
 ) -> None:
-    path, first, second, patient, later_age = _two_cases_of_one_patient(tmp_path, mappings)
+    path, first, second, patient, later_age, server = _lost_first_answer(tmp_path, mappings)
     state = JobState(tmp_path / "job.sqlite")
-    server = LateServer()
-    server.faults[first] = ["stale"]  # its first attempt's answer lost; the request still on its way
     clock = Clock()
     waits: list[float] = []
     wall = [1000.0]
@@ -800,10 +810,8 @@ def test_without_the_pass_the_late_attempt_would_leave_the_earlier_patient(
     tmp_path: Path, mappings: MappingSet, validator: Any
 ) -> None:
     """The defect the pass closes, shown on the same doubles: the stale attempt landing after the pushes."""
-    path, first, _, patient, later_age = _two_cases_of_one_patient(tmp_path, mappings)
+    path, _, _, patient, later_age, server = _lost_first_answer(tmp_path, mappings)
     state = JobState(tmp_path / "job.sqlite")
-    server = LateServer()
-    server.faults[first] = ["stale"]
 
     class NoPass(IngestJob):
         async def _settle_pass(self) -> None:
@@ -826,9 +834,7 @@ def test_without_the_pass_the_late_attempt_would_leave_the_earlier_patient(
 def test_the_unsettled_mark_survives_a_kill_and_resume_re_asserts(
     tmp_path: Path, mappings: MappingSet, validator: Any
 ) -> None:
-    path, first, second, patient, later_age = _two_cases_of_one_patient(tmp_path, mappings)
-    server = LateServer()
-    server.faults[first] = ["stale"]
+    path, first, second, patient, later_age, server = _lost_first_answer(tmp_path, mappings)
     snapshot = tmp_path / "killed.sqlite"
 
     class Killed(Exception):
@@ -878,10 +884,8 @@ def test_the_unsettled_mark_survives_a_kill_and_resume_re_asserts(
 def test_a_re_assert_that_keeps_losing_its_answer_leaves_the_patient_unsettled_with_why(
     tmp_path: Path, mappings: MappingSet, validator: Any
 ) -> None:
-    path, first, second, patient, _ = _two_cases_of_one_patient(tmp_path, mappings)
+    path, _, second, patient, _, server = _lost_first_answer(tmp_path, mappings)
     state = JobState(tmp_path / "job.sqlite")
-    server = LateServer()
-    server.faults[first] = ["stale"]
     server.faults[second] = [None, "stale", "stale", "stale"]  # type: ignore[list-item]
     stats = asyncio.run(asyncio.wait_for(fake_job(path, state, server, mappings, validator, max_attempts=3).run(), 120))
     assert server.calls.count(second) == 4  # pushed once, then three re-asserts, each answer lost
