@@ -1,8 +1,9 @@
 """API throughput and latency: POST /cases (convert + validate, no push) with 32 concurrent clients for 20 s
-against `casebridge serve` (uvicorn; --workers N, default 1) on 127.0.0.1, next to a bare FastAPI JSON echo
-endpoint (benchmarks/echo_app.py, as many uvicorn workers) measured the same way in the same run. Both servers
-run in their own processes; the load comes from this one (asyncio + aiohttp), whose own CPU per request is
-printed too. Targets: p99 <= 100 ms; throughput >= 0.3 x the echo.
+against `casebridge serve` (one uvicorn process; --workers N processes convert and validate, default 1) on
+127.0.0.1, next to a bare FastAPI JSON echo endpoint (benchmarks/echo_app.py, N uvicorn workers) measured the
+same way in the same run. Both servers run in their own processes; the load comes from this one (asyncio +
+aiohttp), whose own CPU per request is printed too, as is the spread of the clients' mean latencies (how evenly
+the server shares itself among connections). Targets: p99 <= 100 ms; throughput >= 0.3 x the echo.
 
 Run: .venv/bin/python benchmarks/bench_api.py [--seconds 20] [--clients 32] [--workers 1]
 """
@@ -49,7 +50,7 @@ def start(command: list[str], port: int, env: dict[str, str]) -> subprocess.Pope
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its descendants (uvicorn's workers), from /proc: how much work a
+    """User + system CPU time of a process and its descendants (worker processes), from /proc: how much work a
     request costs the server, whatever else the machine is doing."""
     ticks = os.sysconf("SC_CLK_TCK")
     total, pending = 0.0, [pid]
@@ -65,10 +66,12 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-async def load(url: str, bodies: list[bytes], headers: dict[str, str], clients: int, seconds: float) -> list[float]:
+async def load(
+    url: str, bodies: list[bytes], headers: dict[str, str], clients: int, seconds: float
+) -> list[list[float]]:
     # aiohttp's client, not httpx: it costs the generator about a third of the CPU per request, and the generator
     # shares the machine with the server it measures.
-    latencies: list[float] = []
+    latencies: list[list[float]] = [[] for _ in range(clients)]  # per client
     errors = 0
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as http:
@@ -86,7 +89,7 @@ async def load(url: str, bodies: list[bytes], headers: dict[str, str], clients: 
                 started = time.perf_counter()
                 async with http.post(url, data=bodies[i % len(bodies)], headers=headers) as response:
                     await response.read()
-                latencies.append(time.perf_counter() - started)
+                latencies[n].append(time.perf_counter() - started)
                 errors += response.status != 200
                 i += clients
 
@@ -96,12 +99,16 @@ async def load(url: str, bodies: list[bytes], headers: dict[str, str], clients: 
     return latencies
 
 
-def summary(name: str, latencies: list[float], seconds: float) -> tuple[float, float, float]:
-    ordered = sorted(latencies)
+def summary(name: str, per_client: list[list[float]], seconds: float) -> tuple[float, float, float]:
+    ordered = sorted(x for client in per_client for x in client)
     rate = len(ordered) / seconds
     p50 = statistics.median(ordered) * 1000
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
-    print(f"  {name:32} {rate:8.1f} req/s   p50 {p50:7.1f} ms   p99 {p99:7.1f} ms   ({len(ordered)} requests)")
+    means = [statistics.mean(client) * 1000 for client in per_client if client]
+    print(
+        f"  {name:32} {rate:8.1f} req/s   p50 {p50:7.1f} ms   p99 {p99:7.1f} ms   ({len(ordered)} requests; "
+        f"clients' mean latency {min(means):.1f}-{max(means):.1f} ms)"
+    )
     return rate, p50, p99
 
 
@@ -144,8 +151,8 @@ def main(seconds: float, clients: int, workers: int) -> None:
             json_headers = {"Content-Type": "application/json"}
             before, client_before = cpu_seconds(echo.pid), time.process_time()
             echo_lat = asyncio.run(load(f"http://127.0.0.1:{echo_port}/echo", bodies, json_headers, clients, seconds))
-            echo_cpu = (cpu_seconds(echo.pid) - before) / len(echo_lat)
-            echo_client = (time.process_time() - client_before) / len(echo_lat)
+            echo_cpu = (cpu_seconds(echo.pid) - before) / sum(map(len, echo_lat))
+            echo_client = (time.process_time() - client_before) / sum(map(len, echo_lat))
             before, client_before = cpu_seconds(api.pid), time.process_time()
             api_lat = asyncio.run(
                 load(
@@ -156,8 +163,8 @@ def main(seconds: float, clients: int, workers: int) -> None:
                     seconds,
                 )
             )
-            api_cpu = (cpu_seconds(api.pid) - before) / len(api_lat)
-            api_client = (time.process_time() - client_before) / len(api_lat)
+            api_cpu = (cpu_seconds(api.pid) - before) / sum(map(len, api_lat))
+            api_client = (time.process_time() - client_before) / sum(map(len, api_lat))
         finally:
             for process in (api, echo):
                 process.terminate()

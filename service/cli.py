@@ -7,7 +7,6 @@ internal error (no traceback unless CASEBRIDGE_DEBUG=1).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import sys
@@ -209,7 +208,12 @@ def serve(
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
     workers: Annotated[
         int,
-        typer.Option("--workers", min=1, max=64, help="Worker processes (the work is CPU-bound)."),
+        typer.Option(
+            "--workers",
+            min=0,
+            max=64,
+            help="Processes that convert and validate, behind one HTTP process (one per core; 0: a thread of it).",
+        ),
     ] = 1,
 ) -> None:
     """Run the HTTP API (FastAPI on uvicorn). Needs CASEBRIDGE_API_KEYS; forwards to CASEBRIDGE_FHIR_BASE_URL."""
@@ -226,29 +230,15 @@ def serve(
         fail(3, "configuration error: no API keys; set CASEBRIDGE_API_KEYS=NAME:SCOPE:SECRET[,...] (SCOPE ro or rw)")
     configure(settings.log_level)
     try:
-        services = Services.build(settings)
+        services = Services.build(settings, processes=workers)
     except PackageError as exc:
         fail(2, f"{exc} (run `casebridge packages fetch`)")
     except MappingError as exc:
         fail(3, f"mapping error: {exc}")
-    if workers > 1:
-        # Each worker process builds its own services; the build above checked they can be built.
-        asyncio.run(services.aclose())
-        uvicorn.run(
-            "service.api.app:create_app_from_environment",
-            factory=True,
-            workers=workers,
-            host=host,
-            port=port,
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            proxy_headers=False,
-            http=http_protocol(),
-        )
-        return
-    # The app is given its services, so its start-up does not settle the heap: done here, once they are loaded.
+    # Everything is loaded: out of the garbage collector's sight, then the worker processes are forked (they
+    # inherit both), before uvicorn opens its socket or the event loop starts any thread.
     settle_heap()
+    services.runner.start()
     uvicorn.run(  # uvicorn handles SIGTERM/SIGINT itself: a graceful shutdown
         create_app(settings, services),
         host=host,

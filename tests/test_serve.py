@@ -3,6 +3,7 @@ lines with request ids, and its log of a full run holds none of the case's words
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -54,33 +55,59 @@ def test_serve_needs_keys() -> None:
     assert result.returncode == 3 and "CASEBRIDGE_API_KEYS" in result.stderr
 
 
-def test_a_full_run_logs_json_lines_without_case_content(fhir_server: str, tmp_path: Path) -> None:
-    port = free_port()
-    env = {
-        **os.environ,
-        "CASEBRIDGE_API_KEYS": KEYS,
-        "CASEBRIDGE_FHIR_BASE_URL": fhir_server,
-        "CASEBRIDGE_LOCK_DIR": str(tmp_path / "locks"),
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=PROJECT_ROOT,
-        env=env,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
+class Serving:
+    """`casebridge serve` started on a free port, ready (GET /healthz answered); its stderr once stopped."""
+
+    def __init__(self, fhir_server: str, tmp_path: Path, *args: str) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = {
+            **os.environ,
+            "CASEBRIDGE_API_KEYS": KEYS,
+            "CASEBRIDGE_FHIR_BASE_URL": fhir_server,
+            "CASEBRIDGE_LOCK_DIR": str(tmp_path / "locks"),
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=PROJECT_ROOT,
+            env=env,
+        )
+        self.stderr = ""
+
+    def __enter__(self) -> Serving:
         deadline = time.monotonic() + 60
         while True:
             try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
+                if httpx.get(f"{self.base}/healthz", timeout=2).status_code == 200:
+                    return self
             except httpx.TransportError:
                 pass
-            assert process.poll() is None and time.monotonic() < deadline, "serve did not start"
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.__exit__()
+                raise AssertionError(f"serve did not start: {self.stderr[-2000:]}")
             time.sleep(0.2)
+
+    def __exit__(self, *_: object) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        _, self.stderr = self.process.communicate(timeout=30)
+
+    def metric(self, name: str) -> float:
+        text = httpx.get(f"{self.base}/metrics", timeout=10).text
+        return float(next(line for line in text.splitlines() if line.startswith(f"{name} ")).split()[1])
+
+    def log_lines(self) -> list[dict[str, object]]:
+        """The JSON log lines; fails on any line that is not JSON (a stray traceback, uvicorn's plain text)."""
+        loose = [line for line in self.stderr.splitlines() if line.strip() and not line.startswith("{")]
+        assert not loose, self.stderr[-2000:]
+        return [json.loads(line) for line in self.stderr.splitlines() if line.startswith("{")]
+
+
+def test_a_full_run_logs_json_lines_without_case_content(fhir_server: str, tmp_path: Path) -> None:
+    with Serving(fhir_server, tmp_path) as serving:
+        base, port = serving.base, serving.port
         seed = SEED.read_text().replace("case_id: ijsra-2026-18-3-0536\n", "case_id: serve-run\n").encode()
         pushed = httpx.post(
             f"{base}/cases?push=true",
@@ -110,11 +137,8 @@ def test_a_full_run_logs_json_lines_without_case_content(fhir_server: str, tmp_p
             == 200
         )
         # The definitions were moved out of the garbage collector's sight (missing it cost ~2 ms per case).
-        metrics = httpx.get(f"{base}/metrics", timeout=10).text
-        frozen = next(line for line in metrics.splitlines() if line.startswith("casebridge_gc_frozen_objects "))
-        assert float(frozen.split()[1]) > 100_000, frozen
-        compiled = next(line for line in metrics.splitlines() if line.startswith("casebridge_compiled_modules "))
-        assert float(compiled.split()[1]) == float(service.NATIVE), compiled  # what make setup built is used
+        assert serving.metric("casebridge_gc_frozen_objects") > 100_000
+        assert serving.metric("casebridge_compiled_modules") == float(service.NATIVE)  # what make setup built
         refused = httpx.post(
             f"{base}/cases",
             content=b"patient: {sex: forearm-swelling}",
@@ -132,15 +156,49 @@ def test_a_full_run_logs_json_lines_without_case_content(fhir_server: str, tmp_p
             assert headers["content-type"].startswith("application/fhir+json"), headers
             outcome = json.loads(body)
             assert outcome["resourceType"] == "OperationOutcome" and outcome["issue"][0]["code"] == "structure"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
-    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
-    requests = [line for line in lines if line.get("message") == "request"]
+        assert serving.metric("casebridge_cpu_workers") == 1  # one worker process by default
+    stderr = serving.stderr
+    requests = [line for line in serving.log_lines() if line.get("message") == "request"]
     assert len(requests) >= 6, stderr[-2000:]
     assert {"time", "level", "logger", "request_id", "route", "status", "duration_ms"} <= set(requests[0])
     assert any(r["request_id"] == "job-42" and r["route"] == "/cases" for r in requests)
-    assert not [line for line in stderr.splitlines() if line.strip() and not line.startswith("{")], stderr[-2000:]
     lowered = stderr.lower()
     for word in ("dystrophic", "calcification", "forearm", "swelling", "mahanti", "radiopaque", patient, RW):
         assert word.lower() not in lowered, word
+
+
+def test_worker_processes_share_one_queue_and_a_killed_one_is_replaced(fhir_server: str, tmp_path: Path) -> None:
+    seed = SEED.read_bytes()
+    headers = {**READ, "Content-Type": "application/yaml"}
+
+    def post_all(base: str, n: int) -> list[int]:
+        async def go() -> list[int]:
+            async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+                answers = await asyncio.gather(
+                    *(client.post("/cases", content=seed, headers=headers) for _ in range(n))
+                )
+            return [a.status_code for a in answers]
+
+        return asyncio.run(go())
+
+    with Serving(fhir_server, tmp_path, "--workers", "2") as serving:
+        workers = [
+            int(p) for p in Path(f"/proc/{serving.process.pid}/task/{serving.process.pid}/children").read_text().split()
+        ]
+        assert len(workers) == 2 and serving.metric("casebridge_cpu_workers") == 2
+        assert post_all(serving.base, 8) == [200] * 8
+        busy = {pid: _cpu_ticks(pid) for pid in workers}
+        assert post_all(serving.base, 16) == [200] * 16
+        assert all(_cpu_ticks(pid) > busy[pid] for pid in workers)  # both did work
+        os.kill(workers[0], signal.SIGKILL)
+        statuses = [s for _ in range(3) for s in post_all(serving.base, 4)]
+        assert set(statuses) <= {200, 503} and statuses[-4:] == [200] * 4, statuses
+        assert serving.metric("casebridge_cpu_worker_pools_replaced") == 1
+        assert serving.metric("casebridge_cpu_workers") == 2
+    errors = [line for line in serving.log_lines() if line["level"] == "ERROR"]
+    assert [e["message"] for e in errors] == ["a worker process stopped; starting 2 new ones"], errors
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])

@@ -45,6 +45,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         if services is None:
             settle_heap()
         ready.metrics = metrics
+        metrics.watch(ready.runner)
         app.state.services = ready
         try:
             yield
@@ -101,13 +102,3 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             return FhirResponse(openapi(), media_type="application/json")
 
     return app
-
-
-def create_app_from_environment() -> FastAPI:
-    """The app factory for ``uvicorn --factory`` (several worker processes): settings from the environment."""
-    from service.api.logs import configure
-    from service.config import get_settings
-
-    settings = get_settings()
-    configure(settings.log_level)
-    return create_app(settings)

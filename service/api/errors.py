@@ -8,6 +8,7 @@ did not answer in time), with an OperationOutcome that says what happened upstre
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -43,6 +44,10 @@ class ApiError(CasebridgeError):
         self.headers = dict(headers or {})
         first = (self.body.get("issue") or [{}])[0]
         super().__init__(f"{status}: {first.get('diagnostics', '')}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Raised in a worker process, it crosses a pipe: rebuilt from what it says, not from its message.
+        return (functools.partial(type(self), headers=self.headers), (self.status, self.body))
 
     @classmethod
     def of(cls, status: int, code: str, text: str, expression: str | None = None, **kw: Any) -> ApiError:

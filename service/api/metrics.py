@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import gc
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from service import _native
+
+if TYPE_CHECKING:
+    from service.api.workers import CpuRunner
 
 
 class Metrics:
@@ -51,3 +55,17 @@ class Metrics:
             registry=self.registry,
         )
         self.compiled.set_function(lambda: float(_native.in_use()))
+        self.workers = Gauge(
+            "casebridge_cpu_workers",
+            "Worker processes converting and validating that are running (1: a thread of the HTTP process).",
+            registry=self.registry,
+        )
+        self.replaced = Gauge(
+            "casebridge_cpu_worker_pools_replaced",
+            "Times the worker processes were replaced because one of them stopped (killed, out of memory).",
+            registry=self.registry,
+        )
+
+    def watch(self, runner: CpuRunner) -> None:
+        self.workers.set_function(lambda: float(runner.alive()))
+        self.replaced.set_function(lambda: float(runner.replaced))

@@ -21,11 +21,15 @@ class FhirResponse(Response):
     media_type = FHIR_JSON
 
     def render(self, content: Any) -> bytes:
-        try:
-            return orjson.dumps(content, default=json_default)
-        except TypeError:
-            # Text orjson will not encode (a lone surrogate from somewhere): ASCII-escaped JSON always works.
-            return json.dumps(content, ensure_ascii=True, default=str).encode()
+        return fhir_json(content)
+
+
+def fhir_json(content: Any) -> bytes:
+    try:
+        return orjson.dumps(content, default=json_default)
+    except TypeError:
+        # Text orjson will not encode (a lone surrogate from somewhere): ASCII-escaped JSON always works.
+        return json.dumps(content, ensure_ascii=True, default=str).encode()
 
 
 def issue(severity: str, code: str, text: str, expression: str | None = None) -> dict[str, Any]:

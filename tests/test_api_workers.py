@@ -1,0 +1,155 @@
+"""Where the API's CPU work runs (service.api.workers): the same answers from worker processes as from the
+thread, errors that cross the pipe as answers, a bounded queue, and a pool that survives a killed process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from service.api.errors import ApiError
+from service.api.routes.cases import convert_to_json
+from service.api.workers import CpuRunner, Workbench, WorkFailed
+from service.config import Settings
+from service.validation.validator import Issue
+
+from .conftest import SEED
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> Workbench:
+    return Workbench.build(Settings(lock_dir=tmp_path_factory.mktemp("locks")))
+
+
+@pytest.fixture
+def processes(bench: Workbench) -> Iterator[CpuRunner]:
+    runner = CpuRunner(bench, processes=2)
+    runner.start()
+    yield runner
+    runner.close()
+
+
+def run(runner: CpuRunner, fn: Any, *args: Any) -> Any:
+    return asyncio.run(runner.run(fn, *args))
+
+
+def _pid(_: Workbench) -> int:
+    return os.getpid()
+
+
+def _slow_pid(_: Workbench, seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def _refuse(_: Workbench) -> None:
+    raise ApiError.of(409, "conflict", "refused on purpose", headers={"Retry-After": "7"})
+
+
+def _fail(_: Workbench) -> None:
+    raise ValueError("Mahanti, 43, right forearm")  # what an unexpected error's text could carry
+
+
+def _issues(_: Workbench) -> list[Issue]:
+    return [Issue("warning", "code-invalid", "a message", "Patient.gender", "http://example.org/profile")]
+
+
+def _summary(body: bytes) -> list[tuple[str, str]]:
+    bundle = orjson.loads(body)
+    return [(e["resource"]["resourceType"], e["fullUrl"]) for e in bundle["entry"]]
+
+
+def test_worker_processes_answer_as_the_thread_does(bench: Workbench, processes: CpuRunner) -> None:
+    thread = CpuRunner(bench)
+    try:
+        data = SEED.read_bytes()
+        body, issues = run(processes, convert_to_json, data, "application/yaml")
+        same_body, same_issues = run(thread, convert_to_json, data, "application/yaml")
+    finally:
+        thread.close()
+    assert len(_summary(body)) == 37 and _summary(body) == _summary(same_body)
+    assert issues == same_issues and issues and all(isinstance(i, Issue) for i in issues)  # the 2 warnings
+    assert run(processes, _issues) == _issues(bench)  # compiled Issues cross the pipe with every field
+
+    async def many() -> set[int]:
+        return set(await asyncio.gather(*(processes.run(_slow_pid, 0.05) for _ in range(8))))
+
+    pids = asyncio.run(many())
+    assert len(pids) == 2 and os.getpid() not in pids  # both processes took work, none of it ran here
+    assert processes.alive() == 2 and thread.alive() == 1
+
+
+def test_errors_cross_as_answers(processes: CpuRunner) -> None:
+    with pytest.raises(ApiError) as refused:
+        run(processes, _refuse)
+    assert refused.value.status == 409 and refused.value.headers == {"Retry-After": "7"}
+    assert refused.value.body["issue"][0]["diagnostics"] == "refused on purpose"
+    # Input errors become their answers where they happen: 400 unreadable, 422 not a case.
+    for data, status in ((b"{not json", 400), (b"patient: {sex: forearm-swelling}", 422)):
+        with pytest.raises(ApiError) as answer:
+            run(processes, convert_to_json, data, "application/yaml")
+        assert answer.value.status == status and answer.value.body["resourceType"] == "OperationOutcome"
+    with pytest.raises(WorkFailed) as failed:
+        run(processes, _fail)
+    assert str(failed.value) == "ValueError"  # the type only: its text stays in the worker's log
+    assert run(processes, _pid) in set(run(processes, _pid) for _ in range(4)) | {0}  # still serving
+
+
+def test_work_beyond_the_queue_bound_is_refused_at_once(
+    bench: Workbench, monkeypatch: pytest.MonkeyPatch, processes: CpuRunner
+) -> None:
+    monkeypatch.setattr("service.api.workers.MAX_QUEUED", 2)
+
+    async def three() -> list[Any]:
+        return await asyncio.gather(*(processes.run(_slow_pid, 0.3) for _ in range(3)), return_exceptions=True)
+
+    results = asyncio.run(three())
+    refused = [r for r in results if isinstance(r, ApiError)]
+    assert len(refused) == 1 and refused[0].status == 503 and refused[0].headers == {"Retry-After": "2"}
+    assert processes.queued == 0
+
+
+def _sockets_of(pid: int) -> set[str]:
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:
+            continue  # closed meanwhile (e.g. the descriptor of this very listing)
+        if target.startswith("socket:"):
+            found.add(target)
+    return found
+
+
+def test_a_killed_worker_costs_a_503_then_fresh_processes_serve(processes: CpuRunner) -> None:
+    pids = {run(processes, _slow_pid, 0.05) for _ in range(6)}
+    # A socket the serving process has open when the pool is replaced (a client connection, say).
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        os.kill(next(iter(pids)), signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        answers: list[int] = []
+        while time.monotonic() < deadline:
+            try:
+                run(processes, _pid)
+                answers.append(200)
+            except ApiError as exc:
+                answers.append(exc.status)
+                break
+            time.sleep(0.05)
+        assert answers[-1] == 503, answers  # the request that found the pool broken
+        fresh = {run(processes, _slow_pid, 0.05) for _ in range(6)}
+        assert fresh and not fresh & pids and processes.replaced == 1 and processes.alive() == 2
+        inode = f"socket:[{os.fstat(held.fileno()).st_ino}]"
+        assert inode in _sockets_of(os.getpid())
+        for pid in fresh:
+            assert inode not in _sockets_of(pid)  # forked from a serving process, it dropped its sockets
