@@ -531,6 +531,12 @@ def check_dockerfile(text: str) -> list[str]:
         )
     if "casebridge packages fetch" not in runs:
         problems.append("the Dockerfile does not run `casebridge packages fetch`: validation would find no packages")
+    if "scripts/build_native.py" not in runs:
+        problems.append("the Dockerfile does not run scripts/build_native.py: the image would validate uncompiled")
+    elif not any(
+        instr == "COPY" and "scripts/build_native.py" in args for stage in stages[:-1] for instr, args in stage
+    ):
+        problems.append("the build stage runs scripts/build_native.py without copying it in")
     copies = [shlex.split(args) for stage in stages for instr, args in stage if instr == "COPY"]
     sources = {PurePosixPath(src).parts[0] for words in copies for src in words[:-1] if not src.startswith("--")}
     for path in (*PROJECT_DATA, *BUILD_INPUTS):
@@ -548,13 +554,25 @@ def check_dockerignore(text: str) -> list[str]:
     excluded = [p.rstrip("/") for p in patterns if not p.startswith("!")]
 
     def ignored(path: str) -> bool:
-        return any(fnmatch.fnmatchcase(path, p) or fnmatch.fnmatchcase(path, p.removeprefix("**/")) for p in excluded)
+        parts = PurePosixPath(path).parts
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]  # an excluded folder takes its files
+        return any(
+            fnmatch.fnmatchcase(prefix, p) or fnmatch.fnmatchcase(prefix, p.removeprefix("**/"))
+            for p in excluded
+            for prefix in prefixes
+        )
 
     needed = (*PROJECT_DATA, *BUILD_INPUTS)
     problems = [f".dockerignore excludes {path}, which the image needs" for path in needed if ignored(path)]
     for path in (".venv", ".git", ".fhir-server", "tests", ".env"):
         if not ignored(path):
             problems.append(f".dockerignore does not exclude {path}")
+    # Modules compiled for the developer's Python must not reach the image, which compiles its own.
+    for path in ("service/_native.json", "service/validation/validator.cpython-311-x86_64-linux-gnu.so"):
+        if not ignored(path):
+            problems.append(f".dockerignore lets in {path} (compiled here)")
+    if ignored("scripts/build_native.py"):
+        problems.append(".dockerignore excludes scripts/build_native.py, which the image's build runs")
     return problems
 
 
@@ -728,6 +746,8 @@ BROKEN_DOCKERFILE = [
     ("cache-not-copied", lambda t: t.replace("COPY --from=build /opt/fhir-packages /opt/fhir-packages", ""),
      "does not copy the FHIR package cache"),
     ("root", lambda t: t.replace("USER 10001:10001", "USER root"), "root"),
+    ("not-compiled", lambda t: t.replace(" && PYTHONPATH=/tmp/mypyc python scripts/build_native.py \\\n", ""),
+     "build_native.py"),
 ]  # fmt: skip
 
 
@@ -747,6 +767,8 @@ def test_checks_find_a_broken_dockerignore() -> None:
     assert any("mappings" in p for p in check_dockerignore(text + "\nmappings\n"))
     assert any("profiles" in p for p in check_dockerignore(text + "\n**/profiles\n"))
     assert any(".venv" in p for p in check_dockerignore(text.replace("\n.venv\n", "\n")))
+    assert any("_native.json" in p for p in check_dockerignore(text.replace("\nservice/_native.json\n", "\n")))
+    assert any("build_native" in p for p in check_dockerignore(text + "\nscripts\n"))
 
 
 def test_subcommand_check_reads_the_registered_commands(compose: Compose) -> None:
