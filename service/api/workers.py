@@ -157,7 +157,7 @@ class CpuRunner:
         """Worker processes running (1 for the thread)."""
         if not self.processes:
             return 1
-        procs = getattr(self._executor, "_processes", None) or {}
+        procs = getattr(self._executor, "_processes", None) or {}  # the pool's own table (no public API for it)
         return sum(1 for p in procs.values() if p.is_alive())
 
     async def run(self, fn: Callable[Concatenate[Workbench, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
