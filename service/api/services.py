@@ -7,12 +7,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Concatenate, ParamSpec, TypeVar
 
+from service.api.errors import ApiError
 from service.api.metrics import Metrics
 from service.api.security import key_digests
 from service.api.workers import CpuRunner, Workbench
 from service.config import ApiKey, Settings
 from service.fhir.client import AsyncFhirClient
 from service.push import PatientLocks
+from service.validation.validator import Issue, has_errors, operation_outcome
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -46,6 +48,13 @@ class Services:
     async def cpu(self, fn: Callable[Concatenate[Workbench, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(bench, *args)`` where the CPU work runs (see service.api.workers)."""
         return await self.runner.run(fn, *args, **kwargs)
+
+    def refuse_invalid(self, endpoint: str, issues: list[Issue]) -> None:
+        """Count a validation by outcome; with any error, answer 422 with the OperationOutcome."""
+        invalid = has_errors(issues)
+        self.metrics.validations.labels(endpoint, "invalid" if invalid else "valid").inc()
+        if invalid:
+            raise ApiError(422, operation_outcome(issues))
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -15,7 +15,7 @@ from service.api.outcomes import FhirResponse, error_outcome
 from service.api.workers import Workbench
 from service.push import push_bundle
 from service.validation.inbound import with_inbound_profiles
-from service.validation.validator import Issue, has_errors, operation_outcome
+from service.validation.validator import Issue
 
 router = APIRouter(tags=["bundles"])
 
@@ -73,10 +73,7 @@ async def forward_bundle(request: Request, key: WriteKey, services: ServicesDep)
     media = media_type(request, FHIR_TYPES)
     data = await read_body(request, services.settings.max_body_bytes)
     bundle, issues = await services.cpu(_check, data, media)
-    invalid = has_errors(issues)
-    services.metrics.validations.labels("bundles", "invalid" if invalid else "valid").inc()
-    if invalid:
-        raise ApiError(422, operation_outcome(issues))
+    services.refuse_invalid("bundles", issues)
     # JSON is forwarded as it came (its decimals exactly as written); XML as the JSON it was read into.
     raw = data if media in JSON_TYPES else None
     result = await push_bundle(services.client, bundle, locks=services.locks, warnings=issues, raw=raw)

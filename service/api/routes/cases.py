@@ -12,11 +12,10 @@ from service.api.body import CASE_TYPES, JSON_TYPES, SOURCE, media_type, read_bo
 from service.api.deps import ReadKey, ServicesDep
 from service.api.errors import ApiError
 from service.api.outcomes import FHIR_JSON, FhirResponse, fhir_json
-from service.api.services import Services
 from service.api.workers import Workbench
 from service.domain.reader import parse_document, validate_case
 from service.push import push_bundle
-from service.validation.validator import Issue, has_errors, operation_outcome
+from service.validation.validator import Issue, has_errors
 
 router = APIRouter(tags=["cases"])
 
@@ -83,16 +82,9 @@ async def post_case(
     data = await read_body(request, services.settings.max_body_bytes)
     if not push:
         body, issues = await services.cpu(convert_to_json, data, media)
-        _count(services, issues)
+        services.refuse_invalid("cases", issues)
         return Response(body, media_type=FHIR_JSON)
     bundle, issues = await services.cpu(convert_and_validate, data, media)
-    _count(services, issues)
+    services.refuse_invalid("cases", issues)
     result = await push_bundle(services.client, bundle, locks=services.locks, warnings=issues)
     return FhirResponse(result.response)
-
-
-def _count(services: Services, issues: list[Issue]) -> None:
-    invalid = has_errors(issues)
-    services.metrics.validations.labels("cases", "invalid" if invalid else "valid").inc()
-    if invalid:
-        raise ApiError(422, operation_outcome(issues))
