@@ -112,6 +112,7 @@ def test_health_readiness_and_metrics_need_no_key(api: TestClient) -> None:
     assert api.get("/healthz").json() == {"status": "ok"}
     ready = api.get("/readyz")
     assert ready.status_code == 200 and ready.json()["fhir"].endswith("FHIR 4.0.1")
+    assert ready.json()["workers"] == 1  # the in-process app: a thread
     api.post("/Patient/$validate", json={"resourceType": "Patient"}, headers={**READ, **FHIR_JSON})
     metrics = api.get("/metrics").text
     assert 'casebridge_http_requests_total{method="GET",route="/readyz",status="200"}' in metrics

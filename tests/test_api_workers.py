@@ -153,3 +153,15 @@ def test_a_killed_worker_costs_a_503_then_fresh_processes_serve(processes: CpuRu
         assert inode in _sockets_of(os.getpid())
         for pid in fresh:
             assert inode not in _sockets_of(pid)  # forked from a serving process, it dropped its sockets
+
+
+def test_the_readiness_check_replaces_a_dead_worker_before_a_request_finds_it(processes: CpuRunner) -> None:
+    pids = {run(processes, _slow_pid, 0.05) for _ in range(6)}
+    victim = next(iter(pids))
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while processes.alive() == 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert asyncio.run(processes.revive()) == 2 and processes.replaced == 1
+    assert asyncio.run(processes.revive()) == 2 and processes.replaced == 1  # nothing to do: nothing replaced
+    assert victim not in {run(processes, _pid) for _ in range(4)}  # no 503 on the way

@@ -182,9 +182,7 @@ def test_worker_processes_share_one_queue_and_a_killed_one_is_replaced(fhir_serv
         return asyncio.run(go())
 
     with Serving(fhir_server, tmp_path, "--workers", "2") as serving:
-        workers = [
-            int(p) for p in Path(f"/proc/{serving.process.pid}/task/{serving.process.pid}/children").read_text().split()
-        ]
+        workers = _children(serving.process.pid)
         assert len(workers) == 2 and serving.metric("casebridge_cpu_workers") == 2
         assert post_all(serving.base, 8) == [200] * 8
         busy = {pid: _cpu_ticks(pid) for pid in workers}
@@ -195,8 +193,21 @@ def test_worker_processes_share_one_queue_and_a_killed_one_is_replaced(fhir_serv
         assert set(statuses) <= {200, 503} and statuses[-4:] == [200] * 4, statuses
         assert serving.metric("casebridge_cpu_worker_pools_replaced") == 1
         assert serving.metric("casebridge_cpu_workers") == 2
+        # Killed again, and this time the readiness check comes first: it replaces the pool; no request fails.
+        os.kill(_children(serving.process.pid)[0], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while serving.metric("casebridge_cpu_workers") == 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ready = httpx.get(f"{serving.base}/readyz", timeout=30)
+        assert ready.status_code == 200 and ready.json()["workers"] == 2, ready.text
+        assert post_all(serving.base, 8) == [200] * 8
+        assert serving.metric("casebridge_cpu_worker_pools_replaced") == 2
     errors = [line for line in serving.log_lines() if line["level"] == "ERROR"]
-    assert [e["message"] for e in errors] == ["a worker process stopped; starting 2 new ones"], errors
+    assert [e["message"] for e in errors] == ["a worker process stopped; starting 2 new ones"] * 2, errors
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def _cpu_ticks(pid: int) -> int:

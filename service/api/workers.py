@@ -104,14 +104,18 @@ def _work(fn: Callable[..., T], args: tuple[Any, ...], rid: str, bench: Workbenc
 def _start_worker(parent: int) -> None:
     # Ctrl-C in a terminal reaches the whole process group: the HTTP process shuts the workers down itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A replacement pool is forked from the serving process, with uvicorn's handlers and the event loop's
+    # wakeup socket: a worker stopped with SIGTERM (as the pool stops the others when one dies) just ends.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
     # Should the HTTP process die without shutting them down (SIGKILL), the workers go with it rather than
     # waiting forever on a queue nobody feeds (Linux; elsewhere a no-op).
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:
         os._exit(0)  # it died before the request above took effect
-    # A replacement pool is forked from the serving process: drop its copies of the listening and client
-    # sockets, or a connection the server closes would stay open in here. The pool's own channels are pipes.
+    # Likewise its copies of the listening and client sockets: a connection the server closes would stay open
+    # in here. The pool's own channels are pipes.
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         try:
@@ -180,6 +184,14 @@ class CpuRunner:
             ) from exc
         finally:
             self.queued -= 1
+
+    async def revive(self) -> int:
+        """When a worker process has died, replace the pool now rather than at the cost of the next request (the
+        readiness check calls this); the worker processes running."""
+        if self.processes and self.alive() < self.processes:
+            self._replace(self._executor)
+            await asyncio.get_running_loop().run_in_executor(self._executor, _pid)  # forks the new ones
+        return self.alive()
 
     def _replace(self, broken: Executor) -> None:
         if broken is not self._executor:

@@ -35,7 +35,14 @@ async def healthz() -> dict[str, str]:
     responses={
         200: {
             "content": {
-                "application/json": {"example": {"status": "ready", "fhir": "HAPI FHIR Server 8.8.0, FHIR 4.0.1"}}
+                "application/json": {
+                    "example": {
+                        "status": "ready",
+                        "fhir": "HAPI FHIR Server 8.8.0, FHIR 4.0.1",
+                        "definitions": "loaded",
+                        "workers": 2,
+                    }
+                }
             }
         },
         503: {"description": "Not ready (OperationOutcome saying why)."},
@@ -52,10 +59,12 @@ async def readyz(services: ServicesDep) -> dict[str, Any]:
         ) from exc
     software = capabilities.get("software") or {}
     name = " ".join(str(x) for x in (software.get("name"), software.get("version")) if x) or "FHIR server"
+    workers = await services.runner.revive()  # a worker that died is replaced here, not by a user's 503
     return {
         "status": "ready",
         "fhir": f"{name}, FHIR {capabilities.get('fhirVersion', '?')}",
         "definitions": "loaded",  # the validator is built before the first request is taken
+        "workers": workers,
     }
 
 
