@@ -49,9 +49,9 @@ def start(command: list[str], port: int, env: dict[str, str]) -> subprocess.Pope
     raise SystemExit(f"{command[0]} did not start")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its descendants (worker processes), from /proc: how much work a
-    request costs the server, whatever else the machine is doing."""
+def cpu_seconds(pid: int, descendants: bool = True) -> float:
+    """User + system CPU time of a process and (unless told not to) its descendants (worker processes), from
+    /proc: how much work a request costs the server, whatever else the machine is doing."""
     ticks = os.sysconf("SC_CLK_TCK")
     total, pending = 0.0, [pid]
     while pending:
@@ -59,7 +59,7 @@ def cpu_seconds(pid: int) -> float:
         try:
             fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
-            for task in Path(f"/proc/{current}/task").iterdir():
+            for task in Path(f"/proc/{current}/task").iterdir() if descendants else ():
                 pending += [int(c) for c in (task / "children").read_text().split()]
         except (FileNotFoundError, ProcessLookupError):
             continue
@@ -154,6 +154,7 @@ def main(seconds: float, clients: int, workers: int) -> None:
             echo_cpu = (cpu_seconds(echo.pid) - before) / sum(map(len, echo_lat))
             echo_client = (time.process_time() - client_before) / sum(map(len, echo_lat))
             before, client_before = cpu_seconds(api.pid), time.process_time()
+            http_before = cpu_seconds(api.pid, descendants=False)
             api_lat = asyncio.run(
                 load(
                     f"http://127.0.0.1:{api_port}/cases",
@@ -164,6 +165,7 @@ def main(seconds: float, clients: int, workers: int) -> None:
                 )
             )
             api_cpu = (cpu_seconds(api.pid) - before) / sum(map(len, api_lat))
+            http_cpu = (cpu_seconds(api.pid, descendants=False) - http_before) / sum(map(len, api_lat))
             api_client = (time.process_time() - client_before) / sum(map(len, api_lat))
         finally:
             for process in (api, echo):
@@ -179,7 +181,8 @@ def main(seconds: float, clients: int, workers: int) -> None:
     # The load generator shares the machine; the servers' own CPU time per request does not depend on it.
     print(
         f"  server CPU per request: echo {echo_cpu * 1000:.2f} ms, POST /cases {api_cpu * 1000:.2f} ms; "
-        f"ratio {echo_cpu / api_cpu:.3f} (what the throughput ratio would be if each server had a core to itself)"
+        f"ratio {echo_cpu / api_cpu:.3f} (what the throughput ratio would be if each server had a core to itself); "
+        f"of the POST /cases figure, the HTTP process {http_cpu * 1000:.2f} ms, its workers the rest"
     )
     # The load generator is a Python process on the same machine: when it needs a core's worth of CPU for the
     # echo's rate, the echo figure is the generator's limit, not the echo server's.
