@@ -26,10 +26,9 @@ _PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 GROUP = "service._native_group"  # the shared library of the compiled modules: service/_native_group__mypyc.*.so
 MANIFEST = _PACKAGE_ROOT / "service" / "_native.json"
 MODULES = (
-    # Not service.mapping.expressions: it dispatches on method names built at run time (getattr), which
-    # compiled classes do not support; it runs once per template at load anyway.
     "service.mapping.codes",
     "service.mapping.engine",
+    "service.mapping.expressions",
     "service.mapping.functions",
     "service.mapping.narrative",
     "service.mapping.templates",

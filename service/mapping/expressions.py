@@ -143,10 +143,29 @@ class ExpressionCompiler:
         return self._node(tree.body, scope)
 
     def _node(self, node: ast.expr, scope: dict[str, StaticType]) -> tuple[Compiled, StaticType]:
-        method = getattr(self, f"_{type(node).__name__}", None)
-        if method is None:
-            raise self.error(f"{type(node).__name__} is not allowed in a mapping expression ({ast.unparse(node)!r})")
-        return method(node, scope)  # type: ignore[no-any-return]
+        # Explicit dispatch rather than a method looked up by name: the module is compiled (mypyc), and this
+        # is also the list of what an expression may contain.
+        if isinstance(node, ast.Constant):
+            return self._Constant(node, scope)
+        if isinstance(node, ast.Name):
+            return self._Name(node, scope)
+        if isinstance(node, ast.Attribute):
+            return self._Attribute(node, scope)
+        if isinstance(node, ast.Subscript):
+            return self._Subscript(node, scope)
+        if isinstance(node, ast.Call):
+            return self._Call(node, scope)
+        if isinstance(node, ast.BoolOp):
+            return self._BoolOp(node, scope)
+        if isinstance(node, ast.UnaryOp):
+            return self._UnaryOp(node, scope)
+        if isinstance(node, ast.Compare):
+            return self._Compare(node, scope)
+        if isinstance(node, ast.IfExp):
+            return self._IfExp(node, scope)
+        if isinstance(node, ast.List | ast.Tuple):
+            return self._List(node, scope)
+        raise self.error(f"{type(node).__name__} is not allowed in a mapping expression ({ast.unparse(node)!r})")
 
     def _Constant(self, node: ast.Constant, scope: dict[str, StaticType]) -> tuple[Compiled, StaticType]:
         value = node.value
@@ -284,5 +303,3 @@ class ExpressionCompiler:
     def _List(self, node: ast.List | ast.Tuple, scope: dict[str, StaticType]) -> tuple[Compiled, StaticType]:
         items = [self._node(e, scope)[0] for e in node.elts]
         return (lambda env: [i(env) for i in items]), ListOf(None)
-
-    _Tuple = _List
