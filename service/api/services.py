@@ -49,11 +49,15 @@ class Services:
         """Run ``fn(bench, *args)`` where the CPU work runs (see service.api.workers)."""
         return await self.runner.run(fn, *args, **kwargs)
 
-    def refuse_invalid(self, endpoint: str, issues: list[Issue]) -> None:
-        """Count a validation by outcome; with any error, answer 422 with the OperationOutcome."""
+    def count_validation(self, endpoint: str, issues: list[Issue]) -> bool:
+        """Count a validation by outcome (valid: no error); whether it was invalid."""
         invalid = has_errors(issues)
         self.metrics.validations.labels(endpoint, "invalid" if invalid else "valid").inc()
-        if invalid:
+        return invalid
+
+    def refuse_invalid(self, endpoint: str, issues: list[Issue]) -> None:
+        """Count a validation by outcome; with any error, answer 422 with the OperationOutcome."""
+        if self.count_validation(endpoint, issues):
             raise ApiError(422, operation_outcome(issues))
 
     async def aclose(self) -> None:

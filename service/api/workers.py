@@ -149,13 +149,12 @@ class CpuRunner:
             initargs=(os.getpid(),),
         )
 
-    def start(self) -> list[int]:
+    def start(self) -> None:
         """Start the worker processes now (before the server starts its threads and sockets) and wait until
-        each has answered; their process ids."""
-        if not self.processes:
-            return []
-        futures = [self._executor.submit(_pid) for _ in range(self.processes * 4)]
-        return sorted({f.result(timeout=60) for f in futures})
+        they answer."""
+        if self.processes:
+            for future in [self._executor.submit(_pid) for _ in range(self.processes * 4)]:
+                future.result(timeout=60)
 
     def alive(self) -> int:
         """Worker processes running (1 for the thread)."""

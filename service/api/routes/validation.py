@@ -15,7 +15,7 @@ from service.api.deps import ReadKey, ServicesDep
 from service.api.errors import ApiError
 from service.api.outcomes import FhirResponse
 from service.api.workers import Workbench
-from service.validation.validator import Issue, has_errors, operation_outcome
+from service.validation.validator import Issue, operation_outcome
 
 router = APIRouter(tags=["validation"])
 _TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
@@ -85,7 +85,7 @@ async def validate(
     media = media_type(request, FHIR_TYPES)
     data = await read_body(request, services.settings.max_body_bytes)
     issues = await services.cpu(_validate, resource_type, data, media, profiles)
-    services.metrics.validations.labels("validate", "invalid" if has_errors(issues) else "valid").inc()
+    services.count_validation("validate", issues)
     return FhirResponse(operation_outcome(issues))
 
 
