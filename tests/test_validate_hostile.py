@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from service.config import Settings
 from service.validation.service import load_validator
-from service.validation.validator import Validator
+from service.validation.validator import Validator, _txt_2
 
 
 @pytest.fixture(scope="module")
@@ -131,9 +134,18 @@ XHTML = 'xmlns="http://www.w3.org/1999/xhtml"'
         (f'<!DOCTYPE d [<!ENTITY e SYSTEM "file:///etc/passwd">]><div {XHTML}>&e;</div>', False),
         (f"<div {XHTML}>a</div><div {XHTML}>b</div>", False),  # two roots
         ("", False),
+        (f"<div {XHTML}> <p>\n</p> </div>", False),  # txt-2: only whitespace
+        (f'<div {XHTML}><img src="#pic" alt=""/></div>', True),  # an image is content
+        (f"<div {XHTML}><p><b></b>x</p></div>", True),
     ],
 )
 def test_narrative_xhtml(validator: Validator, div: str, ok: bool) -> None:
     patient = {"resourceType": "Patient", "text": {"status": "generated", "div": div}}
     errors = [i for i in validator.validate(patient) if i.severity == "error" and i.expression == "Patient.text.div"]
     assert (not errors) == ok, errors
+
+
+@given(st.text(alphabet='<> \t\nab/img\u00a0"='))
+def test_txt_2_reads_as_the_deletion_of_tags(div: str) -> None:
+    # The invariant is searched for; it must say what deleting the tags and stripping the rest would.
+    assert _txt_2(div) == (bool(re.sub(r"<[^>]*>", "", div).strip()) or "<img" in div)

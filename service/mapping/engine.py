@@ -15,7 +15,6 @@ import datetime as dt
 import re
 import types
 import typing
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from service.domain.case import BodySite, CaseReport, Concept
 from service.errors import ConversionError, MappingError, Problem
 from service.mapping.codes import CodeTable, check_citations, load_tables, load_terminology
 from service.mapping.expressions import StaticType
-from service.mapping.functions import ID_NAMESPACE, Context, Planned, registry
+from service.mapping.functions import Context, Planned, name_uuid, registry
 from service.mapping.narrative import narrative
 from service.mapping.templates import (
     BodyCompiler,
@@ -167,7 +166,7 @@ class MappingSet:
                 if (t.role, key) in ctx.planned:
                     raise ConversionError(f"two {t.role} resources share the key {key!r}", source=source)
                 title = _guarded(t, t.title, env) if t.title is not None else None
-                planned = Planned(t.role, key, t.resource_type, str(uuid.uuid5(ID_NAMESPACE, seed)), seed, title)
+                planned = Planned(t.role, key, t.resource_type, name_uuid(seed), seed, title)
                 if planned.id in ids:  # uuid5 of distinct seeds: cannot happen unless seeds coincide
                     raise ConversionError(f"{seed!r} and {ids[planned.id]!r} give the same id", source=source)
                 ids[planned.id] = seed
@@ -276,10 +275,17 @@ def _element_names(resource_type: str) -> set[str]:
     return {f.alias or name for name, f in fields.items()}
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def _walk(obj: Any, path: str) -> Iterator[tuple[str, Any]]:
     """Every model object of a case, with its field path (leaves are not visited: keys live in models)."""
     yield path, obj
-    for name in type(obj).model_fields:
+    cls = type(obj)
+    names = _FIELD_NAMES.get(cls)
+    if names is None:  # model_fields is a descriptor calling a classmethod on every read
+        names = _FIELD_NAMES[cls] = tuple(cls.model_fields)
+    for name in names:
         value = getattr(obj, name)
         if isinstance(value, BaseModel):
             yield from _walk(value, f"{path}.{name}" if path else name)

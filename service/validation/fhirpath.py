@@ -79,9 +79,13 @@ _ALLOWED_ATTRIBUTES = frozenset(
         "{http://www.w3.org/XML/1998/namespace}lang",
     }
 )
-# As expat names them with namespace_separator=" " (the namespace joined by "}"): "{uri}local" minus the "{".
-_ALLOWED_ATTRIBUTE_KEYS = frozenset(a.lstrip("{") for a in _ALLOWED_ATTRIBUTES)
+# As expat names them with namespace_separator=" ": "uri local" for elements and namespaced attributes, so that
+# each name is checked by one set lookup.
+_ALLOWED_ELEMENT_NAMES = frozenset(f"{XHTML} {tag}" for tag in _ALLOWED_TAGS)
+_DIV = f"{XHTML} div"
+_ALLOWED_ATTRIBUTE_NAMES = frozenset(a.lstrip("{").replace("}", " ", 1) for a in _ALLOWED_ATTRIBUTES)
 _UNSAFE_URL = re.compile(r"^(javascript|vbscript|data):", re.I)
+_URL_BLANKS = re.compile(r"[\x00-\x20]+")  # what a browser ignores in a URL
 
 
 class _NotNarrative(Exception):
@@ -95,19 +99,21 @@ def html_checks(div: str) -> bool:
     Checked by expat's callbacks as it parses, with no tree built (it runs on every narrative); no DTD is
     accepted, so no entity can be declared or fetched."""
     parser = expat.ParserCreate(namespace_separator=" ")
-    started = False
+    opened: list[str] = []  # the root, once seen
 
     def start(name: str, attributes: dict[str, str]) -> None:
-        nonlocal started
-        namespace, _, local = name.rpartition(" ")
-        if namespace != XHTML or local not in _ALLOWED_TAGS or (not started and local != "div"):
+        if name not in _ALLOWED_ELEMENT_NAMES or (not opened and name != _DIV):
             raise _NotNarrative
-        started = True
-        for attribute, value in attributes.items():
-            if attribute.replace(" ", "}", 1) not in _ALLOWED_ATTRIBUTE_KEYS:
-                raise _NotNarrative
-            if attribute in ("href", "src") and _UNSAFE_URL.match(re.sub(r"[\x00-\x20]+", "", value)):
-                raise _NotNarrative
+        if not opened:
+            opened.append(name)
+        if attributes:
+            for attribute in attributes:
+                if attribute not in _ALLOWED_ATTRIBUTE_NAMES:
+                    raise _NotNarrative
+            for key in ("href", "src"):
+                value = attributes.get(key)
+                if value is not None and _UNSAFE_URL.match(_URL_BLANKS.sub("", value)):
+                    raise _NotNarrative
 
     def refuse(*_: Any) -> Any:
         raise _NotNarrative
@@ -120,7 +126,7 @@ def html_checks(div: str) -> bool:
         parser.Parse(div, True)
     except (_NotNarrative, expat.ExpatError, ValueError):
         return False
-    return started
+    return bool(opened)
 
 
 def _html_checks(inputs: list[Any]) -> bool:
