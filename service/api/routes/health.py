@@ -18,9 +18,11 @@ router = APIRouter(tags=["health"])
 READY_TIMEOUT = 3.0
 
 
-@router.api_route(
+# GET and HEAD as two routes, not one with two methods: one route gives both the same OpenAPI operationId,
+# which a client generator refuses.
+@router.head("/healthz", summary="The process is alive (headers only)", responses={200: {"description": "Alive."}})
+@router.get(
     "/healthz",
-    methods=["GET", "HEAD"],
     summary="The process is alive",
     responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}},
 )
@@ -28,9 +30,13 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.api_route(
+@router.head(
     "/readyz",
-    methods=["GET", "HEAD"],
+    summary="Ready (headers only): definitions loaded and the FHIR server reachable",
+    responses={200: {"description": "Ready."}, 503: {"description": "Not ready."}},
+)
+@router.get(
+    "/readyz",
     summary="Ready: definitions loaded and the FHIR server reachable",
     responses={
         200: {
