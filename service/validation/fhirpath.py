@@ -99,13 +99,13 @@ def html_checks(div: str) -> bool:
     Checked by expat's callbacks as it parses, with no tree built (it runs on every narrative); no DTD is
     accepted, so no entity can be declared or fetched."""
     parser = expat.ParserCreate(namespace_separator=" ")
-    opened: list[str] = []  # the root, once seen
+    started = False
 
     def start(name: str, attributes: dict[str, str]) -> None:
-        if name not in _ALLOWED_ELEMENT_NAMES or (not opened and name != _DIV):
+        nonlocal started
+        if name not in _ALLOWED_ELEMENT_NAMES or (not started and name != _DIV):
             raise _NotNarrative
-        if not opened:
-            opened.append(name)
+        started = True
         if attributes:
             for attribute in attributes:
                 if attribute not in _ALLOWED_ATTRIBUTE_NAMES:
@@ -126,7 +126,7 @@ def html_checks(div: str) -> bool:
         parser.Parse(div, True)
     except (_NotNarrative, expat.ExpatError, ValueError):
         return False
-    return bool(opened)
+    return started
 
 
 def _html_checks(inputs: list[Any]) -> bool:
