@@ -248,6 +248,7 @@ def serve(
         server_header=False,
         proxy_headers=False,
         http=http_protocol(),  # malformed HTTP answered with an OperationOutcome too
+        ws="none",  # no WebSocket endpoint: an upgrade request is answered as plain HTTP, by the app
     )
 
 

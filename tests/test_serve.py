@@ -156,6 +156,16 @@ def test_a_full_run_logs_json_lines_without_case_content(fhir_server: str, tmp_p
             assert headers["content-type"].startswith("application/fhir+json"), headers
             outcome = json.loads(body)
             assert outcome["resourceType"] == "OperationOutcome" and outcome["issue"][0]["code"] == "structure"
+        # No WebSocket here: a request asking to upgrade is a plain HTTP request, with no key a 401 OperationOutcome
+        # (uvicorn's WebSocket handling answered it in text/plain and logged its query, a patient id with it).
+        status, headers, body = raw_exchange(
+            port,
+            f"GET /diagnostic-reports?patient={patient}&code=dystrophic HTTP/1.1\r\nHost: x\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade, close\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode(),
+        )
+        assert status == 401 and headers["content-type"].startswith("application/fhir+json"), (status, body)
+        assert json.loads(body)["resourceType"] == "OperationOutcome"
         assert serving.metric("casebridge_cpu_workers") == 1  # one worker process by default
     stderr = serving.stderr
     requests = [line for line in serving.log_lines() if line.get("message") == "request"]

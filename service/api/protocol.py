@@ -2,6 +2,8 @@
 
 uvicorn answers a malformed request (bad request line, bad header, oversized head) itself, before any ASGI
 code runs, with a plain-text 400. Every error of this service is an OperationOutcome, so that one is too.
+The service offers no WebSocket (``serve`` runs uvicorn with ``ws="none"``): a request asking to upgrade is
+answered as the plain HTTP request it also is, without uvicorn's advice to install a WebSocket library.
 ``http_protocol()`` picks the implementation uvicorn itself would ("auto": httptools when installed, else h11).
 """
 
@@ -29,6 +31,9 @@ def _headers(body: bytes) -> list[tuple[bytes, bytes]]:
 
 
 class OutcomeH11Protocol(H11Protocol):
+    def _unsupported_upgrade_warning(self) -> None:
+        pass  # no WebSocket here, on purpose (see the module docstring)
+
     def send_400_response(self, msg: str) -> None:
         body = _body(msg)
         for event in (
@@ -48,6 +53,9 @@ except ImportError:  # httptools not installed: uvicorn uses h11
 if HttpToolsProtocol is not None:
 
     class OutcomeHttpToolsProtocol(HttpToolsProtocol):
+        def _unsupported_upgrade_warning(self) -> None:
+            pass  # no WebSocket here, on purpose (see the module docstring)
+
         def send_400_response(self, msg: str) -> None:
             body = _body(msg)
             head = b"HTTP/1.1 400 Bad Request\r\n" + b"".join(
