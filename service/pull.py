@@ -214,6 +214,10 @@ def parse_since(value: str) -> dt.date | dt.datetime:
         raise ValueError("since: not a date (YYYY-MM-DD) or date-time with a zone (YYYY-MM-DDThh:mm:ssZ)") from None
     if isinstance(moment, dt.datetime) and moment.tzinfo is None:
         raise ValueError("since: a date-time needs its time zone (Z or +hh:mm)")
+    offset = moment.utcoffset() if isinstance(moment, dt.datetime) else None
+    # Python reads offsets FHIR has no form for (+05:30:15, +20:00): the server would refuse them.
+    if offset is not None and (offset % dt.timedelta(minutes=1) or abs(offset) > dt.timedelta(hours=14)):
+        raise ValueError("since: the time zone must be Z or +hh:mm between -14:00 and +14:00")
     if not 1900 <= moment.year <= 2200:
         raise ValueError("since: the year must be between 1900 and 2200")
     if isinstance(moment, dt.datetime) and moment.microsecond:

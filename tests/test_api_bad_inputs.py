@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from service.api.app import create_app
 
+from .conftest import FIXTURES
 from .loopback import serve
 from .test_api import FHIR_JSON, PATIENT, READ, RO, WRITE, bundle_of, is_outcome, settings_for
 
@@ -350,6 +351,44 @@ BAD_INPUTS = [
     ),
     Bad("since in year 9999", "GET", "/diagnostic-reports?since=9999-12-31", 400, "invalid", None, READ),
     Bad("wrong method", "GET", "/cases", 405, "not-supported", None, READ),
+    Bad(
+        "since with seconds in its offset",
+        "GET",
+        "/diagnostic-reports?since=2020-01-01T00:00:00%2B05:30:15",
+        400,
+        "invalid",
+        None,
+        READ,
+    ),
+    Bad(
+        "Parameters.parameter not an array",
+        "POST",
+        "/Patient/$validate",
+        400,
+        "structure",
+        j({"resourceType": "Parameters", "parameter": 5}),
+        {**READ, **FHIR_JSON},
+    ),
+    Bad(
+        "Bundle.entry not an array",
+        "POST",
+        "/bundles",
+        422,
+        "structure",
+        j({"resourceType": "Bundle", "type": "transaction", "entry": 5}),
+        {**WRITE, **FHIR_JSON},
+    ),
+    Bad(
+        "negative reference-range bound",  # a quantity, like the value it frames
+        "POST",
+        "/cases",
+        422,
+        "invalid",
+        (FIXTURES / "cases" / "lipoma-left-forearm.yaml")
+        .read_bytes()
+        .replace(b"reference_range: {low: 2.15,", b"reference_range: {low: -1,"),
+        {**READ, **YAML},
+    ),
 ]
 
 
@@ -379,8 +418,13 @@ class Upstream:
             routes=[
                 Route("/fhir", self.transaction, methods=["POST"]),
                 Route("/fhir/DiagnosticReport", self.search, methods=["GET"]),
+                Route("/fhir/metadata", self.metadata, methods=["GET"]),
             ]
         )
+
+    async def metadata(self, request: Request) -> Response:
+        # "software" should be an object: a server that says otherwise is still there.
+        return JSONResponse({"resourceType": "CapabilityStatement", "software": "x", "fhirVersion": "4.0.1"})
 
     async def transaction(self, request: Request) -> Response:
         await request.body()
@@ -437,3 +481,9 @@ def test_an_upstream_answer_that_is_not_fhir_is_502(failing: tuple[TestClient, U
     client, _ = failing
     body = is_outcome(client.get("/diagnostic-reports", headers=READ), 502)
     assert "502" in json.dumps(body)
+
+
+def test_readiness_survives_an_odd_capability_statement(failing: tuple[TestClient, Upstream]) -> None:
+    client, _ = failing
+    response = client.get("/readyz")
+    assert response.status_code == 200 and response.json()["fhir"] == "FHIR server, FHIR 4.0.1"

@@ -184,8 +184,9 @@ class Measurement(_Model):
 
 
 class ReferenceRange(_Model):
-    low: Decimal | None = None
-    high: Decimal | None = None
+    # Bounds are quantities like the value they frame, which cannot be negative (Quantity).
+    low: Annotated[Decimal, Field(ge=0)] | None = None
+    high: Annotated[Decimal, Field(ge=0)] | None = None
     unit: ShortText
 
     @property

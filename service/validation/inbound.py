@@ -51,7 +51,8 @@ def with_inbound_profiles(bundle: Mapping[str, Any], profiles: Mapping[str, list
     """A copy of the Bundle whose entries, and the resources they contain, also claim the configured profiles,
     so validation applies them (a Patient does not escape the Patient profile by being contained)."""
     out = copy.deepcopy(dict(bundle))
-    for entry in out.get("entry") or []:
+    entries = out.get("entry")
+    for entry in entries if isinstance(entries, list) else ():  # not an array: the validator says so
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict):
             continue

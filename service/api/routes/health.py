@@ -63,7 +63,9 @@ async def readyz(services: ServicesDep) -> dict[str, Any]:
         raise ApiError(
             503, outcome([issue("error", "transient", f"the FHIR server is not reachable ({text})")])
         ) from exc
-    software = capabilities.get("software") or {}
+    software = capabilities.get("software")
+    if not isinstance(software, dict):  # absent, or not the object R4 defines: the server is still there
+        software = {}
     name = " ".join(str(x) for x in (software.get("name"), software.get("version")) if x) or "FHIR server"
     workers = await services.runner.revive()  # a worker that died is replaced here, not by a user's 503
     return {

@@ -25,7 +25,10 @@ MAX_PROFILES = 10
 def _from_parameters(doc: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     resource: dict[str, Any] | None = None
     profiles: list[str] = []
-    for parameter in doc.get("parameter") or []:
+    parameters = doc.get("parameter")
+    if parameters is not None and not isinstance(parameters, list):
+        raise ApiError.of(400, "structure", "Parameters.parameter must be a JSON array", "Parameters.parameter")
+    for parameter in parameters or []:
         if not isinstance(parameter, dict):
             continue
         if parameter.get("name") == "resource" and isinstance(parameter.get("resource"), dict):
