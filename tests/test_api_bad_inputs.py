@@ -361,6 +361,15 @@ BAD_INPUTS = [
         READ,
     ),
     Bad(
+        "since with an offset past 14 h",
+        "GET",
+        "/diagnostic-reports?since=2020-01-01T00:00:00%2B20:00",
+        400,
+        "invalid",
+        None,
+        READ,
+    ),
+    Bad(
         "Parameters.parameter not an array",
         "POST",
         "/Patient/$validate",

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service.validation.fhirpath import Resolver, evaluate, is_true
-from service.validation.validator import _NATIVE_EXPRESSIONS
+from service.validation.validator import _NATIVE, _NATIVE_EXPRESSIONS
 
 VER = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "entered-in-error"}]}
 RESOLVED = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "resolved"}]}
@@ -123,3 +125,25 @@ def test_native_agrees_with_fhirpath(expression: str) -> None:
         assert native(item, item) == expected, (expression, item)
         outcomes.add(expected)
     assert outcomes == {True, False}, "the samples must make this invariant both pass and fail"
+
+
+# Element names the native invariants read, and JSON of any shape under them: the walk reports a wrong shape as a
+# structure error; an invariant must answer, not raise (one that raised stopped the whole validation).
+_NAMES = st.sampled_from(
+    "resourceType id meta text div contained extension modifierExtension url component code coding system valueString "
+    "valueQuantity value dataAbsentReason entry resource request response fullUrl type total search mode method "
+    "identifier timestamp clinicalStatus verificationStatus category abatementString family given use detail "
+    "data contentType hasMember status".split()
+)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5) | st.sampled_from(["#", "#x", "urn:uuid:1"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_NAMES, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(item=st.dictionaries(_NAMES, _JSON, max_size=6), root=_JSON)
+def test_native_invariants_answer_whatever_the_shape(item: dict[str, Any], root: Any) -> None:
+    for check in [*_NATIVE.values(), *_NATIVE_EXPRESSIONS.values()]:
+        assert check(item, root) in (True, False)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.config import Settings
+from service.config import PROJECT_ROOT, Settings
 from service.validation.service import load_validator
 from service.validation.validator import Validator, _txt_2
 
@@ -149,3 +152,38 @@ def test_narrative_xhtml(validator: Validator, div: str, ok: bool) -> None:
 def test_txt_2_reads_as_the_deletion_of_tags(div: str) -> None:
     # The invariant is searched for; it must say what deleting the tags and stripping the rest would.
     assert _txt_2(div) == (bool(re.sub(r"<[^>]*>", "", div).strip()) or "<img" in div)
+
+
+_DEFECT = """
+import logging, sys
+logging.basicConfig(stream=sys.stderr, format="%(message)s")
+from service.config import Settings
+from service.validation.service import load_validator
+
+
+class Hostile(str):  # breaks the validator itself, with patient words in its exception
+    def __hash__(self):
+        raise RuntimeError("Jane Doe")
+
+    def __eq__(self, other):
+        raise RuntimeError("Jane Doe")
+
+
+issues = load_validator(Settings()).validate({"resourceType": "Patient", "gender": Hostile("female")})
+print([i.message for i in issues if i.severity == "fatal"])
+"""
+
+
+def test_a_validator_defect_is_reported_without_the_exception_text() -> None:
+    # Interpreted: the compiled validator compares and hashes str subclasses as plain strings (no defect to show).
+    result = subprocess.run(
+        [sys.executable, "-c", _DEFECT],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "CASEBRIDGE_PURE_PYTHON": "1"},
+        timeout=120,
+        check=True,
+    )
+    assert "(RuntimeError)" in result.stdout and "Jane" not in result.stdout, result.stdout
+    assert "unforeseen input: RuntimeError" in result.stderr and "Jane" not in result.stderr, result.stderr

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -240,9 +241,12 @@ class Validator:
             self._resource(resource, rtype, list(profiles), run, depth=0, container=None)
         except RecursionError:
             run.add("fatal", "structure", "The resource nests too deeply to be validated", rtype)
-        except Exception as exc:
-            log.exception("validation failed on unforeseen input")
-            message = f"The validator could not finish on this input ({type(exc).__name__}: {exc})"
+        except Exception as exc:  # noqa: BLE001 - any defect becomes a fatal issue, never a crash of the caller
+            # A defect of ours, not of the input. Its type and where it happened, not its text, which can quote
+            # the input (patient data has no place in logs; the caller gets the type name too).
+            frames = "".join(traceback.format_tb(exc.__traceback__))
+            log.error("validation failed on unforeseen input: %s", type(exc).__name__, extra={"frames": frames})
+            message = f"The validator could not finish on this input ({type(exc).__name__})"
             run.add("fatal", "exception", message, rtype)
         return run.issues
 
@@ -1466,7 +1470,7 @@ def _obs_7(item: Any, root: Any = None) -> bool:
     if not isinstance(item, dict) or not _choice_present(item, "value"):
         return True
     codes = _codings_of(item.get("code"))
-    return not any(c in codes for comp in item.get("component") or () for c in _codings_of((comp or {}).get("code")))
+    return not any(c in codes for comp in _arr(item.get("component")) for c in _codings_of(_obj(comp).get("code")))
 
 
 def _con_4(item: Any, root: Any = None) -> bool:
