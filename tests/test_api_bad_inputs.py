@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -423,6 +424,7 @@ class Upstream:
 
     def __init__(self) -> None:
         self.mode = "refuse"
+        self.next_elsewhere = False
         self.app = Starlette(
             routes=[
                 Route("/fhir", self.transaction, methods=["POST"]),
@@ -458,6 +460,14 @@ class Upstream:
         )
 
     async def search(self, request: Request) -> Response:
+        if self.next_elsewhere:  # a first page whose next link leaves the FHIR server
+            page = {
+                "resourceType": "Bundle",
+                "type": "searchset",
+                "entry": [{"resource": {"resourceType": "DiagnosticReport", "id": "r1", "status": "final"}}],
+                "link": [{"relation": "next", "url": "http://169.254.169.254/fhir/DiagnosticReport?page=2"}],
+            }
+            return JSONResponse(page, media_type="application/fhir+json")
         return Response(b"<html>proxy error</html>", status_code=502, media_type="text/html")
 
 
@@ -496,3 +506,25 @@ def test_readiness_survives_an_odd_capability_statement(failing: tuple[TestClien
     client, _ = failing
     response = client.get("/readyz")
     assert response.status_code == 200 and response.json()["fhir"] == "FHIR server, FHIR 4.0.1"
+
+
+def test_a_next_link_elsewhere_cuts_the_stream_and_says_why(
+    failing: tuple[TestClient, Upstream], caplog: pytest.LogCaptureFixture
+) -> None:
+    client, upstream = failing
+    before = refused_links(client)
+    upstream.next_elsewhere = True
+    try:
+        with caplog.at_level(logging.WARNING):
+            response = client.get("/diagnostic-reports?_format=ndjson", headers=READ)
+    finally:
+        upstream.next_elsewhere = False
+    assert response.status_code == 200 and b'"r1"' in response.content  # the first page, then the cut
+    assert "response aborted: FhirProtocolError" in caplog.text  # not Starlette's RuntimeError around it
+    assert refused_links(client) == before + 1
+
+
+def refused_links(client: TestClient) -> float:
+    prefix = 'casebridge_upstream_errors_total{kind="FhirProtocolError"} '
+    lines = [line for line in client.get("/metrics").text.splitlines() if line.startswith(prefix)]
+    return float(lines[0].removeprefix(prefix)) if lines else 0.0

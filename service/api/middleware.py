@@ -88,10 +88,13 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"
 
 
 def _cause(exc: BaseException) -> str:
-    """The exception's type, looking through Starlette's wrappers (an exception group around a stream)."""
+    """The exception's type, looking through Starlette's wrappers: an exception group around a stream, and the
+    RuntimeError raised from an error it has a handler for once the response has started."""
     inner = getattr(exc, "exceptions", None)
     if inner:
         return _cause(inner[0])
+    if exc.__cause__ is not None:
+        return _cause(exc.__cause__)
     return type(exc).__name__
 
 

@@ -3,6 +3,7 @@ configured inbound profiles, then forward to the FHIR server as one transaction.
 
 from __future__ import annotations
 
+import codecs
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -74,8 +75,9 @@ async def forward_bundle(request: Request, key: WriteKey, services: ServicesDep)
     data = await read_body(request, services.settings.max_body_bytes)
     bundle, issues = await services.cpu(_check, data, media)
     services.refuse_invalid("bundles", issues)
-    # JSON is forwarded as it came (its decimals exactly as written); XML as the JSON it was read into.
-    raw = data if media in JSON_TYPES else None
+    # JSON is forwarded as it came (its decimals exactly as written), less a byte-order mark (read past here, as
+    # JSON allows; a server may refuse it); XML as the JSON it was read into.
+    raw = data.removeprefix(codecs.BOM_UTF8) if media in JSON_TYPES else None
     result = await push_bundle(services.client, bundle, locks=services.locks, warnings=issues, raw=raw)
     return FhirResponse(result.response)
 
