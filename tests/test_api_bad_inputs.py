@@ -348,6 +348,15 @@ BAD_INPUTS = [
         {**READ, "Accept": "text/html"},
     ),
     Bad(
+        "an Accept quality that is not a number from 0 to 1",
+        "GET",
+        "/diagnostic-reports",
+        406,
+        "not-supported",
+        None,
+        {**READ, "Accept": "text/csv;q=nan"},
+    ),
+    Bad(
         "since without a time zone", "GET", "/diagnostic-reports?since=2026-01-01T10:00:00", 400, "invalid", None, READ
     ),
     Bad("since in year 9999", "GET", "/diagnostic-reports?since=9999-12-31", 400, "invalid", None, READ),

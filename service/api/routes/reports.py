@@ -5,6 +5,7 @@ a failure on a later page can only cut the stream short (the client sees an inco
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
@@ -31,6 +32,9 @@ _OFFERED = {
 }
 
 
+_QVALUE = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")
+
+
 def _format(requested: str | None, accept: str) -> str:
     """``_format`` wins; else the Accept header, by quality (q=0: not acceptable); JSON when nothing is asked."""
     if requested is not None:
@@ -44,10 +48,8 @@ def _format(requested: str | None, accept: str) -> str:
         for param in params:
             name, _, value = param.partition("=")
             if name.strip().lower() == "q":
-                try:
-                    quality = float(value)
-                except ValueError:
-                    quality = 0.0
+                # RFC 9110's qvalue (0 to 1, three decimals at most); anything else ("nan", "2") is not acceptable.
+                quality = float(value) if _QVALUE.fullmatch(value.strip()) else 0.0
         media = media.lower()
         choice = _OFFERED.get(media) or ("json" if media in ("*/*", "application/*") else None)
         if choice is None or quality <= 0:
