@@ -30,10 +30,15 @@ where they enter (``raise Ours(...) from exc``), so callers catch ours only.
 
 ``InputError`` and its subclasses carry ``problems``: (location, message) pairs, where location is a
 field path such as ``patient.sex`` or ``diagnostic_steps[2].differential[0].key``.
+
+An exception nobody expected (a defect of ours) is logged with ``log_defect``: its type and stack frames,
+never its text, which can quote the input.
 """
 
 from __future__ import annotations
 
+import logging
+import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -202,3 +207,10 @@ class TooManyRequests(FhirClientError):
 
 class FhirServerError(FhirHttpError):
     """5xx, after any retries."""
+
+
+def log_defect(log: logging.Logger, what: str, exc: BaseException, **extra: Any) -> None:
+    """Log an unexpected exception by its type and stack frames (in the ``frames`` field), not its text: the text
+    can quote the input (patient data has no place in logs); the frames are our code."""
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    log.error("%s: %s", what, type(exc).__name__, extra={"frames": frames, **extra})

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-import traceback
 import uuid
 from typing import Any
 
@@ -20,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.logs import request_id
 from service.api.metrics import Metrics
 from service.api.outcomes import FHIR_JSON, error_outcome
+from service.errors import log_defect
 
 log = logging.getLogger("casebridge.api")
 _INCOMING_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -55,8 +55,7 @@ class RequestContext:
                 state["status"] = "aborted"
                 log.warning("response aborted: %s", _cause(exc), extra={"route": _route(scope)})
                 return
-            frames = "".join(traceback.format_tb(exc.__traceback__))
-            log.error("unhandled %s", type(exc).__name__, extra={"frames": frames, "route": _route(scope)})
+            log_defect(log, "unhandled", exc, route=_route(scope))
             if not state["started"]:
                 body = orjson.dumps(error_outcome("exception", f"internal error (request id {rid})"))
                 await send_with_id(

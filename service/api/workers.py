@@ -32,7 +32,6 @@ import multiprocessing
 import os
 import signal
 import stat
-import traceback
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -42,7 +41,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from service.api.errors import ApiError, input_error
 from service.api.logs import request_id
 from service.config import PROJECT_ROOT, Settings
-from service.errors import InputError
+from service.errors import InputError, log_defect
 from service.fhir.xml import XmlReader
 from service.mapping.engine import MappingSet
 from service.validation.inbound import load_inbound_profiles
@@ -94,8 +93,7 @@ def _work(fn: Callable[..., T], args: tuple[Any, ...], rid: str, bench: Workbenc
     except InputError as exc:
         raise input_error(exc) from None  # its problems list does not cross a pipe; its answer does
     except Exception as exc:  # noqa: BLE001 - every failure must cross as something the HTTP process can read
-        frames = "".join(traceback.format_tb(exc.__traceback__))
-        log.error("unhandled %s", type(exc).__name__, extra={"frames": frames})
+        log_defect(log, "unhandled", exc)
         raise WorkFailed(type(exc).__name__) from None
     finally:
         request_id.reset(token)

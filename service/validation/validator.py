@@ -18,11 +18,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.errors import log_defect
 from service.validation import primitives, ucum
 from service.validation.fhirpath import FhirPathError, Resolver, evaluate, html_checks, is_true
 from service.validation.snapshot import SnapshotPathError, generate_snapshot, needs_snapshot
@@ -242,10 +242,8 @@ class Validator:
         except RecursionError:
             run.add("fatal", "structure", "The resource nests too deeply to be validated", rtype)
         except Exception as exc:  # noqa: BLE001 - any defect becomes a fatal issue, never a crash of the caller
-            # A defect of ours, not of the input. Its type and where it happened, not its text, which can quote
-            # the input (patient data has no place in logs; the caller gets the type name too).
-            frames = "".join(traceback.format_tb(exc.__traceback__))
-            log.error("validation failed on unforeseen input: %s", type(exc).__name__, extra={"frames": frames})
+            # A defect of ours, not of the input; the caller gets its type name too, not its text.
+            log_defect(log, "validation failed on unforeseen input", exc)
             message = f"The validator could not finish on this input ({type(exc).__name__})"
             run.add("fatal", "exception", message, rtype)
         return run.issues
