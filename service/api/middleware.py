@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.logs import request_id
 from service.api.metrics import Metrics
 from service.api.outcomes import FHIR_JSON, error_outcome
-from service.errors import log_defect
+from service.errors import CasebridgeError, log_defect
 
 log = logging.getLogger("casebridge.api")
 _INCOMING_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -92,7 +92,7 @@ def _cause(exc: BaseException) -> str:
     inner = getattr(exc, "exceptions", None)
     if inner:
         return _cause(inner[0])
-    if exc.__cause__ is not None:
+    if exc.__cause__ is not None and not isinstance(exc, CasebridgeError):  # ours already names what failed
         return _cause(exc.__cause__)
     return type(exc).__name__
 
