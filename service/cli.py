@@ -207,14 +207,18 @@ def serve(
     ),
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
     workers: Annotated[
-        int,
+        int | None,
         typer.Option(
             "--workers",
             min=0,
             max=64,
-            help="Processes that convert and validate, behind one HTTP process (one per core; 0: a thread of it).",
+            show_default=False,
+            help=(
+                "Processes that convert and validate, behind one HTTP process (0: a thread of it). "
+                "Default: one per CPU, at most 8."
+            ),
         ),
-    ] = 1,
+    ] = None,
 ) -> None:
     """Run the HTTP API (FastAPI on uvicorn). Needs CASEBRIDGE_API_KEYS; forwards to CASEBRIDGE_FHIR_BASE_URL."""
     import uvicorn
@@ -223,14 +227,14 @@ def serve(
     from service.api.logs import configure
     from service.api.protocol import http_protocol
     from service.api.services import Services
-    from service.runtime import settle_heap
+    from service.runtime import default_workers, settle_heap
 
     settings = cli_settings()
     if not settings.keys():
         fail(3, "configuration error: no API keys; set CASEBRIDGE_API_KEYS=NAME:SCOPE:SECRET[,...] (SCOPE ro or rw)")
     configure(settings.log_level)
     try:
-        services = Services.build(settings, processes=workers)
+        services = Services.build(settings, processes=default_workers() if workers is None else workers)
     except PackageError as exc:
         fail(2, f"{exc} (run `casebridge packages fetch`)")
     except MappingError as exc:

@@ -17,6 +17,7 @@ import httpx
 
 import service
 from service.config import PROJECT_ROOT
+from service.runtime import default_workers
 
 from .conftest import SEED
 from .test_api import KEYS, READ, RW, WRITE
@@ -166,7 +167,8 @@ def test_a_full_run_logs_json_lines_without_case_content(fhir_server: str, tmp_p
         )
         assert status == 401 and headers["content-type"].startswith("application/fhir+json"), (status, body)
         assert json.loads(body)["resourceType"] == "OperationOutcome"
-        assert serving.metric("casebridge_cpu_workers") == 1  # one worker process by default
+        # One worker process per CPU by default (at most 8), counted by the process tree, not just reported.
+        assert serving.metric("casebridge_cpu_workers") == default_workers() == len(_children(serving.process.pid))
     stderr = serving.stderr
     requests = [line for line in serving.log_lines() if line.get("message") == "request"]
     assert len(requests) >= 6, stderr[-2000:]
