@@ -4,6 +4,7 @@ server behind the API failing in the ways servers fail (refusal, 5xx, timeout), 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import logging
 from collections.abc import Iterator
@@ -27,6 +28,12 @@ from .test_api import FHIR_JSON, PATIENT, READ, RO, WRITE, bundle_of, is_outcome
 LIMIT = 64 * 1024  # a small body limit, so the oversized cases stay small
 CASE_JSON = {"Content-Type": "application/json"}
 YAML = {"Content-Type": "application/yaml"}
+XML = {"Content-Type": "application/fhir+xml"}
+XML_TRANSACTION = (
+    b'<Bundle xmlns="http://hl7.org/fhir"><type value="transaction"/><entry>'
+    b'<fullUrl value="urn:uuid:6a3e2a4c-1b2d-4e5f-8a9b-0c1d2e3f4a5b"/><resource><Patient>%s</Patient></resource>'
+    b'<request><method value="POST"/><url value="Patient"/></request></entry></Bundle>'
+)
 
 
 @pytest.fixture(scope="module")
@@ -396,6 +403,53 @@ BAD_INPUTS = [
         "structure",
         j({"resourceType": "Bundle", "type": "transaction", "entry": 5}),
         {**WRITE, **FHIR_JSON},
+    ),
+    Bad(
+        "XML element named like a JSON companion",  # it crashed the XML reader: a 500
+        "POST",
+        "/Patient/$validate",
+        400,
+        "structure",
+        b'<Patient xmlns="http://hl7.org/fhir"><name><_given/><given value="x"/></name></Patient>',
+        {**READ, **XML},
+    ),
+    Bad(
+        "XML narrative with an element in no namespace",  # likewise a 500
+        "POST",
+        "/bundles",
+        400,
+        "structure",
+        XML_TRANSACTION
+        % b'<text><status value="generated"/><div xmlns="http://www.w3.org/1999/xhtml"><p xmlns="">x</p></div></text>',
+        {**WRITE, **XML},
+    ),
+    Bad(
+        "XML attribute FHIR does not define",  # dropped, and the rest forwarded
+        "POST",
+        "/bundles",
+        400,
+        "structure",
+        XML_TRANSACTION % b'<gender value="female" foo="male"/>',
+        {**WRITE, **XML},
+    ),
+    Bad(
+        "XML number too large for JSON",  # forwarded, then refused by the FHIR server: a 502
+        "POST",
+        "/Observation/$validate",
+        400,
+        "structure",
+        b'<Observation xmlns="http://hl7.org/fhir"><status value="final"/><code><text value="x"/></code>'
+        b'<valueQuantity><value value="1e400"/></valueQuantity></Observation>',
+        {**READ, **XML},
+    ),
+    Bad(
+        "compressed body",  # not decompressed here: it was read as text and refused as 'not UTF-8'
+        "POST",
+        "/cases",
+        415,
+        "not-supported",
+        gzip.compress(b'{"case_id": "x"}'),
+        {**READ, **CASE_JSON, "Content-Encoding": "gzip"},
     ),
     Bad(
         "negative reference-range bound",  # a quantity, like the value it frames

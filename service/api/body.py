@@ -22,7 +22,11 @@ SOURCE = "request body"
 
 
 def media_type(request: Request, accepted: frozenset[str]) -> str:
-    """The request's media type, if accepted; else 415 naming what is."""
+    """The request's media type, if accepted; else 415 naming what is. A body in a content coding (gzip...) is
+    415 too (RFC 9110 15.5.16): it is not decompressed here, so it could only be misread."""
+    coding = request.headers.get("content-encoding", "").strip().lower()
+    if coding not in ("", "identity"):
+        raise ApiError.of(415, "not-supported", f"Content-Encoding {coding[:40]} is not accepted; send the body as is")
     value = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if value not in accepted:
         shown = value or "none"

@@ -6,10 +6,17 @@ with the type definitions (StructureDefinition snapshots) in hand: repeating ele
 typed names (``valueQuantity``), ``id`` and extensions of primitives go to ``_name``, the narrative
 ``div`` becomes its XHTML text, and contained or bundled resources are read with their own definitions.
 Parsing uses defusedxml: entity expansion and external references are refused.
+
+What FHIR XML cannot hold, and FHIR JSON could not carry on, is refused with its place rather than dropped:
+elements outside the FHIR namespace (but the narrative's XHTML ``div``), attributes other than ``value``,
+``id`` and an extension's ``url`` (and XML Schema's ``xsi:`` hints), text between elements, element names
+that begin with ``_`` (JSON's primitive companions), a narrative with elements outside XHTML, and numbers too
+large for JSON. Unknown FHIR elements are kept, so that validation reports them as the unknown elements they are.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 from xml.etree.ElementTree import Element, tostring
 
@@ -22,6 +29,7 @@ from service.validation.structure import DefinitionError, Definitions, ElementNo
 
 FHIR_NS = "http://hl7.org/fhir"
 XHTML_NS = "http://www.w3.org/1999/xhtml"
+XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"  # xsi:schemaLocation, as many FHIR XML files carry
 _NUMBERS = frozenset({"integer", "positiveInt", "unsignedInt", "integer64"})
 
 
@@ -87,7 +95,7 @@ class XmlReader:
         if tree is None or tree.kind != "resource":
             raise FhirXmlError(f"{source}: unknown resource type {type_code!r}")
         out: dict[str, Any] = {"resourceType": type_code}
-        self._complex(element, tree.root, tree, out, source)
+        self._complex(element, tree.root, tree, out, source, type_code, attributes=())  # a resource has no @id
         return out
 
     def _children(
@@ -103,35 +111,49 @@ class XmlReader:
         return (type_tree.root, type_tree) if type_tree is not None else (node, tree)
 
     def _complex(
-        self, element: Element, node: ElementNode, tree: StructureTree, out: dict[str, Any], source: str
+        self,
+        element: Element,
+        node: ElementNode,
+        tree: StructureTree,
+        out: dict[str, Any],
+        source: str,
+        path: str,
+        attributes: tuple[str, ...] = ("id", "url"),
     ) -> None:
         # FHIR XML puts only an element's id and an extension's url in attributes.
-        for attribute in ("id", "url"):
+        _check_attributes(element, attributes, source, path)
+        for attribute in attributes:
             if attribute in element.attrib:
                 out[attribute] = element.attrib[attribute]
+        _check_text(element.text, source, path)
         lookup: dict[str, tuple[ElementNode, str | None]] = {}
         for child in node.children.values():
             for json_name, implied in child.json_names().items():
                 lookup[json_name] = (child, implied)
         for child_element in element:
+            _check_text(child_element.tail, source, path)
             if not isinstance(child_element.tag, str):
                 continue  # comments, processing instructions
             ns, name = _local(child_element.tag)
-            if ns not in (FHIR_NS, XHTML_NS):
-                continue
-            if ns == XHTML_NS and name == "div":
-                out["div"] = tostring(child_element, encoding="unicode", default_namespace=XHTML_NS).replace(
-                    " />", "/>"
-                )
-                continue
+            where = f"{path}.{name}"
             found = lookup.get(name)
+            xhtml = found is not None and len(found[0].types) == 1 and found[0].types[0].code == "xhtml"
+            if ns == XHTML_NS and name == "div" and xhtml:
+                out["div"] = _xhtml(child_element, source, where)  # its attributes: the narrative rules judge them
+                continue
+            if ns != FHIR_NS or xhtml:
+                expected = "XHTML" if xhtml else "FHIR"
+                raise FhirXmlError(f"{source}: {where}: the element is not in the {expected} namespace")
+            if name.startswith("_") or (found is None and name == "resourceType"):
+                # JSON's names for a primitive's companion and a resource's type, which the reader writes itself
+                raise FhirXmlError(f"{source}: {where}: not a FHIR element name")
             if found is None:
                 # Kept, so that the validator reports it as the unknown element it is.
                 out.setdefault(name, self._loose(child_element))
                 continue
             child_node, implied = found
             type_code = implied or (child_node.types[0].code if len(child_node.types) == 1 else None)
-            value, companion = self._value(child_element, child_node, tree, type_code, source)
+            value, companion = self._value(child_element, child_node, tree, type_code, source, where)
             if child_node.repeats:
                 out.setdefault(name, []).append(value)
                 if companion is not None or f"_{name}" in out:
@@ -148,33 +170,62 @@ class XmlReader:
                 out[key].append(None)
 
     def _value(
-        self, element: Element, node: ElementNode, tree: StructureTree, type_code: str | None, source: str
+        self,
+        element: Element,
+        node: ElementNode,
+        tree: StructureTree,
+        type_code: str | None,
+        source: str,
+        path: str,
     ) -> tuple[Any, dict[str, Any] | None]:
         if type_code in ("Resource",) or (type_code and type_code[:1].isupper() and self._is_resource(type_code)):
-            inner = next((c for c in element if isinstance(c.tag, str)), None)
+            _check_attributes(element, (), source, path)
+            _check_text(element.text, source, path)
+            inner = None
+            for child in element:
+                _check_text(child.tail, source, path)
+                if isinstance(child.tag, str):
+                    if inner is not None:
+                        raise FhirXmlError(f"{source}: {path}: holds more than one resource")
+                    inner = child
             if inner is None:
                 return {}, None
-            return self._resource(inner, _local(inner.tag)[1], source), None
-        if type_code is not None and type_code[:1].islower() and type_code != "xhtml":
+            ns, name = _local(inner.tag)
+            if ns != FHIR_NS:
+                raise FhirXmlError(f"{source}: {path}.{name}: the element is not in the FHIR namespace")
+            return self._resource(inner, name, source), None
+        if type_code is not None and type_code[:1].islower():
+            # A primitive (the narrative's div, type xhtml, is met in _complex): a value, an id, extensions.
+            _check_attributes(element, ("value", "id"), source, path)
+            _check_text(element.text, source, path)
             raw = element.attrib.get("value")
             companion: dict[str, Any] = {}
             if "id" in element.attrib:
                 companion["id"] = element.attrib["id"]
-            extensions = [c for c in element if isinstance(c.tag, str) and _local(c.tag)[1] == "extension"]
+            extensions = []
+            for child in element:
+                _check_text(child.tail, source, path)
+                if not isinstance(child.tag, str):
+                    continue
+                if _local(child.tag) != (FHIR_NS, "extension"):
+                    name = _local(child.tag)[1]
+                    raise FhirXmlError(f"{source}: {path}.{name}: a primitive value holds only extensions")
+                extensions.append(child)
             if extensions:
                 ext_tree = self._tree("Extension")
                 companion["extension"] = [
-                    self._complex_value(e, ext_tree.root, ext_tree, source) if ext_tree else {} for e in extensions
+                    self._complex_value(e, ext_tree.root, ext_tree, source, f"{path}.extension") if ext_tree else {}
+                    for e in extensions
                 ]
-            return _primitive(raw, type_code), companion or None
-        if type_code == "xhtml":
-            return tostring(element, encoding="unicode", default_namespace=XHTML_NS), None
+            return _primitive(raw, type_code, source, path), companion or None
         inner_node, inner_tree = self._children(node, tree, type_code)
-        return self._complex_value(element, inner_node, inner_tree, source), None
+        return self._complex_value(element, inner_node, inner_tree, source, path), None
 
-    def _complex_value(self, element: Element, node: ElementNode, tree: StructureTree, source: str) -> dict[str, Any]:
+    def _complex_value(
+        self, element: Element, node: ElementNode, tree: StructureTree, source: str, path: str
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        self._complex(element, node, tree, out, source)
+        self._complex(element, node, tree, out, source, path)
         return out
 
     def _is_resource(self, type_code: str) -> bool:
@@ -185,7 +236,33 @@ class XmlReader:
         return element.attrib.get("value", {})
 
 
-def _primitive(raw: str | None, type_code: str) -> Any:
+def _check_attributes(element: Element, allowed: tuple[str, ...], source: str, path: str) -> None:
+    for name in element.attrib:
+        if name not in allowed and _local(name)[0] != XSI_NS:
+            raise FhirXmlError(f"{source}: {path}: the attribute {_local(name)[1]!r} is not FHIR XML")
+
+
+def _check_text(text: str | None, source: str, path: str) -> None:
+    if text is not None and text.strip():
+        raise FhirXmlError(f"{source}: {path}: text outside a value attribute is not FHIR XML")
+
+
+def _xhtml(element: Element, source: str, path: str) -> str:
+    """The narrative's XHTML as text, XHTML the default namespace (as FHIR JSON writes it), without the
+    whitespace that followed it in the document. (ElementTree's own ``default_namespace`` refuses attributes
+    in no namespace, which XHTML's are: ``class``, ``style``...)"""
+    for inner in element.iter():
+        if isinstance(inner.tag, str):  # not a comment or processing instruction
+            ns, name = _local(inner.tag)
+            if ns != XHTML_NS:
+                raise FhirXmlError(f"{source}: {path}: the narrative holds an element outside the XHTML namespace")
+            inner.tag = name
+    element.attrib = {"xmlns": XHTML_NS, **element.attrib}
+    element.tail = None
+    return tostring(element, encoding="unicode").replace(" />", "/>")
+
+
+def _primitive(raw: str | None, type_code: str, source: str, path: str) -> Any:
     if raw is None:
         return None
     if type_code == "boolean":
@@ -200,6 +277,8 @@ def _primitive(raw: str | None, type_code: str) -> Any:
             number = FhirDecimal(raw)
         except ValueError:
             return raw  # not a number: left as text, which validation reports
+        if not math.isfinite(number):
+            raise FhirXmlError(f"{source}: {path}: too large a number ({raw[:40]})")  # as JSON bodies are refused
         # A decimal keeps its digits (2.50 stays 2.50 when written as JSON); a plain integer is one.
         return int(raw) if raw.lstrip("-").isdigit() else number
     return raw
