@@ -224,7 +224,7 @@ def serve(
     import uvicorn
 
     from service.api.app import create_app
-    from service.api.logs import configure
+    from service.api.logs import configure, log_retry
     from service.api.protocol import http_protocol
     from service.api.services import Services
     from service.runtime import default_workers, settle_heap
@@ -233,6 +233,8 @@ def serve(
     if not settings.keys():
         fail(3, "configuration error: no API keys; set CASEBRIDGE_API_KEYS=NAME:SCOPE:SECRET[,...] (SCOPE ro or rw)")
     configure(settings.log_level)
+    # Not main()'s line on stderr: it names the URL (query and all) and quotes the FHIR server.
+    stamina.instrumentation.set_on_retry_hooks([log_retry])
     try:
         services = Services.build(settings, processes=default_workers() if workers is None else workers)
     except PackageError as exc:

@@ -59,7 +59,7 @@ def test_serve_needs_keys() -> None:
 class Serving:
     """`casebridge serve` started on a free port, ready (GET /healthz answered); its stderr once stopped."""
 
-    def __init__(self, fhir_server: str, tmp_path: Path, *args: str) -> None:
+    def __init__(self, fhir_server: str, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {
@@ -67,6 +67,7 @@ class Serving:
             "CASEBRIDGE_API_KEYS": KEYS,
             "CASEBRIDGE_FHIR_BASE_URL": fhir_server,
             "CASEBRIDGE_LOCK_DIR": str(tmp_path / "locks"),
+            **(env or {}),
         }
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port), *args],
@@ -216,6 +217,24 @@ def test_worker_processes_share_one_queue_and_a_killed_one_is_replaced(fhir_serv
         assert serving.metric("casebridge_cpu_worker_pools_replaced") == 2
     errors = [line for line in serving.log_lines() if line["level"] == "ERROR"]
     assert [e["message"] for e in errors] == ["a worker process stopped; starting 2 new ones"] * 2, errors
+
+
+def test_retries_of_an_unreachable_fhir_server_are_json_lines_without_the_request(tmp_path: Path) -> None:
+    """The CLI's retry line names the URL (query and all: a patient id) and quotes the server; while serving, a
+    retry is a JSON line with the request id and the error's type only."""
+    nowhere = f"http://127.0.0.1:{free_port()}/fhir"  # nothing listens there
+    with Serving(nowhere, tmp_path, "--workers", "0", env={"CASEBRIDGE_FHIR_RETRY_ATTEMPTS": "3"}) as serving:
+        response = httpx.get(
+            f"{serving.base}/diagnostic-reports",
+            params={"patient": "Mahanti-7731", "code": "forearm-calcinosis"},
+            headers={**READ, "X-Request-ID": "pull-7"},
+            timeout=60,
+        )
+        assert response.status_code == 503 and response.json()["resourceType"] == "OperationOutcome"
+    retries = [line for line in serving.log_lines() if line["message"] == "retrying a FHIR server request"]
+    assert len(retries) == 2 and {r["request_id"] for r in retries} == {"pull-7"}  # three attempts in all
+    assert retries[0]["error"] == "FhirTransportError" and retries[0]["upstream_status"] is None
+    assert "Mahanti" not in serving.stderr and "calcinosis" not in serving.stderr and nowhere not in serving.stderr
 
 
 def _children(pid: int) -> list[int]:

@@ -7,9 +7,11 @@ import contextvars
 import logging
 import sys
 
+import stamina.instrumentation
 from pythonjsonlogger.json import JsonFormatter
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+log = logging.getLogger("casebridge.api")
 
 
 class _RequestId(logging.Filter):
@@ -35,3 +37,18 @@ def configure(level: str = "INFO") -> None:
     # httpx logs every request's URL (with its query: patient ids) at INFO; uvicorn's access log likewise.
     for noisy in ("httpx", "httpcore", "uvicorn.access", "stamina", "sekmet"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def log_retry(details: stamina.instrumentation.RetryDetails) -> None:
+    """stamina's retry hook while serving: a JSON line with the request id, the error's type and the FHIR server's
+    status, never the error's text (the URL with its query, a patient id in it, and the server's own words)."""
+    caused_by = details.caused_by
+    log.warning(
+        "retrying a FHIR server request",
+        extra={
+            "attempt": details.retry_num,
+            "wait_s": round(details.wait_for, 2),
+            "error": type(caused_by).__name__,
+            "upstream_status": getattr(caused_by, "status", None),
+        },
+    )
