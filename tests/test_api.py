@@ -265,6 +265,35 @@ def test_an_invalid_bundle_is_422_and_not_forwarded(api: TestClient, fhir_server
     assert count(fhir_server, f"Patient?_id={nameless['id']}") == 0
 
 
+def test_entries_whose_effect_cannot_be_validated_are_refused(api: TestClient, fhir_server: str) -> None:
+    """A PATCH that removes the name IPS Patient requires passed (only its Parameters was validated); so did an
+    operation, and a PUT whose URL names another type than the resource validated."""
+    patient = {**PATIENT, "id": "4f3e2a4c-1b2d-4e5f-8a9b-0c1d2e3f4a5b"}
+    assert api.post("/bundles", json=bundle_of(patient), headers={**WRITE, **FHIR_JSON}).status_code == 200
+    remove_name = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {
+                "name": "operation",
+                "part": [{"name": "type", "valueCode": "delete"}, {"name": "path", "valueString": "Patient.name"}],
+            }
+        ],
+    }
+    observation = {"resourceType": "Observation", "id": patient["id"], "status": "final", "code": {"text": "x"}}
+    for request, resource, where, words in (
+        ({"method": "PATCH", "url": f"Patient/{patient['id']}"}, remove_name, "method", "PATCH"),
+        ({"method": "POST", "url": f"Patient/{patient['id']}/$meta-add"}, remove_name, "url", "operations"),
+        ({"method": "PUT", "url": f"Patient/{patient['id']}"}, observation, "url", "'Patient'"),
+    ):
+        entry = {"fullUrl": "urn:uuid:5f3e2a4c-1b2d-4e5f-8a9b-0c1d2e3f4a5b", "resource": resource, "request": request}
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [entry]}
+        body = is_outcome(api.post("/bundles", json=bundle, headers={**WRITE, **FHIR_JSON}), 422)
+        refused = [i for i in body["issue"] if i["expression"] == [f"Bundle.entry[0].request.{where}"]]
+        assert refused and words in refused[0]["details"]["text"], body
+    stored = httpx.get(f"{fhir_server}/Patient/{patient['id']}", timeout=10).json()
+    assert stored["name"] == PATIENT["name"] and stored["resourceType"] == "Patient"
+
+
 # -- GET /diagnostic-reports ------------------------------------------------------------------------------------
 
 

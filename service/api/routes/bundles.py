@@ -15,7 +15,7 @@ from service.api.errors import ApiError
 from service.api.outcomes import FhirResponse, error_outcome
 from service.api.workers import Workbench
 from service.push import push_bundle
-from service.validation.inbound import with_inbound_profiles
+from service.validation.inbound import uncheckable_entries, with_inbound_profiles
 from service.validation.validator import Issue
 
 router = APIRouter(tags=["bundles"])
@@ -26,7 +26,8 @@ router = APIRouter(tags=["bundles"])
     summary="Validate a transaction Bundle, then forward it to the FHIR server",
     description=(
         "Invalid (errors against base R4, the profiles its resources claim, or the configured inbound profiles in "
-        "mappings/inbound-profiles.yaml): 422 with the OperationOutcome, and nothing is forwarded. Valid: sent as "
+        "mappings/inbound-profiles.yaml), or an entry whose effect cannot be validated (PATCH, an operation, a URL "
+        "for another type than its resource): 422 with the OperationOutcome, and nothing is forwarded. Valid: sent as "
         "one transaction; the answer is the FHIR server's transaction-response. Upstream failures: 502/503/504 "
         "with an OperationOutcome saying what happened upstream."
     ),
@@ -87,4 +88,4 @@ def _check(bench: Workbench, data: bytes, media: str) -> tuple[dict[str, Any], l
     if bundle.get("resourceType") != "Bundle" or bundle.get("type") != "transaction":
         raise ApiError(422, error_outcome("invalid", "only a transaction Bundle can be forwarded", "Bundle.type"))
     checked = with_inbound_profiles(bundle, bench.inbound_profiles)
-    return bundle, bench.validator.validate(checked)
+    return bundle, [*bench.validator.validate(checked), *uncheckable_entries(bundle)]
