@@ -15,6 +15,8 @@ import yaml
 from fastapi.testclient import TestClient
 
 from service.api.app import create_app
+from service.api.errors import ApiError
+from service.api.routes.reports import _format
 from service.config import Settings
 
 from . import loopback
@@ -133,6 +135,34 @@ def test_health_answers_head_and_negotiation_honours_quality(api: TestClient, pu
         headers={**READ, "Accept": "application/fhir+json;q=0.5, text/csv"},
     )
     assert preferred.headers["content-type"].startswith("text/csv")
+
+
+@pytest.mark.parametrize(
+    ("accept", "chosen"),
+    [
+        ("", "json"),
+        ("*/*", "json"),
+        ("application/*", "json"),
+        ("application/json", "json"),
+        ("text/csv, application/fhir+json", "csv"),  # equal quality: the range named first
+        ("application/x-ndjson;q=0.9, */*;q=0.8", "ndjson"),
+        # A specific q=0 is not overridden by a wider range that also covers it (RFC 9110 12.5.1).
+        ("application/fhir+json;q=0, */*", "ndjson"),
+        ("application/fhir+json;q=0, application/json", None),  # what would be answered was refused
+        ("text/*", "csv"),
+        ("text/*;q=0.1, application/fhir+ndjson;q=0.2", "ndjson"),
+        ("*/*;q=0, text/csv", "csv"),
+        ("text/html, image/*", None),
+    ],
+)
+def test_accept_is_read_as_rfc_9110_says(accept: str, chosen: str | None) -> None:
+    if chosen is None:
+        with pytest.raises(ApiError) as refused:
+            _format(None, accept)
+        assert refused.value.status == 406
+    else:
+        assert _format(None, accept) == chosen
+    assert _format("csv", accept) == "csv"  # _format wins
 
 
 def test_not_ready_when_the_fhir_server_is_unreachable(tmp_path: Path) -> None:

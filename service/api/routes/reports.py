@@ -22,13 +22,11 @@ router = APIRouter(tags=["reports"])
 MEDIA = {"json": "application/fhir+json", "ndjson": "application/fhir+ndjson", "csv": "text/csv; charset=utf-8"}
 
 
+# What each format answers as, then the other names a client may ask for it by; in the server's order of preference.
 _OFFERED = {
-    "application/fhir+json": "json",
-    "application/json": "json",
-    "application/fhir+ndjson": "ndjson",
-    "application/ndjson": "ndjson",
-    "application/x-ndjson": "ndjson",
-    "text/csv": "csv",
+    "json": ("application/fhir+json", "application/json"),
+    "ndjson": ("application/fhir+ndjson", "application/ndjson", "application/x-ndjson"),
+    "csv": ("text/csv",),
 }
 
 
@@ -36,13 +34,15 @@ _QVALUE = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")
 
 
 def _format(requested: str | None, accept: str) -> str:
-    """``_format`` wins; else the Accept header, by quality (q=0: not acceptable); JSON when nothing is asked."""
+    """``_format`` wins; else the Accept header as RFC 9110 (12.5.1) reads it: each format takes the quality of
+    the most specific range that names it (its type, then ``type/*``, then ``*/*``; q=0: not acceptable); the
+    highest quality wins, then the range named first, then the server's order. JSON when nothing is asked."""
     if requested is not None:
         return requested
     if not accept.strip():
         return "json"
-    best: tuple[float, int, str] | None = None
-    for position, part in enumerate(accept.split(",")):
+    ranges: list[tuple[str, float]] = []
+    for part in accept.split(","):
         media, *params = (p.strip() for p in part.split(";"))
         quality = 1.0
         for param in params:
@@ -50,12 +50,18 @@ def _format(requested: str | None, accept: str) -> str:
             if name.strip().lower() == "q":
                 # RFC 9110's qvalue (0 to 1, three decimals at most); anything else ("nan", "2") is not acceptable.
                 quality = float(value) if _QVALUE.fullmatch(value.strip()) else 0.0
-        media = media.lower()
-        choice = _OFFERED.get(media) or ("json" if media in ("*/*", "application/*") else None)
-        if choice is None or quality <= 0:
-            continue
-        if best is None or (quality, -position) > (best[0], -best[1]):
-            best = (quality, position, choice)
+        ranges.append((media.lower(), quality))
+    best: tuple[float, int, int, str] | None = None
+    for preference, (choice, names) in enumerate(_OFFERED.items()):
+        kind = names[0].split("/")[0]
+        # The most specific range that applies decides: the type answered, another name for it, type/*, */*.
+        for patterns in (names[:1], names[1:], (f"{kind}/*",), ("*/*",)):
+            matched = [(quality, -position) for position, (media, quality) in enumerate(ranges) if media in patterns]
+            if matched:
+                quality, position = max(matched)
+                if quality > 0 and (best is None or (quality, position, -preference) > best[:3]):
+                    best = (quality, position, -preference, choice)
+                break
     if best is None:
         raise ApiError.of(
             406,
@@ -63,7 +69,7 @@ def _format(requested: str | None, accept: str) -> str:
             "none of the Accept types is offered: application/fhir+json, "
             "application/fhir+ndjson, text/csv (or _format=json|ndjson|csv)",
         )
-    return best[2]
+    return best[3]
 
 
 @router.get(
