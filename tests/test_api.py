@@ -430,6 +430,11 @@ def test_openapi_has_examples_for_every_endpoint(api: TestClient) -> None:
     assert len(operations) == 9  # with HEAD on /healthz and /readyz
     ids = [op["operationId"] for _, _, op in operations]
     assert len(set(ids)) == len(ids), ids  # client generators need them unique
+    # An invalid parameter is a 400 OperationOutcome, not FastAPI's 422 'Validation Error'.
+    assert "HTTPValidationError" not in json.dumps(document)
+    documented = {(path, method): set(op["responses"]) for path, method, op in operations}
+    assert {"400", "404"} <= documented[("/{resource_type}/$validate", "post")]
+    assert "406" in documented[("/diagnostic-reports", "get")] and "503" in documented[("/readyz", "get")]
     for path, method, op in operations:
         if method == "head":  # headers only: its GET twin carries the example
             assert "get" in document["paths"][path] and "200" in op["responses"], path
@@ -441,6 +446,11 @@ def test_openapi_has_examples_for_every_endpoint(api: TestClient) -> None:
             if "example" in media or "examples" in media
         ]
         assert examples, f"{method} {path}: no response example"
+        for status, response in op["responses"].items():
+            if int(status) >= 400:  # every error documented as the OperationOutcome it is, with an example
+                media = response.get("content", {})
+                assert list(media) == ["application/fhir+json"], f"{method} {path} {status}: {list(media)}"
+                assert media["application/fhir+json"]["example"]["resourceType"] == "OperationOutcome"
         if method == "post":
             bodies = op["requestBody"]["content"].values()
             assert any("example" in media for media in bodies), f"{method} {path}: no request example"

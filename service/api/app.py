@@ -91,6 +91,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(case.pop("$defs", {}))
             components["CaseReport"] = case
+            _without_fastapi_422(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -102,3 +103,16 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             return FhirResponse(openapi(), media_type="application/json")
 
     return app
+
+
+def _without_fastapi_422(schema: dict[str, Any]) -> None:
+    """FastAPI documents a 422 'Validation Error' for every operation with parameters; ours answer an invalid
+    parameter with a 400 OperationOutcome (service.api.errors), which each operation documents itself."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            response = operation.get("responses", {}).get("422", {})
+            media = response.get("content", {}).get("application/json", {})
+            if media.get("schema", {}).get("$ref") == "#/components/schemas/HTTPValidationError":
+                del operation["responses"]["422"]
+    for name in ("HTTPValidationError", "ValidationError"):
+        schema.get("components", {}).get("schemas", {}).pop(name, None)

@@ -44,20 +44,24 @@ OUTCOME_INVALID: dict[str, Any] = {
         }
     ],
 }
-OUTCOME_AUTH: dict[str, Any] = {
-    "resourceType": "OperationOutcome",
-    "issue": [{"severity": "error", "code": "login", "diagnostics": "unknown API key"}],
-}
-OUTCOME_UPSTREAM: dict[str, Any] = {
-    "resourceType": "OperationOutcome",
-    "issue": [
-        {
-            "severity": "error",
-            "code": "transient",
-            "diagnostics": "the FHIR server did not answer: POST http://hapi:8080/fhir failed: ConnectError",
-        }
-    ],
-}
+
+
+def _error(code: str, text: str) -> dict[str, Any]:
+    return {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": code, "diagnostics": text}]}
+
+
+OUTCOME_AUTH = _error("login", "unknown API key")
+OUTCOME_NOT_TYPE = _error("not-supported", "'Spaceship' is not a FHIR R4 resource type")
+OUTCOME_NOT_ACCEPTABLE = _error(
+    "not-supported",
+    "none of the Accept types is offered: application/fhir+json, application/fhir+ndjson, text/csv "
+    "(or _format=json|ndjson|csv)",
+)
+OUTCOME_NOT_READY = _error("transient", "the FHIR server is not reachable (no answer within 3 s)")
+OUTCOME_BUSY = _error("transient", "busy: too much validation waiting; try again shortly")
+OUTCOME_UPSTREAM = _error(
+    "transient", "the FHIR server did not answer: POST http://hapi:8080/fhir failed: ConnectError"
+)
 
 
 @lru_cache(maxsize=1)
@@ -91,3 +95,7 @@ UPSTREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
     ),
     504: outcome_response("The FHIR server did not answer in time (OperationOutcome).", OUTCOME_UPSTREAM),
 }
+BUSY_RESPONSE = outcome_response(
+    "Too much work waiting, or a conversion process stopped: try again after Retry-After (OperationOutcome).",
+    OUTCOME_BUSY,
+)

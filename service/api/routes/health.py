@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
+from service.api import examples
 from service.api.deps import ServicesDep
 from service.api.errors import ApiError
 from service.api.outcomes import issue, outcome
@@ -51,7 +52,7 @@ async def healthz() -> dict[str, str]:
                 }
             }
         },
-        503: {"description": "Not ready (OperationOutcome saying why)."},
+        503: examples.outcome_response("Not ready (OperationOutcome saying why).", examples.OUTCOME_NOT_READY),
     },
 )
 async def readyz(services: ServicesDep) -> dict[str, Any]:

@@ -88,6 +88,9 @@ def _format(requested: str | None, accept: str) -> str:
             },
         },
         400: examples.outcome_response("A filter that is not valid (OperationOutcome).", examples.OUTCOME_INVALID),
+        406: examples.outcome_response(
+            "None of the Accept types is offered (OperationOutcome).", examples.OUTCOME_NOT_ACCEPTABLE
+        ),
         **{k: v for k, v in examples.UPSTREAM_RESPONSES.items() if k != 403},
         401: examples.AUTH_RESPONSES[401],
     },

@@ -52,9 +52,13 @@ def _from_parameters(doc: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
             "content": examples.fhir_content(examples.OUTCOME_INVALID),
         },
         400: examples.outcome_response(
-            "Unreadable content, wrong or unknown type, unknown profile.", examples.OUTCOME_INVALID
+            "Unreadable content, content of another type than the path's, an unknown profile, an invalid "
+            "parameter (OperationOutcome).",
+            examples.OUTCOME_INVALID,
         ),
+        404: examples.outcome_response("Not a FHIR R4 resource type (OperationOutcome).", examples.OUTCOME_NOT_TYPE),
         **examples.AUTH_RESPONSES,
+        503: examples.BUSY_RESPONSE,
     },
     openapi_extra={
         "requestBody": {
