@@ -504,6 +504,9 @@ class Upstream:
         await request.body()
         if self.mode == "slow":
             await asyncio.sleep(2)
+        if self.mode == "unavailable":  # for longer than the client waits itself (30 s)
+            down = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "transient"}]}
+            return JSONResponse(down, status_code=503, headers={"Retry-After": "120"})
         if self.mode == "refuse":
             return JSONResponse(
                 {
@@ -547,15 +550,23 @@ def failing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClie
 
 @pytest.mark.parametrize(
     ("mode", "status", "words"),
-    [("refuse", 502, "HAPI-0550"), ("crash", 502, "database down"), ("slow", 504, "timed out")],
+    [
+        ("refuse", 502, "HAPI-0550"),
+        ("crash", 502, "database down"),
+        ("slow", 504, "timed out"),
+        ("unavailable", 503, "unavailable (503)"),
+    ],
 )
-def test_upstream_failures_are_502_or_504_with_what_happened(
+def test_upstream_failures_are_502_503_or_504_with_what_happened(
     failing: tuple[TestClient, Upstream], mode: str, status: int, words: str
 ) -> None:
     client, upstream = failing
     upstream.mode = mode
-    body = is_outcome(client.post("/bundles", json=bundle_of(PATIENT), headers={**WRITE, **FHIR_JSON}), status)
+    response = client.post("/bundles", json=bundle_of(PATIENT), headers={**WRITE, **FHIR_JSON})
+    body = is_outcome(response, status)
     assert words in json.dumps(body)
+    # The server's own Retry-After, beyond what the client waits itself, is passed on rather than lost.
+    assert response.headers.get("retry-after") == ("120" if mode == "unavailable" else None)
     assert body["issue"][0]["diagnostics"].startswith(("the FHIR server", "upstream"))
 
 

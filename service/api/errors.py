@@ -78,6 +78,12 @@ def upstream_error(exc: FhirError) -> ApiError:
     elif isinstance(exc, AuthError):
         status = 502
         text = f"the FHIR server's token endpoint refused us: {exc}"
+    elif isinstance(exc, FhirHttpError) and exc.status == 503:
+        # Unavailable for now (maintenance, overload), and it may say for how long: the client's to wait, not ours.
+        status = 503
+        text = "the FHIR server is unavailable (503)"
+        if exc.retry_after is not None:
+            headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     elif isinstance(exc, FhirHttpError):
         status = 502
         text = f"the FHIR server answered {exc.status}"
