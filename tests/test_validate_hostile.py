@@ -187,3 +187,45 @@ def test_a_validator_defect_is_reported_without_the_exception_text() -> None:
     )
     assert "(RuntimeError)" in result.stdout and "Jane" not in result.stdout, result.stdout
     assert "unforeseen input: RuntimeError" in result.stderr and "Jane" not in result.stderr, result.stderr
+
+
+def test_what_input_names_does_not_grow_the_caches(validator: Validator) -> None:
+    """A long-running service meets unknown code systems, target types and XML names without end: the caches
+    remember only what the definitions know (a coding's system, a Reference(Any)'s target type and an XML root
+    name were each remembered once per distinct value)."""
+    from service.fhir.xml import FhirXmlError, XmlReader
+
+    reader = XmlReader(validator.definitions)
+
+    def rounds(start: int) -> None:
+        for n in range(start, start + 50):
+            observation = {
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"coding": [{"system": f"http://example.org/cs/{n}", "code": "x"}]},
+            }
+            provenance = {
+                "resourceType": "Provenance",
+                "contained": [{"resourceType": f"Spaceship{n}", "id": "t"}],
+                "target": [{"reference": "#t"}],
+                "recorded": "2026-01-01T00:00:00Z",
+                "agent": [{"who": {"display": "x"}}],
+            }
+            assert validator.validate(observation) is not None and validator.validate(provenance)
+            with pytest.raises(FhirXmlError):
+                reader.read(f'<Spaceship{n} xmlns="http://hl7.org/fhir"/>'.encode(), "x.xml")
+
+    def sizes() -> tuple[int, ...]:
+        terminology = validator.terminology
+        return (
+            len(terminology._systems),
+            len(terminology._expansions),
+            len(validator._target_profile_cache),
+            len(validator._trees),
+            len(reader._trees),
+        )
+
+    rounds(0)
+    before = sizes()
+    rounds(1000)
+    assert sizes() == before

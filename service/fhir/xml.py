@@ -66,8 +66,10 @@ class XmlReader:
     def _tree(self, type_code: str) -> StructureTree | None:
         if type_code not in self._trees:
             sd = self.definitions.core_definition(type_code)
+            if sd is None:
+                return None  # not remembered: names come from input, and unknown ones would grow the cache forever
             try:
-                self._trees[type_code] = compile_structure(sd) if sd and sd.get("snapshot") else None
+                self._trees[type_code] = compile_structure(sd) if sd.get("snapshot") else None
             except DefinitionError:
                 self._trees[type_code] = None
         return self._trees[type_code]

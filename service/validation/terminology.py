@@ -91,6 +91,8 @@ class Terminology:
         if url in self._systems:
             return self._systems[url]
         cs = self.definitions.get(url)
+        if cs is None:
+            return None  # not remembered: systems come from input, and unknown ones would grow the cache forever
         info = None
         if cs is not None and cs.get("resourceType") == "CodeSystem":
             codes: dict[str, str] = {}

@@ -857,7 +857,8 @@ class Validator:
             ):
                 found = []
             cached = (node, tuple(found))
-            if self._all_known(node):
+            # Not remembered for a type nobody defines: target types come from input (a Reference(Any) takes any).
+            if self._all_known(node) and self.type_tree(target_type) is not None:
                 self._target_profile_cache[key] = cached
         profiles = cached[1]
         if not profiles:
