@@ -56,11 +56,12 @@ def _format(requested: str | None, accept: str) -> str:
         kind = names[0].split("/")[0]
         # The most specific range that applies decides: the type answered, another name for it, type/*, */*.
         for patterns in (names[:1], names[1:], (f"{kind}/*",), ("*/*",)):
+            # (quality, -position): the highest quality, then the range named first
             matched = [(quality, -position) for position, (media, quality) in enumerate(ranges) if media in patterns]
             if matched:
-                quality, position = max(matched)
-                if quality > 0 and (best is None or (quality, position, -preference) > best[:3]):
-                    best = (quality, position, -preference, choice)
+                quality, earliest = max(matched)
+                if quality > 0 and (best is None or (quality, earliest, -preference) > best[:3]):
+                    best = (quality, earliest, -preference, choice)
                 break
     if best is None:
         raise ApiError.of(
