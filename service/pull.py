@@ -10,7 +10,7 @@ import csv
 import datetime as dt
 import io
 import re
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,11 +120,16 @@ def to_ndjson(pulled: PulledReports) -> bytes:
 
 
 def to_csv(pulled: PulledReports) -> str:
+    return csv_rows([CSV_COLUMNS, *(report_row(r, pulled.included) for r in pulled.reports)])
+
+
+def csv_rows(rows: Iterable[Sequence[str]]) -> str:
+    """Rows as CSV (RFC 4180: CRLF line ends), each cell defused. With CRLF, csv quotes a cell holding a lone CR
+    too; with LF alone it did not, and a CR in a conclusion started a new row in a spreadsheet."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for report in pulled.reports:
-        writer.writerow([_cell(v) for v in report_row(report, pulled.included)])
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    for row in rows:
+        writer.writerow([_cell(v) for v in row])
     return buffer.getvalue()
 
 
@@ -238,13 +243,15 @@ def _local(reference: str) -> str:
     return "/".join(parts[-2:])
 
 
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# What a spreadsheet may run as a formula: =, +, -, @ (or their full-width forms) after any white space, or a
+# leading tab or CR.
+_FORMULA = re.compile(r"\s*[=+\-@\uff1d\uff0b\uff0d\uff20]|[\t\r]")
 _NUMBER = re.compile(r"-?\d+(\.\d+)?")
 
 
 def _cell(text: str) -> str:
     # Spreadsheet formula injection: a cell a spreadsheet would evaluate gets a leading apostrophe.
-    if text.startswith(_FORMULA_START) and not _NUMBER.fullmatch(text):
+    if _FORMULA.match(text) and not _NUMBER.fullmatch(text):
         return "'" + text
     return text
 
@@ -271,9 +278,7 @@ async def stream_reports(pages: AsyncIterator[dict[str, Any]], fmt: str, base_ur
     if fmt == "json":
         yield b'{"resourceType":"Bundle","type":"searchset","entry":['
     elif fmt == "csv":
-        header = io.StringIO()
-        csv.writer(header, lineterminator="\n").writerow(CSV_COLUMNS)
-        yield header.getvalue().encode()
+        yield csv_rows([CSV_COLUMNS]).encode()
     first = True
     async for page in pages:
         chunk: list[bytes] = []
@@ -300,11 +305,7 @@ async def stream_reports(pages: AsyncIterator[dict[str, Any]], fmt: str, base_ur
             elif fmt == "ndjson" and is_match:
                 chunk.append(orjson.dumps(resource) + b"\n")
         if fmt == "csv" and page_reports:
-            buffer = io.StringIO()
-            writer = csv.writer(buffer, lineterminator="\n")
-            for report in page_reports:
-                writer.writerow([_cell(v) for v in report_row(report, included)])
-            chunk.append(buffer.getvalue().encode())
+            chunk.append(csv_rows(report_row(report, included) for report in page_reports).encode())
         if chunk:
             yield b"".join(chunk)
     if fmt == "json":

@@ -422,3 +422,25 @@ def test_csv_cells_a_spreadsheet_would_run_are_defused() -> None:
     assert _cell("@SUM(A1)") == "'@SUM(A1)"
     assert _cell("-2.5") == "-2.5"  # a number stays a number
     assert _cell("Dystrophic calcification") == "Dystrophic calcification"
+    # After white space, and in full-width forms, a spreadsheet may still read a formula.
+    assert _cell(" =1+1") == "' =1+1" and _cell("\u3000=1+1") == "'\u3000=1+1" and _cell("\uff1d1+1") == "'\uff1d1+1"
+
+
+def test_a_cr_or_lf_in_a_cell_never_starts_a_row() -> None:
+    """A lone CR was written unquoted (csv quotes only its line terminator's characters, LF then): a spreadsheet
+    read the rest as a new row, starting with a formula the first-character check never saw."""
+    import csv
+    import io
+
+    from service.pull import CSV_COLUMNS, PulledReports, to_csv
+
+    conclusions = ["Benign lesion\r=cmd|' /C calc'!A0", "two\nlines", "crlf\r\nend", "\r=1+1"]
+    reports = [
+        {"resourceType": "DiagnosticReport", "id": f"r{i}", "status": "final", "code": {"text": "x"}, "conclusion": c}
+        for i, c in enumerate(conclusions)
+    ]
+    text = to_csv(PulledReports(reports=reports))
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    assert rows[0] == list(CSV_COLUMNS) and len(rows) == 1 + len(conclusions)
+    column = CSV_COLUMNS.index("conclusion")
+    assert [r[column] for r in rows[1:]] == [*conclusions[:3], "'\r=1+1"]
