@@ -98,14 +98,14 @@ NARRATIVE = b'<text><status value="generated"/><div xmlns="http://www.w3.org/199
         (P + b'<gender xmlns="" value="male"/></Patient>', "Patient.gender: the element is not in the FHIR namespace"),
         (P + b'<x:gender xmlns:x="urn:x" value="male"/></Patient>', "Patient.gender: the element is not in the FHIR"),
         (P + b'<gender value="female" foo="male"/></Patient>', "Patient.gender: the attribute 'foo' is not FHIR"),
-        (P + b'<name foo="x"><family value="Doe"/></name></Patient>', "Patient.name: the attribute 'foo'"),
+        (P + b'<name foo="x"><family value="Doe"/></name></Patient>', "Patient.name[0]: the attribute 'foo'"),
         (P + b'<gender value="female">male</gender></Patient>', "Patient.gender: text outside a value attribute"),
-        (P + b'<name>Jane<family value="Doe"/></name></Patient>', "Patient.name: text outside a value attribute"),
-        (P + b'<name><family value="Doe"/>Jane</name></Patient>', "Patient.name: text outside a value attribute"),
+        (P + b'<name>Jane<family value="Doe"/></name></Patient>', "Patient.name[0]: text outside a value attribute"),
+        (P + b'<name><family value="Doe"/>Jane</name></Patient>', "Patient.name[0]: text outside a value attribute"),
         (P + b'<gender value="female"><foo/></gender></Patient>', "Patient.gender.foo: a primitive value holds only"),
         (b'<Patient xmlns="http://hl7.org/fhir" id="x"/>', "Patient: the attribute 'id' is not FHIR XML"),
         # JSON's names: a primitive's companion (it crashed the reader before a repeating element), the type.
-        (P + b'<name><_given/><given value="x"/></name></Patient>', "Patient.name._given: not a FHIR element name"),
+        (P + b'<name><_given/><given value="x"/></name></Patient>', "Patient.name[0]._given: not a FHIR element name"),
         (P + b'<_identifier/><identifier><value value="x"/></identifier></Patient>', "not a FHIR element name"),
         (P + b'<resourceType value="Observation"/></Patient>', "Patient.resourceType: not a FHIR element name"),
         # The narrative: XHTML only (an element in no namespace crashed the reader), a div in XHTML's namespace.
@@ -118,7 +118,27 @@ NARRATIVE = b'<text><status value="generated"/><div xmlns="http://www.w3.org/199
         (
             b'<Bundle xmlns="http://hl7.org/fhir"><type value="collection"/><entry><resource>'
             b"<Patient/><Patient/></resource></entry></Bundle>",
-            "Bundle.entry.resource: holds more than one resource",
+            "Bundle.entry[0].resource: holds more than one resource",
+        ),
+        # An element that does not repeat, twice (the last one won; JSON's duplicate keys are refused).
+        (P + b'<gender value="male"/><gender value="female"/></Patient>', "Patient.gender: appears more than once"),
+        (
+            P + b'<text><status value="generated"/><div xmlns="http://www.w3.org/1999/xhtml">a</div>'
+            b'<div xmlns="http://www.w3.org/1999/xhtml">b</div></text></Patient>',
+            "Patient.text.div: appears more than once",
+        ),
+        (
+            b'<Bundle xmlns="http://hl7.org/fhir"><type value="collection"/><entry><resource><Patient/></resource>'
+            b"<resource><Patient/></resource></entry></Bundle>",
+            "Bundle.entry[0].resource: appears more than once",
+        ),
+        # The place inside a Bundle, as validation names it.
+        (
+            b'<Bundle xmlns="http://hl7.org/fhir"><type value="collection"/>'
+            b'<entry><resource><Observation><status value="final"/></Observation></resource></entry>'
+            b'<entry><resource><Observation><status value="final" foo="1"/></Observation></resource></entry>'
+            b"</Bundle>",
+            "Bundle.entry[1].resource.status: the attribute 'foo'",
         ),
         # Numbers JSON cannot carry (a JSON body with one is refused too; this one reached the FHIR server).
         (
@@ -131,6 +151,18 @@ NARRATIVE = b'<text><status value="generated"/><div xmlns="http://www.w3.org/199
 def test_what_fhir_xml_cannot_hold_is_refused_with_its_place(reader: XmlReader, xml: bytes, words: str) -> None:
     with pytest.raises(FhirXmlError, match=re.escape(words)):
         reader.read(xml, "x.xml")
+
+
+@pytest.mark.parametrize("text", ["+5", "007", " 7 ", "1_000", "\u0664\u0662", "4.0", "0x10"])
+def test_integers_are_read_by_fhirs_grammar_only(reader: XmlReader, text: str) -> None:
+    """int() took all of these ("+5" -> 5, Arabic-Indic digits -> 42...), and validation saw a good number; left as
+    text, validation reports what it is, as it does for the same string in JSON."""
+    xml = (
+        b'<Observation xmlns="http://hl7.org/fhir"><status value="final"/><code><text value="x"/></code>'
+        b'<valueInteger value="%s"/></Observation>' % text.encode()
+    )
+    assert reader.read(xml, "x.xml")["valueInteger"] == text
+    assert reader.read(xml.replace(text.encode(), b"-42"), "x.xml")["valueInteger"] == -42
 
 
 def test_narrative_attributes_schema_hints_and_layout(reader: XmlReader) -> None:

@@ -17,6 +17,7 @@ large for JSON. Unknown FHIR elements are kept, so that validation reports them 
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 from xml.etree.ElementTree import Element, tostring
 
@@ -31,6 +32,7 @@ FHIR_NS = "http://hl7.org/fhir"
 XHTML_NS = "http://www.w3.org/1999/xhtml"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"  # xsi:schemaLocation, as many FHIR XML files carry
 _NUMBERS = frozenset({"integer", "positiveInt", "unsignedInt", "integer64"})
+_INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")
 
 
 class FhirXmlError(CasebridgeError):
@@ -92,12 +94,14 @@ class XmlReader:
         except RecursionError as exc:
             raise FhirXmlError(f"{source}: the XML nests too deep to read") from exc
 
-    def _resource(self, element: Element, type_code: str, source: str) -> dict[str, Any]:
+    def _resource(self, element: Element, type_code: str, source: str, path: str | None = None) -> dict[str, Any]:
+        """``path``: where a contained or bundled resource stands (``Bundle.entry[1].resource``)."""
         tree = self._tree(type_code)
         if tree is None or tree.kind != "resource":
-            raise FhirXmlError(f"{source}: unknown resource type {type_code!r}")
+            raise FhirXmlError(f"{source}: {path + ': ' if path else ''}unknown resource type {type_code!r}")
         out: dict[str, Any] = {"resourceType": type_code}
-        self._complex(element, tree.root, tree, out, source, type_code, attributes=())  # a resource has no @id
+        # A resource has no @id: its id is an element.
+        self._complex(element, tree.root, tree, out, source, path or type_code, attributes=())
         return out
 
     def _children(
@@ -132,13 +136,20 @@ class XmlReader:
         for child in node.children.values():
             for json_name, implied in child.json_names().items():
                 lookup[json_name] = (child, implied)
+        seen: set[str] = set()
         for child_element in element:
             _check_text(child_element.tail, source, path)
             if not isinstance(child_element.tag, str):
                 continue  # comments, processing instructions
             ns, name = _local(child_element.tag)
-            where = f"{path}.{name}"
             found = lookup.get(name)
+            repeats = found is not None and found[0].repeats
+            # Places as validation names them: Bundle.entry[1].resource.status
+            where = f"{path}.{name}[{len(out.get(name) or ())}]" if repeats else f"{path}.{name}"
+            if name in seen and not repeats:
+                # JSON's duplicate keys are refused; in XML the last one silently won.
+                raise FhirXmlError(f"{source}: {where}: appears more than once, but the element does not repeat")
+            seen.add(name)
             xhtml = found is not None and len(found[0].types) == 1 and found[0].types[0].code == "xhtml"
             if ns == XHTML_NS and name == "div" and xhtml:
                 out["div"] = _xhtml(child_element, source, where)  # its attributes: the narrative rules judge them
@@ -195,7 +206,7 @@ class XmlReader:
             ns, name = _local(inner.tag)
             if ns != FHIR_NS:
                 raise FhirXmlError(f"{source}: {path}.{name}: the element is not in the FHIR namespace")
-            return self._resource(inner, name, source), None
+            return self._resource(inner, name, source, path), None
         if type_code is not None and type_code[:1].islower():
             # A primitive (the narrative's div, type xhtml, is met in _complex): a value, an id, extensions.
             _check_attributes(element, ("value", "id"), source, path)
@@ -270,9 +281,12 @@ def _primitive(raw: str | None, type_code: str, source: str, path: str) -> Any:
     if type_code == "boolean":
         return {"true": True, "false": False}.get(raw, raw)
     if type_code in _NUMBERS:
+        # FHIR's integer grammar only: int() would also take "+5", "007", " 7 ", "1_000" and other scripts' digits.
+        if not _INTEGER.fullmatch(raw):
+            return raw  # left as text, which validation reports
         try:
             return int(raw)
-        except ValueError:
+        except ValueError:  # more digits than Python converts: not a FHIR integer either
             return raw
     if type_code == "decimal":
         try:
