@@ -443,6 +443,17 @@ BAD_INPUTS = [
         {**READ, **XML},
     ),
     Bad(
+        "JSON integer too large for a decimal",  # 1e400 spelled out: it passed, and the FHIR server failed (a 502)
+        "POST",
+        "/Observation/$validate",
+        400,
+        "structure",
+        b'{"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "valueQuantity": {"value": 1'
+        + b"0" * 400
+        + b"}}",
+        {**READ, **FHIR_JSON},
+    ),
+    Bad(
         "compressed body",  # not decompressed here: it was read as text and refused as 'not UTF-8'
         "POST",
         "/cases",

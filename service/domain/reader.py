@@ -81,6 +81,18 @@ def _finite(text: str) -> float:
     return value
 
 
+def _sized(text: str) -> int:
+    """An integer, if a float can hold it too: a decimal written as 1 and 400 zeros is 1e400 (refused above) by
+    another spelling, and a FHIR server converting it fails."""
+    value = int(text)
+    if len(text) > 300:  # the cheap test first: no float overflows below 309 digits
+        try:
+            float(value)
+        except OverflowError:
+            raise ValueError(f"{text[:40]}... is too large a number") from None
+    return value
+
+
 def load_json(text: str, source: str) -> Any:
     # The standard library's parser (C-accelerated) rather than orjson: only it lets us refuse
     # duplicate keys, which RFC 8259 leaves undefined and most parsers resolve by keeping the last.
@@ -88,7 +100,9 @@ def load_json(text: str, source: str) -> Any:
         # "\ud800" alone is legal JSON syntax but not Unicode text: nothing downstream can encode it.
         raise CaseFileError("malformed JSON: an unpaired surrogate escape (\\ud800-\\udfff)", source=source)
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant, parse_float=_finite)
+        return json.loads(
+            text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant, parse_float=_finite, parse_int=_sized
+        )
     except json.JSONDecodeError as exc:
         raise CaseFileError(
             f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", source=source
