@@ -31,7 +31,7 @@ from service.errors import CasebridgeError, ConfigurationError, InputError, Lock
 from service.fhir.embedded import EmbeddedFhirServer, EmbeddedServerError
 from service.fhir.packages import PackageError
 from service.fhir.packages_cli import packages_app
-from service.fhir.xml import FhirXmlError, XmlReader
+from service.fhir.xml import FhirXmlError, XmlReader, is_xml
 from service.files import read_bounded, write_atomically
 from service.ingest_cli import ingest
 from service.synth_cli import synth
@@ -156,7 +156,7 @@ def _validate_file(
     except PackageError as exc:
         return [Issue("fatal", "not-found", str(exc), "")], 2
     try:
-        if data.lstrip()[:1] == b"<":
+        if is_xml(data, file.name):
             resource = XmlReader(validator.definitions).read(data, str(file))
         else:
             # The case reader's JSON parser: it refuses duplicate keys (which keep only the last value).

@@ -27,7 +27,7 @@ from service.domain.reader import check_depth, parse_document, validate_case
 from service.errors import FhirError, FhirHttpError, InputError, InvalidResourceError
 from service.fhir.client import AsyncFhirClient
 from service.fhir.packages import PackageError
-from service.fhir.xml import FhirXmlError, XmlReader
+from service.fhir.xml import FhirXmlError, XmlReader, is_xml
 from service.files import read_bounded, write_atomically
 from service.pull import (
     PulledReports,
@@ -82,11 +82,11 @@ def run_fhir(work: Callable[[], Awaitable[T]]) -> T:
 def load_push_input(path: Path, settings: Settings, validator: Validator) -> dict[str, Any]:
     """A case report (converted here) or a FHIR transaction Bundle (JSON or XML)."""
     data = read_bounded(path, max(settings.max_case_bytes, settings.max_resource_bytes))
-    if data.lstrip()[:1] == b"<":
+    if is_xml(data, path.name):
         try:
             return XmlReader(validator.definitions).read(data, str(path))
-        except FhirXmlError as exc:
-            raise InputError(str(exc), source=str(path)) from exc
+        except FhirXmlError as exc:  # its message starts with the file's name, which InputError adds itself
+            raise InputError(str(exc).removeprefix(f"{path}: "), source=str(path)) from exc
     doc = parse_document(data, source=str(path), max_bytes=len(data) + 1)
     if "resourceType" in doc:
         check_depth(doc, str(path), MAX_RESOURCE_DEPTH)

@@ -192,6 +192,16 @@ def test_push_of_a_bundle_file_and_bad_inputs(fhir_server: str, mappings: Mappin
     assert result.returncode == 2 and str(broken) in result.stderr and "Traceback" not in result.stderr
     result = cli("push", str(path), "--server", "ftp://nowhere")
     assert result.returncode == 2 and "--server" in result.stderr
+    # XML with a byte-order mark was read as a case ('a case must be a JSON/YAML object, not str'); a refusal names
+    # the file once and the place.
+    marked = tmp_path / "marked.xml"
+    marked.write_bytes(
+        b'\xef\xbb\xbf<Bundle xmlns="http://hl7.org/fhir"><type value="transaction"/><entry><resource>'
+        b'<Patient><gender value="female" foo="x"/></Patient></resource></entry></Bundle>'
+    )
+    result = cli("push", str(marked), "--server", fhir_server)
+    assert result.returncode == 2 and "Bundle.entry[0].resource.gender: the attribute 'foo'" in result.stderr
+    assert result.stderr.count(str(marked)) == 1, result.stderr
 
 
 def test_an_unreachable_server_is_exit_4_with_a_message(tmp_path: Path) -> None:

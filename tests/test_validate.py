@@ -252,6 +252,15 @@ def test_cli_validates_fhir_xml(tmp_path: Path) -> None:
     bad = _write(tmp_path, "bad.xml", "<Patient")
     result = run("validate", str(bad), "--format", "json")
     assert result.returncode == 2 and "not well-formed" in json.loads(result.stdout)["issue"][0]["details"]["text"]
+    # A UTF-8 byte-order mark (as Windows tools write) was read as JSON ('malformed JSON at line 1'); an empty .xml
+    # file too.
+    marked = tmp_path / "marked.xml"
+    marked.write_bytes(b'\xef\xbb\xbf<?xml version="1.0"?>\n' + path.read_bytes())
+    result = run("validate", str(marked), "--format", "json")
+    assert result.returncode == 1 and json.loads(result.stdout)["issue"][0]["expression"] == ["Patient.gender"]
+    empty = _write(tmp_path, "empty.xml", "")
+    result = run("validate", str(empty), "--format", "json")
+    assert result.returncode == 2 and "XML" in json.loads(result.stdout)["issue"][0]["details"]["text"], result.stdout
 
 
 def test_a_resolved_target_must_conform_to_the_target_profile(

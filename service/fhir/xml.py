@@ -16,6 +16,7 @@ large for JSON. Unknown FHIR elements are kept, so that validation reports them 
 
 from __future__ import annotations
 
+import codecs
 import math
 import re
 from typing import Any
@@ -33,6 +34,14 @@ XHTML_NS = "http://www.w3.org/1999/xhtml"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"  # xsi:schemaLocation, as many FHIR XML files carry
 _NUMBERS = frozenset({"integer", "positiveInt", "unsignedInt", "integer64"})
 _INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")
+
+
+def is_xml(data: bytes, name: str = "") -> bool:
+    """Whether a file holds XML rather than JSON: named ``.xml``, or starting with ``<`` after any byte-order mark
+    and white space (JSON is UTF-8 without one; a UTF-16 mark can only be XML)."""
+    if name.lower().endswith(".xml") or data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return True
+    return data.removeprefix(codecs.BOM_UTF8).lstrip()[:1] == b"<"
 
 
 class FhirXmlError(CasebridgeError):
