@@ -173,3 +173,52 @@ def test_the_readiness_check_replaces_a_dead_worker_before_a_request_finds_it(pr
     assert asyncio.run(processes.revive()) == 2 and processes.replaced == 1
     assert asyncio.run(processes.revive()) == 2 and processes.replaced == 1  # nothing to do: nothing replaced
     assert victim not in {run(processes, _pid) for _ in range(4)}  # no 503 on the way
+
+
+def test_work_for_a_client_that_hung_up_is_dropped_from_the_queue(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Work queued for clients that gave up still ran, and live clients waited behind it (64 abandoned 2 s
+    validations made the next request wait 70 s). Now it is dropped when the client hangs up, and the request ends
+    as 499 ('client closed request')."""
+    import threading
+
+    import httpx
+
+    from service.api.app import create_app
+    from service.api.services import Services
+
+    from .loopback import serve
+    from .test_api import FHIR_JSON, READ, settings_for
+
+    ran: list[float] = []
+
+    def slow(_: Workbench, *args: Any) -> list[Issue]:
+        ran.append(time.monotonic())
+        time.sleep(1.5)  # long enough for the five below to give up while it runs
+        return []
+
+    monkeypatch.setattr("service.api.routes.validation._validate", slow)
+    settings = settings_for("http://127.0.0.1:9/fhir", tmp_path)
+    services = Services.build(settings)  # one thread does the work
+    url_of = "{}/Patient/$validate".format
+    body = b'{"resourceType": "Patient"}'
+    with serve(create_app(settings, services)) as base:
+        first = threading.Thread(
+            target=httpx.post,
+            args=(url_of(base),),
+            kwargs={"content": body, "headers": {**READ, **FHIR_JSON}, "timeout": 10},
+        )
+        first.start()
+        time.sleep(0.2)  # the first is being worked on
+        for _ in range(5):  # queued behind it, then given up
+            with pytest.raises(httpx.TimeoutException):
+                httpx.post(url_of(base), content=body, headers={**READ, **FHIR_JSON}, timeout=0.1)
+        first.join()
+        started = time.monotonic()
+        answer = httpx.post(url_of(base), content=body, headers={**READ, **FHIR_JSON}, timeout=10)
+        assert answer.status_code == 200 and time.monotonic() - started < 2.5  # nobody's abandoned work ahead of it
+        metrics = httpx.get(f"{base}/metrics", timeout=10).text
+    assert len(ran) == 2 and services.runner.queued == 0
+    assert 'route="/{resource_type}/$validate",status="499"} 5.0' in metrics
+    services.runner.close()

@@ -3,9 +3,12 @@ where its work runs (``service.api.workers``), the FHIR client, the per-patient 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Concatenate, ParamSpec, TypeVar
+
+from starlette.requests import Request
 
 from service.api.errors import ApiError
 from service.api.metrics import Metrics
@@ -45,9 +48,25 @@ class Services:
             key_digests=key_digests(settings.keys()),
         )
 
-    async def cpu(self, fn: Callable[Concatenate[Workbench, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run ``fn(bench, *args)`` where the CPU work runs (see service.api.workers)."""
-        return await self.runner.run(fn, *args, **kwargs)
+    async def cpu(
+        self, request: Request, fn: Callable[Concatenate[Workbench, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run ``fn(bench, *args)`` where the CPU work runs (see service.api.workers), for as long as the client
+        who asked for it is there: when it hangs up, work not yet started is dropped from the queue (it held a
+        place there and kept live clients waiting behind it) and the request ends as 499, nginx's 'client closed
+        request'. Work already running in a process finishes unread."""
+        work = asyncio.ensure_future(self.runner.run(fn, *args, **kwargs))
+        gone = asyncio.ensure_future(_hung_up(request))
+        try:
+            await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            abandoned = not work.done()  # the client hung up, or this request was cancelled (shutdown)
+            if abandoned:
+                work.cancel()  # takes effect at its next step: its place in the queue is given up then
+        if abandoned:
+            raise ApiError.of(499, "incomplete", "the client closed the connection before the answer")
+        return work.result()
 
     def count_validation(self, endpoint: str, issues: list[Issue]) -> bool:
         """Count a validation by outcome (valid: no error); whether it was invalid."""
@@ -63,3 +82,10 @@ class Services:
     async def aclose(self) -> None:
         await self.client.aclose()
         self.runner.close()
+
+
+async def _hung_up(request: Request) -> None:
+    """Returns once the client has gone. Called after the body is read: the server's next message is then the
+    disconnect (or nothing, until the answer is sent)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

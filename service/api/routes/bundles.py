@@ -74,7 +74,7 @@ router = APIRouter(tags=["bundles"])
 async def forward_bundle(request: Request, key: WriteKey, services: ServicesDep) -> FhirResponse:
     media = media_type(request, FHIR_TYPES)
     data = await read_body(request, services.settings.max_body_bytes)
-    bundle, issues = await services.cpu(_check, data, media)
+    bundle, issues = await services.cpu(request, _check, data, media)
     services.refuse_invalid("bundles", issues)
     # JSON is forwarded as it came (its decimals exactly as written), less a byte-order mark (read past here, as
     # JSON allows; a server may refuse it); XML as the JSON it was read into.

@@ -81,10 +81,10 @@ async def post_case(
     media = media_type(request, CASE_TYPES)
     data = await read_body(request, services.settings.max_body_bytes)
     if not push:
-        body, issues = await services.cpu(convert_to_json, data, media)
+        body, issues = await services.cpu(request, convert_to_json, data, media)
         services.refuse_invalid("cases", issues)
         return Response(body, media_type=FHIR_JSON)
-    bundle, issues = await services.cpu(convert_and_validate, data, media)
+    bundle, issues = await services.cpu(request, convert_and_validate, data, media)
     services.refuse_invalid("cases", issues)
     result = await push_bundle(services.client, bundle, locks=services.locks, warnings=issues)
     return FhirResponse(result.response)

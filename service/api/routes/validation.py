@@ -91,7 +91,7 @@ async def validate(
         raise ApiError.of(400, "too-costly", f"at most {MAX_PROFILES} profile parameters")
     media = media_type(request, FHIR_TYPES)
     data = await read_body(request, services.settings.max_body_bytes)
-    issues = await services.cpu(_validate, resource_type, data, media, profiles)
+    issues = await services.cpu(request, _validate, resource_type, data, media, profiles)
     services.count_validation("validate", issues)
     return FhirResponse(operation_outcome(issues))
 
