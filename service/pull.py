@@ -293,7 +293,8 @@ async def stream_reports(pages: AsyncIterator[dict[str, Any]], fmt: str, base_ur
             elif key in included:
                 continue
             else:
-                included[key] = resource
+                # Kept for the CSV rows of later reports; the other formats need only to know it was passed on.
+                included[key] = resource if fmt == "csv" else {}
             if fmt == "json":
                 item = {
                     "fullUrl": f"{base_url}/{key}",

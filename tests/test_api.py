@@ -153,6 +153,7 @@ def test_health_answers_head_and_negotiation_honours_quality(api: TestClient, pu
         ("text/*;q=0.1, application/fhir+ndjson;q=0.2", "ndjson"),
         ("*/*;q=0, text/csv", "csv"),
         ("text/html, image/*", None),
+        ("text/html, image/gif, image/jpeg, *; q=.2, */*; q=.2", "json"),  # Java's default (it was a 406)
     ],
 )
 def test_accept_is_read_as_rfc_9110_says(accept: str, chosen: str | None) -> None:
@@ -313,7 +314,8 @@ def test_entries_whose_effect_cannot_be_validated_are_refused(api: TestClient, f
     for request, resource, where, words in (
         ({"method": "PATCH", "url": f"Patient/{patient['id']}"}, remove_name, "method", "PATCH"),
         ({"method": "POST", "url": f"Patient/{patient['id']}/$meta-add"}, remove_name, "url", "operations"),
-        ({"method": "PUT", "url": f"Patient/{patient['id']}"}, observation, "url", "'Patient'"),
+        ({"method": "PUT", "url": f"Patient/{patient['id']}"}, observation, "url", "type 'Observation'"),
+        ({"method": "POST", "url": "Patient/%24meta-add"}, remove_name, "url", "operations"),  # %24 is $
     ):
         entry = {"fullUrl": "urn:uuid:5f3e2a4c-1b2d-4e5f-8a9b-0c1d2e3f4a5b", "resource": resource, "request": request}
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [entry]}

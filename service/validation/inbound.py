@@ -9,6 +9,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import yaml
 
@@ -93,13 +94,16 @@ def uncheckable_entries(bundle: Mapping[str, Any]) -> list[Issue]:
         if method == "PATCH":
             message = "a PATCH cannot be validated before the FHIR server applies it: send the whole resource (PUT)"
             issues.append(Issue("error", "not-supported", message, f"{where}.method"))
-        elif isinstance(url, str) and "$" in url.split("?", 1)[0]:
+        elif isinstance(url, str) and "$" in unquote(url.split("?", 1)[0]):  # %24 is a $ to the server
             message = "operations are not forwarded, only resources"
             issues.append(Issue("error", "not-supported", message, f"{where}.url"))
         elif method in ("POST", "PUT") and isinstance(url, str) and isinstance(entry.get("resource"), dict):
             url_type = url.split("?", 1)[0].split("/", 1)[0]
             resource_type = entry["resource"].get("resourceType")
             if url_type != resource_type:
-                message = f"the URL is for {url_type or 'nothing'!r} but the resource is a {resource_type!r}"
+                message = (
+                    f"the URL {url[:100]!r} does not start with the resource's type {resource_type!r}: a URL "
+                    "relative to the FHIR server's base (Type, Type/id or Type?search) is expected"
+                )
                 issues.append(Issue("error", "invalid", message, f"{where}.url"))
     return issues

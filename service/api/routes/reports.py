@@ -30,7 +30,8 @@ _OFFERED = {
 }
 
 
-_QVALUE = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")
+# RFC 9110's qvalue, and ".2" as Java's default Accept writes it (0 to 1, three decimals at most).
+_QVALUE = re.compile(r"0(\.[0-9]{0,3})?|\.[0-9]{1,3}|1(\.0{0,3})?")
 
 
 def _format(requested: str | None, accept: str) -> str:
@@ -48,9 +49,10 @@ def _format(requested: str | None, accept: str) -> str:
         for param in params:
             name, _, value = param.partition("=")
             if name.strip().lower() == "q":
-                # RFC 9110's qvalue (0 to 1, three decimals at most); anything else ("nan", "2") is not acceptable.
+                # Anything but a qvalue ("nan", "2") is not acceptable.
                 quality = float(value) if _QVALUE.fullmatch(value.strip()) else 0.0
-        ranges.append((media.lower(), quality))
+        media = media.lower()
+        ranges.append(("*/*" if media == "*" else media, quality))  # a bare * (Java's default Accept): anything
     best: tuple[float, int, int, str] | None = None
     for preference, (choice, names) in enumerate(_OFFERED.items()):
         kind = names[0].split("/")[0]
