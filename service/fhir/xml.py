@@ -19,6 +19,7 @@ from __future__ import annotations
 import codecs
 import math
 import re
+from collections.abc import Iterator
 from typing import Any
 from xml.etree.ElementTree import Element, tostring
 
@@ -140,16 +141,12 @@ class XmlReader:
         for attribute in attributes:
             if attribute in element.attrib:
                 out[attribute] = element.attrib[attribute]
-        _check_text(element.text, source, path)
         lookup: dict[str, tuple[ElementNode, str | None]] = {}
         for child in node.children.values():
             for json_name, implied in child.json_names().items():
                 lookup[json_name] = (child, implied)
         seen: set[str] = set()
-        for child_element in element:
-            _check_text(child_element.tail, source, path)
-            if not isinstance(child_element.tag, str):
-                continue  # comments, processing instructions
+        for child_element in _elements(element, source, path):
             ns, name = _local(child_element.tag)
             found = lookup.get(name)
             repeats = found is not None and found[0].repeats
@@ -202,14 +199,11 @@ class XmlReader:
     ) -> tuple[Any, dict[str, Any] | None]:
         if type_code in ("Resource",) or (type_code and type_code[:1].isupper() and self._is_resource(type_code)):
             _check_attributes(element, (), source, path)
-            _check_text(element.text, source, path)
             inner = None
-            for child in element:
-                _check_text(child.tail, source, path)
-                if isinstance(child.tag, str):
-                    if inner is not None:
-                        raise FhirXmlError(f"{source}: {path}: holds more than one resource")
-                    inner = child
+            for child in _elements(element, source, path):
+                if inner is not None:
+                    raise FhirXmlError(f"{source}: {path}: holds more than one resource")
+                inner = child
             if inner is None:
                 return {}, None
             ns, name = _local(inner.tag)
@@ -219,16 +213,12 @@ class XmlReader:
         if type_code is not None and type_code[:1].islower():
             # A primitive (the narrative's div, type xhtml, is met in _complex): a value, an id, extensions.
             _check_attributes(element, ("value", "id"), source, path)
-            _check_text(element.text, source, path)
             raw = element.attrib.get("value")
             companion: dict[str, Any] = {}
             if "id" in element.attrib:
                 companion["id"] = element.attrib["id"]
             extensions = []
-            for child in element:
-                _check_text(child.tail, source, path)
-                if not isinstance(child.tag, str):
-                    continue
+            for child in _elements(element, source, path):
                 if _local(child.tag) != (FHIR_NS, "extension"):
                     name = _local(child.tag)[1]
                     raise FhirXmlError(f"{source}: {path}.{name}: a primitive value holds only extensions")
@@ -262,6 +252,16 @@ def _check_attributes(element: Element, allowed: tuple[str, ...], source: str, p
     for name in element.attrib:
         if name not in allowed and _local(name)[0] != XSI_NS:
             raise FhirXmlError(f"{source}: {path}: the attribute {_local(name)[1]!r} is not FHIR XML")
+
+
+def _elements(element: Element, source: str, path: str) -> Iterator[Element]:
+    """An element's child elements (comments and processing instructions passed over), refusing any text
+    between them: FHIR XML keeps its values in attributes."""
+    _check_text(element.text, source, path)
+    for child in element:
+        _check_text(child.tail, source, path)
+        if isinstance(child.tag, str):
+            yield child
 
 
 def _check_text(text: str | None, source: str, path: str) -> None:
