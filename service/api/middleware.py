@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.audit import finish_pending
 from service.api.logs import request_id
 from service.api.metrics import Metrics
 from service.api.outcomes import FHIR_JSON, error_outcome
@@ -39,6 +40,9 @@ class RequestContext:
         token = request_id.set(rid)
         started = time.perf_counter()
         state: dict[str, Any] = {"status": 500, "started": False}
+        # Shared with every Request made downstream (request.state): the key's name once authenticated, and the
+        # audit record a route began.
+        shared: dict[str, Any] = scope.setdefault("state", {})
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -76,9 +80,16 @@ class RequestContext:
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"  # bounded metric labels
             self.metrics.requests.labels(method, route, str(status)).inc()
             self.metrics.latency.labels(method, route).observe(seconds)
+            finish_pending(shared, status, route)
             log.info(
                 "request",
-                extra={"method": method, "route": route, "status": status, "duration_ms": round(seconds * 1000, 1)},
+                extra={
+                    "method": method,
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 1),
+                    "key": str(shared.get("api_key") or "-"),  # the key's name, never its secret
+                },
             )
             request_id.reset(token)
 
