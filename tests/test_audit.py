@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import logging
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -415,3 +416,74 @@ def test_serve_writes_the_trail_from_the_http_process_only(fhir_server: str, tmp
     }
     assert {r["key"] for r in requests if r["route"] == "/healthz"} == {"-"}
     assert len((tmp_path / "events.ndjson").read_text().splitlines()) == 37 + 1
+
+
+# -- AuditEvents on the FHIR server ------------------------------------------------------------------------------
+
+
+def test_audit_events_are_stored_on_the_fhir_server_too(fhir_server: str, tmp_path: Path) -> None:
+    settings = settings_for(
+        fhir_server, tmp_path, audit_events_file=tmp_path / "events.ndjson", audit_events_to_server=True
+    )
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        pushed = client.post("/cases?push=true", content=case_copy("audit-to-server"), headers={**WRITE, **JSON})
+        assert pushed.status_code == 200, pushed.text
+        patient = next(rid for kind, rid, _ in located(pushed.json()) if kind == "Patient")
+        assert client.get(f"/diagnostic-reports?patient={patient}", headers=READ).status_code == 200
+    # Shut down: what was still queued was sent first.
+    written = events_from(tmp_path / "events.ndjson")
+    assert len(written) == 38
+    for event in written:
+        stored = httpx.get(f"{fhir_server}/AuditEvent/{event['id']}", timeout=10)
+        assert stored.status_code == 200, stored.text
+        assert stored.json()["entity"] == event["entity"] and stored.json()["action"] == event["action"]
+
+
+def test_a_fhir_server_refusing_audit_events_fails_no_request(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The FHIR server answers searches but fails every write: the read is answered as usual, and the events that
+    could not be stored are counted and logged by the error's type only."""
+
+    async def fhir_server(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["method"] == "POST":
+            status, body = (
+                500,
+                {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "exception"}]},
+            )
+        else:
+            report = {"resourceType": "DiagnosticReport", "id": "r7", "status": "final", "code": {"text": "x"}}
+            status, body = 200, {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": report}]}
+        await send(
+            {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/fhir+json")]}
+        )
+        await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+
+    caplog.set_level(logging.WARNING, logger="casebridge.api")
+    with loopback.serve(fhir_server) as base:
+        settings = settings_for(f"{base}/fhir", tmp_path, audit_events_to_server=True, fhir_retry_attempts=1)
+        with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+            read = client.get("/diagnostic-reports?patient=p9&_format=ndjson", headers=READ)
+            assert read.status_code == 200 and json.loads(read.text)["id"] == "r7"
+            failed = 'casebridge_audit_events_total{outcome="failed"} 1.0'
+            for _ in range(100):
+                if failed in client.get("/metrics").text:
+                    break
+                time.sleep(0.05)
+            assert failed in client.get("/metrics").text
+    (warning,) = [r for r in caplog.records if r.getMessage() == "audit events not stored on the FHIR server"]
+    assert getattr(warning, "error") == "FhirServerError" and getattr(warning, "events") == 1
+    assert "p9" not in str(warning.__dict__) and "r7" not in str(warning.__dict__)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_an_audit_file_that_cannot_be_written_is_an_error_in_the_log(
+    tmp_path: Path, fhir_server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full disk under the audit file: the answer (already sent) stands, and the log says the record is lost."""
+    caplog.set_level(logging.ERROR, logger="casebridge.api")
+    settings = settings_for(fhir_server, tmp_path, audit_file=Path("/dev/full"))
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        assert client.get("/diagnostic-reports?patient=nobody-here", headers=READ).status_code == 200
+    (error,) = [r for r in caplog.records if r.getMessage().startswith("audit record not written")]
+    assert (
+        error.getMessage() == "audit record not written: OSError" and getattr(error, "route") == "/diagnostic-reports"
+    )

@@ -18,13 +18,15 @@ to standard output (the service's log is on standard error), one bare JSON objec
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import ipaddress
 import logging
 import os
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlencode
@@ -33,10 +35,14 @@ import orjson
 from fastapi import Depends, Request
 
 from service.api.logs import request_id
+from service.errors import log_defect
+from service.fhir.client import AsyncFhirClient
 
 log = logging.getLogger("casebridge.audit")
+service_log = logging.getLogger("casebridge.api")
 STATE_KEY = "audit"  # where the record under way is kept in the request's state
 MAX_IDS = 1_000  # resource ids (and patients) kept per record; the rest are counted
+QUEUE_BATCHES = 1_000  # requests' AuditEvents waiting for the FHIR server; beyond, dropped and counted
 
 Interaction = Literal["transaction", "create", "update", "delete", "patch", "read", "search"]
 
@@ -266,7 +272,8 @@ class Audited:
         # BALP: the side the data comes from is the source role, the side it goes to the destination.
         client_role, server_role = (_DESTINATION_ROLE, _SOURCE_ROLE) if reads else (_SOURCE_ROLE, _DESTINATION_ROLE)
         one_patient = len(self.patients) == 1
-        event: dict[str, Any] = {"resourceType": "AuditEvent"}
+        # An id of its own: the file's copy and the FHIR server's are the same event, and resending it is harmless.
+        event: dict[str, Any] = {"resourceType": "AuditEvent", "id": str(uuid.uuid4())}
         if pattern is not None:
             # BALP's Patient* patterns hold exactly one patient; with none or several, the general pattern.
             event["meta"] = {"profile": [_BALP + ("Patient" + pattern if one_patient else pattern)]}
@@ -328,11 +335,18 @@ class Audit:
         _own_handler()
         self._fd = _open_append(file) if file is not None else None
         self._events_fd = _open_append(events_file) if events_file is not None else None
+        self._server: _ServerSink | None = None
         self.events_enabled = self._events_fd is not None
 
     @classmethod
     def from_settings(cls, settings: Any) -> Audit:
         return cls(file=settings.audit_file, events_file=settings.audit_events_file)
+
+    def to_server(self, client: AsyncFhirClient, count: Callable[[str, int], None]) -> None:
+        """Also store the AuditEvents on the FHIR server, in the background (see ``_ServerSink``); ``count(outcome,
+        n)`` counts them by outcome: stored, failed, dropped."""
+        self._server = _ServerSink(client, count)
+        self.events_enabled = True
 
     def begin(
         self,
@@ -383,6 +397,14 @@ class Audit:
             _write(self._fd, text + b"\n")
         if self._events_fd is not None and events:
             _write(self._events_fd, b"".join(orjson.dumps(e) + b"\n" for e in events))
+        if self._server is not None and events:
+            self._server.put(list(events))
+
+    async def aclose(self) -> None:
+        """Give the AuditEvents still queued a few seconds to reach the FHIR server, then close the files."""
+        if self._server is not None:
+            await self._server.aclose()
+        self.close()
 
     def close(self) -> None:
         for fd in (self._fd, self._events_fd):
@@ -391,14 +413,85 @@ class Audit:
         self._fd = self._events_fd = None
 
 
+class _ServerSink:
+    """AuditEvents to the FHIR server without holding up the requests they describe: each request's events are
+    queued (bounded: beyond ``QUEUE_BATCHES`` they are dropped) and one task sends them, one batch Bundle of PUTs
+    per request. Failures are counted and logged by type, never with the events or the server's answer."""
+
+    def __init__(self, client: AsyncFhirClient, count: Callable[[str, int], None]) -> None:
+        self.client = client
+        self.count = count
+        self._queue: asyncio.Queue[list[Mapping[str, Any]]] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def put(self, events: list[Mapping[str, Any]]) -> None:
+        if self._queue is None:  # started in the server's event loop, at its first event
+            self._queue = asyncio.Queue(QUEUE_BATCHES)
+            self._task = asyncio.get_running_loop().create_task(self._run(self._queue))
+        try:
+            self._queue.put_nowait(events)
+        except asyncio.QueueFull:
+            self.count("dropped", len(events))
+            service_log.warning(
+                "audit events dropped: the queue to the FHIR server is full", extra={"events": len(events)}
+            )
+
+    async def _run(self, queue: asyncio.Queue[list[Mapping[str, Any]]]) -> None:
+        while True:
+            events = await queue.get()
+            try:
+                await self._send(events)
+            finally:
+                queue.task_done()
+
+    async def _send(self, events: list[Mapping[str, Any]]) -> None:
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "batch",
+            # PUT at their own ids: a retry cannot store one twice.
+            "entry": [{"resource": e, "request": {"method": "PUT", "url": f"AuditEvent/{e['id']}"}} for e in events],
+        }
+        try:
+            response = await self.client.batch(bundle)
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the request it describes has been answered
+            self.count("failed", len(events))
+            service_log.warning(
+                "audit events not stored on the FHIR server", extra={"error": type(exc).__name__, "events": len(events)}
+            )
+            return
+        answers = response.get("entry")
+        statuses = [
+            _status_code(str(_mapping(_mapping(a).get("response")).get("status", "")))
+            for a in (answers if isinstance(answers, list) else [])
+        ]
+        stored = sum(1 for status in statuses if status is not None and 200 <= status < 300)
+        self.count("stored", stored)
+        if stored < len(events):
+            self.count("failed", len(events) - stored)
+            service_log.warning("audit events refused by the FHIR server", extra={"events": len(events) - stored})
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        if self._queue is None or self._task is None:
+            return
+        try:
+            await asyncio.wait_for(self._queue.join(), timeout)
+        except TimeoutError:
+            left = sum(len(self._queue.get_nowait()) for _ in range(self._queue.qsize()))
+            self.count("dropped", left)
+            service_log.warning(
+                "audit events dropped at shutdown: the FHIR server did not take them", extra={"events": left}
+            )
+        self._task.cancel()
+
+
 def finish_pending(state: Mapping[str, Any] | None, status: int | str, route: str) -> None:
     """The request middleware's end of the request: finish the record a route began, if any."""
     audited = state.get(STATE_KEY) if state else None
     if isinstance(audited, Audited):
         try:
             audited.finish(status, route)
-        except OSError as exc:  # the audit file unusable (disk full): the answer has gone, say it loudly
-            logging.getLogger("casebridge.api").error("audit record not written: %s", type(exc).__name__)
+        except Exception as exc:  # noqa: BLE001 - the answer has gone (the file unusable, disk full): say it loudly
+            log_defect(service_log, "audit record not written", exc, route=route)
 
 
 async def begin_transaction(request: Request) -> Audited:

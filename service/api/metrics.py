@@ -41,6 +41,13 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self.audit_events = Counter(
+            "casebridge_audit_events",
+            "AuditEvents sent to the FHIR server (CASEBRIDGE_AUDIT_EVENTS_TO_SERVER), by outcome: stored, failed, "
+            "dropped (the queue full, or still queued at shutdown).",
+            ["outcome"],
+            registry=self.registry,
+        )
         # The loaded definitions are moved out of the collector's sight at start (service/runtime.py); when
         # that is missed, every request pays for walking them again.
         self.frozen = Gauge(
