@@ -28,11 +28,11 @@ import sys
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode
 
 import orjson
-from fastapi import Depends, Request
+from fastapi import Request
 
 from service.api.logs import request_id
 from service.errors import log_defect
@@ -492,16 +492,6 @@ def finish_pending(state: Mapping[str, Any] | None, status: int | str, route: st
             audited.finish(status, route)
         except Exception as exc:  # noqa: BLE001 - the answer has gone (the file unusable, disk full): say it loudly
             log_defect(service_log, "audit record not written", exc, route=route)
-
-
-async def begin_transaction(request: Request) -> Audited:
-    """A dependency that begins a transaction's audit record. Declared before the key's dependency, it is
-    under way when that refuses (a 403 with a known key is recorded too)."""
-    audit: Audit = request.app.state.services.audit
-    return audit.begin(request, "transaction")
-
-
-AuditedTransaction = Annotated[Audited, Depends(begin_transaction)]
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------

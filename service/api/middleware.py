@@ -1,4 +1,5 @@
-"""The outermost layer of every request: a request id, the access log line, metrics, and the last-resort 500.
+"""The outermost layer of every request: a request id, the access log line (with the key's name), metrics, the
+end of the audit record a route began (service.api.audit), and the last-resort 500.
 
 A pure ASGI middleware (not BaseHTTPMiddleware), so streamed responses pass through untouched. An
 exception nothing else handled becomes a 500 OperationOutcome naming the request id; the log gets its
