@@ -15,7 +15,7 @@ from service.config import Settings, get_settings
 from service.domain.case import CaseReport
 from service.domain.reader import read_case
 from service.errors import MappingError
-from service.files import read_bounded
+from service.files import read_bounded, shown
 from service.mapping.engine import MappingSet
 
 err = Console(stderr=True, soft_wrap=True)  # never wrap: messages carry file names and paths
@@ -24,7 +24,7 @@ out = Console(width=shutil.get_terminal_size((120, 40)).columns)
 
 
 def fail(code: int, message: str) -> NoReturn:
-    err.print(message, markup=False, highlight=False)
+    err.print(shown(message, keep_newlines=True), markup=False, highlight=False)
     raise typer.Exit(code)
 
 
@@ -32,7 +32,10 @@ def cli_settings() -> Settings:
     try:
         return get_settings()
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
+        )
         fail(3, f"configuration error (CASEBRIDGE_* environment): {problems}")
 
 
@@ -51,7 +54,8 @@ def load_mappings(settings: Settings) -> MappingSet:
 
 
 def read_case_file(path: Path, settings: Settings) -> CaseReport:
-    return read_case(read_bounded(path, settings.max_case_bytes), source=str(path), max_bytes=settings.max_case_bytes)
+    data = read_bounded(path, settings.max_case_bytes)
+    return read_case(data, source=shown(path), max_bytes=settings.max_case_bytes)
 
 
 def dump_json(doc: object) -> bytes:

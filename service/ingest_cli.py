@@ -26,7 +26,7 @@ from service.cli_support import cli_settings, err, fail, load_mappings, out
 from service.config import PROJECT_ROOT
 from service.errors import InputError, MappingError
 from service.fhir.client import AsyncFhirClient
-from service.files import write_atomically
+from service.files import json_for_terminals, shown, write_atomically
 from service.ingest.fingerprint import ruleset_fingerprint
 from service.ingest.job import IngestJob, IngestOptions, RunStats
 from service.ingest.registry_csv import RegistryLayout
@@ -70,7 +70,7 @@ class BarProgress:
         self._bar.update(self._task, advance=1, counts=counts, rate=rate)
 
     def note(self, message: str) -> None:
-        self._bar.console.print(message, markup=False, highlight=False)
+        self._bar.console.print(shown(message), markup=False, highlight=False)
 
     def stop(self) -> None:
         self._bar.stop()
@@ -100,7 +100,7 @@ class LineProgress:
             self._line(now)
 
     def note(self, message: str) -> None:
-        err.print(f"ingest: {message}", markup=False, highlight=False)
+        err.print(f"ingest: {shown(message)}", markup=False, highlight=False)
 
     def stop(self) -> None:
         self._line(time.monotonic())
@@ -121,21 +121,25 @@ def _interrupt(*_: object) -> None:
 
 def _report(state: JobState, stats: RunStats, path: Path, base: str, report_path: Path) -> dict[str, Any]:
     """The report built from the state, written, and told as a summary; the state is closed."""
-    result = build_report(state, stats, source=str(path), server=base)
+    result = build_report(state, stats, source=shown(path), server=base)
     state.close()
     try:
-        write_atomically(report_path, orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+        write_atomically(report_path, json_for_terminals(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n"))
     except OSError as exc:
-        raise InputError(f"cannot write the report: {exc.strerror}", source=str(report_path)) from exc
+        raise InputError(f"cannot write the report: {exc.strerror}", source=shown(report_path)) from exc
     for line in summary(result):
         out.print(line, markup=False, highlight=False)
-    out.print(f"report: {report_path}", markup=False, highlight=False)
+    out.print(f"report: {shown(report_path)}", markup=False, highlight=False)
     return result
 
 
 def ingest(
     path: Annotated[
-        Path, typer.Argument(help="A folder of case files (YAML/JSON), an .ndjson file of cases, or a registry .csv.")
+        Path,
+        typer.Argument(
+            help="A folder of case files (YAML/JSON; not its subfolders; a link out of it, a FIFO or a device is "
+            "reported, not read), an .ndjson file of cases, or a registry .csv."
+        ),
     ],
     server: ServerOption = None,
     state: Annotated[
@@ -178,32 +182,41 @@ def ingest(
         except MappingError as exc:
             fail(3, f"mapping error: {exc}")
     source = CaseSource(path, max_bytes=settings.max_case_bytes, layout=layout)
+    if nested := source.subfolders_with_cases():
+        err.print(
+            f"ingest: subfolders are not read (these hold case files: {', '.join(nested)}"
+            f"{', ...' if len(nested) == 5 else ''})",
+            markup=False,
+            highlight=False,
+        )
     state_path = state or path.with_name(path.name + ".ingest.sqlite")
     report_path = report or state_path.with_name(state_path.stem + ".report.json")
+    named = shown(state_path)
     if state_path.exists() and not resume:
-        fail(2, f"{state_path}: a job state exists; add --resume to continue that job, or choose another --state")
+        fail(2, f"{named}: a job state exists; add --resume to continue that job, or choose another --state")
     if resume and not state_path.exists():
-        fail(2, f"{state_path}: no job state to resume")
+        fail(2, f"{named}: no job state to resume")
     # One job per state at a time: a second process would send everything again beside the first.
     try:
         state_path.parent.mkdir(parents=True, exist_ok=True)
         guard = os.open(state_path.with_name(state_path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        fail(2, f"{state_path}: another ingest job is running on this state")
+        fail(2, f"{named}: another ingest job is running on this state")
     except OSError as exc:
-        fail(2, f"{state_path}: cannot lock the job state: {exc.strerror}")
+        fail(2, f"{named}: cannot lock the job state: {exc.strerror}")
     try:
         job_state = JobState(state_path)
     except Exception as exc:  # noqa: BLE001 - sqlite3 and OS errors alike: the file is unusable
-        fail(2, f"{state_path}: cannot use it as the job state: {exc}")
+        fail(2, f"{named}: cannot use it as the job state: {exc}")
     started_against, started_from = job_state.meta("server"), job_state.meta("source")
+    here = shown(path)  # the source as the state keeps it (a name that is not UTF-8 cannot be stored as it is)
     if started_against is not None and started_against != base:
-        fail(2, f"{state_path}: this job sends to {started_against}; resume it against that server (--server)")
-    if started_from is not None and started_from != str(path):
-        fail(2, f"{state_path}: this job reads {started_from}; resume it with that PATH")
+        fail(2, f"{named}: this job sends to {started_against}; resume it against that server (--server)")
+    if started_from is not None and started_from != here:
+        fail(2, f"{named}: this job reads {shown(started_from)}; resume it with that PATH")
     job_state.set_meta("server", base)
-    job_state.set_meta("source", str(path))
+    job_state.set_meta("source", here)
     validator = prepare_validator(settings)
     mappings = load_mappings(settings)
     # The rules a verdict is reached under: an invalid case is judged again when they change.

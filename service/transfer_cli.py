@@ -28,7 +28,7 @@ from service.errors import FhirError, FhirHttpError, InputError, InvalidResource
 from service.fhir.client import AsyncFhirClient
 from service.fhir.packages import PackageError
 from service.fhir.xml import FhirXmlError, XmlReader, is_xml
-from service.files import read_bounded, write_atomically
+from service.files import read_bounded, shown, write_atomically
 from service.pull import (
     PulledReports,
     parse_since,
@@ -82,17 +82,18 @@ def run_fhir(work: Callable[[], Awaitable[T]]) -> T:
 def load_push_input(path: Path, settings: Settings, validator: Validator) -> dict[str, Any]:
     """A case report (converted here) or a FHIR transaction Bundle (JSON or XML)."""
     data = read_bounded(path, max(settings.max_case_bytes, settings.max_resource_bytes))
+    name = shown(path)  # what messages call it
     if is_xml(data, path.name):
         try:
-            return XmlReader(validator.definitions).read(data, str(path))
+            return XmlReader(validator.definitions).read(data, name)
         except FhirXmlError as exc:  # its message starts with the file's name, which InputError adds itself
-            raise InputError(str(exc).removeprefix(f"{path}: "), source=str(path)) from exc
-    doc = parse_document(data, source=str(path), max_bytes=len(data) + 1)
+            raise InputError(str(exc).removeprefix(f"{name}: "), source=name) from exc
+    doc = parse_document(data, source=name, max_bytes=len(data) + 1)
     if "resourceType" in doc:
-        check_depth(doc, str(path), MAX_RESOURCE_DEPTH)
+        check_depth(doc, name, MAX_RESOURCE_DEPTH)
         return doc
-    case = validate_case(doc, source=str(path))
-    return load_mappings(settings).convert(case, source=str(path))
+    case = validate_case(doc, source=name)
+    return load_mappings(settings).convert(case, source=name)
 
 
 def prepare_validator(settings: Settings) -> Validator:
@@ -115,7 +116,7 @@ def push(
         warnings = check_bundle(validator, bundle)
     except InvalidResourceError as exc:
         sys.stdout.buffer.write(dump_json(exc.outcome))
-        fail(1, f"{file}: {exc}")
+        fail(1, f"{shown(file)}: {exc}")
 
     async def work() -> PushResult:
         async with AsyncFhirClient.from_settings(settings, base_url=base) as client:
@@ -205,8 +206,8 @@ def pull_diagnostic_reports(
         try:
             write_atomically(output, data)
         except OSError as exc:
-            raise InputError(f"cannot write: {exc.strerror}", source=str(output)) from exc
-        err.print(f"wrote {output}: {len(pulled.reports)} DiagnosticReports", highlight=False)
+            raise InputError(f"cannot write: {exc.strerror}", source=shown(output)) from exc
+        err.print(f"wrote {shown(output)}: {len(pulled.reports)} DiagnosticReports", highlight=False, markup=False)
 
 
 # -- ping ---------------------------------------------------------------------------------------------------

@@ -207,7 +207,7 @@ def prepare(item: SourceItem, mappings: MappingSet, validator: Validator) -> Pre
     if item.suffix == ".invalid-row":
         reason = f"{item.source}: {item.data.decode()}"
         return Refused(item, None, reason, _problems_outcome([Problem("", reason)]))
-    if item.suffix == ".unreadable":
+    if item.suffix in (".unreadable", ".refused"):
         reason = f"{item.source}: {item.data.decode()}"
         return Refused(item, None, reason, _problems_outcome([Problem("", reason)]))
     case_id = None

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from service.errors import InputError, MappingError
+from service.files import open_regular, shown
 from service.mapping.templates import compose, line_of, mapping_items, scalar
 
 _PLACEHOLDER = re.compile(r"\$([a-z][a-z0-9_]*)(?::(number|bool|list))?")
@@ -71,17 +72,18 @@ class RegistryLayout:
             yield from self._rows(path)
         except (csv.Error, UnicodeDecodeError) as exc:
             # The CSV itself is broken from here on (a runaway quote, bytes that are not UTF-8): say where.
-            raise InputError(f"unreadable CSV: {exc}", source=str(path)) from exc
+            raise InputError(f"unreadable CSV: {exc}", source=shown(path)) from exc
 
     def _rows(self, path: Path) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
+        fd, _ = open_regular(path)  # a FIFO or a device is refused, never opened
+        with open(fd, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             header = [h.strip() for h in reader.fieldnames or []]
             missing = [c for c, required in self.columns.items() if required and c not in header]
             if missing:
                 raise InputError(
                     f"the CSV lacks required columns of the registry layout ({self.file}): {', '.join(missing)}",
-                    source=str(path),
+                    source=shown(path),
                 )
             for row in reader:
                 line = reader.line_num
@@ -89,7 +91,7 @@ class RegistryLayout:
                 try:
                     doc = _fill(self.template, values)
                 except ValueError as exc:
-                    yield line, RowError(str(exc), source=f"{path}:{line}", values=values)
+                    yield line, RowError(str(exc), source=f"{shown(path)}:{line}", values=values)
                     continue
                 yield line, doc if isinstance(doc, dict) else {}
 

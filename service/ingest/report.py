@@ -24,6 +24,7 @@ import datetime as dt
 import time
 from typing import Any
 
+from service.files import shown
 from service.ingest.job import RunStats
 from service.ingest.state import JobState
 
@@ -148,10 +149,12 @@ def summary(report: dict[str, Any]) -> list[str]:
     for title in ("invalid", "failed", "unfinished", "warnings"):
         rows = report[title]
         for row in rows[:20]:
-            first = str(row["reason"] or "").splitlines()[0] if row["reason"] else ""
-            if not first.startswith(row["location"]):
-                first = f"{row['location']}: {first}"
+            # The reason's first line, after its location (a location stored raw may hold a line break).
+            reason = str(row["reason"] or "").removeprefix(f"{row['location']}: ")
+            first = f"{row['location']}: {reason.splitlines()[0] if reason else ''}"
             lines.append(f"  {title.removesuffix('s')}: {first[:240]}")
         if len(rows) > 20:
             lines.append(f"  ... and {len(rows) - 20} more {title} (see the JSON report)")
-    return lines
+    # Locations are stored escaped, but a state written by an earlier version, or a reason quoting its input,
+    # may still hold a control character: none reaches the terminal.
+    return [shown(line) for line in lines]

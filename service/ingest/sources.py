@@ -5,16 +5,25 @@ Items are read lazily (a job may hold 100,000 cases). Each has a ``key``, the ca
 state is kept under, so that inserting, removing or reordering cases (or renaming a file) does not re-key the
 others: ``case:<case_id>``; for an item without a usable case_id (a file or row that cannot be read as a case)
 ``sha256:<content digest>``, or ``file:<name>`` for a case file too large or unreadable to hash. The location
-(``file`` or ``file:line``) is carried beside it for messages. Two items of one source with the same identity
+(``file`` or ``file:line``) is carried beside it for messages, escaped (``files.shown``): a name's control or
+bidi characters can neither fake a line of output nor be stored raw. Two items of one source with the same identity
 would write the same resources (resource ids derive from the case id): the first in source order keeps the key,
 each later one gets ``<key>#2``, ``#3``... and ``duplicate_of`` (the first one's location), and the job reports
 it as invalid without sending it. A content hash per item lets a changed input be sent again.
+
+A folder source reads the regular files directly in it with a case suffix, in name order (not its subfolders).
+A link is followed only to a file inside the folder, and is then an item of its own, under the link's name (a
+link to another case file of the folder is that case twice: the later one in name order is reported as the
+duplicate). Everything else with a case suffix is an item refused unread, keyed ``file:<name>``, its reason
+saying why: a link out of the folder (never followed: the folder is what the job was given), a broken link or
+a loop, a FIFO (never opened: its open waits for a writer), a socket, a device, a folder.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +33,7 @@ import orjson
 
 from service.domain.reader import parse_document
 from service.errors import InputError
+from service.files import kind_of, open_regular, read_at_most, shown
 from service.ingest.registry_csv import RegistryLayout, RowError
 
 CASE_SUFFIXES = (".yaml", ".yml", ".json")
@@ -38,7 +48,9 @@ class SourceItem:
     key: str  # the case's identity (see above): the job state is kept under it
     source: str  # where it is, what messages name: a file, or file:line (the state's "location")
     data: bytes
-    suffix: str  # ".yaml" or ".json": how to read it; ".too-large", ".unreadable", ".invalid-row": refused as is
+    # ".yaml" or ".json": how to read it; ".too-large", ".unreadable", ".invalid-row", ".refused" (not read: a
+    # link out of the folder, a FIFO, a device...; data is why): refused as is
+    suffix: str
     duplicate_of: str | None = None  # the location of an earlier item of this source with the same identity
 
     @property
@@ -48,20 +60,28 @@ class SourceItem:
 
 class CaseSource:
     def __init__(self, path: Path, *, max_bytes: int, layout: RegistryLayout | None = None):
-        if not path.exists():
-            raise InputError("no such file or folder", source=str(path))
+        try:
+            mode = path.stat().st_mode
+        except FileNotFoundError:
+            raise InputError("no such file or folder", source=shown(path)) from None
+        except OSError as exc:
+            raise InputError(f"cannot read it: {exc.strerror}", source=shown(path)) from exc
         self.path = path
+        self.shown = shown(path)  # the path as messages and locations name it
         self.max_bytes = max_bytes
         self.layout = layout
         suffix = path.suffix.lower()
-        self.kind = "folder" if path.is_dir() else "csv" if suffix == ".csv" else "ndjson"
+        self.kind = "folder" if stat.S_ISDIR(mode) else "csv" if suffix == ".csv" else "ndjson"
+        if self.kind != "folder" and not stat.S_ISREG(mode):
+            # Never opened: a FIFO's open waits for a writer, a device may never end.
+            raise InputError(f"{kind_of(mode)}, not a regular file: not read", source=self.shown)
         if self.kind == "ndjson" and suffix not in (".ndjson", ".jsonl"):
             raise InputError(
-                "expected a folder of case files, an .ndjson file of cases or a registry .csv", source=str(path)
+                "expected a folder of case files, an .ndjson file of cases or a registry .csv", source=self.shown
             )
         if self.kind == "csv":
             if layout is None:
-                raise InputError("a registry CSV needs the layout (mappings/registry-csv.yaml)", source=str(path))
+                raise InputError("a registry CSV needs the layout (mappings/registry-csv.yaml)", source=self.shown)
             next(layout.rows(path), None)  # the header is checked now, before anything is sent
 
     def __iter__(self) -> Iterator[SourceItem]:
@@ -78,30 +98,63 @@ class CaseSource:
             yield SourceItem(f"{key}#{repeats[key]}", location, data, suffix, duplicate_of=earlier)
 
     def _files(self) -> Iterator[Path]:
+        """The folder's entries with a case suffix, in name order, whatever they are (links, FIFOs, folders
+        included: ``_folder`` says why one is not read). Subfolders are not descended."""
         for child in sorted(self.path.iterdir()):
-            if child.is_file() and child.suffix.lower() in CASE_SUFFIXES and not child.name.startswith("."):
+            if child.suffix.lower() in CASE_SUFFIXES and not child.name.startswith("."):
                 if child.name.endswith(".manifest.json") or child.name == "manifest.json":
                     continue
                 yield child
 
+    def subfolders_with_cases(self, most: int = 5) -> list[str]:
+        """Names of (at most ``most``) subfolders holding files with a case suffix: not read, which the job says
+        once. Links are not followed here."""
+        found = []
+        if self.kind == "folder":
+            for child in sorted(self.path.iterdir()):
+                if child.is_dir() and not child.is_symlink() and not child.name.startswith("."):
+                    try:
+                        holds = any(f.suffix.lower() in CASE_SUFFIXES for f in child.iterdir())
+                    except OSError:
+                        continue
+                    if holds:
+                        found.append(shown(child.name))
+                        if len(found) >= most:
+                            break
+        return found
+
     def _folder(self) -> Iterator[tuple[str, str, bytes, str]]:
+        root = self.path.resolve()
         for file in self._files():
-            try:
-                size = file.stat().st_size
-                data = file.read_bytes() if size <= self.max_bytes else b""
-            except OSError as exc:
-                yield f"file:{file.name}", str(file), f"unreadable: {exc.strerror}".encode(), ".unreadable"
+            location = shown(file)
+            # Keyed by its name: what is not read has no content to be keyed by.
+            refused = f"file:{shown(file.name)}", location
+            target, why = _inside(file, root)
+            if target is None:
+                yield *refused, why.encode(), ".refused"
                 continue
-            if size > self.max_bytes:
-                yield f"file:{file.name}", str(file), f"{size}".encode(), ".too-large"
+            try:
+                # Not through the link again (it might be changed to point elsewhere in between): the checked
+                # target, itself no link.
+                fd, status = open_regular(target, follow=False)
+            except InputError as exc:
+                yield *refused, f"skipped: {exc}".encode(), ".refused"
+                continue
+            try:
+                data = read_at_most(fd, self.max_bytes + 1)
+            except OSError as exc:
+                yield *refused, f"unreadable: {exc.strerror}".encode(), ".unreadable"
+                continue
+            if len(data) > self.max_bytes:
+                yield *refused, f"{max(status.st_size, len(data))}".encode(), ".too-large"
                 continue
             suffix = ".json" if file.suffix.lower() == ".json" else ".yaml"
-            yield _identity(data, suffix, str(file)), str(file), data, suffix
+            yield _identity(data, suffix, location), location, data, suffix
 
     def _csv(self) -> Iterator[tuple[str, str, bytes, str]]:
         assert self.layout is not None
         for line, doc in self.layout.rows(self.path):
-            source = f"{self.path}:{line}"
+            source = f"{self.shown}:{line}"
             if isinstance(doc, RowError):
                 # The message alone (the location is added when reported): the digest must not change when the
                 # row merely moves.
@@ -116,13 +169,14 @@ class CaseSource:
                 yield key, source, data, ".json"
 
     def _ndjson(self) -> Iterator[tuple[str, str, bytes, str]]:
-        with self.path.open("rb") as handle:
+        fd, _ = open_regular(self.path)
+        with open(fd, "rb") as handle:
             number = 0
             # At most max_bytes + 1 bytes of a line are read at once: an oversized line (one without a newline
             # for gigabytes, say) is skipped in chunks, hashed for its key, never held whole.
             while line := handle.readline(self.max_bytes + 1):
                 number += 1
-                source = f"{self.path}:{number}"
+                source = f"{self.shown}:{number}"
                 if len(line) > self.max_bytes:
                     size, digest = _skip_line(handle, line)
                     yield "sha256:" + digest[:32], source, f"{size}".encode(), ".too-large"
@@ -131,6 +185,23 @@ class CaseSource:
                     continue
                 data = line.strip()
                 yield _identity(data, ".json", source), source, data, ".json"
+
+
+def _inside(file: Path, root: Path) -> tuple[Path | None, str]:
+    """``(path to open, "")`` for an entry of the folder: itself, or for a link the file it leads to, if that
+    is inside the folder ``root``; else ``(None, why it is not read)``. A link leading out of the folder is
+    never followed: the folder is what the job was given."""
+    if not file.is_symlink():
+        return file, ""
+    try:
+        target = file.resolve(strict=True)
+    except FileNotFoundError:
+        return None, "skipped: a broken link (what it names does not exist)"
+    except (OSError, RuntimeError):  # a loop of links, or one that cannot be followed
+        return None, "skipped: a link that cannot be followed (a loop of links?)"
+    if not target.is_relative_to(root):
+        return None, "a link out of the source folder: not read"
+    return target, ""
 
 
 def _skip_line(handle: BinaryIO, start: bytes, chunk: int = 1 << 16) -> tuple[int, str]:
