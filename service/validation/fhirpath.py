@@ -13,15 +13,18 @@ import contextvars
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 from xml.parsers import expat
 
 import fhirpathpy
-from fhirpathpy.engine.nodes import ResourceNode
+from fhirpathpy.engine.invocations import invocation_registry
+from fhirpathpy.engine.nodes import FP_Quantity, ResourceNode
 from fhirpathpy.models import models
 
 from service.errors import CasebridgeError
+from service.validation import ucum
 
 R4_MODEL = models["r4"]
 
@@ -141,6 +144,68 @@ def _matches(inputs: list[Any], pattern: str) -> list[bool]:
         return [re.fullmatch(pattern, inputs[0], re.DOTALL) is not None]
     except re.error:
         return []
+
+
+# Quantities compare as FHIRPath says (section 6.3): the same unit, or units one converts to the other, compare
+# their values; a comparison of quantities with units that do not convert is empty. fhirpathpy compares the
+# JSON objects instead, which Python refuses (rng-2, low <= high, could not be evaluated on any Range).
+_QUANTITY_TYPES = frozenset({"Quantity", "Age", "Count", "Distance", "Duration", "SimpleQuantity", "MoneyQuantity"})
+_UCUM = "http://unitsofmeasure.org"
+_NOT_A_QUANTITY = object()
+
+
+def _quantity_of(item: Any) -> Any:
+    """(value, unit, system) of a Quantity node or literal; None for one without a value; else _NOT_A_QUANTITY."""
+    if isinstance(item, FP_Quantity):
+        unit = FP_Quantity.timeUnitsToUCUM.get(item.unit, item.unit) if isinstance(item.unit, str) else None
+        return (Decimal(str(item.value)), unit.strip("'") if unit else "1", _UCUM)
+    if not isinstance(item, ResourceNode) or item.path not in _QUANTITY_TYPES or not isinstance(item.data, dict):
+        return _NOT_A_QUANTITY
+    data = item.data
+    value = data.get("value")
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
+        return None
+    system = data.get("system")
+    unit = data.get("code") if system is not None else data.get("unit")
+    return (Decimal(str(value)), unit if isinstance(unit, str) else None, system)
+
+
+def _quantity_order(a: tuple[Decimal, str | None, Any], b: tuple[Decimal, str | None, Any]) -> int | None:
+    """-1, 0 or 1 as ``a`` is less, equal or greater; None when their units do not compare."""
+    (va, ua, sa), (vb, ub, sb) = a, b
+    if ua == ub and sa == sb:
+        return (va > vb) - (va < vb)
+    if sa == sb == _UCUM:
+        ba, bb = ucum.to_base(float(va), ua), ucum.to_base(float(vb), ub)
+        if ba is not None and bb is not None and ba[1] == bb[1]:
+            return (ba[0] > bb[0]) - (ba[0] < bb[0])
+    return None
+
+
+def _comparison(original: Callable[..., Any], holds: Callable[[int], bool]) -> Callable[..., Any]:
+    def compare(ctx: Any, a: Any, b: Any) -> Any:
+        if isinstance(a, list) and isinstance(b, list) and len(a) == 1 and len(b) == 1:
+            qa, qb = _quantity_of(a[0]), _quantity_of(b[0])
+            if qa is not _NOT_A_QUANTITY and qb is not _NOT_A_QUANTITY:
+                order = None if qa is None or qb is None else _quantity_order(qa, qb)
+                return [] if order is None else [holds(order)]
+        return original(ctx, a, b)
+
+    return compare
+
+
+# fhirpathpy is used by this module alone: its operators are replaced in its own table, since functions given as
+# user functions receive their input without the types that tell a Quantity.
+for _operator, _holds in {
+    "<": lambda order: order < 0,
+    "<=": lambda order: order <= 0,
+    ">": lambda order: order > 0,
+    ">=": lambda order: order >= 0,
+}.items():
+    _entry = cast(dict[str, Any], invocation_registry[_operator])
+    if not _entry.get("quantities"):  # once, should the module be loaded twice (compiled and from source)
+        _entry["fn"] = _comparison(_entry["fn"], _holds)
+        _entry["quantities"] = True
 
 
 _USER_FUNCTIONS: dict[str, dict[str, Any]] = {

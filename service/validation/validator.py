@@ -1111,7 +1111,11 @@ class Validator:
                         )
                     )
                 except FhirPathError as exc:
-                    run.add("warning", "processing", f"Constraint {c.key} could not be evaluated: {exc}", expr)
+                    # A rule that cannot be checked is not a rule that holds: it keeps its own severity, so
+                    # that an error-level invariant never lets its resource through as valid.
+                    severity = "error" if c.severity == "error" else "warning"
+                    message = f"Constraint {c.key} could not be evaluated: {exc}"
+                    run.add(severity, "processing", message, expr, tree.url)
                     continue
             if not ok:
                 severity = "error" if c.severity == "error" else "warning"
