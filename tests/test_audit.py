@@ -487,3 +487,24 @@ def test_an_audit_file_that_cannot_be_written_is_an_error_in_the_log(
     assert (
         error.getMessage() == "audit record not written: OSError" and getattr(error, "route") == "/diagnostic-reports"
     )
+
+
+def test_a_long_read_keeps_a_thousand_ids_and_counts_the_rest(tmp_path: Path) -> None:
+    audit = Audit(file=tmp_path / "a.jsonl")
+    audited = audit.begin(_Request(), "search", resource_type="DiagnosticReport")  # type: ignore[arg-type]
+    for page in range(15):  # 15 pages of 100 reports, one patient each, one report sent twice
+        entries = [
+            {
+                "resource": {
+                    "resourceType": "DiagnosticReport",
+                    "id": f"r{page}-{i}",
+                    "subject": {"reference": f"Patient/p{page}-{i}"},
+                }
+            }
+            for i in range(100)
+        ]
+        audited.returned({"entry": [*entries, entries[0]]})
+    line = audited.finish(200, "/diagnostic-reports")
+    audit.close()
+    assert line is not None and len(line["resources"]) == 1_000 and line["more"] == 500
+    assert line["resources"][0] == "DiagnosticReport/r0-0" and len(line["patients"]) == 1_000

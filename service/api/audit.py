@@ -162,19 +162,23 @@ class Audited:
         self.query = query
 
     def returned(self, page: object) -> None:
-        """A searchset page on its way to the client: its resources' types and ids, and their patients."""
+        """A searchset page on its way to the client: its resources' types and ids, and their patients. Past
+        ``MAX_IDS`` the rest are counted, not listed; only the listed ones are remembered (memory stays bounded
+        however long the stream), so one counted is counted again if a later page sends it again."""
         entries = page.get("entry") if isinstance(page, Mapping) else None
+        counted: set[str] = set()  # this page's, past the cap
         for entry in entries if isinstance(entries, list) else []:
             resource = entry.get("resource") if isinstance(entry, dict) else None
             if not isinstance(resource, dict):
                 continue
             reference = f"{_token(resource.get('resourceType'))}/{_token(resource.get('id'))}"
-            if reference in self._seen:
+            if reference in self._seen or reference in counted:
                 continue
             if len(self.resources) < MAX_IDS:
                 self._seen.add(reference)
                 self.resources.append(reference)
             else:
+                counted.add(reference)
                 self.left_out += 1
             if resource.get("resourceType") == "Patient":
                 self._patient(_token(resource.get("id")))
