@@ -243,3 +243,18 @@ def test_an_ingest_prints_one_line_per_item_escaped_and_pushes_nothing_from_outs
     for ref in refs(docs[2]) - refs(docs[0]) - refs(docs[1]):  # what only the case outside would write
         answer = httpx.get(f"{fhir_server}/{ref}", headers={"Accept": "application/fhir+json"})
         assert answer.status_code in (404, 410), ref
+
+
+def test_a_file_name_that_is_not_utf8_is_stored_and_reported_escaped(tmp_path: Path) -> None:
+    from service.ingest.state import JobState
+
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    (folder / os.fsdecode(b"bad-\xff.yaml")).write_text("case_id: [unclosed\n")
+    items = list(CaseSource(folder, max_bytes=1000))
+    assert [i.source for i in items] == [f"{folder}/bad-\\xff.yaml"]
+    state = JobState(tmp_path / "job.sqlite")  # a raw name (a lone surrogate) could not be stored: the job crashed
+    state.begin_run()
+    state.register([(i.key, i.source, i.digest, n) for n, i in enumerate(items)], None)
+    assert [row.location for row in state.rows()] == [f"{folder}/bad-\\xff.yaml"]
+    state.close()
