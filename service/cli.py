@@ -253,7 +253,7 @@ def serve(
         access_log=False,  # our middleware logs each request, without its query string
         server_header=False,
         proxy_headers=False,
-        http=http_protocol(),  # malformed HTTP answered with an OperationOutcome too
+        http=http_protocol(settings.max_header_bytes),  # malformed HTTP and heads too long answered with an outcome
         ws="none",  # no WebSocket endpoint: an upgrade request is answered as plain HTTP, by the app
     )
 
