@@ -19,6 +19,8 @@ from typing import Any, cast
 from xml.parsers import expat
 
 import fhirpathpy
+import re2
+import regex
 from fhirpathpy.engine.invocations import invocation_registry
 from fhirpathpy.engine.nodes import FP_Quantity, ResourceNode
 from fhirpathpy.models import models
@@ -136,14 +138,80 @@ def _html_checks(inputs: list[Any]) -> bool:
     return all(isinstance(i, str) and html_checks(i) for i in inputs)
 
 
-def _matches(inputs: list[Any], pattern: str) -> list[bool]:
+# Patterns come from profiles and are run on input, so they must not cost more than the input is long: a
+# backtracking engine takes exponential time on '^(a+)+$' against 'aaaa…!'. RE2 matches in linear time; only
+# the syntax RE2 leaves out (backreferences, lookaround, possessive quantifiers) goes to the ``regex`` module,
+# which backtracks but is stopped after PATTERN_TIME_LIMIT seconds of processor time. A pattern that is
+# invalid, or that does not finish in time, cannot be evaluated: its invariant says so with its own severity.
+PATTERN_TIME_LIMIT = 0.25
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a pattern RE2 refuses goes to the fallback; RE2 need not log it too
+_RE2_OPTIONS.dot_nl = True  # as the HL7 validator reads a pattern: '.' matches a line end too
+_GROUP_REFERENCE = re.compile(r"\$(\d+)")
+
+
+@dataclass(frozen=True)
+class _Pattern:
+    compiled: Any
+    linear: bool  # compiled by RE2 (else by ``regex``, run with a time limit)
+
+
+@lru_cache(maxsize=1024)
+def _pattern(pattern: str) -> _Pattern:
+    try:
+        return _Pattern(re2.compile(pattern, options=_RE2_OPTIONS), True)
+    except re2.error:
+        pass
+    try:
+        return _Pattern(regex.compile(pattern, regex.DOTALL), False)
+    except regex.error as exc:
+        raise FhirPathError(f"the pattern {pattern!r} is not a valid regular expression: {exc}") from exc
+
+
+def _too_long(pattern: str) -> str:
+    return f"the pattern took too long (over {PATTERN_TIME_LIMIT} s): {pattern!r}"
+
+
+def full_match(pattern: str, text: str) -> bool:
+    """Whether all of ``text`` matches ``pattern``, in bounded time (see PATTERN_TIME_LIMIT)."""
+    p = _pattern(pattern)
+    if p.linear:
+        return p.compiled.fullmatch(text) is not None
+    try:
+        return p.compiled.fullmatch(text, timeout=PATTERN_TIME_LIMIT) is not None
+    except TimeoutError as exc:
+        raise FhirPathError(_too_long(pattern)) from exc
+
+
+def replace_matches(pattern: str, substitution: str, text: str) -> str:
+    """FHIRPath replaceMatches(): every match replaced, with $1, $2 ... naming the groups matched."""
+    p = _pattern(pattern)
+
+    def expand(match: Any) -> str:
+        return _GROUP_REFERENCE.sub(lambda g: match.group(int(g[1])) or "", substitution)
+
+    if p.linear:
+        return str(p.compiled.sub(expand, text))
+    try:
+        return str(p.compiled.sub(expand, text, timeout=PATTERN_TIME_LIMIT))
+    except TimeoutError as exc:
+        raise FhirPathError(_too_long(pattern)) from exc
+
+
+def _matches(inputs: list[Any], pattern: Any) -> list[bool]:
     # As the HL7 validator reads it: the whole string must match (fhirpathpy searches for a part).
+    if len(inputs) != 1 or not isinstance(inputs[0], str) or not isinstance(pattern, str):
+        return []
+    return [full_match(pattern, inputs[0])]
+
+
+def _replace_matches(inputs: list[Any], pattern: Any, substitution: Any) -> list[str]:
+    # fhirpathpy's own runs Python's backtracking engine with no limit.
     if len(inputs) != 1 or not isinstance(inputs[0], str):
         return []
-    try:
-        return [re.fullmatch(pattern, inputs[0], re.DOTALL) is not None]
-    except re.error:
+    if not isinstance(pattern, str) or not isinstance(substitution, str):
         return []
+    return [replace_matches(pattern, substitution, inputs[0])]
 
 
 # Quantities compare as FHIRPath says (section 6.3): the same unit, or units one converts to the other, compare
@@ -210,6 +278,7 @@ for _operator, _holds in {
 
 _USER_FUNCTIONS: dict[str, dict[str, Any]] = {
     "matches": {"fn": _matches, "arity": {1: ["String"]}},
+    "replaceMatches": {"fn": _replace_matches, "arity": {2: ["String", "String"]}},
     "hasValue": {"fn": _has_value, "arity": {0: []}},
     "htmlChecks": {"fn": _html_checks, "arity": {0: []}},
     "resolve": {"fn": _resolve, "arity": {0: []}},
