@@ -132,7 +132,7 @@ def validate(
     settings = cli_settings()
     issues, code = _validate_file(file, settings, list(profile or ()), list(definitions or ()))
     if fmt is OutputFormat.json:
-        sys.stdout.buffer.write(dump_json(operation_outcome(issues)))
+        sys.stdout.buffer.write(dump_json(operation_outcome(issues, settings.max_outcome_issues)))
     else:
         for i in sorted(issues, key=lambda i: SEVERITY_RANK.get(i.severity, 9)):
             out.print(

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     max_resource_bytes: int = Field(
         5 * 1024 * 1024, gt=0, description="Largest FHIR resource or Bundle accepted for validation, in bytes."
     )
+    max_outcome_issues: int = Field(
+        1000, ge=1, description="Most issues listed in one OperationOutcome; one more issue counts the rest."
+    )
     fhir_packages_lock: Path = Field(
         PROJECT_ROOT / "fhir-packages.json",
         description="The pinned FHIR packages, in priority order (the first that defines a URL wins).",

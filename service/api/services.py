@@ -77,7 +77,7 @@ class Services:
     def refuse_invalid(self, endpoint: str, issues: list[Issue]) -> None:
         """Count a validation by outcome; with any error, answer 422 with the OperationOutcome."""
         if self.count_validation(endpoint, issues):
-            raise ApiError(422, operation_outcome(issues))
+            raise ApiError(422, operation_outcome(issues, self.settings.max_outcome_issues))
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -43,6 +43,7 @@ MAX_CLAIMED_PROFILES = 20  # per resource (meta.profile and asked-for profiles t
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _REFERENCE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?$")
 MAX_DEPTH = 200  # deeper than any real resource; a guard against hostile nesting
+MAX_OUTCOME_ISSUES = 1000  # issues listed in one OperationOutcome (Settings.max_outcome_issues)
 
 
 @dataclass(frozen=True)
@@ -74,14 +75,28 @@ class Issue:
         return out
 
 
-def operation_outcome(issues: list[Issue]) -> dict[str, Any]:
+def operation_outcome(issues: list[Issue], max_issues: int = MAX_OUTCOME_ISSUES) -> dict[str, Any]:
+    """The issues as an OperationOutcome, most severe first (in their order within a severity).
+
+    At most ``max_issues`` of them, then one issue saying how many more were left out: 40,000 invalid entries
+    made a 39 MB answer. The most severe come first, so an outcome with errors still shows errors."""
     ordered = sorted(issues, key=lambda i: SEVERITY_RANK.get(i.severity, 9))
     if not ordered:
         return {
             "resourceType": "OperationOutcome",
             "issue": [{"severity": "information", "code": "informational", "details": {"text": "No issues"}}],
         }
-    return {"resourceType": "OperationOutcome", "issue": [i.to_fhir() for i in ordered]}
+    limit = max(1, max_issues)
+    shown = [i.to_fhir() for i in ordered[:limit]]
+    left_out = ordered[limit:]
+    if left_out:
+        counts: dict[str, int] = {}
+        for i in left_out:
+            counts[i.severity] = counts.get(i.severity, 0) + 1
+        by_severity = ", ".join(f"{s}: {n}" for s, n in counts.items())
+        text = f"{len(left_out)} more issues were left out ({by_severity}); at most {limit} are listed"
+        shown.append({"severity": "information", "code": "too-costly", "details": {"text": text}})
+    return {"resourceType": "OperationOutcome", "issue": shown}
 
 
 def has_errors(issues: list[Issue]) -> bool:

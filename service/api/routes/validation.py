@@ -93,7 +93,7 @@ async def validate(
     data = await read_body(request, services.settings.max_body_bytes)
     issues = await services.cpu(request, _validate, resource_type, data, media, profiles)
     services.count_validation("validate", issues)
-    return FhirResponse(operation_outcome(issues))
+    return FhirResponse(operation_outcome(issues, services.settings.max_outcome_issues))
 
 
 def _validate(bench: Workbench, resource_type: str, data: bytes, media: str, profiles: list[str]) -> list[Issue]:
