@@ -19,6 +19,9 @@ from typing import Any, cast
 from xml.parsers import expat
 
 import fhirpathpy
+import fhirpathpy.engine as fhirpath_engine
+import fhirpathpy.engine.util as fhirpath_util
+import fhirpathpy.parser as fhirpath_parser
 import re2
 import regex
 from fhirpathpy.engine.invocations import invocation_registry
@@ -291,17 +294,74 @@ def normalise(expression: str) -> str:
     return _AS_FUNCTION.sub("ofType(", expression)
 
 
+# A path on %resource or %rootResource made of names and argument-free functions (first(), descendants()...)
+# has one value per evaluation. Inside a where(), all(), select()... it was evaluated again for each item:
+# sdf-8's %resource.snapshot.element.first() walked the whole snapshot once per element, quadratic in its size.
+# Such paths inside parentheses are evaluated once per evaluation and passed in as variables.
+_STRING_LITERAL = re.compile(r"'(?:[^'\\]|\\.)*'")
+_CONSTANT_PATH = re.compile(r"%(?:resource|rootResource)(?:\.[A-Za-z_][A-Za-z0-9_]*(?:\(\)|(?![A-Za-z0-9_(])))+|[()]")
+
+
+def _no_trace(*args: Any) -> None:
+    """trace() must not print: invariants such as ref-1 call it."""
+
+
+def hoist_constants(expression: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """``expression`` with each constant path inside parentheses replaced by a variable ``%_constantN``, and
+    the (name, path) pairs. Text inside string literals is left alone."""
+    pieces: list[str] = []
+    names: dict[str, str] = {}
+    depth = 0
+    position = 0
+    bounds = [(m.start(), m.end()) for m in _STRING_LITERAL.finditer(expression)]
+    for start, end in [*bounds, (len(expression), len(expression))]:
+        code = expression[position:start]
+        last = 0
+        for match in _CONSTANT_PATH.finditer(code):
+            found = match.group()
+            if found == "(":
+                depth += 1
+            elif found == ")":
+                depth -= 1
+            elif depth > 0:
+                name = names.setdefault(found, f"_constant{len(names)}")
+                pieces.append(code[last : match.start()] + f"%{name}")
+                last = match.end()
+        pieces.append(code[last:] + expression[start:end])
+        position = end
+    return "".join(pieces), tuple((name, path) for path, name in names.items())
+
+
+def _constant(parsed: Any, table: Any, variables: dict[str, Any]) -> Any:
+    """One hoisted path's value as the engine's own nodes (typed, primitives' extensions kept)."""
+    ctx = {
+        "dataRoot": [],
+        "vars": {"context": None, "ucum": "http://unitsofmeasure.org", **variables},
+        "model": R4_MODEL,
+        "userInvocationTable": table,
+        "traceFn": _no_trace,
+    }
+    return fhirpath_engine.do_eval(ctx, [], parsed["children"][0])  # type: ignore[no-untyped-call]
+
+
 @lru_cache(maxsize=4096)
 def compile_expression(expression: str) -> Callable[..., Any]:
+    text, constants = hoist_constants(normalise(expression))
+    options = {"userInvocationTable": _USER_FUNCTIONS, "traceFn": _no_trace}
     try:
-        return fhirpathpy.compile(
-            normalise(expression),
-            model=R4_MODEL,
-            # trace() must not print: invariants such as ref-1 call it.
-            options={"userInvocationTable": _USER_FUNCTIONS, "traceFn": lambda *args: None},
-        )
+        fn = fhirpathpy.compile(text, model=R4_MODEL, options=options)
+        parsed = tuple((name, fhirpath_parser.parse(path)) for name, path in constants)  # type: ignore[no-untyped-call]
     except Exception as exc:
         raise FhirPathError(f"cannot compile FHIRPath {expression!r}: {exc}") from exc
+    if not parsed:
+        return fn
+    table = fhirpath_util.process_user_invocation_table(_USER_FUNCTIONS)  # type: ignore[no-untyped-call]
+
+    def run(target: Any, variables: dict[str, Any]) -> Any:
+        values = {name: _constant(tree, table, variables) for name, tree in parsed}
+        return fn(target, {**variables, **values})
+
+    return run
 
 
 def evaluate(

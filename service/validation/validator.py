@@ -261,6 +261,8 @@ class Validator:
             log_defect(log, "validation failed on unforeseen input", exc)
             message = f"The validator could not finish on this input ({type(exc).__name__})"
             run.add("fatal", "exception", message, rtype)
+        finally:
+            _CONTAINED_INDEX.clear()  # built for this input only
         return run.issues
 
     # --- resources ------------------------------------------------------------------------------------
@@ -795,9 +797,7 @@ class Validator:
         resolved: dict[str, Any] | None = None
         if reference.startswith("#"):
             # A missing contained target is ref-1's failure, reported by that invariant.
-            target = next(
-                (c for c in res.get("contained") or () if isinstance(c, dict) and c.get("id") == reference[1:]), None
-            )
+            target = _contained_by_id(res).get(reference[1:])
             if target is None and reference != "#":
                 return
             resolved = target if target is not None else res
@@ -1379,6 +1379,26 @@ def _contained(res: Any) -> list[dict[str, Any]]:
     return [c for c in _arr(res.get("contained")) if isinstance(c, dict)] if isinstance(res, dict) else []
 
 
+# id(contained list) -> (the list, its resources by id), for the validation under way: looked up once per
+# reference, a scan of the list made n references to n contained resources quadratic.
+_CONTAINED_INDEX: dict[int, tuple[list[Any], dict[str, dict[str, Any]]]] = {}
+
+
+def _contained_by_id(res: Any) -> dict[str, dict[str, Any]]:
+    """A resource's contained resources by id (the first of each id)."""
+    contained = res.get("contained") if isinstance(res, dict) else None
+    if not isinstance(contained, list) or not contained:
+        return {}
+    entry = _CONTAINED_INDEX.get(id(contained))
+    if entry is None or entry[0] is not contained:
+        index: dict[str, dict[str, Any]] = {}
+        for c in contained:
+            if isinstance(c, dict) and isinstance(c.get("id"), str):
+                index.setdefault(c["id"], c)
+        entry = _CONTAINED_INDEX[id(contained)] = (contained, index)
+    return entry[1]
+
+
 def _dom_2(res: Any, root: Any = None) -> bool:
     return all(not c.get("contained") for c in _contained(res))
 
@@ -1448,7 +1468,7 @@ def _ref_1(item: Any, root: Any = None) -> bool:
     reference = item.get("reference")
     if not isinstance(reference, str) or not reference.startswith("#") or reference == "#":
         return True
-    return any(c.get("id") == reference[1:] for c in _contained(root))
+    return reference[1:] in _contained_by_id(root)
 
 
 _NATIVE = {
