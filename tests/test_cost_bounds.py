@@ -1,21 +1,31 @@
 """What one client can cost everyone else, against a real `casebridge serve`: a request head is refused past its
-limit before it is parsed (431)."""
+limit before it is parsed (431), work past its time budget is stopped (422 too-costly), and work for a client
+that hung up is stopped while it runs; with CpuRunner directly, the same for work that only sleeps."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import socket
 import statistics
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
+from service.api.errors import ApiError
+from service.api.workers import CpuRunner, Workbench
 from service.config import Settings
 
-from .test_serve import Serving, _cpu_ticks
+from .conftest import SEED
+from .test_api import READ
+from .test_serve import Serving, _children, _cpu_ticks
 
 LIMIT = 64 * 1024  # the default of CASEBRIDGE_MAX_HEADER_BYTES
 HUGE = 64 * 1024 * 1024
@@ -136,5 +146,149 @@ def test_both_protocols_count_the_head(implementation: str) -> None:
         sock.close()
 
 
-def test_the_limit_is_a_setting() -> None:
-    assert Settings().max_header_bytes == LIMIT and Settings(max_header_bytes="8192").max_header_bytes == 8192
+def _costly() -> bytes:
+    """A Patient whose 40,000 contained resources reference each other in a chain (3.6 MB): its validation takes
+    tens of seconds or more (the references' check grows faster than their number)."""
+    contained = [
+        {"resourceType": "Organization", "id": f"o{i}", "name": "x", "partOf": {"reference": f"#o{i + 1}"}}
+        for i in range(40_000)
+    ]
+    return orjson.dumps(
+        {"resourceType": "Patient", "contained": contained, "managingOrganization": {"reference": "#o0"}}
+    )
+
+
+VALIDATE = {**READ, "Content-Type": "application/fhir+json"}
+CASE = {**READ, "Content-Type": "application/yaml"}
+
+
+def test_work_past_its_budget_is_stopped_and_only_its_request_fails(fhir_server: str, tmp_path: Path) -> None:
+    env = {"CASEBRIDGE_VALIDATION_BUDGET": "1"}
+    with Serving(fhir_server, tmp_path, "--workers", "2", env=env) as serving:
+        workers = set(_children(serving.process.pid))
+
+        async def both() -> tuple[httpx.Response, list[httpx.Response]]:
+            async with httpx.AsyncClient(base_url=serving.base, timeout=60) as client:
+                costly = asyncio.ensure_future(client.post("/Patient/$validate", content=_costly(), headers=VALIDATE))
+                await asyncio.sleep(0.3)  # under way on one worker; the other serves cases meanwhile
+                cases = [await client.post("/cases", content=SEED.read_bytes(), headers=CASE) for _ in range(3)]
+                return await costly, cases
+
+        started = time.monotonic()
+        refused, cases = asyncio.run(both())
+        assert time.monotonic() - started < 10  # not the tens of seconds it would run
+        assert [c.status_code for c in cases] == [200] * 3
+        assert refused.status_code == 422, refused.text[:300]
+        issue = refused.json()["issue"][0]
+        assert issue["code"] == "too-costly" and "time budget of 1 s" in issue["diagnostics"], issue
+        now = set(_children(serving.process.pid))
+        assert len(now) == 2 and len(now & workers) == 1  # the one that ran it was replaced, the other kept
+        assert serving.metric("casebridge_cpu_worker_pools_replaced") == 1
+
+
+def test_abandoned_costly_validations_do_not_hold_later_requests(fhir_server: str, tmp_path: Path) -> None:
+    """Two costly validations whose clients gave up after 1.5 s ran on (~60 s each) and held every POST /cases.
+    Their work is now stopped when the client hangs up, well before the time budget (10 s here) would stop it."""
+    with Serving(fhir_server, tmp_path, "--workers", "2", env={"CASEBRIDGE_VALIDATION_BUDGET": "10"}) as serving:
+        workers = set(_children(serving.process.pid))
+        body = _costly()
+
+        def give_up() -> None:
+            with pytest.raises(httpx.TimeoutException):
+                httpx.post(f"{serving.base}/Patient/$validate", content=body, headers=VALIDATE, timeout=1)
+
+        quitters = [threading.Thread(target=give_up) for _ in range(2)]
+        for quitter in quitters:
+            quitter.start()
+        for quitter in quitters:
+            quitter.join()
+        started = time.monotonic()
+        answer = httpx.post(f"{serving.base}/cases", content=SEED.read_bytes(), headers=CASE, timeout=60)
+        waited = time.monotonic() - started
+        assert answer.status_code == 200 and waited < 4, waited
+        assert not set(_children(serving.process.pid)) & workers  # both stopped, and replaced
+        metrics = httpx.get(f"{serving.base}/metrics", timeout=10).text
+        assert 'route="/{resource_type}/$validate",status="499"} 2.0' in metrics
+    assert "work for a client that hung up was stopped with its worker process" in serving.stderr
+
+
+# CpuRunner directly, with work that only sleeps.
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> Workbench:
+    settings = Settings(lock_dir=tmp_path_factory.mktemp("locks"), validation_budget=0.5)
+    return Workbench.build(settings)
+
+
+@pytest.fixture
+def runner(bench: Workbench) -> Iterator[CpuRunner]:
+    runner = CpuRunner(bench, processes=2)
+    runner.start()
+    yield runner
+    runner.close()
+
+
+def _nap(_: Workbench, seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_the_budget_stops_the_work_and_spares_the_others(runner: CpuRunner) -> None:
+    assert runner.budget == 0.5  # from the settings
+    pids = set(runner.pids())
+
+    async def go() -> list[Any]:
+        slow = asyncio.ensure_future(runner.run(_nap, 30))
+        await asyncio.sleep(0.1)
+        quick = [await runner.run(_nap, 0.2) for _ in range(4)]  # meanwhile, one after another
+        return [await asyncio.gather(slow, return_exceptions=True), quick]
+
+    started = time.monotonic()
+    [[stopped], quick] = asyncio.run(go())
+    assert time.monotonic() - started < 5
+    assert isinstance(stopped, ApiError) and stopped.status == 422, stopped
+    assert stopped.body["issue"][0]["code"] == "too-costly"
+    assert "budget of 0.5 s" in stopped.body["issue"][0]["diagnostics"]
+    [victim] = pids - set(quick)  # the quick work all ran on the other worker
+    assert _gone(victim) and runner.replaced == 1 and runner.alive() == 2 and victim not in runner.pids()
+    assert runner.queued == 0
+
+
+def test_running_work_whose_request_is_abandoned_is_stopped(runner: CpuRunner) -> None:
+    pids = set(runner.pids())
+
+    async def go() -> None:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(runner.run(_nap, 0.45), 0.2)  # under its budget: only the caller gave up
+
+    asyncio.run(go())
+    [victim] = pids - set(runner.pids())
+    assert _gone(victim) and runner.replaced == 1 and runner.alive() == 2 and runner.queued == 0
+    assert asyncio.run(runner.run(_nap, 0)) in runner.pids()
+
+
+def test_a_killed_worker_costs_only_its_own_request_a_503(runner: CpuRunner) -> None:
+    async def go() -> list[Any]:
+        work = [asyncio.ensure_future(runner.run(_nap, 0.4)) for _ in range(4)]  # two under way, two waiting
+        await asyncio.sleep(0.1)
+        os.kill(runner.pids()[0], signal.SIGKILL)
+        return await asyncio.gather(*work, return_exceptions=True)
+
+    results = asyncio.run(go())
+    failed = [r for r in results if isinstance(r, ApiError)]
+    assert len(failed) == 1 and failed[0].status == 503 and failed[0].headers == {"Retry-After": "1"}
+    assert all(isinstance(r, int) for r in results if r not in failed)
+    assert runner.replaced == 1 and runner.alive() == 2
+
+
+def test_the_budget_is_a_setting() -> None:
+    assert Settings().validation_budget == 20 and Settings().max_header_bytes == LIMIT
+    assert Settings(validation_budget="2.5", max_header_bytes="8192").validation_budget == 2.5

@@ -206,17 +206,17 @@ def test_worker_processes_share_one_queue_and_a_killed_one_is_replaced(fhir_serv
         assert set(statuses) <= {200, 503} and statuses[-4:] == [200] * 4, statuses
         assert serving.metric("casebridge_cpu_worker_pools_replaced") == 1
         assert serving.metric("casebridge_cpu_workers") == 2
-        # Killed again, and this time the readiness check comes first: it replaces the pool; no request fails.
+        # Killed again while no request is under way: the server replaces it before any request finds it.
         os.kill(_children(serving.process.pid)[0], signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while serving.metric("casebridge_cpu_workers") == 2 and time.monotonic() < deadline:
+        while serving.metric("casebridge_cpu_worker_pools_replaced") < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         ready = httpx.get(f"{serving.base}/readyz", timeout=30)
         assert ready.status_code == 200 and ready.json()["workers"] == 2, ready.text
         assert post_all(serving.base, 8) == [200] * 8
-        assert serving.metric("casebridge_cpu_worker_pools_replaced") == 2
+        assert serving.metric("casebridge_cpu_worker_pools_replaced") == 2 and len(_children(serving.process.pid)) == 2
     errors = [line for line in serving.log_lines() if line["level"] == "ERROR"]
-    assert [e["message"] for e in errors] == ["a worker process stopped; starting 2 new ones"] * 2, errors
+    assert [e["message"] for e in errors] == ["a worker process stopped; starting a new one"] * 2, errors
 
 
 def test_retries_of_an_unreachable_fhir_server_are_json_lines_without_the_request(tmp_path: Path) -> None:

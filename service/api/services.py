@@ -53,8 +53,9 @@ class Services:
     ) -> T:
         """Run ``fn(bench, *args)`` where the CPU work runs (see service.api.workers), for as long as the client
         who asked for it is there: when it hangs up, work not yet started is dropped from the queue (it held a
-        place there and kept live clients waiting behind it) and the request ends as 499, nginx's 'client closed
-        request'. Work already running in a process finishes unread."""
+        place there and kept live clients waiting behind it), work already running in a worker process is stopped
+        with its process (a fresh one replaces it), and the request ends as 499, nginx's 'client closed request'.
+        Work on the thread (``processes=0``) cannot be stopped and finishes unread."""
         work = asyncio.ensure_future(self.runner.run(fn, *args, **kwargs))
         gone = asyncio.ensure_future(_hung_up(request))
         try:
