@@ -161,3 +161,39 @@ def test_every_core_invariant_evaluates_on_a_sample_of_the_r4_examples(validator
         if "could not be evaluated" in i.message
     ]
     assert unevaluated == []
+
+
+# --- a profile's minValue/maxValue on a Quantity -----------------------------------------------------------
+
+LIMITED = "http://example.org/fhir/StructureDefinition/limited-observation"
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Validator:
+    """Observation.valueQuantity at most 300 mm[Hg] (a unit our conversions do not know) and at least 1 g."""
+    core = load_index(Settings()).core_definition("Observation")
+    assert core is not None
+    sd = copy.deepcopy(core)
+    sd.update(url=LIMITED, name="LimitedObservation", derivation="constraint")
+    sd["baseDefinition"] = "http://hl7.org/fhir/StructureDefinition/Observation"
+    sd.pop("differential", None)
+    [value] = [e for e in sd["snapshot"]["element"] if e["id"] == "Observation.value[x]"]
+    value["maxValueQuantity"] = {"value": 300, "system": UCUM, "code": "mm[Hg]"}
+    folder = tmp_path_factory.mktemp("limited")
+    (folder / "limited-observation.json").write_text(json.dumps(sd))
+    return load_validator(Settings(), [folder])
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        (quantity(200, "mm[Hg]"), None),
+        (quantity(500, "mm[Hg]"), "(500 mm[Hg]) is greater than the specified maxValue (300 mm[Hg])"),
+        # Units that do not convert: not checked is not within the limit.
+        (quantity(5, "kg"), "The value 5 kg could not be compared with the maxValue 300 mm[Hg]"),
+    ],
+)
+def test_a_quantity_limit_is_checked_or_is_an_error(limited: Validator, value: Any, words: str | None) -> None:
+    obs = {"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "valueQuantity": value}
+    found = [i.message for i in limited.validate(obs, [LIMITED]) if i.severity == "error"]
+    assert found == ([] if words is None else [next(m for m in found if words in m)])

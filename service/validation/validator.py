@@ -998,13 +998,21 @@ class Validator:
         for limit, word, below in ((node.min_value, "minValue", True), (node.max_value, "maxValue", False)):
             if not isinstance(limit, dict) or not isinstance(limit.get("value"), (int, float)):
                 continue
-            ours = ucum.to_base(value, item.get("code") or item.get("unit"))
-            theirs = ucum.to_base(limit["value"], limit.get("code") or limit.get("unit"))
-            if ours is None or theirs is None or ours[1] != theirs[1]:
-                continue  # not comparable offline (unknown units or dimensions)
+            unit, limit_unit = item.get("code") or item.get("unit"), limit.get("code") or limit.get("unit")
+            shown = f"{value} {unit or ''}".strip()
+            limit_shown = f"{limit['value']} {limit_unit or ''}".strip()
+            systems = {item.get("system"), limit.get("system")} - {None}
+            if unit == limit_unit and len(systems) <= 1:
+                ours, theirs = (float(value), ""), (float(limit["value"]), "")  # the same unit, known or not
+            else:
+                converted = ucum.to_base(value, unit), ucum.to_base(limit["value"], limit_unit)
+                if converted[0] is None or converted[1] is None or converted[0][1] != converted[1][1]:
+                    # Not checked is not within the limit: the profile's rule stays an error.
+                    message = f"The value {shown} could not be compared with the {word} {limit_shown}: no conversion"
+                    run.add("error", "processing", message, expr)
+                    continue
+                ours, theirs = converted[0], converted[1]
             if (ours[0] < theirs[0]) if below else (ours[0] > theirs[0]):
-                shown = f"{value} {item.get('code') or item.get('unit') or ''}".strip()
-                limit_shown = f"{limit['value']} {limit.get('code') or limit.get('unit') or ''}".strip()
                 relation = "less" if below else "greater"
                 message = (
                     f"The value in the instance ({shown}) is {relation} than the specified {word} "
