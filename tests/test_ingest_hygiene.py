@@ -258,3 +258,33 @@ def test_a_file_name_that_is_not_utf8_is_stored_and_reported_escaped(tmp_path: P
     state.register([(i.key, i.source, i.digest, n) for n, i in enumerate(items)], None)
     assert [row.location for row in state.rows()] == [f"{folder}/bad-\\xff.yaml"]
     state.close()
+
+
+def test_a_link_whose_folder_is_swapped_after_the_check_is_still_not_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the check of a link's target and its open, a folder on the way may become a link out: what was
+    opened is checked too."""
+    import service.ingest.sources as sources
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.yaml").write_text("case_id: from-outside\n")
+    folder = tmp_path / "cases"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "inner.yaml").write_text("case_id: inner\n")
+    (folder / "link.yaml").symlink_to(Path("sub") / "inner.yaml")
+    checked = sources._inside
+
+    def swapped_after_the_check(file: Path, root: Path) -> tuple[Path | None, str]:
+        target, why = checked(file, root)
+        if file.name == "link.yaml":  # the checked target, then sub swapped for a link out
+            (folder / "sub").rename(folder / "was-sub")
+            (folder / "sub").symlink_to(outside, target_is_directory=True)
+            (outside / "inner.yaml").write_text("case_id: from-outside-too\n")
+        return target, why
+
+    monkeypatch.setattr(sources, "_inside", swapped_after_the_check)
+    (item,) = CaseSource(folder, max_bytes=1000)
+    assert item.suffix == ".refused" and b"from-outside" not in item.data
+    assert item.data == b"a link out of the source folder: not read"

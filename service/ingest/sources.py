@@ -22,6 +22,7 @@ a loop, a FIFO (never opened: its open waits for a writer), a socket, a device, 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import stat
 from collections.abc import Iterator
@@ -140,6 +141,10 @@ class CaseSource:
             except InputError as exc:
                 yield *refused, f"skipped: {exc}".encode(), ".refused"
                 continue
+            if target != file and not _opened_inside(fd, root):
+                os.close(fd)
+                yield *refused, b"a link out of the source folder: not read", ".refused"
+                continue
             try:
                 data = read_at_most(fd, self.max_bytes + 1)
             except OSError as exc:
@@ -202,6 +207,17 @@ def _inside(file: Path, root: Path) -> tuple[Path | None, str]:
     if not target.is_relative_to(root):
         return None, "a link out of the source folder: not read"
     return target, ""
+
+
+def _opened_inside(fd: int, root: Path) -> bool:
+    """Whether the file open as ``fd`` is inside ``root``, by the path the kernel opened: a folder on the way to a
+    link's target may have been swapped for a link out between the check and the open (O_NOFOLLOW guards the
+    last name only). Without /proc, the check made before the open stands."""
+    try:
+        opened = Path(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        return True
+    return opened.is_relative_to(root)
 
 
 def _skip_line(handle: BinaryIO, start: bytes, chunk: int = 1 << 16) -> tuple[int, str]:
