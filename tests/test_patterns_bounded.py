@@ -90,3 +90,19 @@ def test_an_invalid_pattern_cannot_be_evaluated(validator: Validator) -> None:
     assert (
         severity == "error" and "could not be evaluated: the pattern '(' is not a valid regular expression" in message
     )
+
+
+def test_matches_on_several_strings_cannot_be_evaluated(validator: Validator) -> None:
+    # FHIRPath ends the evaluation with an error; read as empty, the invariant passed.
+    patient = {"resourceType": "Patient", "name": [{"text": "a"}, {"text": "b"}]}
+    [(severity, message)] = by_key(validator.validate(patient, [PROFILE]), "tst-3")
+    assert severity == "error" and "could not be evaluated: matches() needs one string" in message
+    with pytest.raises(FhirPathError, match="replaceMatches\\(\\) needs one string"):
+        evaluate(
+            "name.given.replaceMatches('a', 'b')",
+            patient | {"name": [{"given": ["a", "b"]}]},
+            base=None,
+            resource=patient,
+            root=patient,
+            resolver=Resolver(None, {}),
+        )

@@ -201,20 +201,28 @@ def replace_matches(pattern: str, substitution: str, text: str) -> str:
         raise FhirPathError(_too_long(pattern)) from exc
 
 
+def _one_string(inputs: list[Any], function: str) -> str | None:
+    """The input of a string function: FHIRPath ends the evaluation with an error on several items (it used to
+    be read as empty, so the invariant passed); nothing or a value that is not a string gives empty."""
+    if len(inputs) > 1:
+        raise FhirPathError(f"{function}() needs one string, not a collection of {len(inputs)}")
+    return inputs[0] if inputs and isinstance(inputs[0], str) else None
+
+
 def _matches(inputs: list[Any], pattern: Any) -> list[bool]:
     # As the HL7 validator reads it: the whole string must match (fhirpathpy searches for a part).
-    if len(inputs) != 1 or not isinstance(inputs[0], str) or not isinstance(pattern, str):
+    text = _one_string(inputs, "matches")
+    if text is None or not isinstance(pattern, str):
         return []
-    return [full_match(pattern, inputs[0])]
+    return [full_match(pattern, text)]
 
 
 def _replace_matches(inputs: list[Any], pattern: Any, substitution: Any) -> list[str]:
     # fhirpathpy's own runs Python's backtracking engine with no limit.
-    if len(inputs) != 1 or not isinstance(inputs[0], str):
+    text = _one_string(inputs, "replaceMatches")
+    if text is None or not isinstance(pattern, str) or not isinstance(substitution, str):
         return []
-    if not isinstance(pattern, str) or not isinstance(substitution, str):
-        return []
-    return [replace_matches(pattern, substitution, inputs[0])]
+    return [replace_matches(pattern, substitution, text)]
 
 
 # Quantities compare as FHIRPath says (section 6.3): the same unit, or units one converts to the other, compare
