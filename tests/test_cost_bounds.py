@@ -275,6 +275,23 @@ def test_running_work_whose_request_is_abandoned_is_stopped(runner: CpuRunner) -
     assert asyncio.run(runner.run(_nap, 0)) in runner.pids()
 
 
+def test_work_sent_ahead_and_abandoned_is_stopped_when_it_starts(runner: CpuRunner) -> None:
+    """Each worker holds one piece of work beyond the one it runs; given up there, it never runs to its end."""
+    ran: list[Any] = []
+
+    async def go() -> None:
+        work = [asyncio.ensure_future(runner.run(_nap, 0.3)) for _ in range(4)]  # the third waits at the first worker
+        await asyncio.sleep(0.1)
+        work[2].cancel()
+        ran.extend(await asyncio.gather(*work, return_exceptions=True))
+
+    pids = runner.pids()
+    asyncio.run(go())
+    assert isinstance(ran[2], asyncio.CancelledError) and all(isinstance(r, int) for r in ran[:2] + ran[3:])
+    assert ran[0] == pids[0] and _gone(pids[0]) and runner.replaced == 1 and runner.alive() == 2
+    assert runner.queued == 0
+
+
 def test_a_killed_worker_costs_only_its_own_request_a_503(runner: CpuRunner) -> None:
     async def go() -> list[Any]:
         work = [asyncio.ensure_future(runner.run(_nap, 0.4)) for _ in range(4)]  # two under way, two waiting
