@@ -46,6 +46,7 @@ from service.transfer_cli import (
     server_url,
 )
 from service.validation.conformance_cli import conformance
+from service.validation.definition_check import check_loose_definitions
 from service.validation.service import load_validator
 from service.validation.validator import SEVERITY_RANK, Issue, has_errors, operation_outcome
 
@@ -155,6 +156,11 @@ def _validate_file(
         validator = load_validator(settings, definitions)
     except PackageError as exc:
         return [Issue("fatal", "not-found", str(exc), "")], 2
+    try:
+        # What --definitions gives is used only if it can be: refused here, naming the file and element.
+        check_loose_definitions(validator.definitions, definitions)
+    except InputError as exc:
+        return [Issue("fatal", "structure", exc.report(), "")], 2
     try:
         if is_xml(data, file.name):
             resource = XmlReader(validator.definitions).read(data, str(file))

@@ -17,8 +17,10 @@ import pytest
 from service.config import Settings
 from service.domain.reader import MAX_YAML_NODES, read_case
 from service.errors import CaseFileError
+from service.fhir.packages import DefinitionIndex
 from service.validation.fhirpath import Resolver, evaluate, hoist_constants
-from service.validation.service import load_validator
+from service.validation.service import load_index
+from service.validation.snapshot import generate_snapshot
 from service.validation.validator import Validator
 
 GROWTH = 2.6
@@ -26,8 +28,13 @@ REPEAT = 3
 
 
 @pytest.fixture(scope="module")
-def validator() -> Validator:
-    v = load_validator(Settings())
+def base_index() -> DefinitionIndex:
+    return load_index(Settings())
+
+
+@pytest.fixture(scope="module")
+def validator(base_index: DefinitionIndex) -> Validator:
+    v = Validator(base_index)
     v.validate({"resourceType": "Patient"})  # compile the common trees first
     return v
 
@@ -119,6 +126,27 @@ def test_which_paths_are_hoisted(expression: str, hoisted: str) -> None:
 
 def test_a_large_structure_definition_validates_in_linear_time(validator: Validator) -> None:
     assert_linear(structure_definition, validator.validate, (40, 80, 160))
+
+
+def sliced_differential(n: int) -> dict[str, Any]:
+    """A profile of Basic that only has a differential: n slices of extension."""
+    elements: list[dict[str, Any]] = [
+        {"id": "Basic.extension", "path": "Basic.extension", "slicing": {"rules": "open", "discriminator": []}}
+    ]
+    elements += [
+        {"id": f"Basic.extension:e{i}", "path": "Basic.extension", "sliceName": f"e{i}", "max": "1"} for i in range(n)
+    ]
+    sd = structure_definition(1)
+    del sd["snapshot"]
+    sd["differential"] = {"element": elements}
+    return sd
+
+
+def test_a_snapshot_is_generated_in_linear_time(base_index: DefinitionIndex) -> None:
+    """Each new slice scanned the slices before it, and each element's id was searched element by element."""
+    snapshot = generate_snapshot(sliced_differential(3), base_index)["snapshot"]["element"]
+    assert [e["id"] for e in snapshot if e.get("sliceName")] == [f"Basic.extension:e{i}" for i in range(3)]
+    assert_linear(sliced_differential, lambda sd: generate_snapshot(sd, base_index), (1000, 2000, 4000))
 
 
 def contained_list(n: int) -> dict[str, Any]:

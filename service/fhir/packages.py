@@ -428,7 +428,10 @@ def _info(resource: dict[str, Any], *, package: str | None, source: str, file: s
 
 
 def _is_definition(value: Any) -> TypeGuard[dict[str, Any]]:
-    return isinstance(value, dict) and value.get("resourceType") in INDEXED_TYPES
+    if not isinstance(value, dict):
+        return False
+    kind = value.get("resourceType")
+    return isinstance(kind, str) and kind in INDEXED_TYPES  # a list would not hash
 
 
 class DefinitionIndex:
@@ -454,6 +457,18 @@ class DefinitionIndex:
         for path in extra:
             index.add_path(path)
         return index
+
+    def copy(self) -> DefinitionIndex:
+        """An index holding the same definitions, to which others can be added without changing this one
+        (the resources read so far are shared: they are only read)."""
+        other = DefinitionIndex()
+        other._by_url = dict(self._by_url)
+        other._by_url_version = {key: list(same) for key, same in self._by_url_version.items()}
+        other._core = dict(self._core)
+        other._records = list(self._records)
+        other._loaded = dict(self._loaded)
+        other._packages = dict(self._packages)
+        return other
 
     # -- adding
 
@@ -526,7 +541,8 @@ class DefinitionIndex:
                 raise PackageError(f"{file}: not valid JSON: {exc}") from exc
         if isinstance(data, dict) and data.get("resourceType") == "Bundle":
             added = 0
-            for i, entry in enumerate(data.get("entry") or []):
+            entries = data.get("entry")
+            for i, entry in enumerate(entries if isinstance(entries, list) else []):
                 resource = entry.get("resource") if isinstance(entry, dict) else None
                 if _is_definition(resource):
                     self.add_resource(resource, f"{file} (entry {i})")

@@ -31,6 +31,275 @@ class DefinitionError(CasebridgeError):
     """A StructureDefinition the validator needs is missing or unusable (no snapshot, bad ids)."""
 
 
+# --- the JSON shape of definitions ----------------------------------------------------------------------
+# The snapshot generator, the compiler below and the terminology code read definitions as FHIR shapes them
+# (``element`` a list of objects, ``type`` a list of objects with a string ``code``...); a definition of
+# another shape made them fail inside with a TypeError or KeyError. What they read is checked first, and a
+# DefinitionShapeError names the element as FHIRPath writes it:
+# ``StructureDefinition.differential.element[3].type: expected a list of objects``.
+# The checks run on every definition compiled: a location is only put together when it is reported.
+
+_OPTIONAL_STRINGS = ("url", "version", "name", "type", "kind", "derivation", "baseDefinition", "fhirVersion")
+_ELEMENT_STRINGS = ("id", "sliceName", "contentReference", "short", "definition")
+
+
+class DefinitionShapeError(DefinitionError):
+    """A definition whose JSON is not shaped as FHIR says: ``location`` names the element."""
+
+    def __init__(self, location: str, problem: str):
+        self.location = location
+        self.problem = problem
+        super().__init__(f"{location}: {problem}")
+
+
+def _fail(where: str, key: str, problem: str) -> DefinitionShapeError:
+    return DefinitionShapeError(f"{where}.{key}" if key else where, problem)
+
+
+def _string(holder: dict[str, Any], key: str, where: str, *, required: bool = False) -> None:
+    value = holder.get(key)
+    if value is None:
+        if required:
+            raise _fail(where, key, "required, and missing")
+        return
+    if not isinstance(value, str):
+        raise _fail(where, key, f"expected a string, found {_kind(value)}")
+    if required and not value:
+        raise _fail(where, key, "expected a non-empty string")
+
+
+def _boolean(holder: dict[str, Any], key: str, where: str) -> None:
+    value = holder.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise _fail(where, key, f"expected true or false, found {_kind(value)}")
+
+
+def _integer(holder: dict[str, Any], key: str, where: str, *, minimum: int | None = None) -> None:
+    value = holder.get(key)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(where, key, f"expected an integer, found {_kind(value)}")
+    if minimum is not None and value < minimum:
+        raise _fail(where, key, f"expected an integer of at least {minimum}, found {value}")
+
+
+def _object(holder: dict[str, Any], key: str, where: str) -> dict[str, Any] | None:
+    value = holder.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _fail(where, key, f"expected an object, found {_kind(value)}")
+    return value
+
+
+def _objects(holder: dict[str, Any], key: str, where: str) -> list[dict[str, Any]]:
+    """A list of objects (absent: empty)."""
+    value = holder.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _fail(where, key, f"expected a list of objects, found {_kind(value)}")
+    for item in value:
+        if not isinstance(item, dict):
+            raise _fail(where, key, f"expected a list of objects, found a list holding {_kind(item)}")
+    return value
+
+
+def _strings(holder: dict[str, Any], key: str, where: str) -> None:
+    value = holder.get(key)
+    if value is None:
+        return
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _fail(where, key, f"expected a list of strings, found {_kind(value)}")
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "null" if value is None else type(value).__name__
+
+
+def _max_text(holder: dict[str, Any], key: str, where: str) -> None:
+    _string(holder, key, where)
+    value = holder.get(key)
+    if isinstance(value, str) and value != "*" and not (value.isascii() and value.isdigit()):
+        raise _fail(where, key, f"expected '*' or a whole number, found {value!r}")
+
+
+def _extensions(holder: dict[str, Any], key: str, where: str, depth: int = 0) -> None:
+    for i, ext in enumerate(_objects(holder, key, where)):
+        if depth < 4:
+            _string(ext, "url", f"{where}.{key}[{i}]")
+            _extensions(ext, "extension", f"{where}.{key}[{i}]", depth + 1)
+
+
+def check_element(element: Any, where: str) -> None:
+    """One ElementDefinition, as the snapshot generator and the structure compiler read it."""
+    if not isinstance(element, dict):
+        raise _fail(where, "", f"expected an object, found {_kind(element)}")
+    _string(element, "path", where, required=True)
+    for key in _ELEMENT_STRINGS:
+        _string(element, key, where)
+    _integer(element, "min", where, minimum=0)
+    _max_text(element, "max", where)
+    _integer(element, "maxLength", where, minimum=0)
+    _boolean(element, "isModifier", where)
+    base = _object(element, "base", where)
+    if base is not None:
+        _string(base, "path", f"{where}.base")
+        _integer(base, "min", f"{where}.base", minimum=0)
+        _max_text(base, "max", f"{where}.base")
+    for i, t in enumerate(_objects(element, "type", where)):
+        if len(t) == 1 and isinstance(t.get("code"), str):
+            continue  # the common case, checked
+        at = f"{where}.type[{i}]"
+        _string(t, "code", at, required=True)
+        _strings(t, "profile", at)
+        _strings(t, "targetProfile", at)
+        _extensions(t, "extension", at)
+    binding = _object(element, "binding", where)
+    if binding is not None:
+        at = f"{where}.binding"
+        _string(binding, "strength", at, required=bool(binding.get("valueSet")))
+        _string(binding, "valueSet", at)
+        _extensions(binding, "extension", at)
+    for i, c in enumerate(_objects(element, "constraint", where)):
+        at = f"{where}.constraint[{i}]"
+        _string(c, "key", at, required=True)
+        for key in ("severity", "human", "expression", "source"):
+            _string(c, key, at)
+    slicing = _object(element, "slicing", where)
+    if slicing is not None:
+        at = f"{where}.slicing"
+        for i, d in enumerate(_objects(slicing, "discriminator", at)):
+            _string(d, "type", f"{at}.discriminator[{i}]", required=True)
+            _string(d, "path", f"{at}.discriminator[{i}]", required=True)
+        _string(slicing, "rules", at)
+        _boolean(slicing, "ordered", at)
+
+
+def _no_nulls(node: Any, where: str) -> None:
+    """FHIR JSON has no nulls (but in lists of primitives): the definitions code reads null as absent only in
+    some places, so a definition holding one is refused whole."""
+    # Looked for without paths first; the path only once one is found.
+    stack: list[Any] = [node]
+    while stack:
+        value = stack.pop()
+        items = value.values() if isinstance(value, dict) else value
+        for item in items:
+            if item is None and isinstance(value, dict):
+                raise _fail(_null_path(node, where), "", "null is not allowed in FHIR JSON")
+            if isinstance(item, (dict, list)):
+                stack.append(item)
+
+
+def _null_path(node: Any, where: str) -> str:
+    stack: list[tuple[Any, str]] = [(node, where)]
+    while stack:
+        value, at = stack.pop()
+        pairs = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in pairs:
+            inner = f"{at}.{key}" if isinstance(value, dict) else f"{at}[{key}]"
+            if item is None and isinstance(value, dict):
+                return inner
+            if isinstance(item, (dict, list)):
+                stack.append((item, inner))
+    return where
+
+
+def check_structure_definition(sd: dict[str, Any], parts: tuple[str, ...] = ("snapshot", "differential")) -> None:
+    """``parts``: the element lists to check (the compiler reads only the snapshot)."""
+    top = "StructureDefinition"
+    _no_nulls(sd, top)
+    for key in _OPTIONAL_STRINGS:
+        _string(sd, key, top)
+    _boolean(sd, "abstract", top)
+    for part in parts:
+        holder = _object(sd, part, top)
+        if holder is None:
+            continue
+        at = f"{top}.{part}"
+        for i, element in enumerate(_objects(holder, "element", at)):
+            check_element(element, f"{at}.element[{i}]")
+
+
+def _concepts(holder: dict[str, Any], key: str, where: str, depth: int = 0) -> None:
+    if depth > 64:
+        raise _fail(where, key, "concepts nest deeper than 64 levels")
+    for i, c in enumerate(_objects(holder, key, where)):
+        at = f"{where}.{key}[{i}]"
+        _string(c, "code", at)
+        _string(c, "display", at)
+        for j, p in enumerate(_objects(c, "property", at)):
+            _string(p, "code", f"{at}.property[{j}]")
+            _string(p, "valueCode", f"{at}.property[{j}]")
+        _concepts(c, "concept", at, depth + 1)
+
+
+def check_code_system(cs: dict[str, Any]) -> None:
+    _no_nulls(cs, "CodeSystem")
+    for key in ("url", "version", "content"):
+        _string(cs, key, "CodeSystem")
+    _boolean(cs, "caseSensitive", "CodeSystem")
+    _concepts(cs, "concept", "CodeSystem")
+
+
+def _contains(holder: dict[str, Any], key: str, where: str, depth: int = 0) -> None:
+    if depth > 64:
+        raise _fail(where, key, "expansion entries nest deeper than 64 levels")
+    for i, c in enumerate(_objects(holder, key, where)):
+        at = f"{where}.{key}[{i}]"
+        for name in ("system", "code", "display"):
+            _string(c, name, at)
+        _boolean(c, "abstract", at)
+        _contains(c, "contains", at, depth + 1)
+
+
+def check_value_set(vs: dict[str, Any]) -> None:
+    _no_nulls(vs, "ValueSet")
+    for key in ("url", "version"):
+        _string(vs, key, "ValueSet")
+    compose = _object(vs, "compose", "ValueSet")
+    if compose is not None:
+        for part in ("include", "exclude"):
+            for i, include in enumerate(_objects(compose, part, "ValueSet.compose")):
+                at = f"ValueSet.compose.{part}[{i}]"
+                _string(include, "system", at)
+                _strings(include, "valueSet", at)
+                for j, c in enumerate(_objects(include, "concept", at)):
+                    _string(c, "code", f"{at}.concept[{j}]", required=True)
+                    _string(c, "display", f"{at}.concept[{j}]")
+                for j, f in enumerate(_objects(include, "filter", at)):
+                    for key in ("property", "op", "value"):
+                        _string(f, key, f"{at}.filter[{j}]")
+    expansion = _object(vs, "expansion", "ValueSet")
+    if expansion is not None:
+        _integer(expansion, "total", "ValueSet.expansion")
+        _objects(expansion, "parameter", "ValueSet.expansion")
+        _contains(expansion, "contains", "ValueSet.expansion")
+
+
+def check_definition(resource: dict[str, Any]) -> None:
+    """Raise DefinitionShapeError when a StructureDefinition, ValueSet or CodeSystem is not shaped as the
+    validator reads it (other resources are not checked)."""
+    kind = resource.get("resourceType")
+    if kind == "StructureDefinition":
+        check_structure_definition(resource)
+    elif kind == "ValueSet":
+        check_value_set(resource)
+    elif kind == "CodeSystem":
+        check_code_system(resource)
+
+
 class Definitions(Protocol):
     def get(self, canonical: str) -> dict[str, Any] | None: ...
 
@@ -223,13 +492,15 @@ def _split_id(element_id: str) -> list[tuple[str, str | None]]:
 
 
 def compile_structure(sd: dict[str, Any]) -> StructureTree:
-    url = sd.get("url", "")
+    check_structure_definition(sd, ("snapshot",))
+    url = sd.get("url") or ""
     snapshot = (sd.get("snapshot") or {}).get("element")
     if not snapshot:
         raise DefinitionError(f"StructureDefinition {url} has no snapshot")
     by_id: dict[str, ElementNode] = {}
     root: ElementNode | None = None
-    for element in snapshot:
+    for i, element in enumerate(snapshot):
+        where = f"StructureDefinition.snapshot.element[{i}]"
         node = _node(element, url)
         by_id[node.id] = node
         parts = _split_id(node.id)
@@ -240,7 +511,7 @@ def compile_structure(sd: dict[str, Any]) -> StructureTree:
         parent_id = node.id[: node.id.rfind("." + parts[-1][0])]
         parent = by_id.get(parent_id)
         if parent is None:
-            raise DefinitionError(f"StructureDefinition {url}: element {node.id} has no parent {parent_id}")
+            raise DefinitionShapeError(where, f"element {node.id} has no parent {parent_id} before it")
         if slice_name is None:
             parent.children[name] = node
         else:
@@ -249,16 +520,16 @@ def compile_structure(sd: dict[str, Any]) -> StructureTree:
             base_id = node.id[: node.id.rfind(":")]
             base = by_id.get(base_id)
             if base is None:
-                raise DefinitionError(f"StructureDefinition {url}: slice {node.id} has no base element {base_id}")
+                raise DefinitionShapeError(where, f"slice {node.id} has no base element {base_id} before it")
             base.slices[slice_name] = node
     if root is None:
         raise DefinitionError(f"StructureDefinition {url} has an empty snapshot")
     return StructureTree(
         url=url,
         version=sd.get("version"),
-        name=sd.get("name", ""),
-        type=sd.get("type", root.path),
-        kind=sd.get("kind", ""),
+        name=sd.get("name") or "",
+        type=sd.get("type") or root.path,
+        kind=sd.get("kind") or "",
         derivation=sd.get("derivation"),
         base=sd.get("baseDefinition"),
         root=root,

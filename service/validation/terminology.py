@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.validation.structure import Definitions
+from service.validation.structure import Definitions, DefinitionShapeError, check_code_system, check_value_set
 
 # Large external terminologies: never in our packages, never checkable offline.
 EXTERNAL_SYSTEMS = frozenset(
@@ -84,6 +84,7 @@ class Terminology:
         self._expansions: dict[str, Expansion | None] = {}
         self._systems: dict[str, CodeSystemInfo | None] = {}
         self._by_code: dict[str, dict[str, set[str]]] = {}
+        self.unusable: dict[str, str] = {}  # canonical -> why a value set or code system that exists cannot be used
 
     # --- code systems ---------------------------------------------------------------------------------
 
@@ -94,7 +95,12 @@ class Terminology:
         if cs is None:
             return None  # not remembered: systems come from input, and unknown ones would grow the cache forever
         info = None
-        if cs is not None and cs.get("resourceType") == "CodeSystem":
+        if cs.get("resourceType") == "CodeSystem":
+            try:
+                check_code_system(cs)
+            except DefinitionShapeError as exc:
+                self.unusable[url] = str(exc)
+                cs = {}  # read as a code system we know nothing of
             codes: dict[str, str] = {}
             parents: dict[str, set[str]] = {}
 
@@ -128,7 +134,14 @@ class Terminology:
         vs = self.definitions.get(canonical) or self.definitions.get(canonical.split("|")[0])
         result = None
         if vs is not None and vs.get("resourceType") == "ValueSet":
-            result = self._from_expansion(vs) if vs.get("expansion", {}).get("contains") else self._from_compose(vs)
+            try:
+                check_value_set(vs)
+            except DefinitionShapeError as exc:
+                self.unusable[canonical] = str(exc)
+                result = Expansion(unresolved=[f"{canonical}: {exc}"])
+            else:
+                expansion = vs.get("expansion") or {}
+                result = self._from_expansion(vs) if expansion.get("contains") else self._from_compose(vs)
         self._expansions[canonical] = result
         return result
 

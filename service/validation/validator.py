@@ -238,7 +238,11 @@ class Validator:
             sd = self.definitions.core_definition(type_code)
             if sd is None:
                 return None  # not remembered, as in tree()
-            self._trees[key] = compile_structure(sd) if sd.get("snapshot") else None
+            try:
+                self._trees[key] = compile_structure(sd) if sd.get("snapshot") else None
+            except DefinitionError as exc:  # a loose definition of a base type may be unusable
+                self.unusable[key] = str(exc)
+                self._trees[key] = None
         return self._trees[key]
 
     # --- entry points ---------------------------------------------------------------------------------
