@@ -32,7 +32,7 @@ from service.fhir.embedded import EmbeddedFhirServer, EmbeddedServerError
 from service.fhir.packages import PackageError
 from service.fhir.packages_cli import packages_app
 from service.fhir.xml import FhirXmlError, XmlReader, is_xml
-from service.files import read_bounded, write_atomically
+from service.files import read_bounded, shown, write_atomically
 from service.ingest_cli import ingest
 from service.synth_cli import synth
 from service.transfer_cli import (
@@ -80,7 +80,7 @@ def convert(
     settings = cli_settings()
     mappings = load_mappings(settings)
     case = read_case_file(case_file, settings)
-    bundle = mappings.convert(case, source=str(case_file))
+    bundle = mappings.convert(case, source=shown(case_file))
     _check_output(bundle)
     data = dump_json(bundle)
     if output is None:
@@ -93,8 +93,8 @@ def convert(
         try:
             write_atomically(output, data)
         except OSError as exc:
-            raise InputError(f"cannot write the Bundle: {exc.strerror}", source=str(output)) from exc
-        err.print(f"wrote {output} ({len(bundle['entry'])} resources)", highlight=False)
+            raise InputError(f"cannot write the Bundle: {exc.strerror}", source=shown(output)) from exc
+        err.print(f"wrote {shown(output)} ({len(bundle['entry'])} resources)", highlight=False, markup=False)
 
 
 def _check_output(bundle: dict[str, object]) -> None:
@@ -163,27 +163,27 @@ def _validate_file(
         return [Issue("fatal", "structure", exc.report(), "")], 2
     try:
         if is_xml(data, file.name):
-            resource = XmlReader(validator.definitions).read(data, str(file))
+            resource = XmlReader(validator.definitions).read(data, shown(file))
         else:
             # The case reader's JSON parser: it refuses duplicate keys (which keep only the last value).
-            resource = load_json(data.decode("utf-8-sig"), str(file))
+            resource = load_json(data.decode("utf-8-sig"), shown(file))
     except FhirXmlError as exc:
         return [Issue("fatal", "structure", str(exc), "")], 2
     except UnicodeDecodeError:
-        return [Issue("fatal", "structure", f"{file}: not UTF-8 text", "")], 2
+        return [Issue("fatal", "structure", f"{shown(file)}: not UTF-8 text", "")], 2
     except InputError as exc:
         return [Issue("fatal", "structure", exc.report(), "")], 2
     if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
-        return [Issue("fatal", "structure", f"{file}: not a FHIR resource (no resourceType)", "")], 2
+        return [Issue("fatal", "structure", f"{shown(file)}: not a FHIR resource (no resourceType)", "")], 2
     try:
-        check_depth(resource, str(file), MAX_RESOURCE_DEPTH)
+        check_depth(resource, shown(file), MAX_RESOURCE_DEPTH)
     except InputError as exc:
         return [Issue("fatal", "structure", exc.report(), "")], 2
     unknown = [p for p in profiles if validator.tree(p) is None]
     if unknown:
         return [Issue("fatal", "not-found", f"profile {p} is not loaded", "") for p in unknown], 2
     if validator.type_tree(resource["resourceType"]) is None:
-        message = f"{file}: unknown resourceType {resource['resourceType']!r}"
+        message = f"{shown(file)}: unknown resourceType {resource['resourceType']!r}"
         return [Issue("fatal", "structure", message, "")], 2
     issues = validator.validate(resource, profiles)
     return issues, 1 if has_errors(issues) else 0
@@ -237,7 +237,11 @@ def serve(
 
     settings = cli_settings()
     if not settings.keys():
-        fail(3, "configuration error: no API keys; set CASEBRIDGE_API_KEYS=NAME:SCOPE:SECRET[,...] (SCOPE ro or rw)")
+        fail(
+            3,
+            "configuration error: no API keys; set CASEBRIDGE_API_KEYS=NAME:SCOPES:SECRET[,...] (SCOPES ro, rw or "
+            "SMART system scopes) or CASEBRIDGE_API_KEYS_FILE",
+        )
     configure(settings.log_level)
     # Not main()'s line on stderr: it names the URL (query and all) and quotes the FHIR server.
     stamina.instrumentation.set_on_retry_hooks([log_retry])
@@ -321,9 +325,9 @@ def demo(
     given_server = server_url(settings, server) if server is not None else None  # checked before any work
     mappings = load_mappings(settings)
     case = read_case_file(case_file, settings)
-    conversion = mappings.convert_detailed(case, source=str(case_file))
+    conversion = mappings.convert_detailed(case, source=shown(case_file))
     bundle = conversion.bundle
-    name = escape(case_file.name)
+    name = escape(shown(case_file.name))
     out.print(f"[bold]casebridge {__version__}[/bold] - case [cyan]{escape(case.case_id)}[/cyan] from {name}")
     out.print(f"source: {case.source.citation}", highlight=False, markup=False)
     table = Table(title=f"1. converted: a FHIR R4 transaction Bundle of {len(bundle['entry'])} resources")
@@ -429,7 +433,7 @@ def main() -> None:
 
 
 def _fail_now(code: int, message: str) -> NoReturn:
-    err.print(message, markup=False, highlight=False)
+    err.print(shown(message, keep_newlines=True), markup=False, highlight=False)
     sys.exit(code)
 
 
