@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Self
@@ -12,45 +11,12 @@ from typing import Literal, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.errors import MappingError
+from service.gateway.keys import ApiKey, load_api_keys_file, merge_keys, parse_api_keys
+
+__all__ = ["PROJECT_ROOT", "ApiKey", "Settings", "get_settings", "parse_api_keys"]
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    name: str
-    scope: Literal["ro", "rw"]
-    secret: str = field(repr=False)
-
-    @property
-    def can_write(self) -> bool:
-        return self.scope == "rw"
-
-
-MIN_KEY_LENGTH = 24
-
-
-def parse_api_keys(text: str) -> list[ApiKey]:
-    """``NAME:SCOPE:SECRET[,...]``; errors name the entry by position and name, never the secret."""
-    keys: list[ApiKey] = []
-    for position, item in enumerate((part.strip() for part in text.split(",")), 1):
-        if not item:
-            continue
-        name, scope, secret = [*item.split(":", 2), "", ""][:3]
-        where = f"API key {position}" + (f" ({name})" if name else "")
-        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
-            raise ValueError(f"{where}: the name must be 1-64 letters, digits, '.', '_' or '-' (NAME:SCOPE:SECRET)")
-        if scope not in ("ro", "rw"):
-            raise ValueError(f"{where}: the scope must be ro or rw (NAME:SCOPE:SECRET)")
-        if len(secret) < MIN_KEY_LENGTH or not re.fullmatch(r"[\x21-\x7e]+", secret) or "," in secret:
-            raise ValueError(
-                f"{where}: the secret must be at least {MIN_KEY_LENGTH} visible ASCII characters, no comma"
-            )
-        if any(k.name == name for k in keys):
-            raise ValueError(f"{where}: the name is used twice")
-        if any(k.secret == secret for k in keys):
-            raise ValueError(f"{where}: the secret is used twice")
-        keys.append(ApiKey(name, "rw" if scope == "rw" else "ro", secret))
-    return keys
 
 
 class Settings(BaseSettings):
@@ -116,16 +82,59 @@ class Settings(BaseSettings):
     api_keys: SecretStr | None = Field(
         None,
         description=(
-            "API keys, comma-separated, each NAME:SCOPE:SECRET with SCOPE ro (read and validate) or rw (also "
-            "write to the FHIR server); SECRET at least 24 characters. Every API endpoint but health, readiness and "
-            "metrics needs one as `Authorization: Bearer SECRET`."
+            "API keys, comma-separated, each NAME:SCOPES:SECRET with SCOPES ro (read and validate: system/*.rs), "
+            "rw (also create and update: system/*.rs system/*.cu) or space-separated SMART v2 system scopes; SECRET "
+            "at least 24 characters. Every API endpoint but health, readiness and metrics needs one as "
+            "`Authorization: Bearer SECRET`."
+        ),
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description=(
+            "A YAML list of API keys holding SHA-256 digests of their secrets, their scopes and optionally the "
+            "identifier namespaces of the patients each may write (see fixtures/api-keys.example.yaml)."
         ),
     )
     max_body_bytes: int = Field(5 * 1024 * 1024, gt=0, description="Largest request body the API accepts (413).")
+    max_header_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description=(
+            "Largest request head (request line and headers) the API reads, in bytes; beyond, 431 and the connection "
+            "is closed. Clients send a few hundred bytes; common proxies allow 8-32 KiB."
+        ),
+    )
+    validation_budget: float = Field(
+        20.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Seconds one piece of reading, conversion or validation may run in a worker process; beyond, the process "
+            "is stopped and replaced and the request gets 422 (too-costly). Not enforced with --workers 0."
+        ),
+    )
     api_docs_public: bool = Field(
         False, description="Serve /docs, /redoc and /openapi.json without a key (they hold no data, only the API)."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="The API's log level.")
+    audit_file: Path | None = Field(
+        None,
+        description=(
+            "Also append the audit trail (one JSON line per write or read of patient data; logger casebridge.audit) "
+            "to this file."
+        ),
+    )
+    audit_events_file: Path | None = Field(
+        None, description="Append a FHIR AuditEvent (IHE BALP shape) per audited interaction to this NDJSON file."
+    )
+    audit_events_to_server: bool = Field(
+        False,
+        description=(
+            "Also store the AuditEvents on the FHIR server, in the background: never holding up or failing the "
+            "request they describe (failures are counted in /metrics as casebridge_audit_events)."
+        ),
+    )
 
     @field_validator("api_keys")
     @classmethod
@@ -134,8 +143,22 @@ class Settings(BaseSettings):
             parse_api_keys(value.get_secret_value())
         return value
 
+    @model_validator(mode="after")
+    def _keys_load(self) -> Self:
+        # Checked now, so a mistake in the keys file stops the service at start with its file and line.
+        if self.api_keys_file is not None:
+            try:
+                self.keys()
+            except MappingError as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
     def keys(self) -> list[ApiKey]:
-        return parse_api_keys(self.api_keys.get_secret_value()) if self.api_keys is not None else []
+        """The keys of CASEBRIDGE_API_KEYS and of the keys file; ``MappingError`` (file and line) for a mistake in
+        the file, ``ValueError`` for a name or secret used in both."""
+        inline = parse_api_keys(self.api_keys.get_secret_value()) if self.api_keys is not None else []
+        listed = load_api_keys_file(self.api_keys_file) if self.api_keys_file is not None else []
+        return merge_keys(inline, listed)
 
     @field_validator("fhir_base_url", "smart_token_url")
     @classmethod

@@ -15,7 +15,7 @@ import fcntl
 import hashlib
 import os
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,11 +147,16 @@ async def push_bundle(
     locks: PatientLocks,
     warnings: Sequence[Issue] = (),
     raw: bytes | None = None,
+    before: Callable[[], Awaitable[None]] | None = None,
 ) -> PushResult:
-    """Send an already validated transaction Bundle under its patient's write lock (``raw``: its own bytes)."""
+    """Send an already validated transaction Bundle under its patient's write lock (``raw``: its own bytes).
+    ``before``: a check that reads the FHIR server, run under the same lock so that casebridge's other writers of
+    that patient cannot change what it read before the transaction is sent; it raises to send nothing."""
     key = patient_key(bundle)
     started = time.perf_counter()
     async with locks.hold(key):
+        if before is not None:
+            await before()
         response = await client.transaction(bundle, raw=raw)
     seconds = time.perf_counter() - started
     entries = _entry_results(bundle, response, client.base_url)

@@ -68,10 +68,10 @@ DUPLICATE_FULLURL = {
             "resource": PATIENT,
             "request": {"method": "PUT", "url": f"Patient/{PATIENT['id']}"},
         },
-        {
+        {  # a create, so the entries' URLs differ (two writes of one URL are refused before validation)
             "fullUrl": "urn:uuid:0f3e2a4c-1b2d-4e5f-8a9b-0c1d2e3f4a5b",
             "resource": PATIENT,
-            "request": {"method": "PUT", "url": f"Patient/{PATIENT['id']}"},
+            "request": {"method": "POST", "url": "Patient"},
         },
     ],
 }

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.api.security import ReadKey, WriteKey
+from service.api.security import ReadKey
 from service.api.services import Services
 
 
@@ -17,4 +17,4 @@ async def get_services(request: Request) -> Services:  # a coroutine: see securi
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 
-__all__ = ["ReadKey", "ServicesDep", "WriteKey"]
+__all__ = ["ReadKey", "ServicesDep"]

@@ -88,7 +88,7 @@ AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     415: outcome_response("A Content-Type this endpoint does not take (OperationOutcome).", OUTCOME_INVALID),
 }
 UPSTREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    403: outcome_response("A read-only API key cannot write (OperationOutcome).", OUTCOME_AUTH),
+    403: outcome_response("The API key lacks a scope this request needs (OperationOutcome).", OUTCOME_AUTH),
     502: outcome_response("The FHIR server failed or refused the request (OperationOutcome).", OUTCOME_UPSTREAM),
     503: outcome_response(
         "The FHIR server is unreachable or asks us to slow down (OperationOutcome).", OUTCOME_UPSTREAM

@@ -1,16 +1,22 @@
-"""API keys: ``Authorization: Bearer <key>``, compared in constant time; read-only keys cannot write."""
+"""API keys: ``Authorization: Bearer <key>``, compared in constant time; what a key may do is its scopes
+(``service.gateway.scopes``), checked by the routes through ``require_scopes``."""
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-from typing import Annotated
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.api.errors import ApiError
-from service.config import ApiKey
+from service.fhir.client import AsyncFhirClient
+from service.gateway.keys import ApiKey
+from service.gateway.keys import digest as secret_digest
+from service.gateway.namespaces import check_namespaces
+from service.gateway.policy import Action
+from service.validation.validator import operation_outcome
 
 _bearer = HTTPBearer(
     auto_error=False,
@@ -20,11 +26,6 @@ _bearer = HTTPBearer(
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="casebridge"'}
 
 
-def _digest(secret: str) -> bytes:
-    # Digests first, so every comparison is of equal length and takes the same time whatever the key.
-    return hashlib.sha256(secret.encode()).digest()
-
-
 # The dependencies are coroutines, though they never wait: FastAPI runs a plain function dependency on a
 # worker thread, two thread hops per request for a few microseconds of work.
 async def authenticate(
@@ -32,7 +33,8 @@ async def authenticate(
 ) -> ApiKey:
     if credentials is None:
         raise ApiError.of(401, "login", "authentication required: Authorization: Bearer <API key>", headers=_CHALLENGE)
-    given = _digest(credentials.credentials)
+    # Digests, so every comparison is of equal length and takes the same time whatever the key.
+    given = secret_digest(credentials.credentials)
     found: ApiKey | None = None
     for key, digest in request.app.state.services.key_digests:
         if hmac.compare_digest(given, digest):  # no early exit: every key is compared
@@ -43,15 +45,32 @@ async def authenticate(
     return found
 
 
-async def require_write(key: Annotated[ApiKey, Depends(authenticate)]) -> ApiKey:
-    if not key.can_write:
-        raise ApiError.of(403, "forbidden", f"the API key {key.name!r} is read-only: it cannot write")
-    return key
+def require_scopes(key: ApiKey, needs: Iterable[tuple[str, str]], what: str) -> None:
+    """403 naming the scopes the key lacks for ``(resource type, permission)`` pairs (c, r, u, d, s)."""
+    missing = key.scopes.missing(needs)
+    if missing:
+        shown = " ".join(missing[:10]) + (f" (and {len(missing) - 10} more)" if len(missing) > 10 else "")
+        raise ApiError.of(403, "forbidden", f"the API key {key.name!r} lacks the scopes {shown} to {what}")
+
+
+def namespace_guard(
+    client: AsyncFhirClient, bundle: Mapping[str, Any], actions: Sequence[Action], key: ApiKey
+) -> Callable[[], Awaitable[None]] | None:
+    """For a key bound to identifier namespaces, the check ``push_bundle`` runs under the patient's write lock
+    before sending: 403 naming each entry that writes another's patient (``service.gateway.namespaces``)."""
+    if not key.namespaces:
+        return None
+
+    async def check() -> None:
+        refused = await check_namespaces(client, bundle, actions, key.namespaces, key.name)
+        if refused:
+            raise ApiError(403, operation_outcome(refused))
+
+    return check
 
 
 def key_digests(keys: list[ApiKey]) -> list[tuple[ApiKey, bytes]]:
-    return [(key, _digest(key.secret)) for key in keys]
+    return [(key, key.digest) for key in keys]
 
 
 ReadKey = Annotated[ApiKey, Depends(authenticate)]
-WriteKey = Annotated[ApiKey, Depends(require_write)]

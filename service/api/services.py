@@ -10,6 +10,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 
 from starlette.requests import Request
 
+from service.api.audit import Audit
 from service.api.errors import ApiError
 from service.api.metrics import Metrics
 from service.api.security import key_digests
@@ -32,6 +33,7 @@ class Services:
     locks: PatientLocks
     metrics: Metrics = field(default_factory=Metrics)
     key_digests: list[tuple[ApiKey, bytes]] = field(default_factory=list)
+    audit: Audit = field(default_factory=Audit)
 
     @classmethod
     def build(cls, settings: Settings, processes: int = 0) -> Services:
@@ -39,14 +41,21 @@ class Services:
         ``processes``: 0 runs conversion and validation on a thread, N in N worker processes (``start``
         them before the server opens its sockets)."""
         bench = Workbench.build(settings)
-        return cls(
+        services = cls(
             settings=settings,
             bench=bench,
             runner=CpuRunner(bench, processes),
             client=AsyncFhirClient.from_settings(settings),
             locks=PatientLocks(settings.locks()),
             key_digests=key_digests(settings.keys()),
+            audit=Audit.from_settings(settings),
         )
+        if settings.audit_events_to_server:
+            # Looked up when counted: the app gives the services its own Metrics once they are built.
+            services.audit.to_server(
+                services.client, lambda outcome, n: services.metrics.audit_events.labels(outcome).inc(n)
+            )
+        return services
 
     async def cpu(
         self, request: Request, fn: Callable[Concatenate[Workbench, P], T], *args: P.args, **kwargs: P.kwargs
@@ -81,6 +90,7 @@ class Services:
             raise ApiError(422, operation_outcome(issues, self.settings.max_outcome_issues))
 
     async def aclose(self) -> None:
+        await self.audit.aclose()  # first: AuditEvents still queued for the FHIR server need the client
         await self.client.aclose()
         self.runner.close()
 

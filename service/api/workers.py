@@ -56,6 +56,7 @@ from service.api.logs import request_id
 from service.config import PROJECT_ROOT, Settings
 from service.errors import InputError, log_defect
 from service.fhir.xml import XmlReader
+from service.gateway.policy import ForwardingPolicy, load_forwarding_policy
 from service.mapping.engine import MappingSet
 from service.validation.inbound import load_inbound_profiles
 from service.validation.service import load_validator
@@ -75,6 +76,7 @@ class Workbench:
     validator: Validator
     mappings: MappingSet
     inbound_profiles: dict[str, list[str]]
+    forwarding: ForwardingPolicy
 
     @classmethod
     def build(cls, settings: Settings) -> Workbench:
@@ -82,12 +84,24 @@ class Workbench:
         validator = load_validator(settings)
         mappings = MappingSet.load(settings.mappings_dir, terminology=settings.terminology())
         inbound = load_inbound_profiles(settings.mappings_dir / "inbound-profiles.yaml", validator, root=PROJECT_ROOT)
-        return cls(settings=settings, validator=validator, mappings=mappings, inbound_profiles=inbound)
+        forwarding = load_forwarding_policy(
+            settings.mappings_dir / "forwarding-policy.yaml",
+            functools.partial(_is_resource_type, validator),
+            root=PROJECT_ROOT,
+        )
+        return cls(
+            settings=settings, validator=validator, mappings=mappings, inbound_profiles=inbound, forwarding=forwarding
+        )
 
     @functools.cached_property
     def xml_reader(self) -> XmlReader:
         """One reader, so its compiled type trees are reused."""
         return XmlReader(self.validator.definitions)
+
+
+def _is_resource_type(validator: Validator, name: str) -> bool:
+    tree = validator.type_tree(name)
+    return tree is not None and tree.kind == "resource"
 
 
 class WorkFailed(Exception):

@@ -9,13 +9,12 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import yaml
 
 from service.errors import MappingError
 from service.mapping.templates import compose, line_of, mapping_items, scalar
-from service.validation.validator import Issue, Validator
+from service.validation.validator import Validator
 
 _TYPE = re.compile(r"[A-Z][A-Za-z]+")
 
@@ -77,33 +76,3 @@ def _claim(resource: dict[str, Any], profiles: Mapping[str, list[str]]) -> None:
         return  # malformed: left as it is, so the validator reports it (replacing it would hide it)
     claimed: list[Any] = existing
     meta["profile"] = [*claimed, *(url for url in wanted if url not in claimed)]
-
-
-def uncheckable_entries(bundle: Mapping[str, Any]) -> list[Issue]:
-    """Errors for the entries of a transaction whose effect validation cannot see: a PATCH (the resource it
-    produces exists only once the FHIR server applies it), an operation (``$name`` in the URL), and a POST or PUT
-    whose URL names another type than its resource (the server acts on a resource nobody checked)."""
-    issues: list[Issue] = []
-    entries = bundle.get("entry")
-    for i, entry in enumerate(entries if isinstance(entries, list) else ()):
-        request = entry.get("request") if isinstance(entry, dict) else None
-        if not isinstance(request, dict):
-            continue  # the validator reports a transaction entry without one
-        method, url = request.get("method"), request.get("url")
-        where = f"Bundle.entry[{i}].request"
-        if method == "PATCH":
-            message = "a PATCH cannot be validated before the FHIR server applies it: send the whole resource (PUT)"
-            issues.append(Issue("error", "not-supported", message, f"{where}.method"))
-        elif isinstance(url, str) and "$" in unquote(url.split("?", 1)[0]):  # %24 is a $ to the server
-            message = "operations are not forwarded, only resources"
-            issues.append(Issue("error", "not-supported", message, f"{where}.url"))
-        elif method in ("POST", "PUT") and isinstance(url, str) and isinstance(entry.get("resource"), dict):
-            url_type = url.split("?", 1)[0].split("/", 1)[0]
-            resource_type = entry["resource"].get("resourceType")
-            if url_type != resource_type:
-                message = (
-                    f"the URL {url[:100]!r} does not start with the resource's type {resource_type!r}: a URL "
-                    "relative to the FHIR server's base (Type, Type/id or Type?search) is expected"
-                )
-                issues.append(Issue("error", "invalid", message, f"{where}.url"))
-    return issues

@@ -12,8 +12,10 @@ from service.api.body import CASE_TYPES, JSON_TYPES, SOURCE, media_type, read_bo
 from service.api.deps import ReadKey, ServicesDep
 from service.api.errors import ApiError
 from service.api.outcomes import FHIR_JSON, FhirResponse, fhir_json
+from service.api.security import namespace_guard, require_scopes
 from service.api.workers import Workbench
 from service.domain.reader import parse_document, validate_case
+from service.gateway.policy import check_entries
 from service.push import push_bundle
 from service.validation.validator import Issue, has_errors
 
@@ -76,15 +78,25 @@ async def post_case(
     services: ServicesDep,
     push: Annotated[bool, Query(description="Also send the Bundle to the FHIR server (needs an rw key).")] = False,
 ) -> Response:
-    if push and not key.can_write:
-        raise ApiError.of(403, "forbidden", f"the API key {key.name!r} is read-only: push=true writes")
-    media = media_type(request, CASE_TYPES)
-    data = await read_body(request, services.settings.max_body_bytes)
-    if not push:
+    if not push:  # a conversion: nothing stored is written or read
+        media = media_type(request, CASE_TYPES)
+        data = await read_body(request, services.settings.max_body_bytes)
         body, issues = await services.cpu(request, convert_to_json, data, media)
         services.refuse_invalid("cases", issues)
         return Response(body, media_type=FHIR_JSON)
+    # A write: audited however it ends (the middleware records it with the status answered).
+    audited = services.audit.begin(request, "transaction")
+    if not key.can_write:
+        raise ApiError.of(403, "forbidden", f"the API key {key.name!r} is read-only: push=true writes")
+    media = media_type(request, CASE_TYPES)
+    data = await read_body(request, services.settings.max_body_bytes)
     bundle, issues = await services.cpu(request, convert_and_validate, data, media)
+    audited.attempted(bundle.get("entry"))
     services.refuse_invalid("cases", issues)
-    result = await push_bundle(services.client, bundle, locks=services.locks, warnings=issues)
+    # A case's Bundle is casebridge's own (every entry PUT Type/id): the key's scopes and namespaces still apply.
+    actions, _ = check_entries(bundle, None)
+    require_scopes(key, [(a.resource_type, a.permission) for a in actions], "push this case")
+    before = namespace_guard(services.client, bundle, actions, key)
+    result = await push_bundle(services.client, bundle, locks=services.locks, warnings=issues, before=before)
+    audited.answered(result.response)
     return FhirResponse(result.response)

@@ -13,12 +13,16 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import StreamingResponse
 
 from service.api import examples
+from service.api.audit import query_text
 from service.api.deps import ReadKey, ServicesDep
 from service.api.errors import ApiError
+from service.api.security import require_scopes
 from service.errors import FhirError
 from service.pull import parse_since, report_query, stream_reports
 
 router = APIRouter(tags=["reports"])
+# Reports are searched and read, with the Observations and Specimens they cite (_include): a scope for each.
+READ_SCOPES = (("DiagnosticReport", "s"), ("DiagnosticReport", "r"), ("Observation", "r"), ("Specimen", "r"))
 MEDIA = {"json": "application/fhir+json", "ndjson": "application/fhir+ndjson", "csv": "text/csv; charset=utf-8"}
 
 
@@ -109,28 +113,40 @@ async def diagnostic_reports(
     count: Annotated[int, Query(alias="_count", ge=1, le=1000, description="Reports per upstream page.")] = 100,
     fmt: Annotated[Literal["json", "ndjson", "csv"] | None, Query(alias="_format")] = None,
 ) -> StreamingResponse:
+    # A read of patient data, audited however it ends: the middleware records it once the answer is over.
+    audited = services.audit.begin(request, "search", resource_type="DiagnosticReport")
+    if patient is not None and patient.strip():
+        audited.about(patient)
+    require_scopes(key, READ_SCOPES, "read reports with their results and specimens")
     output = _format(fmt, request.headers.get("accept", ""))
     try:
         moment = parse_since(since) if since is not None else None
         query = report_query(patient=patient, category=category, code=code, since=moment, page_size=count)
     except ValueError as exc:
         raise ApiError.of(400, "invalid", str(exc)) from exc
+    audited.searched(query_text(query.resource_type, query.query()))
     pages = services.client.pages(query)
     first = await anext(pages)  # before the answer starts: upstream errors become 502/503/504 here
 
     async def all_pages() -> AsyncIterator[dict[str, Any]]:
+        # What each page holds is recorded as it goes out, so a stream cut short says what was sent.
+        audited.returned(first)
         yield first
         async for page in pages:
+            audited.returned(page)
             yield page
 
     async def counted() -> AsyncIterator[bytes]:
         try:
             async for chunk in stream_reports(all_pages(), output, services.client.base_url):
                 yield chunk
+            audited.streamed()
         except FhirError as exc:
             # A later page failed: the answer has started, so it can only be cut short (the client sees it
             # incomplete). Counted and logged here; the middleware records the request as aborted.
             services.metrics.upstream_errors.labels(type(exc).__name__).inc()
+            audited.error = f"upstream {type(exc).__name__}"
             raise
 
+    audited.stream()
     return StreamingResponse(counted(), media_type=MEDIA[output], headers={"Vary": "Accept"})
