@@ -46,9 +46,9 @@ from service.transfer_cli import (
     server_url,
 )
 from service.validation.conformance_cli import conformance
-from service.validation.definition_check import check_loose_definitions
+from service.validation.definition_check import check_loose_definitions, check_used_definitions
 from service.validation.service import load_validator
-from service.validation.validator import SEVERITY_RANK, Issue, has_errors, operation_outcome
+from service.validation.validator import SEVERITY_RANK, Issue, Validator, has_errors, operation_outcome
 
 app = typer.Typer(
     name="casebridge",
@@ -180,13 +180,30 @@ def _validate_file(
     except InputError as exc:
         return [Issue("fatal", "structure", exc.report(), "")], 2
     unknown = [p for p in profiles if validator.tree(p) is None]
+    refused = _unusable_definitions(validator, definitions)
+    if refused:
+        return refused, 2
     if unknown:
         return [Issue("fatal", "not-found", f"profile {p} is not loaded", "") for p in unknown], 2
     if validator.type_tree(resource["resourceType"]) is None:
         message = f"{shown(file)}: unknown resourceType {resource['resourceType']!r}"
         return [Issue("fatal", "structure", message, "")], 2
     issues = validator.validate(resource, profiles)
+    refused = _unusable_definitions(validator, definitions)
+    if refused:
+        return refused, 2
     return issues, 1 if has_errors(issues) else 0
+
+
+def _unusable_definitions(validator: Validator, definitions: list[Path]) -> list[Issue]:
+    """A fatal issue naming the file when a definition given with --definitions was needed and could not be
+    used (the validation could not check what was asked)."""
+    try:
+        unusable = {**validator.unusable, **validator.terminology.unusable}
+        check_used_definitions(validator.definitions, unusable, definitions)
+    except InputError as exc:
+        return [Issue("fatal", "structure", exc.report(), "")]
+    return []
 
 
 @app.command("fhir-server")

@@ -65,13 +65,19 @@ def differential_only(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_validate(
-    tmp_path: Path, base_index: DefinitionIndex, definition: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    base_index: DefinitionIndex,
+    definition: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    profiles: list[str] | None = None,
+    resource_json: dict[str, Any] | None = None,
+    raw: bytes | None = None,
 ) -> tuple[int, str]:
     """(exit code, messages) of ``casebridge validate`` with one definition file, run in this process."""
     file = tmp_path / "my-definition.json"
-    file.write_text(json.dumps(definition))
+    file.write_bytes(raw if raw is not None else json.dumps(definition).encode())
     resource = tmp_path / "resource.json"
-    resource.write_text(json.dumps(OBSERVATION))
+    resource.write_text(json.dumps(resource_json or OBSERVATION))
 
     def load_validator(settings: Settings, extra: list[Path]) -> Validator:
         index = base_index.copy()
@@ -81,7 +87,9 @@ def run_validate(
 
     monkeypatch.setattr(cli, "load_validator", load_validator)
     url = definition.get("url") if isinstance(definition, dict) else None
-    profiles = [url] if isinstance(url, str) and definition.get("resourceType") == "StructureDefinition" else []
+    if profiles is None:
+        used = isinstance(url, str) and definition.get("resourceType") == "StructureDefinition"
+        profiles = [url] if used else []
     issues, code = cli._validate_file(resource, Settings(), profiles, [file])
     messages = "\n".join(i.message for i in issues)
     assert not [i for i in issues if i.code == "exception"], messages  # a validator defect, not an input error
@@ -215,8 +223,37 @@ def test_two_profiles_based_on_each_other(
     a["url"], b["url"] = "http://example.org/a", "http://example.org/b"
     a["baseDefinition"], b["baseDefinition"] = b["url"], a["url"]
     bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": a}, {"resource": b}]}
-    code, messages = run_validate(tmp_path, base_index, bundle, monkeypatch)
+    code, messages = run_validate(tmp_path, base_index, bundle, monkeypatch, profiles=[a["url"]])
     assert code == 2 and "my-definition.json (entry 0)" in messages and "circular" in messages, messages
+
+
+def test_a_definition_that_cannot_be_built_is_refused_only_when_needed(
+    tmp_path: Path, base_index: DefinitionIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """R4's own familymemberhistory-genetic lists a slice without its base element: a folder of published
+    definitions holding it is usable, until a resource claims that profile."""
+    others = json.loads((CORE / "Bundle-profiles-others.json").read_text())
+    genetic = next(e["resource"] for e in others["entry"] if e["resource"].get("id") == "familymemberhistory-genetic")
+    code, messages = run_validate(tmp_path, base_index, genetic, monkeypatch, profiles=[])
+    assert code in (0, 1), messages
+    member = {
+        "resourceType": "FamilyMemberHistory",
+        "meta": {"profile": [genetic["url"]]},
+        "status": "completed",
+        "patient": {"reference": "Patient/p"},
+        "relationship": {"text": "mother"},
+    }
+    code, messages = run_validate(tmp_path, base_index, genetic, monkeypatch, profiles=[], resource_json=member)
+    assert code == 2 and "my-definition.json" in messages and "has no base element" in messages, messages
+
+
+def test_a_definition_file_with_a_byte_order_mark_is_read(
+    tmp_path: Path, base_index: DefinitionIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = differential_only(load("profile"))
+    raw = b"\xef\xbb\xbf" + json.dumps(data).encode()  # as Windows tools write UTF-8
+    code, messages = run_validate(tmp_path, base_index, data, monkeypatch, raw=raw)
+    assert code in (0, 1), messages
 
 
 # --- generated cases: every node of the definitions, changed in each way ------------------------------------

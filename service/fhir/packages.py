@@ -71,6 +71,7 @@ INDEXED_TYPES = frozenset({"StructureDefinition", "ValueSet", "CodeSystem", "Con
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+_-]*")
 _STDERR_TAIL = 2000  # characters of npm's stderr kept in an error message
+_BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark, which orjson refuses
 
 
 class PackageError(CasebridgeError):
@@ -536,7 +537,7 @@ class DefinitionIndex:
                 raise PackageError(str(exc)) from exc
         else:
             try:
-                data = orjson.loads(raw)
+                data = orjson.loads(raw.removeprefix(_BOM))  # as Windows tools write it
             except orjson.JSONDecodeError as exc:
                 raise PackageError(f"{file}: not valid JSON: {exc}") from exc
         if isinstance(data, dict) and data.get("resourceType") == "Bundle":
@@ -658,7 +659,7 @@ def _scan_package(folder: Path) -> list[DefinitionInfo]:
         if not raw.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{"):
             continue  # not JSON (a schematron, a text file...)
         try:
-            data = orjson.loads(raw)
+            data = orjson.loads(raw.removeprefix(_BOM))
         except orjson.JSONDecodeError as exc:
             raise PackageError(
                 f"{file}: not valid JSON ({exc}); the package is damaged: delete {folder} and fetch it again"

@@ -1,71 +1,61 @@
-"""Definitions a user gives (``casebridge validate --definitions``): refused up front when unusable.
+"""Definitions a user gives (``casebridge validate --definitions``): refused, naming the file, when unusable.
 
-``check_loose_definitions`` checks their JSON shape (``structure.check_definition``) and builds what the
-validator would build from each (the snapshot and the element tree, the value set's expansion), so that a
-definition that cannot be used is refused up front, naming its file and element, instead of failing (or
-being skipped by) the validation that needs it.
+Two steps. Before validating, ``check_loose_definitions`` checks the JSON shape of every definition read from
+the user's files (``structure.check_definition``): a wrong shape is refused naming the file and the element
+(``my-sd.json: StructureDefinition.differential.element[3].type: expected a list of objects``). After
+validating, ``check_used_definitions`` refuses a definition from those files that the validation needed but
+could not build (its base is unknown or circular, a path names no element...): the validation could not
+check what was asked. Definitions that were not needed are not built: a folder of published definitions
+holds some that cannot be (R4's own familymemberhistory-genetic lists a slice without its base element).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
 from service.errors import InputError
 from service.fhir.packages import DefinitionIndex, DefinitionInfo
-from service.validation.snapshot import generate_snapshot, needs_snapshot
-from service.validation.structure import (
-    DefinitionError,
-    Definitions,
-    DefinitionShapeError,
-    check_definition,
-    compile_structure,
-)
-from service.validation.terminology import Terminology
+from service.validation.structure import Definitions, DefinitionShapeError, check_definition
+
+CORE_PREFIX = "http://hl7.org/fhir/StructureDefinition/"
 
 
 def _file_of(record: DefinitionInfo) -> str:
     return record.file or record.source
 
 
-def _usable(record: DefinitionInfo, resource: dict[str, Any], definitions: Definitions) -> None:
-    """Build what the validator builds from this definition; raises DefinitionError when it cannot."""
-    if record.resource_type == "StructureDefinition":
-        try:
-            sd = generate_snapshot(resource, definitions) if needs_snapshot(resource) else resource
-            if (sd.get("snapshot") or {}).get("element"):
-                compile_structure(sd)
-        except RecursionError as exc:
-            raise DefinitionError("its definitions refer to each other without end") from exc
-    elif record.resource_type == "ValueSet" and record.url:
-        terminology = Terminology(definitions)
-        terminology.expand(record.url)
-        why = terminology.unusable.get(record.url)
-        if why:
-            raise DefinitionError(why)
-
-
-def check_loose_definitions(index: Definitions, sources: Iterable[Path]) -> None:
-    """Refuse (InputError, naming the file and the element) a definition read from ``sources`` (files or
-    folders given by a user) that the validator could not use. The shapes of all are checked before any is
-    built, so that a shape error is named in its own file rather than in a profile built on it."""
+def _given(index: DefinitionIndex, sources: Iterable[Path]) -> list[DefinitionInfo]:
     roots = [str(p) for p in sources]
-    if not roots or not isinstance(index, DefinitionIndex):
-        return
-    records = [r for r in index.records() if r.package is None and any(_within(r.source, root) for root in roots)]
-    for record in records:
-        try:
-            check_definition(index.resource(record))
-        except DefinitionShapeError as exc:
-            raise InputError(f"{exc.location}: {exc.problem}", source=_file_of(record)) from exc
-    for record in records:
-        try:
-            _usable(record, index.resource(record), index)
-        except DefinitionError as exc:
-            what = f"{record.resource_type} {record.url or record.id or ''}".rstrip()
-            raise InputError(f"{what} cannot be used: {exc}", source=_file_of(record)) from exc
+    return [r for r in index.records() if r.package is None and any(_within(r.source, root) for root in roots)]
 
 
 def _within(source: str, root: str) -> bool:
     return source == root or source.startswith(root.rstrip("/") + "/") or source.startswith(root + " (entry ")
+
+
+def check_loose_definitions(index: Definitions, sources: Iterable[Path]) -> None:
+    """Refuse (InputError naming the file and the element) a definition read from ``sources`` (files or
+    folders given by a user) whose JSON is not shaped as the validator reads it."""
+    if not isinstance(index, DefinitionIndex):
+        return
+    for record in _given(index, sources):
+        try:
+            check_definition(index.resource(record))
+        except DefinitionShapeError as exc:
+            raise InputError(f"{exc.location}: {exc.problem}", source=_file_of(record)) from exc
+
+
+def check_used_definitions(index: Definitions, unusable: Mapping[str, str], sources: Iterable[Path]) -> None:
+    """Refuse (InputError naming the file) a definition read from ``sources`` that a validation needed and
+    could not use; ``unusable`` is what the validator and its terminology recorded (canonical -> why)."""
+    if not isinstance(index, DefinitionIndex) or not unusable:
+        return
+    given = set(_given(index, sources))
+    for canonical, why in unusable.items():
+        if canonical.startswith("type:"):  # a base type, replaced by a loose definition of its own url
+            canonical = CORE_PREFIX + canonical.removeprefix("type:")
+        record = index.get_info(canonical) or index.get_info(canonical.split("|")[0])
+        if record is not None and record in given:
+            what = f"{record.resource_type} {record.url or record.id or ''}".rstrip()
+            raise InputError(f"{what} cannot be used: {why}", source=_file_of(record))

@@ -20,13 +20,17 @@ import copy
 import re
 from typing import Any
 
-from service.validation.structure import DefinitionError, Definitions, DefinitionShapeError, check_structure_definition
+from service.validation.structure import (
+    DefinitionError,
+    Definitions,
+    DefinitionShapeError,
+    SnapshotPathError,
+    check_structure_definition,
+)
+
+__all__ = ["SnapshotPathError", "generate_snapshot", "needs_snapshot"]
 
 _MERGED_LISTS = ("constraint",)
-
-
-class SnapshotPathError(DefinitionError):
-    """The differential names an element the base does not have (a wrong path or choice name)."""
 
 
 _NEVER_COPIED = ("id", "path")

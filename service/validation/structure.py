@@ -41,6 +41,7 @@ class DefinitionError(CasebridgeError):
 
 _OPTIONAL_STRINGS = ("url", "version", "name", "type", "kind", "derivation", "baseDefinition", "fhirVersion")
 _ELEMENT_STRINGS = ("id", "sliceName", "contentReference", "short", "definition")
+_MAX_PATH_DEPTH = 64  # element path levels; FHIR's deepest are about a dozen
 
 
 class DefinitionShapeError(DefinitionError):
@@ -149,6 +150,11 @@ def check_element(element: Any, where: str) -> None:
     _string(element, "path", where, required=True)
     for key in _ELEMENT_STRINGS:
         _string(element, key, where)
+    for key in ("path", "id"):
+        value = element.get(key)
+        if isinstance(value, str) and value.count(".") > _MAX_PATH_DEPTH:
+            # The snapshot generator goes down a path one level per call.
+            raise _fail(where, key, f"deeper than {_MAX_PATH_DEPTH} levels")
     _integer(element, "min", where, minimum=0)
     _max_text(element, "max", where)
     _integer(element, "maxLength", where, minimum=0)
@@ -298,6 +304,12 @@ def check_definition(resource: dict[str, Any]) -> None:
         check_value_set(resource)
     elif kind == "CodeSystem":
         check_code_system(resource)
+
+
+class SnapshotPathError(DefinitionError):
+    """The differential names an element the base does not have (a wrong path or choice name). Defined here
+    (compiled) rather than beside the snapshot generator: the compiled validator binds it as a DefinitionError,
+    which an interpreted subclass cannot be."""
 
 
 class Definitions(Protocol):
