@@ -357,16 +357,20 @@ def compile_expression(expression: str) -> Callable[..., Any]:
     text, constants = hoist_constants(normalise(expression))
     options = {"userInvocationTable": _USER_FUNCTIONS, "traceFn": _no_trace}
     try:
+        plain = fhirpathpy.compile(normalise(expression), model=R4_MODEL, options=options)
+        if not constants:
+            return plain
         fn = fhirpathpy.compile(text, model=R4_MODEL, options=options)
         parsed = tuple((name, fhirpath_parser.parse(path)) for name, path in constants)  # type: ignore[no-untyped-call]
     except Exception as exc:
         raise FhirPathError(f"cannot compile FHIRPath {expression!r}: {exc}") from exc
-    if not parsed:
-        return fn
     table = fhirpath_util.process_user_invocation_table(_USER_FUNCTIONS)  # type: ignore[no-untyped-call]
 
     def run(target: Any, variables: dict[str, Any]) -> Any:
-        values = {name: _constant(tree, table, variables) for name, tree in parsed}
+        try:
+            values = {name: _constant(tree, table, variables) for name, tree in parsed}
+        except Exception:  # noqa: BLE001 - evaluated where it stands, it may never be reached (an empty where())
+            return plain(target, variables)
         return fn(target, {**variables, **values})
 
     return run
