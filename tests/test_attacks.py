@@ -543,6 +543,20 @@ ATTACKS: list[Attack] = [
         "forbidden",
     ),
     Attack(
+        "bound key refers to B's Patient by a conditional reference",
+        "bound",
+        _transaction(_put(_observation("attack-obs-8", f"Patient?identifier={NS_B}|b-1"))),
+        403,
+        "forbidden",
+    ),
+    Attack(
+        "bound key's conditional reference matches by name",
+        "bound",
+        _transaction(_put(_observation("attack-obs-9", "Patient?family=Example"))),
+        403,
+        "forbidden",
+    ),
+    Attack(
         "bound key links its Patient to B's",
         "bound",
         _transaction(
@@ -616,6 +630,7 @@ def test_what_keys_may_do_is_still_done(gateway: Gateway) -> None:
     mine = _transaction(
         _put(_observation("a-own-obs-2", "Patient/patient-a")),
         _put(_observation("a-own-obs-3", {"type": "Patient", "identifier": {"system": NS_A, "value": "a-1"}})),
+        _put(_observation("a-own-obs-4", f"Patient?identifier={NS_A}|a-1")),
     )
     response = gateway.api.post("/bundles", content=json.dumps(mine), headers={**_auth("bound"), **FHIR_JSON})
     assert response.status_code == 200, response.text
@@ -649,7 +664,7 @@ def test_the_fhir_server_holds_nothing_the_attacks_sent(gateway: Gateway) -> Non
     ):
         found = gateway.fhir.get(f"/{resource_type}", params={"_id": _ATTACK_IDS}).json()
         assert not found.get("entry"), (resource_type, found)
-    for resource_id in (f"attack-obs-{n}" for n in range(1, 8)):
+    for resource_id in (f"attack-obs-{n}" for n in range(1, 10)):
         assert gateway.fhir.get(f"/Observation/{resource_id}").status_code == 404
     for n in range(1, 20):
         assert gateway.fhir.get(f"/Patient/attack-p{n}").status_code == 404

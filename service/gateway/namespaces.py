@@ -141,6 +141,10 @@ class NamespaceCheck:
             if in_bundle and text in self.by_full_url:
                 target = self.by_full_url[text]
                 return ("patient", target) if target.get("resourceType") == "Patient" else None
+            path, mark, query = text.partition("?")
+            if mark and (path == "Patient" or path.endswith("/Patient")):
+                # A conditional reference: the FHIR server resolves it, in a transaction, to the Patient it matches.
+                return "conditional", query
             match = _PATIENT_URL.search(text)
             if match is None:
                 return None
@@ -172,6 +176,10 @@ class NamespaceCheck:
         if resolved is None:
             return None
         kind, value = resolved
+        if kind == "conditional":
+            if _identifier_search_in(value, self.namespaces):
+                return None
+            return "it refers to a Patient by a search that is not identifier=SYSTEM|value in those systems"
         if kind == "identifier":
             return None if value in self.namespaces else f"it refers to a Patient by an identifier of {value!r}"
         if kind == "patient":
@@ -216,6 +224,16 @@ class NamespaceCheck:
                 return await self.client.read(resource_type, resource_id)
             except (ResourceNotFound, ResourceGone):
                 return None
+
+
+def _identifier_search_in(query: str, namespaces: Sequence[str]) -> bool:
+    """Whether a search is only ``identifier=SYSTEM|value`` with SYSTEM among ``namespaces``: what it matches is
+    then a patient of those namespaces."""
+    params = parse_qsl(query, keep_blank_values=True)
+    return bool(params) and all(
+        name == "identifier" and "|" in value and value.split("|", 1)[0] in namespaces and "," not in value
+        for name, value in params
+    )
 
 
 _PATIENT_URL = re.compile(r"(?:^|/)Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?$")
