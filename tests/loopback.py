@@ -13,12 +13,12 @@ import uvicorn
 
 
 @contextmanager
-def serve(app: Any, name: str = "loopback-test-server") -> Iterator[str]:
-    """Yields ``http://127.0.0.1:<port>``; stops the server on exit."""
+def serve(app: Any, name: str = "loopback-test-server", **config: Any) -> Iterator[str]:
+    """Yields ``http://127.0.0.1:<port>``; stops the server on exit. ``config``: more uvicorn settings."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", **config))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=name, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

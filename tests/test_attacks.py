@@ -25,6 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service.api.app import create_app
+from service.api.protocol import http_protocol
 from service.api.services import Services
 from service.config import Settings
 from service.fhir.embedded import EmbeddedFhirServer
@@ -111,7 +112,10 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         )
         services = Services.build(settings)  # the loopback server runs no lifespan: built here
         with (
-            loopback.serve(create_app(settings, services), name="attack-api") as api_url,
+            # As `casebridge serve` runs it: its HTTP protocol refuses request heads over the limit.
+            loopback.serve(
+                create_app(settings, services), name="attack-api", http=http_protocol(settings.max_header_bytes)
+            ) as api_url,
             httpx.Client(base_url=api_url, timeout=60) as api,
             httpx.Client(base_url=server.base_url, timeout=60) as fhir,
         ):
@@ -456,6 +460,37 @@ ATTACKS: list[Attack] = [
         {**_transaction(_put(_patient("attack-p10"))), "type": "batch"},
         422,
         "invalid",
+    ),
+    # -- cost, before any key is looked at ---------------------------------------------------------------------
+    Attack(
+        "a 1 MB header without a key",
+        "none",
+        None,
+        431,
+        "too-long",
+        path="/healthz",
+        method="GET",
+        headers={"X-Padding": "a" * (1 << 20)},
+    ),
+    Attack(
+        "200 headers of 1 kB",
+        "rw",
+        None,
+        431,
+        "too-long",
+        path="/diagnostic-reports",
+        method="GET",
+        headers={f"X-Pad-{i}": "b" * 1000 for i in range(200)},
+    ),
+    Attack(
+        "a 60 kB URL and a 10 kB header",  # httpx sends no URL over 64 kB
+        "rw",
+        None,
+        431,
+        "too-long",
+        path="/diagnostic-reports?patient=" + "c" * 60_000,
+        method="GET",
+        headers={"X-Padding": "d" * 10_000},
     ),
     # -- keys and their scopes ---------------------------------------------------------------------------------
     Attack("no key", "none", _transaction(_put(_patient("attack-p11"))), 401, "login"),
