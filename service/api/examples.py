@@ -86,6 +86,10 @@ AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: outcome_response("No or unknown API key (OperationOutcome).", OUTCOME_AUTH),
     413: outcome_response("The body is larger than the limit (OperationOutcome).", OUTCOME_INVALID),
     415: outcome_response("A Content-Type this endpoint does not take (OperationOutcome).", OUTCOME_INVALID),
+    431: outcome_response(
+        "The request line and headers are longer than CASEBRIDGE_MAX_HEADER_BYTES (OperationOutcome).",
+        OUTCOME_INVALID,
+    ),
 }
 UPSTREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
     403: outcome_response("The API key lacks a scope this request needs (OperationOutcome).", OUTCOME_AUTH),

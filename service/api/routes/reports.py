@@ -98,8 +98,9 @@ def _format(requested: str | None, accept: str) -> str:
         406: examples.outcome_response(
             "None of the Accept types is offered (OperationOutcome).", examples.OUTCOME_NOT_ACCEPTABLE
         ),
-        **{k: v for k, v in examples.UPSTREAM_RESPONSES.items() if k != 403},
+        **examples.UPSTREAM_RESPONSES,
         401: examples.AUTH_RESPONSES[401],
+        431: examples.AUTH_RESPONSES[431],
     },
 )
 async def diagnostic_reports(
