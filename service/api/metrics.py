@@ -69,7 +69,7 @@ class Metrics:
         )
         self.replaced = Gauge(
             "casebridge_cpu_worker_pools_replaced",
-            "Times the worker processes were replaced because one of them stopped (killed, out of memory).",
+            "Worker processes replaced: stopped past the validation budget or for a client that hung up, or died.",
             registry=self.registry,
         )
 
