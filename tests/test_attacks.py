@@ -89,6 +89,7 @@ def _keys_file(folder: Path) -> Path:
                 entry("updater", UPDATE_ONLY, "system/*.u"),
                 entry("writer", WRITE_ONLY, "system/*.cu"),
                 entry("registry-a", BOUND, "system/*.rs system/*.cu", [NS_A]),
+                entry("registry-b", "reg-b-" + "q" * 30, "system/*.cu", [NS_B]),
             ]
         )
     )
@@ -591,6 +592,165 @@ ATTACKS: list[Attack] = [
         403,
         "forbidden",
     ),
+    # -- found by review: forms a FHIR server reads differently from a naive check -------------------------------
+    Attack(
+        "bound key's conditional update matching nothing writes at B's Patient id",
+        "bound",
+        _transaction(_entry(_patient("patient-b"), "PUT", f"Patient?identifier={NS_A}|no-such")),
+        403,
+        "forbidden",
+    ),
+    Attack(
+        "bound key's conditional update matching nothing writes at B's Observation id",
+        "bound",
+        _transaction(
+            _entry(_observation("observation-b", "Patient/patient-a"), "PUT", "Observation?identifier=urn:x|none")
+        ),
+        403,
+        "forbidden",
+    ),
+    Attack(
+        "a fragment in a conditional URL",
+        "bound",
+        _transaction(_entry(_patient("attack-p20"), "PUT", f"Patient?identifier={NS_B}|b-1#x")),
+        422,
+        "invalid",
+    ),
+    Attack(
+        "_elements in a condition",
+        "rw",
+        _transaction(
+            _entry(
+                _observation("attack-obs-10", "Patient/patient-a"), "PUT", "Observation?_id=observation-b&_elements=id"
+            )
+        ),
+        422,
+        "invalid",
+    ),
+    Attack(
+        "_summary=count in an ifNoneExist",
+        "rw",
+        _transaction(_entry(_patient("attack-p21"), "POST", "Patient", ifNoneExist="_id=patient-b&_summary=count")),
+        422,
+        "invalid",
+    ),
+    Attack(
+        "bound key's conditional update by a parameter it cannot check",
+        "bound",
+        _transaction(_entry(_observation("attack-obs-11", "Patient/patient-a"), "PUT", "Observation?code=x&zzz=1")),
+        403,
+        "forbidden",
+    ),
+    Attack(
+        "bound key puts B's Patient in a list of references",
+        "bound",
+        _transaction(
+            _put(_observation("attack-obs-12", "Patient/patient-a", performer=[{"reference": "Patient/patient-b"}]))
+        ),
+        403,
+        "forbidden",
+    ),
+    Attack(
+        "bound key refers to a POSTed Patient by the id the server will not keep",
+        "bound",
+        _transaction(
+            _entry(_patient("patient-b"), "POST", "Patient"),
+            _put(_observation("attack-obs-13", "Patient/patient-b")),
+        ),
+        403,
+        "forbidden",
+    ),
+    Attack(
+        "bound key refers to the fullUrl of a conditional create matching B's Patient",
+        "bound",
+        {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {
+                    "fullUrl": "urn:uuid:5b0e5a4e-6f7d-4b8e-9a1c-2d3e4f5a6b7c",
+                    "resource": _patient("attack-p22"),
+                    "request": {"method": "POST", "url": "Patient", "ifNoneExist": f"identifier={NS_B}|b-1"},
+                },
+                _put(_observation("attack-obs-14", "urn:uuid:5b0e5a4e-6f7d-4b8e-9a1c-2d3e4f5a6b7c")),
+            ],
+        },
+        403,
+        "forbidden",
+    ),
+    Attack(
+        "write-only key reads a stored Patient through ifNoneExist",
+        "wo",
+        _transaction(_entry(_patient("attack-p23"), "POST", "Patient", ifNoneExist="_id=patient-b")),
+        403,
+        "forbidden",
+    ),
+    Attack(
+        "bound key refers to B's Patient at an odd version",
+        "bound",
+        _transaction(_put(_observation("attack-obs-15", "Patient/patient-b/_history/1_"))),
+        403,
+        "forbidden",
+    ),
+    Attack(
+        "bound key refers to B's Patient by an identifier without type",
+        "bound",
+        _transaction(_put(_observation("attack-obs-16", {"identifier": {"system": NS_B, "value": "b-1"}}))),
+        403,
+        "forbidden",
+    ),
+    Attack(
+        "bound key refers to B's Patient by an identifier typed 'patient'",
+        "bound",
+        _transaction(
+            _put(_observation("attack-obs-17", {"type": "patient", "identifier": {"system": NS_B, "value": "b-1"}}))
+        ),
+        403,
+        "forbidden",
+    ),
+    Attack(
+        "bound key's Patient claims an identifier of B's namespace",
+        "bound",
+        _transaction(
+            _put(
+                {
+                    **_patient("attack-p24"),
+                    "identifier": [{"system": NS_A, "value": "x"}, {"system": NS_B, "value": "b-1"}],
+                }
+            )
+        ),
+        403,
+        "forbidden",
+    ),
+    Attack(
+        "bound key makes the check read 150 stored Patients",
+        "bound",
+        _transaction(
+            _put(
+                {
+                    **_observation("attack-obs-18", "Patient/patient-a"),
+                    "hasMember": [{"reference": f"#m{i}"} for i in range(150)],
+                    "contained": [{**_observation(f"m{i}", f"Patient/nobody-{i}"), "id": f"m{i}"} for i in range(150)],
+                }
+            )
+        ),
+        422,
+        "too-costly",
+    ),
+    Attack(
+        "Observation-only key writes a contained Patient",
+        "obs",
+        _transaction(
+            _put(
+                {
+                    **_observation("attack-obs-19", "#p"),
+                    "contained": [{**_patient("p", system=NS_B), "id": "p"}],
+                }
+            )
+        ),
+        403,
+        "forbidden",
+    ),
     Attack(
         "bound key links its Patient to B's",
         "bound",
@@ -699,9 +859,9 @@ def test_the_fhir_server_holds_nothing_the_attacks_sent(gateway: Gateway) -> Non
     ):
         found = gateway.fhir.get(f"/{resource_type}", params={"_id": _ATTACK_IDS}).json()
         assert not found.get("entry"), (resource_type, found)
-    for resource_id in (f"attack-obs-{n}" for n in range(1, 10)):
+    for resource_id in (f"attack-obs-{n}" for n in range(1, 20)):
         assert gateway.fhir.get(f"/Observation/{resource_id}").status_code == 404
-    for n in range(1, 20):
+    for n in range(1, 25):
         assert gateway.fhir.get(f"/Patient/attack-p{n}").status_code == 404
     # What the attacks went after is as it was stored.
     assert gateway.fhir.get(f"/{gateway.stored['seed Patient']}").status_code == 200

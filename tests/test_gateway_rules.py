@@ -80,7 +80,10 @@ def test_the_policy_limits_and_interactions_apply(tmp_path: Path) -> None:
     allowed = {"entry": [entry("POST", "Patient"), entry("PUT", "Observation/a", "Observation")]}
     actions, issues = check_entries(allowed, policy)
     assert issues == []
-    assert [(a.interaction, a.permission) for a in actions] == [("create", "c"), ("update", "u")]
+    assert [(a.interaction, a.needs) for a in actions] == [
+        ("create", [("Patient", "c")]),
+        ("update", [("Observation", "u")]),
+    ]
     conditional = {"entry": [entry("PUT", "Patient?identifier=x|1")]}
     assert [i.message for i in check_entries(conditional, policy)[1]] == [
         f"conditional-update is not allowed by the forwarding policy ({path})"
@@ -210,3 +213,60 @@ def test_settings_refuse_a_bad_keys_file_and_a_name_used_in_both_sources(tmp_pat
     with pytest.raises(ValidationError, match="used twice"):
         Settings(api_keys_file=path, api_keys="ehr:ro:" + "y" * 30)
     assert [k.name for k in Settings(api_keys_file=path, api_keys="job:rw:" + "y" * 30).keys()] == ["job", "ehr"]
+
+
+def test_conditions_and_contained_resources_need_what_they_do(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(GOOD.replace("[create, update]", "[create, conditional-create, update, conditional-update]"))
+    policy = load_forwarding_policy(path, is_type)
+    observation = {"resourceType": "Observation", "id": "o", "contained": [{"resourceType": "Patient", "id": "p"}]}
+    bundle = {
+        "entry": [
+            {"resource": observation, "request": {"method": "PUT", "url": "Observation/o"}},
+            {
+                "resource": {"resourceType": "Patient"},
+                "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=a|1"},
+            },
+            {
+                "resource": {"resourceType": "Patient", "id": "q"},
+                "request": {"method": "PUT", "url": "Patient?identifier=a|2"},
+            },
+        ]
+    }
+    actions, issues = check_entries(bundle, policy)
+    assert issues == []
+    assert [a.needs for a in actions] == [
+        [("Observation", "u"), ("Patient", "u")],
+        [("Patient", "c"), ("Patient", "r"), ("Patient", "s")],
+        [("Patient", "u"), ("Patient", "r"), ("Patient", "s")],
+    ]
+    assert actions[2].resource_id == "q"  # with no match, the server writes at the resource's own id
+
+
+@pytest.mark.parametrize(
+    ("request_", "field", "words"),
+    [
+        ({"url": "Patient?identifier=a|1#x"}, "request.url", "fragment"),
+        ({"url": "Patient", "method": "POST", "ifNoneExist": "identifier=a|1#x"}, "request.ifNoneExist", "fragment"),
+        ({"url": "Patient?_id=p&_elements=id"}, "request.url", "_elements"),
+        ({"url": "Patient?_id=p&_summary:x=count"}, "request.url", "_summary"),
+        ({"url": "Patient", "method": "POST", "ifNoneExist": "_id=p&_count=0"}, "request.ifNoneExist", "_count"),
+    ],
+)
+def test_conditions_mean_what_the_server_matches(request_: dict[str, str], field: str, words: str) -> None:
+    entry = {"resource": {"resourceType": "Patient", "id": "p"}, "request": {"method": "PUT", **request_}}
+    (issue,) = check_entries({"entry": [entry]}, None)[1]
+    assert issue.expression == f"Bundle.entry[0].{field}" and words in issue.message
+
+
+def test_yaml_the_helpers_do_not_read_is_still_a_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "keys.yaml"
+    path.write_text(KEY.replace("- name: ehr\n", "- <<: {x: 1}\n  name: ehr\n"))
+    with pytest.raises(MappingError) as caught:
+        load_api_keys_file(path)
+    assert caught.value.file == str(path) and caught.value.line is not None
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("<<: {types: [Patient]}\n" + GOOD)
+    with pytest.raises(MappingError) as caught:
+        load_forwarding_policy(policy, is_type)
+    assert caught.value.file == str(policy) and caught.value.line is not None

@@ -54,17 +54,24 @@ def require_scopes(key: ApiKey, needs: Iterable[tuple[str, str]], what: str) -> 
 
 
 def namespace_guard(
-    client: AsyncFhirClient, bundle: Mapping[str, Any], actions: Sequence[Action], key: ApiKey
+    client: AsyncFhirClient,
+    bundle: Mapping[str, Any],
+    actions: Sequence[Action],
+    key: ApiKey,
+    keys: Sequence[tuple[ApiKey, bytes]],
 ) -> Callable[[], Awaitable[None]] | None:
     """For a key bound to identifier namespaces, the check ``push_bundle`` runs under the patient's write lock
-    before sending: 403 naming each entry that writes another's patient (``service.gateway.namespaces``)."""
+    before sending: 403 naming each entry that writes another's patient (``service.gateway.namespaces``), 422 when
+    the check itself would cost too much. ``keys``: every key, whose namespaces this key's patients may not claim."""
     if not key.namespaces:
         return None
+    foreign = sorted({ns for other, _ in keys if other.name != key.name for ns in other.namespaces})
 
     async def check() -> None:
-        refused = await check_namespaces(client, bundle, actions, key.namespaces, key.name)
+        refused = await check_namespaces(client, bundle, actions, key.namespaces, key.name, foreign)
         if refused:
-            raise ApiError(403, operation_outcome(refused))
+            costly = any(issue.code == "too-costly" for issue in refused)
+            raise ApiError(422 if costly else 403, operation_outcome(refused))
 
     return check
 

@@ -23,6 +23,7 @@ import yaml
 
 from service.errors import MappingError
 from service.gateway.scopes import LEGACY, Scopes, parse_scopes
+from service.gateway.yamlfile import yaml_error as _yaml_error
 from service.mapping.templates import compose, line_of, mapping_items, scalar
 
 MIN_KEY_LENGTH = 24
@@ -81,6 +82,13 @@ _FIELDS = {"name", "secret_sha256", "scopes", "namespaces"}
 
 def load_api_keys_file(path: Path) -> list[ApiKey]:
     """The keys of a keys file; ``MappingError`` with the file and line of the first mistake."""
+    try:
+        return _load_api_keys_file(path)
+    except yaml.YAMLError as exc:  # what the helpers below do not turn into a MappingError (a merge key, say)
+        raise _yaml_error(exc, str(path)) from None
+
+
+def _load_api_keys_file(path: Path) -> list[ApiKey]:
     file = str(path)
     try:
         text = path.read_text(encoding="utf-8")

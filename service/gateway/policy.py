@@ -25,11 +25,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 import yaml
 
 from service.errors import MappingError
+from service.gateway.yamlfile import yaml_error as _yaml_error
 from service.mapping.templates import compose, line_of, mapping_items, scalar
 from service.validation.validator import Issue
 
@@ -83,16 +84,56 @@ class Action:
     index: int
     interaction: str  # one of INTERACTIONS when the entry is well formed
     resource_type: str
-    resource_id: str | None = None  # update: the id in the URL (the resource's own)
+    # update: the id in the URL (the resource's own); conditional-update: the resource's id, if it has one (with no
+    # match, the server writes at that id)
+    resource_id: str | None = None
     condition: str | None = None  # conditional-create: ifNoneExist; conditional-update: the URL's query
+    contained: tuple[str, ...] = ()  # the types of the resources it contains, written with it
 
     @property
-    def permission(self) -> str:
-        """The SMART permission it needs: c for create, u for update (a PUT that creates is still FHIR's update)."""
-        return "c" if self.interaction.endswith("create") else "u"
+    def needs(self) -> list[tuple[str, str]]:
+        """The SMART permissions it needs, by type: c to create, u to update (a PUT that creates is still FHIR's
+        update), the same for what it contains; a conditional form also searches, and its answer may hold the
+        stored match, so r and s as well."""
+        permission = "c" if self.interaction.endswith("create") else "u"
+        out = [(t, permission) for t in (self.resource_type, *self.contained)]
+        if self.condition is not None:
+            out += [(self.resource_type, "r"), (self.resource_type, "s")]
+        return out
+
+
+# Search result parameters shape or page what a search returns; in a condition they would make the match the
+# server acts on differ from what was asked (and from what anyone checking it sees).
+_RESULT_PARAMETERS = frozenset(
+    {
+        "_contained",
+        "_containedType",
+        "_count",
+        "_elements",
+        "_format",
+        "_graph",
+        "_include",
+        "_maxresults",
+        "_offset",
+        "_pretty",
+        "_revinclude",
+        "_sort",
+        "_summary",
+        "_total",
+    }
+)
 
 
 def load_forwarding_policy(
+    path: Path, is_resource_type: Callable[[str], bool], *, root: Path | None = None
+) -> ForwardingPolicy:
+    try:
+        return _load_forwarding_policy(path, is_resource_type, root=root)
+    except yaml.YAMLError as exc:  # what the helpers below do not turn into a MappingError (a merge key, say)
+        raise _yaml_error(exc, str(path)) from None
+
+
+def _load_forwarding_policy(
     path: Path, is_resource_type: Callable[[str], bool], *, root: Path | None = None
 ) -> ForwardingPolicy:
     file = str(path.relative_to(root)) if root is not None and path.is_relative_to(root) else str(path)
@@ -220,6 +261,13 @@ def _action(
         return None, ("not-supported", _NEVER_METHODS[method], "request.method")
     if method not in ("POST", "PUT"):
         return None, None  # not a code of http-verb: the validator says so
+    condition = request.get("ifNoneExist")
+    for text, field in ((url.partition("?")[2], "request.url"), (condition, "request.ifNoneExist")):
+        if "#" in url or (isinstance(text, str) and "#" in text):
+            return None, ("invalid", "a request URL or condition has no fragment (#): the server drops it", field)
+        problem = _condition_problem(text)
+        if problem is not None:
+            return None, ("invalid", problem, field)
     path, _, query = url.partition("?")
     if "$" in unquote(path) or path.endswith("/_search"):  # %24 is a $ to the server
         return None, ("not-supported", "operations and searches are not forwarded, only resources", "request.url")
@@ -244,13 +292,21 @@ def _action(
                 f"a POST creates at its type's URL ({resource_type}), not {url[:100]!r}",
                 "request.url",
             )
-        condition = request.get("ifNoneExist")
-        interaction = "conditional-create" if isinstance(condition, str) and condition else "create"
-        action = Action(index, interaction, resource_type, condition=condition if isinstance(condition, str) else None)
+        given = condition if isinstance(condition, str) and condition else None
+        interaction = "conditional-create" if given else "create"
+        action = Action(index, interaction, resource_type, condition=given, contained=_contained_types(resource))
     elif query:
         if len(segments) != 1:
             return None, ("invalid", f"a conditional PUT's URL is Type?search, not {url[:100]!r}", "request.url")
-        action = Action(index, "conditional-update", resource_type, condition=query)
+        own = resource.get("id")
+        action = Action(
+            index,
+            "conditional-update",
+            resource_type,
+            resource_id=own if isinstance(own, str) and _ID.fullmatch(own) else None,
+            condition=query,
+            contained=_contained_types(resource),
+        )
     else:
         if len(segments) != 2 or not segments[1]:
             message = f"a PUT names the resource it writes: {resource_type}/<id> (or {resource_type}?search)"
@@ -266,7 +322,7 @@ def _action(
                 else f"the resource has no id: a PUT to {resource_type}/{segments[1]} needs id {segments[1]!r}"
             )
             return None, ("invalid", message, "resource.id" if own is not None else "resource")
-        action = Action(index, "update", resource_type, resource_id=segments[1])
+        action = Action(index, "update", resource_type, resource_id=segments[1], contained=_contained_types(resource))
     if policy is not None and action.interaction not in policy.interactions:
         message = f"{action.interaction} is not allowed by the forwarding policy ({policy.file})"
         return None, ("not-supported", message, "request")
@@ -286,6 +342,20 @@ def _type_refusal(resource_type: str, policy: ForwardingPolicy) -> str:
     if resource_type in NEVER:
         return f"{resource_type} is never forwarded: {NEVER[resource_type]}"
     return f"{resource_type} is not a type the forwarding policy ({policy.file}) lets through"
+
+
+def _condition_problem(query: object) -> str | None:
+    if not isinstance(query, str) or not query:
+        return None
+    names = {name.split(":", 1)[0] for name, _ in parse_qsl(query, keep_blank_values=True)}
+    shaping = sorted(names & _RESULT_PARAMETERS)
+    if shaping:
+        return f"a condition selects what is written; result parameters ({', '.join(shaping)}) shape a search's answer"
+    return None
+
+
+def _contained_types(resource: Mapping[str, Any]) -> tuple[str, ...]:
+    return tuple(sorted({str(c.get("resourceType")) for c in _contained(resource) if c.get("resourceType")}))
 
 
 def _contained(resource: Any) -> list[dict[str, Any]]:

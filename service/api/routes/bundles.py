@@ -100,7 +100,7 @@ async def forward_bundle(request: Request, key: ReadKey, services: ServicesDep) 
         locks=services.locks,
         warnings=issues,
         raw=raw,
-        before=namespace_guard(services.client, bundle, actions, key),
+        before=namespace_guard(services.client, bundle, actions, key, services.key_digests),
     )
     audited.answered(result.response)
     return FhirResponse(result.response)
@@ -119,7 +119,7 @@ def _check(
         actions, refused = check_entries(bundle, bench.forwarding)
         if refused:
             raise ApiError(422, operation_outcome(refused, bench.settings.max_outcome_issues))
-        require_scopes(key, [(a.resource_type, a.permission) for a in actions], "write what this Bundle writes")
+        require_scopes(key, [need for a in actions for need in a.needs], "write what this Bundle writes")
     except ApiError as refusal:
         return bundle, [], [], refusal
     checked = with_inbound_profiles(bundle, bench.inbound_profiles)
