@@ -252,11 +252,19 @@ def _nap(_: Workbench, seconds: float) -> int:
     return os.getpid()
 
 
-def _gone(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
+def _gone(pid: int, wait: float = 5.0) -> bool:
+    """Whether the process has ended (a zombie, or reaped), within ``wait`` seconds: a SIGKILL takes effect when
+    the kernel next schedules the process, which on a loaded machine is not at once."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return True
+        except FileNotFoundError:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
 
 
 def test_the_budget_stops_the_work_and_spares_the_others(runner: CpuRunner) -> None:
