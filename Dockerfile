@@ -69,6 +69,7 @@ COPY mappings/ ./mappings/
 COPY profiles/ ./profiles/
 COPY fixtures/ ./fixtures/
 COPY schemas/ ./schemas/
+COPY terminology/ ./terminology/
 
 # --------------------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
@@ -83,9 +84,8 @@ ENV VIRTUAL_ENV=/opt/venv \
     PYTHONUNBUFFERED=1 \
     CASEBRIDGE_FHIR_PACKAGE_CACHE=/opt/fhir-packages
 
-# No terminology file is in the image (../shared/terminology/case-codes.yaml lives outside the project):
-# casebridge says so in a warning and does not check code citations. Mount one at
-# /shared/terminology/case-codes.yaml (the default place, beside /app) or set CASEBRIDGE_TERMINOLOGY_FILE.
+# Code citations are checked against the project's terminology/case-codes.yaml, copied into /app with the
+# other data folders; CASEBRIDGE_TERMINOLOGY_FILE points at another.
 
 RUN groupadd --system --gid 10001 casebridge \
  && useradd --system --uid 10001 --gid casebridge --create-home --home-dir /home/casebridge \

@@ -28,8 +28,8 @@ class Settings(BaseSettings):
     terminology_file: Path | None = Field(
         None,
         description=(
-            "The terminology file code tables are checked against at load. Default: "
-            "../shared/terminology/case-codes.yaml beside the project, when it exists."
+            "The terminology file code tables are checked against at load. Default: the project's own "
+            "terminology/case-codes.yaml."
         ),
     )
     max_case_bytes: int = Field(5 * 1024 * 1024, gt=0, description="Largest case file accepted, in bytes.")
@@ -213,10 +213,10 @@ class Settings(BaseSettings):
         return value
 
     def terminology(self) -> Path | None:
-        """The configured terminology file, else the shared one when it is there."""
+        """The configured terminology file, else the project's own (None only when that one is missing too)."""
         if self.terminology_file is not None:
             return self.terminology_file
-        default = PROJECT_ROOT.parent / "shared" / "terminology" / "case-codes.yaml"
+        default = PROJECT_ROOT / "terminology" / "case-codes.yaml"
         return default if default.is_file() else None
 
 

@@ -15,14 +15,14 @@ from service.mapping.engine import MappingSet
 FIXTURES = PROJECT_ROOT / "fixtures"
 CASE_FILES = sorted(p for p in (FIXTURES / "cases").iterdir() if p.suffix in (".json", ".yaml", ".yml"))
 SEED = FIXTURES / "cases" / "dystrophic-calcification-right-forearm.yaml"
-TERMINOLOGY = PROJECT_ROOT.parent / "shared" / "terminology" / "case-codes.yaml"
+TERMINOLOGY = PROJECT_ROOT / "terminology" / "case-codes.yaml"
 # A fixed conversion time, so that outputs compare equal across runs.
 RECORDED = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 @pytest.fixture(scope="session")
 def mappings() -> MappingSet:
-    assert TERMINOLOGY.is_file(), "the tests check code citations against ../shared/terminology/case-codes.yaml"
+    assert TERMINOLOGY.is_file(), "the tests check code citations against terminology/case-codes.yaml"
     return MappingSet.load(Settings().mappings_dir, terminology=TERMINOLOGY)
 
 

@@ -41,7 +41,7 @@ LOCAL_ONLY = "127.0.0.1"
 
 # PROJECT_ROOT-relative paths the image must contain (service.config.PROJECT_ROOT and the seed case), and
 # what `pip install` needs (pyproject.toml names README.md as the readme).
-PROJECT_DATA = ("mappings", "profiles", "fixtures", "schemas", "fhir-packages.json")
+PROJECT_DATA = ("mappings", "profiles", "fixtures", "schemas", "terminology", "fhir-packages.json")
 BUILD_INPUTS = ("pyproject.toml", "constraints.txt", "README.md", "service")
 
 Compose = dict[str, Any]

@@ -23,7 +23,7 @@ from service.validation.conformance import (
 )
 from service.validation.conformance_cli import conformance
 
-HL7_CASES = Path(__file__).resolve().parent.parent.parent / "shared" / "conformance" / "fhir-test-cases-r4"
+HL7_CASES = Path(__file__).resolve().parent / "data" / "conformance" / "fhir-test-cases-r4"
 PROFILE_URL = "http://example.org/fhir/StructureDefinition/patient-with-identifier"
 
 
@@ -261,7 +261,6 @@ def test_cli_without_a_manifest_exits_2(tmp_path: Path) -> None:
     assert "Traceback" not in result.output
 
 
-@pytest.mark.skipif(not (HL7_CASES / "manifest.json").is_file(), reason="the HL7 test cases are not present")
 def test_the_real_hl7_folder_runs_end_to_end(base: DefinitionIndex) -> None:
     started = time.perf_counter()
     report = run_conformance(HL7_CASES)  # builds its own package index, as the CLI does

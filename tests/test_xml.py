@@ -14,7 +14,7 @@ from service.fhir.packages import DefinitionIndex, default_cache_dir
 from service.fhir.xml import FhirXmlError, XmlReader
 from service.validation.service import load_index
 
-CONFORMANCE = Path(__file__).resolve().parents[2] / "shared" / "conformance" / "fhir-test-cases-r4"
+CONFORMANCE = Path(__file__).resolve().parent / "data" / "conformance" / "fhir-test-cases-r4"
 
 
 @pytest.fixture(scope="module")
