@@ -14,7 +14,7 @@ from service.api.errors import ApiError
 from service.fhir.client import AsyncFhirClient
 from service.gateway.keys import ApiKey
 from service.gateway.keys import digest as secret_digest
-from service.gateway.namespaces import check_namespaces
+from service.gateway.namespaces import NamespaceCheck
 from service.gateway.policy import Action
 from service.validation.validator import operation_outcome
 
@@ -36,8 +36,8 @@ async def authenticate(
     # Digests, so every comparison is of equal length and takes the same time whatever the key.
     given = secret_digest(credentials.credentials)
     found: ApiKey | None = None
-    for key, digest in request.app.state.services.key_digests:
-        if hmac.compare_digest(given, digest):  # no early exit: every key is compared
+    for key in request.app.state.services.keys:
+        if hmac.compare_digest(given, key.digest):  # no early exit: every key is compared
             found = key
     if found is None:
         raise ApiError.of(401, "login", "unknown API key", headers=_CHALLENGE)
@@ -58,26 +58,22 @@ def namespace_guard(
     bundle: Mapping[str, Any],
     actions: Sequence[Action],
     key: ApiKey,
-    keys: Sequence[tuple[ApiKey, bytes]],
+    keys: Sequence[ApiKey],
 ) -> Callable[[], Awaitable[None]] | None:
     """For a key bound to identifier namespaces, the check ``push_bundle`` runs under the patient's write lock
     before sending: 403 naming each entry that writes another's patient (``service.gateway.namespaces``), 422 when
     the check itself would cost too much. ``keys``: every key, whose namespaces this key's patients may not claim."""
     if not key.namespaces:
         return None
-    foreign = sorted({ns for other, _ in keys if other.name != key.name for ns in other.namespaces})
+    foreign = sorted({ns for other in keys if other.name != key.name for ns in other.namespaces})
 
     async def check() -> None:
-        refused = await check_namespaces(client, bundle, actions, key.namespaces, key.name, foreign)
+        refused = await NamespaceCheck(client, bundle, actions, key.namespaces, key.name, foreign).run()
         if refused:
             costly = any(issue.code == "too-costly" for issue in refused)
             raise ApiError(422 if costly else 403, operation_outcome(refused))
 
     return check
-
-
-def key_digests(keys: list[ApiKey]) -> list[tuple[ApiKey, bytes]]:
-    return [(key, key.digest) for key in keys]
 
 
 ReadKey = Annotated[ApiKey, Depends(authenticate)]

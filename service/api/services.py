@@ -13,7 +13,6 @@ from starlette.requests import Request
 from service.api.audit import Audit
 from service.api.errors import ApiError
 from service.api.metrics import Metrics
-from service.api.security import key_digests
 from service.api.workers import CpuRunner, Workbench
 from service.config import ApiKey, Settings
 from service.fhir.client import AsyncFhirClient
@@ -32,7 +31,7 @@ class Services:
     client: AsyncFhirClient
     locks: PatientLocks
     metrics: Metrics = field(default_factory=Metrics)
-    key_digests: list[tuple[ApiKey, bytes]] = field(default_factory=list)
+    keys: list[ApiKey] = field(default_factory=list)  # every API key, with its secret's digest
     audit: Audit = field(default_factory=Audit)
 
     @classmethod
@@ -47,7 +46,7 @@ class Services:
             runner=CpuRunner(bench, processes),
             client=AsyncFhirClient.from_settings(settings),
             locks=PatientLocks(settings.locks()),
-            key_digests=key_digests(settings.keys()),
+            keys=settings.keys(),
             audit=Audit.from_settings(settings),
         )
         if settings.audit_events_to_server:

@@ -68,7 +68,8 @@ def patient_refs(resource: Any) -> Iterator[dict[str, Any]]:
 
 class NamespaceCheck:
     """One check of one transaction for a key bound to ``namespaces``; ``foreign``: the systems bound to other
-    keys."""
+    keys. ``run`` gives an error (code forbidden; too-costly past the lookup limit) for each write that touches a
+    patient outside ``namespaces``."""
 
     def __init__(
         self,
@@ -286,16 +287,3 @@ def _identifier_search_in(query: str, namespaces: Sequence[str]) -> bool:
         name == "identifier" and "|" in value and value.split("|", 1)[0] in namespaces and "," not in value
         for name, value in params
     )
-
-
-async def check_namespaces(
-    client: AsyncFhirClient,
-    bundle: Mapping[str, Any],
-    actions: Sequence[Action],
-    namespaces: Sequence[str],
-    key: str,
-    foreign: Sequence[str] = (),
-) -> list[Issue]:
-    """Errors (code forbidden; too-costly past the lookup limit) for each write of a transaction that touches a
-    patient outside ``namespaces``."""
-    return await NamespaceCheck(client, bundle, actions, namespaces, key, foreign).run()

@@ -100,7 +100,7 @@ async def forward_bundle(request: Request, key: ReadKey, services: ServicesDep) 
         locks=services.locks,
         warnings=issues,
         raw=raw,
-        before=namespace_guard(services.client, bundle, actions, key, services.key_digests),
+        before=namespace_guard(services.client, bundle, actions, key, services.keys),
     )
     audited.answered(result.response)
     return FhirResponse(result.response)

@@ -96,7 +96,7 @@ async def post_case(
     # A case's Bundle is casebridge's own (every entry PUT Type/id): the key's scopes and namespaces still apply.
     actions, _ = check_entries(bundle, None)
     require_scopes(key, [need for a in actions for need in a.needs], "push this case")
-    before = namespace_guard(services.client, bundle, actions, key, services.key_digests)
+    before = namespace_guard(services.client, bundle, actions, key, services.keys)
     result = await push_bundle(services.client, bundle, locks=services.locks, warnings=issues, before=before)
     audited.answered(result.response)
     return FhirResponse(result.response)
