@@ -86,7 +86,7 @@ class Workbench:
         inbound = load_inbound_profiles(settings.mappings_dir / "inbound-profiles.yaml", validator, root=PROJECT_ROOT)
         forwarding = load_forwarding_policy(
             settings.mappings_dir / "forwarding-policy.yaml",
-            functools.partial(_is_resource_type, validator),
+            validator.is_resource_type,
             root=PROJECT_ROOT,
         )
         return cls(
@@ -97,11 +97,6 @@ class Workbench:
     def xml_reader(self) -> XmlReader:
         """One reader, so its compiled type trees are reused."""
         return XmlReader(self.validator.definitions)
-
-
-def _is_resource_type(validator: Validator, name: str) -> bool:
-    tree = validator.type_tree(name)
-    return tree is not None and tree.kind == "resource"
 
 
 class WorkFailed(Exception):

@@ -647,7 +647,7 @@ class Validator:
                 self._known_code(coding, coding_expr, run)
 
     def _plan(self, node: ElementNode, tree: StructureTree, type_code: str, type_ref: TypeRef | None) -> _ItemPlan:
-        resource = type_code == "Resource" or (type_code[:1].isupper() and self._is_resource_type(type_code))
+        resource = type_code == "Resource" or (type_code[:1].isupper() and self.is_resource_type(type_code))
         extension = type_code == "Extension" and node.name in ("extension", "modifierExtension") and not node.slice_name
         inner, inner_tree, inner_base = node, tree, ""
         inner_active: tuple[tuple[Constraint, Any], ...] = ()
@@ -683,7 +683,7 @@ class Validator:
             self._plans[(id(node), id(tree), type_code, id(type_ref))] = plan
         return plan
 
-    def _is_resource_type(self, type_code: str) -> bool:
+    def is_resource_type(self, type_code: str) -> bool:
         known = self._resource_types.get(type_code)
         if known is None:
             tree = self.type_tree(type_code)
