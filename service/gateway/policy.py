@@ -127,16 +127,14 @@ _RESULT_PARAMETERS = frozenset(
 def load_forwarding_policy(
     path: Path, is_resource_type: Callable[[str], bool], *, root: Path | None = None
 ) -> ForwardingPolicy:
-    try:
-        return _load_forwarding_policy(path, is_resource_type, root=root)
-    except yaml.YAMLError as exc:  # what the helpers below do not turn into a MappingError (a merge key, say)
-        raise _yaml_error(exc, str(path)) from None
-
-
-def _load_forwarding_policy(
-    path: Path, is_resource_type: Callable[[str], bool], *, root: Path | None = None
-) -> ForwardingPolicy:
     file = str(path.relative_to(root)) if root is not None and path.is_relative_to(root) else str(path)
+    try:
+        return _load_forwarding_policy(path, file, is_resource_type)
+    except yaml.YAMLError as exc:  # what the helpers below do not turn into a MappingError (a merge key, say)
+        raise _yaml_error(exc, file) from None
+
+
+def _load_forwarding_policy(path: Path, file: str, is_resource_type: Callable[[str], bool]) -> ForwardingPolicy:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
