@@ -150,7 +150,7 @@ class Audited:
             if not isinstance(reply, dict):
                 continue
             item["status"] = _token(reply.get("status"))
-            location = str(reply.get("location") or "").split("?")[0].split("/_history")[0].rstrip("/").split("/")
+            location = _path_parts(str(reply.get("location") or ""))
             if len(location) >= 2 and location[-2] == item["type"]:
                 item["id"] = _token(location[-1])
                 if item["type"] == "Patient":
@@ -204,7 +204,7 @@ class Audited:
 
     # -- the end -----------------------------------------------------------------------------------------------
 
-    def finish(self, status: int | str, route: str = "-", error: str | None = None) -> dict[str, Any] | None:
+    def finish(self, status: int | str, route: str = "-") -> dict[str, Any] | None:
         """Record it, with the status answered (``"aborted"``: a stream cut short after its start). Returns the
         JSON line's object, or None when there was nothing to record (already finished, or no known key)."""
         if self.finished:
@@ -213,10 +213,11 @@ class Audited:
         key = self._state.get("api_key")
         if not key:
             return None  # not authenticated: the request log line has it
+        error = self.error
         if self.complete is False and _succeeded(status):
             # Started well, but not sent to the end (the client hung up): some of it reached the client.
-            error = error or self.error or "the client closed the connection"
-        line = self._line(str(key), status, route, error or self.error)
+            error = error or "the client closed the connection"
+        line = self._line(str(key), status, route, error)
         self._audit.write(line, self._events(str(key), status))
         return line
 
@@ -358,7 +359,6 @@ class Audit:
         interaction: Interaction,
         *,
         resource_type: str | None = None,
-        patients: Iterable[str] = (),
     ) -> Audited:
         """Start the audit record of this request (at most one; a second call returns the first). The request
         middleware finishes it with the status answered."""
@@ -367,32 +367,8 @@ class Audit:
         if isinstance(existing, Audited):
             return existing
         audited = Audited(self, request, interaction, resource_type)
-        for patient in patients:
-            audited.about(patient)
         state[STATE_KEY] = audited
         return audited
-
-    def record(
-        self,
-        request: Request,
-        *,
-        interaction: Interaction,
-        status: int | str,
-        resource_type: str | None = None,
-        patients: Iterable[str] = (),
-        entries: object = None,
-        response: object = None,
-        resources: Iterable[str] = (),
-        error: str | None = None,
-    ) -> dict[str, Any] | None:
-        """Begin and finish at once, for a route that knows everything when it answers."""
-        audited = self.begin(request, interaction, resource_type=resource_type, patients=patients)
-        audited.attempted(entries)
-        audited.answered(response)
-        if resources:
-            audited.returned({"entry": [{"resource": _as_resource(r)} for r in resources]})
-        route = getattr(request.scope.get("route"), "path", None) or "-"
-        return audited.finish(status, str(route), error)
 
     def write(self, line: Mapping[str, Any], events: Sequence[Mapping[str, Any]]) -> None:
         text = orjson.dumps(line)
@@ -589,8 +565,13 @@ def _patient_references(resource: Mapping[str, Any]) -> Iterable[str]:
             yield ref["reference"]
 
 
+def _path_parts(reference: str) -> list[str]:
+    """A reference or location's path segments, without its query and version: [..., Type, id]."""
+    return reference.split("?")[0].split("/_history")[0].rstrip("/").split("/")
+
+
 def _patient_id(reference: str) -> str | None:
-    parts = reference.split("?")[0].split("/_history")[0].rstrip("/").split("/")
+    parts = _path_parts(reference)
     if len(parts) >= 2 and parts[-2] == "Patient":
         patient = _token(parts[-1])
         return patient if patient != "?" else None
@@ -599,11 +580,6 @@ def _patient_id(reference: str) -> str | None:
 
 def _mapping(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
-
-
-def _as_resource(reference: str) -> dict[str, str]:
-    kind, _, rid = reference.partition("/")
-    return {"resourceType": kind, "id": rid}
 
 
 def query_text(resource_type: str, params: Iterable[tuple[str, str]]) -> str:
