@@ -204,10 +204,7 @@ def prepare(item: SourceItem, mappings: MappingSet, validator: Validator) -> Pre
     if item.suffix == ".too-large":
         reason = f"{item.source}: {int(item.data):,} bytes, over the size limit"
         return Refused(item, None, reason, _problems_outcome([Problem("", reason)]))
-    if item.suffix == ".invalid-row":
-        reason = f"{item.source}: {item.data.decode()}"
-        return Refused(item, None, reason, _problems_outcome([Problem("", reason)]))
-    if item.suffix in (".unreadable", ".refused"):
+    if item.suffix in (".invalid-row", ".unreadable", ".refused"):
         reason = f"{item.source}: {item.data.decode()}"
         return Refused(item, None, reason, _problems_outcome([Problem("", reason)]))
     case_id = None
