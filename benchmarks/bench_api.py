@@ -36,8 +36,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start(command: list[str], port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def start(command: list[str], port: int, env: dict[str, str], cwd: Path = ROOT) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -46,7 +46,7 @@ def start(command: list[str], port: int, env: dict[str, str]) -> subprocess.Pope
         except OSError:
             time.sleep(0.2)
     process.kill()
-    raise SystemExit(f"{command[0]} did not start")
+    raise SystemExit(f"{command[0]} did not start in {cwd}")
 
 
 def cpu_seconds(pid: int, descendants: bool = True) -> float:

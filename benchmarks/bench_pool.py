@@ -20,8 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +28,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_api import KEY, ROOT, SEED, cpu_seconds, free_port, load, summary
+from bench_api import KEY, ROOT, SEED, cpu_seconds, free_port, load, start, summary
 
 
 def measure(tree: Path | None, bodies: list[bytes], clients: int, seconds: float, workers: int) -> str:
@@ -52,7 +50,7 @@ def measure(tree: Path | None, bodies: list[bytes], clients: int, seconds: float
             url = f"http://127.0.0.1:{port}/cases"
             headers = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}
             cwd = tree  # `python -m` imports the package from the working directory first
-        server = start_in(cwd, command, port, env)
+        server = start(command, port, env, cwd)
         try:
             before, http_before = cpu_seconds(server.pid), cpu_seconds(server.pid, descendants=False)
             latencies = asyncio.run(load(url, bodies, headers, clients, seconds))
@@ -65,19 +63,6 @@ def measure(tree: Path | None, bodies: list[bytes], clients: int, seconds: float
     rate, _, p99 = summary(name[-48:], latencies, seconds)
     cost = f"server CPU {cpu * 1000:.2f} ms per request (HTTP process {http * 1000:.2f} ms)"
     return f"{name}: {rate:.0f} req/s, p99 {p99:.0f} ms, {cost}"
-
-
-def start_in(cwd: Path, command: list[str], port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return process
-        except OSError:
-            time.sleep(0.2)
-    process.kill()
-    raise SystemExit(f"{command} did not start in {cwd}")
 
 
 def main(before: Path, after: Path, seconds: float, rounds: int, clients: int, workers: int) -> None:
