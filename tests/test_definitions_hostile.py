@@ -256,6 +256,18 @@ def test_a_definition_file_with_a_byte_order_mark_is_read(
     assert code in (0, 1), messages
 
 
+def test_a_package_file_with_a_byte_order_mark_is_read_back(tmp_path: Path) -> None:
+    """Indexed, and then read again when asked for: both reads go past the mark (the second one did not)."""
+    package = tmp_path / "example.bom#1.0.0" / "package"
+    package.mkdir(parents=True)
+    (package / "package.json").write_text(json.dumps({"name": "example.bom", "version": "1.0.0"}))
+    data = load("profile")
+    (package / "StructureDefinition-bom.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(data).encode())
+    index = DefinitionIndex()
+    assert index.add_package(package.parent) == 1
+    assert index.get(data["url"]) == data
+
+
 # --- generated cases: every node of the definitions, changed in each way ------------------------------------
 
 

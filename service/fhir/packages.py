@@ -74,6 +74,11 @@ _STDERR_TAIL = 2000  # characters of npm's stderr kept in an error message
 _BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark, which orjson refuses
 
 
+def _load_json(raw: bytes) -> Any:
+    """JSON of a definition file, read past a byte-order mark (as Windows tools write it)."""
+    return orjson.loads(raw.removeprefix(_BOM))
+
+
 class PackageError(CasebridgeError):
     """A FHIR package cannot be pinned, installed or indexed. The message names the package or file.
 
@@ -537,7 +542,7 @@ class DefinitionIndex:
                 raise PackageError(str(exc)) from exc
         else:
             try:
-                data = orjson.loads(raw.removeprefix(_BOM))  # as Windows tools write it
+                data = _load_json(raw)
             except orjson.JSONDecodeError as exc:
                 raise PackageError(f"{file}: not valid JSON: {exc}") from exc
         if isinstance(data, dict) and data.get("resourceType") == "Bundle":
@@ -604,7 +609,7 @@ class DefinitionIndex:
         if record.file is None:  # in-memory records are in _loaded from the start
             raise PackageError(f"{record.source}: the definition is not held by this index")
         try:
-            data = orjson.loads(Path(record.file).read_bytes())
+            data = _load_json(Path(record.file).read_bytes())
         except (OSError, orjson.JSONDecodeError) as exc:
             _drop_index_cache(record.file)
             raise PackageError(
@@ -656,10 +661,10 @@ def _scan_package(folder: Path) -> list[DefinitionInfo]:
             raw = file.read_bytes()
         except OSError as exc:
             raise PackageError(f"{file}: cannot read: {exc.strerror or exc}") from exc
-        if not raw.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{"):
+        if not raw.lstrip(_BOM + b" \t\r\n").startswith(b"{"):
             continue  # not JSON (a schematron, a text file...)
         try:
-            data = orjson.loads(raw.removeprefix(_BOM))
+            data = _load_json(raw)
         except orjson.JSONDecodeError as exc:
             raise PackageError(
                 f"{file}: not valid JSON ({exc}); the package is damaged: delete {folder} and fetch it again"
