@@ -354,10 +354,11 @@ def _constant(parsed: Any, table: Any, variables: dict[str, Any]) -> Any:
 
 @lru_cache(maxsize=4096)
 def compile_expression(expression: str) -> Callable[..., Any]:
-    text, constants = hoist_constants(normalise(expression))
+    normal = normalise(expression)
+    text, constants = hoist_constants(normal)
     options = {"userInvocationTable": _USER_FUNCTIONS, "traceFn": _no_trace}
     try:
-        plain = fhirpathpy.compile(normalise(expression), model=R4_MODEL, options=options)
+        plain = fhirpathpy.compile(normal, model=R4_MODEL, options=options)
         if not constants:
             return plain
         fn = fhirpathpy.compile(text, model=R4_MODEL, options=options)
