@@ -26,8 +26,8 @@ demo: setup
 
 # Lint and types first (seconds), then the suite.
 test: setup
-	@$(BIN)/ruff check -q service tests benchmarks scripts
-	@$(BIN)/mypy service
+	@$(BIN)/ruff check -q src tests benchmarks scripts
+	@$(BIN)/mypy src
 	@$(BIN)/python -m pytest -q
 
 # The ingestion fault scenarios at the issue's full size: 1,000 generated cases each (make test runs 200).
@@ -35,8 +35,8 @@ faults: setup
 	@CASEBRIDGE_FAULT_CASES=1000 $(BIN)/python -m pytest -q tests/test_ingest_faults.py --durations=0
 
 lint: setup
-	@$(BIN)/ruff check service tests benchmarks scripts
-	@$(BIN)/mypy service
+	@$(BIN)/ruff check src tests benchmarks scripts
+	@$(BIN)/mypy src
 
 bench: setup
 	@$(BIN)/python benchmarks/bench_convert.py
@@ -50,7 +50,7 @@ bench-scale: setup
 	@$(BIN)/python benchmarks/bench_ingest_scale.py
 
 schema: setup
-	@$(BIN)/casebridge schema -o schemas/case-report-1.0.schema.json
+	@$(BIN)/casebridge schema -o src/casebridge/data/schemas/case-report-1.0.schema.json
 
 clean:
 	-@test -x $(BIN)/python && $(BIN)/python scripts/build_native.py --remove

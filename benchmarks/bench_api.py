@@ -26,7 +26,8 @@ import aiohttp
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-SEED = ROOT / "fixtures" / "cases" / "dystrophic-calcification-right-forearm.yaml"
+DATA_DIR = ROOT / "src" / "casebridge" / "data"
+SEED = DATA_DIR / "cases" / "dystrophic-calcification-right-forearm.yaml"
 KEY = "bench-" + "k" * 30
 
 
@@ -126,7 +127,7 @@ def main(seconds: float, clients: int, workers: int) -> None:
             "CASEBRIDGE_LOCK_DIR": tmp,
             "CASEBRIDGE_LOG_LEVEL": "WARNING",
         }
-        serve = [sys.executable, "-m", "service.cli", "serve", "--port", str(api_port), "--workers", str(workers)]
+        serve = [sys.executable, "-m", "casebridge", "serve", "--port", str(api_port), "--workers", str(workers)]
         api = start(serve, api_port, env)
         echo = start(
             [

@@ -19,11 +19,11 @@ import orjson
 from fhir.resources.R4B.bundle import Bundle
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))
 
-from service.config import Settings  # noqa: E402
-from service.domain.reader import read_case  # noqa: E402
-from service.mapping.engine import MappingSet  # noqa: E402
+from casebridge.config import DATA_DIR, Settings  # noqa: E402
+from casebridge.domain.reader import read_case  # noqa: E402
+from casebridge.mapping.engine import MappingSet  # noqa: E402
 
 
 def median_ms(fn: Callable[[], object], n: int) -> float:
@@ -48,7 +48,7 @@ def main() -> None:
     load_ms = (time.perf_counter() - t0) * 1000
     print(f"mapping folder load (once per process): {load_ms:.1f} ms")
     print(f"{'case':52} {'resources':>9} {'convert':>9} {'+ parse':>9} {'+ JSON':>9} {'R4B parse':>10} {'ratio':>6}")
-    for path in sorted((ROOT / "fixtures" / "cases").glob("*.yaml")):
+    for path in sorted((DATA_DIR / "cases").glob("*.yaml")):
         data = path.read_bytes()
         case = read_case(data, source=path.name)
         bundle = mappings.convert(case)

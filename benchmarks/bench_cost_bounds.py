@@ -35,7 +35,7 @@ HEADERS = {"Authorization": f"Bearer {KEY}"}
 
 def serve(tree: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--workers", "2"]
+    command = [sys.executable, "-m", "casebridge", "serve", "--port", str(port), "--workers", "2"]
     process = subprocess.Popen(command, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

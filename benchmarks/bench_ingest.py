@@ -19,18 +19,18 @@ import httpx
 import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))
 
-from service.config import Settings  # noqa: E402
-from service.domain.reader import validate_case  # noqa: E402
-from service.domain.synth import generate  # noqa: E402
-from service.fhir.client import AsyncFhirClient  # noqa: E402
-from service.fhir.embedded import EmbeddedFhirServer  # noqa: E402
-from service.ingest.job import IngestJob, Prepared  # noqa: E402
-from service.ingest.sources import CaseSource, SourceItem  # noqa: E402
-from service.ingest.state import JobState  # noqa: E402
-from service.mapping.engine import MappingSet  # noqa: E402
-from service.push import PatientLocks, patient_key  # noqa: E402
+from casebridge.config import Settings  # noqa: E402
+from casebridge.domain.reader import validate_case  # noqa: E402
+from casebridge.fhir.client import AsyncFhirClient  # noqa: E402
+from casebridge.fhir.embedded import EmbeddedFhirServer  # noqa: E402
+from casebridge.ingest.job import IngestJob, Prepared  # noqa: E402
+from casebridge.ingest.sources import CaseSource, SourceItem  # noqa: E402
+from casebridge.ingest.state import JobState  # noqa: E402
+from casebridge.mapping.engine import MappingSet  # noqa: E402
+from casebridge.push import PatientLocks, patient_key  # noqa: E402
+from casebridge.tools.synth import generate  # noqa: E402
 
 ROUND = 60
 HEADERS = {"Accept": "application/fhir+json", "Content-Type": "application/fhir+json"}

@@ -19,18 +19,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = 10_000
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))
 
 
 def phase(n: int, path: Path) -> dict[str, float]:
     """In this process: write n cases as NDJSON (not timed), then convert and validate every one (timed)."""
-    from service.config import Settings
-    from service.domain.synth import generate
-    from service.ingest.job import Prepared, prepare
-    from service.ingest.sources import CaseSource
-    from service.mapping.engine import MappingSet
-    from service.runtime import settle_heap
-    from service.validation.service import load_validator
+    from casebridge.config import Settings
+    from casebridge.ingest.job import Prepared, prepare
+    from casebridge.ingest.sources import CaseSource
+    from casebridge.mapping.engine import MappingSet
+    from casebridge.runtime import settle_heap
+    from casebridge.tools.synth import generate
+    from casebridge.validation.service import load_validator
 
     with path.open("w") as handle:
         for case in generate(n, seed=2026, invalid_share=0.02):

@@ -46,7 +46,7 @@ def measure(tree: Path | None, bodies: list[bytes], clients: int, seconds: float
             command += ["--log-level", "warning", "--no-access-log", "--workers", str(workers), "--port", str(port)]
             url, headers, cwd = f"http://127.0.0.1:{port}/echo", {"Content-Type": "application/json"}, ROOT
         else:
-            command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--workers", str(workers)]
+            command = [sys.executable, "-m", "casebridge", "serve", "--port", str(port), "--workers", str(workers)]
             url = f"http://127.0.0.1:{port}/cases"
             headers = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}
             cwd = tree  # `python -m` imports the package from the working directory first

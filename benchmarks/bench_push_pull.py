@@ -28,17 +28,17 @@ import httpx
 import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))
 
-from service.config import Settings  # noqa: E402
-from service.domain.reader import parse_document, validate_case  # noqa: E402
-from service.fhir.client import AsyncFhirClient  # noqa: E402
-from service.fhir.embedded import EmbeddedFhirServer  # noqa: E402
-from service.fhir.search import Search  # noqa: E402
-from service.mapping.engine import MappingSet  # noqa: E402
-from service.push import PatientLocks, push_bundle  # noqa: E402
+from casebridge.config import DATA_DIR, Settings  # noqa: E402
+from casebridge.domain.reader import parse_document, validate_case  # noqa: E402
+from casebridge.fhir.client import AsyncFhirClient  # noqa: E402
+from casebridge.fhir.embedded import EmbeddedFhirServer  # noqa: E402
+from casebridge.fhir.search import Search  # noqa: E402
+from casebridge.mapping.engine import MappingSet  # noqa: E402
+from casebridge.push import PatientLocks, push_bundle  # noqa: E402
 
-SEED = ROOT / "fixtures" / "cases" / "dystrophic-calcification-right-forearm.yaml"
+SEED = DATA_DIR / "cases" / "dystrophic-calcification-right-forearm.yaml"
 HEADERS = {"Accept": "application/fhir+json", "Content-Type": "application/fhir+json"}
 ROUND = 50
 PAGE = 500

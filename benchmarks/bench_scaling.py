@@ -29,14 +29,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))
 
-from service.config import Settings  # noqa: E402
-from service.domain.reader import read_case  # noqa: E402
-from service.errors import InputError  # noqa: E402
-from service.validation.service import load_index  # noqa: E402
-from service.validation.snapshot import generate_snapshot  # noqa: E402
-from service.validation.validator import Validator  # noqa: E402
+from casebridge.config import Settings  # noqa: E402
+from casebridge.definitions.snapshot import generate_snapshot  # noqa: E402
+from casebridge.domain.reader import read_case  # noqa: E402
+from casebridge.errors import InputError  # noqa: E402
+from casebridge.validation.service import load_index  # noqa: E402
+from casebridge.validation.validator import Validator  # noqa: E402
 
 
 def cpu(fn: Callable[[], object], repeat: int = 3) -> float:

@@ -17,14 +17,14 @@ from pathlib import Path
 from fhir.resources.R4B.bundle import Bundle
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))
 
-from service.config import Settings  # noqa: E402
-from service.domain.reader import read_case  # noqa: E402
-from service.mapping.engine import MappingSet  # noqa: E402
-from service.validation.service import load_validator  # noqa: E402
+from casebridge.config import DATA_DIR, Settings  # noqa: E402
+from casebridge.domain.reader import read_case  # noqa: E402
+from casebridge.mapping.engine import MappingSet  # noqa: E402
+from casebridge.validation.service import load_validator  # noqa: E402
 
-SEED = ROOT / "fixtures" / "cases" / "dystrophic-calcification-right-forearm.yaml"
+SEED = DATA_DIR / "cases" / "dystrophic-calcification-right-forearm.yaml"
 
 
 def median_s(fn: object, runs: int) -> float:
@@ -66,7 +66,7 @@ def main() -> None:
     # Cold start: a new process that loads the index (cache files warm) and validates the seed once.
     code = (
         "import time; t=time.perf_counter();"
-        "from service.config import Settings; from service.validation.service import load_validator;"
+        "from casebridge.config import Settings; from casebridge.validation.service import load_validator;"
         "import json,sys; v=load_validator(Settings()); v.validate(json.load(open(sys.argv[1])));"
         "print(time.perf_counter()-t)"
     )

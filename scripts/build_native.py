@@ -3,7 +3,7 @@ when they are up to date).
 
 The validator walks every element of every resource, the mapping engine renders every element of every Bundle;
 compiled to C by mypyc from the same typed sources, validation runs about twice as fast, conversion ~15% faster.
-The sources stay the reference: `service/_native.py` loads the compiled modules only while the manifest written
+The sources stay the reference: `casebridge/_native.py` loads the compiled modules only while the manifest written
 here says they were built from the sources as they are now (and from this Python), and `tests/test_native.py`
 checks that both give the same Bundles and issues. When this build cannot run (no C compiler), it says so and
 the service runs from the sources.
@@ -24,9 +24,10 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+SRC = ROOT / "src"
+sys.path.insert(0, str(SRC))
 
-from service._native import (  # noqa: E402
+from casebridge._native import (  # noqa: E402
     GROUP,
     MANIFEST,
     MODULES,
@@ -51,7 +52,7 @@ def build() -> None:
 
     sources = [m.replace(".", "/") + ".py" for m in MODULES]
     cwd = Path.cwd()
-    os.chdir(ROOT)  # mypyc names modules by their path from here
+    os.chdir(SRC)  # mypyc names modules by their path from here
     try:
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), warnings.catch_warnings():
             # mypyc's notes on how it compiles, setuptools' on pyproject.toml: not for whoever runs make.

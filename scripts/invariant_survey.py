@@ -21,9 +21,9 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.config import Settings
-from service.fhir.packages import default_cache_dir
-from service.validation.service import load_validator
+from casebridge.config import Settings
+from casebridge.definitions.packages import default_cache_dir
+from casebridge.validation.service import load_validator
 
 _KEY = re.compile(r"^Constraint (\S+) could not be evaluated: (.*)$", re.S)
 

@@ -7,15 +7,16 @@ from typing import Any
 
 import pytest
 
-from service.config import PROJECT_ROOT, Settings
-from service.domain.case import CaseReport
-from service.domain.reader import read_case
-from service.mapping.engine import MappingSet
+from casebridge.config import Settings
+from casebridge.domain.case import CaseReport
+from casebridge.domain.reader import read_case
+from casebridge.mapping.engine import MappingSet
+from tests.paths import DATA_DIR, PROJECT_ROOT
 
 FIXTURES = PROJECT_ROOT / "fixtures"
-CASE_FILES = sorted(p for p in (FIXTURES / "cases").iterdir() if p.suffix in (".json", ".yaml", ".yml"))
-SEED = FIXTURES / "cases" / "dystrophic-calcification-right-forearm.yaml"
-TERMINOLOGY = PROJECT_ROOT / "terminology" / "case-codes.yaml"
+CASE_FILES = sorted(p for p in (DATA_DIR / "cases").iterdir() if p.suffix in (".json", ".yaml", ".yml"))
+SEED = DATA_DIR / "cases" / "dystrophic-calcification-right-forearm.yaml"
+TERMINOLOGY = DATA_DIR / "terminology" / "case-codes.yaml"
 # A fixed conversion time, so that outputs compare equal across runs.
 RECORDED = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -43,7 +44,7 @@ def seed_bundle(bundles: dict[str, dict[str, Any]]) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def fhir_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The embedded FHIR server, started once for the test session on a free port; yields its base URL."""
-    from service.fhir.embedded import EmbeddedFhirServer
+    from casebridge.fhir.embedded import EmbeddedFhirServer
 
     with EmbeddedFhirServer(tmp_path_factory.mktemp("fhir-server")) as server:
         yield server.base_url

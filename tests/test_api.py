@@ -14,10 +14,10 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from service.api.app import create_app
-from service.api.errors import ApiError
-from service.api.routes.reports import _format
-from service.config import Settings
+from casebridge.api.app import create_app
+from casebridge.api.errors import ApiError
+from casebridge.api.routes.reports import _format
+from casebridge.config import Settings
 
 from . import loopback
 from .conftest import SEED

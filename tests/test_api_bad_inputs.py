@@ -19,9 +19,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service.api.app import create_app
+from casebridge.api.app import create_app
+from tests.paths import DATA_DIR
 
-from .conftest import FIXTURES
 from .loopback import serve
 from .test_api import FHIR_JSON, PATIENT, READ, RO, WRITE, bundle_of, is_outcome, settings_for
 
@@ -468,7 +468,7 @@ BAD_INPUTS = [
         "/cases",
         422,
         "invalid",
-        (FIXTURES / "cases" / "lipoma-left-forearm.yaml")
+        (DATA_DIR / "cases" / "lipoma-left-forearm.yaml")
         .read_bytes()
         .replace(b"reference_range: {low: 2.15,", b"reference_range: {low: -1,"),
         {**READ, **YAML},

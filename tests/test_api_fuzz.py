@@ -17,8 +17,8 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from service.api.app import create_app
-from service.api.services import Services
+from casebridge.api.app import create_app
+from casebridge.api.services import Services
 
 from .loopback import serve
 from .test_api import RW, settings_for

@@ -1,4 +1,4 @@
-"""Where the API's CPU work runs (service.api.workers): the same answers from worker processes as from the
+"""Where the API's CPU work runs (casebridge.api.workers): the same answers from worker processes as from the
 thread, errors that cross the pipe as answers, a bounded queue, and a pool that replaces a killed process.
 More in test_cost_bounds.py: the time budget and stopping abandoned work."""
 
@@ -16,11 +16,11 @@ from typing import Any
 import orjson
 import pytest
 
-from service.api.errors import ApiError
-from service.api.routes.cases import convert_to_json
-from service.api.workers import CpuRunner, Workbench, WorkFailed
-from service.config import Settings
-from service.validation.validator import Issue
+from casebridge.api.errors import ApiError
+from casebridge.api.routes.cases import convert_to_json
+from casebridge.api.workers import CpuRunner, Workbench, WorkFailed
+from casebridge.config import Settings
+from casebridge.validation.validator import Issue
 
 from .conftest import SEED
 
@@ -115,7 +115,7 @@ def test_errors_cross_as_answers(processes: CpuRunner) -> None:
 def test_work_beyond_the_queue_bound_is_refused_at_once(
     bench: Workbench, monkeypatch: pytest.MonkeyPatch, processes: CpuRunner
 ) -> None:
-    monkeypatch.setattr("service.api.workers.MAX_QUEUED", 2)
+    monkeypatch.setattr("casebridge.api.workers.MAX_QUEUED", 2)
 
     async def three() -> list[Any]:
         return await asyncio.gather(*(processes.run(_slow_pid, 0.3) for _ in range(3)), return_exceptions=True)
@@ -184,8 +184,8 @@ def test_work_for_a_client_that_hung_up_is_dropped_from_the_queue(
 
     import httpx
 
-    from service.api.app import create_app
-    from service.api.services import Services
+    from casebridge.api.app import create_app
+    from casebridge.api.services import Services
 
     from .loopback import serve
     from .test_api import FHIR_JSON, READ, settings_for
@@ -197,7 +197,7 @@ def test_work_for_a_client_that_hung_up_is_dropped_from_the_queue(
         time.sleep(1.5)  # long enough for the five below to give up while it runs
         return []
 
-    monkeypatch.setattr("service.api.routes.validation._validate", slow)
+    monkeypatch.setattr("casebridge.api.routes.validation._validate", slow)
     settings = settings_for("http://127.0.0.1:9/fhir", tmp_path)
     services = Services.build(settings)  # one thread does the work
     url_of = "{}/Patient/$validate".format

@@ -24,11 +24,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service.api.app import create_app
-from service.api.protocol import http_protocol
-from service.api.services import Services
-from service.config import Settings
-from service.fhir.embedded import EmbeddedFhirServer
+from casebridge.api.app import create_app
+from casebridge.api.protocol import http_protocol
+from casebridge.api.services import Services
+from casebridge.config import Settings
+from casebridge.fhir.embedded import EmbeddedFhirServer
 
 from . import loopback
 from .conftest import SEED

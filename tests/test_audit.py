@@ -17,11 +17,11 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from service.api.app import create_app
-from service.api.audit import Audit
-from service.config import Settings
-from service.validation.service import load_validator
-from service.validation.validator import has_errors
+from casebridge.api.app import create_app
+from casebridge.api.audit import Audit
+from casebridge.config import Settings
+from casebridge.validation.service import load_validator
+from casebridge.validation.validator import has_errors
 
 from . import loopback
 from .test_api import READ, RO, RW, WRITE, case_copy, settings_for

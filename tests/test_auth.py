@@ -1,4 +1,4 @@
-"""service.fhir.auth against a real token endpoint and a protected FHIR endpoint, over HTTP on loopback.
+"""casebridge.fhir.auth against a real token endpoint and a protected FHIR endpoint, over HTTP on loopback.
 
 The server verifies each client assertion as a SMART Backend Services token endpoint must (signature with the
 registered public key, audience, iss == sub, lifetime, jti replay, grant and assertion types), so these tests
@@ -28,9 +28,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from service.config import Settings
-from service.errors import AuthError
-from service.fhir.auth import JWT_BEARER, BearerAuth, SmartBackendAuth, auth_from_settings
+from casebridge.config import Settings
+from casebridge.errors import AuthError
+from casebridge.fhir.auth import JWT_BEARER, BearerAuth, SmartBackendAuth, auth_from_settings
 
 from .loopback import serve
 
@@ -434,7 +434,7 @@ def test_unusable_token_answer_async(server: AuthServer, smart: Any) -> None:
 def test_neither_assertion_nor_token_appears_in_messages_or_logs(
     server: AuthServer, smart: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="service.fhir.auth")
+    caplog.set_level(logging.DEBUG, logger="casebridge.fhir.auth")
     auth, client = smart(mode="echo")  # the endpoint quotes the assertion back in error_description
     with httpx.Client(auth=auth) as http, pytest.raises(AuthError) as caught:
         http.get(patient_url(server))
@@ -537,8 +537,8 @@ def test_the_fhir_client_authenticates_from_settings(
     server: AuthServer, tmp_path: Path, rsa_key: rsa.RSAPrivateKey
 ) -> None:
     """The whole path: settings -> AsyncFhirClient -> SMART token -> FHIR read; a refused client is an AuthError."""
-    from service.errors import AuthError
-    from service.fhir.client import AsyncFhirClient
+    from casebridge.errors import AuthError
+    from casebridge.fhir.client import AsyncFhirClient
 
     key_file = tmp_path / "key.pem"
     key_file.write_bytes(pem(rsa_key))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from service.config import PROJECT_ROOT
+from tests.paths import PROJECT_ROOT
 
 
 def run_benchmark(*args: str) -> str:

@@ -18,9 +18,9 @@ import yaml
 from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.bundle import Bundle
 
-from service.config import PROJECT_ROOT
-from service.mapping.engine import MappingSet
-from service.mapping.narrative import _label
+from casebridge.mapping.engine import MappingSet
+from casebridge.mapping.narrative import _label
+from tests.paths import DATA_DIR, PROJECT_ROOT
 
 from .conftest import CASE_FILES, RECORDED, load_case
 
@@ -118,7 +118,7 @@ def test_every_resource_has_a_generated_narrative(bundles: dict[str, Any], case:
 
 @pytest.mark.parametrize("case", CASES)
 def test_conversion_is_deterministic(mappings: MappingSet, bundles: dict[str, Any], case: str) -> None:
-    again = mappings.convert(load_case(PROJECT_ROOT / "fixtures" / "cases" / case), recorded=RECORDED)
+    again = mappings.convert(load_case(DATA_DIR / "cases" / case), recorded=RECORDED)
     assert again == bundles[case]
 
 
@@ -132,13 +132,13 @@ GENERATED = re.compile(r"(^|\.)(id|fullUrl|reference|uid|recorded)$|^request\.|^
 def _template_literals() -> set[str]:
     """Every literal text the mapping templates and the domain's derived views can contribute."""
     out: set[str] = set()
-    for path in (PROJECT_ROOT / "mappings").rglob("*.yaml"):
+    for path in (DATA_DIR / "mappings").rglob("*.yaml"):
         for node in _scalars(yaml.compose(path.read_text())):
             out.update(p for p in re.split(r"\{\{.*?\}\}", node) if p.strip())
             out.update(re.findall(r"'([^']+)'", node))
     # The domain's derived views and the narrative generator also write words of their own.
     for module in ("domain/case.py", "mapping/narrative.py"):
-        tree = ast.parse((PROJECT_ROOT / "service" / module).read_text())
+        tree = ast.parse((PROJECT_ROOT / "src" / "casebridge" / module).read_text())
         out.update(n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str))
     return out
 
@@ -224,7 +224,7 @@ def untraceable_values(mappings: MappingSet, bundle: dict[str, Any], raw: dict[s
 
 @pytest.mark.parametrize("case", CASES)
 def test_every_value_is_traceable_to_the_input(mappings: MappingSet, bundles: dict[str, Any], case: str) -> None:
-    raw = yaml.safe_load((PROJECT_ROOT / "fixtures" / "cases" / case).read_text())
+    raw = yaml.safe_load((DATA_DIR / "cases" / case).read_text())
     problems = untraceable_values(mappings, bundles[case], raw)
     assert not problems, "\n".join(problems)
 
@@ -239,7 +239,7 @@ def test_the_traceability_check_catches_invented_values(mappings: MappingSet, bu
             r["valueQuantity"] = {"value": 9.4, "unit": "mg/dL"}
         if r["resourceType"] == "Patient":
             r["name"] = [{"family": "Doe"}]
-    raw = yaml.safe_load((PROJECT_ROOT / "fixtures" / "cases" / seed).read_text())
+    raw = yaml.safe_load((DATA_DIR / "cases" / seed).read_text())
     problems = "\n".join(untraceable_values(mappings, bundle, raw))
     assert "number 9.4" in problems
     assert "Doe" in problems

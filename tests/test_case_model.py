@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from service.domain.reader import read_case
-from service.errors import CaseSchemaError
-from service.mapping.engine import MappingSet
+from casebridge.domain.reader import read_case
+from casebridge.errors import CaseSchemaError
+from casebridge.mapping.engine import MappingSet
 
 from .conftest import SEED
 

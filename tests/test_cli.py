@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
-from service.config import PROJECT_ROOT
+from tests.paths import DATA_DIR, PROJECT_ROOT
 
 from .conftest import SEED
 
@@ -21,7 +21,7 @@ EXPECTED = json.loads((INVALID / "expected.json").read_text()) if (INVALID / "ex
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
+        [sys.executable, "-m", "casebridge", *args],
         capture_output=True,
         text=True,
         cwd=PROJECT_ROOT,
@@ -62,7 +62,7 @@ def test_demo_prints_the_resources() -> None:
 def test_schema_is_published_and_current() -> None:
     result = run("schema")
     assert result.returncode == 0
-    published = PROJECT_ROOT / "schemas" / "case-report-1.0.schema.json"
+    published = DATA_DIR / "schemas" / "case-report-1.0.schema.json"
     assert json.loads(result.stdout) == json.loads(published.read_text()), "run `make schema` and commit it"
 
 
@@ -163,7 +163,7 @@ def _broken_mappings(tmp_path: Path, old: str, new: str) -> Path:
     import shutil
 
     folder = tmp_path / "mappings"
-    shutil.copytree(PROJECT_ROOT / "mappings", folder)
+    shutil.copytree(DATA_DIR / "mappings", folder)
     template = folder / "resources" / "observation.yaml"
     text = template.read_text()
     assert old in text

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from service.config import PROJECT_ROOT
+from tests.paths import PROJECT_ROOT
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
+        [sys.executable, "-m", "casebridge", *args],
         capture_output=True,
         text=True,
         cwd=PROJECT_ROOT,

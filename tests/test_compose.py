@@ -22,8 +22,9 @@ import typer
 import yaml
 from pydantic import ValidationError
 
-from service.cli import app as cli_app
-from service.config import PROJECT_ROOT, Settings
+from casebridge.cli.core import app as cli_app
+from casebridge.config import Settings
+from tests.paths import PROJECT_ROOT
 
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"
@@ -39,7 +40,7 @@ POSTGRES_DRIVER = "org.postgresql.Driver"
 HAPI_POSTGRES_DIALECT = "ca.uhn.fhir.jpa.model.dialect.HapiFhirPostgresDialect"
 LOCAL_ONLY = "127.0.0.1"
 
-# PROJECT_ROOT-relative paths the image must contain (service.config.PROJECT_ROOT and the seed case), and
+# PROJECT_ROOT-relative paths the image must contain (casebridge.config.PROJECT_ROOT and the seed case), and
 # what `pip install` needs (pyproject.toml names README.md as the readme).
 PROJECT_DATA = ("mappings", "profiles", "fixtures", "schemas", "terminology", "fhir-packages.json")
 BUILD_INPUTS = ("pyproject.toml", "constraints.txt", "README.md", "service")
@@ -98,7 +99,7 @@ def depends_on(service: dict[str, Any]) -> dict[str, str]:
 
 
 def setting_env_names() -> dict[str, str]:
-    """CASEBRIDGE_<FIELD> -> field, for every field of service.config.Settings."""
+    """CASEBRIDGE_<FIELD> -> field, for every field of casebridge.config.Settings."""
     prefix = Settings.model_config.get("env_prefix", "")
     return {f"{prefix}{name}".upper(): name for name in Settings.model_fields}
 
@@ -202,7 +203,7 @@ def check_casebridge_settings(compose: Compose) -> list[str]:
     for name, svc in services(compose).items():
         ours = {k: v for k, v in environment(svc).items() if k.startswith("CASEBRIDGE_") and k != "CASEBRIDGE_DEBUG"}
         for key in sorted(set(ours) - set(known)):
-            problems.append(f"service {name!r} sets {key}, which is not a field of service.config.Settings")
+            problems.append(f"service {name!r} sets {key}, which is not a field of casebridge.config.Settings")
         # A value from the user's environment (${VAR:?...}) is only known at `docker compose up`.
         given = {known[k]: v for k, v in ours.items() if k in known and "${" not in str(v)}
         try:
@@ -237,7 +238,7 @@ def check_base_url(compose: Compose) -> list[str]:
         try:
             accepted = Settings(fhir_base_url=url).fhir_base_url
         except ValidationError as exc:
-            problems.append(f"{where}: service.config.Settings refuses it: {exc}")
+            problems.append(f"{where}: casebridge.config.Settings refuses it: {exc}")
         else:
             if accepted != url:
                 problems.append(f"{where}: Settings normalises it to {accepted!r}; write that instead")
@@ -412,7 +413,7 @@ def registered_commands(app: typer.Typer) -> set[str]:
 
 
 def check_subcommands(compose: Compose, app: typer.Typer = cli_app) -> list[str]:
-    """Every `casebridge <sub> [--option]...` the compose file runs exists in service.cli.app."""
+    """Every `casebridge <sub> [--option]...` the compose file runs exists in casebridge.cli.core.app."""
     names = registered_commands(app)
     root = typer.main.get_command(app)
     problems = []
@@ -425,7 +426,7 @@ def check_subcommands(compose: Compose, app: typer.Typer = cli_app) -> list[str]
                 continue
             if sub not in names:
                 problems.append(
-                    f"service {name!r} runs `casebridge {sub}`, but service.cli.app has no {sub!r} command "
+                    f"service {name!r} runs `casebridge {sub}`, but casebridge.cli.core.app has no {sub!r} command "
                     f"(it has: {', '.join(sorted(names))})"
                 )
                 continue
@@ -506,7 +507,7 @@ def check_dockerfile(text: str) -> list[str]:
     known = setting_env_names()
     envs = [env_pairs(args) for stage in stages for instr, args in stage if instr == "ENV"]
     for key in sorted({k for env in envs for k in env if k.startswith("CASEBRIDGE_")} - set(known)):
-        problems.append(f"the Dockerfile sets {key}, which is not a field of service.config.Settings")
+        problems.append(f"the Dockerfile sets {key}, which is not a field of casebridge.config.Settings")
     final_env = {k: v for instr, args in final if instr == "ENV" for k, v in env_pairs(args).items()}
     cache = final_env.get("CASEBRIDGE_FHIR_PACKAGE_CACHE")
     build_env = {
@@ -526,7 +527,7 @@ def check_dockerfile(text: str) -> list[str]:
     runs = " ".join(args for stage in stages for instr, args in stage if instr == "RUN")
     if not re.search(r"pip install\b[^&;]*\s(-e|--editable)\s", runs):
         problems.append(
-            "the project is not installed editable (pip install -e): service.config.PROJECT_ROOT would point "
+            "the project is not installed editable (pip install -e): casebridge.config.PROJECT_ROOT would point "
             "into site-packages, away from mappings/, profiles/, fixtures/"
         )
     if "casebridge packages fetch" not in runs:
@@ -595,7 +596,7 @@ def test_compose_subcommands_exist_in_the_cli(compose: Compose) -> None:
     # keeps the compose file and the command line in step.
     problems = check_subcommands(compose)
     assert not problems, (
-        "docker-compose.yml runs casebridge commands or options that service.cli.app does not register:\n"
+        "docker-compose.yml runs casebridge commands or options that casebridge.cli.core.app does not register:\n"
         + "\n".join(f"- {p}" for p in problems)
     )
 
@@ -736,7 +737,7 @@ def test_invocations_read_the_entrypoint_wrapper(compose: Compose) -> None:
 
 
 BROKEN_DOCKERFILE = [
-    ("entrypoint", lambda t: t.replace('ENTRYPOINT ["casebridge"]', 'ENTRYPOINT ["python", "-m", "service.cli"]'),
+    ("entrypoint", lambda t: t.replace('ENTRYPOINT ["casebridge"]', 'ENTRYPOINT ["python", "-m", "casebridge"]'),
      "ENTRYPOINT"),
     ("entrypoint-shell-form", lambda t: t.replace('ENTRYPOINT ["casebridge"]', "ENTRYPOINT casebridge"), "exec form"),
     ("unknown-setting", lambda t: t + "\nENV CASEBRIDGE_PACKAGE_CACHE=/opt/fhir-packages\n",

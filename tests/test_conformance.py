@@ -12,16 +12,16 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from service.config import Settings
-from service.fhir.packages import DefinitionIndex, PackageError
-from service.validation.conformance import (
+from casebridge.cli.conformance import conformance
+from casebridge.config import Settings
+from casebridge.definitions.packages import DefinitionIndex, PackageError
+from casebridge.tools.conformance import (
     ConformanceError,
     Disagreement,
     Finding,
     load_base_index,
     run_conformance,
 )
-from service.validation.conformance_cli import conformance
 
 HL7_CASES = Path(__file__).resolve().parent / "data" / "conformance" / "fhir-test-cases-r4"
 PROFILE_URL = "http://example.org/fhir/StructureDefinition/patient-with-identifier"
@@ -306,7 +306,7 @@ def test_a_profile_source_may_be_a_canonical_and_a_crash_is_reported(
     def boom(*args: object) -> None:
         raise KeyError("snapshot")
 
-    monkeypatch.setattr("service.validation.conformance.Validator.validate", boom)
+    monkeypatch.setattr("casebridge.tools.conformance.Validator.validate", boom)
     report = run_conformance(tmp_path, base)
     assert [r.status for r in report.results] == ["crashed", "crashed"]
     assert report.results[0].reason.startswith("KeyError: 'snapshot' at test_conformance.py:")

@@ -19,9 +19,9 @@ import httpx
 import orjson
 import pytest
 
-from service.api.errors import ApiError
-from service.api.workers import CpuRunner, Workbench
-from service.config import Settings
+from casebridge.api.errors import ApiError
+from casebridge.api.workers import CpuRunner, Workbench
+from casebridge.config import Settings
 
 from .conftest import SEED
 from .test_api import READ
@@ -115,7 +115,7 @@ def test_both_protocols_count_the_head(implementation: str) -> None:
     """serve uses httptools when installed, else h11 (which refused heads over 16 KiB with a plain 400)."""
     import uvicorn
 
-    from service.api import protocol
+    from casebridge.api import protocol
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})

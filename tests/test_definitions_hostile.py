@@ -22,16 +22,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service import cli
-from service.config import PROJECT_ROOT, Settings
-from service.fhir.packages import DefinitionIndex, default_cache_dir
-from service.validation.service import load_index
-from service.validation.validator import Validator
+from casebridge.cli import core as cli
+from casebridge.config import Settings
+from casebridge.definitions.packages import DefinitionIndex, default_cache_dir
+from casebridge.validation.service import load_index
+from casebridge.validation.validator import Validator
+from tests.paths import DATA_DIR, PROJECT_ROOT
 
 CORE = default_cache_dir() / "hl7.fhir.r4.examples#4.0.1" / "package"
 SOURCES = {
-    "profile": PROJECT_ROOT / "profiles" / "StructureDefinition-casebridge-finding.json",
-    "patient-profile": PROJECT_ROOT / "profiles" / "StructureDefinition-casebridge-patient.json",
+    "profile": DATA_DIR / "profiles" / "StructureDefinition-casebridge-finding.json",
+    "patient-profile": DATA_DIR / "profiles" / "StructureDefinition-casebridge-patient.json",
     "bp": CORE / "StructureDefinition-bp.json",
     "extension": CORE / "StructureDefinition-patient-mothersMaidenName.json",
     "valueset": CORE / "ValueSet-observation-status.json",
@@ -339,7 +340,7 @@ def test_the_command_exits_2_and_names_the_file(tmp_path: Path) -> None:
     resource = tmp_path / "obs.json"
     resource.write_text(json.dumps(OBSERVATION))
     result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "validate", str(resource), "--definitions", str(definition)],
+        [sys.executable, "-m", "casebridge", "validate", str(resource), "--definitions", str(definition)],
         capture_output=True,
         text=True,
         cwd=PROJECT_ROOT,

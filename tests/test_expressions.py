@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from service.domain.case import CaseReport
-from service.errors import MappingError
-from service.mapping.expressions import ExpressionCompiler, Function
+from casebridge.domain.case import CaseReport
+from casebridge.errors import MappingError
+from casebridge.mapping.expressions import ExpressionCompiler, Function
 
 from .conftest import SEED, load_case
 

@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 
-from service.errors import (
+from casebridge.errors import (
     BadRequest,
     FhirHttpError,
     FhirProtocolError,
@@ -27,8 +27,8 @@ from service.errors import (
     TooManyRequests,
     Unauthorized,
 )
-from service.fhir.client import AsyncFhirClient, FhirClient, RetryPolicy, bundle_is_idempotent, parse_retry_after
-from service.fhir.search import Search
+from casebridge.fhir.client import AsyncFhirClient, FhirClient, RetryPolicy, bundle_is_idempotent, parse_retry_after
+from casebridge.fhir.search import Search
 
 BASE = "http://fhir.test/fhir"
 FAST = RetryPolicy(attempts=4, wait_initial=0.001, wait_max=0.01, wait_jitter=0.0, max_retry_after=5.0)
@@ -471,7 +471,7 @@ def test_the_facade_closes_twice_and_never_blocks_exit():
     import sys
 
     # A client never closed: the interpreter still exits (its loop runs in a daemon thread).
-    code = "from service.fhir.client import FhirClient; FhirClient('http://127.0.0.1:1/fhir'); print('done')"
+    code = "from casebridge.fhir.client import FhirClient; FhirClient('http://127.0.0.1:1/fhir'); print('done')"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 0 and "done" in done.stdout, done.stderr
 

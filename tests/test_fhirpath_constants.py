@@ -10,8 +10,8 @@ import fhirpathpy
 import pytest
 from fhirpathpy.engine.nodes import ResourceNode
 
-from service.fhir.packages import default_cache_dir
-from service.validation.fhirpath import (
+from casebridge.definitions.packages import default_cache_dir
+from casebridge.validation.fhirpath import (
     _USER_FUNCTIONS,
     R4_MODEL,
     Resolver,

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.config import PROJECT_ROOT, Settings
-from service.errors import MappingError
-from service.gateway.keys import digest, load_api_keys_file, parse_api_keys
-from service.gateway.policy import NEVER, check_entries, load_forwarding_policy
-from service.gateway.scopes import parse_scopes
+from casebridge.config import Settings
+from casebridge.errors import MappingError
+from casebridge.gateway.keys import digest, load_api_keys_file, parse_api_keys
+from casebridge.gateway.policy import NEVER, check_entries, load_forwarding_policy
+from casebridge.gateway.scopes import parse_scopes
+from tests.paths import DATA_DIR, PROJECT_ROOT
 
-POLICY = PROJECT_ROOT / "mappings" / "forwarding-policy.yaml"
+POLICY = DATA_DIR / "mappings" / "forwarding-policy.yaml"
 R4_TYPES = {"Patient", "Observation", "Binary", "Subscription", "Bundle", "Condition", "Endpoint", "ValueSet"}
 
 

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.mapping.engine import MappingSet
-from service.mapping.functions import ID_NAMESPACE, name_uuid, name_uuid_bytes
+from casebridge.mapping.engine import MappingSet
+from casebridge.mapping.functions import ID_NAMESPACE, name_uuid, name_uuid_bytes
 
 from .conftest import CASE_FILES, load_case
 

@@ -13,15 +13,15 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-from service.config import PROJECT_ROOT
-from service.domain.synth import generate
-from service.ingest.job import prepare
-from service.ingest.sources import CaseSource
+from casebridge.ingest.job import prepare
+from casebridge.ingest.sources import CaseSource
+from casebridge.tools.synth import generate
+from tests.paths import DATA_DIR, PROJECT_ROOT
 
 
 def run(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
+        [sys.executable, "-m", "casebridge", *args],
         capture_output=True,
         text=True,
         cwd=PROJECT_ROOT,
@@ -232,7 +232,7 @@ def test_a_job_stopped_by_sigterm_writes_its_report_and_prints_the_summary(tmp_p
     with (tmp_path / "out.txt").open("w+") as out, (tmp_path / "err.txt").open("w+") as err:
         command = ["ingest", str(path), "--server", server, "--state", str(state), "--outage-wait", "120"]
         process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", *command],
+            [sys.executable, "-m", "casebridge", *command],
             stdout=out,
             stderr=err,
             cwd=PROJECT_ROOT,
@@ -288,15 +288,15 @@ def test_resources_a_corrected_case_no_longer_writes_are_reported_orphaned_and_l
 ) -> None:
     import httpx
 
-    from service.domain.reader import validate_case
-    from service.mapping.engine import MappingSet
+    from casebridge.domain.reader import validate_case
+    from casebridge.mapping.engine import MappingSet
 
     docs = [c.doc for c in generate(2, seed=113)]
     path = ndjson(tmp_path / "cases.ndjson", docs)
     state = tmp_path / "job.sqlite"
     assert run("ingest", str(path), "--server", fhir_server, "--state", str(state), tmp=tmp_path).returncode == 0
     assert report_of(state)["orphaned"] == []
-    mappings = MappingSet.load(PROJECT_ROOT / "mappings")
+    mappings = MappingSet.load(DATA_DIR / "mappings")
 
     def refs(doc: dict) -> set[str]:
         bundle = mappings.convert(validate_case(doc, source="x"))

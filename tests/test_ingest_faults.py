@@ -46,14 +46,14 @@ from typing import Any
 
 import pytest
 
-from service.config import PROJECT_ROOT
-from service.domain.reader import validate_case
-from service.domain.synth import generate
-from service.fhir.client import FhirClient
-from service.fhir.embedded import EmbeddedFhirServer
-from service.fhir.search import Search
-from service.mapping.engine import MappingSet
-from service.push import patient_key
+from casebridge.domain.reader import validate_case
+from casebridge.fhir.client import FhirClient
+from casebridge.fhir.embedded import EmbeddedFhirServer
+from casebridge.fhir.search import Search
+from casebridge.mapping.engine import MappingSet
+from casebridge.push import patient_key
+from casebridge.tools.synth import generate
+from tests.paths import PROJECT_ROOT
 
 from .faultproxy import FaultProxy, Faults, Send
 
@@ -201,7 +201,7 @@ def ingest(
             [
                 sys.executable,
                 "-m",
-                "service.cli",
+                "casebridge",
                 "ingest",
                 str(path),
                 "--server",

@@ -16,19 +16,19 @@ from typing import Any
 import httpx
 import pytest
 
-from service.config import PROJECT_ROOT
-from service.domain.reader import validate_case
-from service.domain.synth import generate
-from service.files import json_for_terminals, read_bounded, shown
-from service.ingest.job import prepare
-from service.ingest.report import summary
-from service.ingest.sources import CaseSource
-from service.mapping.engine import MappingSet
+from casebridge.domain.reader import validate_case
+from casebridge.files import json_for_terminals, read_bounded, shown
+from casebridge.ingest.job import prepare
+from casebridge.ingest.report import summary
+from casebridge.ingest.sources import CaseSource
+from casebridge.mapping.engine import MappingSet
+from casebridge.tools.synth import generate
+from tests.paths import DATA_DIR, PROJECT_ROOT
 
 
 def run(*args: str, tmp: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
+        [sys.executable, "-m", "casebridge", *args],
         capture_output=True,
         text=True,
         errors="surrogateescape",
@@ -188,7 +188,7 @@ def test_read_bounded_refuses_what_is_not_a_regular_file_without_opening_it(tmp_
 
 
 def refs(doc: dict[str, Any]) -> set[str]:
-    bundle = MappingSet.load(PROJECT_ROOT / "mappings").convert(validate_case(doc, source="x"))
+    bundle = MappingSet.load(DATA_DIR / "mappings").convert(validate_case(doc, source="x"))
     return {f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in bundle["entry"]}
 
 
@@ -246,7 +246,7 @@ def test_an_ingest_prints_one_line_per_item_escaped_and_pushes_nothing_from_outs
 
 
 def test_a_file_name_that_is_not_utf8_is_stored_and_reported_escaped(tmp_path: Path) -> None:
-    from service.ingest.state import JobState
+    from casebridge.ingest.state import JobState
 
     folder = tmp_path / "cases"
     folder.mkdir()
@@ -265,7 +265,7 @@ def test_a_link_whose_folder_is_swapped_after_the_check_is_still_not_read(
 ) -> None:
     """Between the check of a link's target and its open, a folder on the way may become a link out: what was
     opened is checked too."""
-    import service.ingest.sources as sources
+    import casebridge.ingest.sources as sources
 
     outside = tmp_path / "outside"
     outside.mkdir()

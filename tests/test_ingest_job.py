@@ -12,20 +12,20 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from service.config import Settings
-from service.domain.reader import validate_case
-from service.domain.synth import generate
-from service.errors import Conflict, FhirServerError, FhirTransportError, TooManyRequests
-from service.fhir.client import AsyncFhirClient
-from service.ingest.fingerprint import ruleset_fingerprint
-from service.ingest.job import IngestJob, IngestOptions, PushTimes
-from service.ingest.report import build_report
-from service.ingest.sources import CaseSource
-from service.ingest.state import JobState
-from service.mapping.engine import MappingSet
-from service.push import PatientLocks
-from service.validation.service import load_validator
-from service.validation.validator import Issue
+from casebridge.config import Settings
+from casebridge.domain.reader import validate_case
+from casebridge.errors import Conflict, FhirServerError, FhirTransportError, TooManyRequests
+from casebridge.fhir.client import AsyncFhirClient
+from casebridge.ingest.fingerprint import ruleset_fingerprint
+from casebridge.ingest.job import IngestJob, IngestOptions, PushTimes
+from casebridge.ingest.report import build_report
+from casebridge.ingest.sources import CaseSource
+from casebridge.ingest.state import JobState
+from casebridge.mapping.engine import MappingSet
+from casebridge.push import PatientLocks
+from casebridge.tools.synth import generate
+from casebridge.validation.service import load_validator
+from casebridge.validation.validator import Issue
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,11 @@ from typing import Any
 import orjson
 import pytest
 
-from service.config import Settings
-from service.fhir.packages import DefinitionIndex, default_cache_dir
-from service.validation.fhirpath import Resolver, evaluate
-from service.validation.service import load_index, load_validator
-from service.validation.validator import Issue, Validator, has_errors
+from casebridge.config import Settings
+from casebridge.definitions.packages import DefinitionIndex, default_cache_dir
+from casebridge.validation.fhirpath import Resolver, evaluate
+from casebridge.validation.service import load_index, load_validator
+from casebridge.validation.validator import Issue, Validator, has_errors
 
 PROFILE = "http://example.org/fhir/StructureDefinition/robust-patient"
 UCUM = "http://unitsofmeasure.org"

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from service.config import PROJECT_ROOT
-from service.errors import MappingError
-from service.mapping.engine import MappingSet
+from casebridge.errors import MappingError
+from casebridge.mapping.engine import MappingSet
+from tests.paths import DATA_DIR
 
 from .conftest import SEED, TERMINOLOGY, load_case
 
-MAPPINGS = PROJECT_ROOT / "mappings"
+MAPPINGS = DATA_DIR / "mappings"
 
 
 @pytest.fixture

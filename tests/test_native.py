@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-import service
-from service import _native
-from service.config import PROJECT_ROOT
+import casebridge
+from casebridge import _native
+from tests.paths import PROJECT_ROOT
 
 # In a fresh process: converts the fixture cases and 40 generated ones (a tenth of them invalid) and validates
 # their Bundles, the IPS examples and hostile resources; prints whether the compiled modules ran, then one line
@@ -22,21 +22,22 @@ _SCRIPT = r"""
 import datetime as dt, json, sys
 from pathlib import Path
 import yaml
-import service
-from service import _native
-from service.config import Settings
-from service.domain.reader import validate_case
-from service.domain.synth import synth_case
-from service.errors import CasebridgeError
-from service.fhir.packages import default_cache_dir
-from service.mapping.engine import MappingSet
-from service.validation.service import load_validator
+import casebridge
+from casebridge import _native
+from casebridge.config import DATA_DIR
+from casebridge.config import Settings
+from casebridge.domain.reader import validate_case
+from casebridge.tools.synth import synth_case
+from casebridge.errors import CasebridgeError
+from casebridge.definitions.packages import default_cache_dir
+from casebridge.mapping.engine import MappingSet
+from casebridge.validation.service import load_validator
 
 settings = Settings()
 validator = load_validator(settings)
 mappings = MappingSet.load(settings.mappings_dir, terminology=settings.terminology())
 recorded = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-docs = [yaml.safe_load(p.read_text()) for p in sorted(Path("fixtures/cases").glob("*.yaml"))]
+docs = [yaml.safe_load(p.read_text()) for p in sorted((DATA_DIR / "cases").glob("*.yaml"))]
 docs += [synth_case(i, seed=3, invalid_share=0.1).doc for i in range(40)]
 inputs = []
 for doc in docs:
@@ -52,7 +53,7 @@ inputs += [
     {"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": {"resourceType": "Nope"}}, 7, {}]},
     {"resourceType": "Patient", "text": {"status": "generated", "div": "<div><script/></div>"}, "contained": [{}]},
 ]
-print(json.dumps(service.NATIVE and _native.in_use()))
+print(json.dumps(casebridge.NATIVE and _native.in_use()))
 for resource in inputs:
     issues = [[i.severity, i.code, i.message, i.expression, i.source] for i in validator.validate(resource)]
     print(json.dumps([resource if "entry" in resource or "refused" in resource else None, issues]))
@@ -82,9 +83,9 @@ def test_the_compiled_validator_gives_the_issues_the_sources_give() -> None:
 
 def test_this_session_uses_the_compiled_validator_when_it_is_built() -> None:
     """`make setup` builds it; a build that silently stopped being used would cost every request."""
-    assert service.NATIVE == _native.MANIFEST.exists(), "built from other sources: run `make setup`"
-    if service.NATIVE:
-        import service.validation.validator as validator
+    assert casebridge.NATIVE == _native.MANIFEST.exists(), "built from other sources: run `make setup`"
+    if casebridge.NATIVE:
+        import casebridge.validation.validator as validator
 
         assert validator.__file__ is not None and not validator.__file__.endswith(".py")
 
@@ -101,7 +102,7 @@ def test_a_stale_or_foreign_build_is_not_used(tmp_path: Path, monkeypatch: pytes
 
     write(_native.build_tag(), digests)
     assert _native.compiled_is_current()
-    write(_native.build_tag(), {**digests, "service.validation.validator": "0" * 64})  # a source edited since
+    write(_native.build_tag(), {**digests, "casebridge.validation.validator": "0" * 64})  # a source edited since
     assert not _native.compiled_is_current()
     write("cpython-312-other", digests)  # built by another Python
     assert not _native.compiled_is_current()

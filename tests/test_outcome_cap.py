@@ -8,9 +8,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from service.config import Settings
-from service.validation.service import load_validator
-from service.validation.validator import Issue, Validator, operation_outcome
+from casebridge.config import Settings
+from casebridge.validation.service import load_validator
+from casebridge.validation.validator import Issue, Validator, operation_outcome
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_the_cap_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_api_answers_422_with_a_capped_outcome(tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from service.api.app import create_app
+    from casebridge.api.app import create_app
 
     key = "rw-" + "k" * 30
     settings = Settings(

@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from service.fhir.packages import (
+from casebridge.cli.packages import packages_app
+from casebridge.definitions.packages import (
     DEFAULT_LOCK_FILE,
     INDEX_FILE,
     MARKER_FILE,
@@ -37,7 +38,6 @@ from service.fhir.packages import (
     is_installed,
     load_lock,
 )
-from service.fhir.packages_cli import packages_app
 
 EX = "http://example.org/fhir"
 PROFILE = f"{EX}/StructureDefinition/MyPatient"

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from service.validation.fhirpath import (
+from casebridge.validation.fhirpath import (
     PATTERN_TIME_LIMIT,
     FhirPathError,
     Resolver,
@@ -16,7 +16,7 @@ from service.validation.fhirpath import (
     full_match,
     replace_matches,
 )
-from service.validation.validator import Validator
+from casebridge.validation.validator import Validator
 
 from .test_invariants_robust import PROFILE, by_key, profiled_validator
 

@@ -21,14 +21,14 @@ import httpx
 import pytest
 import yaml
 
-from service.config import PROJECT_ROOT
-from service.domain.reader import validate_case
-from service.errors import BadRequest, PreconditionFailed, ResourceGone, ResourceNotFound
-from service.fhir.client import AsyncFhirClient, FhirClient
-from service.fhir.search import Search
-from service.mapping.engine import MappingSet
-from service.pull import pull_reports, report_query
-from service.push import PatientLocks, push_bundle
+from casebridge.domain.reader import validate_case
+from casebridge.errors import BadRequest, PreconditionFailed, ResourceGone, ResourceNotFound
+from casebridge.fhir.client import AsyncFhirClient, FhirClient
+from casebridge.fhir.search import Search
+from casebridge.mapping.engine import MappingSet
+from casebridge.pull import pull_reports, report_query
+from casebridge.push import PatientLocks, push_bundle
+from tests.paths import PROJECT_ROOT
 
 from .conftest import RECORDED, SEED
 
@@ -92,7 +92,7 @@ def copies(server: str, bundle: dict[str, Any]) -> dict[str, int]:
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
+        [sys.executable, "-m", "casebridge", *args],
         capture_output=True,
         text=True,
         cwd=PROJECT_ROOT,
@@ -129,7 +129,7 @@ def test_eight_concurrent_cli_pushes_leave_one_copy(fhir_server: str, tmp_path: 
     env = {**os.environ, "CASEBRIDGE_LOCK_DIR": str(tmp_path / "locks")}
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "push", str(case_file), "--server", fhir_server],
+            [sys.executable, "-m", "casebridge", "push", str(case_file), "--server", fhir_server],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -425,7 +425,7 @@ def test_configuration_problems_are_named(tmp_path: Path, fhir_server: str) -> N
 
 
 def test_csv_cells_a_spreadsheet_would_run_are_defused() -> None:
-    from service.pull import _cell
+    from casebridge.pull import _cell
 
     assert _cell("=HYPERLINK(1)") == "'=HYPERLINK(1)"
     assert _cell("-2+3+cmd|' /C calc'!A0") == "'-2+3+cmd|' /C calc'!A0"
@@ -442,7 +442,7 @@ def test_a_cr_or_lf_in_a_cell_never_starts_a_row() -> None:
     import csv
     import io
 
-    from service.pull import CSV_COLUMNS, PulledReports, to_csv
+    from casebridge.pull import CSV_COLUMNS, PulledReports, to_csv
 
     conclusions = ["Benign lesion\r=cmd|' /C calc'!A0", "two\nlines", "crlf\r\nend", "\r=1+1"]
     reports = [

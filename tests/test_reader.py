@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
-from service.domain.reader import MAX_DEPTH, read_case
-from service.errors import CaseFileError, CaseSchemaError
+from casebridge.domain.reader import MAX_DEPTH, read_case
+from casebridge.errors import CaseFileError, CaseSchemaError
 
 from .conftest import SEED, load_case
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from service.config import PROJECT_ROOT
-from service.domain.reader import validate_case
-from service.errors import InputError, MappingError
-from service.ingest.registry_csv import RegistryLayout
-from service.mapping.engine import MappingSet
+from casebridge.domain.reader import validate_case
+from casebridge.errors import InputError, MappingError
+from casebridge.ingest.registry_csv import RegistryLayout
+from casebridge.mapping.engine import MappingSet
+from tests.paths import DATA_DIR, PROJECT_ROOT
 
-LAYOUT = PROJECT_ROOT / "mappings" / "registry-csv.yaml"
+LAYOUT = DATA_DIR / "mappings" / "registry-csv.yaml"
 EXAMPLE = PROJECT_ROOT / "fixtures" / "registry" / "registry-example.csv"
 
 
@@ -85,7 +85,7 @@ def test_a_row_with_a_non_number_is_that_row_s_error(tmp_path: Path) -> None:
 def test_ingest_a_registry_csv(fhir_server: str, tmp_path: Path) -> None:
     state = tmp_path / "job.sqlite"
     result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "ingest", str(EXAMPLE), "--server", fhir_server, "--state", str(state)],
+        [sys.executable, "-m", "casebridge", "ingest", str(EXAMPLE), "--server", fhir_server, "--state", str(state)],
         capture_output=True,
         text=True,
         cwd=PROJECT_ROOT,

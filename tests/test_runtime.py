@@ -6,16 +6,16 @@ import json
 import subprocess
 import sys
 
-from service.config import PROJECT_ROOT
+from tests.paths import PROJECT_ROOT
 
 from .conftest import SEED
 
 SCRIPT = """
 import gc, json, sys
-from service.api.routes.cases import convert_to_json
-from service.api.workers import Workbench
-from service.config import Settings
-from service.runtime import settle_heap
+from casebridge.api.routes.cases import convert_to_json
+from casebridge.api.workers import Workbench
+from casebridge.config import Settings
+from casebridge.runtime import settle_heap
 
 bench = Workbench.build(Settings())
 data = open(sys.argv[1], "rb").read()

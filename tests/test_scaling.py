@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 
-from service.config import Settings
-from service.domain.reader import MAX_YAML_NODES, read_case
-from service.errors import CaseFileError
-from service.fhir.packages import DefinitionIndex
-from service.validation.fhirpath import Resolver, evaluate, hoist_constants
-from service.validation.service import load_index
-from service.validation.snapshot import generate_snapshot
-from service.validation.validator import Validator
+from casebridge.config import Settings
+from casebridge.definitions.packages import DefinitionIndex
+from casebridge.definitions.snapshot import generate_snapshot
+from casebridge.domain.reader import MAX_YAML_NODES, read_case
+from casebridge.errors import CaseFileError
+from casebridge.validation.fhirpath import Resolver, evaluate, hoist_constants
+from casebridge.validation.service import load_index
+from casebridge.validation.validator import Validator
 
 GROWTH = 2.6
 REPEAT = 3

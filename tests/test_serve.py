@@ -15,9 +15,9 @@ from pathlib import Path
 
 import httpx
 
-import service
-from service.config import PROJECT_ROOT
-from service.runtime import default_workers
+import casebridge
+from casebridge.runtime import default_workers
+from tests.paths import PROJECT_ROOT
 
 from .conftest import SEED
 from .test_api import KEYS, READ, RW, WRITE
@@ -45,7 +45,7 @@ def raw_exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]
 def test_serve_needs_keys() -> None:
     env = {k: v for k, v in os.environ.items() if k != "CASEBRIDGE_API_KEYS"}
     result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve"],
+        [sys.executable, "-m", "casebridge", "serve"],
         capture_output=True,
         text=True,
         cwd=PROJECT_ROOT,
@@ -70,7 +70,7 @@ class Serving:
             **(env or {}),
         }
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port), *args],
+            [sys.executable, "-m", "casebridge", "serve", "--port", str(self.port), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -140,7 +140,7 @@ def test_a_full_run_logs_json_lines_without_case_content(fhir_server: str, tmp_p
         )
         # The definitions were moved out of the garbage collector's sight (missing it cost ~2 ms per case).
         assert serving.metric("casebridge_gc_frozen_objects") > 100_000
-        assert serving.metric("casebridge_compiled_modules") == float(service.NATIVE)  # what make setup built
+        assert serving.metric("casebridge_compiled_modules") == float(casebridge.NATIVE)  # what make setup built
         refused = httpx.post(
             f"{base}/cases",
             content=b"patient: {sex: forearm-swelling}",

@@ -13,20 +13,21 @@ from typing import Any
 
 import pytest
 
-from service.config import PROJECT_ROOT, Settings
-from service.domain.reader import parse_document, read_case, validate_case
-from service.domain.synth import PATIENT_SYSTEM, SynthCase, generate
-from service.errors import CaseSchemaError, ConversionError, InputError
-from service.mapping.engine import MappingSet
-from service.validation.service import load_validator
-from service.validation.validator import has_errors
+from casebridge.config import Settings
+from casebridge.domain.reader import parse_document, read_case, validate_case
+from casebridge.errors import CaseSchemaError, ConversionError, InputError
+from casebridge.mapping.engine import MappingSet
+from casebridge.tools.synth import PATIENT_SYSTEM, SynthCase, generate
+from casebridge.validation.service import load_validator
+from casebridge.validation.validator import has_errors
+from tests.paths import PROJECT_ROOT
 
 from .conftest import RECORDED
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", "synth", *args],
+        [sys.executable, "-m", "casebridge", "synth", *args],
         capture_output=True,
         text=True,
         cwd=PROJECT_ROOT,

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from service.config import Settings
-from service.validation.service import load_validator
-from service.validation.validator import Validator, has_errors
+from casebridge.config import Settings
+from casebridge.validation.service import load_validator
+from casebridge.validation.validator import Validator, has_errors
 
 from .conftest import CASE_FILES
 from .test_cli import run
@@ -235,7 +235,7 @@ def test_the_profiles_are_applied(
 
 
 def test_the_ips_examples_validate_without_errors(validator: Validator) -> None:
-    from service.fhir.packages import default_cache_dir
+    from casebridge.definitions.packages import default_cache_dir
 
     folder = default_cache_dir() / "hl7.fhir.uv.ips#2.0.0" / "package" / "example"
     examples = sorted(folder.glob("*.json"))

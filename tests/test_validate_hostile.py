@@ -12,9 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.config import PROJECT_ROOT, Settings
-from service.validation.service import load_validator
-from service.validation.validator import Validator, _txt_2
+from casebridge.config import Settings
+from casebridge.validation.service import load_validator
+from casebridge.validation.validator import Validator, _txt_2
+from tests.paths import PROJECT_ROOT
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,7 @@ def test_core_profiles_as_target_profiles_and_nested_slice_values(validator: Val
     """vitalsigns as a hasMember target profile; bp's component slices fixed inside coding slices."""
     import json
 
-    from service.fhir.packages import default_cache_dir
+    from casebridge.definitions.packages import default_cache_dir
 
     core = default_cache_dir() / "hl7.fhir.r4.examples#4.0.1" / "package"
     panel = json.loads((core / "Observation-vitals-panel.json").read_text())
@@ -157,8 +158,8 @@ def test_txt_2_reads_as_the_deletion_of_tags(div: str) -> None:
 _DEFECT = """
 import logging, sys
 logging.basicConfig(stream=sys.stderr, format="%(message)s")
-from service.config import Settings
-from service.validation.service import load_validator
+from casebridge.config import Settings
+from casebridge.validation.service import load_validator
 
 
 class Hostile(str):  # breaks the validator itself, with patient words in its exception
@@ -193,7 +194,7 @@ def test_what_input_names_does_not_grow_the_caches(validator: Validator) -> None
     """A long-running service meets unknown code systems, target types and XML names without end: the caches
     remember only what the definitions know (a coding's system, a Reference(Any)'s target type and an XML root
     name were each remembered once per distinct value)."""
-    from service.fhir.xml import FhirXmlError, XmlReader
+    from casebridge.definitions.xml import FhirXmlError, XmlReader
 
     reader = XmlReader(validator.definitions)
 

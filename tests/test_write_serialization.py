@@ -23,10 +23,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service.config import PROJECT_ROOT
-from service.fhir.client import AsyncFhirClient
-from service.mapping.engine import MappingSet
-from service.push import PatientLocks, push_bundle
+from casebridge.fhir.client import AsyncFhirClient
+from casebridge.mapping.engine import MappingSet
+from casebridge.push import PatientLocks, push_bundle
+from tests.paths import PROJECT_ROOT
 
 from .loopback import serve
 from .test_push_pull import fresh_bundle, fresh_case
@@ -117,7 +117,7 @@ def test_eight_cli_processes_never_overlap_for_one_patient(recorder: Any, tmp_pa
     env = {**os.environ, "CASEBRIDGE_LOCK_DIR": str(tmp_path / "locks")}
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "push", str(case_file), "--server", recorder.base_url],
+            [sys.executable, "-m", "casebridge", "push", str(case_file), "--server", recorder.base_url],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from service.config import Settings
-from service.fhir.packages import DefinitionIndex, default_cache_dir
-from service.fhir.xml import FhirXmlError, XmlReader
-from service.validation.service import load_index
+from casebridge.config import Settings
+from casebridge.definitions.packages import DefinitionIndex, default_cache_dir
+from casebridge.definitions.xml import FhirXmlError, XmlReader
+from casebridge.validation.service import load_index
 
 CONFORMANCE = Path(__file__).resolve().parent / "data" / "conformance" / "fhir-test-cases-r4"
 

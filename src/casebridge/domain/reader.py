@@ -1,0 +1,228 @@
+"""Reading a case report from bytes: JSON or YAML, bounded, with errors that name the field path."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from casebridge.domain.case import CaseReport
+from casebridge.errors import CaseFileError, CaseSchemaError, Problem
+
+DEFAULT_MAX_BYTES = 5 * 1024 * 1024
+MAX_DEPTH = 64  # a case report nests about 6 deep; anything far deeper is an attack or an accident
+MAX_YAML_NODES = 100_000  # values (scalars, lists, mappings) in a YAML case; the seed case has about 500
+
+_YamlLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _StrictLoader(_YamlLoader):  # type: ignore[misc, valid-type]
+    """Safe YAML that refuses duplicate keys (silently keeping the last one would lose a fact)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                # A list or mapping as a key ("? [1, 2]") is legal YAML and cannot be a JSON key.
+                raise yaml.MarkedYAMLError(problem="a key must be a plain value", problem_mark=key_node.start_mark)
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.MarkedYAMLError(
+                    problem=f"duplicate key {key!r}",
+                    problem_mark=key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
+
+
+def _load_yaml(text: str, source: str) -> Any:
+    """Safe YAML without anchors or aliases: a case never needs them, and aliases are how a small YAML
+    file expands into a huge document ("billion laughs"). The events are scanned first (in C when
+    available), then the document is built. The scan stops at the first value when the document is not a
+    mapping, and after MAX_YAML_NODES values: building the document costs about 10 microseconds a value, so a
+    5 MB list took 14 s to read before being refused for not being a case."""
+    nodes = 0
+    for event in yaml.parse(text, Loader=_YamlLoader):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise yaml.MarkedYAMLError(
+                problem="YAML anchors and aliases are not accepted",
+                problem_mark=event.start_mark,  # type: ignore[arg-type]  # the C parser's Mark is alike
+            )
+        if isinstance(event, yaml.NodeEvent):
+            if nodes == 0 and not isinstance(event, yaml.MappingStartEvent):
+                kind = "list" if isinstance(event, yaml.SequenceStartEvent) else "single value"
+                raise CaseFileError(f"a case must be a JSON/YAML object, not a {kind}", source=source)
+            nodes += 1
+            if nodes > MAX_YAML_NODES:
+                raise CaseFileError(
+                    f"the YAML document holds more than {MAX_YAML_NODES:,} values; the seed case holds about 500",
+                    source=source,
+                )
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+_LONE_SURROGATE = re.compile(
+    r"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text[:40]} is too large a number")
+    return value
+
+
+def _sized(text: str) -> int:
+    """An integer, if a float can hold it too: a decimal written as 1 and 400 zeros is 1e400 (refused above) by
+    another spelling, and a FHIR server converting it fails."""
+    value = int(text)
+    if len(text) > 300:  # the cheap test first: no float overflows below 309 digits
+        try:
+            float(value)
+        except OverflowError:
+            raise ValueError(f"{text[:40]}... is too large a number") from None
+    return value
+
+
+def load_json(text: str, source: str) -> Any:
+    # The standard library's parser (C-accelerated) rather than orjson: only it lets us refuse
+    # duplicate keys, which RFC 8259 leaves undefined and most parsers resolve by keeping the last.
+    if "\\u" in text and _LONE_SURROGATE.search(text):  # the test first: the pattern alone took 0.14 ms per case
+        # "\ud800" alone is legal JSON syntax but not Unicode text: nothing downstream can encode it.
+        raise CaseFileError("malformed JSON: an unpaired surrogate escape (\\ud800-\\udfff)", source=source)
+    try:
+        return json.loads(
+            text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant, parse_float=_finite, parse_int=_sized
+        )
+    except json.JSONDecodeError as exc:
+        raise CaseFileError(
+            f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", source=source
+        ) from exc
+    except _DuplicateKey as exc:
+        raise CaseFileError(f"malformed JSON: duplicate key {exc.args[0]!r}", source=source) from exc
+    except RecursionError as exc:
+        raise CaseFileError(f"the document nests deeper than {MAX_DEPTH} levels", source=source) from exc
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise CaseFileError(f"malformed JSON: {exc}", source=source) from exc
+
+
+def _yaml_error(exc: yaml.YAMLError, source: str) -> CaseFileError:
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(exc, "problem", None) or str(exc)
+    return CaseFileError(f"malformed YAML{where}: {problem}", source=source)
+
+
+def parse_document(data: bytes, *, source: str, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
+    """Bytes -> a JSON-like dict. A ``.json`` file is JSON; otherwise YAML, whose flow style also reads
+    JSON (a document starting with ``{`` is tried as JSON first, for speed and JSON's own messages)."""
+    if len(data) > max_bytes:
+        raise CaseFileError(f"the file is {len(data):,} bytes; the limit is {max_bytes:,}", source=source)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise CaseFileError(f"not UTF-8 text: an invalid byte on line {line}", source=source) from exc
+    if not text.strip():
+        raise CaseFileError("the file is empty", source=source)
+    if source.lower().endswith(".json"):
+        doc = load_json(text, source)
+    else:
+        try:
+            doc = load_json(text, source) if text.lstrip().startswith(("{", "[")) else None
+        except CaseFileError:
+            doc = None  # not JSON: it may still be YAML flow style
+        if doc is None:
+            try:
+                doc = _load_yaml(text, source)
+            except yaml.YAMLError as exc:
+                raise _yaml_error(exc, source) from exc
+            except RecursionError as exc:
+                raise CaseFileError(f"the document nests deeper than {MAX_DEPTH} levels", source=source) from exc
+            except ValueError as exc:  # e.g. an integer of more digits than Python converts
+                raise CaseFileError(f"malformed YAML: {exc}", source=source) from exc
+    if not isinstance(doc, dict):
+        raise CaseFileError(f"a case must be a JSON/YAML object, not {type(doc).__name__}", source=source)
+    check_depth(doc, source)
+    return doc
+
+
+def check_depth(doc: object, source: str, limit: int = MAX_DEPTH) -> None:
+    """Refuse a document nested deeper than ``limit``. Iterative, so a hostile document cannot exhaust the
+    Python stack."""
+    stack: list[tuple[object, int]] = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            raise CaseFileError(f"the document nests deeper than {limit} levels", source=source)
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+
+
+def format_location(loc: tuple[int | str, ...]) -> str:
+    """('diagnostic_steps', 2, 'ultrasound', 'differential', 0) -> 'diagnostic_steps[2].differential[0]'.
+
+    Pydantic puts the discriminator tag of a union member into the location; it is not a field, so it is
+    dropped (it is the step's ``kind``, which the message already implies).
+    """
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in _UNION_TAGS:
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+_UNION_TAGS = frozenset({"clinical_examination", "xray", "ultrasound", "ct", "mri", "laboratory", "histopathology"})
+
+
+def validate_case(doc: dict[str, Any], *, source: str) -> CaseReport:
+    try:
+        return CaseReport.model_validate(doc)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            loc = format_location(tuple(err["loc"]))
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field"
+            elif err["type"] == "missing":
+                msg = "required field is missing"
+            problems.append(Problem(loc, msg))
+        raise CaseSchemaError(
+            f"the case does not fit the case model ({len(problems)} problem{'s' if len(problems) != 1 else ''})",
+            source=source,
+            problems=problems,
+        ) from exc
+
+
+def read_case(data: bytes, *, source: str, max_bytes: int = DEFAULT_MAX_BYTES) -> CaseReport:
+    return validate_case(parse_document(data, source=source, max_bytes=max_bytes), source=source)

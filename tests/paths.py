@@ -1,0 +1,8 @@
+"""Where the tests find things: the checkout (fixtures/, tests/data/) and the package's own data files."""
+
+from pathlib import Path
+
+from casebridge.config import DATA_DIR
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+__all__ = ["DATA_DIR", "PROJECT_ROOT"]
