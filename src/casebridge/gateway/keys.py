@@ -23,8 +23,7 @@ import yaml
 
 from casebridge.errors import MappingError
 from casebridge.gateway.scopes import LEGACY, Scopes, parse_scopes
-from casebridge.gateway.yamlfile import yaml_error as _yaml_error
-from casebridge.mapping.templates import compose, line_of, mapping_items, scalar
+from casebridge.yamlfile import compose, line_of, mapping_items, scalar, yaml_error
 
 MIN_KEY_LENGTH = 24
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -85,7 +84,7 @@ def load_api_keys_file(path: Path) -> list[ApiKey]:
     try:
         return _load_api_keys_file(path)
     except yaml.YAMLError as exc:  # what the helpers below do not turn into a MappingError (a merge key, say)
-        raise _yaml_error(exc, str(path)) from None
+        raise yaml_error(exc, str(path)) from None
 
 
 def _load_api_keys_file(path: Path) -> list[ApiKey]:

@@ -30,9 +30,8 @@ from urllib.parse import parse_qsl, unquote
 import yaml
 
 from casebridge.errors import MappingError
-from casebridge.gateway.yamlfile import yaml_error as _yaml_error
-from casebridge.mapping.templates import compose, line_of, mapping_items, scalar
 from casebridge.validation.validator import Issue
+from casebridge.yamlfile import compose, line_of, mapping_items, scalar, yaml_error
 
 INTERACTIONS = ("create", "conditional-create", "update", "conditional-update")
 NEVER = {
@@ -131,7 +130,7 @@ def load_forwarding_policy(
     try:
         return _load_forwarding_policy(path, file, is_resource_type)
     except yaml.YAMLError as exc:  # what the helpers below do not turn into a MappingError (a merge key, say)
-        raise _yaml_error(exc, file) from None
+        raise yaml_error(exc, file) from None
 
 
 def _load_forwarding_policy(path: Path, file: str, is_resource_type: Callable[[str], bool]) -> ForwardingPolicy:

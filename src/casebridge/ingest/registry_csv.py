@@ -19,7 +19,7 @@ import yaml
 
 from casebridge.errors import InputError, MappingError
 from casebridge.files import open_regular, shown
-from casebridge.mapping.templates import compose, line_of, mapping_items, scalar
+from casebridge.yamlfile import compose, line_of, mapping_items, scalar
 
 _PLACEHOLDER = re.compile(r"\$([a-z][a-z0-9_]*)(?::(number|bool|list))?")
 _ANY_PLACEHOLDER = re.compile(r"\$([a-z][a-z0-9_]*)(?::([a-z]+))?")

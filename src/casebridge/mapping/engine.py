@@ -31,14 +31,8 @@ from casebridge.mapping.codes import CodeTable, check_citations, load_tables, lo
 from casebridge.mapping.expressions import StaticType
 from casebridge.mapping.functions import Context, Planned, name_uuid, registry
 from casebridge.mapping.narrative import narrative
-from casebridge.mapping.templates import (
-    BodyCompiler,
-    ResourceTemplate,
-    compose,
-    line_of,
-    mapping_items,
-    scalar,
-)
+from casebridge.mapping.templates import BodyCompiler, ResourceTemplate
+from casebridge.yamlfile import compose, line_of, mapping_items, scalar
 
 RequestMode = Literal["put", "conditional-create"]
 _TEMPLATE_KEYS = {"role", "title", "for_each", "as", "key", "when", "identity", "body", "description", "profile"}

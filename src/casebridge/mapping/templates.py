@@ -42,56 +42,10 @@ from casebridge.mapping.expressions import (
     ListOf,
     StaticType,
 )
+from casebridge.yamlfile import line_of, mapping_items, scalar
 
 Render = Callable[[Env], Any]
 _EXPR = re.compile(r"\{\{(.*?)\}\}", re.S)
-_CONSTRUCTOR = yaml.SafeLoader("")  # only its construct_object() is used, for scalars
-
-
-def compose(text: str, file: str) -> yaml.Node:
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise MappingError(
-            f"malformed YAML: {getattr(exc, 'problem', None) or exc}",
-            file=file,
-            line=mark.line + 1 if mark else None,
-        ) from exc
-    if node is None:
-        raise MappingError("the file is empty", file=file, line=1)
-    return node
-
-
-def line_of(node: yaml.Node) -> int:
-    return node.start_mark.line + 1
-
-
-def scalar(node: yaml.Node) -> Any:
-    return _CONSTRUCTOR.construct_object(node, deep=True)
-
-
-def mapping_items(node: yaml.Node, file: str) -> list[tuple[str, yaml.Node, int]]:
-    """(key, value node, line) of a YAML mapping, refusing duplicate and non-string keys."""
-    if not isinstance(node, yaml.MappingNode):
-        raise MappingError(f"expected a mapping, found {_kind(node)}", file=file, line=line_of(node))
-    seen: set[str] = set()
-    out = []
-    for k, v in node.value:
-        key = scalar(k) if isinstance(k, yaml.ScalarNode) else None
-        if not isinstance(key, str):
-            raise MappingError("keys must be strings", file=file, line=line_of(k))
-        if key in seen:
-            raise MappingError(f"duplicate key {key!r}", file=file, line=line_of(k))
-        seen.add(key)
-        out.append((key, v, line_of(k)))
-    return out
-
-
-def _kind(node: yaml.Node) -> str:
-    if isinstance(node, yaml.MappingNode):
-        return "a mapping"
-    return "a list" if isinstance(node, yaml.SequenceNode) else "a scalar"
 
 
 def _json_ready(value: Any, file: str, line: int) -> Any:

@@ -13,8 +13,8 @@ from typing import Any
 import yaml
 
 from casebridge.errors import MappingError
-from casebridge.mapping.templates import compose, line_of, mapping_items, scalar
 from casebridge.validation.validator import Validator
+from casebridge.yamlfile import compose, line_of, mapping_items, scalar
 
 _TYPE = re.compile(r"[A-Z][A-Za-z]+")
 
