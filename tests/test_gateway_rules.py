@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from casebridge.access.keys import digest, load_api_keys_file, parse_api_keys
+from casebridge.access.scopes import parse_scopes
 from casebridge.config import Settings
 from casebridge.errors import MappingError
-from casebridge.gateway.keys import digest, load_api_keys_file, parse_api_keys
 from casebridge.gateway.policy import NEVER, check_entries, load_forwarding_policy
-from casebridge.gateway.scopes import parse_scopes
 from tests.paths import DATA_DIR, PROJECT_ROOT
 
 POLICY = DATA_DIR / "mappings" / "forwarding-policy.yaml"

@@ -12,8 +12,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from casebridge._data import data_dir
+from casebridge.access.keys import ApiKey, load_api_keys_file, merge_keys, parse_api_keys
 from casebridge.errors import MappingError
-from casebridge.gateway.keys import ApiKey, load_api_keys_file, merge_keys, parse_api_keys
 
 __all__ = ["DATA_DIR", "ApiKey", "Settings", "get_settings", "parse_api_keys"]
 

@@ -1,4 +1,5 @@
 """The gateway's rules for what callers may make the FHIR server do: the forwarding policy (which resource types
-and interactions POST /bundles forwards, within which limits), API keys with SMART-style scopes, and the identifier
-namespaces a key may write patients in. Pure rules over data: the HTTP layer (casebridge.api) turns their refusals
-into answers, and looks stored resources up for them through the FHIR client."""
+and interactions POST /bundles forwards, within which limits) and the identifier namespaces a key may write
+patients in (the keys and their scopes are casebridge.access). Pure rules over data: the HTTP layer
+(casebridge.api) turns their refusals into answers, and looks stored resources up for them through the FHIR
+client."""
