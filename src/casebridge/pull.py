@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from casebridge.fhir.client import AsyncFhirClient
+from casebridge.fhir.client import AsyncFhirClient, FhirClient
 from casebridge.fhir.search import Search
 
 REPORT_INCLUDES = ("DiagnosticReport:result", "DiagnosticReport:specimen")
@@ -84,16 +84,29 @@ async def pull_reports(client: AsyncFhirClient, query: Search) -> PulledReports:
     pulled = PulledReports()
     seen: set[str] = set()
     async for page in client.pages(query):
-        if pulled.total is None and isinstance(page.get("total"), int):
-            pulled.total = page["total"]
-        for key, resource, is_match in page_entries(page):
-            if is_match:
-                if key not in seen:  # a server may repeat a match across pages if data changes while paging
-                    seen.add(key)
-                    pulled.reports.append(resource)
-            else:
-                pulled.included.setdefault(key, resource)
+        _collect(pulled, seen, page)
     return pulled
+
+
+def pull_reports_sync(client: FhirClient, query: Search) -> PulledReports:
+    """``pull_reports`` for synchronous code, over the sync client."""
+    pulled = PulledReports()
+    seen: set[str] = set()
+    for page in client.pages(query):
+        _collect(pulled, seen, page)
+    return pulled
+
+
+def _collect(pulled: PulledReports, seen: set[str], page: Mapping[str, Any]) -> None:
+    if pulled.total is None and isinstance(page.get("total"), int):
+        pulled.total = page["total"]
+    for key, resource, is_match in page_entries(page):
+        if is_match:
+            if key not in seen:  # a server may repeat a match across pages if data changes while paging
+                seen.add(key)
+                pulled.reports.append(resource)
+        else:
+            pulled.included.setdefault(key, resource)
 
 
 def to_searchset(pulled: PulledReports, base_url: str) -> dict[str, Any]:

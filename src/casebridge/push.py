@@ -1,4 +1,5 @@
-"""Pushing a case's transaction Bundle to a FHIR server: validate first, then one transaction per case.
+"""Pushing a case's transaction Bundle to a FHIR server: one transaction per case (validated first: see
+``casebridge.pipeline.check``), from async code (``push_bundle``) or sync code (``push_bundle_sync``).
 
 Idempotence comes from the Bundle itself (every entry is ``PUT Type/<deterministic id>``), so a re-send
 updates the same resources. Writes for one patient are still serialized, in this process (an asyncio lock)
@@ -15,14 +16,14 @@ import fcntl
 import hashlib
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from casebridge.errors import FhirProtocolError, InvalidResourceError, LockError
-from casebridge.fhir.client import AsyncFhirClient
-from casebridge.validation.validator import Issue, Validator, has_errors, operation_outcome
+from casebridge.errors import FhirProtocolError, LockError
+from casebridge.fhir.client import AsyncFhirClient, FhirClient
+from casebridge.validation.validator import Issue
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,22 +64,6 @@ class PushResult:
         return counts
 
 
-def check_bundle(validator: Validator, bundle: Mapping[str, Any]) -> list[Issue]:
-    """Validate before sending; errors raise ``InvalidResourceError`` (nothing is sent), warnings are returned."""
-    if bundle.get("resourceType") != "Bundle" or bundle.get("type") != "transaction":
-        raise InvalidResourceError(
-            "only a transaction Bundle can be pushed",
-            outcome=operation_outcome([Issue("error", "invalid", "not a transaction Bundle", "Bundle.type")]),
-        )
-    issues = validator.validate(dict(bundle))
-    if has_errors(issues):
-        errors = sum(1 for i in issues if i.severity in ("error", "fatal"))
-        raise InvalidResourceError(
-            f"the Bundle is not valid ({errors} errors): nothing was sent", outcome=operation_outcome(issues)
-        )
-    return issues
-
-
 def patient_key(bundle: Mapping[str, Any]) -> str | None:
     """``Patient/<id>`` of the Bundle's Patient entry (the unit writes are serialized on), else None."""
     for entry in bundle.get("entry") or []:
@@ -115,29 +100,56 @@ class PatientLocks:
         if key is None:
             yield
             return
-        # Striped: a registry job touches 100,000 patients, and must not leave as many lock files behind.
-        # Two patients sharing a stripe are merely serialized with each other.
-        name = f"stripe-{int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % LOCK_STRIPES:04d}"
+        name = self._stripe(key)
         lock = self._local.setdefault(name, asyncio.Lock())
         async with lock:
-            try:
-                self.folder.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-            except OSError as exc:
-                raise LockError(f"cannot use the lock folder {self.folder}: {exc.strerror or exc}") from exc
+            fd = self._open(name)
             try:
                 deadline = time.monotonic() + self.timeout
-                while True:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
-                        if time.monotonic() > deadline:
-                            raise LockError(f"waited {self.timeout:.0f} s for the write lock of {key}") from None
-                        await asyncio.sleep(self.poll)
+                while not self._try_lock(fd, key, deadline):
+                    await asyncio.sleep(self.poll)
                 yield
             finally:
                 os.close(fd)  # closing releases the flock
+
+    @contextlib.contextmanager
+    def hold_sync(self, key: str | None) -> Iterator[None]:
+        """``hold`` for synchronous code. The file lock alone serializes it: each hold opens the file anew, and
+        two opens of one file exclude each other under flock, between threads of one process too."""
+        if key is None:
+            yield
+            return
+        fd = self._open(self._stripe(key))
+        try:
+            deadline = time.monotonic() + self.timeout
+            while not self._try_lock(fd, key, deadline):
+                time.sleep(self.poll)
+            yield
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _stripe(key: str) -> str:
+        # Striped: a registry job touches 100,000 patients, and must not leave as many lock files behind.
+        # Two patients sharing a stripe are merely serialized with each other.
+        return f"stripe-{int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % LOCK_STRIPES:04d}"
+
+    def _open(self, name: str) -> int:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            return os.open(self.folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise LockError(f"cannot use the lock folder {self.folder}: {exc.strerror or exc}") from exc
+
+    def _try_lock(self, fd: int, key: str, deadline: float) -> bool:
+        """Whether the file lock was had now; ``LockError`` once ``deadline`` has passed."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise LockError(f"waited {self.timeout:.0f} s for the write lock of {key}") from None
+            return False
 
 
 async def push_bundle(
@@ -158,9 +170,31 @@ async def push_bundle(
         if before is not None:
             await before()
         response = await client.transaction(bundle, raw=raw)
+    return _result(client.base_url, bundle, response, key, warnings, started)
+
+
+def push_bundle_sync(
+    client: FhirClient, bundle: Mapping[str, Any], *, locks: PatientLocks, warnings: Sequence[Issue] = ()
+) -> PushResult:
+    """``push_bundle`` for synchronous code, over the sync client."""
+    key = patient_key(bundle)
+    started = time.perf_counter()
+    with locks.hold_sync(key):
+        response = client.transaction(bundle)
+    return _result(client.base_url, bundle, response, key, warnings, started)
+
+
+def _result(
+    server: str,
+    bundle: Mapping[str, Any],
+    response: dict[str, Any],
+    key: str | None,
+    warnings: Sequence[Issue],
+    started: float,
+) -> PushResult:
     seconds = time.perf_counter() - started
-    entries = _entry_results(bundle, response, client.base_url)
-    return PushResult(client.base_url, key, entries, tuple(warnings), seconds, response)
+    entries = _entry_results(bundle, response, server)
+    return PushResult(server, key, entries, tuple(warnings), seconds, response)
 
 
 def _entry_results(bundle: Mapping[str, Any], response: Mapping[str, Any], server: str) -> tuple[EntryResult, ...]:

@@ -8,16 +8,15 @@ from fastapi import Request
 from starlette.requests import ClientDisconnect
 
 from casebridge.api.errors import ApiError
-from casebridge.definitions.xml import FhirXmlError, XmlReader
-from casebridge.domain.reader import check_depth, load_json
+from casebridge.definitions.xml import XmlReader
 from casebridge.errors import InputError
+from casebridge.pipeline import read_resource
 
 JSON_TYPES = frozenset({"application/json", "application/fhir+json"})
 XML_TYPES = frozenset({"application/xml", "application/fhir+xml", "text/xml"})
 YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"})
 FHIR_TYPES = JSON_TYPES | XML_TYPES
 CASE_TYPES = JSON_TYPES | YAML_TYPES
-MAX_RESOURCE_DEPTH = 128
 SOURCE = "request body"
 
 
@@ -67,20 +66,6 @@ def _too_large(limit: int) -> ApiError:
 def parse_fhir(data: bytes, media: str, reader: XmlReader) -> dict[str, Any]:
     """A FHIR resource from JSON (duplicate keys refused) or XML; 400 when it cannot be read as one."""
     try:
-        if media in XML_TYPES:
-            doc: Any = reader.read(data, SOURCE)
-        else:
-            doc = load_json(data.decode("utf-8-sig"), SOURCE)
-    except FhirXmlError as exc:
-        raise ApiError.of(400, "structure", str(exc)) from exc
-    except UnicodeDecodeError as exc:
-        raise ApiError.of(400, "structure", f"{SOURCE}: not UTF-8 text") from exc
+        return read_resource(data, source=SOURCE, xml=media in XML_TYPES, reader=reader)
     except InputError as exc:
         raise ApiError.of(400, "structure", exc.report()) from exc
-    if not isinstance(doc, dict) or not isinstance(doc.get("resourceType"), str):
-        raise ApiError.of(400, "structure", f"{SOURCE}: not a FHIR resource (no resourceType)")
-    try:
-        check_depth(doc, SOURCE, MAX_RESOURCE_DEPTH)
-    except InputError as exc:
-        raise ApiError.of(400, "structure", exc.report()) from exc
-    return doc

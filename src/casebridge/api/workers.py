@@ -58,8 +58,8 @@ from casebridge.definitions.xml import XmlReader
 from casebridge.errors import InputError, log_defect
 from casebridge.gateway.policy import ForwardingPolicy, load_forwarding_policy
 from casebridge.mapping.engine import MappingSet
+from casebridge.pipeline import load_mappings, load_validator
 from casebridge.validation.inbound import load_inbound_profiles
-from casebridge.validation.service import load_validator
 from casebridge.validation.validator import Validator
 
 P = ParamSpec("P")
@@ -82,7 +82,7 @@ class Workbench:
     def build(cls, settings: Settings) -> Workbench:
         """Load everything, or fail (PackageError, MappingError) before the server takes a request."""
         validator = load_validator(settings)
-        mappings = MappingSet.load(settings.mappings_dir, terminology=settings.terminology())
+        mappings = load_mappings(settings)
         inbound = load_inbound_profiles(settings.mappings_dir / "inbound-profiles.yaml", validator, root=DATA_DIR)
         forwarding = load_forwarding_policy(
             settings.mappings_dir / "forwarding-policy.yaml",

@@ -22,15 +22,23 @@ from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Table
 
-from casebridge import __version__
+from casebridge import __version__, pipeline
 from casebridge.cli.conformance import conformance
 from casebridge.cli.ingest import ingest
 from casebridge.cli.packages import packages_app
-from casebridge.cli.support import cli_settings, dump_json, err, fail, load_mappings, out, read_case_file
+from casebridge.cli.support import (
+    cli_settings,
+    dump_json,
+    err,
+    fail,
+    load_mappings,
+    load_validator,
+    out,
+    read_case_file,
+)
 from casebridge.cli.synth import synth
 from casebridge.cli.transfer import (
     ping,
-    prepare_validator,
     print_pulled,
     print_push,
     pull_app,
@@ -41,13 +49,18 @@ from casebridge.cli.transfer import (
 from casebridge.config import DATA_DIR, Settings
 from casebridge.definitions.check import check_loose_definitions, check_used_definitions
 from casebridge.definitions.packages import PackageError
-from casebridge.definitions.xml import FhirXmlError, XmlReader, is_xml
+from casebridge.definitions.xml import XmlReader, is_xml
 from casebridge.domain.case import CaseReport
-from casebridge.domain.reader import check_depth, load_json
-from casebridge.errors import CasebridgeError, ConfigurationError, InputError, LockError, MappingError
+from casebridge.errors import (
+    CasebridgeError,
+    ConfigurationError,
+    InputError,
+    InvalidResourceError,
+    LockError,
+    MappingError,
+)
 from casebridge.fhir.embedded import EmbeddedFhirServer, EmbeddedServerError
 from casebridge.files import read_bounded, shown, write_atomically
-from casebridge.validation.service import load_validator
 from casebridge.validation.validator import SEVERITY_RANK, Issue, Validator, has_errors, operation_outcome
 
 app = typer.Typer(
@@ -64,8 +77,6 @@ app.command("ping")(ping)
 app.command("synth")(synth)
 app.command("ingest")(ingest)
 app.add_typer(pull_app, name="pull")
-# FHIR resources nest a few dozen levels at most (deep Questionnaires included); deeper is hostile.
-MAX_RESOURCE_DEPTH = 128
 SEED_CASE = DATA_DIR / "cases" / "dystrophic-calcification-right-forearm.yaml"
 
 
@@ -80,7 +91,7 @@ def convert(
     settings = cli_settings()
     mappings = load_mappings(settings)
     case = read_case_file(case_file, settings)
-    bundle = mappings.convert(case, source=shown(case_file))
+    bundle = pipeline.convert(case, mappings, source=shown(case_file)).bundle
     _check_output(bundle)
     data = dump_json(bundle)
     if output is None:
@@ -153,7 +164,7 @@ def _validate_file(
     except InputError as exc:
         return [Issue("fatal", "structure", exc.report(), "")], 2
     try:
-        validator = load_validator(settings, definitions)
+        validator = pipeline.load_validator(settings, definitions)
     except PackageError as exc:
         return [Issue("fatal", "not-found", str(exc), "")], 2
     try:
@@ -162,21 +173,8 @@ def _validate_file(
     except InputError as exc:
         return [Issue("fatal", "structure", exc.report(), "")], 2
     try:
-        if is_xml(data, file.name):
-            resource = XmlReader(validator.definitions).read(data, shown(file))
-        else:
-            # The case reader's JSON parser: it refuses duplicate keys (which keep only the last value).
-            resource = load_json(data.decode("utf-8-sig"), shown(file))
-    except FhirXmlError as exc:
-        return [Issue("fatal", "structure", str(exc), "")], 2
-    except UnicodeDecodeError:
-        return [Issue("fatal", "structure", f"{shown(file)}: not UTF-8 text", "")], 2
-    except InputError as exc:
-        return [Issue("fatal", "structure", exc.report(), "")], 2
-    if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
-        return [Issue("fatal", "structure", f"{shown(file)}: not a FHIR resource (no resourceType)", "")], 2
-    try:
-        check_depth(resource, shown(file), MAX_RESOURCE_DEPTH)
+        xml = is_xml(data, file.name)
+        resource = pipeline.read_resource(data, source=shown(file), xml=xml, reader=XmlReader(validator.definitions))
     except InputError as exc:
         return [Issue("fatal", "structure", exc.report(), "")], 2
     unknown = [p for p in profiles if validator.tree(p) is None]
@@ -188,7 +186,7 @@ def _validate_file(
     if validator.type_tree(resource["resourceType"]) is None:
         message = f"{shown(file)}: unknown resourceType {resource['resourceType']!r}"
         return [Issue("fatal", "structure", message, "")], 2
-    issues = validator.validate(resource, profiles)
+    issues = pipeline.validate(resource, validator, profiles)
     refused = _unusable_definitions(validator, definitions)
     if refused:
         return refused, 2
@@ -342,7 +340,7 @@ def demo(
     given_server = server_url(settings, server) if server is not None else None  # checked before any work
     mappings = load_mappings(settings)
     case = read_case_file(case_file, settings)
-    conversion = mappings.convert_detailed(case, source=shown(case_file))
+    conversion = pipeline.convert(case, mappings, source=shown(case_file))
     bundle = conversion.bundle
     name = escape(shown(case_file.name))
     out.print(f"[bold]casebridge {__version__}[/bold] - case [cyan]{escape(case.case_id)}[/cyan] from {name}")
@@ -364,9 +362,9 @@ def demo(
     out.print(table)
 
     started = time.perf_counter()
-    validator = prepare_validator(settings)
+    validator = load_validator(settings)
     loaded = time.perf_counter()
-    issues = validator.validate(bundle)
+    issues = pipeline.validate(bundle, validator)
     checked = time.perf_counter()
     errors = [i for i in issues if i.severity in ("error", "fatal")]
     warnings = [i for i in issues if i.severity == "warning"]
@@ -375,10 +373,12 @@ def demo(
         f"({checked - loaded:.2f} s; definitions loaded in {loaded - started:.2f} s)",
         highlight=False,
     )
-    if errors:
+    try:
+        pipeline.refuse_invalid(issues, max_issues=settings.max_outcome_issues)
+    except InvalidResourceError as exc:
         for issue in errors[:10]:
             err.print(f"  {issue.severity} {issue.expression}: {issue.message}", markup=False, highlight=False)
-        fail(1, "the Bundle is not valid: nothing was sent")
+        fail(1, f"{shown(case_file)}: {exc}")
 
     embedded = None
     if given_server is None:

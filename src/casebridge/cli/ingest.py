@@ -22,8 +22,8 @@ import orjson
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from casebridge.cli.support import cli_settings, err, fail, load_mappings, out
-from casebridge.cli.transfer import ServerOption, prepare_validator, run_fhir, server_url
+from casebridge.cli.support import cli_settings, err, fail, load_mappings, load_validator, out
+from casebridge.cli.transfer import ServerOption, run_fhir, server_url
 from casebridge.config import DATA_DIR
 from casebridge.errors import InputError, MappingError
 from casebridge.fhir.client import AsyncFhirClient
@@ -217,7 +217,7 @@ def ingest(
         fail(2, f"{named}: this job reads {shown(started_from)}; resume it with that PATH")
     job_state.set_meta("server", base)
     job_state.set_meta("source", here)
-    validator = prepare_validator(settings)
+    validator = load_validator(settings)
     mappings = load_mappings(settings)
     # The rules a verdict is reached under: an invalid case is judged again when they change.
     ruleset = ruleset_fingerprint(

@@ -1,4 +1,5 @@
-"""What every ``casebridge`` subcommand shares: the consoles, failing with an exit code, settings and mappings."""
+"""What every ``casebridge`` subcommand shares: the consoles, failing with an exit code, settings, and the
+pipeline's inputs (mappings, validator, case files) with their failures as exit codes."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
+from casebridge import pipeline
 from casebridge.config import Settings, get_settings
+from casebridge.definitions.packages import PackageError
 from casebridge.domain.case import CaseReport
-from casebridge.domain.reader import read_case
 from casebridge.errors import MappingError
-from casebridge.files import read_bounded, shown
+from casebridge.files import shown
 from casebridge.mapping.engine import MappingSet
+from casebridge.validation.validator import Validator
 
 err = Console(stderr=True, soft_wrap=True)  # never wrap: messages carry file names and paths
 # Wide enough for the demo tables when output is piped (CI logs, make), where rich would assume 80 columns.
@@ -48,14 +51,20 @@ def load_mappings(settings: Settings) -> MappingSet:
             highlight=False,
         )
     try:
-        return MappingSet.load(settings.mappings_dir, terminology=terminology)
+        return pipeline.load_mappings(settings)
     except MappingError as exc:
         fail(3, f"mapping error: {exc}")
 
 
+def load_validator(settings: Settings) -> Validator:
+    try:
+        return pipeline.load_validator(settings)
+    except PackageError as exc:
+        fail(2, f"{exc} (run `casebridge packages fetch`)")
+
+
 def read_case_file(path: Path, settings: Settings) -> CaseReport:
-    data = read_bounded(path, settings.max_case_bytes)
-    return read_case(data, source=shown(path), max_bytes=settings.max_case_bytes)
+    return pipeline.read_case_file(path, max_bytes=settings.max_case_bytes)
 
 
 def dump_json(doc: object) -> bytes:

@@ -21,11 +21,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from casebridge.cli.support import cli_settings, dump_json, err, fail, load_mappings, out
+from casebridge import pipeline
+from casebridge.cli.support import cli_settings, dump_json, err, fail, load_mappings, load_validator, out
 from casebridge.config import Settings
-from casebridge.definitions.packages import PackageError
-from casebridge.definitions.xml import FhirXmlError, XmlReader, is_xml
-from casebridge.domain.reader import check_depth, parse_document, validate_case
+from casebridge.definitions.xml import XmlReader, is_xml
 from casebridge.errors import FhirError, FhirHttpError, InputError, InvalidResourceError
 from casebridge.fhir.client import AsyncFhirClient
 from casebridge.files import read_bounded, shown, write_atomically
@@ -39,12 +38,10 @@ from casebridge.pull import (
     to_ndjson,
     to_searchset,
 )
-from casebridge.push import PatientLocks, PushResult, check_bundle, push_bundle
-from casebridge.validation.service import load_validator
+from casebridge.push import PatientLocks, PushResult, push_bundle
 from casebridge.validation.validator import Issue, Validator
 
 T = TypeVar("T")
-MAX_RESOURCE_DEPTH = 128
 FHIR_SERVER_EXIT = 4
 
 ServerOption = Annotated[
@@ -82,25 +79,13 @@ def run_fhir(work: Callable[[], Awaitable[T]]) -> T:
 def load_push_input(path: Path, settings: Settings, validator: Validator) -> dict[str, Any]:
     """A case report (converted here) or a FHIR transaction Bundle (JSON or XML)."""
     data = read_bounded(path, max(settings.max_case_bytes, settings.max_resource_bytes))
-    name = shown(path)  # what messages call it
-    if is_xml(data, path.name):
-        try:
-            return XmlReader(validator.definitions).read(data, name)
-        except FhirXmlError as exc:  # its message starts with the file's name, which InputError adds itself
-            raise InputError(str(exc).removeprefix(f"{name}: "), source=name) from exc
-    doc = parse_document(data, source=name, max_bytes=len(data) + 1)
-    if "resourceType" in doc:
-        check_depth(doc, name, MAX_RESOURCE_DEPTH)
-        return doc
-    case = validate_case(doc, source=name)
-    return load_mappings(settings).convert(case, source=name)
-
-
-def prepare_validator(settings: Settings) -> Validator:
-    try:
-        return load_validator(settings)
-    except PackageError as exc:
-        fail(2, f"{exc} (run `casebridge packages fetch`)")
+    return pipeline.read_push_input(
+        data,
+        source=shown(path),
+        xml=is_xml(data, path.name),
+        reader=XmlReader(validator.definitions),
+        mappings=lambda: load_mappings(settings),
+    )
 
 
 def push(
@@ -110,10 +95,10 @@ def push(
     """Validate, then send one transaction. Invalid: nothing is sent, the OperationOutcome is printed, exit 1."""
     settings = cli_settings()
     base = server_url(settings, server)
-    validator = prepare_validator(settings)
+    validator = load_validator(settings)
     bundle = load_push_input(file, settings, validator)
     try:
-        warnings = check_bundle(validator, bundle)
+        warnings = pipeline.check(bundle, validator, max_issues=settings.max_outcome_issues)
     except InvalidResourceError as exc:
         sys.stdout.buffer.write(dump_json(exc.outcome))
         fail(1, f"{shown(file)}: {exc}")

@@ -53,7 +53,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from casebridge.domain.reader import parse_document, validate_case
 from casebridge.errors import (
     CasebridgeError,
     Conflict,
@@ -63,6 +62,7 @@ from casebridge.errors import (
     FhirServerError,
     FhirTransportError,
     InputError,
+    InvalidResourceError,
     LockError,
     Problem,
     TooManyRequests,
@@ -71,8 +71,9 @@ from casebridge.fhir.client import AsyncFhirClient
 from casebridge.ingest.sources import CaseSource, SourceItem
 from casebridge.ingest.state import DONE, JobState, StateThread
 from casebridge.mapping.engine import MappingSet
+from casebridge.pipeline import parse_case, refuse_invalid, run_document
 from casebridge.push import PatientLocks, patient_key, push_bundle
-from casebridge.validation.validator import Validator, has_errors, operation_outcome
+from casebridge.validation.validator import Validator
 
 TRANSIENT = (FhirTransportError, FhirServerError, TooManyRequests, Conflict, FhirProtocolError)
 OUTAGE = (FhirTransportError, FhirServerError)  # no answer, or the server failing: what the breaker counts
@@ -209,20 +210,17 @@ def prepare(item: SourceItem, mappings: MappingSet, validator: Validator) -> Pre
         return Refused(item, None, reason, _problems_outcome([Problem("", reason)]))
     case_id = None
     try:
-        doc = parse_document(item.data, source=item.source)
+        doc = parse_case(item.data, source=item.source)
         raw_id = doc.get("case_id")
-        case_id = raw_id if isinstance(raw_id, str) else None
-        case = validate_case(doc, source=item.source)
-        bundle = mappings.convert(case, source=item.source)
+        case_id = raw_id if isinstance(raw_id, str) else None  # named in the refusal of a case that does not fit
+        checked = run_document(doc, source=item.source, mappings=mappings, validator=validator)
     except InputError as exc:
         return Refused(item, case_id, exc.report(), _problems_outcome(exc.problems))
-    issues = validator.validate(bundle)
-    if has_errors(issues):
-        errors = sum(1 for i in issues if i.severity in ("error", "fatal"))
-        return Refused(
-            item, case.case_id, f"{item.source}: the Bundle has {errors} validation errors", operation_outcome(issues)
-        )
-    return Prepared(item, case.case_id, bundle, patient_key(bundle))
+    try:
+        refuse_invalid(checked.issues)
+    except InvalidResourceError as exc:
+        return Refused(item, checked.case.case_id, f"{item.source}: {exc}", exc.outcome)
+    return Prepared(item, checked.case.case_id, checked.bundle, patient_key(checked.bundle))
 
 
 def _refs(bundle: dict[str, Any]) -> list[str]:

@@ -14,20 +14,26 @@ from casebridge.api.errors import ApiError
 from casebridge.api.outcomes import FHIR_JSON, FhirResponse, fhir_json
 from casebridge.api.security import namespace_guard, require_scopes
 from casebridge.api.workers import Workbench
-from casebridge.domain.reader import parse_document, validate_case
 from casebridge.gateway.policy import check_entries
-from casebridge.push import push_bundle
+from casebridge.pipeline import push_bundle, run
 from casebridge.validation.validator import Issue, has_errors
 
 router = APIRouter(tags=["cases"])
 
 
 def convert_and_validate(bench: Workbench, data: bytes, media: str) -> tuple[dict[str, Any], list[Issue]]:
-    source = f"{SOURCE}.json" if media in JSON_TYPES else f"{SOURCE}.yaml"
-    doc = parse_document(data, source=source, max_bytes=bench.settings.max_body_bytes)
-    case = validate_case(doc, source=SOURCE)
-    bundle = bench.mappings.convert(case, source=SOURCE)
-    return bundle, bench.validator.validate(bundle)
+    """The pipeline's read, convert and validate, run where the CPU work runs (casebridge.api.workers). A case that
+    cannot be read or does not fit is raised (400/422); validation errors come back with the Bundle, for the route
+    to count and refuse."""
+    checked = run(
+        data,
+        source=SOURCE,
+        media="json" if media in JSON_TYPES else "yaml",
+        max_bytes=bench.settings.max_body_bytes,
+        mappings=bench.mappings,
+        validator=bench.validator,
+    )
+    return checked.bundle, checked.issues
 
 
 def convert_to_json(bench: Workbench, data: bytes, media: str) -> tuple[bytes, list[Issue]]:
