@@ -1,17 +1,37 @@
-"""casebridge's exceptions.
+"""casebridge's exceptions, drawn in one tree.
 
 Every error the project raises on purpose is a ``CasebridgeError``; third-party errors are translated
 where they enter (``raise Ours(...) from exc``), so callers catch ours only.
 
+The classes without a module in brackets are defined in this module; the others beside the code that raises
+them, in the module named in brackets (under ``casebridge``): errors of one subsystem that nothing else raises,
+and the definition errors, which live in the compiled ``definitions.structure`` because the compiled validator
+binds them there. tests/test_errors_tree.py checks this drawing against every subclass of ``CasebridgeError`` in
+the package: its name, its parent and its module.
+
     CasebridgeError
     ├── InputError                 bad input from a user: the CLI exits 2, the API answers 4xx
-    │   ├── CaseFileError          the case file cannot be read: empty, too large, not JSON/YAML, not an object
+    │   ├── CaseFileError          a case or resource cannot be read: empty, too large, not JSON/YAML (or FHIR
+    │   │                          XML), not an object, nested too deep, a resource without resourceType
     │   ├── CaseSchemaError        the case does not fit the case model: each problem with its field path
-    │   └── ConversionError        a valid case the mappings cannot convert (e.g. an unknown vocabulary key)
+    │   ├── ConversionError        a valid case the mappings cannot convert (e.g. an unknown vocabulary key)
+    │   └── RowError               [ingest.registry_csv] a registry CSV row that does not fit the layout
     ├── MappingError               a mapping, code table or terminology file is wrong: names file and line
     ├── ConfigurationError         a setting that cannot work (a SMART key that does not fit): the CLI exits 3
     ├── LockError                  the per-patient write lock cannot be had (lock folder unusable, waited too long)
     ├── InvalidResourceError       a Bundle failed validation, so nothing was sent: carries the OperationOutcome
+    ├── PackageError               [definitions.packages] a FHIR package cannot be pinned, installed or indexed
+    ├── DefinitionError            [definitions.structure] a StructureDefinition the validator needs is missing or
+    │   │                          unusable (no snapshot, bad ids)
+    │   ├── DefinitionShapeError   [definitions.structure] a definition's JSON not shaped as FHIR says (``location``)
+    │   └── SnapshotPathError      [definitions.structure] a differential names an element its base does not have
+    ├── FhirXmlError               [definitions.xml] not FHIR XML the reader can map: not well-formed, unknown type,
+    │                              unsafe
+    ├── FhirPathError              [validation.fhirpath] an invariant that cannot be compiled or evaluated
+    ├── StateVersionError          [ingest.state] an ingestion state file of another casebridge version
+    ├── EmbeddedServerError        [fhir.embedded] the embedded FHIR server could not start
+    ├── ConformanceError           [tools.conformance] the HL7 test-case folder is unusable
+    ├── ApiError                   [api.errors] an HTTP answer other than success: ``status`` and its OperationOutcome
     └── FhirError                  talking to a FHIR server failed; ``url`` names the request
         ├── FhirTransportError     no answer: connection refused or reset, timeout (after any retries)
         ├── FhirProtocolError      an answer that is not usable FHIR: not JSON, wrong resourceType, a next
