@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# casebridge image: the `casebridge` command line, the project's data folders and the pinned FHIR packages.
+# casebridge image: the `casebridge` command line (its data files inside the package) and the pinned FHIR packages.
 #
 #   docker build -t casebridge .
 #   docker run --rm --network host casebridge ping --server http://localhost:8080/fhir   # (Linux)
@@ -7,8 +7,8 @@
 #
 # Two stages. `build` has Node.js + npm, needed only by `casebridge packages fetch` (it runs `npm pack`), and a
 # C compiler with mypy, needed only to compile the validator and the mapping engine (scripts/build_native.py, as
-# `make setup` does); the final stage copies the virtualenv, the project and the package cache out of it, so no
-# Node.js, npm, compiler, mypy or pip cache ends up in the image.
+# `make setup` does); the final stage copies the virtualenv and the package cache out of it, so no Node.js, npm,
+# compiler, mypy, pip cache or source tree ends up in the image.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -37,39 +37,32 @@ RUN --mount=type=cache,target=/root/.cache/pip \
         >/tmp/requirements.txt \
  && pip install -c constraints.txt -r /tmp/requirements.txt
 
-# Why an editable install (-e): service/config.py takes PROJECT_ROOT as the parent of the `service` package
-# and finds mappings/, profiles/, fhir-packages.json there; the demo's seed case (fixtures/) and
-# service/fhir/packages.py do the same, and only some of these have a CASEBRIDGE_* setting. A regular
-# install would move `service` into site-packages, and PROJECT_ROOT with it. Installed editable, `service`
-# is imported from /app/service, so PROJECT_ROOT is /app, where the data folders are copied below: the
-# layout is the one of a checkout, with no per-folder settings to keep in step.
-COPY README.md fhir-packages.json ./
-COPY service/ ./service/
+# A regular install, not an editable one: the data files (mappings, profiles, the FHIR package lock, schemas,
+# terminology, example cases) are package data, found through the package wherever it is installed, so the final
+# stage needs the virtualenv alone. An editable install would tie the virtualenv to /app/src, to be copied along,
+# for the sole sake of the compiled modules; the wheel leaves those out, and they are copied into it below instead.
+COPY README.md ./
+COPY src/ ./src/
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install --no-deps -c constraints.txt -e /app \
- && python -m compileall -q /app/service
+    pip install --no-deps -c constraints.txt /app
 
 # The validator and the mapping engine compiled with mypyc (about twice as fast). mypy, the type stubs its strict
-# check needs and setuptools go to a folder of their own that the final stage does not copy; the compiled
-# modules stay beside their sources in /app/service, with the manifest that lets service/_native.py use them.
+# check needs and setuptools go to a folder of their own that the final stage does not copy. build_native.py
+# compiles beside the sources in /app/src; --install then copies the compiled modules, with the manifest that lets
+# casebridge/_native.py use them, into the installed package (whose sources it checks are the ones compiled).
 # Should the compile fail, the script says so and the image runs from the Python sources.
 COPY scripts/build_native.py ./scripts/
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install -c constraints.txt --target /tmp/mypyc mypy types-PyYAML setuptools \
  && PYTHONPATH=/tmp/mypyc python scripts/build_native.py \
- && rm -rf /app/.mypyc /tmp/mypyc
+ && python scripts/build_native.py --install \
+ && rm -rf /tmp/mypyc
 
-# The pinned FHIR packages (verified against the integrity in fhir-packages.json) into a fixed cache;
-# `packages list` then writes each package's definition index, so runs start without re-indexing.
+# The pinned FHIR packages (verified against the integrity in the package's data/fhir-packages.json) into a fixed
+# cache; `packages list` then writes each package's definition index, so runs start without re-indexing.
 RUN --mount=type=cache,target=/root/.npm \
     casebridge packages fetch --quiet \
  && casebridge packages list
-
-COPY mappings/ ./mappings/
-COPY profiles/ ./profiles/
-COPY fixtures/ ./fixtures/
-COPY schemas/ ./schemas/
-COPY terminology/ ./terminology/
 
 # --------------------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
@@ -84,8 +77,8 @@ ENV VIRTUAL_ENV=/opt/venv \
     PYTHONUNBUFFERED=1 \
     CASEBRIDGE_FHIR_PACKAGE_CACHE=/opt/fhir-packages
 
-# Code citations are checked against the project's terminology/case-codes.yaml, copied into /app with the
-# other data folders; CASEBRIDGE_TERMINOLOGY_FILE points at another.
+# Code citations are checked against the package's data/terminology/case-codes.yaml;
+# CASEBRIDGE_TERMINOLOGY_FILE points at another.
 
 RUN groupadd --system --gid 10001 casebridge \
  && useradd --system --uid 10001 --gid casebridge --create-home --home-dir /home/casebridge \
@@ -97,9 +90,10 @@ RUN groupadd --system --gid 10001 casebridge \
 # Per-patient write locks go to the user's ~/.cache/casebridge/locks (CASEBRIDGE_LOCK_DIR to change it).
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/fhir-packages /opt/fhir-packages
-COPY --from=build /app /app
 
-WORKDIR /app
+# The user's home: writable, for what commands write relative to it (the demo's embedded server keeps its data in
+# ./.fhir-demo).
+WORKDIR /home/casebridge
 USER 10001:10001
 
 # `casebridge serve --host 0.0.0.0` (the HTTP API) listens on 8000; GET /healthz needs no key. The image also

@@ -12,6 +12,7 @@ import fnmatch
 import json
 import re
 import shlex
+import tomllib
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -22,8 +23,9 @@ import typer
 import yaml
 from pydantic import ValidationError
 
+from casebridge.cli.core import SEED_CASE
 from casebridge.cli.core import app as cli_app
-from casebridge.config import Settings
+from casebridge.config import DATA_DIR, Settings
 from tests.paths import PROJECT_ROOT
 
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"
@@ -40,10 +42,28 @@ POSTGRES_DRIVER = "org.postgresql.Driver"
 HAPI_POSTGRES_DIALECT = "ca.uhn.fhir.jpa.model.dialect.HapiFhirPostgresDialect"
 LOCAL_ONLY = "127.0.0.1"
 
-# PROJECT_ROOT-relative paths the image must contain (casebridge.config.PROJECT_ROOT and the seed case), and
-# what `pip install` needs (pyproject.toml names README.md as the readme).
-PROJECT_DATA = ("mappings", "profiles", "fixtures", "schemas", "terminology", "fhir-packages.json")
-BUILD_INPUTS = ("pyproject.toml", "constraints.txt", "README.md", "service")
+# What the build stage must COPY: what `pip install` needs (pyproject.toml names README.md as the readme) and src/,
+# the package, whose data files (mappings, profiles, the FHIR package lock, schemas, terminology, example cases)
+# travel inside it.
+BUILD_INPUTS = ("pyproject.toml", "constraints.txt", "README.md", "src")
+PACKAGE = PROJECT_ROOT / "src" / "casebridge"
+# The package's data files as the build context holds them (src/casebridge/data/...): none may be left out.
+PACKAGE_DATA = tuple(
+    sorted(
+        p.relative_to(PROJECT_ROOT).as_posix()
+        for p in (PACKAGE / "data").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    )
+)
+# The demo's default case (casebridge.cli.core.SEED_CASE), where the package keeps it and where the context has it.
+SEED_IN_PACKAGE = SEED_CASE.relative_to(DATA_DIR.parent.parent).as_posix()  # casebridge/data/cases/...
+SEED_IN_CONTEXT = f"src/{SEED_IN_PACKAGE}"
+# Built here by `make setup` for the developer's Python; the image compiles its own.
+COMPILED_HERE = (
+    "src/casebridge/_native.json",
+    "src/casebridge/_native_group__mypyc.cpython-311-x86_64-linux-gnu.so",
+    "src/casebridge/validation/validator.cpython-311-x86_64-linux-gnu.so",
+)
 
 Compose = dict[str, Any]
 
@@ -491,7 +511,114 @@ def env_pairs(args: str) -> dict[str, str]:
     return dict(t.split("=", 1) for t in tokens if "=" in t)
 
 
-def check_dockerfile(text: str) -> list[str]:
+PIP_OPTIONS_WITH_VALUE = {
+    "-c", "--constraint", "-r", "--requirement", "-t", "--target", "--prefix", "--root", "-i", "--index-url",
+    "--extra-index-url", "-f", "--find-links", "--cache-dir", "--python",
+}  # fmt: skip
+
+
+def run_commands(stage: list[tuple[str, str]]) -> list[list[str]]:
+    """The commands of a stage's RUN instructions, in order, as argument lists: split at && || ; |, without
+    RUN's own flags (--mount=...), leading VAR=value assignments and redirections."""
+    commands: list[list[str]] = []
+    for instr, args in stage:
+        if instr != "RUN":
+            continue
+        lexer = shlex.shlex(args, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        current: list[str] = []
+        tokens = list(lexer)
+        while tokens and tokens[0].startswith("--"):
+            tokens.pop(0)
+        for token in [*tokens, ";"]:
+            if token in ("&&", "||", ";", "|"):
+                while current and re.match(r"^\w+=", current[0]):
+                    current.pop(0)
+                if current:
+                    commands.append(current)
+                current = []
+            elif token[:1] in "<>" or (current[-1:] and current[-1][:1] in "<>"):
+                continue  # a redirection and its target
+            else:
+                current.append(token)
+    return commands
+
+
+def project_installs(commands: list[list[str]], workdir: str) -> list[tuple[int, str, bool]]:
+    """(index in commands, folder, editable) of each `pip install` of a local folder (the project)."""
+    found = []
+    for index, argv in enumerate(commands):
+        if argv[:2] == ["pip", "install"]:
+            rest = argv[2:]
+        elif PurePosixPath(argv[0]).name.startswith("python") and argv[1:4] == ["-m", "pip", "install"]:
+            rest = argv[4:]
+        else:
+            continue
+        editable = skip = False
+        for arg in rest:
+            if skip:
+                skip = False
+            elif arg in ("-e", "--editable"):
+                editable = True
+            elif arg in PIP_OPTIONS_WITH_VALUE:
+                skip = True
+            elif arg.startswith((".", "/")):
+                folder = str(PurePosixPath(workdir) / arg) if arg.startswith(".") else arg
+                found.append((index, folder.rstrip("/") or "/", editable))
+    return found
+
+
+def _runs_build_native(argv: list[str]) -> bool:
+    return any(PurePosixPath(a).as_posix().endswith("scripts/build_native.py") for a in argv)
+
+
+def compile_commands(commands: list[list[str]]) -> list[int]:
+    """The indexes of the commands that compile with scripts/build_native.py (not --install or --remove it)."""
+    return [
+        i for i, argv in enumerate(commands) if _runs_build_native(argv) and not {"--install", "--remove"} & set(argv)
+    ]
+
+
+def check_install(stages: list[list[tuple[str, str]]]) -> list[str]:
+    """The project is installed into the virtualenv the final stage copies; installed editable, the final stage
+    also needs the sources; installed as a wheel (which leaves out the modules compiled by mypyc), build_native.py
+    --install must copy those into it."""
+    final = stages[-1]
+    build = [step for stage in stages[:-1] for step in stage]
+    workdirs = [args for instr, args in build if instr == "WORKDIR"]
+    commands = [c for stage in stages[:-1] for c in run_commands(stage)]
+    installs = project_installs(commands, workdirs[-1] if workdirs else "/")
+    problems = []
+    if not installs:
+        problems.append("the build stage does not pip install the project: the image would have no casebridge")
+    venv = {k: v for instr, args in final if instr == "ENV" for k, v in env_pairs(args).items()}.get("VIRTUAL_ENV")
+    copied = {
+        src.rstrip("/")
+        for instr, args in final
+        if instr == "COPY" and "--from=" in args
+        for src in shlex.split(args)[:-1]
+        if not src.startswith("--")
+    }
+    if not venv or venv not in copied:
+        problems.append(f"the final stage does not copy the virtualenv ({venv}) from the build stage")
+    compiled = compile_commands(commands)
+    copied_in = [i for i, argv in enumerate(commands) if _runs_build_native(argv) and "--install" in argv]
+    for index, folder, editable in installs:
+        if editable and not any(folder == c or folder.startswith(c + "/") for c in copied):
+            problems.append(
+                f"the project is installed editable from {folder}, which the final stage does not copy: "
+                "the package would be missing from the image"
+            )
+        elif not editable and compiled and not any(i > max(index, *compiled) for i in copied_in):
+            problems.append(
+                f"the project is installed from {folder} as a wheel, which leaves out the modules compiled by "
+                "mypyc, and no later scripts/build_native.py --install copies them into it: the image would "
+                "validate uncompiled"
+            )
+    return problems
+
+
+def check_dockerfile(text: str, root: Path = PROJECT_ROOT) -> list[str]:
     stages = dockerfile_stages(text)
     if not stages:
         return ["the Dockerfile has no FROM"]
@@ -525,24 +652,25 @@ def check_dockerfile(text: str) -> list[str]:
         if not any(cache in shlex.split(args)[:-1] for args in copied):
             problems.append(f"the final stage does not copy the FHIR package cache {cache} from the build stage")
     runs = " ".join(args for stage in stages for instr, args in stage if instr == "RUN")
-    if not re.search(r"pip install\b[^&;]*\s(-e|--editable)\s", runs):
-        problems.append(
-            "the project is not installed editable (pip install -e): casebridge.config.PROJECT_ROOT would point "
-            "into site-packages, away from mappings/, profiles/, fixtures/"
-        )
+    problems += check_install(stages)
     if "casebridge packages fetch" not in runs:
         problems.append("the Dockerfile does not run `casebridge packages fetch`: validation would find no packages")
-    if "scripts/build_native.py" not in runs:
+    if not compile_commands([c for stage in stages[:-1] for c in run_commands(stage)]):
         problems.append("the Dockerfile does not run scripts/build_native.py: the image would validate uncompiled")
     elif not any(
         instr == "COPY" and "scripts/build_native.py" in args for stage in stages[:-1] for instr, args in stage
     ):
         problems.append("the build stage runs scripts/build_native.py without copying it in")
     copies = [shlex.split(args) for stage in stages for instr, args in stage if instr == "COPY"]
-    sources = {PurePosixPath(src).parts[0] for words in copies for src in words[:-1] if not src.startswith("--")}
-    for path in (*PROJECT_DATA, *BUILD_INPUTS):
+    local = [src for words in copies if not any(w.startswith("--from=") for w in words) for src in words[:-1]]
+    local = [src for src in local if not src.startswith("--")]
+    sources = {PurePosixPath(src).parts[0] for src in local}
+    for path in BUILD_INPUTS:
         if path not in sources:
             problems.append(f"the Dockerfile does not COPY {path} into the image")
+    for src in local:
+        if not (root / src).exists():
+            problems.append(f"the Dockerfile copies {src}, which is not in the project (a path of an older layout?)")
     users = [args for instr, args in final if instr == "USER"]
     if not users or users[-1].split(":")[0] in ("root", "0"):
         problems.append("the final stage runs as root (no USER, or USER root)")
@@ -563,13 +691,13 @@ def check_dockerignore(text: str) -> list[str]:
             for prefix in prefixes
         )
 
-    needed = (*PROJECT_DATA, *BUILD_INPUTS)
+    needed = (*BUILD_INPUTS, "src/casebridge/__init__.py", "src/casebridge/py.typed", SEED_IN_CONTEXT, *PACKAGE_DATA)
     problems = [f".dockerignore excludes {path}, which the image needs" for path in needed if ignored(path)]
     for path in (".venv", ".git", ".fhir-server", "tests", ".env"):
         if not ignored(path):
             problems.append(f".dockerignore does not exclude {path}")
     # Modules compiled for the developer's Python must not reach the image, which compiles its own.
-    for path in ("service/_native.json", "service/validation/validator.cpython-311-x86_64-linux-gnu.so"):
+    for path in COMPILED_HERE:
         if not ignored(path):
             problems.append(f".dockerignore lets in {path} (compiled here)")
     if ignored("scripts/build_native.py"):
@@ -592,7 +720,7 @@ def test_compose_is_consistent(compose: Compose, check: Callable[[Compose], list
 
 
 def test_compose_subcommands_exist_in_the_cli(compose: Compose) -> None:
-    # `ping` and `demo --server` come from the push/pull work (service/transfer_cli.py): this test is what
+    # `ping` and `demo --server` come from the push/pull work (casebridge/cli/transfer.py, core.py): this test is what
     # keeps the compose file and the command line in step.
     problems = check_subcommands(compose)
     assert not problems, (
@@ -627,6 +755,18 @@ def test_dockerfile_is_consistent() -> None:
     assert DOCKERFILE.is_file(), f"{DOCKERFILE} does not exist (docker-compose.yml builds from it)"
     problems = check_dockerfile(DOCKERFILE.read_text(encoding="utf-8"))
     assert not problems, "Dockerfile:\n" + "\n".join(f"- {p}" for p in problems)
+
+
+def test_the_image_carries_the_seed_case_as_package_data() -> None:
+    """The demo's default case is package data: under casebridge/data, matched by pyproject.toml's package-data, so
+    the image's regular install of src/ carries it (.dockerignore letting it in is checked above)."""
+    assert SEED_CASE.is_relative_to(DATA_DIR), f"the demo's default case {SEED_CASE} is not package data"
+    assert (PROJECT_ROOT / SEED_IN_CONTEXT).is_file(), f"{SEED_IN_CONTEXT} is not in the project"
+    patterns = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    in_package = SEED_CASE.relative_to(DATA_DIR.parent).as_posix()
+    assert any(fnmatch.fnmatchcase(in_package, p) for p in patterns.get("casebridge", [])), (
+        f"pyproject.toml's [tool.setuptools.package-data] does not take {in_package} into the wheel"
+    )
 
 
 def test_dockerignore_is_consistent() -> None:
@@ -742,8 +882,19 @@ BROKEN_DOCKERFILE = [
     ("entrypoint-shell-form", lambda t: t.replace('ENTRYPOINT ["casebridge"]', "ENTRYPOINT casebridge"), "exec form"),
     ("unknown-setting", lambda t: t + "\nENV CASEBRIDGE_PACKAGE_CACHE=/opt/fhir-packages\n",
      "CASEBRIDGE_PACKAGE_CACHE"),
-    ("not-editable", lambda t: t.replace(" -e /app", " /app"), "editable"),
-    ("no-fixtures", lambda t: t.replace("COPY fixtures/ ./fixtures/", ""), "COPY fixtures"),
+    ("editable-not-copied", lambda t: t.replace("-c constraints.txt /app\n", "-c constraints.txt -e /app\n"),
+     "installed editable from /app"),
+    ("compiled-not-installed", lambda t: t.replace(" && python scripts/build_native.py --install \\\n", ""),
+     "build_native.py --install"),
+    ("compiled-installed-first", lambda t: t.replace("-c constraints.txt /app\n", "-c constraints.txt /app \\\n && "
+     "python scripts/build_native.py --install\n").replace(" && python scripts/build_native.py --install \\\n", ""),
+     "build_native.py --install"),
+    ("venv-not-copied", lambda t: t.replace("COPY --from=build /opt/venv /opt/venv", ""), "virtualenv (/opt/venv)"),
+    ("not-installed", lambda t: t.replace("-c constraints.txt /app\n", "-c constraints.txt\n"),
+     "pip install the project"),
+    ("no-src", lambda t: t.replace("COPY src/ ./src/", ""), "COPY src"),
+    ("old-layout", lambda t: t.replace("COPY src/ ./src/", "COPY src/ ./src/\nCOPY service/ ./service/"),
+     "service/, which is not in the project"),
     ("cache-not-copied", lambda t: t.replace("COPY --from=build /opt/fhir-packages /opt/fhir-packages", ""),
      "does not copy the FHIR package cache"),
     ("root", lambda t: t.replace("USER 10001:10001", "USER root"), "root"),
@@ -765,10 +916,13 @@ def test_checks_find_a_broken_dockerfile(mutate: Callable[[str], str], expected:
 
 def test_checks_find_a_broken_dockerignore() -> None:
     text = DOCKERIGNORE.read_text(encoding="utf-8")
-    assert any("mappings" in p for p in check_dockerignore(text + "\nmappings\n"))
+    assert any("data/mappings" in p for p in check_dockerignore(text + "\nsrc/casebridge/data/mappings\n"))
     assert any("profiles" in p for p in check_dockerignore(text + "\n**/profiles\n"))
+    assert any(SEED_IN_CONTEXT in p for p in check_dockerignore(text + "\n**/cases\n"))
+    assert any("fhir-packages.json" in p for p in check_dockerignore(text + "\n**/*.json\n"))
     assert any(".venv" in p for p in check_dockerignore(text.replace("\n.venv\n", "\n")))
-    assert any("_native.json" in p for p in check_dockerignore(text.replace("\nservice/_native.json\n", "\n")))
+    assert any("_native.json" in p for p in check_dockerignore(text.replace("\nsrc/casebridge/_native.json\n", "\n")))
+    assert any(".so" in p for p in check_dockerignore(text.replace("\nsrc/**/*.so\n", "\n")))
     assert any("build_native" in p for p in check_dockerignore(text + "\nscripts\n"))
 
 
