@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from casebridge.validation.fhirpath import Resolver, evaluate, is_true
-from casebridge.validation.validator import _NATIVE, _NATIVE_EXPRESSIONS
+from casebridge.validation.invariants import _NATIVE, _NATIVE_EXPRESSIONS
 
 VER = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "entered-in-error"}]}
 RESOLVED = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "resolved"}]}

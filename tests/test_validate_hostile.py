@@ -13,8 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from casebridge.config import Settings
+from casebridge.validation.invariants import _txt_2
 from casebridge.validation.service import load_validator
-from casebridge.validation.validator import Validator, _txt_2
+from casebridge.validation.validator import Validator
 from tests.paths import PROJECT_ROOT
 
 

@@ -36,6 +36,13 @@ MODULES = (
     "casebridge.validation.primitives",
     "casebridge.definitions.structure",
     "casebridge.validation.terminology",
+    "casebridge.validation.issues",
+    "casebridge.validation.values",
+    "casebridge.validation.bindings",
+    "casebridge.validation.invariants",
+    "casebridge.validation.references",
+    "casebridge.validation.bundles",
+    "casebridge.validation.slicing",
     "casebridge.validation.validator",
 )
 

@@ -1,0 +1,134 @@
+"""Terminology checks of coded values: the bindings of code, string and uri values, Codings and
+CodeableConcepts to value sets (required -> error, extensible -> warning; a code of an open or external system
+that cannot be checked offline -> information), and codes and displays against the code systems we hold.
+
+Apart from the walk because it asks the terminology, not the structure definitions: what a value set expands
+to and which codes a code system has.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from casebridge.definitions.structure import Definitions, ElementNode, StructureTree
+from casebridge.validation.issues import Run, as_list
+from casebridge.validation.terminology import EXTERNAL_SYSTEMS, Terminology
+
+
+def codings(item: dict[str, Any], type_code: str, expr: str) -> list[tuple[str, dict[str, Any]]]:
+    """A Coding, or a CodeableConcept's codings, each with its expression."""
+    if type_code == "Coding":
+        return [(expr, item)]
+    return [(f"{expr}.coding[{i}]", c) for i, c in enumerate(as_list(item.get("coding"))) if isinstance(c, dict)]
+
+
+class Bindings:
+    """The binding and code checks of one validator, over its definitions (for value set names) and terminology."""
+
+    def __init__(self, definitions: Definitions, terminology: Terminology) -> None:
+        self.definitions = definitions
+        self.terminology = terminology
+
+    def vs_label(self, canonical: str) -> str:
+        vs = self.definitions.get(canonical) or self.definitions.get(canonical.split("|")[0]) or {}
+        name = vs.get("title") or vs.get("name")
+        return f"'{name}' ({canonical})" if name else f"'{canonical}'"
+
+    def code_binding(self, value: str, node: ElementNode, tree: StructureTree, expr: str, run: Run) -> None:
+        """A code, string or uri value against its element's binding."""
+        strength, vs = node.binding  # type: ignore[misc]
+        if strength not in ("required", "extensible"):
+            return
+        codes = self.terminology.codes_by_value(vs)
+        expansion = self.terminology.expand(vs)
+        if codes is None or expansion is None:
+            run.add(
+                "warning", "not-found", f"The value set {vs} is not known, so the code '{value}' was not checked", expr
+            )
+            return
+        if value in codes or not expansion.complete:
+            return
+        severity = "error" if strength == "required" else "warning"
+        run.add(
+            severity,
+            "code-invalid",
+            f"The value provided ('{value}') was not found in the value set {self.vs_label(vs)}, and a code is "
+            f"{'required' if strength == 'required' else 'recommended'} from this value set",
+            expr,
+        )
+
+    def binding(
+        self,
+        item: dict[str, Any],
+        type_code: str,
+        node: ElementNode,
+        tree: StructureTree,
+        expr: str,
+        run: Run,
+        binding: tuple[str, str] | None = None,
+    ) -> None:
+        """A Coding or CodeableConcept against its element's binding (or the one given)."""
+        strength, vs = binding or node.binding  # type: ignore[misc]
+        if strength not in ("required", "extensible") or type_code == "Quantity":
+            return
+        found = [c for _, c in codings(item, type_code, expr)]
+        expansion = self.terminology.expand(vs)
+        if expansion is None:
+            run.add("warning", "not-found", f"The value set {vs} is not known, so the codes were not checked", expr)
+            return
+        if not found:
+            if strength == "required" and type_code == "CodeableConcept":
+                run.add(
+                    "error",
+                    "code-invalid",
+                    f"No code provided, and a code is required from the value set {self.vs_label(vs)}",
+                    expr,
+                )
+            return
+        unchecked = []
+        for c in found:
+            system, code = c.get("system"), c.get("code")
+            if not isinstance(code, str) or not isinstance(system, (str, type(None))):
+                continue  # a wrong shape is reported by the structure walk
+            if (system, code) in expansion.codes:
+                return
+            # An enumerated value set decides even for SNOMED CT or LOINC codes; only an open one cannot.
+            if system in expansion.open_systems or not expansion.complete:
+                unchecked.append(f"{system}#{code}")
+        if unchecked:
+            run.add(
+                "information",
+                "informational",
+                f"The code {unchecked[0]} cannot be checked against {self.vs_label(vs)} offline",
+                expr,
+            )
+            return
+        severity = "error" if strength == "required" else "warning"
+        verb = "must" if strength == "required" else "should"
+        run.add(
+            severity,
+            "code-invalid",
+            f"None of the codings provided are in the value set {self.vs_label(vs)}, and a coding {verb} come "
+            "from this value set",
+            expr,
+        )
+
+    def known_code(self, coding: dict[str, Any], expr: str, run: Run) -> None:
+        """A code of a code system we hold completely must be one of its codes, with its display if it has one."""
+        system, code = coding.get("system"), coding.get("code")
+        if not isinstance(system, str) or not isinstance(code, str) or system in EXTERNAL_SYSTEMS:
+            return
+        cs = self.terminology.code_system(system)
+        if cs is None or not cs.complete:
+            return
+        if code not in cs.codes:
+            run.add("error", "code-invalid", f"Unknown code '{code}' in the CodeSystem '{system}'", expr)
+            return
+        display = coding.get("display")
+        if isinstance(display, str) and cs.codes[code] and display.lower() != cs.codes[code].lower():
+            run.add(
+                "warning",
+                "invalid",
+                f"Wrong Display Name '{display}' for {system}#{code}. Valid display is '{cs.codes[code]}'",
+                expr,
+            )

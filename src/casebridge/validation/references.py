@@ -1,0 +1,175 @@
+"""References: what a Reference resolves to (a contained resource, a Bundle entry by fullUrl or Type/id), whether
+its target type is one the element allows, and whether a resolved target conforms to the element's target
+profiles.
+
+Apart from the walk because it looks across the input (containers, Bundles) rather than down one value; the
+walk calls ``check_reference`` on each Reference, and checks a resolved target against a profile through
+``Validator.conforms``. The facts worked out per element are cached on the validator.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from casebridge.definitions.structure import ElementNode
+from casebridge.validation.issues import Run
+
+if TYPE_CHECKING:
+    from casebridge.validation.validator import Validator
+
+_REFERENCE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?$")
+
+# id(contained list) -> (the list, its resources by id), for the validation under way: looked up once per
+# reference, a scan of the list made n references to n contained resources quadratic.
+_CONTAINED_INDEX: dict[int, tuple[list[Any], dict[str, dict[str, Any]]]] = {}
+
+
+def contained_by_id(res: Any) -> dict[str, dict[str, Any]]:
+    """A resource's contained resources by id (the first of each id)."""
+    contained = res.get("contained") if isinstance(res, dict) else None
+    if not isinstance(contained, list) or not contained:
+        return {}
+    entry = _CONTAINED_INDEX.get(id(contained))
+    if entry is None or entry[0] is not contained:
+        index: dict[str, dict[str, Any]] = {}
+        for c in contained:
+            if isinstance(c, dict) and isinstance(c.get("id"), str):
+                index.setdefault(c["id"], c)
+        entry = _CONTAINED_INDEX[id(contained)] = (contained, index)
+    return entry[1]
+
+
+def forget_contained() -> None:
+    """Drops the index of contained resources: it was built for one input only."""
+    _CONTAINED_INDEX.clear()
+
+
+def check_reference(
+    validator: Validator, item: dict[str, Any], node: ElementNode, expr: str, run: Run, res: dict[str, Any]
+) -> None:
+    """A Reference value of ``node`` (``res``: the %rootResource it sits in)."""
+    reference = item.get("reference")
+    if not isinstance(reference, str):
+        return
+    target_type: str | None = None
+    resolved: dict[str, Any] | None = None
+    if reference.startswith("#"):
+        # A missing contained target is ref-1's failure, reported by that invariant.
+        target = contained_by_id(res).get(reference[1:])
+        if target is None and reference != "#":
+            return
+        resolved = target if target is not None else res
+        target_type = resolved.get("resourceType")
+    elif reference in run.bundle_index:
+        resolved = run.bundle_index[reference]
+        target_type = resolved.get("resourceType")
+    elif reference.startswith(("urn:uuid:", "urn:oid:")):
+        if run.bundle_type in ("transaction", "batch"):
+            # A transaction's URN references must be entries: the server cannot resolve them.
+            message = f"Bundled or contained reference not found within the bundle/resource {reference}"
+            run.add("error", "structure", message, expr)
+        elif run.bundle_type is not None:
+            run.add("warning", "structure", "URN reference is not locally contained within the bundle", expr)
+        return
+    else:
+        m = _REFERENCE.search(reference)
+        if m:
+            target_type = m.group(1)
+            _bundle_match(reference, f"{m.group(1)}/{m.group(2)}", expr, run)
+            matches = run.by_type_id.get(f"{m.group(1)}/{m.group(2)}", [])
+            resolved = matches[0] if len(matches) == 1 else None
+    if target_type is None:
+        return
+    allowed = _reference_targets(validator, node)
+    if allowed and "Resource" not in allowed and target_type not in allowed:
+        run.add(
+            "error",
+            "structure",
+            f"Invalid Resource target type. Found {target_type}, but expected one of ({', '.join(allowed)})",
+            expr,
+        )
+        return
+    if resolved is not None:
+        _target_profiles(validator, resolved, target_type, node, expr, run)
+
+
+def _reference_targets(validator: Validator, node: ElementNode) -> tuple[str, ...]:
+    """The resource types an element's Reference may point to (empty: any), worked out once per element."""
+    cached = validator._reference_target_cache.get(id(node))
+    if cached is None or cached[0] is not node:
+        allowed = tuple(
+            _profile_type(validator, p) for t in node.types if t.code == "Reference" for p in t.target_profiles
+        )
+        cached = (node, allowed)
+        if _all_known(validator, node):
+            validator._reference_target_cache[id(node)] = cached
+    return cached[1]
+
+
+def _all_known(validator: Validator, node: ElementNode) -> bool:
+    # Only what no later-loaded definition can change is remembered (an unknown profile is read from its URL).
+    return all(
+        _is_type_url(validator, p) or validator.tree(p) is not None for t in node.types for p in t.target_profiles
+    )
+
+
+def _target_profiles(
+    validator: Validator, target: dict[str, Any], target_type: str, node: ElementNode, expr: str, run: Run
+) -> None:
+    """A resolved target must conform to one of the element's target profiles for its type (core
+    definitions need no check: the target is validated as itself anyway)."""
+    key = (id(node), target_type)
+    cached = validator._target_profile_cache.get(key)
+    if cached is None or cached[0] is not node:
+        found = [
+            p
+            for t in node.types
+            if t.code == "Reference"
+            for p in t.target_profiles
+            if not _is_type_url(validator, p) and _profile_type(validator, p) == target_type
+        ]
+        if any(
+            _is_type_url(validator, p) and _profile_type(validator, p) == target_type
+            for t in node.types
+            for p in t.target_profiles
+        ):
+            found = []
+        cached = (node, tuple(found))
+        # Not remembered for a type nobody defines: target types come from input (a Reference(Any) takes any).
+        if _all_known(validator, node) and validator.type_tree(target_type) is not None:
+            validator._target_profile_cache[key] = cached
+    profiles = cached[1]
+    if not profiles:
+        return
+    if not validator.conforms(target, profiles, run):
+        message = (
+            f"The resource {target_type} referred to does not conform to any of the target profiles "
+            f"({', '.join(profiles)})"
+        )
+        run.add("error", "structure", message, expr)
+
+
+def _bundle_match(reference: str, key: str, expr: str, run: Run) -> None:
+    """A Type/id reference inside a Bundle must not be ambiguous, and a version it names must be there."""
+    matches = run.by_type_id.get(key, [])
+    version = reference.split("/_history/", 1)[1] if "/_history/" in reference else None
+    if version is not None:
+        if matches and not any((r.get("meta") or {}).get("versionId") == version for r in matches):
+            run.add("error", "not-found", f"Can't find '{reference}' in the bundle", expr)
+    elif len(matches) > 1:
+        run.add("error", "invalid", f"Multiple matches in bundle for reference {reference}", expr)
+
+
+def _is_type_url(validator: Validator, canonical: str) -> bool:
+    """Whether a canonical is a type's own core definition (Patient), not a profile (vitalsigns)."""
+    url = canonical.split("|")[0]
+    name = url.rsplit("/", 1)[-1]
+    return url == f"http://hl7.org/fhir/StructureDefinition/{name}" and validator.type_tree(name) is not None
+
+
+def _profile_type(validator: Validator, canonical: str) -> str:
+    if _is_type_url(validator, canonical):
+        return canonical.split("|")[0].rsplit("/", 1)[-1]
+    tree = validator.tree(canonical)
+    return tree.type if tree is not None else canonical.rsplit("/", 1)[-1]

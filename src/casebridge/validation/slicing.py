@@ -1,0 +1,218 @@
+"""Slicing: which slice of a sliced element each value belongs to (by its discriminators: value, pattern, exists,
+type, profile), each value checked against its slice, the slices' cardinality, and closed slicing.
+
+Apart from the walk because matching a value to a slice reads the value along discriminator paths and the slice
+definitions along the same paths, a search of its own; the walk hands each sliced element's values here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from casebridge.definitions.structure import ElementNode, StructureTree
+from casebridge.validation import primitives
+from casebridge.validation.issues import Run
+from casebridge.validation.values import matches_pattern
+
+if TYPE_CHECKING:
+    from casebridge.validation.validator import Validator
+
+
+def check_slicing(
+    validator: Validator,
+    items: list[Any],
+    extras: list[Any],
+    node: ElementNode,
+    tree: StructureTree,
+    parent_expr: str,
+    type_code: str | None,
+    run: Run,
+    res: dict[str, Any],
+    depth: int,
+) -> None:
+    """The values of a sliced element: each matched to a slice and checked as it (closed slicing: a value that
+    matches none is an error), then each slice's cardinality."""
+    slicing = node.slicing
+    assert slicing is not None
+    slices = list(node.slices.values())
+    counts = {s.slice_name: 0 for s in slices}
+    for i, item in enumerate(items):
+        extra = extras[i] if i < len(extras) else None
+        if item is None and extra is None:
+            continue
+        item_expr = _item_expression(parent_expr, node, type_code, i)
+        match = next((s for s in slices if _in_slice(validator, item, type_code, s, slicing.discriminators, run)), None)
+        if match is None:
+            if slicing.rules == "closed":
+                message = f"This element does not match any known slice defined in the profile {tree.label}"
+                run.add("error", "structure", message, item_expr)
+            continue
+        counts[match.slice_name] += 1
+        codes = [t.code for t in match.types]
+        slice_type = type_code if type_code in codes else codes[0] if len(codes) == 1 else type_code
+        type_ref = next((t for t in match.types if t.code == slice_type), None)
+        validator.check_item(item, extra, match, tree, slice_type, type_ref, item_expr, run, res, depth)
+    for s in slices:
+        count = counts[s.slice_name]
+        if count < s.min:
+            run.add(
+                "error",
+                "structure",
+                f"Slice '{s.id}': a matching slice is required, but not found (from {tree.label})",
+                parent_expr,
+                tree.url,
+            )
+        if s.max is not None and count > s.max:
+            run.add(
+                "error",
+                "structure",
+                f"{s.id}: max allowed = {s.max}, but found {count} (from {tree.label})",
+                parent_expr,
+                tree.url,
+            )
+
+
+def _in_slice(
+    validator: Validator,
+    item: Any,
+    type_code: str | None,
+    slice_node: ElementNode,
+    discriminators: tuple[Any, ...],
+    run: Run,
+) -> bool:
+    if not discriminators:
+        return False
+    constrained = False
+    for d in discriminators:
+        path = d.path.strip().removeprefix("$this.")
+        if d.type in ("value", "pattern"):
+            expected = _expected_at(slice_node, path)
+            if expected is _MISSING:
+                continue  # this slice leaves that path open: it matches any value there
+            constrained = True
+            if not any(matches_pattern(v, expected) for v, _ in _typed_values_at(item, path, type_code)):
+                return False
+            continue
+        constrained = True
+        if d.type == "exists":
+            target = _node_at(slice_node, path)
+            present = bool(list(_typed_values_at(item, path, type_code)))
+            if target is None or present != (target.min > 0 or target.max != 0):
+                return False
+        elif d.type == "type":
+            target = _node_at(slice_node, path)
+            if target is None:
+                return False
+            wanted = {t.code for t in target.types}
+            values = list(_typed_values_at(item, path, type_code))
+            if not values or not all(actual in wanted for _, actual in values):
+                return False
+        elif d.type == "profile":
+            target = _node_at(slice_node, path)
+            profiles = [p for t in (target.types if target else ()) for p in t.profiles]
+            # Named apart from the (value, type) pairs above: compiled, a variable keeps one type.
+            resources = [v for v, _ in _typed_values_at(item, path, type_code)]
+            if not profiles or not resources or not all(validator.conforms(r, profiles, run) for r in resources):
+                return False
+        else:
+            return False
+    return constrained
+
+
+def _expected_at(slice_node: ElementNode, path: str) -> Any:
+    if path in ("url",) and slice_node.types and slice_node.types[0].code == "Extension":
+        target = _node_at(slice_node, "url")
+        if target is not None and target.fixed is not None:
+            return target.fixed
+        profiles = slice_node.types[0].profiles
+        return profiles[0] if profiles else _MISSING
+    # The value may be fixed on the element itself or inside a slice along the path
+    # (bp: component:SystolicBP.code.coding:SBPCode.code).
+    for target in _nodes_at(slice_node, path):
+        if target.fixed is not None:
+            return target.fixed
+        if target.pattern is not None:
+            return target.pattern
+    return _MISSING
+
+
+def _item_expression(parent_expr: str, node: ElementNode, type_code: str | None, index: int) -> str:
+    name = node.name[:-3] if node.is_choice else node.name
+    if node.repeats:
+        return f"{parent_expr}.{name}[{index}]"
+    if node.is_choice and type_code:
+        return f"{parent_expr}.{name}.ofType({type_code})"
+    return f"{parent_expr}.{name}"
+
+
+_MISSING = object()
+
+
+def _node_at(node: ElementNode, path: str) -> ElementNode | None:
+    if path in ("$this", ""):
+        return node
+    current: ElementNode | None = node
+    for part in path.split("."):
+        if current is None:
+            return None
+        part = re.sub(r"\.ofType\(.*\)$", "", part)
+        current = current.children.get(part) or current.children.get(part + "[x]")
+    return current
+
+
+def _nodes_at(node: ElementNode, path: str) -> Iterator[ElementNode]:
+    """Every definition of the element at ``path`` below ``node``: through children, and through the
+    slices of each element on the way."""
+    if path in ("$this", ""):
+        yield node
+        return
+    parts = [re.sub(r"\.ofType\(.*\)$", "", p) for p in path.split(".")]
+    frontier = [node]
+    for part in parts:
+        following: list[ElementNode] = []
+        for current in frontier:
+            child = current.children.get(part) or current.children.get(part + "[x]")
+            if child is not None:
+                following.append(child)
+                following.extend(child.slices.values())
+        frontier = following
+    yield from frontier
+
+
+def _type_of_key(key: str, stem: str) -> str:
+    """The type a choice property name implies: valueQuantity -> Quantity, valueString -> string."""
+    suffix = key[len(stem) :]
+    lowered = suffix[:1].lower() + suffix[1:]
+    return lowered if lowered in primitives.PRIMITIVES else suffix
+
+
+def _typed_values_at(item: Any, path: str, type_code: str | None) -> Iterator[tuple[Any, str | None]]:
+    """The values at a discriminator path, each with its type where the JSON tells it."""
+    if path in ("$this", ""):
+        actual = item["resourceType"] if isinstance(item, dict) and "resourceType" in item else type_code
+        yield item, actual
+        return
+    current: list[tuple[Any, str | None]] = [(item, type_code)]
+    for part in path.split("."):
+        part = re.sub(r"\.?ofType\(.*\)$", "", part)
+        nxt: list[tuple[Any, str | None]] = []
+        for c, _ in current:
+            if not isinstance(c, dict):
+                continue
+            found: list[tuple[Any, str | None]]
+            if part in c:
+                found = [(c[part], None)]
+            else:
+                found = [
+                    (v, _type_of_key(k, part))
+                    for k, v in c.items()
+                    if k.startswith(part) and k[len(part) :][:1].isupper()
+                ]
+            for v, t in found:
+                for x in v if isinstance(v, list) else [v]:
+                    actual = x["resourceType"] if isinstance(x, dict) and "resourceType" in x else t
+                    nxt.append((x, actual))
+        current = nxt
+    yield from current
