@@ -24,10 +24,11 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	@$(BIN)/casebridge demo
 
-# Lint and types first (seconds), then the suite.
+# Lint, types and the import layers (.importlinter) first (seconds), then the suite.
 test: setup
 	@$(BIN)/ruff check -q src tests benchmarks scripts
 	@$(BIN)/mypy src
+	@$(BIN)/lint-imports --no-cache
 	@$(BIN)/python -m pytest -q
 
 # The ingestion fault scenarios at the issue's full size: 1,000 generated cases each (make test runs 200).
@@ -37,6 +38,7 @@ faults: setup
 lint: setup
 	@$(BIN)/ruff check src tests benchmarks scripts
 	@$(BIN)/mypy src
+	@$(BIN)/lint-imports --no-cache
 
 bench: setup
 	@$(BIN)/python benchmarks/bench_convert.py
