@@ -1,6 +1,6 @@
 """Rule checks over the output of every fixture case.
 
-Each rule holds for any well-formed conversion, so each runs over every case in fixtures/cases/.
+Each rule holds for any well-formed conversion, so each runs over every example case (src/casebridge/data/cases/).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """API keys: ``Authorization: Bearer <key>``, compared in constant time; what a key may do is its scopes
-(``casebridge.gateway.scopes``), checked by the routes through ``require_scopes``."""
+(``casebridge.access.scopes``), checked by the routes through ``require_scopes``."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from casebridge.access.keys import ApiKey
+from casebridge.access.keys import digest as secret_digest
 from casebridge.api.errors import ApiError
 from casebridge.fhir.client import AsyncFhirClient
-from casebridge.gateway.keys import ApiKey
-from casebridge.gateway.keys import digest as secret_digest
 from casebridge.gateway.namespaces import NamespaceCheck
 from casebridge.gateway.policy import Action
 from casebridge.validation.validator import operation_outcome

@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from casebridge.access.keys import ApiKey
 from casebridge.api import examples
 from casebridge.api.body import FHIR_TYPES, JSON_TYPES, media_type, parse_fhir, read_body
 from casebridge.api.deps import ReadKey, ServicesDep
@@ -17,7 +18,6 @@ from casebridge.api.errors import ApiError
 from casebridge.api.outcomes import FhirResponse, error_outcome
 from casebridge.api.security import namespace_guard, require_scopes
 from casebridge.api.workers import Workbench
-from casebridge.gateway.keys import ApiKey
 from casebridge.gateway.policy import Action, check_entries
 from casebridge.push import push_bundle
 from casebridge.validation.inbound import with_inbound_profiles
