@@ -33,7 +33,7 @@ test: setup
 
 # The ingestion fault scenarios at the issue's full size: 1,000 generated cases each (make test runs 200).
 faults: setup
-	@CASEBRIDGE_FAULT_CASES=1000 $(BIN)/python -m pytest -q tests/test_ingest_faults.py --durations=0
+	@CASEBRIDGE_FAULT_CASES=1000 $(BIN)/python -m pytest -q tests/e2e/test_ingest_faults.py --durations=0
 
 lint: setup
 	@$(BIN)/ruff check src tests benchmarks scripts

@@ -4,7 +4,7 @@ when they are up to date).
 The validator walks every element of every resource, the mapping engine renders every element of every Bundle;
 compiled to C by mypyc from the same typed sources, validation runs about twice as fast, conversion ~15% faster.
 The sources stay the reference: `casebridge/_native.py` loads the compiled modules only while the manifest written
-here says they were built from the sources as they are now (and from this Python), and `tests/test_native.py`
+here says they were built from the sources as they are now (and from this Python), and `tests/unit/test_native.py`
 checks that both give the same Bundles and issues. When this build cannot run (no C compiler), it says so and
 the service runs from the sources.
 

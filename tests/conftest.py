@@ -48,3 +48,13 @@ def fhir_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     with EmbeddedFhirServer(tmp_path_factory.mktemp("fhir-server")) as server:
         yield server.base_url
+
+
+@pytest.fixture
+def empty_fhir_server(tmp_path: Path) -> Iterator[str]:
+    """An embedded FHIR server of the test's own, with nothing stored: for a test that counts what a first write
+    creates, which the session's server cannot promise once other tests (in any order) have written to it."""
+    from casebridge.fhir.embedded import EmbeddedFhirServer
+
+    with EmbeddedFhirServer(tmp_path / "fhir-server") as server:
+        yield server.base_url

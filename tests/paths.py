@@ -4,5 +4,6 @@ from pathlib import Path
 
 from casebridge.config import DATA_DIR
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-__all__ = ["DATA_DIR", "PROJECT_ROOT"]
+TESTS_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = TESTS_DIR.parent
+__all__ = ["DATA_DIR", "PROJECT_ROOT", "TESTS_DIR"]

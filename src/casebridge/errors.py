@@ -6,7 +6,7 @@ where they enter (``raise Ours(...) from exc``), so callers catch ours only.
 The classes without a module in brackets are defined in this module; the others beside the code that raises
 them, in the module named in brackets (under ``casebridge``): errors of one subsystem that nothing else raises,
 and the definition errors, which live in the compiled ``definitions.structure`` because the compiled validator
-binds them there. tests/test_errors_tree.py checks this drawing against every subclass of ``CasebridgeError`` in
+binds them there. tests/unit/test_errors_tree.py checks this drawing against every subclass of ``CasebridgeError`` in
 the package: its name, its parent and its module.
 
     CasebridgeError

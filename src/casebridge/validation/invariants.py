@@ -5,7 +5,7 @@ common IPS rules) also have a native version of the same meaning here, matched o
 expression, which takes the interpreter out of the common path. ele-1 and ext-1 are checked by the walk itself.
 
 Apart from the walk because it is the one place that runs FHIRPath, and the native table is checked against
-the interpreter on its own (tests/test_native_invariants.py).
+the interpreter on its own (tests/unit/test_native_invariants.py).
 """
 
 from __future__ import annotations

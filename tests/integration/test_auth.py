@@ -31,8 +31,7 @@ from starlette.routing import Route
 from casebridge.config import Settings
 from casebridge.errors import AuthError
 from casebridge.fhir.auth import JWT_BEARER, BearerAuth, SmartBackendAuth, auth_from_settings
-
-from .loopback import serve
+from tests.loopback import serve
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 

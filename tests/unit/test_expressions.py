@@ -9,8 +9,7 @@ import pytest
 from casebridge.domain.case import CaseReport
 from casebridge.errors import MappingError
 from casebridge.mapping.expressions import ExpressionCompiler, Function
-
-from .conftest import SEED, load_case
+from tests.conftest import SEED, load_case
 
 FUNCTIONS = {"pair": Function("pair", lambda ctx, a, b=None: [a, b], "")}
 

@@ -20,9 +20,8 @@ import yaml
 
 import casebridge
 from casebridge import Casebridge, InvalidResourceError, Settings, has_errors
+from tests.conftest import SEED
 from tests.paths import PROJECT_ROOT
-
-from .conftest import SEED
 
 STUB = Path(casebridge.__file__).with_suffix(".pyi")
 

@@ -22,8 +22,8 @@ import pytest
 from casebridge.api.errors import ApiError
 from casebridge.api.workers import CpuRunner, Workbench
 from casebridge.config import Settings
+from tests.conftest import SEED
 
-from .conftest import SEED
 from .test_api import READ
 from .test_serve import Serving, _children, _cpu_ticks
 

@@ -20,9 +20,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from casebridge.api.app import create_app
+from tests.loopback import serve
 from tests.paths import DATA_DIR
 
-from .loopback import serve
 from .test_api import FHIR_JSON, PATIENT, READ, RO, WRITE, bundle_of, is_outcome, settings_for
 
 LIMIT = 64 * 1024  # a small body limit, so the oversized cases stay small

@@ -6,9 +6,8 @@ import json
 import subprocess
 import sys
 
+from tests.conftest import SEED
 from tests.paths import PROJECT_ROOT
-
-from .conftest import SEED
 
 SCRIPT = """
 import gc, json, sys

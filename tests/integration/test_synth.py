@@ -20,9 +20,8 @@ from casebridge.mapping.engine import MappingSet
 from casebridge.tools.synth import PATIENT_SYSTEM, SynthCase, generate
 from casebridge.validation.service import load_validator
 from casebridge.validation.validator import has_errors
+from tests.conftest import RECORDED
 from tests.paths import PROJECT_ROOT
-
-from .conftest import RECORDED
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -28,9 +28,8 @@ from casebridge.fhir.search import Search
 from casebridge.mapping.engine import MappingSet
 from casebridge.pull import pull_reports, report_query
 from casebridge.push import PatientLocks, push_bundle
+from tests.conftest import RECORDED, SEED
 from tests.paths import PROJECT_ROOT
-
-from .conftest import RECORDED, SEED
 
 HEADERS = {"Accept": "application/fhir+json"}
 

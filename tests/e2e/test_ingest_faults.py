@@ -53,9 +53,8 @@ from casebridge.fhir.search import Search
 from casebridge.mapping.engine import MappingSet
 from casebridge.push import patient_key
 from casebridge.tools.synth import generate
+from tests.faultproxy import FaultProxy, Faults, Send
 from tests.paths import PROJECT_ROOT
-
-from .faultproxy import FaultProxy, Faults, Send
 
 CASES = int(os.environ.get("CASEBRIDGE_FAULT_CASES", "200"))
 SEED = 11

@@ -9,9 +9,8 @@ import pytest
 
 from casebridge.errors import MappingError
 from casebridge.mapping.engine import MappingSet
+from tests.conftest import SEED, TERMINOLOGY, load_case
 from tests.paths import DATA_DIR
-
-from .conftest import SEED, TERMINOLOGY, load_case
 
 MAPPINGS = DATA_DIR / "mappings"
 

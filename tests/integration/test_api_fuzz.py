@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 
 from casebridge.api.app import create_app
 from casebridge.api.services import Services
+from tests.loopback import serve
 
-from .loopback import serve
 from .test_api import RW, settings_for
 
 FUZZ_EXAMPLES = int(os.environ.get("CASEBRIDGE_FUZZ_EXAMPLES", "25"))

@@ -12,8 +12,7 @@ import yaml
 from casebridge.domain.reader import read_case
 from casebridge.errors import CaseSchemaError
 from casebridge.mapping.engine import MappingSet
-
-from .conftest import SEED
+from tests.conftest import SEED
 
 
 def seed_doc() -> dict[str, Any]:

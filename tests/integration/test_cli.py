@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
+from tests.conftest import SEED
 from tests.paths import DATA_DIR, PROJECT_ROOT
-
-from .conftest import SEED
 
 INVALID = PROJECT_ROOT / "fixtures" / "invalid"
 EXPECTED = json.loads((INVALID / "expected.json").read_text()) if (INVALID / "expected.json").is_file() else {}

@@ -22,8 +22,9 @@ from casebridge.tools.conformance import (
     load_base_index,
     run_conformance,
 )
+from tests.paths import TESTS_DIR
 
-HL7_CASES = Path(__file__).resolve().parent / "data" / "conformance" / "fhir-test-cases-r4"
+HL7_CASES = TESTS_DIR / "data" / "conformance" / "fhir-test-cases-r4"
 PROFILE_URL = "http://example.org/fhir/StructureDefinition/patient-with-identifier"
 
 

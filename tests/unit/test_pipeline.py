@@ -14,8 +14,7 @@ from casebridge.definitions.xml import XmlReader
 from casebridge.errors import CaseFileError, CaseSchemaError, InputError, InvalidResourceError
 from casebridge.mapping.engine import MappingSet
 from casebridge.validation.validator import Issue, Validator
-
-from .conftest import SEED
+from tests.conftest import SEED
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,8 @@ from fhir.resources.R4B.bundle import Bundle
 
 from casebridge.mapping.engine import MappingSet
 from casebridge.mapping.narrative import _label
+from tests.conftest import CASE_FILES, RECORDED, load_case
 from tests.paths import DATA_DIR, PROJECT_ROOT
-
-from .conftest import CASE_FILES, RECORDED, load_case
 
 CASES = [p.name for p in CASE_FILES]
 

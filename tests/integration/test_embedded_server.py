@@ -26,7 +26,8 @@ def _count(fhir_server: str, query: str) -> int:
     return int(response.json()["total"])
 
 
-def test_the_seed_transaction_goes_in_once(fhir_server: str, seed_bundle: dict[str, Any]) -> None:
+def test_the_seed_transaction_goes_in_once(empty_fhir_server: str, seed_bundle: dict[str, Any]) -> None:
+    fhir_server = empty_fhir_server
     patient_id = next(e["resource"]["id"] for e in seed_bundle["entry"] if e["resource"]["resourceType"] == "Patient")
     for attempt in range(2):
         response = httpx.post(fhir_server, json=seed_bundle, headers=HEADERS, timeout=30)

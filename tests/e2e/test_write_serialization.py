@@ -26,10 +26,9 @@ from starlette.routing import Route
 from casebridge.fhir.client import AsyncFhirClient
 from casebridge.mapping.engine import MappingSet
 from casebridge.push import PatientLocks, push_bundle
+from tests.integration.test_push_pull import fresh_bundle, fresh_case
+from tests.loopback import serve
 from tests.paths import PROJECT_ROOT
-
-from .loopback import serve
-from .test_push_pull import fresh_bundle, fresh_case
 
 HOLD = 0.05  # seconds each transaction stays in flight (in-process pushes start together)
 CLI_HOLD = 0.8  # processes start over a second or so apart: hold long enough for them to meet

@@ -18,9 +18,8 @@ from casebridge.api.app import create_app
 from casebridge.api.errors import ApiError
 from casebridge.api.routes.reports import _format
 from casebridge.config import Settings
-
-from . import loopback
-from .conftest import SEED
+from tests import loopback
+from tests.conftest import SEED
 
 RW = "rw-" + "k" * 30
 RO = "ro-" + "r" * 30
@@ -405,7 +404,7 @@ def test_logs_carry_no_case_content(api: TestClient, caplog: pytest.LogCaptureFi
         api.get(f"/diagnostic-reports?patient={patient}&_format={fmt}", headers=READ)
     api.post("/cases", content=b"patient: {sex: nonsense, secret_word: Mahanti}", headers={**READ, **YAML})
     # The FHIR server's own logs aside, and the audit trail, which names patient ids by design (its own test,
-    # tests/test_audit.py, reads it for the case's words).
+    # tests/integration/test_audit.py, reads it for the case's words).
     records = [r for r in caplog.records if not r.name.startswith(("sekmet", "casebridge.audit"))]
     assert any(getattr(r, "route", None) == "/cases" for r in records), "the access log is there"
     logged = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in records).lower()

@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 
 from casebridge.mapping.engine import MappingSet
 from casebridge.mapping.functions import ID_NAMESPACE, name_uuid, name_uuid_bytes
+from tests.conftest import CASE_FILES, load_case
+from tests.paths import TESTS_DIR
 
-from .conftest import CASE_FILES, load_case
-
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = TESTS_DIR / "golden"
 MASK = "<volatile>"
 
 

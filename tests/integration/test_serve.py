@@ -17,9 +17,9 @@ import httpx
 
 import casebridge
 from casebridge.runtime import default_workers
+from tests.conftest import SEED
 from tests.paths import PROJECT_ROOT
 
-from .conftest import SEED
 from .test_api import KEYS, READ, RW, WRITE
 
 

@@ -29,9 +29,9 @@ from casebridge.api.protocol import http_protocol
 from casebridge.api.services import Services
 from casebridge.config import Settings
 from casebridge.fhir.embedded import EmbeddedFhirServer
+from tests import loopback
+from tests.conftest import SEED
 
-from . import loopback
-from .conftest import SEED
 from .test_api import FHIR_JSON, PATIENT, RO, RW
 
 YAML = {"Content-Type": "application/yaml"}

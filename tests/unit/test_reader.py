@@ -9,8 +9,7 @@ import yaml
 
 from casebridge.domain.reader import MAX_DEPTH, read_case
 from casebridge.errors import CaseFileError, CaseSchemaError
-
-from .conftest import SEED, load_case
+from tests.conftest import SEED, load_case
 
 
 def test_json_and_yaml_give_the_same_case() -> None:

@@ -12,9 +12,8 @@ import pytest
 from casebridge.config import Settings
 from casebridge.validation.service import load_validator
 from casebridge.validation.validator import Validator, has_errors
-
-from .conftest import CASE_FILES
-from .test_cli import run
+from tests.conftest import CASE_FILES
+from tests.integration.test_cli import run
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,7 @@ from casebridge.api.routes.cases import convert_to_json
 from casebridge.api.workers import CpuRunner, Workbench, WorkFailed
 from casebridge.config import Settings
 from casebridge.validation.validator import Issue
-
-from .conftest import SEED
+from tests.conftest import SEED
 
 
 @pytest.fixture(scope="module")
@@ -186,8 +185,8 @@ def test_work_for_a_client_that_hung_up_is_dropped_from_the_queue(
 
     from casebridge.api.app import create_app
     from casebridge.api.services import Services
+    from tests.loopback import serve
 
-    from .loopback import serve
     from .test_api import FHIR_JSON, READ, settings_for
 
     ran: list[float] = []

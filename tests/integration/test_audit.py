@@ -22,8 +22,8 @@ from casebridge.api.audit import Audit
 from casebridge.config import Settings
 from casebridge.validation.service import load_validator
 from casebridge.validation.validator import has_errors
+from tests import loopback
 
-from . import loopback
 from .test_api import READ, RO, RW, WRITE, case_copy, settings_for
 from .test_serve import Serving
 

@@ -13,8 +13,9 @@ from casebridge.config import Settings
 from casebridge.definitions.packages import DefinitionIndex, default_cache_dir
 from casebridge.definitions.xml import FhirXmlError, XmlReader
 from casebridge.validation.service import load_index
+from tests.paths import TESTS_DIR
 
-CONFORMANCE = Path(__file__).resolve().parent / "data" / "conformance" / "fhir-test-cases-r4"
+CONFORMANCE = TESTS_DIR / "data" / "conformance" / "fhir-test-cases-r4"
 
 
 @pytest.fixture(scope="module")
