@@ -42,6 +42,7 @@ MODULES = (
     "casebridge.validation.invariants",
     "casebridge.validation.references",
     "casebridge.validation.bundles",
+    "casebridge.validation.qanswers",
     "casebridge.validation.slicing",
     "casebridge.validation.validator",
 )
