@@ -79,7 +79,7 @@ def check_reference(
             _bundle_match(reference, f"{m.group(1)}/{m.group(2)}", expr, run)
             matches = run.by_type_id.get(f"{m.group(1)}/{m.group(2)}", [])
             resolved = matches[0] if len(matches) == 1 else None
-    if target_type is None:
+    if not isinstance(target_type, str):  # a target without a usable resourceType is reported as a resource
         return
     allowed = _reference_targets(validator, node)
     if allowed and "Resource" not in allowed and target_type not in allowed:

@@ -36,7 +36,8 @@ def quantity_limits(item: dict[str, Any], node: ElementNode, expr: str, run: Run
         unit, limit_unit = item.get("code") or item.get("unit"), limit.get("code") or limit.get("unit")
         shown = f"{value} {unit or ''}".strip()
         limit_shown = f"{limit['value']} {limit_unit or ''}".strip()
-        systems = {item.get("system"), limit.get("system")} - {None}
+        # Only strings are systems: a malformed one (an object, a list) is reported by its own type check.
+        systems = {s for s in (item.get("system"), limit.get("system")) if isinstance(s, str)}
         if unit == limit_unit and len(systems) <= 1:
             ours, theirs = (float(value), ""), (float(limit["value"]), "")  # the same unit, known or not
         else:
