@@ -344,3 +344,17 @@ def test_a_reference_must_be_to_an_allowed_resource_type(validator: Validator) -
             "(allowed = Patient,Practitioner)",
         )
     ]
+
+
+def test_a_mime_type_family_admits_its_members(validator: Validator) -> None:
+    item = {"type": "attachment", "extension": [ext(EXT + "mimeType", "valueCode", "image/*")]}
+    assert errors(validator, item, [{"valueAttachment": {"contentType": "image/png; q=1"}}]) == []
+    [(where, _)] = errors(validator, item, [{"valueAttachment": {"contentType": "imagery/png"}}])
+    assert where == at(0)
+
+
+def test_an_open_choice_takes_a_display_only_coding_as_free_text(validator: Validator) -> None:
+    options = [{"valueCoding": {"system": "http://example.org", "code": "c1"}}]
+    answer = [{"valueCoding": {"display": "something else"}}]
+    assert errors(validator, {"type": "open-choice", "answerOption": options}, answer) == []
+    assert len(errors(validator, {"type": "choice", "answerOption": options}, answer)) == 1

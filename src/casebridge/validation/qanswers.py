@@ -343,7 +343,6 @@ def _coding_in_value_set(
     if not isinstance(code, str) or not isinstance(system, (str, type(None))):
         return  # a wrong shape is reported by the structure walk
     prefix = f"The code '{code}' in the system '{system}' is not in the options value set "
-    name = _vs_name(validator, value_set)
     if (system, code) in expansion.codes:
         if not isinstance(system, str) or not isinstance(display, str):
             return
@@ -352,9 +351,11 @@ def _coding_in_value_set(
         if valid and display.lower() != valid.lower():
             wrong = f"Wrong Display Name '{display}' for {system}#{code}. Valid display is '{valid}'"
             run.add("error", "invalid", wrong, f"{expr}.value.ofType(Coding).display")
+            name = _vs_name(validator, value_set)
             message = f"{prefix}({name}) specified by the questionnaire. Terminology Error: {wrong}"
             run.add("error", "code-invalid", message, expr)
         return
+    name = _vs_name(validator, value_set)
     if system in expansion.open_systems or not expansion.complete:
         run.add(
             "information",
@@ -499,8 +500,9 @@ def _attachment(run: Run, item: dict[str, Any], value: dict[str, Any], answer_ex
 
 
 def _mime_matches(content_type: str, allowed: str) -> bool:
-    if allowed.endswith("/*"):
-        return content_type.startswith(allowed[:-1])
+    # "image/*" or "image" names a family of types; otherwise the type itself, whatever its parameters.
+    if allowed.endswith("/*") or "/" not in allowed:
+        return content_type.startswith(allowed.removesuffix("*").removesuffix("/") + "/")
     return content_type == allowed.split(";")[0].strip()
 
 
