@@ -44,6 +44,8 @@ MODULES = (
     "casebridge.validation.bundles",
     "casebridge.validation.qanswers",
     "casebridge.validation.slicing",
+    "casebridge.validation.extensions",
+    "casebridge.validation.narrative",
     "casebridge.validation.validator",
 )
 

@@ -11,7 +11,9 @@ What FHIR XML cannot hold, and FHIR JSON could not carry on, is refused with its
 elements outside the FHIR namespace (but the narrative's XHTML ``div``), attributes other than ``value``,
 ``id`` and an extension's ``url`` (and XML Schema's ``xsi:`` hints), text between elements, element names
 that begin with ``_`` (JSON's primitive companions), a narrative with elements outside XHTML, and numbers too
-large for JSON. Unknown FHIR elements are kept, so that validation reports them as the unknown elements they are.
+large for JSON. Unknown FHIR elements are kept, so that validation reports them as the unknown elements they are;
+so is a known element that does not repeat but appears more than once: its values are kept as ``RepeatedElement``,
+which validation counts against the element's cardinality (JSON has no such form: an array there is refused).
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ def is_xml(data: bytes, name: str = "") -> bool:
     if name.lower().endswith(".xml") or data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return True
     return data.removeprefix(codecs.BOM_UTF8).lstrip()[:1] == b"<"
+
+
+class RepeatedElement(list[Any]):
+    """The values of an element that does not repeat but appears more than once in XML (a cardinality error, which
+    validation reports as such: ``max allowed = 1, but found 2``)."""
 
 
 class FhirXmlError(CasebridgeError):
@@ -152,11 +159,12 @@ class XmlReader:
             repeats = found is not None and found[0].repeats
             # Places as validation names them: Bundle.entry[1].resource.status
             where = f"{path}.{name}[{len(out.get(name) or ())}]" if repeats else f"{path}.{name}"
-            if name in seen and not repeats:
-                # JSON's duplicate keys are refused; in XML the last one silently won.
+            xhtml = found is not None and len(found[0].types) == 1 and found[0].types[0].code == "xhtml"
+            again = name in seen and not repeats
+            if again and (found is None or xhtml or self._holds_resource(found[0])):
+                # Neither an unknown element, the narrative's div nor a resource's place has a form that holds two.
                 raise FhirXmlError(f"{source}: {where}: appears more than once, but the element does not repeat")
             seen.add(name)
-            xhtml = found is not None and len(found[0].types) == 1 and found[0].types[0].code == "xhtml"
             if ns == XHTML_NS and name == "div" and xhtml:
                 out["div"] = _xhtml(child_element, source, where)  # its attributes: the narrative rules judge them
                 continue
@@ -178,6 +186,12 @@ class XmlReader:
                 if companion is not None or f"_{name}" in out:
                     extras = out.setdefault(f"_{name}", [None] * (len(out[name]) - 1))
                     extras.append(companion)
+            elif again:
+                # Kept rather than lost (the last one won) or refused: validation reports the count.
+                held = out.get(name)
+                if not isinstance(held, RepeatedElement):
+                    held = out[name] = RepeatedElement([] if held is None else [held])
+                held.append(value)
             else:
                 if value is not None:
                     out[name] = value
@@ -239,6 +253,9 @@ class XmlReader:
         out: dict[str, Any] = {}
         self._complex(element, node, tree, out, source, path)
         return out
+
+    def _holds_resource(self, node: ElementNode) -> bool:
+        return any(t.code == "Resource" or (t.code[:1].isupper() and self._is_resource(t.code)) for t in node.types)
 
     def _is_resource(self, type_code: str) -> bool:
         tree = self._tree(type_code)

@@ -11,6 +11,8 @@ from typing import Any
 
 from casebridge.validation.issues import Run, as_list, as_obj
 
+_NO_FULL_URL = ("transaction", "batch", "transaction-response", "batch-response")
+
 
 def index_bundle(bundle: dict[str, Any], run: Run, expr: str) -> None:
     """Indexes the entries that references resolve against (by fullUrl and Type/id); duplicate fullUrls are errors."""
@@ -72,6 +74,14 @@ def bundle_rules(bundle: dict[str, Any], run: Run, expr: str) -> None:
                     f"The fullUrl '{full_url}' does not match the resource {resource['resourceType']}/{resource['id']}"
                 )
                 run.add("error", "invalid", message, f"{expr}.entry[{i}]")
+        if full_url is None and resource and bundle.get("type") not in _NO_FULL_URL:
+            # Bundle.entry.fullUrl: "except for transactions and batches, each entry in a Bundle must have a
+            # fullUrl"; their responses carry outcomes rather than identified resources.
+            message = (
+                "Except for transactions and batches, each entry in a Bundle must have a fullUrl which is the "
+                "identity of the resource in the entry"
+            )
+            run.add("error", "invalid", message, f"{expr}.entry[{i}]")
         # Any absolute URI (a scheme, then a colon) will do; a relative one will not.
         if isinstance(full_url, str) and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", full_url):
             run.add("error", "invalid", f"The fullUrl must be an absolute URL (not '{full_url}')", f"{expr}.entry[{i}]")

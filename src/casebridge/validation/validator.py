@@ -36,8 +36,9 @@ from casebridge.definitions.structure import (
     TypeRef,
     compile_structure,
 )
+from casebridge.definitions.xml import RepeatedElement
 from casebridge.errors import log_defect
-from casebridge.validation import primitives
+from casebridge.validation import extensions, narrative, primitives
 from casebridge.validation.bindings import Bindings, codings
 from casebridge.validation.bundles import bundle_rules, index_bundle
 from casebridge.validation.invariants import CHECKED_IN_WALK, Active, Invariants
@@ -54,7 +55,7 @@ from casebridge.validation.issues import (
 from casebridge.validation.references import check_reference, forget_contained
 from casebridge.validation.slicing import check_slicing
 from casebridge.validation.terminology import Terminology
-from casebridge.validation.values import date_limits, matches_pattern, quantity_limits
+from casebridge.validation.values import date_limits, matches_pattern, number_limits, quantity_limits
 
 __all__ = [
     "MAX_CLAIMED_PROFILES",
@@ -73,6 +74,7 @@ MAX_CLAIMED_PROFILES = 20  # per resource (meta.profile and asked-for profiles t
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 MAX_DEPTH = 200  # deeper than any real resource; a guard against hostile nesting
 _SCALARS = frozenset({str, bool, int, float})
+_NUMBERS = frozenset({"decimal", "integer", "positiveInt", "unsignedInt"})
 
 
 @dataclass(frozen=True)
@@ -294,6 +296,8 @@ class Validator:
         for tree in trees or [base]:
             self._complex(res, tree.root, tree, root_expr, run, res, depth, is_root=True)
             self.invariants.check_all(tree.root.constraints, res, tree.root.path, root_expr, run, res, tree)
+            if tree.derivation == "constraint":  # a profile's narrative language rules
+                narrative.check_language_sections(self, tree, res, root_expr, run)
         if rtype == "Bundle":
             bundle_rules(res, run, root_expr)
 
@@ -429,6 +433,9 @@ class Validator:
             )
             items: list[Any] = [source]
             extras: list[Any] = [extra if value is not None else None]
+        elif not node.repeats and isinstance(source, RepeatedElement):
+            # The same element more than once in XML: counted, so that its cardinality reports it.
+            items, extras = list(source), []
         elif not node.repeats and isinstance(source, list):
             run.add(
                 "error",
@@ -606,6 +613,8 @@ class Validator:
                 return
             if type_code in ("date", "dateTime", "instant") and (node.min_value or node.max_value):
                 date_limits(value, node, expr, run)
+            elif type_code in _NUMBERS and (node.min_value is not None or node.max_value is not None):
+                number_limits(value, type_code, node, expr, run)
             if node.max_length is not None and isinstance(value, str) and len(value) > node.max_length:
                 run.add(
                     "error", "too-long", f"value is longer than permitted maximum length of {node.max_length}", expr
@@ -666,7 +675,7 @@ class Validator:
         has_value = any(k.startswith("value") for k in ext)
         if has_value == bool(ext.get("extension")):
             run.add("error", "invariant", "Must have either extensions or value[x], not both (ext-1)", expr)
-        if ":" not in url:
+        if not extensions.check_url(url, node, expr, run):
             # A relative URL names a part of a complex extension: its slice in the parent's definition
             # validates it.
             return
@@ -680,6 +689,9 @@ class Validator:
         if definition.type != "Extension":
             run.add("error", "structure", f"The definition of {url} is not an extension", expr)
             return
+        extensions.check_modifier(node, definition, expr, run)
+        extensions.check_context(self, ext, definition, expr, run, res)
+        extensions.check_sub_extensions(ext, definition, expr, run)
         self._complex(ext, definition.root, definition, expr, run, res, depth + 1)
         self.invariants.check_all(definition.root.constraints, ext, "Extension", expr, run, res, definition)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from casebridge.definitions.numbers import FhirDecimal
 from casebridge.definitions.structure import ElementNode
 from casebridge.validation import ucum
 from casebridge.validation.issues import Run
@@ -82,3 +83,29 @@ def date_limits(value: str, node: ElementNode, expr: str, run: Run) -> None:
         if (day < bound) if below else (day > bound):
             word = "earlier" if below else "later"
             run.add("error", "invalid", f"The value '{value}' is {word} than the limit {bound.isoformat()}", expr)
+
+
+_NUMBER_TYPES = {
+    "decimal": "DecimalType",
+    "integer": "IntegerType",
+    "positiveInt": "PositiveIntType",
+    "unsignedInt": "UnsignedIntType",
+}
+
+
+def number_limits(value: Any, type_code: str, node: ElementNode, expr: str, run: Run) -> None:
+    """minValue/maxValue on decimals and integers (a limit has the element's own type,
+    ElementDefinition.minValue[x]); worded as the HL7 validator words them."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    shown_type = _NUMBER_TYPES.get(type_code)
+    if shown_type is None:
+        return
+    prefix = "decimal value" if type_code == "decimal" else "value"
+    for limit, below in ((node.min_value, True), (node.max_value, False)):
+        if not isinstance(limit, (int, float)) or isinstance(limit, bool):
+            continue
+        if (value < limit) if below else (value > limit):
+            relation = "less than permitted minimum" if below else "greater than permitted maximum"
+            shown = limit.text if isinstance(limit, FhirDecimal) else str(limit)  # as written in the profile
+            run.add("error", "invalid", f"{prefix} is {relation} value of {shown_type}[{shown}]", expr)
