@@ -28,6 +28,7 @@ from casebridge.cli.packages import packages_app
 from casebridge.definitions.packages import (
     DEFAULT_LOCK_FILE,
     INDEX_FILE,
+    INDEX_FORMAT,
     MARKER_FILE,
     DefinitionIndex,
     PackageError,
@@ -36,7 +37,10 @@ from casebridge.definitions.packages import (
     ensure_all,
     install,
     is_installed,
+    is_packaged_file,
     load_lock,
+    plan_add,
+    version_satisfies,
 )
 
 EX = "http://example.org/fhir"
@@ -116,15 +120,47 @@ def integrity_of(path: Path) -> str:
 
 
 FAKE_NPM = """#!{python}
-# A stand-in for `npm pack <name>@<version> --pack-destination DIR --silent`: copies a tarball from the
-# fake registry folder and records its arguments.
-import json, shutil, sys
+# A stand-in for `npm pack <name>@<version> --pack-destination DIR --silent` (copies a tarball from the fake
+# registry folder) and `npm view <name>@<version or x-range> dist.integrity|version --json`; records its arguments.
+# A file <name>-<version>.integrity next to a tarball overrides the dist.integrity served ("" for none).
+import base64, fnmatch, hashlib, json, shutil, sys
 from pathlib import Path
 
 registry = Path({registry!r})
 args = sys.argv[1:]
 with open(registry / "calls.log", "a") as log:
     log.write(json.dumps(args) + "\\n")
+
+
+def not_found(what):
+    print(f"npm error code E404\\nnpm error 404 No match found for version {{what}}", file=sys.stderr)
+    sys.exit(1)
+
+
+if args[:1] == ["view"] and len(args) == 4 and args[3] == "--json":
+    name, _, selector = args[1].rpartition("@")
+    pattern = selector.replace("x", "*")
+    found = sorted(
+        (p.name[len(name) + 1 : -4] for p in registry.glob(f"{{name}}-*.tgz")),
+        key=lambda v: [int(n) if n.isdigit() else n for n in v.replace("-", ".").split(".")],
+    )
+    found = [v for v in found if fnmatch.fnmatchcase(v, pattern)]
+    if not found:
+        not_found(args[1])
+    if args[2] == "version":
+        print(json.dumps(found if len(found) > 1 else found[0]))
+    elif args[2] == "dist.integrity":
+        override = registry / f"{{name}}-{{found[-1]}}.integrity"
+        if override.exists():
+            value = override.read_text()
+        else:
+            digest = hashlib.sha512((registry / f"{{name}}-{{found[-1]}}.tgz").read_bytes()).digest()
+            value = "sha512-" + base64.b64encode(digest).decode()
+        if value:
+            print(json.dumps(value))
+    else:
+        sys.exit(f"fake npm: unexpected field {{args[2]}}")
+    sys.exit(0)
 if not args or args[0] != "pack" or "--pack-destination" not in args:
     sys.exit(f"fake npm: unexpected arguments {{args}}")
 name, _, version = args[1].rpartition("@")
@@ -516,7 +552,7 @@ def test_the_index_cache_is_written_reused_and_rebuilt(package: Path) -> None:
     assert not cache.exists()  # installing does not index
     DefinitionIndex.load([package])
     document = json.loads(cache.read_text())
-    assert document["format"] == 1 and document["stamp"].startswith("integrity:sha512-")
+    assert document["format"] == INDEX_FORMAT and document["stamp"].startswith("integrity:sha512-")
     paths = sorted(row[0] for row in document["files"])
     assert paths == [
         "package/CodeSystem-colours",
@@ -534,7 +570,7 @@ def test_the_index_cache_is_written_reused_and_rebuilt(package: Path) -> None:
     # Rebuilt when unreadable.
     cache.write_text("{ truncated")
     assert DefinitionIndex.load([package]).get_info(PROFILE) is not None
-    assert json.loads(cache.read_text())["format"] == 1
+    assert json.loads(cache.read_text())["format"] == INDEX_FORMAT
 
 
 def test_the_index_cache_of_an_unmarked_folder_follows_its_files(tmp_path: Path) -> None:
@@ -601,6 +637,261 @@ def test_cli_fetch_and_list(registry: Registry, tmp_path: Path, monkeypatch: pyt
     listed = runner.invoke(packages_app, ["list", *args])
     assert listed.exit_code == 0 and "example.fhir.pkg#1.0.0: present, 4 definitions" in listed.stdout
     assert len(registry.calls()) == 1
+
+
+# --- adding and removing packages (packages add / remove) ---------------------------------------------------
+
+
+def ig_members(
+    name: str, version: str, dependencies: dict[str, str] | None = None, fhir_versions: tuple[str, ...] = ("4.0.1",)
+) -> dict[str, bytes]:
+    """A small package with dependencies in its package.json and one ValueSet of its own."""
+    manifest: dict[str, Any] = {"name": name, "version": version, "fhirVersions": list(fhir_versions)}
+    if dependencies is not None:
+        manifest["dependencies"] = dependencies
+    own = value_set(f"{EX}/ValueSet/{name}", version)
+    return {"package/package.json": _json(manifest), f"package/ValueSet-{name}.json": _json(own)}
+
+
+def lock_of(path: Path, *specs: PackageSpec) -> Path:
+    path.write_text(json.dumps([{"name": s.name, "version": s.version, "integrity": s.integrity} for s in specs]))
+    return path
+
+
+@pytest.fixture
+def ig_registry(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> Registry:
+    """The registry with a small IG: ig.a 1.0.0 needs the core, dep.b 2.0.x (which needs dep.d) and pinned.c;
+    the fake npm first on PATH and no configured lock or cache."""
+    registry.publish("hl7.fhir.r4.examples", "4.0.1", members=ig_members("hl7.fhir.r4.examples", "4.0.1"))
+    registry.publish("pinned.c", "1.0.1", members=ig_members("pinned.c", "1.0.1"))
+    registry.publish("dep.d", "1.0.0", members=ig_members("dep.d", "1.0.0"))
+    for patch in ("2.0.1", "2.0.3"):
+        registry.publish("dep.b", patch, members=ig_members("dep.b", patch, {"dep.d": "1.0.0"}))
+    registry.publish("dep.b", "3.0.0", members=ig_members("dep.b", "3.0.0"))
+    dependencies = {"hl7.fhir.r4.core": "4.0.1", "dep.b": "2.0.x", "pinned.c": "1.0.0"}
+    registry.publish("ig.a", "1.0.0", members=ig_members("ig.a", "1.0.0", dependencies))
+    monkeypatch.setenv("PATH", f"{Path(registry.npm).parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("CASEBRIDGE_FHIR_PACKAGES_LOCK", raising=False)
+    monkeypatch.delenv("CASEBRIDGE_FHIR_PACKAGE_CACHE", raising=False)
+    return registry
+
+
+def spec_of(registry: Registry, name: str, version: str) -> PackageSpec:
+    return PackageSpec(name, version, integrity_of(registry.folder / f"{name}-{version}.tgz"))
+
+
+def base_lock(registry: Registry, path: Path) -> Path:
+    """A lock like the project's: the core carrier and pinned.c at a later patch than ig.a asks for."""
+    return lock_of(path, spec_of(registry, "hl7.fhir.r4.examples", "4.0.1"), spec_of(registry, "pinned.c", "1.0.1"))
+
+
+def add(registry: Registry, lock: Path, *more: str, package: str = "ig.a@1.0.0") -> Any:
+    args = ["add", package, "--lock", str(lock), "--cache", str(registry.cache), *more]
+    return CliRunner().invoke(packages_app, args)
+
+
+def packs(registry: Registry) -> list[str]:
+    return [call[1] for call in registry.calls() if call[0] == "pack"]
+
+
+@pytest.mark.parametrize(
+    ("pinned", "required", "expected"),
+    [
+        ("4.0.1", "4.0.1", True),
+        ("4.0.1", "4.0.x", True),
+        ("4.0.1", "4.x", True),
+        ("4.0.1", "4.0.0", True),  # a later patch serves an earlier one
+        ("4.0.0", "4.0.1", False),
+        ("4.1.0", "4.0.1", False),
+        ("5.3.0-ballot-tc1", "5.2.0", False),
+        ("5.3.0-ballot-tc1", "5.3.0", False),  # a pre-release serves only itself
+        ("5.3.0-ballot-tc1", "5.3.x", False),
+    ],
+)
+def test_version_satisfies(pinned: str, required: str, expected: bool) -> None:
+    assert version_satisfies(pinned, required) is expected
+
+
+def test_add_pins_the_package_and_its_dependencies(ig_registry: Registry, tmp_path: Path) -> None:
+    lock = base_lock(ig_registry, tmp_path / "lock.json")
+    before = load_lock(lock)
+    done = add(ig_registry, lock)
+    assert done.exit_code == 0, done.output
+    # Appended after the pinned ones, dependencies first; dep.b's 2.0.x resolved to the highest 2.0 patch.
+    specs = load_lock(lock)
+    assert specs[:2] == before
+    assert [s.folder_name for s in specs[2:]] == ["dep.d#1.0.0", "dep.b#2.0.3", "ig.a#1.0.0"]
+    assert all(s == spec_of(ig_registry, s.name, s.version) for s in specs[2:])
+    assert all(is_installed(s, ig_registry.cache) for s in specs[2:])
+    assert "hl7.fhir.r4.core#4.0.1 (needed by ig.a#1.0.0): served by the pinned hl7.fhir.r4.examples#4.0.1" in (
+        done.stdout
+    )
+    assert "pinned.c#1.0.0 (needed by ig.a#1.0.0): already pinned as pinned.c#1.0.1" in done.stdout
+    assert f"{lock}: 3 package(s) added" in done.stdout
+    # The pinned and the core are not fetched; the new ones once each.
+    assert sorted(packs(ig_registry)) == ["dep.b@2.0.3", "dep.d@1.0.0", "ig.a@1.0.0"]
+    # The lock loads, and the IG's definitions with it.
+    index = DefinitionIndex.load(ensure_all(specs[2:], ig_registry.cache, offline=True))
+    assert index.get(f"{EX}/ValueSet/ig.a") is not None and index.get(f"{EX}/ValueSet/dep.d") is not None
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+    again = add(ig_registry, lock)
+    assert again.exit_code == 0 and "ig.a#1.0.0 (requested): already pinned" in again.stdout
+    assert "nothing to add" in again.stdout and load_lock(lock) == specs
+
+
+def test_add_fetches_the_core_carrier_when_it_is_not_pinned(ig_registry: Registry, tmp_path: Path) -> None:
+    plan = plan_add(
+        "ig.a", "1.0.0", [spec_of(ig_registry, "pinned.c", "1.0.1")], ig_registry.cache, npm=ig_registry.npm
+    )
+    assert [s.folder_name for s in plan.added] == [
+        "dep.d#1.0.0",
+        "dep.b#2.0.3",
+        "hl7.fhir.r4.examples#4.0.1",
+        "ig.a#1.0.0",
+    ]
+    assert any("hl7.fhir.r4.core#4.0.1" in n and "using hl7.fhir.r4.examples#4.0.1" in n for n in plan.notes)
+    assert "hl7.fhir.r4.core@4.0.1" not in packs(ig_registry)
+
+
+def test_add_refuses_a_conflicting_pinned_version_unless_kept(ig_registry: Registry, tmp_path: Path) -> None:
+    lock = lock_of(
+        tmp_path / "lock.json",
+        spec_of(ig_registry, "hl7.fhir.r4.examples", "4.0.1"),
+        spec_of(ig_registry, "dep.b", "3.0.0"),
+        spec_of(ig_registry, "pinned.c", "1.0.1"),
+    )
+    content = lock.read_bytes()
+    refused = add(ig_registry, lock)
+    assert refused.exit_code == 2 and "Traceback" not in refused.output
+    assert "cannot add ig.a@1.0.0" in refused.stderr
+    assert "ig.a#1.0.0 needs dep.b#2.0.x, but the lock pins dep.b#3.0.0" in refused.stderr
+    assert "--keep-pinned" in refused.stderr
+    assert lock.read_bytes() == content
+
+    kept = add(ig_registry, lock, "--keep-pinned")
+    assert kept.exit_code == 0, kept.output
+    assert "warning: ig.a#1.0.0 needs dep.b#2.0.x; keeping the pinned dep.b#3.0.0" in kept.stderr
+    assert [s.folder_name for s in load_lock(lock)[3:]] == ["ig.a#1.0.0"]
+
+
+def test_add_refuses_the_package_pinned_at_another_version(ig_registry: Registry, tmp_path: Path) -> None:
+    lock = lock_of(tmp_path / "lock.json", spec_of(ig_registry, "dep.b", "2.0.1"))
+    content = lock.read_bytes()
+    done = add(ig_registry, lock, "--keep-pinned", package="dep.b@3.0.0")
+    assert done.exit_code == 2
+    assert "dep.b is already pinned at 2.0.1, not 3.0.0" in done.stderr and "packages remove dep.b" in done.stderr
+    assert lock.read_bytes() == content
+
+
+def test_add_refuses_two_new_packages_needing_different_versions(ig_registry: Registry, tmp_path: Path) -> None:
+    ig_registry.publish(
+        "ig.two", "1.0.0", members=ig_members("ig.two", "1.0.0", {"dep.b": "2.0.1", "ig.three": "1.0.0"})
+    )
+    ig_registry.publish("ig.three", "1.0.0", members=ig_members("ig.three", "1.0.0", {"dep.b": "3.0.0"}))
+    lock = base_lock(ig_registry, tmp_path / "lock.json")
+    content = lock.read_bytes()
+    done = add(ig_registry, lock, package="ig.two@1.0.0")
+    assert done.exit_code == 2
+    assert "ig.three#1.0.0 needs dep.b#3.0.0, but dep.b#2.0.1 is added" in done.stderr
+    assert lock.read_bytes() == content
+
+
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        ("unpublished", "missing.pkg@1.0.0: `npm view` failed (exit 1)"),
+        ("wrong-integrity", "ig.a#1.0.0: the downloaded tarball does not match the pinned integrity"),
+        ("fhir-r5", "r5.pkg#1.0.0: made for FHIR 5.0.0; this validator is FHIR R4 (4.0.1)"),
+        ("bad-version", "ig.a: invalid version 'a/b'"),
+    ],
+)
+def test_a_failing_add_names_the_package_and_leaves_the_lock(
+    ig_registry: Registry, tmp_path: Path, setup: str, expected: str
+) -> None:
+    package = "ig.a@1.0.0"
+    if setup == "unpublished":
+        ig_registry.publish("ig.a", "1.0.0", members=ig_members("ig.a", "1.0.0", {"missing.pkg": "1.0.0"}))
+    elif setup == "wrong-integrity":
+        wrong = "sha512-" + base64.b64encode(hashlib.sha512(b"another tarball").digest()).decode()
+        (ig_registry.folder / "ig.a-1.0.0.integrity").write_text(wrong)
+    elif setup == "fhir-r5":
+        ig_registry.publish("r5.pkg", "1.0.0", members=ig_members("r5.pkg", "1.0.0", fhir_versions=("5.0.0",)))
+        package = "r5.pkg@1.0.0"
+    else:
+        package = "ig.a@a/b"
+    lock = base_lock(ig_registry, tmp_path / "lock.json")
+    content = lock.read_bytes()
+    done = add(ig_registry, lock, package=package)
+    assert done.exit_code == 2 and "Traceback" not in done.output
+    assert expected in done.stderr
+    assert lock.read_bytes() == content
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["lock.json"]
+
+
+def test_add_pins_the_tarball_digest_when_the_registry_gives_none(ig_registry: Registry, tmp_path: Path) -> None:
+    (ig_registry.folder / "dep.d-1.0.0.integrity").write_text("")
+    lock = base_lock(ig_registry, tmp_path / "lock.json")
+    done = add(ig_registry, lock)
+    assert done.exit_code == 0, done.output
+    assert "dep.d#1.0.0: the registry gives no dist.integrity; pinned the tarball's sha512" in done.stdout
+    assert spec_of(ig_registry, "dep.d", "1.0.0") in load_lock(lock)
+
+
+def test_add_never_writes_inside_an_installed_distribution(ig_registry: Registry, tmp_path: Path) -> None:
+    data = tmp_path / "venv" / "lib" / "python3.11" / "site-packages" / "casebridge" / "data"
+    data.mkdir(parents=True)
+    packaged = base_lock(ig_registry, data / "fhir-packages.json")
+    content = packaged.read_bytes()
+    assert is_packaged_file(packaged) and not is_packaged_file(tmp_path / "lock.json")
+    done = add(ig_registry, packaged)
+    assert done.exit_code == 2
+    assert "shipped inside an installed casebridge" in done.stderr and "CASEBRIDGE_FHIR_PACKAGES_LOCK" in done.stderr
+    assert packaged.read_bytes() == content and ig_registry.calls() == []
+
+
+def test_add_writes_the_configured_lock_and_the_project_one_only_when_named(
+    ig_registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = CliRunner()
+    # No --lock, no setting: the default is the project's own list, which is changed only when named.
+    content = DEFAULT_LOCK_FILE.read_bytes()
+    default = runner.invoke(packages_app, ["add", "ig.a@1.0.0", "--cache", str(ig_registry.cache)])
+    assert default.exit_code == 2 and "pass --lock" in default.stderr
+    assert DEFAULT_LOCK_FILE.read_bytes() == content and ig_registry.calls() == []
+    # A lock of one's own, configured: written without --lock.
+    mine = base_lock(ig_registry, tmp_path / "mine.json")
+    monkeypatch.setenv("CASEBRIDGE_FHIR_PACKAGES_LOCK", str(mine))
+    done = runner.invoke(packages_app, ["add", "ig.a@1.0.0", "--cache", str(ig_registry.cache)])
+    assert done.exit_code == 0, done.output
+    assert load_lock(mine)[-1].folder_name == "ig.a#1.0.0"
+    # A configured lock that does not exist: nothing to start from.
+    monkeypatch.setenv("CASEBRIDGE_FHIR_PACKAGES_LOCK", str(tmp_path / "absent.json"))
+    absent = runner.invoke(packages_app, ["add", "ig.a@1.0.0", "--cache", str(ig_registry.cache)])
+    assert absent.exit_code == 2 and "no such lock file" in absent.stderr
+    assert not (tmp_path / "absent.json").exists()
+
+
+def test_remove_unpins_unless_another_package_needs_it(ig_registry: Registry, tmp_path: Path) -> None:
+    lock = base_lock(ig_registry, tmp_path / "lock.json")
+    assert add(ig_registry, lock).exit_code == 0
+    runner = CliRunner()
+    args = ["--lock", str(lock), "--cache", str(ig_registry.cache)]
+
+    needed = runner.invoke(packages_app, ["remove", "dep.d", *args])
+    assert needed.exit_code == 2 and "dep.d: needed by dep.b#2.0.3" in needed.stderr
+    core = runner.invoke(packages_app, ["remove", "hl7.fhir.r4.examples", *args])
+    assert core.exit_code == 2 and "needed by ig.a#1.0.0" in core.stderr  # as the carrier of hl7.fhir.r4.core
+    unknown = runner.invoke(packages_app, ["remove", "not.pinned", *args])
+    assert unknown.exit_code == 2 and "not.pinned: not pinned" in unknown.stderr
+
+    removed = runner.invoke(packages_app, ["remove", "ig.a", *args])
+    assert removed.exit_code == 0, removed.output
+    forced = runner.invoke(packages_app, ["remove", "dep.d", "--force", *args])
+    assert forced.exit_code == 0, forced.output
+    names = [s.name for s in load_lock(lock)]
+    assert names == ["hl7.fhir.r4.examples", "pinned.c", "dep.b"]
+    assert (ig_registry.cache / "ig.a#1.0.0").is_dir()  # the cache is left as it is
 
 
 # --- the real pinned packages -------------------------------------------------------------------------------

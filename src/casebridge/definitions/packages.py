@@ -13,6 +13,13 @@ The package cache (the standard FHIR layout, shared with other FHIR tools)
     half-finished) is replaced on the next install. Installs into one cache take turns on the lock file
     ``<cache>/.casebridge.lock``, so concurrent runs download a package once.
 
+Adding a package (``plan_add``, ``write_lock``; the command ``casebridge packages add``)
+    Resolves a package and its ``package.json`` dependencies recursively against a lock, installs the new ones
+    (integrity: the registry's ``dist.integrity``) and appends them to the lock, dependencies first, after the
+    packages already pinned: base definitions keep precedence over an IG's copy of the same canonical URL.
+    ``hl7.fhir.r4.core`` is served by ``hl7.fhir.r4.examples`` (``CORE_SUBSTITUTES``). The lock is replaced
+    atomically, never inside an installed distribution (``check_lock_writable``).
+
 The definition index (``DefinitionIndex``)
     Indexes StructureDefinition, ValueSet, CodeSystem, ConceptMap and NamingSystem by ``url`` and by
     ``url|version``, and base StructureDefinitions by ``type`` (``core_definition``). From a package only the
@@ -589,6 +596,8 @@ class DefinitionIndex:
         if not version:
             return self._by_url.get(url)
         same = self._by_url_version.get(f"{url}|{version}")
+        if not same and url in self._by_url:
+            same = self._by_url_version.get(_latest_patch(self._by_url_version, url, version), [])
         return same[0] if same else None
 
     def get(self, canonical: str) -> dict[str, Any] | None:
@@ -642,6 +651,18 @@ class DefinitionIndex:
 
     def __len__(self) -> int:
         return len(self._records)
+
+
+def _latest_patch(by_url_version: dict[str, list[DefinitionInfo]], url: str, version: str) -> str:
+    """A partial semver version (``|0.2``) names the latest version it starts (``0.2.1`` over ``0.2.0``), as
+    canonical references allow; the key of that version, or "" when there is none."""
+    prefix = f"{url}|{version}."
+    keys = [key for key in by_url_version if key.startswith(prefix)]
+
+    def order(key: str) -> tuple[tuple[int, int | str], ...]:
+        return tuple((0, int(p)) if p.isdigit() else (1, p) for p in key[len(prefix) :].split("."))
+
+    return max(keys, key=order) if keys else ""
 
 
 # --- scanning a package, and its index cache ---------------------------------------------------------------
@@ -757,3 +778,307 @@ def _drop_index_cache(file: str) -> None:
     """After a file of a package went missing or bad, make the next run rescan the package."""
     with contextlib.suppress(OSError):
         (Path(file).parent.parent / INDEX_FILE).unlink()  # package records are <folder>/package/<file>
+
+
+# --- adding packages to a lock file ------------------------------------------------------------------------
+
+# Packages the registry does not serve, and the pinned package that carries the same definitions instead.
+CORE_SUBSTITUTES = {"hl7.fhir.r4.core": "hl7.fhir.r4.examples"}
+_RANGE_CHARS = frozenset("xX*^~<>| ")
+_RELEASE_RE = re.compile(r"(\d+)\.(\d+)\.(\d+)")
+
+
+@dataclass(frozen=True)
+class AddPlan:
+    """What ``plan_add`` resolved: the packages to pin (installed already, dependencies before the packages
+    that need them) and what to tell the user (substitutions, packages already pinned, kept versions)."""
+
+    added: tuple[PackageSpec, ...]
+    notes: tuple[str, ...]
+
+
+def version_satisfies(pinned: str, required: str) -> bool:
+    """Whether a pinned version serves a dependency on ``required``.
+
+    The same version; a wildcard (``4.0.x``, ``4.x``) it matches; or, both plain releases ``X.Y.Z``, the same
+    ``X.Y`` with a patch at least the required one (FHIR patch releases are technical corrections). A
+    pre-release (``5.3.0-ballot-tc1``) serves only itself.
+    """
+    if pinned == required:
+        return True
+    if required.endswith((".x", ".X", ".*")) and "-" not in pinned:
+        prefix = required[:-1]  # "4.0."
+        return pinned.startswith(prefix)
+    have, want = _RELEASE_RE.fullmatch(pinned), _RELEASE_RE.fullmatch(required)
+    if have is None or want is None:
+        return False
+    return have.group(1, 2) == want.group(1, 2) and int(have.group(3)) >= int(want.group(3))
+
+
+def plan_add(
+    name: str,
+    version: str,
+    pinned: Sequence[PackageSpec],
+    cache_dir: Path,
+    *,
+    keep_pinned: bool = False,
+    npm: str = "npm",
+    timeout: float = 600,
+) -> AddPlan:
+    """Resolve ``name@version`` and its dependencies (``package/package.json`` ``dependencies``, recursively)
+    against the ``pinned`` packages, and install every new one into the cache, verified.
+
+    A dependency pinned at a version that serves it (``version_satisfies``) is skipped. ``hl7.fhir.r4.core``,
+    which the registry does not serve, is served by the pinned ``hl7.fhir.r4.examples`` (which carries the
+    core definitions), or fetched as that package when it is not pinned. The integrity pinned is the
+    registry's ``dist.integrity``, which the downloaded tarball is checked against; a registry that gives none
+    has the tarball's own sha512 pinned (the notes say so).
+
+    Raises ``PackageError`` naming the package for a package that cannot be resolved, fetched, verified or
+    read, for a package made for another FHIR version, and for conflicts (all of them in one message): the
+    requested package pinned at another version, a dependency pinned at a version that does not serve it
+    (unless ``keep_pinned``: the pinned one is kept and a note says so), two new packages needing different
+    versions of a third. Nothing is pinned here: the caller writes the lock (``write_lock``) from the plan.
+    """
+    _check_name(name, version)
+    by_name = {spec.name: spec for spec in pinned}
+    chosen: dict[str, PackageSpec] = {}
+    order: list[PackageSpec] = []
+    notes: list[str] = []
+    conflicts: list[str] = []
+
+    def visit(dep_name: str, wanted: str, needed_by: str | None) -> None:
+        who = f"needed by {needed_by}" if needed_by else "requested"
+        substitute = CORE_SUBSTITUTES.get(dep_name)
+        if substitute is not None and dep_name not in by_name and dep_name not in chosen:
+            held = by_name.get(substitute) or chosen.get(substitute)
+            where = "pinned" if substitute in by_name else "added"
+            if held is not None and version_satisfies(held.version, wanted):
+                notes.append(f"{dep_name}#{wanted} ({who}): served by the {where} {held.folder_name}")
+                return
+            if held is None:
+                notes.append(f"{dep_name}#{wanted} ({who}): not served by the registry; using {substitute}#{wanted}")
+            dep_name = substitute
+        current = by_name.get(dep_name)
+        if current is not None:
+            if version_satisfies(current.version, wanted):
+                notes.append(f"{dep_name}#{wanted} ({who}): already pinned as {current.folder_name}")
+            elif needed_by is None:
+                conflicts.append(
+                    f"{dep_name} is already pinned at {current.version}, not {wanted}: "
+                    f"remove it first (`casebridge packages remove {dep_name}`)"
+                )
+            elif keep_pinned:
+                notes.append(
+                    f"warning: {needed_by} needs {dep_name}#{wanted}; keeping the pinned {current.folder_name} "
+                    "(--keep-pinned)"
+                )
+            else:
+                conflicts.append(
+                    f"{needed_by} needs {dep_name}#{wanted}, but the lock pins {current.folder_name} "
+                    "(pass --keep-pinned to keep the pinned version)"
+                )
+            return
+        earlier = chosen.get(dep_name)
+        if earlier is not None:
+            if not version_satisfies(earlier.version, wanted):
+                conflicts.append(
+                    f"{needed_by or 'the request'} needs {dep_name}#{wanted}, but {earlier.folder_name} is added"
+                )
+            return
+        exact = resolve_version(dep_name, wanted, npm=npm, timeout=timeout)
+        integrity = registry_integrity(dep_name, exact, npm=npm, timeout=timeout)
+        if integrity is None:
+            integrity = tarball_integrity(dep_name, exact, npm=npm, timeout=timeout)
+            notes.append(f"{dep_name}#{exact}: the registry gives no dist.integrity; pinned the tarball's sha512")
+        spec = PackageSpec(dep_name, exact, integrity)
+        chosen[dep_name] = spec  # before its dependencies: a cycle ends here
+        folder = install(spec, cache_dir, npm=npm, timeout=timeout)
+        for child, child_version in _manifest_dependencies(folder, spec):
+            visit(child, child_version, spec.folder_name)
+        order.append(spec)  # after its dependencies
+
+    visit(name, version, None)
+    if conflicts:
+        raise PackageError(f"cannot add {name}@{version}:\n  " + "\n  ".join(conflicts))
+    return AddPlan(tuple(order), tuple(notes))
+
+
+def _check_name(name: str, version: str) -> None:
+    if not _NAME_RE.fullmatch(name) or ".." in name:
+        raise PackageError(f"invalid package name {name!r}")
+    if not version or version.startswith("-") or any(c in version for c in "#@/\\\n"):
+        raise PackageError(f"{name}: invalid version {version!r}")
+
+
+def _manifest_dependencies(folder: Path, spec: PackageSpec) -> list[tuple[str, str]]:
+    """The ``dependencies`` of an installed package, after checking it is made for FHIR R4."""
+    manifest = folder / "package" / "package.json"
+    try:
+        data = _load_json(manifest.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise PackageError(f"{spec.folder_name}: cannot read {manifest}: {exc}") from exc
+    fhir_versions = data.get("fhirVersions") if isinstance(data, dict) else None
+    if isinstance(fhir_versions, list) and fhir_versions:
+        if not any(isinstance(v, str) and v.startswith("4.0") for v in fhir_versions):
+            raise PackageError(
+                f"{spec.folder_name}: made for FHIR {', '.join(map(str, fhir_versions))}; this validator is FHIR R4 "
+                "(4.0.1)"
+            )
+    dependencies = data.get("dependencies") if isinstance(data, dict) else None
+    if dependencies is None:
+        return []
+    if not isinstance(dependencies, dict) or not all(isinstance(v, str) for v in dependencies.values()):
+        raise PackageError(f"{spec.folder_name}: package/package.json 'dependencies' is not an object of versions")
+    return sorted(dependencies.items())
+
+
+def _run_npm(arguments: list[str], what: str, npm: str, timeout: float) -> str:
+    """npm's standard output, from an empty folder (no project package.json or .npmrc involved)."""
+    with tempfile.TemporaryDirectory(prefix="casebridge-npm-") as empty:
+        try:
+            done = subprocess.run(  # noqa: S603 - a fixed argument list, no shell
+                [npm, *arguments],
+                cwd=empty,
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=timeout,
+                check=False,
+            )
+        except FileNotFoundError as exc:
+            raise PackageError(f"{what}: npm not found ({npm!r}); install Node.js and npm") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise PackageError(f"{what}: `npm {arguments[0]}` did not finish within {timeout:g} s") from exc
+        except OSError as exc:
+            raise PackageError(f"{what}: cannot run npm ({npm!r}): {exc}") from exc
+    if done.returncode != 0:
+        tail = (done.stderr.strip() or done.stdout.strip())[-_STDERR_TAIL:]
+        raise PackageError(f"{what}: `npm {arguments[0]}` failed (exit {done.returncode}):\n{tail}")
+    return done.stdout
+
+
+def _npm_view(name: str, selector: str, field: str, npm: str, timeout: float) -> Any:
+    """``npm view NAME@SELECTOR FIELD --json``, parsed; None when the field is absent."""
+    what = f"{name}@{selector}"
+    out = _run_npm(["view", what, field, "--json"], what, npm, timeout).strip()
+    if not out:
+        return None
+    try:
+        return orjson.loads(out)
+    except orjson.JSONDecodeError as exc:
+        raise PackageError(f"{what}: `npm view` did not answer JSON: {out[:200]!r}") from exc
+
+
+def resolve_version(name: str, wanted: str, *, npm: str = "npm", timeout: float = 600) -> str:
+    """An exact version for ``wanted``: itself, or for a range or tag (``4.0.x``, ``latest``) the highest
+    version the registry has for it."""
+    if _VERSION_RE.fullmatch(wanted) and not any(c in _RANGE_CHARS for c in wanted) and wanted != "latest":
+        return wanted
+    found = _npm_view(name, wanted.replace(" ", ""), "version", npm, timeout)
+    candidates = found if isinstance(found, list) else [found]
+    versions = [v for v in candidates if isinstance(v, str)]
+    if not versions:
+        raise PackageError(f"{name}@{wanted}: the registry has no version matching {wanted!r}")
+    return versions[-1]  # npm lists matches in ascending order
+
+
+def registry_integrity(name: str, version: str, *, npm: str = "npm", timeout: float = 600) -> str | None:
+    """The registry's ``dist.integrity`` of ``name@version`` when it is a sha512 one, else None."""
+    found = _npm_view(name, version, "dist.integrity", npm, timeout)
+    if found is None or found == []:
+        return None
+    if not isinstance(found, str):
+        raise PackageError(f"{name}@{version}: `npm view` gave an unexpected dist.integrity {found!r}")
+    sha512 = [part for part in found.split() if part.startswith("sha512-")]  # SRI may list several
+    return sha512[0] if sha512 else None
+
+
+def tarball_integrity(name: str, version: str, *, npm: str = "npm", timeout: float = 600) -> str:
+    """The sha512 integrity of the tarball ``npm pack`` downloads (for a registry that gives none)."""
+    with tempfile.TemporaryDirectory(prefix="casebridge-pack-") as folder:
+        placeholder = PackageSpec(name, version, "sha512-" + base64.b64encode(bytes(64)).decode("ascii"))
+        tarball = _npm_pack(placeholder, Path(folder), npm, timeout)
+        digest = hashlib.sha512(tarball.read_bytes()).digest()
+    return "sha512-" + base64.b64encode(digest).decode("ascii")
+
+
+# --- writing a lock file -------------------------------------------------------------------------------------
+
+
+def is_packaged_file(path: Path) -> bool:
+    """Whether ``path`` lies inside an installed Python distribution (site-packages, dist-packages)."""
+    resolved = path.expanduser().resolve()
+    if any(part in ("site-packages", "dist-packages") for part in resolved.parts):
+        return True
+    import site
+    import sysconfig
+
+    roots = {sysconfig.get_paths()[key] for key in ("purelib", "platlib")}
+    with contextlib.suppress(AttributeError):  # some embedded interpreters have no site.getsitepackages
+        roots.update(site.getsitepackages())
+    return any(resolved.is_relative_to(Path(root).resolve()) for root in roots)
+
+
+def check_lock_writable(path: Path, *, explicit: bool) -> None:
+    """Refuse to change a lock file that is not the user's to change (see the CLI's ``add`` for the rules).
+
+    Refused: a file inside an installed distribution (an upgrade would silently drop the change, and the
+    install may be shared); the project's own ``fhir-packages.json`` unless named explicitly (``explicit``);
+    a file that does not exist (a lock starts as a copy of the packaged one, which pins the core).
+    """
+    if is_packaged_file(path):
+        raise PackageError(
+            f"{path} is the package list shipped inside an installed casebridge; it is not changed in place. "
+            f"Copy it to a file of your own (cp {path} ./fhir-packages.json), set "
+            "CASEBRIDGE_FHIR_PACKAGES_LOCK to that file (or pass --lock), and run the command again"
+        )
+    if not explicit and path.expanduser().resolve() == DEFAULT_LOCK_FILE.resolve():
+        raise PackageError(
+            f"{path} is casebridge's own pinned package list: pass --lock {path} to change it, or copy it to a "
+            "file of your own and set CASEBRIDGE_FHIR_PACKAGES_LOCK to that file"
+        )
+    if not path.is_file():
+        raise PackageError(
+            f"{path}: no such lock file; start from a copy of the project's list ({DEFAULT_LOCK_FILE.name}, "
+            "which pins the core definitions)"
+        )
+
+
+def write_lock(path: Path, specs: Sequence[PackageSpec], *, expected: bytes | None = None) -> None:
+    """Write a lock file atomically, checked loadable before it replaces the old one.
+
+    ``expected``: the content the file had when it was read; when it changed since, nothing is written (an
+    error asks to run again), so that two concurrent changes do not silently lose one.
+    """
+    document = [{"name": s.name, "version": s.version, "integrity": s.integrity} for s in specs]
+    text = orjson.dumps(document, option=orjson.OPT_INDENT_2).decode("utf-8") + "\n"
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with contextlib.suppress(OSError):
+            os.fchmod(handle, path.stat().st_mode & 0o777)
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        load_lock(Path(temporary))  # never replace a lock with one that cannot be read back
+        if expected is not None and path.read_bytes() != expected:
+            raise PackageError(f"{path} changed while this command ran; nothing written: run it again")
+        os.replace(temporary, path)
+    except OSError as exc:
+        raise PackageError(f"{path}: cannot write the lock file: {exc.strerror or exc}") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+
+
+def dependants(name: str, specs: Sequence[PackageSpec], cache_dir: Path) -> list[str]:
+    """The installed packages among ``specs`` whose manifest depends on ``name`` (directly, or on the core
+    package it substitutes for)."""
+    served = {name} | {core for core, substitute in CORE_SUBSTITUTES.items() if substitute == name}
+    found = []
+    for spec in specs:
+        if spec.name == name or not is_installed(spec, cache_dir):
+            continue
+        with contextlib.suppress(PackageError):
+            if any(dep in served for dep, _ in _manifest_dependencies(cache_dir / spec.folder_name, spec)):
+                found.append(spec.folder_name)
+    return found
