@@ -42,6 +42,8 @@ MODULES = (
     "casebridge.validation.invariants",
     "casebridge.validation.references",
     "casebridge.validation.bundles",
+    "casebridge.validation.documents",
+    "casebridge.validation.measure",
     "casebridge.validation.qanswers",
     "casebridge.validation.slicing",
     "casebridge.validation.extensions",

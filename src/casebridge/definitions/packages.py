@@ -71,8 +71,10 @@ DEFAULT_LOCK_FILE = data_dir() / "fhir-packages.json"
 CACHE_ENV = "CASEBRIDGE_FHIR_PACKAGE_CACHE"
 MARKER_FILE = ".casebridge-integrity"
 INDEX_FILE = ".casebridge-index.json"
-INDEX_FORMAT = 1  # bump when the cache's content changes meaning: old caches are then rebuilt
-INDEXED_TYPES = frozenset({"StructureDefinition", "ValueSet", "CodeSystem", "ConceptMap", "NamingSystem"})
+INDEX_FORMAT = 2  # bump when the cache's content changes meaning: old caches are then rebuilt
+INDEXED_TYPES = frozenset(
+    {"StructureDefinition", "ValueSet", "CodeSystem", "ConceptMap", "NamingSystem", "Measure", "Library"}
+)
 
 # Package names and versions become folder names: no separators, no '#', '|' or '@', no leading dot.
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

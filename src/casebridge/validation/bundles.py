@@ -68,6 +68,10 @@ def bundle_rules(bundle: dict[str, Any], run: Run, expr: str) -> None:
             if isinstance(full_url, str)
             else None
         )
+        if named and resource.get("resourceType") and resource.get("id") is None:
+            # A RESTful fullUrl is the resource's identity on a server: it says what the id is (bundle.html).
+            message = f"The fullUrl '{full_url}' looks like a RESTful server URL, but the resource has no id"
+            run.add("error", "invalid", message, f"{expr}.entry[{i}]")
         if named and isinstance(resource.get("id"), str) and resource.get("resourceType"):
             if (named.group(1), named.group(2)) != (resource["resourceType"], resource["id"]):
                 message = (

@@ -150,13 +150,22 @@ def _strings(node: Any, key: str | None = None) -> Iterator[tuple[str | None, st
         yield key, node
 
 
+_NARRATIVE_LOCAL_REF = re.compile(r"""\b(?:src|href)\s*=\s*["'](#[^"']+)["']""")
+
+
 def _unreferenced_contained(res: Any) -> list[int]:
     """dom-3: indexes of contained resources that nothing refers to and that refer to nothing of their container."""
     contained = _contained(res)
     if not contained:
         return []
     outside = {k: v for k, v in res.items() if k != "contained"}
-    refs = {v for _, v in _strings(outside) if v.startswith("#")}
+    refs: set[str] = set()
+    for key, v in _strings(outside):
+        if v.startswith("#"):
+            refs.add(v)
+        elif key == "div" and "#" in v:
+            # The narrative may show or link a contained resource (<img src="#id">, <a href="#id">).
+            refs.update(m.group(1) for m in _NARRATIVE_LOCAL_REF.finditer(v))
     inner_refs = {v for c in contained for _, v in _strings(c) if v.startswith("#")}
     bad = []
     for i, c in enumerate(contained):

@@ -41,6 +41,7 @@ from casebridge.errors import log_defect
 from casebridge.validation import extensions, narrative, primitives
 from casebridge.validation.bindings import Bindings, codings
 from casebridge.validation.bundles import bundle_rules, index_bundle
+from casebridge.validation.documents import document_rules
 from casebridge.validation.invariants import CHECKED_IN_WALK, Active, Invariants
 from casebridge.validation.issues import (
     MAX_OUTCOME_ISSUES,
@@ -52,6 +53,7 @@ from casebridge.validation.issues import (
     has_errors,
     operation_outcome,
 )
+from casebridge.validation.measure import check_measure, check_measure_report
 from casebridge.validation.references import check_reference, forget_contained
 from casebridge.validation.slicing import check_slicing
 from casebridge.validation.terminology import Terminology
@@ -300,6 +302,11 @@ class Validator:
                 narrative.check_language_sections(self, tree, res, root_expr, run)
         if rtype == "Bundle":
             bundle_rules(res, run, root_expr)
+            document_rules(res, run, root_expr)
+        elif rtype == "Measure":
+            check_measure(res, self.definitions, run, root_expr)
+        elif rtype == "MeasureReport":
+            check_measure_report(res, self.definitions, run, root_expr)
 
     # --- complex elements -----------------------------------------------------------------------------
 
