@@ -49,6 +49,7 @@ MODULES = (
     "casebridge.validation.extensions",
     "casebridge.validation.narrative",
     "casebridge.validation.validator",
+    "casebridge.validation.questionnaire",
 )
 
 

@@ -71,9 +71,18 @@ DEFAULT_LOCK_FILE = data_dir() / "fhir-packages.json"
 CACHE_ENV = "CASEBRIDGE_FHIR_PACKAGE_CACHE"
 MARKER_FILE = ".casebridge-integrity"
 INDEX_FILE = ".casebridge-index.json"
-INDEX_FORMAT = 2  # bump when the cache's content changes meaning: old caches are then rebuilt
+INDEX_FORMAT = 3  # bump when the cache's content changes meaning: old caches are then rebuilt
 INDEXED_TYPES = frozenset(
-    {"StructureDefinition", "ValueSet", "CodeSystem", "ConceptMap", "NamingSystem", "Measure", "Library"}
+    {
+        "StructureDefinition",
+        "ValueSet",
+        "CodeSystem",
+        "ConceptMap",
+        "NamingSystem",
+        "Questionnaire",
+        "Measure",
+        "Library",
+    }
 )
 
 # Package names and versions become folder names: no separators, no '#', '|' or '@', no leading dot.

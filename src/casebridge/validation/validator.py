@@ -38,7 +38,7 @@ from casebridge.definitions.structure import (
 )
 from casebridge.definitions.xml import RepeatedElement
 from casebridge.errors import log_defect
-from casebridge.validation import extensions, narrative, primitives
+from casebridge.validation import extensions, narrative, primitives, questionnaire
 from casebridge.validation.bindings import Bindings, codings
 from casebridge.validation.bundles import bundle_rules, index_bundle
 from casebridge.validation.documents import document_rules
@@ -300,6 +300,8 @@ class Validator:
             self.invariants.check_all(tree.root.constraints, res, tree.root.path, root_expr, run, res, tree)
             if tree.derivation == "constraint":  # a profile's narrative language rules
                 narrative.check_language_sections(self, tree, res, root_expr, run)
+        if rtype in questionnaire.TYPES:  # a response against its Questionnaire; a Questionnaire's enableWhens
+            questionnaire.check(self, res, rtype, root_expr, run)
         if rtype == "Bundle":
             bundle_rules(res, run, root_expr)
             document_rules(res, run, root_expr)
