@@ -44,6 +44,7 @@ MODULES = (
     "casebridge.validation.bundles",
     "casebridge.validation.documents",
     "casebridge.validation.measure",
+    "casebridge.validation.structures",
     "casebridge.validation.qanswers",
     "casebridge.validation.slicing",
     "casebridge.validation.extensions",

@@ -315,3 +315,44 @@ def test_a_report_on_an_unknown_measure_is_not_checked_against_it(validator: Val
 def test_the_fixture_library_is_indexed(validator: Validator) -> None:
     assert validator.definitions.get(LIBRARY_URL) is not None
     assert validator.definitions.get(MEASURE_URL) is not None
+
+
+# --- StructureDefinition: a type profile must be a profile of that type ----------------------------------------
+
+
+def observation_profile(code: str, profile: str, path: str = "Observation.valueQuantity") -> dict[str, Any]:
+    return {
+        "resourceType": "StructureDefinition",
+        "url": "http://example.org/fhir/StructureDefinition/observation-typed",
+        "name": "ObservationTyped",
+        "status": "draft",
+        "kind": "resource",
+        "abstract": False,
+        "type": "Observation",
+        "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Observation",
+        "derivation": "constraint",
+        "differential": {"element": [{"id": path, "path": path, "type": [{"code": code, "profile": [profile]}]}]},
+    }
+
+
+def test_a_type_profile_of_another_type(validator: Validator) -> None:
+    found = messages(
+        validator.validate(observation_profile("Quantity", "http://hl7.org/fhir/StructureDefinition/Count")),
+        "is for type",
+    )
+    assert found == [
+        (
+            "StructureDefinition.differential.element[0].type[0].profile[0]",
+            "Profile http://hl7.org/fhir/StructureDefinition/Count is for type Count, but the "
+            "Observation.valueQuantity element has type Quantity",
+        )
+    ]
+
+
+def test_a_type_profile_of_the_type_or_of_a_type_derived_from_an_abstract_code(validator: Validator) -> None:
+    simple = observation_profile("Quantity", "http://hl7.org/fhir/StructureDefinition/SimpleQuantity")
+    assert messages(validator.validate(simple), "is for type") == []
+    contained = observation_profile(
+        "Resource", "http://hl7.org/fhir/StructureDefinition/vitalsigns", "Observation.contained"
+    )
+    assert messages(validator.validate(contained), "is for type") == []

@@ -56,6 +56,7 @@ from casebridge.validation.issues import (
 from casebridge.validation.measure import check_measure, check_measure_report
 from casebridge.validation.references import check_reference, forget_contained
 from casebridge.validation.slicing import check_slicing
+from casebridge.validation.structures import check_structure_definition
 from casebridge.validation.terminology import Terminology
 from casebridge.validation.values import date_limits, matches_pattern, number_limits, quantity_limits
 
@@ -309,6 +310,8 @@ class Validator:
             check_measure(res, self.definitions, run, root_expr)
         elif rtype == "MeasureReport":
             check_measure_report(res, self.definitions, run, root_expr)
+        elif rtype == "StructureDefinition":
+            check_structure_definition(res, self.definitions, run, root_expr)
 
     # --- complex elements -----------------------------------------------------------------------------
 
