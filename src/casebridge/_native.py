@@ -47,6 +47,7 @@ MODULES = (
     "casebridge.validation.structures",
     "casebridge.validation.qanswers",
     "casebridge.validation.slicing",
+    "casebridge.validation.implied",
     "casebridge.validation.extensions",
     "casebridge.validation.narrative",
     "casebridge.validation.validator",

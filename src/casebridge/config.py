@@ -50,6 +50,14 @@ class Settings(BaseSettings):
         None, description="The FHIR package cache (default: CASEBRIDGE_FHIR_PACKAGE_CACHE or ~/.fhir/packages)."
     )
     profiles_dir: Path = Field(DATA_DIR / "profiles", description="casebridge's own profiles (a FHIR package).")
+    unknown_profiles: Literal["warning", "error"] = Field(
+        "warning",
+        description=(
+            "A profile a resource claims (meta.profile) that is in none of the loaded packages: warning (reported as "
+            "not checked, as the HL7 validator does) or error (refused). POST /bundles follows the forwarding "
+            "policy's unknown_profiles instead."
+        ),
+    )
 
     # The FHIR server pushes go to and pulls come from. The default is where `casebridge fhir-server` listens.
     fhir_base_url: str = Field(

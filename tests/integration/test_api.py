@@ -535,3 +535,21 @@ def test_a_contained_resource_meets_the_inbound_profiles_too(api: TestClient, fh
     condition["contained"][0] |= {"name": [{"family": "Example"}], "birthDate": "1990-01-01"}
     response = api.post("/bundles", json=bundle_of(condition), headers={**WRITE, **FHIR_JSON})
     assert response.status_code == 200, response.text
+
+
+def test_an_unknown_claimed_profile_is_refused_at_the_gateway_but_only_warned_of_in_validate(
+    api: TestClient, fhir_server: str
+) -> None:
+    """The forwarding policy's unknown_profiles (error) rules POST /bundles; $validate follows the setting
+    (warning, as the HL7 validator reports a profile it could not check)."""
+    unknown = "http://example.org/fhir/StructureDefinition/not-loaded"
+    patient = {**PATIENT, "id": "3f3e2a4c-1b2d-4e5f-8a9b-0c1d2e3f4a5b", "meta": {"profile": [unknown]}}
+    body = is_outcome(api.post("/bundles", json=bundle_of(patient), headers={**WRITE, **FHIR_JSON}), 422)
+    assert any(
+        i["severity"] == "error" and unknown in i["details"]["text"] and "meta.profile[0]" in i["expression"][0]
+        for i in body["issue"]
+    )
+    assert count(fhir_server, f"Patient?_id={patient['id']}") == 0
+    checked = is_outcome(api.post("/Patient/$validate", json=patient, headers={**READ, **FHIR_JSON}), 200)
+    assert no_errors(checked)
+    assert any(i["severity"] == "warning" and unknown in i["details"]["text"] for i in checked["issue"])

@@ -181,7 +181,7 @@ def test_each_step_sees_only_its_own_definitions(tmp_path: Path, base: Definitio
     )
     loads, does_not = run_conformance(tmp_path, base).results
     assert ["minimum required = 1" in f.message for f in loads.ours] == [True]
-    assert ["could not be resolved" in f.message for f in does_not.ours] == [True]
+    assert does_not.ours == ()  # an unknown claimed profile is a warning (not checked), as the HL7 validator says
 
 
 def test_unusable_steps_are_listed_not_dropped(tmp_path: Path, base: DefinitionIndex) -> None:

@@ -86,11 +86,6 @@ def test_a_wrong_gender_and_a_bogus_status_are_both_caught(validator: Validator,
             "could not be found",
         ),
         (
-            {"resourceType": "Patient", "meta": {"profile": ["http://example.org/not-loaded"]}},
-            "Patient.meta.profile[0]",
-            "could not be resolved",
-        ),
-        (
             {
                 "resourceType": "Condition",
                 "subject": {"reference": "Patient/1"},

@@ -36,6 +36,15 @@ _MERGED_LISTS = ("constraint",)
 _NEVER_COPIED = ("id", "path")
 _SLICE_NAMES = re.compile(r":[^.]*")  # 'Observation.component:a.code' -> 'Observation.component.code'
 _MAX_BASE_DEPTH = 20
+# The complex data types (R4) a choice may hold; with the primitives (lower case) they all derive from Element.
+_DATATYPES = frozenset(
+    {
+        "Address", "Age", "Annotation", "Attachment", "CodeableConcept", "Coding", "ContactDetail", "ContactPoint",
+        "Contributor", "Count", "DataRequirement", "Distance", "Dosage", "Duration", "Expression", "HumanName",
+        "Identifier", "Meta", "Money", "ParameterDefinition", "Period", "Quantity", "Range", "Ratio", "Reference",
+        "RelatedArtifact", "SampledData", "Signature", "Timing", "TriggerDefinition", "UsageContext",
+    }
+)  # fmt: skip
 
 
 def _elements(sd: dict[str, Any], part: str) -> Any:
@@ -74,14 +83,49 @@ def generate_snapshot(sd: dict[str, Any], definitions: Definitions, _depth: int 
     base_type = base.get("type")
     if sd.get("type") and base_type and sd["type"] != base_type and sd.get("derivation") != "specialization":
         raise DefinitionError(f"{url}: type {sd['type']} differs from its base's type {base_type}")
-    for i, diff in enumerate(_elements(sd, "differential")):
+    differential = _elements(sd, "differential")
+    for i, (diff, element_id) in enumerate(zip(differential, _differential_ids(differential), strict=True)):
         try:
-            builder.apply(diff)
+            builder.apply(diff, element_id)
         except DefinitionError as exc:
             where = f"StructureDefinition.differential.element[{i}]: {str(exc).removeprefix(f'{url}: ')}"
             raise (SnapshotPathError if isinstance(exc, SnapshotPathError) else DefinitionError)(where) from exc
     out = dict(sd)
     out["snapshot"] = {"element": builder.elements}
+    return out
+
+
+def _differential_ids(differential: list[Any]) -> list[str | None]:
+    """The id each differential element is merged by. As the HL7 snapshot generator does, an element is placed by
+    its path, in the slice opened last above it: ``Communication.payload.contentString`` after the slice
+    ``Communication.payload:string`` belongs to that slice. An id is taken as written when it names the path (the
+    slices it names are the context); one naming another path, or none, gives way to the path in context."""
+    open_slices: dict[str, str] = {}  # path -> the slice of it that the elements after it are in
+    out: list[str | None] = []
+    for diff in differential:
+        path = diff.get("path") if isinstance(diff, dict) else None
+        if not isinstance(path, str) or not path:
+            out.append(None)  # apply() reports it
+            continue
+        slice_name = diff.get("sliceName")
+        given = diff.get("id")
+        if isinstance(given, str) and given and _SLICE_NAMES.sub("", given) == path:
+            out.append(given)
+        else:
+            parts = path.split(".")
+            for i in range(len(parts) - 1):
+                in_slice = open_slices.get(".".join(parts[: i + 1]))
+                if in_slice is not None:
+                    parts[i] += f":{in_slice}"
+            element_id = ".".join(parts)
+            out.append(f"{element_id}:{slice_name}" if isinstance(slice_name, str) and slice_name else element_id)
+        # An element closes the slices below its path; a slice opens (or, unnamed, the element closes) its own.
+        for opened in [p for p in open_slices if p.startswith(path + ".")]:
+            del open_slices[opened]
+        if isinstance(slice_name, str) and slice_name:
+            open_slices[path] = slice_name
+        else:
+            open_slices.pop(path, None)
     return out
 
 
@@ -145,8 +189,8 @@ class _Builder:
 
     # --- applying one differential element --------------------------------------------------------------
 
-    def apply(self, diff: dict[str, Any]) -> None:
-        element_id = self._normalise_id(diff)
+    def apply(self, diff: dict[str, Any], given_id: str | None = None) -> None:
+        element_id = self._normalise_id(diff, given_id)
         index = self._index(element_id)
         if index is None:
             index = self._make(element_id, diff)
@@ -165,8 +209,8 @@ class _Builder:
             # The choice is narrowed: fixed or pattern values of the removed types would no longer apply.
             target["type"] = copy.deepcopy(diff["type"])
 
-    def _normalise_id(self, diff: dict[str, Any]) -> str:
-        element_id = diff.get("id")
+    def _normalise_id(self, diff: dict[str, Any], given_id: str | None = None) -> str:
+        element_id = given_id or diff.get("id")
         path = diff.get("path")
         if not isinstance(path, str) or not path:
             raise DefinitionError(f"{self.url}: a differential element has no path")
@@ -229,6 +273,9 @@ class _Builder:
         self._expand(parent_index)
         index = self._index(element_id)
         if index is None:
+            # A renamed choice below an element just expanded (an extension slice's valueCode): read it now.
+            index = self._index(self._choice_rename(element_id))
+        if index is None:
             raise SnapshotPathError(f"{self.url}: element {element_id} is not in the base definition")
         return index
 
@@ -272,6 +319,11 @@ class _Builder:
             return
         types = parent.get("type") or []
         codes = {t.get("code") for t in types}
+        if len(codes) > 1 and all((isinstance(c, str) and c[:1].islower()) or c in _DATATYPES for c in codes):
+            # A choice of data types: what all of them have (Element's id and extension) may be constrained
+            # without picking one type, as the HL7 snapshot generator allows (effective[x].extension).
+            codes = {"Element"}
+            types = [{"code": "Element"}]
         if len(codes) != 1:
             raise DefinitionError(
                 f"{self.url}: cannot go below {parent['id']}: it has {len(codes)} types (restrict it to one first)"

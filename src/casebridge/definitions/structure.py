@@ -370,6 +370,10 @@ class ElementNode:
     slices: dict[str, ElementNode] = field(default_factory=dict)  # by slice name
     is_modifier: bool = False
     base_max: str = "1"
+    # R5's ElementDefinition.mustHaveValue and .valueAlternatives, carried in R4 by extensions: a primitive must
+    # have a value, or, without one, carry one of these extensions.
+    must_have_value: bool = False
+    value_alternatives: tuple[str, ...] = ()
 
     # Cached: the validator asks these for every value it walks; name and base_max never change after
     # compilation.
@@ -470,10 +474,20 @@ def _node(element: dict[str, Any], source: str) -> ElementNode:
         min_value=_choice_value(element, "minValue"),
         max_value=_choice_value(element, "maxValue"),
         is_modifier=bool(element.get("isModifier")),
+        must_have_value=any(
+            e.get("url") == _MUST_HAVE_VALUE and e.get("valueBoolean") is True for e in element.get("extension", ())
+        ),
+        value_alternatives=tuple(
+            str(e["valueCanonical"])
+            for e in element.get("extension", ())
+            if e.get("url") == _VALUE_ALTERNATIVES and isinstance(e.get("valueCanonical"), str)
+        ),
         base_max=(element.get("base") or {}).get("max", element.get("max", "1")),
     )
 
 
+_MUST_HAVE_VALUE = "http://hl7.org/fhir/5.0/StructureDefinition/extension-ElementDefinition.mustHaveValue"
+_VALUE_ALTERNATIVES = "http://hl7.org/fhir/5.0/StructureDefinition/extension-ElementDefinition.valueAlternatives"
 _ADDITIONAL_BINDING = (
     "http://hl7.org/fhir/5.0/StructureDefinition/extension-ElementDefinition.binding.additional",
     "http://hl7.org/fhir/tools/StructureDefinition/additional-binding",

@@ -13,6 +13,10 @@ reach another host:
 
 Binary, nested Bundles, AuditEvent and Provenance are refused unless the file lists them: an operator opts in.
 
+``unknown_profiles`` (error, the default, or warning) says what a resource claiming a profile casebridge does not
+know (``meta.profile``) gets at this gate, whatever CASEBRIDGE_UNKNOWN_PROFILES says elsewhere: refused, or forwarded
+with a warning that the profile was not checked.
+
 Besides the file, each entry must be one the FHIR specification's transaction rules allow and one whose effect
 validation sees (``check_entries``): a PUT names the resource's own id (``Type/id``) or is conditional
 (``Type?search``); a POST names just its type; no two entries write the same URL.
@@ -30,7 +34,7 @@ from urllib.parse import parse_qsl, unquote
 import yaml
 
 from casebridge.errors import MappingError
-from casebridge.validation.validator import Issue
+from casebridge.validation.validator import UNKNOWN_PROFILE_SEVERITIES, Issue
 from casebridge.yamlfile import compose, line_of, mapping_items, scalar, yaml_error
 
 INTERACTIONS = ("create", "conditional-create", "update", "conditional-update")
@@ -74,6 +78,7 @@ class ForwardingPolicy:
     max_entries: int
     max_bytes: int
     file: str = "forwarding-policy.yaml"
+    unknown_profiles: str = "error"  # the severity of an unknown claimed profile in POST /bundles
 
 
 @dataclass(frozen=True)
@@ -140,9 +145,11 @@ def _load_forwarding_policy(path: Path, file: str, is_resource_type: Callable[[s
         raise MappingError(f"cannot read: {getattr(exc, 'strerror', None) or exc}", file=file) from exc
     fields = {key: (value, line) for key, value, line in mapping_items(compose(text, file), file)}
     for key, (_, line) in fields.items():
-        if key not in ("types", "interactions", "limits"):
+        if key not in ("types", "interactions", "limits", "unknown_profiles"):
             raise MappingError(
-                f"unknown key {key!r}; the policy has types, interactions and limits", file=file, line=line
+                f"unknown key {key!r}; the policy has types, interactions, limits and unknown_profiles",
+                file=file,
+                line=line,
             )
     for required in ("types", "interactions", "limits"):
         if required not in fields:
@@ -186,8 +193,24 @@ def _load_forwarding_policy(path: Path, file: str, is_resource_type: Callable[[s
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
             raise MappingError(f"{key}: expected a whole number from {low} to {high}", file=file, line=line)
         values[key] = value
+    unknown_profiles = "error"  # deny by default: what cannot be checked is not let through unless the file says so
+    if "unknown_profiles" in fields:
+        node, line = fields["unknown_profiles"]
+        value = scalar(node) if isinstance(node, yaml.ScalarNode) else None
+        if value not in UNKNOWN_PROFILE_SEVERITIES:
+            raise MappingError(
+                f"unknown_profiles: expected {' or '.join(UNKNOWN_PROFILE_SEVERITIES)}, not {value!r}",
+                file=file,
+                line=line,
+            )
+        unknown_profiles = str(value)
     return ForwardingPolicy(
-        frozenset(types), frozenset(interactions), values["max_entries"], values["max_bytes"], file=file
+        frozenset(types),
+        frozenset(interactions),
+        values["max_entries"],
+        values["max_bytes"],
+        file=file,
+        unknown_profiles=unknown_profiles,
     )
 
 

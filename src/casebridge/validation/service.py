@@ -7,7 +7,7 @@ from pathlib import Path
 
 from casebridge.config import Settings
 from casebridge.definitions.packages import DefinitionIndex, default_cache_dir, ensure_all, load_lock
-from casebridge.validation.validator import Validator
+from casebridge.validation.validator import ValidationOptions, Validator
 
 
 def load_index(settings: Settings, extra: Sequence[Path] = ()) -> DefinitionIndex:
@@ -23,4 +23,4 @@ def load_index(settings: Settings, extra: Sequence[Path] = ()) -> DefinitionInde
 
 
 def load_validator(settings: Settings, extra: Sequence[Path] = ()) -> Validator:
-    return Validator(load_index(settings, extra))
+    return Validator(load_index(settings, extra), options=ValidationOptions(unknown_profiles=settings.unknown_profiles))

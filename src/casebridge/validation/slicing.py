@@ -148,15 +148,63 @@ def _item_expression(parent_expr: str, node: ElementNode, type_code: str | None,
 
 
 _MISSING = object()
+_EXTENSION_CALL = re.compile(r"""extension\(\s*(['"])(.*)\1\s*\)""")
+
+
+def _split_path(path: str) -> list[str]:
+    """A discriminator path's steps: split at the dots outside quotes and parentheses, so that
+    ``extension('http://example.org/x').value`` is two steps (profiling.html#discriminator allows extension())."""
+    parts: list[str] = []
+    depth = 0
+    quote = ""
+    start = 0
+    for i, ch in enumerate(path):
+        if quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "." and depth == 0:
+            parts.append(path[start:i])
+            start = i + 1
+    parts.append(path[start:])
+    return parts
+
+
+def _extension_url(part: str) -> str | None:
+    """The URL of an ``extension('url')`` step, else None."""
+    match = _EXTENSION_CALL.fullmatch(part)
+    return match.group(2) if match else None
+
+
+def _extension_slices(extension: ElementNode, url: str) -> list[ElementNode]:
+    """The slices of an extension element that are the extension ``url``."""
+    out = []
+    for slice_node in extension.slices.values():
+        fixed = slice_node.children.get("url")
+        profiles = [p for t in slice_node.types for p in t.profiles]
+        if (fixed is not None and fixed.fixed == url) or url in profiles:
+            out.append(slice_node)
+    return out
 
 
 def _node_at(node: ElementNode, path: str) -> ElementNode | None:
     if path in ("$this", ""):
         return node
     current: ElementNode | None = node
-    for part in path.split("."):
+    for part in _split_path(path):
         if current is None:
             return None
+        url = _extension_url(part)
+        if url is not None:
+            extension = current.children.get("extension")
+            found = _extension_slices(extension, url) if extension is not None else []
+            current = found[0] if found else None
+            continue
         part = re.sub(r"\.ofType\(.*\)$", "", part)
         current = current.children.get(part) or current.children.get(part + "[x]")
     return current
@@ -168,11 +216,16 @@ def _nodes_at(node: ElementNode, path: str) -> Iterator[ElementNode]:
     if path in ("$this", ""):
         yield node
         return
-    parts = [re.sub(r"\.ofType\(.*\)$", "", p) for p in path.split(".")]
+    parts = [re.sub(r"\.ofType\(.*\)$", "", p) for p in _split_path(path)]
     frontier = [node]
     for part in parts:
         following: list[ElementNode] = []
+        url = _extension_url(part)
         for current in frontier:
+            if url is not None:
+                extension = current.children.get("extension")
+                following.extend(_extension_slices(extension, url) if extension is not None else ())
+                continue
             child = current.children.get(part) or current.children.get(part + "[x]")
             if child is not None:
                 following.append(child)
@@ -195,14 +248,22 @@ def _typed_values_at(item: Any, path: str, type_code: str | None) -> Iterator[tu
         yield item, actual
         return
     current: list[tuple[Any, str | None]] = [(item, type_code)]
-    for part in path.split("."):
+    for part in _split_path(path):
+        url = _extension_url(part)
         part = re.sub(r"\.?ofType\(.*\)$", "", part)
         nxt: list[tuple[Any, str | None]] = []
         for c, _ in current:
             if not isinstance(c, dict):
                 continue
             found: list[tuple[Any, str | None]]
-            if part in c:
+            if url is not None:
+                extensions = c.get("extension")
+                found = [
+                    (e, "Extension")
+                    for e in (extensions if isinstance(extensions, list) else ())
+                    if isinstance(e, dict) and e.get("url") == url
+                ]
+            elif part in c:
                 found = [(c[part], None)]
             else:
                 found = [

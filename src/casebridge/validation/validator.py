@@ -42,6 +42,7 @@ from casebridge.validation import extensions, narrative, primitives, questionnai
 from casebridge.validation.bindings import Bindings, codings
 from casebridge.validation.bundles import bundle_rules, index_bundle
 from casebridge.validation.documents import document_rules
+from casebridge.validation.implied import implied_profiles
 from casebridge.validation.invariants import CHECKED_IN_WALK, Active, Invariants
 from casebridge.validation.issues import (
     MAX_OUTCOME_ISSUES,
@@ -65,6 +66,7 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_OUTCOME_ISSUES",
     "SEVERITY_RANK",
+    "UNKNOWN_PROFILE_SEVERITIES",
     "Issue",
     "ValidationOptions",
     "Validator",
@@ -77,6 +79,7 @@ MAX_CLAIMED_PROFILES = 20  # per resource (meta.profile and asked-for profiles t
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 MAX_DEPTH = 200  # deeper than any real resource; a guard against hostile nesting
 _SCALARS = frozenset({str, bool, int, float})
+UNKNOWN_PROFILE_SEVERITIES = ("warning", "error")
 _NUMBERS = frozenset({"decimal", "integer", "positiveInt", "unsignedInt"})
 
 
@@ -88,6 +91,17 @@ class ValidationOptions:
     validate_contained: bool = True  # check contained resources (False: skip them)
     # Profiles that apply to every resource of a type (an ImplementationGuide's "global" list).
     global_profiles: tuple[tuple[str, str], ...] = ()  # (resource type, profile canonical)
+    # A profile a resource claims (meta.profile) that is not known: "warning", as the HL7 validator reports it (not
+    # checked, the instance may still be valid), or "error" (nothing passes unchecked). A profile the caller asks
+    # for is always an error: the caller meant it to be checked.
+    unknown_profiles: str = "warning"
+    # Unknown extensions in the domains reserved for examples (example.org, acme.com) are let through, as the HL7
+    # validator does for examples; off, any extension whose definition is not loaded is an error.
+    allow_example_extensions: bool = False
+
+    def __post_init__(self) -> None:
+        if self.unknown_profiles not in UNKNOWN_PROFILE_SEVERITIES:
+            raise ValueError(f"unknown_profiles must be one of {', '.join(UNKNOWN_PROFILE_SEVERITIES)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,8 +220,15 @@ class Validator:
 
     # --- entry points ---------------------------------------------------------------------------------
 
-    def validate(self, resource: object, profiles: list[str] | tuple[str, ...] = ()) -> list[Issue]:
+    def validate(
+        self, resource: object, profiles: list[str] | tuple[str, ...] = (), *, unknown_profiles: str | None = None
+    ) -> list[Issue]:
+        """The issues of a resource against its base definition, the profiles it claims and ``profiles``;
+        ``unknown_profiles`` ("warning" or "error") overrides the option of that name for this call."""
         run = Run()
+        run.unknown_profiles = unknown_profiles or self.options.unknown_profiles
+        if run.unknown_profiles not in UNKNOWN_PROFILE_SEVERITIES:
+            raise ValueError(f"unknown_profiles must be one of {', '.join(UNKNOWN_PROFILE_SEVERITIES)}")
         if not isinstance(resource, dict):
             run.add("fatal", "structure", "The content is not a JSON object", "")
             return run.issues
@@ -282,18 +303,26 @@ class Validator:
         for url in dict.fromkeys([*claimed, *profiles, *global_profiles]):
             tree = self.tree(url)
             if tree is None:
-                # Never a silent pass: a profile we cannot check is an error, at the claim that names it.
+                # Never a silent pass: a profile we cannot check is reported, at the claim that names it. One only
+                # claimed and unknown anywhere is the HL7 validator's warning (ValidationOptions.unknown_profiles);
+                # one asked for, or known but unusable, is an error.
                 where = f"{root_expr}.meta.profile[{position[url]}]" if url in position else root_expr
-                message = (
-                    f"Profile '{url}' could not be used: {self.unusable[url]}"
-                    if url in self.unusable
-                    else f"Profile reference '{url}' could not be resolved, so has not been checked"
-                )
-                run.add("error", "processing", message, where)
+                if url in self.unusable:
+                    run.add("error", "processing", f"Profile '{url}' could not be used: {self.unusable[url]}", where)
+                else:
+                    severity = run.unknown_profiles if url in position and url not in profiles else "error"
+                    message = f"Profile reference '{url}' could not be resolved, so has not been checked"
+                    run.add(severity, "processing", message, where)
             elif tree.type != rtype:
                 run.add("error", "structure", f"The profile {url} is for {tree.type}, not {rtype}", root_expr)
             else:
                 trees.append(tree)
+        if rtype == "Observation":  # the only type the specification implies profiles for (vital signs)
+            for url, reason in implied_profiles(rtype, res):
+                tree = self.tree(url)
+                if tree is not None and tree not in trees:
+                    run.add("information", "informational", reason, root_expr)
+                    trees.append(tree)
         if rtype == "Bundle":
             index_bundle(res, run, root_expr)
         for tree in trees or [base]:
@@ -324,15 +353,21 @@ class Validator:
                 for json_name, implied in child.json_names().items():
                     lookup[json_name] = _Child.of(child, tree, implied)
             self._lookups[key] = lookup
-            self._required[key] = [c for c in node.children.values() if c.min > 0 or c.max is not None]
+            self._required[key] = [
+                c
+                for c in node.children.values()
+                if c.min > 0 or c.max is not None or any(s.min > 0 for s in c.slices.values())
+            ]
         return lookup, self._required[key]
 
     def _children_of(
         self, node: ElementNode, tree: StructureTree, type_ref: TypeRef | None
     ) -> tuple[ElementNode, StructureTree, bool]:
         """Where the children of an element are defined: (node, tree, descended into a type definition)."""
-        if node.children:
+        if node.children and not (len(node.types) > 1 and type_ref is not None):
             return node, tree, False
+        # A choice of several types has children only when a profile constrains what they share (its
+        # extensions): the value's own type defines its children.
         if node.content_reference:
             # contentReference names the element as the base type defines it, not as a profile constrains it.
             base = self.type_tree(tree.type) or tree
@@ -402,6 +437,14 @@ class Validator:
             self._property(key, value, extra, child, expr, run, res, depth, counts)
         for child_node in bounded:
             count = counts.get(id(child_node), 0)
+            if count == 0 and child_node.slices:
+                # Absent, the element's slices were never matched (check_slicing counts them when present).
+                for required in child_node.slices.values():
+                    if required.min > 0:
+                        message = (
+                            f"Slice '{required.id}': a matching slice is required, but not found (from {tree.label})"
+                        )
+                        run.add("error", "structure", message, expr, tree.url)
             if count < child_node.min:
                 run.add(
                     "error",
@@ -495,7 +538,18 @@ class Validator:
         """One value of ``node`` as ``type_code`` (``extra``: its primitive's ``_`` companion); slicing calls this
         for each value with the slice it matched."""
         if type_code is None:
-            if node.children or node.content_reference:
+            rtype = item.get("resourceType") if isinstance(item, dict) else None
+            if isinstance(rtype, str) and node.types and all(self.is_resource_type(t.code) for t in node.types):
+                # A profile may allow several resource types (Parameters.parameter.resource): the resource says which.
+                type_ref = next((t for t in node.types if t.code == rtype), None)
+                if type_ref is None:
+                    allowed = ", ".join(t.code for t in node.types)
+                    run.add(
+                        "error", "structure", f"The type '{rtype}' is not valid here: it must be one of {allowed}", expr
+                    )
+                    return
+                type_code = rtype
+            elif node.children or node.content_reference:
                 type_code = "BackboneElement"
             else:
                 run.add("error", "structure", f"The type of element {node.path} is not known", expr)
@@ -648,6 +702,8 @@ class Validator:
                     run.add("error", "invalid", message, expr)
             if node.binding is not None and type_code in ("code", "string", "uri"):
                 self.bindings.code_binding(str(value), node, tree, expr, run)
+        if value is None and (node.must_have_value or node.value_alternatives):
+            self._value_absent(extra, node, tree, expr, run)
         if extra is not None and not isinstance(extra, dict):
             run.add("error", "structure", f"The _ companion of {node.name} must be an Object (at {expr})", expr)
         elif isinstance(extra, dict):
@@ -662,6 +718,29 @@ class Validator:
                     self._extension(ext, node, tree, f"{expr}.extension[{i}]", run, res, depth)
         if node.constraints and value is not None:
             self.invariants.check_all(node.constraints, value, None, expr, run, res, tree)
+
+    def _value_absent(self, extra: Any, node: ElementNode, tree: StructureTree, expr: str, run: Run) -> None:
+        """A primitive with extensions but no value, where the profile asks for a value (mustHaveValue) or
+        allows its absence only with certain extensions (valueAlternatives) (R5 ElementDefinition, R4 extensions)."""
+        if node.must_have_value:
+            message = (
+                f"The element definition ``{node.path}`` in the profile '{tree.url}' requires that a value be present "
+                "in this element"
+            )
+            run.add("error", "business-rule", message, expr, tree.url)
+            return
+        urls = {e.get("url") for e in as_list(as_obj(extra).get("extension")) if isinstance(e, dict)}
+        if not urls & set(node.value_alternatives):
+            which = (
+                f"the extension '{node.value_alternatives[0]}' must"
+                if len(node.value_alternatives) == 1
+                else f"one of the extensions '{', '.join(node.value_alternatives)}' must"
+            )
+            message = (
+                f"The element definition ``{node.path}`` in the profile '{tree.url}' requires that if a value is not "
+                f"present, {which} be present"
+            )
+            run.add("error", "business-rule", message, expr, tree.url)
 
     # --- extensions -----------------------------------------------------------------------------------
 
@@ -693,7 +772,10 @@ class Validator:
             return
         definition = self.tree(url)
         if definition is None:
-            run.add("error", "structure", f"The extension {url} could not be found so is not allowed here", expr)
+            if self.options.allow_example_extensions and ("example.org" in url or "acme.com" in url):
+                run.add("information", "informational", f"Unknown extension {url}", expr)
+            else:
+                run.add("error", "structure", f"The extension {url} could not be found so is not allowed here", expr)
             base = self.type_tree("Extension")
             if base is not None:
                 self._complex(ext, base.root, base, expr, run, res, depth + 1)
@@ -717,7 +799,9 @@ class Validator:
         for p in profiles:
             key = (id(value), p)
             if key not in run.conforms:
-                run.conforms[key] = self.tree(p) is not None and not has_errors(self.validate(value, [p]))
+                run.conforms[key] = self.tree(p) is not None and not has_errors(
+                    self.validate(value, [p], unknown_profiles=run.unknown_profiles)
+                )
             if run.conforms[key]:
                 return True
         return False

@@ -123,4 +123,4 @@ def _check(
     except ApiError as refusal:
         return bundle, [], [], refusal
     checked = with_inbound_profiles(bundle, bench.inbound_profiles)
-    return bundle, actions, bench.validator.validate(checked), None
+    return bundle, actions, bench.validator.validate(checked, unknown_profiles=bench.forwarding.unknown_profiles), None
