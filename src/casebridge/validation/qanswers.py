@@ -143,7 +143,10 @@ def _instant(text: Any) -> dt.datetime | None:
         return None
     if zone and zone != "Z":
         sign = 1 if zone[0] == "+" else -1
-        moment -= sign * dt.timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
+        try:
+            moment -= sign * dt.timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
+        except OverflowError:
+            return None
     return moment
 
 
@@ -183,6 +186,7 @@ def check_answers(validator: Validator, run: Run, item: dict[str, Any], answers:
     """
     item_type = item.get("type")
     allowed = ALLOWED_TYPES.get(item_type) if isinstance(item_type, str) else None
+    answers = as_list(answers)
     if allowed is None or not answers:
         return
     count = len(answers)
@@ -587,6 +591,8 @@ def _unit_in_value_set(
         )
         return
     system, code = q.get("system"), q.get("code")
+    if not isinstance(system, (str, type(None))):
+        return  # a wrong shape is reported by the structure walk
     if isinstance(code, str):
         if (system, code) in expansion.codes or system in expansion.open_systems or expansion.unresolved:
             return  # in the value set, or a code we cannot decide on offline
