@@ -16,6 +16,7 @@ for extensions whose definitions restrict their context.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -224,18 +225,42 @@ def _allowed(validator: Validator, contexts: Contexts, holder: Holder, res: dict
     if contexts.fhirpaths:
         if not isinstance(holder.value, dict):
             return True  # a primitive's value is not its element (the extensions are apart): not judged
-        root = run.roots.get(id(res), res)
+        # The engine hands back copies: an equal element stands for the holder.
+        key = _key(holder.value)
         for expression in contexts.fhirpaths:
-            try:
-                found = evaluate(
-                    expression, res, base=None, resource=res, root=root, resolver=Resolver(root, run.bundle_index)
-                )
-            except FhirPathError:
-                return True
-            # The engine hands back copies: an equal element stands for the holder.
-            if any(item == holder.value for item in found):
+            found = _selected(run, res, expression)
+            if found is None or key in found:
                 return True
     return False
+
+
+# (id(run), id(resource), expression) -> (the run and resource, kept so the ids stay theirs; what it selects):
+# a resource with many extensions evaluates each context expression once, not once per extension.
+_SELECTED: dict[tuple[int, int, str], tuple[Run, dict[str, Any], set[str] | None]] = {}
+_MAX_SELECTED = 64
+
+
+def _selected(run: Run, res: dict[str, Any], expression: str) -> set[str] | None:
+    """The elements a fhirpath context selects in ``res`` (by their JSON text); None when it cannot be evaluated."""
+    cache_key = (id(run), id(res), expression)
+    hit = _SELECTED.get(cache_key)
+    if hit is not None and hit[0] is run and hit[1] is res:
+        return hit[2]
+    root = run.roots.get(id(res), res)
+    found: set[str] | None
+    try:
+        items = evaluate(expression, res, base=None, resource=res, root=root, resolver=Resolver(root, run.bundle_index))
+        found = {_key(item) for item in items if isinstance(item, dict)}
+    except FhirPathError:
+        found = None
+    if len(_SELECTED) >= _MAX_SELECTED:
+        _SELECTED.clear()
+    _SELECTED[cache_key] = (run, res, found)
+    return found
+
+
+def _key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def _matches(validator: Validator, path: str, wanted: str) -> bool:
