@@ -211,20 +211,6 @@ def _wide_steps(base: DefinitionIndex) -> Iterator[_Step]:
             yield _Step(f"{name}/{step}", instance, Validator(overlay, options=options), profiles, source, xml)
 
 
-# Crashes found in modules under way elsewhere (questionnaire.py, qanswers.py), left to their authors; the minimal
-# inputs are the xfail tests at the end. Remove a label once its crash is fixed.
-KNOWN_ELSEWHERE = frozenset(
-    {
-        "questionnaireResponse-enableWhen-test-fail/base empty seed=4286860376",
-        "group-with-string-invalid-nesting-link-id-qr/base empty seed=2284283562",
-        "invalid-link-id-qr/base wrong-type seed=2475945287",
-        "quantity-min-max-compat-units-qr/base empty seed=2612369488",
-        "questionnaire-draft-qr/base empty seed=2122965962",
-        "questionnaire-inactive-end-qr/base empty seed=2466581616",
-        "quantity-units-in-value-set-qr/base empty seed=1151989734",
-    }
-)
-
 
 def test_wide_slice_mutations_never_crash_nor_run_long(base: DefinitionIndex) -> None:
     findings = Findings()
@@ -236,8 +222,6 @@ def test_wide_slice_mutations_never_crash_nor_run_long(base: DefinitionIndex) ->
             for n in range(1 if kind == "huge-array" else 2):  # the costly kind once, to stay within the time box
                 seed = _seed(step.name, kind, n)
                 label = f"{step.name} {kind} seed={seed}"
-                if label in KNOWN_ELSEWHERE:
-                    continue
                 findings.check(step.validator, mutate(step.instance, kind, seed), step.profiles, label)
     assert steps > 250  # the slice's 274 steps, but those whose files are not there
     findings.assert_clean()
@@ -471,7 +455,6 @@ _QUESTIONNAIRE = {
 }
 
 
-@pytest.mark.xfail(reason="questionnaire.py (under way): a status that is not a string is looked up in a frozenset")
 def test_questionnaire_response_status_that_is_not_a_string(base: DefinitionIndex) -> None:
     response = {
         "resourceType": "QuestionnaireResponse",

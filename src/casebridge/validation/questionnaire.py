@@ -230,7 +230,8 @@ class _ResponseWalk:
         self.questionnaire = questionnaire
         self.response = response
         self.outline = _Outline(questionnaire)
-        self.completed = response.get("status") in _COMPLETED
+        status = response.get("status")
+        self.completed = isinstance(status, str) and status in _COMPLETED  # a malformed status is the walk's
 
     def _required(self, code: str, message: str, expr: str) -> None:
         # Questionnaire.item.required: "must be present in a 'completed' QuestionnaireResponse".
