@@ -416,3 +416,27 @@ def test_a_modifier_extension_goes_in_modifier_extension_only(validator: Validat
             "extension is not",
         )
     ]
+
+
+def test_an_element_context_of_a_data_type_holds_wherever_the_type_is_used(validator: Validator) -> None:
+    """humanname-own-prefix is for HumanName.family: on a RelatedPerson's name it is in place, on given it is not."""
+    own_prefix = {"url": "http://hl7.org/fhir/StructureDefinition/humanname-own-prefix", "valueString": "van"}
+    allowed = {
+        "resourceType": "RelatedPerson",
+        "patient": {"reference": "Patient/p"},
+        "name": [{"family": "Berg", "_family": {"extension": [own_prefix]}}],
+    }
+    assert not [e for e in errors(validator, allowed) if "not allowed to be used" in e[1]]
+    misplaced = {
+        "resourceType": "RelatedPerson",
+        "patient": {"reference": "Patient/p"},
+        "name": [{"given": ["Ann"], "_given": [{"extension": [own_prefix]}]}],
+    }
+    assert [e for e in errors(validator, misplaced) if "not allowed to be used" in e[1]] == [
+        (
+            "RelatedPerson.name[0].given[0]",
+            "The extension http://hl7.org/fhir/StructureDefinition/humanname-own-prefix v4.0.1 is not allowed to be "
+            "used at this point (this element is [RelatedPerson.name.given, string]; allowed for this version = "
+            "e:HumanName.family)",
+        )
+    ]

@@ -323,7 +323,8 @@ def find_holder(validator: Validator, res: dict[str, Any], holder_expr: str, ext
             return None
         path += f".{name}"
         choice_path += f".{child.name}"
-        defined_path = choice_path
+        # Where the element is defined: "HumanName.family" inside a data type, the resource's path otherwise.
+        defined_path = child.path or choice_path
         is_resource = False
         if name in ("extension", "modifierExtension") and isinstance(item, dict):
             url = item.get("url")
