@@ -119,6 +119,28 @@ def test_a_contained_resource_the_narrative_does_not_show_is_still_unreferenced(
 # --- a profile claimed with a partial version ----------------------------------------------------------------
 
 
+def test_a_contained_resource_referred_to_by_another_contained_resource_is_referenced(validator: Validator) -> None:
+    """dom-3 looks for references in all of the container, the other contained resources included."""
+    listing = {
+        "resourceType": "List",
+        "status": "current",
+        "mode": "working",
+        "contained": [
+            {"resourceType": "Practitioner", "id": "pr"},
+            {"resourceType": "PractitionerRole", "id": "role", "practitioner": {"reference": "#pr"}},
+            {"resourceType": "Practitioner", "id": "alone"},
+        ],
+        "entry": [{"item": {"reference": "#role"}}],
+    }
+    assert messages(validator.validate(listing), "dom-3") == [
+        (
+            "List.contained[2]",
+            "The contained resource 'alone' is not referenced to from elsewhere in the containing resource nor does "
+            "it refer to the containing resource (dom-3)",
+        )
+    ]
+
+
 def test_a_partial_version_names_the_latest_patch_of_that_version() -> None:
     index = DefinitionIndex()
     url = "http://example.org/fhir/StructureDefinition/p"

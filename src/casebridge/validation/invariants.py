@@ -166,11 +166,16 @@ def _unreferenced_contained(res: Any) -> list[int]:
         elif key == "div" and "#" in v:
             # The narrative may show or link a contained resource (<img src="#id">, <a href="#id">).
             refs.update(m.group(1) for m in _NARRATIVE_LOCAL_REF.finditer(v))
-    inner_refs = {v for c in contained for _, v in _strings(c) if v.startswith("#")}
+    # "#id" -> the contained resources that refer to it: one referred to by another contained resource is used.
+    inner_refs: dict[str, set[int]] = {}
+    for j, c in enumerate(contained):
+        for _, v in _strings(c):
+            if v.startswith("#"):
+                inner_refs.setdefault(v, set()).add(j)
     bad = []
     for i, c in enumerate(contained):
         cid = c.get("id")
-        if f"#{cid}" in refs or f"#{cid}" in inner_refs - {f"#{cid}"}:
+        if f"#{cid}" in refs or inner_refs.get(f"#{cid}", set()) - {i}:
             continue
         if "#" in {v for _, v in _strings(c)}:  # it refers to its container
             continue
