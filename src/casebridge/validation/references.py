@@ -52,7 +52,7 @@ def check_reference(
     reference = item.get("reference")
     if not isinstance(reference, str):
         return
-    target_type: str | None = None
+    target_type: Any = None  # from the instance: maybe not a string (compiled code checks a str annotation)
     resolved: dict[str, Any] | None = None
     if reference.startswith("#"):
         # A missing contained target is ref-1's failure, reported by that invariant.
