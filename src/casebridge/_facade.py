@@ -75,7 +75,7 @@ class Casebridge:
         """Validate the transaction Bundle (``InvalidResourceError``: nothing is sent), then send it as one
         transaction under its patient's write lock."""
         warnings = pipeline.check(bundle, self.validator, max_issues=self.settings.max_outcome_issues)
-        return pipeline.push_bundle_sync(self.fhir, bundle, locks=self.locks, warnings=warnings)
+        return self.fhir.call(pipeline.push_bundle, bundle, locks=self.locks, warnings=warnings)
 
     def pull_reports(
         self,
@@ -91,7 +91,7 @@ class Casebridge:
         date-time with its zone; as text too). A filter that cannot be is a ``ValueError``."""
         moment = parse_since(since) if isinstance(since, str) else since
         query = pipeline.report_query(patient=patient, category=category, code=code, since=moment, page_size=page_size)
-        return pipeline.pull_reports_sync(self.fhir, query)
+        return self.fhir.call(pipeline.pull_reports, query)
 
     # -- the FHIR client ----------------------------------------------------------------------------------
 

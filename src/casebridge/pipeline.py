@@ -30,8 +30,8 @@ from casebridge.domain.reader import DEFAULT_MAX_BYTES, check_depth, load_json, 
 from casebridge.errors import CaseFileError, InputError, InvalidResourceError
 from casebridge.files import read_bounded, shown
 from casebridge.mapping.engine import Conversion, MappingSet
-from casebridge.pull import PulledReports, pull_reports, pull_reports_sync, report_query
-from casebridge.push import PatientLocks, PushResult, push_bundle, push_bundle_sync
+from casebridge.pull import PulledReports, pull_reports, report_query
+from casebridge.push import PatientLocks, PushResult, push_bundle
 from casebridge.validation.service import load_validator
 from casebridge.validation.validator import MAX_OUTCOME_ISSUES, Issue, Validator, has_errors, operation_outcome
 
@@ -47,9 +47,7 @@ __all__ = [
     "load_validator",
     "parse_case",
     "pull_reports",
-    "pull_reports_sync",
     "push_bundle",
-    "push_bundle_sync",
     "read_case",
     "read_case_file",
     "read_push_input",
@@ -238,6 +236,6 @@ def check(bundle: Mapping[str, Any], validator: Validator, *, max_issues: int = 
 
 
 # -- pushing and pulling ------------------------------------------------------------------------------------
-# ``push_bundle`` (async) and ``push_bundle_sync`` send a Bundle ``check`` passed, as one transaction under its
-# patient's write lock; ``pull_reports``/``pull_reports_sync`` fetch DiagnosticReports with their results and
+# ``push_bundle`` sends a Bundle ``check`` passed, as one transaction under its
+# patient's write lock; ``pull_reports`` fetches DiagnosticReports with their results and
 # specimens (``report_query`` builds the search). Imported above from casebridge.push and casebridge.pull.

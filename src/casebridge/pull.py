@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from casebridge.fhir.client import AsyncFhirClient, FhirClient
+from casebridge.fhir.client import AsyncFhirClient
 from casebridge.fhir.search import Search
 
 REPORT_INCLUDES = ("DiagnosticReport:result", "DiagnosticReport:specimen")
@@ -87,14 +87,6 @@ async def pull_reports(client: AsyncFhirClient, query: Search) -> PulledReports:
         _collect(pulled, seen, page)
     return pulled
 
-
-def pull_reports_sync(client: FhirClient, query: Search) -> PulledReports:
-    """``pull_reports`` for synchronous code, over the sync client."""
-    pulled = PulledReports()
-    seen: set[str] = set()
-    for page in client.pages(query):
-        _collect(pulled, seen, page)
-    return pulled
 
 
 def _collect(pulled: PulledReports, seen: set[str], page: Mapping[str, Any]) -> None:

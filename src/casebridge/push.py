@@ -1,5 +1,5 @@
 """Pushing a case's transaction Bundle to a FHIR server: one transaction per case (validated first: see
-``casebridge.pipeline.check``), from async code (``push_bundle``) or sync code (``push_bundle_sync``).
+``casebridge.pipeline.check``), from async code (``push_bundle``), or sync code through ``FhirClient.call``.
 
 Idempotence comes from the Bundle itself (every entry is ``PUT Type/<deterministic id>``), so a re-send
 updates the same resources. Writes for one patient are still serialized, in this process (an asyncio lock)
@@ -16,13 +16,13 @@ import fcntl
 import hashlib
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from casebridge.errors import FhirProtocolError, LockError
-from casebridge.fhir.client import AsyncFhirClient, FhirClient
+from casebridge.fhir.client import AsyncFhirClient
 from casebridge.validation.validator import Issue
 
 
@@ -112,22 +112,6 @@ class PatientLocks:
             finally:
                 os.close(fd)  # closing releases the flock
 
-    @contextlib.contextmanager
-    def hold_sync(self, key: str | None) -> Iterator[None]:
-        """``hold`` for synchronous code. The file lock alone serializes it: each hold opens the file anew, and
-        two opens of one file exclude each other under flock, between threads of one process too."""
-        if key is None:
-            yield
-            return
-        fd = self._open(self._stripe(key))
-        try:
-            deadline = time.monotonic() + self.timeout
-            while not self._try_lock(fd, key, deadline):
-                time.sleep(self.poll)
-            yield
-        finally:
-            os.close(fd)
-
     @staticmethod
     def _stripe(key: str) -> str:
         # Striped: a registry job touches 100,000 patients, and must not leave as many lock files behind.
@@ -172,16 +156,6 @@ async def push_bundle(
         response = await client.transaction(bundle, raw=raw)
     return _result(client.base_url, bundle, response, key, warnings, started)
 
-
-def push_bundle_sync(
-    client: FhirClient, bundle: Mapping[str, Any], *, locks: PatientLocks, warnings: Sequence[Issue] = ()
-) -> PushResult:
-    """``push_bundle`` for synchronous code, over the sync client."""
-    key = patient_key(bundle)
-    started = time.perf_counter()
-    with locks.hold_sync(key):
-        response = client.transaction(bundle)
-    return _result(client.base_url, bundle, response, key, warnings, started)
 
 
 def _result(

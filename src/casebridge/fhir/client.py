@@ -24,7 +24,7 @@ import re
 import threading
 from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 from urllib.parse import unquote
 
 import httpx
@@ -536,6 +536,15 @@ class FhirClient:
         if self._closed:
             raise RuntimeError("the FHIR client is closed")
         return self._call(fn(*args, **kwargs))
+
+    def call(
+        self, fn: Callable[Concatenate[AsyncFhirClient, P], Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run ``fn(async_client, *args, **kwargs)`` on this client's loop: async code over the FHIR client (a push
+        under its patient lock, a pull of every page) serves synchronous callers without a copy of its own."""
+        if self._closed:
+            raise RuntimeError("the FHIR client is closed")
+        return self._call(fn(self._client, *args, **kwargs))
 
     def capabilities(self) -> Resource:
         return self._run(self._client.capabilities)
