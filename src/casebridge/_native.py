@@ -45,6 +45,7 @@ MODULES = (
     "casebridge.validation.documents",
     "casebridge.validation.measure",
     "casebridge.validation.structures",
+    "casebridge.validation.operations",
     "casebridge.validation.qanswers",
     "casebridge.validation.slicing",
     "casebridge.validation.implied",

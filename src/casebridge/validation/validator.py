@@ -55,6 +55,7 @@ from casebridge.validation.issues import (
     operation_outcome,
 )
 from casebridge.validation.measure import check_measure, check_measure_report
+from casebridge.validation.operations import check_operation_definition
 from casebridge.validation.references import check_reference, forget_contained
 from casebridge.validation.slicing import check_slicing
 from casebridge.validation.structures import check_structure_definition
@@ -341,6 +342,8 @@ class Validator:
             check_measure_report(res, self.definitions, run, root_expr)
         elif rtype == "StructureDefinition":
             check_structure_definition(res, self.definitions, run, root_expr)
+        elif rtype == "OperationDefinition":
+            check_operation_definition(res, self.definitions, run, root_expr)
 
     # --- complex elements -----------------------------------------------------------------------------
 
