@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from casebridge.cli.conformance import conformance
 from casebridge.config import Settings
 from casebridge.definitions.packages import DefinitionIndex, PackageError
 from casebridge.tools.conformance import (
+    NO_MODULE,
     ConformanceError,
     Disagreement,
     Finding,
@@ -157,8 +159,16 @@ def test_the_tiny_folder_scores_exactly(cases: Path, base: DefinitionIndex) -> N
     assert [(r.case, r.step) for r in report.not_run] == [("xml-instance", "base")]
     assert "FHIR namespace" in report.not_run[0].reason
 
+    # Only patient-good names a module: the other steps fall under NO_MODULE, listed last.
+    modules = report.modules()
+    assert list(modules) == ["t", NO_MODULE]
+    assert (modules["t"].steps, modules["t"].agree) == (1, 1)
+    assert (modules[NO_MODULE].steps, modules[NO_MODULE].agree, modules[NO_MODULE].unsupported) == (5, 3, 1)
+
     doc = json.loads(report.to_json())
     assert doc["scores"]["all"]["recall"] == 66.7
+    assert doc["modules"]["t"]["verdictAgreementAll"] == 100.0
+    assert doc["results"][0]["module"] == "t" and doc["results"][1]["module"] == NO_MODULE
     assert doc["notRun"][0]["status"] == "unsupported"
     assert len(doc["results"]) == 6
 
@@ -245,6 +255,7 @@ def test_cli_prints_the_summary_and_writes_json(cases: Path, tmp_path: Path) -> 
     assert "5 cases, 6 steps (5 base, 1 profile)" in result.output
     assert "xml-instance [base] unsupported" in result.output
     assert "legacy-count [base]: expected valid, ours invalid (1 error)" in result.output
+    assert re.search(r"^t +1 +1 +0 +0 +100\.0%", result.output, re.MULTILINE), result.output
     assert json.loads(out.read_text())["cases"] == 5
 
 

@@ -33,7 +33,7 @@ _out = Console(width=shutil.get_terminal_size((120, 40)).columns, soft_wrap=True
 _FINDINGS_SHOWN = 3  # error lines per side of a disagreement
 _MESSAGE_CHARS = 160
 _COLUMNS = (  # (header, width)
-    ("step", 8),
+    ("step", 14),
     ("steps", 6),
     ("ran", 5),
     ("unsupp.", 9),
@@ -106,6 +106,11 @@ def print_report(report: ConformanceReport, show: int, console: Console = _out) 
         f"({steps.matched} matched, {steps.ours_errors} ours, {steps.their_errors} theirs, over {steps.scored} steps "
         "with an issue list)."
     )
+    say()
+    say("Per module (every step of the cases the manifest puts in it):")
+    say(_row(["module", *(header for header, _ in _COLUMNS[1:])]))
+    for module, scores in report.modules().items():
+        say(_row([module, *_score_cells(scores)]))
     not_run = report.not_run
     if not_run:
         say()

@@ -65,6 +65,7 @@ from casebridge.validation.validator import Issue, ValidationOptions, Validator
 MANIFEST = "manifest.json"
 OUTCOMES = "outcomes"
 STEPS = ("base", "profile")
+NO_MODULE = "(none)"  # a case whose manifest entry names no module
 ERROR_SEVERITIES = frozenset({"error", "fatal"})
 
 # Keys that only describe a case, or belong to other validators' expected outcomes: nothing to do or note.
@@ -162,6 +163,7 @@ class StepResult:
     ours: tuple[Finding, ...] = ()
     seconds: float = 0.0
     notes: tuple[str, ...] = ()  # manifest options ignored, supporting files that hold no definition
+    module: str = NO_MODULE  # the manifest's "module" (the validator area the case tests)
 
     @property
     def ran(self) -> bool:
@@ -202,6 +204,7 @@ class StepResult:
             "agrees": self.agrees,
             "seconds": round(self.seconds, 4),
             "notes": list(self.notes),
+            "module": self.module,
         }
 
 
@@ -335,6 +338,11 @@ class ConformanceReport:
         """The scores of one step kind ("base", "profile"), or of every step."""
         return Scores.of([r for r in self.results if step is None or r.step == step])
 
+    def modules(self) -> dict[str, Scores]:
+        """The scores of every step of each manifest module, by module name (``NO_MODULE`` last)."""
+        names = sorted({r.module for r in self.results}, key=lambda m: (m == NO_MODULE, m))
+        return {m: Scores.of([r for r in self.results if r.module == m]) for m in names}
+
     @property
     def disagreements(self) -> list[Disagreement]:
         return [
@@ -363,6 +371,7 @@ class ConformanceReport:
             "seconds": round(self.seconds, 3),
             "setupSeconds": round(self.setup_seconds, 3),
             "scores": {name: self.scores(None if name == "all" else name).as_dict() for name in ("all", *STEPS)},
+            "modules": {name: scores.as_dict() for name, scores in self.modules().items()},
             "notRun": [{"case": r.case, "step": r.step, "status": r.status, "reason": r.reason} for r in self.not_run],
             "disagreements": [d.as_dict() for d in self.disagreements],
             "results": [r.as_dict() for r in self.results],
@@ -652,10 +661,13 @@ def run_conformance(
         if case_filter and case_filter not in case.name:
             continue
         report.cases += 1
+        module = case.entry.get("module")
         for step, plan in _plans(case.entry):
             if isinstance(plan, _Unsupported):
-                report.results.append(StepResult(case.name, step, "unsupported", str(plan)))
+                result = StepResult(case.name, step, "unsupported", str(plan))
             else:
-                report.results.append(_run_step(directory, case.name, step, case.entry.get("file"), plan, base))
+                result = _run_step(directory, case.name, step, case.entry.get("file"), plan, base)
+            result.module = module if isinstance(module, str) and module else NO_MODULE
+            report.results.append(result)
     report.seconds = time.perf_counter() - started
     return report
