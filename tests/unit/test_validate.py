@@ -272,3 +272,18 @@ def test_a_resolved_target_must_conform_to_the_target_profile(
     assert any(e.endswith(".subject") and "does not conform to any of the target profiles" in m for e, m in found), (
         found
     )
+
+
+def test_a_bare_code_outside_its_required_value_set_is_two_errors(validator: Validator) -> None:
+    """As the reference validator: no system can be inferred for the code, and the code is not in the value set."""
+    vs = "http://hl7.org/fhir/ValueSet/administrative-gender|4.0.1"
+    found = errors(validator.validate({"resourceType": "Patient", "gender": "x"}))
+    assert found == [
+        ("Patient.gender", f"The System URI could not be determined for the code 'x' in the ValueSet '{vs}'"),
+        (
+            "Patient.gender",
+            f"The value provided ('x') was not found in the value set 'AdministrativeGender' ({vs}), and a code is "
+            f"required from this value set  (error message = The System URI could not be determined for the code "
+            f"'x' in the ValueSet '{vs}'; The provided code '#x' was not found in the value set '{vs}')",
+        ),
+    ]

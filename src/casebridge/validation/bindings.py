@@ -48,12 +48,25 @@ class Bindings:
             return
         if value in codes or not expansion.complete:
             return
-        severity = "error" if strength == "required" else "warning"
+        if strength == "extensible":
+            run.add(
+                "warning",
+                "code-invalid",
+                f"The value provided ('{value}') was not found in the value set {self.vs_label(vs)}, and a code is "
+                "recommended from this value set",
+                expr,
+            )
+            return
+        # A bare code names no system: the reference validator first fails to infer one from the value set (an
+        # error of its own), then reports the code missing, quoting both causes.
+        no_system = f"The System URI could not be determined for the code '{value}' in the ValueSet '{vs}'"
+        run.add("error", "code-invalid", no_system, expr)
         run.add(
-            severity,
+            "error",
             "code-invalid",
             f"The value provided ('{value}') was not found in the value set {self.vs_label(vs)}, and a code is "
-            f"{'required' if strength == 'required' else 'recommended'} from this value set",
+            f"required from this value set  (error message = {no_system}; The provided code '#{value}' was not "
+            f"found in the value set '{vs}')",
             expr,
         )
 
