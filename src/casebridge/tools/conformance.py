@@ -525,7 +525,9 @@ def _plans(entry: dict[str, Any]) -> list[tuple[str, _Plan | _Unsupported]]:
     options = ValidationOptions(
         no_html_in_markdown=bool(entry.get("noHtmlInMarkdown")),
         validate_contained=entry.get("validateContains") != "IGNORE",
-        allow_example_extensions=entry.get("examples") is not False,  # the HL7 runner allows examples by default
+        # The HL7 runner allows examples unless the case says otherwise.
+        allow_example_extensions=entry.get("examples") is not False,
+        allow_example_urls=entry.get("examples") is not False,
     )
     plans: list[tuple[str, _Plan | _Unsupported]] = [
         ("base", problem or _Plan(tuple(loaded), (), entry.get("java"), notes, (), options))

@@ -99,7 +99,7 @@ def check(type_code: str, value: object) -> str | None:
     if not isinstance(value, str):
         return "Error parsing JSON: the primitive value must be a string"
     if value == "":
-        return "@value cannot be empty"
+        return "value cannot be empty"
     if len(value) > MAX_STRING:
         return "value is longer than permitted maximum length of 1 MB (1048576 bytes)"
     if type_code in ("string", "markdown"):

@@ -82,6 +82,18 @@ MAX_DEPTH = 200  # deeper than any real resource; a guard against hostile nestin
 _SCALARS = frozenset({str, bool, int, float})
 UNKNOWN_PROFILE_SEVERITIES = ("warning", "error")
 _NUMBERS = frozenset({"decimal", "integer", "positiveInt", "unsignedInt"})
+_URI_TYPES = frozenset({"uri", "url", "canonical"})
+# ele-1 as the reference validator words a failed invariant; the walk checks it itself (CHECKED_IN_WALK).
+ELE_1 = (
+    "Constraint failed: ele-1: 'All FHIR elements must have a @value or children' "
+    "(defined in http://hl7.org/fhir/StructureDefinition/Element)"
+)
+EMPTY_VALUE = "value cannot be empty"
+
+
+def is_example_url(url: str) -> bool:
+    """A URL in the domains reserved for examples, as the reference validator recognises them."""
+    return "example.org" in url or "acme.com" in url
 
 
 @dataclass(frozen=True)
@@ -99,6 +111,9 @@ class ValidationOptions:
     # Unknown extensions in the domains reserved for examples (example.org, acme.com) are let through, as the HL7
     # validator does for examples; off, any extension whose definition is not loaded is an error.
     allow_example_extensions: bool = False
+    # URLs in those domains in uri, url and canonical values: allowed (the specification reserves the domains
+    # and does not forbid them), or an error, as the HL7 validator reports them unless told to allow examples.
+    allow_example_urls: bool = True
 
     def __post_init__(self) -> None:
         if self.unknown_profiles not in UNKNOWN_PROFILE_SEVERITIES:
@@ -427,6 +442,15 @@ class Validator:
                 if problem:
                     code = "invalid" if "JSON" not in problem else "structure"
                     run.add("error", code, problem, expr + child.expression)
+                    if value == "":
+                        run.add("error", "invariant", ELE_1, expr + child.expression)
+                elif (
+                    child.type_code in _URI_TYPES
+                    and not self.options.allow_example_urls
+                    and is_example_url(str(value))
+                ):
+                    message = f"Example URLs are not allowed in this context ({value})"
+                    run.add("error", "invalid", message, expr + child.expression)
                 continue
             if child.single and extra is None and type(value) is dict:
                 # What _property does for one object of an element that neither repeats nor is sliced.
@@ -584,7 +608,7 @@ class Validator:
             )
             return
         if not item or (len(item) == 1 and "id" in item):
-            run.add("error", "invariant", "All FHIR elements must have a @value or children (ele-1)", expr)
+            run.add("error", "invariant", ELE_1, expr)
         if plan.extension:
             self._extension(item, node, tree, expr, run, res, depth)
         else:
@@ -673,13 +697,17 @@ class Validator:
         depth: int,
     ) -> None:
         if value is None and not extra:
-            run.add("error", "structure", "All FHIR elements must have a @value or children (ele-1)", expr)
+            run.add("error", "invariant", ELE_1, expr)
             return
         if value is not None:
             problem = primitives.check(type_code, value)
             if problem:
                 run.add("error", "invalid" if "JSON" not in problem else "structure", problem, expr)
+                if value == "" and not extra:  # no value and no children either
+                    run.add("error", "invariant", ELE_1, expr)
                 return
+            if type_code in _URI_TYPES and not self.options.allow_example_urls and is_example_url(value):
+                run.add("error", "invalid", f"Example URLs are not allowed in this context ({value})", expr)
             if type_code in ("date", "dateTime", "instant") and (node.min_value or node.max_value):
                 date_limits(value, node, expr, run)
             elif type_code in _NUMBERS and (node.min_value is not None or node.max_value is not None):
@@ -759,13 +787,24 @@ class Validator:
     ) -> None:
         url = ext.get("url")
         if not isinstance(url, str) or not url:
+            # Three layers report it, as in the reference validator: the extension, then the element's
+            # cardinality (no url) or the primitive (an empty one).
             run.add(
                 "error",
                 "required",
                 "Extension.url is required in order to identify, use and validate the extension",
                 expr,
             )
+            base = self.type_tree("Extension")
+            if url is None and base is not None:
+                message = f"Extension.url: minimum required = 1, but only found 0 (from {base.label})"
+                run.add("error", "structure", message, expr)
+            elif url == "":
+                run.add("error", "invalid", EMPTY_VALUE, f"{expr}.url")
+                run.add("error", "invariant", ELE_1, f"{expr}.url")
             return
+        if not self.options.allow_example_urls and is_example_url(url):
+            run.add("error", "invalid", f"Example URLs are not allowed in this context ({url})", f"{expr}.url")
         has_value = any(k.startswith("value") for k in ext)
         if has_value == bool(ext.get("extension")):
             run.add("error", "invariant", "Must have either extensions or value[x], not both (ext-1)", expr)
@@ -786,6 +825,12 @@ class Validator:
         if definition.type != "Extension":
             run.add("error", "structure", f"The definition of {url} is not an extension", expr)
             return
+        if "|" in url:  # extensibility.html: the url identifies the extension, never a version of it
+            message = (
+                "The extension URL must not contain a version. The extension was validated against version "
+                f"{definition.version} of the extension"
+            )
+            run.add("error", "structure", message, f"{expr}[url='{url}']")
         extensions.check_modifier(node, definition, expr, run)
         extensions.check_context(self, ext, definition, expr, run, res)
         extensions.check_sub_extensions(ext, definition, expr, run)
