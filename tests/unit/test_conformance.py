@@ -21,6 +21,7 @@ from casebridge.tools.conformance import (
     ConformanceError,
     Disagreement,
     Finding,
+    OverlayDefinitions,
     load_base_index,
     run_conformance,
 )
@@ -336,3 +337,31 @@ def test_the_wide_hl7_slice_holds_its_score(base: DefinitionIndex) -> None:
     assert report.cases == 218 and len(report.results) == 274
     assert not [r for r in report.results if r.status != "ran"], [r.case for r in report.results if r.status != "ran"]
     assert scores.agreement_all >= 98.0, scores
+
+
+def test_a_case_specialisation_of_a_core_type_does_not_hide_the_core_definition(
+    tmp_path: Path, base: DefinitionIndex
+) -> None:
+    """A profile mislabelled as a specialisation of Practitioner is a profile, not Practitioner's definition."""
+    mislabelled = {
+        "resourceType": "StructureDefinition",
+        "url": "http://example.org/StructureDefinition/PractitionerProfile",
+        "name": "PractitionerProfile",
+        "status": "active",
+        "kind": "resource",
+        "abstract": False,
+        "type": "Practitioner",
+        "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Practitioner",
+        "derivation": "specialization",
+        "differential": {"element": [{"id": "Practitioner.telecom", "path": "Practitioner.telecom", "min": 1}]},
+    }
+    write(tmp_path, "profile.json", mislabelled)
+    overlay = OverlayDefinitions(base)
+    assert overlay.add_path(tmp_path / "profile.json") == 1
+    core = overlay.core_definition("Practitioner")
+    assert core is not None and core["url"] == "http://hl7.org/fhir/StructureDefinition/Practitioner"
+    # A loose type of its own (a logical model) is still found by its type name.
+    model = {**mislabelled, "url": "http://example.org/StructureDefinition/Model", "type": "Model", "kind": "logical"}
+    write(tmp_path, "model.json", model)
+    overlay.add_path(tmp_path / "model.json")
+    assert (overlay.core_definition("Model") or {}).get("url") == model["url"]

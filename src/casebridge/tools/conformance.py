@@ -65,7 +65,8 @@ from casebridge.validation.validator import Issue, ValidationOptions, Validator
 MANIFEST = "manifest.json"
 OUTCOMES = "outcomes"
 STEPS = ("base", "profile")
-NO_MODULE = "(none)"  # a case whose manifest entry names no module
+NO_MODULE = "(none)"
+CORE_PREFIX = "http://hl7.org/fhir/StructureDefinition/"  # a case whose manifest entry names no module
 ERROR_SEVERITIES = frozenset({"error", "fatal"})
 
 # Keys that only describe a case, or belong to other validators' expected outcomes: nothing to do or note.
@@ -117,7 +118,14 @@ class OverlayDefinitions:
         return self.loose.resource(record) if record is not None else self.base.get(canonical)
 
     def core_definition(self, type_name: str) -> dict[str, Any] | None:
-        return self.loose.core_definition(type_name) or self.base.core_definition(type_name)
+        # As DefinitionIndex: a loose definition replaces the package's only when it is that very type's core
+        # definition; a case's specialisation of the same type name (a profile mislabelled as one, a logical
+        # model) must not hide the real one.
+        loose = self.loose.core_definition(type_name)
+        base = self.base.core_definition(type_name)
+        if loose is not None and (base is None or loose.get("url") == f"{CORE_PREFIX}{type_name}"):
+            return loose
+        return base
 
 
 def load_base_index(settings: Settings) -> DefinitionIndex:
