@@ -104,7 +104,7 @@ def test_invariants_apply_to_recursive_elements(validator: Validator) -> None:
                 "type": "collection",
                 "entry": [{"fullUrl": "http://a/Patient/1", "resource": {"resourceType": "Patient", "id": "2"}}],
             },
-            "does not match the resource Patient/2",
+            "so it must end with the correct type and id (/Patient/2)",
         ),
     ],
 )
@@ -130,6 +130,9 @@ XHTML = 'xmlns="http://www.w3.org/1999/xhtml"'
         (f'<div {XHTML}><p foo="1">a</p></div>', False),
         (f'<div {XHTML}><a href="java&#9;script:alert(1)">x</a></div>', False),
         (f'<div {XHTML}><a href="data:text/html;base64,PHNjcmlwdD4=">x</a></div>', False),
+        # An inline image, as the core definitions' narratives carry; a script as an image source is still refused.
+        (f'<div {XHTML}><img src="data:image/png;base64,iVBORw0KGgo=" alt="icon"/></div>', True),
+        (f'<div {XHTML}><img src=" javascript:alert(1)" alt="x"/></div>', False),
         (f"<div {XHTML}><P>x</P></div>", False),
         (f"<!DOCTYPE html><div {XHTML}>x</div>", False),
         (f'<div {XHTML} xml:lang="en"><p lang="en">x</p></div>', True),

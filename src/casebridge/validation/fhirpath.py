@@ -93,6 +93,9 @@ _ALLOWED_ELEMENT_NAMES = frozenset(f"{XHTML} {tag}" for tag in _ALLOWED_TAGS)
 _DIV = f"{XHTML} div"
 _ALLOWED_ATTRIBUTE_NAMES = frozenset(a.lstrip("{").replace("}", " ", 1) for a in _ALLOWED_ATTRIBUTES)
 _UNSAFE_URL = re.compile(r"^(javascript|vbscript|data):", re.I)
+# An image's source may be inline (data:image/png;base64,...: the core definitions' own narratives carry such
+# icons); a script URL never.
+_UNSAFE_SRC = re.compile(r"^(javascript|vbscript):", re.I)
 _URL_BLANKS = re.compile(r"[\x00-\x20]+")  # what a browser ignores in a URL
 
 
@@ -118,10 +121,12 @@ def html_checks(div: str) -> bool:
             for attribute in attributes:
                 if attribute not in _ALLOWED_ATTRIBUTE_NAMES:
                     raise _NotNarrative
-            for key in ("href", "src"):
-                value = attributes.get(key)
-                if value is not None and _UNSAFE_URL.match(_URL_BLANKS.sub("", value)):
-                    raise _NotNarrative
+            href = attributes.get("href")
+            if href is not None and _UNSAFE_URL.match(_URL_BLANKS.sub("", href)):
+                raise _NotNarrative
+            src = attributes.get("src")
+            if src is not None and _UNSAFE_SRC.match(_URL_BLANKS.sub("", src)):
+                raise _NotNarrative
 
     def refuse(*_: Any) -> Any:
         raise _NotNarrative
