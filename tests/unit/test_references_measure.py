@@ -190,7 +190,7 @@ def test_a_restful_full_url_needs_the_resource_id(validator: Validator) -> None:
     found = messages(validator.validate(document("Organization/o1", org_id=None)), "looks like a RESTful")
     assert found == [
         (
-            "Bundle.entry[1]",
+            "Bundle.entry[0]",
             "The fullUrl 'http://example.org/fhir/Organization/o1' looks like a RESTful server URL, but the "
             "resource has no id",
         )
@@ -200,11 +200,11 @@ def test_a_restful_full_url_needs_the_resource_id(validator: Validator) -> None:
 def test_a_composition_reference_missing_from_the_document(validator: Validator) -> None:
     issues = validator.validate(document("Organization/o2"))
     assert messages(issues, "Can't find") == [
-        ("Bundle.entry[0].resource.author[0]", "Can't find 'Organization/o2' in the bundle (Composition.author)")
+        ("Bundle.entry[1].resource.author[1]", "Can't find 'Organization/o2' in the bundle (Composition.author)")
     ]
     assert messages(issues, "isn't reachable") == [
         (
-            "Bundle.entry[1]",
+            "Bundle.entry[2]",
             "Entry 'http://example.org/fhir/Organization/o1' isn't reachable by traversing links (forward or "
             "backward) from the Composition",
         )
@@ -214,7 +214,7 @@ def test_a_composition_reference_missing_from_the_document(validator: Validator)
 def test_a_relative_reference_needs_the_base_of_a_restful_full_url(validator: Validator) -> None:
     """Without its id the Composition's fullUrl gives no base: Organization/o1 is not found, though it is there."""
     found = messages(validator.validate(document("Organization/o1", composition_id=None)), "Can't find")
-    assert [e for e, _ in found] == ["Bundle.entry[0].resource.author[0]"]
+    assert [e for e, _ in found] == ["Bundle.entry[1].resource.author[1]"]
     bundle = document("Organization/o1")
     for entry, uuid in zip(bundle["entry"], ("urn:uuid:0e0c8a36-0001", "urn:uuid:0e0c8a36-0002"), strict=True):
         entry["fullUrl"] = uuid
@@ -273,10 +273,22 @@ def test_cql_criteria_naming_what_the_library_does_not_define(validator: Validat
     ]
 
 
-def test_a_library_that_is_not_loaded_is_not_the_measures_fault(validator: Validator) -> None:
+def test_a_library_that_is_not_loaded_leaves_cql_criteria_without_a_library(validator: Validator) -> None:
+    # As the reference validator counts them, only the libraries that resolve: the criteria have none to name.
     issues = validator.validate(measure(library=["http://example.org/fhir/Library/unknown"]))
-    assert errors(issues) == []
+    assert errors(issues) == [("Measure.group[0].stratifier[0].criteria", "No CQL Libraries found on this Measure")]
     assert messages(issues, "could not be resolved", "information")
+
+
+def test_a_canonical_must_be_absolute_or_a_fragment(validator: Validator) -> None:
+    # datatypes.html#canonical, on every canonical element (Measure.library here).
+    found = errors(validator.validate(measure(library=["Library/Screening"])))
+    assert found[0] == (
+        "Measure.library[0]",
+        "Canonical URLs must be absolute URLs if they are not fragment references (Library/Screening)",
+    )
+    for url in ("urn:uuid:8f9a1ad2-2b0b-4f6e-9d0e-2c6e1c9b5b7a", "#lib"):
+        assert not messages(validator.validate(measure(library=[url])), "Canonical URLs must be absolute")
 
 
 # --- MeasureReport against its Measure -----------------------------------------------------------------------
@@ -378,3 +390,36 @@ def test_a_type_profile_of_the_type_or_of_a_type_derived_from_an_abstract_code(v
         "Resource", "http://hl7.org/fhir/StructureDefinition/vitalsigns", "Observation.contained"
     )
     assert messages(validator.validate(contained), "is for type") == []
+
+
+def audit_event_profile(discriminator: str) -> dict[str, Any]:
+    extension = "AuditEvent.agent.extension"
+    return {
+        **observation_profile("Quantity", "http://hl7.org/fhir/StructureDefinition/SimpleQuantity"),
+        "type": "AuditEvent",
+        "baseDefinition": "http://hl7.org/fhir/StructureDefinition/AuditEvent",
+        "differential": {
+            "element": [
+                {
+                    "id": f"{extension}:other",
+                    "path": extension,
+                    "sliceName": "other",
+                    "slicing": {"discriminator": [{"type": "value", "path": discriminator}], "rules": "open"},
+                    "type": [{"code": "Extension"}],
+                }
+            ]
+        },
+    }
+
+
+def test_a_discriminator_path_the_sliced_element_does_not_have(validator: Validator) -> None:
+    # profiling.html#discriminator: the path selects an element of the type being sliced (here an Extension).
+    assert messages(validator.validate(audit_event_profile("type")), "discriminator path") == [
+        (
+            "StructureDefinition.differential.element[0].slicing.discriminator[0]",
+            "The discriminator path 'type' does not appear to be valid for the element that is being sliced "
+            "'AuditEvent.agent.extension'",
+        )
+    ]
+    for path in ("url", "value", "valueIdentifier.type", "extension('http://example.org/x').value", "$this"):
+        assert messages(validator.validate(audit_event_profile(path)), "discriminator path") == [], path

@@ -1,5 +1,7 @@
 """A Bundle as a whole: the index of its entries that references resolve against, and the rules the HL7
-validator applies to the Bundle itself (unique fullUrls, fullUrls that match their resources, link relations).
+validator applies to the Bundle itself (unique fullUrls, link relations, fullUrls that are absolute and, when
+RESTful, end with their resource's type and id; the validator reports these fullUrl rules at ``entry[0]``
+whichever entry breaks them).
 
 Apart from the walk because these look at all the entries together, once per Bundle, not at one value.
 """
@@ -12,6 +14,11 @@ from typing import Any
 from casebridge.validation.issues import Run, as_list, as_obj
 
 _NO_FULL_URL = ("transaction", "batch", "transaction-response", "batch-response")
+_ABSOLUTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+# A RESTful server URL as the HL7 validator knows one: http(s)://base/Type/id, maybe /_history/version.
+_RESTFUL = re.compile(
+    r"^https?://(?:[A-Za-z0-9\\.:%$_\-]*/)*[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}(?:/_history/[A-Za-z0-9\-.]{1,64})?$"
+)
 
 
 def index_bundle(bundle: dict[str, Any], run: Run, expr: str) -> None:
@@ -36,6 +43,8 @@ def index_bundle(bundle: dict[str, Any], run: Run, expr: str) -> None:
             full_urls.setdefault(full_url, i)
             if isinstance(resource, dict):
                 index[full_url] = resource
+                run.by_full_url.setdefault(full_url, []).append(resource)
+                run.full_urls[id(resource)] = full_url
         if (
             isinstance(resource, dict)
             and isinstance(resource.get("resourceType"), str)
@@ -63,21 +72,24 @@ def bundle_rules(bundle: dict[str, Any], run: Run, expr: str) -> None:
             continue
         full_url = entry.get("fullUrl")
         resource = as_obj(entry.get("resource"))
-        named = (
-            re.match(r"^https?://.+/([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})$", full_url or "")
-            if isinstance(full_url, str)
-            else None
-        )
-        if named and resource.get("resourceType") and resource.get("id") is None:
-            # A RESTful fullUrl is the resource's identity on a server: it says what the id is (bundle.html).
-            message = f"The fullUrl '{full_url}' looks like a RESTful server URL, but the resource has no id"
-            run.add("error", "invalid", message, f"{expr}.entry[{i}]")
-        if named and isinstance(resource.get("id"), str) and resource.get("resourceType"):
-            if (named.group(1), named.group(2)) != (resource["resourceType"], resource["id"]):
-                message = (
-                    f"The fullUrl '{full_url}' does not match the resource {resource['resourceType']}/{resource['id']}"
-                )
-                run.add("error", "invalid", message, f"{expr}.entry[{i}]")
+        # The HL7 validator reports its fullUrl checks at the first entry, whichever entry it is.
+        where = f"{expr}.entry[0]"
+        if isinstance(full_url, str) and full_url:
+            if not _ABSOLUTE.match(full_url):
+                # Any absolute URI (a scheme, then a colon) will do; a relative one will not.
+                run.add("error", "invalid", f"The fullUrl must be an absolute URL (not '{full_url}')", where)
+            elif isinstance(resource.get("resourceType"), str) and _RESTFUL.match(full_url):
+                # A RESTful fullUrl is the resource's identity on a server: it says what the id is (bundle.html).
+                rid = resource.get("id")
+                if rid is None:
+                    message = f"The fullUrl '{full_url}' looks like a RESTful server URL, but the resource has no id"
+                    run.add("error", "invalid", message, where)
+                elif not full_url.endswith(f"/{resource['resourceType']}/{rid}"):
+                    message = (
+                        f"The fullUrl '{full_url}' looks like a RESTful server URL, so it must end with the correct "
+                        f"type and id (/{resource['resourceType']}/{rid})"
+                    )
+                    run.add("error", "invalid", message, where)
         if full_url is None and resource and bundle.get("type") not in _NO_FULL_URL:
             # Bundle.entry.fullUrl: "except for transactions and batches, each entry in a Bundle must have a
             # fullUrl"; their responses carry outcomes rather than identified resources.
@@ -86,6 +98,3 @@ def bundle_rules(bundle: dict[str, Any], run: Run, expr: str) -> None:
                 "identity of the resource in the entry"
             )
             run.add("error", "invalid", message, f"{expr}.entry[{i}]")
-        # Any absolute URI (a scheme, then a colon) will do; a relative one will not.
-        if isinstance(full_url, str) and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", full_url):
-            run.add("error", "invalid", f"The fullUrl must be an absolute URL (not '{full_url}')", f"{expr}.entry[{i}]")

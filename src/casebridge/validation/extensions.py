@@ -286,8 +286,8 @@ def find_holder(validator: Validator, res: dict[str, Any], holder_expr: str, ext
     if not isinstance(rtype, str):
         return None
     rid = res.get("id")
-    marker = f"/*{rtype}/{rid}*/" if isinstance(rid, str) else None
-    if marker is not None and marker in holder_expr:
+    marker = f"/*{rtype}/{rid if isinstance(rid, str) else 'null'}*/"
+    if marker in holder_expr:
         tail = holder_expr[holder_expr.rindex(marker) + len(marker) :]
     elif holder_expr == rtype or holder_expr.startswith(rtype + "."):
         tail = holder_expr[len(rtype) :]

@@ -17,6 +17,7 @@ from typing import Any
 from casebridge.definitions.structure import Constraint, StructureTree
 from casebridge.validation.fhirpath import FhirPathError, Resolver, evaluate, html_checks, is_true
 from casebridge.validation.issues import Run, as_list, as_obj
+from casebridge.validation.operations import OPD_3_R4, opd_3
 from casebridge.validation.references import contained_by_id
 
 # Checked by the walk itself (ele-1 on every element, ext-1 on every extension), never as invariants.
@@ -54,7 +55,7 @@ class Invariants:
         prepared = self._prepared.get(id(constraints))
         if prepared is None or prepared[0] is not constraints:
             active = tuple(
-                (c, _NATIVE.get(c.key) or _NATIVE_EXPRESSIONS.get(c.expression))
+                (c, _NATIVE.get(c.key) or _NATIVE_EXPRESSIONS.get(c.expression) or _CORRECTED.get(c.expression))
                 for c in constraints
                 if c.key not in CHECKED_IN_WALK
             )
@@ -399,4 +400,10 @@ _NATIVE_EXPRESSIONS: dict[str, Any] = {
     "type = 'message' implies entry.first().resource.is(MessageHeader)": lambda item, root=None: _first_entry_is(
         item, "message", "MessageHeader"
     ),
+}
+
+# Invariants published wrong, checked as the reference validator corrects them (FHIRPathExpressionFixer): not the
+# meaning of their FHIRPath, so apart from the natives above.
+_CORRECTED: dict[str, Any] = {
+    OPD_3_R4: opd_3,  # a resource parameter may have target profiles too (as R5 has it)
 }

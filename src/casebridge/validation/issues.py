@@ -82,6 +82,8 @@ class Run:
     conforms: dict[tuple[int, str], bool] = field(default_factory=dict)  # (id(resource), profile) -> conforms
     bundle_type: str | None = None  # the type of the Bundle being validated, if any
     by_type_id: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # "Type/id" -> bundle entries
+    by_full_url: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # fullUrl -> bundle entries
+    full_urls: dict[int, str] = field(default_factory=dict)  # id(bundled resource) -> its entry's fullUrl
     unknown_profiles: str = "warning"  # the severity of a claimed profile that is not known (ValidationOptions)
 
     def add(self, severity: str, code: str, message: str, expression: str, source: str | None = None) -> None:

@@ -1,9 +1,10 @@
 """Measures and their reports (measure.html, measurereport.html): what can be checked without a CQL engine.
 
 A Measure's stratifier criteria in CQL name a definition of one of the Measure's libraries
-(``Library.Definition``, or a bare name when there is one library): with no library there is nothing to
-evaluate them against, and when the Library is loaded and carries its compiled ELM, a definition it does not
-hold is an error. A MeasureReport follows the Measure it names (when that Measure is loaded): its groups,
+(``Library.Definition``, or a bare name when there is one library). Only the libraries that resolve count, as
+the reference validator counts them: with none (none named, or none loaded) there is nothing to evaluate the
+criteria against, an error; and when the Library is loaded and carries its compiled ELM, a definition it does
+not hold is an error. A MeasureReport follows the Measure it names (when that Measure is loaded): its groups,
 populations and stratifiers carry codes that match the Measure's, each once; one of the Measure's left out is a
 warning (a report may be partial: the reference validator calls it an error, and so would the core examples'
 own partial reports be). As the reference validator, only stratifier criteria are checked among the criteria.
@@ -44,30 +45,26 @@ def check_measure(measure: dict[str, Any], definitions: Definitions, run: Run, e
             where = f"{expr}.group[{g}].stratifier[{s}]"
             stratifier = as_obj(stratifier)
             if "criteria" in stratifier:
-                _criteria(as_obj(stratifier["criteria"]), declared, libraries, run, f"{where}.criteria")
+                _criteria(as_obj(stratifier["criteria"]), libraries, run, f"{where}.criteria")
             for c, component in enumerate(as_list(stratifier.get("component"))):
                 component = as_obj(component)
                 if "criteria" in component:
                     where_c = f"{where}.component[{c}].criteria"
-                    _criteria(as_obj(component["criteria"]), declared, libraries, run, where_c)
+                    _criteria(as_obj(component["criteria"]), libraries, run, where_c)
 
 
 def _contained(resource: dict[str, Any], cid: str) -> dict[str, Any] | None:
     return next((c for c in as_list(resource.get("contained")) if as_obj(c).get("id") == cid), None)
 
 
-def _criteria(
-    criteria: dict[str, Any], declared: list[str], libraries: list[dict[str, Any]], run: Run, expr: str
-) -> None:
-    """An Expression in CQL must name a definition of one of the Measure's libraries. Libraries named but not
-    loaded cannot be looked into: that is not the Measure's fault (the information was given already)."""
+def _criteria(criteria: dict[str, Any], libraries: list[dict[str, Any]], run: Run, expr: str) -> None:
+    """An Expression in CQL must name a definition of one of the Measure's libraries: those that resolve, as the
+    reference validator counts them (one named but not loaded was an information already)."""
     if criteria.get("language") not in ("text/cql", "text/cql.identifier", "text/cql-identifier"):
         return
     reference = criteria.get("expression")
-    if not declared:
+    if not libraries:
         run.add("error", "business-rule", "No CQL Libraries found on this Measure", expr)
-        return
-    if len(libraries) < len(declared):
         return
     if not isinstance(reference, str):
         return  # an Expression by reference only: nothing here to look up

@@ -1,6 +1,7 @@
 """References: what a Reference resolves to (a contained resource, a Bundle entry by fullUrl or Type/id), whether
 its target type is one the element allows, and whether a resolved target conforms to the element's target
-profiles.
+profiles. Inside a Bundle, a relative reference that names two entries (the same fullUrl against the base of
+its own entry's fullUrl, and the same version if it names one) is ambiguous, as the HL7 validator has it.
 
 Apart from the walk because it looks across the input (containers, Bundles) rather than down one value; the
 walk calls ``check_reference`` on each Reference, and checks a resolved target against a profile through
@@ -13,11 +14,12 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from casebridge.definitions.structure import ElementNode
-from casebridge.validation.issues import Run
+from casebridge.validation.issues import Run, as_obj
 
 if TYPE_CHECKING:
     from casebridge.validation.validator import Validator
 
+_ABSOLUTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 _REFERENCE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?$")
 
 # id(contained list) -> (the list, its resources by id), for the validation under way: looked up once per
@@ -64,6 +66,7 @@ def check_reference(
     elif reference in run.bundle_index:
         resolved = run.bundle_index[reference]
         target_type = resolved.get("resourceType")
+        _bundle_match(reference, expr, run, res)
     elif reference.startswith(("urn:uuid:", "urn:oid:")):
         if run.bundle_type in ("transaction", "batch"):
             # A transaction's URN references must be entries: the server cannot resolve them.
@@ -76,7 +79,7 @@ def check_reference(
         m = _REFERENCE.search(reference)
         if m:
             target_type = m.group(1)
-            _bundle_match(reference, f"{m.group(1)}/{m.group(2)}", expr, run)
+            _bundle_match(reference, expr, run, res)
             matches = run.by_type_id.get(f"{m.group(1)}/{m.group(2)}", [])
             resolved = matches[0] if len(matches) == 1 else None
     if not isinstance(target_type, str):  # a target without a usable resourceType is reported as a resource
@@ -150,14 +153,28 @@ def _target_profiles(
         run.add("error", "structure", message, expr)
 
 
-def _bundle_match(reference: str, key: str, expr: str, run: Run) -> None:
-    """A Type/id reference inside a Bundle must not be ambiguous, and a version it names must be there."""
-    matches = run.by_type_id.get(key, [])
-    version = reference.split("/_history/", 1)[1] if "/_history/" in reference else None
-    if version is not None:
-        if matches and not any((r.get("meta") or {}).get("versionId") == version for r in matches):
-            run.add("error", "not-found", f"Can't find '{reference}' in the bundle", expr)
-    elif len(matches) > 1:
+def _bundle_match(reference: str, expr: str, run: Run, res: dict[str, Any]) -> None:
+    """A relative reference from a bundled resource names the entry whose fullUrl is the reference against the
+    base of the resource's own fullUrl (a version: the entry of that meta.versionId); two such entries make it
+    ambiguous. None is no error: the HL7 validator only warns of entries that match by type and id."""
+    source = run.full_urls.get(id(res))
+    if source is None or _ABSOLUTE.match(reference) or reference.count("/") not in (1, 3):
+        return
+    if source.startswith("urn"):
+        base = "".join(f"{part}:" for part in source.split(":")[:-1])
+    else:
+        base = "".join(f"{part}/" for part in source.rstrip("/").split("/")[:-2])
+    path, _, version = reference.partition("/_history/")
+    if version:
+        target = base + path
+    elif base.startswith("urn"):
+        target = base + reference.split("/")[1]
+    else:
+        target = base + reference
+    matches = [
+        r for r in run.by_full_url.get(target, []) if not version or as_obj(r.get("meta")).get("versionId") == version
+    ]
+    if len(matches) > 1:
         run.add("error", "invalid", f"Multiple matches in bundle for reference {reference}", expr)
 
 

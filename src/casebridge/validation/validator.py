@@ -96,6 +96,21 @@ def is_example_url(url: str) -> bool:
     return "example.org" in url or "acme.com" in url
 
 
+_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9_\[\]]*")
+
+
+def is_absolute_url(url: str) -> bool:
+    """An absolute URL as the reference validator judges one (Utilities.isAbsoluteUrl): a scheme (http, https, urn
+    or any lower-case token) and something after it, without spaces."""
+    scheme, colon, details = url.partition(":")
+    known = scheme in ("http", "https", "urn") or (_URL_SCHEME.fullmatch(scheme) is not None and scheme.islower())
+    return bool(colon) and known and bool(details) and " " not in details
+
+
+def _canonical_ok(value: str) -> bool:
+    return value.startswith("#") or is_absolute_url(value)
+
+
 @dataclass(frozen=True)
 class ValidationOptions:
     """Policies a caller may choose (the HL7 validator has the same switches)."""
@@ -290,7 +305,8 @@ class Validator:
         run.roots[id(res)] = run.roots.get(id(container), container) if container is not None else res
         rid = res.get("id")
         # Inside a Bundle or as a contained resource, paths name the resource: entry[0].resource/*Type/id*/
-        root_expr = f"{expr}/*{rtype}/{rid}*/" if expr != rtype and isinstance(rid, str) else expr
+        # (/*Type/null*/ without an id, as the HL7 validator writes it).
+        root_expr = f"{expr}/*{rtype}/{rid if isinstance(rid, str) else 'null'}*/" if expr != rtype else expr
         if rid is not None:
             if not isinstance(rid, str) or not _ID.fullmatch(rid):
                 why = "Too long" if isinstance(rid, str) and len(rid) > 64 else "Invalid Characters"
@@ -797,6 +813,11 @@ class Validator:
             )
             base = self.type_tree("Extension")
             if url is None and base is not None:
+            if type_code == "canonical" and isinstance(value, str) and not _canonical_ok(value):
+                # datatypes.html#canonical: a canonical is an absolute URL, or a fragment reference to a contained
+                # resource.
+                message = f"Canonical URLs must be absolute URLs if they are not fragment references ({value})"
+                run.add("error", "invalid", message, expr)
                 message = f"Extension.url: minimum required = 1, but only found 0 (from {base.label})"
                 run.add("error", "structure", message, expr)
             elif url == "":
