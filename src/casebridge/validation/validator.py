@@ -724,6 +724,11 @@ class Validator:
                 return
             if type_code in _URI_TYPES and not self.options.allow_example_urls and is_example_url(value):
                 run.add("error", "invalid", f"Example URLs are not allowed in this context ({value})", expr)
+            if type_code == "canonical" and isinstance(value, str) and not _canonical_ok(value):
+                # datatypes.html#canonical: a canonical is an absolute URL, or a fragment reference to a contained
+                # resource.
+                message = f"Canonical URLs must be absolute URLs if they are not fragment references ({value})"
+                run.add("error", "invalid", message, expr)
             if type_code in ("date", "dateTime", "instant") and (node.min_value or node.max_value):
                 date_limits(value, node, expr, run)
             elif type_code in _NUMBERS and (node.min_value is not None or node.max_value is not None):
@@ -813,11 +818,6 @@ class Validator:
             )
             base = self.type_tree("Extension")
             if url is None and base is not None:
-            if type_code == "canonical" and isinstance(value, str) and not _canonical_ok(value):
-                # datatypes.html#canonical: a canonical is an absolute URL, or a fragment reference to a contained
-                # resource.
-                message = f"Canonical URLs must be absolute URLs if they are not fragment references ({value})"
-                run.add("error", "invalid", message, expr)
                 message = f"Extension.url: minimum required = 1, but only found 0 (from {base.label})"
                 run.add("error", "structure", message, expr)
             elif url == "":
