@@ -26,6 +26,30 @@ ELM = """<?xml version="1.0" encoding="UTF-8"?>
 </statements></library>"""
 
 
+OBLIGATIONS_URL = "http://example.org/fhir/StructureDefinition/patient-obligations"
+PATIENT = "http://hl7.org/fhir/StructureDefinition/Patient"
+OBLIGATION_PROFILE = "http://hl7.org/fhir/StructureDefinition/obligation-profile"
+INHERIT_OBLIGATIONS = "http://hl7.org/fhir/StructureDefinition/inherit-obligations"
+
+
+def obligation_profile(
+    url: str, base: str, elements: list[dict[str, Any]], extensions: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    return {
+        "resourceType": "StructureDefinition",
+        "extension": [{"url": OBLIGATION_PROFILE, "valueBoolean": True}] if extensions is None else extensions,
+        "url": url,
+        "name": "PatientObligations",
+        "status": "draft",
+        "kind": "resource",
+        "abstract": False,
+        "type": "Patient",
+        "baseDefinition": base,
+        "derivation": "constraint",
+        "differential": {"element": [{"id": "Patient", "path": "Patient"}, *elements]},
+    }
+
+
 def population(code: str) -> dict[str, Any]:
     return {"code": {"coding": [{"system": POPULATION, "code": code}]}}
 
@@ -71,6 +95,7 @@ def validator(tmp_path_factory: pytest.TempPathFactory) -> Validator:
     }
     (folder / "library.json").write_text(json.dumps(library))
     (folder / "measure.json").write_text(json.dumps(measure()))
+    (folder / "obligations.json").write_text(json.dumps(obligation_profile(OBLIGATIONS_URL, PATIENT, [])))
     return load_validator(Settings(), [folder])
 
 
@@ -423,3 +448,62 @@ def test_a_discriminator_path_the_sliced_element_does_not_have(validator: Valida
     ]
     for path in ("url", "value", "valueIdentifier.type", "extension('http://example.org/x').value", "$this"):
         assert messages(validator.validate(audit_event_profile(path)), "discriminator path") == [], path
+
+
+def test_an_obligation_profile_only_adds_obligations(validator: Validator) -> None:
+    # obligations.html: obligation extensions, mustSupport and cardinality are allowed; other properties are not,
+    # and a binding keeps the base's strength, adding additional bindings only.
+    obligation = {"url": "http://hl7.org/fhir/tools/StructureDefinition/obligation", "extension": []}
+    elements = [
+        {"id": "Patient.birthDate", "path": "Patient.birthDate", "extension": [obligation], "mustSupport": True},
+        {
+            "id": "Patient.deceased[x]",
+            "path": "Patient.deceased[x]",
+            "extension": [{"url": "http://example.org/x", "valueString": "x"}],
+            "short": "Dead?",
+        },
+        {
+            "id": "Patient.maritalStatus",
+            "path": "Patient.maritalStatus",
+            "binding": {"strength": "example", "description": "x"},
+        },
+    ]
+    found = messages(validator.validate(obligation_profile("http://example.org/p", PATIENT, elements)), "Obligation")
+    allowed = "which is not allowed in Obligation profiles"
+    assert found == [
+        (
+            "StructureDefinition.differential.element[2].extension[0]",
+            f"The element 'Patient.deceased[x]' has a property 'extension#http://example.org/x' {allowed}",
+        ),
+        (
+            "StructureDefinition.differential.element[2].short[0]",
+            f"The element 'Patient.deceased[x]' has a property 'short' {allowed}",
+        ),
+        (
+            "StructureDefinition.differential.element[3].binding[0].strength[0]",
+            f"The element 'Patient.maritalStatus' has a different binding strength ('example') from the base "
+            f"('extensible') {allowed}",
+        ),
+        (
+            "StructureDefinition.differential.element[3].binding[0].description[0]",
+            f"The element 'Patient.maritalStatus' has a binding property 'description' {allowed}",
+        ),
+    ]
+
+
+def test_inherited_obligations_come_from_an_obligation_profile_on_the_same_base(validator: Validator) -> None:
+    vitals = "http://hl7.org/fhir/StructureDefinition/vitalsigns"
+    inherits = [
+        {"url": INHERIT_OBLIGATIONS, "valueCanonical": vitals},
+        {"url": INHERIT_OBLIGATIONS, "valueCanonical": OBLIGATIONS_URL},
+    ]
+    resource = obligation_profile("http://example.org/p", OBLIGATIONS_URL, [], inherits)
+    assert errors(validator.validate(resource)) == [
+        ("StructureDefinition.extension[0]", f"The profile '{vitals}' is not marked as an obligation profile"),
+        (
+            "StructureDefinition.extension[1]",
+            f"The profile '{OBLIGATIONS_URL}' has a different base '{PATIENT}' from that expected '{OBLIGATIONS_URL}'",
+        ),
+    ]
+    same_base = obligation_profile("http://example.org/p", PATIENT, [], inherits[1:])
+    assert errors(validator.validate(same_base)) == []

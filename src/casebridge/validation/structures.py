@@ -11,6 +11,13 @@ not judged), and only for an element the base type defines by that path: names m
 choice by its name or by name and type), ``extension('url')`` selects an Extension, ``ofType(T)`` a type and
 ``$this`` the element; what cannot be followed statically (``resolve()``, other functions) is not judged.
 
+An obligation profile (the obligation-profile extension, true) may only add obligations to its base
+(obligations.html): each differential element must be one of the base's, carrying only its id and path,
+obligation extensions, mustSupport, min and max, and a binding of the base's strength with additional bindings
+and nothing else; any other property is an error, worded and placed as the reference validator does. A profile
+whose obligations another inherits (inherit-obligations) must be an obligation profile on the same base. Both
+are checked when the base is loaded, as the reference validator does.
+
 Apart from the walk because it reads other definitions; called for StructureDefinition resources only.
 """
 
@@ -19,7 +26,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from casebridge.definitions.structure import Definitions
+from casebridge.definitions.snapshot import generate_snapshot, needs_snapshot
+from casebridge.definitions.structure import DefinitionError, Definitions
 from casebridge.validation.issues import Run, as_list, as_obj
 
 _ABSTRACT = frozenset({"Resource", "DomainResource", "Element", "BackboneElement"})
@@ -49,6 +57,10 @@ def check_structure_definition(sd: dict[str, Any], definitions: Definitions, run
             slicing = element.get("slicing")
             if isinstance(slicing, dict):
                 _check_discriminators(definitions, element, slicing, run, f"{expr}.{part}.element[{i}].slicing")
+    base_url = sd.get("baseDefinition")
+    base = definitions.get(base_url) if isinstance(base_url, str) else None
+    if base is not None and base.get("resourceType") == "StructureDefinition":
+        _check_obligations(sd, base, definitions, run, expr)
 
 
 def _profile_type(definitions: Definitions, canonical: str) -> str | None:
@@ -201,3 +213,125 @@ def _children(definitions: Definitions, base: dict[str, Any], type_name: str) ->
     if not out and "." in type_name:
         return None  # an element whose children are not defined in place (a Resource): not looked into
     return out
+
+
+# --- obligation profiles ------------------------------------------------------------------------------------
+
+_TOOLS = "http://hl7.org/fhir/tools/StructureDefinition/"
+_OBLIGATION_PROFILE = (f"{_CORE}obligation-profile", f"{_TOOLS}obligation-profile")
+_INHERIT_OBLIGATIONS = (f"{_CORE}inherit-obligations", f"{_TOOLS}inherit-obligations")
+_OBLIGATION = (f"{_CORE}obligation", f"{_TOOLS}obligation")
+_ADDITIONAL_BINDING = f"{_TOOLS}additional-binding"
+_NOT_ALLOWED = "which is not allowed in Obligation profiles"
+
+
+def _is_obligation_profile(sd: dict[str, Any]) -> bool:
+    return any(
+        as_obj(e).get("url") in _OBLIGATION_PROFILE and as_obj(e).get("valueBoolean") is True
+        for e in as_list(sd.get("extension"))
+    )
+
+
+def _check_obligations(sd: dict[str, Any], base: dict[str, Any], definitions: Definitions, run: Run, expr: str) -> None:
+    for i, extension in enumerate(as_list(sd.get("extension"))):
+        extension = as_obj(extension)
+        target_url = extension.get("valueCanonical")
+        if extension.get("url") not in _INHERIT_OBLIGATIONS or not isinstance(target_url, str):
+            continue
+        target = definitions.get(target_url)
+        if target is None:
+            continue  # not loaded: not judged
+        where = f"{expr}.extension[{i}]"
+        if not _is_obligation_profile(target):
+            run.add("error", "invalid", f"The profile '{target_url}' is not marked as an obligation profile", where)
+        elif target.get("baseDefinition") != sd.get("baseDefinition"):
+            message = (
+                f"The profile '{target_url}' has a different base '{target.get('baseDefinition')}' from that "
+                f"expected '{sd.get('baseDefinition')}'"
+            )
+            run.add("error", "invalid", message, where)
+    if not _is_obligation_profile(sd) or sd.get("derivation") != "constraint":
+        return
+    try:
+        full = generate_snapshot(_lenient(base), definitions) if needs_snapshot(base) else base
+    except DefinitionError:
+        return
+    by_id = {as_obj(e).get("id"): as_obj(e) for e in _snapshot(full)}
+    for i, element in enumerate(as_list(as_obj(sd.get("differential")).get("element"))):
+        element = as_obj(element)
+        element_id = element.get("id")
+        base_element = by_id.get(element_id)
+        if base_element is not None:
+            _obligation_element(element, base_element, str(element_id), run, f"{expr}.differential.element[{i}]")
+
+
+def _lenient(sd: dict[str, Any]) -> dict[str, Any]:
+    """A copy whose differential bindings without a strength are left out: the reference validator's snapshot
+    keeps the base's binding strength for them, and the strength is all these checks read of a binding."""
+    elements = as_list(as_obj(sd.get("differential")).get("element"))
+    if not any(isinstance(as_obj(e).get("binding"), dict) and "strength" not in e["binding"] for e in elements):
+        return sd
+    kept = [
+        {k: v for k, v in e.items() if k != "binding"}
+        if isinstance(e, dict) and isinstance(e.get("binding"), dict) and "strength" not in e["binding"]
+        else e
+        for e in elements
+    ]
+    return {**sd, "differential": {**as_obj(sd.get("differential")), "element": kept}}
+
+
+def _properties(item: dict[str, Any]) -> list[tuple[str, int, Any]]:
+    """An element's properties as the reference validator lists them: each value with its index among its name's
+    values (a single value is [0]); a primitive's extension-only companion counts as the primitive."""
+    out: list[tuple[str, int, Any]] = []
+    for key, value in item.items():
+        if key.startswith("_"):
+            if key[1:] in item:
+                continue
+            key = key[1:]
+        for n, v in enumerate(value if isinstance(value, list) else [value]):
+            out.append((key, n, v))
+    return out
+
+
+def _obligation_element(
+    element: dict[str, Any], base_element: dict[str, Any], element_id: str, run: Run, expr: str
+) -> None:
+    """An obligation profile's element adds only obligations to the base's (the id matched already)."""
+    for name, n, value in _properties(element):
+        where = f"{expr}.{name}[{n}]"
+        if name == "extension":
+            url = as_obj(value).get("url")
+            if url not in _OBLIGATION:
+                message = f"The element '{element_id}' has a property 'extension#{url}' {_NOT_ALLOWED}"
+                run.add("error", "invalid", message, where)
+        elif name == "binding":
+            base_binding = base_element.get("binding")
+            if isinstance(base_binding, dict) and isinstance(value, dict):
+                _obligation_binding(value, base_binding, element_id, run, where)
+        elif name not in ("id", "path", "mustSupport", "min", "max"):
+            run.add("error", "invalid", f"The element '{element_id}' has a property '{name}' {_NOT_ALLOWED}", where)
+
+
+def _obligation_binding(
+    binding: dict[str, Any], base_binding: dict[str, Any], element_id: str, run: Run, expr: str
+) -> None:
+    """A binding in an obligation profile repeats the base's strength and adds additional bindings only."""
+    for name, n, value in _properties(binding):
+        where = f"{expr}.{name}[{n}]"
+        if name == "extension":
+            url = as_obj(value).get("url")
+            if url != _ADDITIONAL_BINDING:
+                message = f"The element '{element_id}' has a property 'extension#{url}' {_NOT_ALLOWED}"
+                run.add("error", "invalid", message, where)
+        elif name == "strength":
+            base_strength = base_binding.get("strength")
+            if value != base_strength:
+                message = (
+                    f"The element '{element_id}' has a different binding strength ('{value}') from the base "
+                    f"('{base_strength}') {_NOT_ALLOWED}"
+                )
+                run.add("error", "invalid", message, where)
+        else:
+            message = f"The element '{element_id}' has a binding property '{name}' {_NOT_ALLOWED}"
+            run.add("error", "invalid", message, where)
