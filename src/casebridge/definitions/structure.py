@@ -71,7 +71,8 @@ def _string(holder: dict[str, Any], key: str, where: str, *, required: bool = Fa
 
 def _boolean(holder: dict[str, Any], key: str, where: str) -> None:
     value = holder.get(key)
-    if value is not None and not isinstance(value, bool):
+    # "true" and "false" as strings are read as the booleans they spell, as the HL7 validator's JSON reader does.
+    if value is not None and not isinstance(value, bool) and value not in ("true", "false"):
         raise _fail(where, key, f"expected true or false, found {_kind(value)}")
 
 
@@ -560,5 +561,5 @@ def compile_structure(sd: dict[str, Any]) -> StructureTree:
         base=sd.get("baseDefinition"),
         root=root,
         by_id=by_id,
-        abstract=bool(sd.get("abstract")),
+        abstract=sd.get("abstract") in (True, "true"),
     )
