@@ -1,5 +1,7 @@
 """Slicing: which slice of a sliced element each value belongs to (by its discriminators: value, pattern, exists,
-type, profile), each value checked against its slice, the slices' cardinality, and closed slicing.
+type, profile; a path ending in ``resolve()`` follows a Reference to a contained resource or Bundle entry, and a
+type discriminator then compares its resource type with the slice's target profiles), each value checked against
+its slice, the slices' cardinality, and closed slicing.
 
 Apart from the walk because matching a value to a slice reads the value along discriminator paths and the slice
 definitions along the same paths, a search of its own; the walk hands each sliced element's values here.
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from casebridge.definitions.structure import ElementNode, StructureTree
 from casebridge.validation import primitives
 from casebridge.validation.issues import Run
+from casebridge.validation.references import contained_by_id
 from casebridge.validation.values import matches_pattern
 
 if TYPE_CHECKING:
@@ -38,12 +41,15 @@ def check_slicing(
     assert slicing is not None
     slices = list(node.slices.values())
     counts = {s.slice_name: 0 for s in slices}
+    root = run.roots.get(id(res), res)  # where a discriminator's resolve() finds contained resources
     for i, item in enumerate(items):
         extra = extras[i] if i < len(extras) else None
         if item is None and extra is None:
             continue
         item_expr = _item_expression(parent_expr, node, type_code, i)
-        match = next((s for s in slices if _in_slice(validator, item, type_code, s, slicing.discriminators, run)), None)
+        match = next(
+            (s for s in slices if _in_slice(validator, item, type_code, s, slicing.discriminators, run, root)), None
+        )
         if match is None:
             if slicing.rules == "closed":
                 message = f"This element does not match any known slice defined in the profile {tree.label}"
@@ -60,7 +66,7 @@ def check_slicing(
             run.add(
                 "error",
                 "structure",
-                f"Slice '{s.id}': a matching slice is required, but not found (from {tree.label})",
+                f"Slice '{s.id}': a matching slice is required, but not found (from {tree.label}). {_OTHER_SLICES}",
                 parent_expr,
                 tree.url,
             )
@@ -81,6 +87,7 @@ def _in_slice(
     slice_node: ElementNode,
     discriminators: tuple[Any, ...],
     run: Run,
+    root: dict[str, Any],
 ) -> bool:
     if not discriminators:
         return False
@@ -92,28 +99,36 @@ def _in_slice(
             if expected is _MISSING:
                 continue  # this slice leaves that path open: it matches any value there
             constrained = True
-            if not any(matches_pattern(v, expected) for v, _ in _typed_values_at(item, path, type_code)):
+            if not any(matches_pattern(v, expected) for v, _ in _typed_values_at(item, path, type_code, root, run)):
                 return False
             continue
         constrained = True
         if d.type == "exists":
             target = _node_at(slice_node, path)
-            present = bool(list(_typed_values_at(item, path, type_code)))
+            present = bool(list(_typed_values_at(item, path, type_code, root, run)))
             if target is None or present != (target.min > 0 or target.max != 0):
                 return False
         elif d.type == "type":
-            target = _node_at(slice_node, path)
-            if target is None:
+            reference_path = _before_resolve(path)
+            if reference_path is not None:
+                # The type of the resource a Reference resolves to: the slice names it by target profile.
+                target = _node_at(slice_node, reference_path)
+                wanted = {
+                    _profile_type(validator, p) for t in (target.types if target else ()) for p in t.target_profiles
+                }
+            else:
+                target = _node_at(slice_node, path)
+                wanted = {t.code for t in target.types} if target is not None else set()
+            if not wanted:
                 return False
-            wanted = {t.code for t in target.types}
-            values = list(_typed_values_at(item, path, type_code))
+            values = list(_typed_values_at(item, path, type_code, root, run))
             if not values or not all(actual in wanted for _, actual in values):
                 return False
         elif d.type == "profile":
             target = _node_at(slice_node, path)
             profiles = [p for t in (target.types if target else ()) for p in t.profiles]
             # Named apart from the (value, type) pairs above: compiled, a variable keeps one type.
-            resources = [v for v, _ in _typed_values_at(item, path, type_code)]
+            resources = [v for v, _ in _typed_values_at(item, path, type_code, root, run)]
             if not profiles or not resources or not all(validator.conforms(r, profiles, run) for r in resources):
                 return False
         else:
@@ -148,6 +163,10 @@ def _item_expression(parent_expr: str, node: ElementNode, type_code: str | None,
 
 
 _MISSING = object()
+# The HL7 validator adds this to every missing required slice, open or closed slicing alike.
+_OTHER_SLICES = "Note that other slices are allowed in addition to this required slice"
+_RESOLVE = "resolve()"
+_TYPE_ID = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?$")
 _EXTENSION_CALL = re.compile(r"""extension\(\s*(['"])(.*)\1\s*\)""")
 
 
@@ -241,17 +260,60 @@ def _type_of_key(key: str, stem: str) -> str:
     return lowered if lowered in primitives.PRIMITIVES else suffix
 
 
-def _typed_values_at(item: Any, path: str, type_code: str | None) -> Iterator[tuple[Any, str | None]]:
-    """The values at a discriminator path, each with its type where the JSON tells it."""
+def _before_resolve(path: str) -> str | None:
+    """The path of the Reference a discriminator path resolves (``item`` of ``item.resolve()``), else None."""
+    if path == _RESOLVE:
+        return "$this"
+    if path.endswith("." + _RESOLVE):
+        return path[: -len(_RESOLVE) - 1]
+    return None
+
+
+def _profile_type(validator: Validator, canonical: str) -> str:
+    """The resource type a target profile constrains (a core type's URL ends with its name)."""
+    tree = validator.tree(canonical)
+    return tree.type if tree is not None else canonical.split("|")[0].rsplit("/", 1)[-1]
+
+
+def _resolve(reference: Any, root: dict[str, Any] | None, run: Run | None) -> dict[str, Any] | None:
+    """What a Reference points to inside the input: a resource contained in ``root``, or a Bundle entry (by fullUrl,
+    or by Type/id when one entry has it). Anything else does not resolve here."""
+    ref = reference.get("reference") if isinstance(reference, dict) else None
+    if not isinstance(ref, str):
+        return None
+    if ref.startswith("#"):
+        return contained_by_id(root).get(ref[1:]) if root is not None else None
+    if run is None:
+        return None
+    if ref in run.bundle_index:
+        return run.bundle_index[ref]
+    m = _TYPE_ID.search(ref)
+    matches = run.by_type_id.get(f"{m.group(1)}/{m.group(2)}", []) if m else []
+    return matches[0] if len(matches) == 1 else None
+
+
+def _typed_values_at(
+    item: Any, path: str, type_code: str | None, root: dict[str, Any] | None = None, run: Run | None = None
+) -> Iterator[tuple[Any, str | None]]:
+    """The values at a discriminator path, each with its type where the JSON tells it; a ``resolve()`` step goes
+    from References to the resources they point to inside the input (``root``'s contained ones, the Bundle's)."""
     if path in ("$this", ""):
         actual = item["resourceType"] if isinstance(item, dict) and "resourceType" in item else type_code
         yield item, actual
         return
     current: list[tuple[Any, str | None]] = [(item, type_code)]
     for part in _split_path(path):
+        nxt: list[tuple[Any, str | None]] = []
+        if part == _RESOLVE:
+            for c, _ in current:
+                target = _resolve(c, root, run)
+                rtype = target.get("resourceType") if target is not None else None
+                if target is not None and isinstance(rtype, str):
+                    nxt.append((target, rtype))
+            current = nxt
+            continue
         url = _extension_url(part)
         part = re.sub(r"\.?ofType\(.*\)$", "", part)
-        nxt: list[tuple[Any, str | None]] = []
         for c, _ in current:
             if not isinstance(c, dict):
                 continue

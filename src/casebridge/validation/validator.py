@@ -6,11 +6,14 @@ extensible -> warning; codes of external systems -> information), invariants (FH
 versions of the ones every element carries), extensions against their definitions, references
 (target types, and resolution inside a Bundle or among contained resources), and slicing. A resource
 is checked against its base definition, or against the profiles it claims (``meta.profile``) and any
-asked for; a profile that is not loaded is an error.
+asked for; a profile that is not loaded is an error. A value whose type lists several profiles must conform
+to one of them (none: an error, with each profile's own errors); a choice property of a type the base allows
+but the profile rules out is an element of unknown type, not an unknown property.
 
 Issues carry a FHIRPath ``expression`` in the form the HL7 Java validator uses: ``Patient.name[0]``,
 ``Observation.value.ofType(Quantity)``, ``Bundle.entry[2].resource/*Observation/id*/.code``;
-cardinality problems are reported on the parent element.
+cardinality problems are reported on the parent element, naming the element by its id (a slice's child as
+``Parameters.parameter:p1.extension``).
 
 This module is the walk itself: resources, their profiles, elements (cardinality, JSON shape, types and choice
 types), primitives and extensions. It hands each value to the checks of its concern: ``bindings`` (terminology),
@@ -190,6 +193,7 @@ class _ItemPlan:
     active: Active  # the element's own invariants
     base: str
     checks: bool  # fixed, pattern, bindings, quantity limits, references or codes to check
+    choices: tuple[str, ...]  # the type's profiles when it lists several: the value must conform to one of them
 
 
 class Validator:
@@ -440,6 +444,8 @@ class Validator:
             if key.startswith("_"):
                 name = key[1:]
                 child = lookup.get(name)
+                if child is None and self._other_choice(name, name not in obj, node, tree, expr, run, counts):
+                    continue
                 if child is None or not child.primitive:
                     run.add("error", "structure", f"Unrecognized property '{key}'", expr)
                 elif name not in obj:
@@ -447,7 +453,8 @@ class Validator:
                 continue
             child = lookup.get(key)
             if child is None:
-                run.add("error", "structure", f"Unrecognized property '{key}'", expr)
+                if not self._other_choice(key, True, node, tree, expr, run, counts):
+                    run.add("error", "structure", f"Unrecognized property '{key}'", expr)
                 continue
             extra = obj.get("_" + key)
             if child.plain and extra is None and type(value) in _SCALARS:
@@ -461,9 +468,7 @@ class Validator:
                     if value == "":
                         run.add("error", "invariant", ELE_1, expr + child.expression)
                 elif (
-                    child.type_code in _URI_TYPES
-                    and not self.options.allow_example_urls
-                    and is_example_url(str(value))
+                    child.type_code in _URI_TYPES and not self.options.allow_example_urls and is_example_url(str(value))
                 ):
                     message = f"Example URLs are not allowed in this context ({value})"
                     run.add("error", "invalid", message, expr + child.expression)
@@ -485,15 +490,15 @@ class Validator:
                 for required in child_node.slices.values():
                     if required.min > 0:
                         message = (
-                            f"Slice '{required.id}': a matching slice is required, but not found (from {tree.label})"
+                            f"Slice '{required.id}': a matching slice is required, but not found (from {tree.label})."
+                            " Note that other slices are allowed in addition to this required slice"
                         )
                         run.add("error", "structure", message, expr, tree.url)
             if count < child_node.min:
                 run.add(
                     "error",
                     "required",
-                    f"{child_node.path}: minimum required = {child_node.min}, but only found {count}"
-                    f" (from {tree.label})",
+                    f"{child_node.id}: minimum required = {child_node.min}, but only found {count} (from {tree.label})",
                     expr,
                     tree.url,
                 )
@@ -501,10 +506,49 @@ class Validator:
                 run.add(
                     "error",
                     "structure",
-                    f"{child_node.path}: max allowed = {child_node.max}, but found {count} (from {tree.label})",
+                    f"{child_node.id}: max allowed = {child_node.max}, but found {count} (from {tree.label})",
                     expr,
                     tree.url,
                 )
+
+    def _other_choice(
+        self,
+        name: str,
+        count: bool,
+        node: ElementNode,
+        tree: StructureTree,
+        expr: str,
+        run: Run,
+        counts: dict[int, int],
+    ) -> bool:
+        """A choice property of a type the base definition allows but a profile rules out (valueString where the
+        profile keeps Quantity and CodeableConcept): the HL7 validator reads the element by the base definition, so
+        it is there (its cardinality is met), of a type the profile does not know. Extensions are left out: their
+        value types are checked against the extension's definition."""
+        if tree.derivation != "constraint" or tree.type == "Extension":
+            return False
+        for child in node.children.values():
+            stem = child.name[:-3]
+            if not child.is_choice or not name.startswith(stem) or not name[len(stem) :][:1].isupper():
+                continue
+            suffix = name[len(stem) :]
+            code = suffix[:1].lower() + suffix[1:]
+            if code not in primitives.PRIMITIVES:
+                code = suffix
+            base = self.type_tree(tree.type)
+            base_node = base.by_id.get(child.path) if base is not None else None
+            if base_node is None or not any(t.code == code for t in base_node.types):
+                return False
+            if count:  # once: a primitive and its _ companion are one element
+                counts[id(child)] = counts.get(id(child), 0) + 1
+            valid = ", ".join(t.code for t in child.types)
+            message = (
+                f"The type of element {name} is not known - it could not be determined from the information "
+                f"available. Valid types at this point are {valid}"
+            )
+            run.add("error", "structure", message, expr)
+            return True
+        return False
 
     def _property(
         self,
@@ -627,7 +671,7 @@ class Validator:
             run.add("error", "invariant", ELE_1, expr)
         if plan.extension:
             self._extension(item, node, tree, expr, run, res, depth)
-        else:
+        elif not (plan.choices and self._profile_choices(item, plan.choices, expr, run, res, depth)):
             self._complex(item, plan.inner, plan.inner_tree, expr, run, res, depth + 1)
             if plan.inner_active:
                 self.invariants.check(plan.inner_active, item, plan.inner_base, expr, run, res, plan.inner_tree)
@@ -659,8 +703,11 @@ class Validator:
         extension = type_code == "Extension" and node.name in ("extension", "modifierExtension") and not node.slice_name
         inner, inner_tree, inner_base = node, tree, ""
         inner_active: Active = ()
+        choices: tuple[str, ...] = ()
         if not resource and not extension:
             inner, inner_tree, descended = self._children_of(node, tree, type_ref)
+            if descended and type_ref is not None and len(type_ref.profiles) > 1 and type_code != "Extension":
+                choices = type_ref.profiles
             if descended:
                 inner_active, inner_base = self.invariants.active(inner.constraints), inner_tree.type
             elif node.content_reference and inner is not node:
@@ -678,18 +725,63 @@ class Validator:
         )
         plan = _ItemPlan(
             node, tree, resource, extension, inner, inner_tree, inner_active, inner_base,
-            self.invariants.active(node.constraints), base, checks,
+            self.invariants.active(node.constraints), base, checks, choices,
         )  # fmt: skip
         # Remembered only when no later-loaded definition could change it (a type profile not found now).
         unfound = (
             type_ref is not None
             and bool(type_ref.profiles)
             and type_code != "Extension"
-            and self.tree(type_ref.profiles[0]) is None
+            and any(self.tree(p) is None for p in type_ref.profiles[: max(1, len(choices))])
         )
         if self.type_tree(type_code) is not None and not unfound:
             self._plans[(id(node), id(tree), type_code, id(type_ref))] = plan
         return plan
+
+    def _profile_choices(
+        self, item: dict[str, Any], profiles: tuple[str, ...], expr: str, run: Run, res: dict[str, Any], depth: int
+    ) -> bool:
+        """A value whose type lists several profiles conforms to at least one of them (ElementDefinition.type.profile:
+        "If multiple profiles are present, the element SHALL conform to at least one of them"). As the HL7 validator
+        reports it: one match, that profile's issues; none, an error at the value, then every profile's own issues,
+        each saying which profile it came from; several, a warning and their issues, said the same way. False when
+        none of the profiles is loaded."""
+        good: list[tuple[StructureTree, list[Issue]]] = []
+        bad: list[tuple[StructureTree, list[Issue]]] = []
+        for url in profiles:
+            tree = self.tree(url)
+            if tree is None:  # a profile we cannot load is no choice (the walk falls back to the base type)
+                continue
+            # What the value meets in the run is shared (the Bundle it is in, contained resources, ...): only the
+            # issues are its own, to be judged per profile.
+            sub = Run(
+                bundle_index=run.bundle_index,
+                roots=run.roots,
+                conforms=run.conforms,
+                bundle_type=run.bundle_type,
+                by_type_id=run.by_type_id,
+                unknown_profiles=run.unknown_profiles,
+            )
+            self._complex(item, tree.root, tree, expr, sub, res, depth + 1)
+            self.invariants.check_all(tree.root.constraints, item, tree.type, expr, sub, res, tree)
+            (bad if has_errors(sub.issues) else good).append((tree, sub.issues))
+        if not good and not bad:
+            return False  # none of them loaded: the walk checks the value against its base type
+        if len(good) == 1:
+            for issue in good[0][1]:
+                run.add(issue.severity, issue.code, issue.message, issue.expression, issue.source)
+            return True
+        if good:
+            urls = ", ".join(tree.url for tree, _ in good)
+            run.add("warning", "structure", f"Found multiple matching profiles among {len(good)} choices: {urls}", expr)
+        else:
+            message = f"Unable to find a match for the specified profile among choices: {', '.join(profiles)}"
+            run.add("error", "structure", message, expr)
+        for tree, issues in good or bad:
+            for issue in issues:
+                message = f"{issue.message} (validating against {tree.label} [{tree.name}])"
+                run.add(issue.severity, issue.code, message, issue.expression, issue.source)
+        return True
 
     def is_resource_type(self, type_code: str) -> bool:
         known = self._resource_types.get(type_code)
