@@ -287,3 +287,86 @@ def test_a_bare_code_outside_its_required_value_set_is_two_errors(validator: Val
             f"'x' in the ValueSet '{vs}'; The provided code '#x' was not found in the value set '{vs}')",
         ),
     ]
+
+
+V2_0131 = "http://terminology.hl7.org/CodeSystem/v2-0131"
+
+
+def contact(display: str) -> dict[str, Any]:
+    coding = {"system": V2_0131, "code": "C", "display": display}
+    return {"resourceType": "Patient", "contact": [{"relationship": [{"coding": [coding]}], "name": {"text": "x"}}]}
+
+
+def test_a_wrong_display_is_an_error_at_the_display(validator: Validator) -> None:
+    found = errors(validator.validate(contact("alt-display")))
+    where = "Patient.contact[0].relationship[0].coding[0].display"
+    assert [e for e, _ in found] == [where]
+    assert found[0][1].startswith(f"Wrong Display Name 'alt-display' for {V2_0131}#C. Valid display is one of ")
+    assert "'Emergency Contact'" in found[0][1] and "'Ansprechpartner in Notfällen' (de)" in found[0][1]
+
+
+@pytest.mark.parametrize("display", ["Emergency Contact", "emergency contact", "Ansprechpartner in Notfällen"])
+def test_the_display_or_a_designation_is_valid_in_any_case(validator: Validator, display: str) -> None:
+    assert errors(validator.validate(contact(display))) == []
+
+
+def test_a_profile_s_contained_value_set_may_name_a_code_in_its_own_words(tmp_path: Path) -> None:
+    """A binding to "#id" names the profile's contained value set; its expansion's display and designations of a
+    code are valid displays of that code (as the reference validator accepts them)."""
+    from casebridge.definitions.packages import DefinitionIndex
+    from casebridge.validation.validator import Validator as Walker
+
+    base = load_validator(Settings()).definitions
+    index = DefinitionIndex()
+    vs = {
+        "resourceType": "ValueSet",
+        "id": "rel",
+        "url": "http://example.org/ValueSet/rel",
+        "status": "draft",
+        "expansion": {
+            "timestamp": "2020-01-01",
+            "contains": [
+                {"system": V2_0131, "code": "C", "display": "alt-display"},
+                {"system": V2_0131, "code": "N", "designation": [{"value": "alt-designation"}]},
+            ],
+        },
+    }
+    profile = {
+        "resourceType": "StructureDefinition",
+        "contained": [vs],
+        "url": "http://example.org/StructureDefinition/translated",
+        "name": "Translated",
+        "status": "draft",
+        "kind": "resource",
+        "abstract": False,
+        "type": "Patient",
+        "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Patient",
+        "derivation": "constraint",
+        "differential": {
+            "element": [
+                {
+                    "id": "Patient.contact.relationship",
+                    "path": "Patient.contact.relationship",
+                    "binding": {"strength": "required", "valueSet": "#rel"},
+                }
+            ]
+        },
+    }
+    index.add_resource(profile, "profile.json")
+    assert index.get("http://example.org/ValueSet/rel") == vs
+
+    class Both:  # the profile over the packages
+        def get(self, canonical: str) -> Any:
+            return index.get(canonical) or base.get(canonical)
+
+        def core_definition(self, type_name: str) -> Any:
+            return base.core_definition(type_name)
+
+    walker = Walker(Both())  # type: ignore[arg-type]
+    patient = contact("alt-display")
+    patient["contact"][0]["relationship"].append(
+        {"coding": [{"system": V2_0131, "code": "N", "display": "alt-designation"}]}
+    )
+    assert errors(walker.validate(patient, [profile["url"]])) == []
+    # Without the profile, both displays are wrong.
+    assert len(errors(walker.validate(patient))) == 2

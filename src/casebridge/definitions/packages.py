@@ -543,6 +543,13 @@ class DefinitionIndex:
         record = _info(resource, package=None, source=source, file=None)
         self._loaded[record] = resource
         self._add(record)
+        # A definition's contained value sets and code systems with a canonical of their own (a profile's
+        # binding to "#id"): found by that canonical, as the HL7 validator finds them.
+        for inner in resource.get("contained") or ():
+            if _is_definition(inner) and isinstance(inner.get("url"), str):
+                inner_record = _info(inner, package=None, source=f"{source} (contained {inner.get('id')})", file=None)
+                self._loaded[inner_record] = inner
+                self._add(inner_record)
         return record
 
     def _add_loose_file(self, file: Path) -> int:

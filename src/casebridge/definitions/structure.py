@@ -440,9 +440,12 @@ def _types(element: dict[str, Any]) -> tuple[TypeRef, ...]:
     return tuple(out)
 
 
-def _node(element: dict[str, Any], source: str) -> ElementNode:
+def _node(element: dict[str, Any], source: str, contained: dict[str, str]) -> ElementNode:
     path = element["path"]
     binding = element.get("binding")
+    if binding and isinstance(binding.get("valueSet"), str) and binding["valueSet"].startswith("#"):
+        # A value set the definition contains, named by its canonical (under which it is indexed).
+        binding = {**binding, "valueSet": contained.get(binding["valueSet"][1:], binding["valueSet"])}
     slicing = element.get("slicing")
     return ElementNode(
         id=element.get("id") or path,
@@ -526,9 +529,14 @@ def compile_structure(sd: dict[str, Any]) -> StructureTree:
         raise DefinitionError(f"StructureDefinition {url} has no snapshot")
     by_id: dict[str, ElementNode] = {}
     root: ElementNode | None = None
+    contained = {
+        c["id"]: c["url"]
+        for c in sd.get("contained") or ()
+        if isinstance(c, dict) and isinstance(c.get("id"), str) and isinstance(c.get("url"), str)
+    }
     for i, element in enumerate(snapshot):
         where = f"StructureDefinition.snapshot.element[{i}]"
-        node = _node(element, url)
+        node = _node(element, url, contained)
         by_id[node.id] = node
         parts = _split_id(node.id)
         if len(parts) == 1:

@@ -70,6 +70,18 @@ class Bindings:
             expr,
         )
 
+    def _bound_displays(self, node: ElementNode, system: str, code: str) -> set[str]:
+        """What the value sets bound to an element call a code (an expansion's display and designations): a
+        value set may name a code in its own words, and the code is then valid with them."""
+        bound = [node.binding[1]] if node.binding is not None else []
+        out: set[str] = set()
+        for vs in (*bound, *node.additional_required):
+            expansion = self.terminology.expand(vs)
+            if expansion is not None and (system, code) in expansion.codes:
+                out.add(expansion.codes[(system, code)].lower())
+                out.update(v.lower() for v in expansion.designations.get((system, code), ()))
+        return out
+
     def binding(
         self,
         item: dict[str, Any],
@@ -126,8 +138,9 @@ class Bindings:
             expr,
         )
 
-    def known_code(self, coding: dict[str, Any], expr: str, run: Run) -> None:
-        """A code of a code system we hold completely must be one of its codes, with its display if it has one."""
+    def known_code(self, coding: dict[str, Any], expr: str, run: Run, node: ElementNode | None = None) -> None:
+        """A code of a code system we hold completely must be one of its codes, with its display if it has one
+        (or a display the value sets bound to ``node`` give the code)."""
         system, code = coding.get("system"), coding.get("code")
         if not isinstance(system, str) or not isinstance(code, str) or system in EXTERNAL_SYSTEMS:
             return
@@ -138,10 +151,18 @@ class Bindings:
             run.add("error", "code-invalid", f"Unknown code '{code}' in the CodeSystem '{system}'", expr)
             return
         display = coding.get("display")
-        if isinstance(display, str) and cs.codes[code] and display.lower() != cs.codes[code].lower():
-            run.add(
-                "warning",
-                "invalid",
-                f"Wrong Display Name '{display}' for {system}#{code}. Valid display is '{cs.codes[code]}'",
-                expr,
-            )
+        if not isinstance(display, str) or not cs.codes[code]:
+            return
+        # The display, or a designation (a display in another language), compared without case. Wrong, it is an
+        # error at the display, as the reference validator reports it.
+        choices = [(cs.codes[code], ""), *((value, language) for language, value in cs.designations.get(code, ()))]
+        if any(display.lower() == value.lower() for value, _ in choices):
+            return
+        if node is not None and display.lower() in self._bound_displays(node, system, code):
+            return
+        if len(choices) == 1:
+            valid = f"Valid display is '{cs.codes[code]}'"
+        else:
+            named = [f"'{value}'" + (f" ({language})" if language else "") for value, language in choices]
+            valid = f"Valid display is one of {len(named)} choices: {', '.join(named[:-1])} or {named[-1]}"
+        run.add("error", "invalid", f"Wrong Display Name '{display}' for {system}#{code}. {valid}", f"{expr}.display")

@@ -43,6 +43,8 @@ class Expansion:
     codes: dict[tuple[str, str], str] = field(default_factory=dict)  # (system, code) -> display
     open_systems: set[str] = field(default_factory=set)  # included systems we cannot enumerate
     unresolved: list[str] = field(default_factory=list)  # what could not be expanded
+    # (system, code) -> designations an expansion gives a code: with its display, what the value set calls it
+    designations: dict[tuple[str, str], list[str]] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -62,6 +64,8 @@ class CodeSystemInfo:
     codes: dict[str, str]  # code -> display
     parents: dict[str, set[str]]  # code -> parent codes
     case_sensitive: bool = True
+    # code -> its designations (language or "", value): displays in other languages, also valid displays
+    designations: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
     def descendants(self, code: str) -> set[str]:
         children: dict[str, set[str]] = {}
@@ -103,6 +107,7 @@ class Terminology:
                 cs = {}  # read as a code system we know nothing of
             codes: dict[str, str] = {}
             parents: dict[str, set[str]] = {}
+            designations: dict[str, list[tuple[str, str]]] = {}
 
             def walk(concepts: Iterable[Any], parent: str | None) -> None:
                 for c in concepts:
@@ -110,6 +115,13 @@ class Terminology:
                     if not isinstance(code, str):
                         continue
                     codes[code] = c.get("display", "")
+                    for d in c.get("designation", ()):
+                        if not isinstance(d, dict) or not isinstance(d.get("value"), str) or not d["value"]:
+                            continue
+                        language = d.get("language")
+                        designations.setdefault(code, []).append(
+                            (language if isinstance(language, str) else "", d["value"])
+                        )
                     if parent is not None:
                         parents.setdefault(code, set()).add(parent)
                     for prop in c.get("property", ()):
@@ -119,7 +131,12 @@ class Terminology:
 
             walk(cs.get("concept", ()), None)
             info = CodeSystemInfo(
-                url, cs.get("content") == "complete" and bool(codes), codes, parents, cs.get("caseSensitive", True)
+                url,
+                cs.get("content") == "complete" and bool(codes),
+                codes,
+                parents,
+                cs.get("caseSensitive", True),
+                designations,
             )
         self._systems[url] = info
         return info
@@ -152,6 +169,9 @@ class Terminology:
             for c in items:
                 if c.get("code") and c.get("system") and not c.get("abstract"):
                     out.codes[(c["system"], c["code"])] = c.get("display", "")
+                    values = [d["value"] for d in c.get("designation", ()) if isinstance(d.get("value"), str)]
+                    if values:
+                        out.designations[(c["system"], c["code"])] = values
                 walk(c.get("contains", ()))
 
         walk(vs["expansion"]["contains"])

@@ -694,9 +694,11 @@ class Validator:
             quantity_limits(item, node, expr, run)
         if type_code == "Reference":
             check_reference(self, item, node, expr, run, run.roots.get(id(res), res))
-        if type_code in ("Coding", "CodeableConcept"):
+        # A CodeableConcept's codings are checked with it, where its binding is known (a value set may give a
+        # code a display of its own), not again each on its own.
+        if type_code == "CodeableConcept" or (type_code == "Coding" and node.name != "coding"):
             for coding_expr, coding in codings(item, type_code, expr):
-                self.bindings.known_code(coding, coding_expr, run)
+                self.bindings.known_code(coding, coding_expr, run, node)
 
     def _plan(self, node: ElementNode, tree: StructureTree, type_code: str, type_ref: TypeRef | None) -> _ItemPlan:
         resource = type_code == "Resource" or (type_code[:1].isupper() and self.is_resource_type(type_code))
