@@ -2,7 +2,10 @@
 
 Each is a FHIRPath expression; the ones every resource carries (dom-*, txt-*, ref-1, the Bundle rules, the
 common IPS rules) also have a native version of the same meaning here, matched on their key or exact R4
-expression, which takes the interpreter out of the common path. ele-1 and ext-1 are checked by the walk itself.
+expression, which takes the interpreter out of the common path. So do the ElementDefinition (eld-*),
+StructureDefinition (sdf-*) and CodeSystem (csd-1) rules and the shared name rule (sdf-0, vsd-0, csd-0 ...),
+run on every element of a definition: these decide the shapes valid JSON has and leave any other (a primitive
+extension, a value of the wrong JSON type) to the interpreter. ele-1 and ext-1 are checked by the walk itself.
 
 Apart from the walk because it is the one place that runs FHIRPath, and the native table is checked against
 the interpreter on its own (tests/unit/test_native_invariants.py).
@@ -15,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from casebridge.definitions.structure import Constraint, StructureTree
-from casebridge.validation.fhirpath import FhirPathError, Resolver, evaluate, html_checks, is_true
+from casebridge.validation.fhirpath import FhirPathError, Resolver, evaluate, full_match, html_checks, is_true
 from casebridge.validation.issues import Run, as_list, as_obj
 from casebridge.validation.operations import OPD_3_R4, opd_3
 from casebridge.validation.references import contained_by_id
@@ -86,9 +89,10 @@ class Invariants:
                         )
                         run.add("error", "invariant", message, f"{expr}.contained[{i}]", tree.url)
                 continue
-            if native is not None:
-                ok = native(item, run.roots.get(id(res), res))
-            else:
+            # A native check answers True or False, or None for a shape it leaves to FHIRPath (a primitive's
+            # extension, a value of the wrong JSON type), where the interpreter's own answer is the reference.
+            ok = native(item, run.roots.get(id(res), res)) if native is not None else None
+            if ok is None:
                 try:
                     root = run.roots.get(id(res), res)
                     base_path = None if isinstance(item, dict) and "resourceType" in item else base
@@ -407,3 +411,521 @@ _NATIVE_EXPRESSIONS: dict[str, Any] = {
 _CORRECTED: dict[str, Any] = {
     OPD_3_R4: opd_3,  # a resource parameter may have target profiles too (as R5 has it)
 }
+
+
+# --- definitional resources: ElementDefinition (eld-*), StructureDefinition (sdf-*), CodeSystem (csd-1) --------
+# About twenty invariants on every element of a snapshot and differential: through the interpreter they were
+# nine tenths of the time spent on a StructureDefinition. Each native decides the shapes valid JSON has (fields
+# absent or of their JSON type, no primitive extensions "_name") and answers None for any other, which goes to
+# the interpreter: its three-valued logic on such shapes is the reference and is not copied here.
+
+_UNDECIDED = None
+# The types of the open choice elements (fixed[x], pattern[x], defaultValue[x]) and of minValue[x]/maxValue[x], as
+# the interpreter's R4 model lists them: a key with another suffix is not the element.
+_OPEN_TYPES = frozenset(
+    "Base64Binary Boolean Canonical Code Date DateTime Decimal Id Instant Integer Markdown Oid PositiveInt String "
+    "Time UnsignedInt Uri Url Uuid Address Age Annotation Attachment CodeableConcept Coding ContactPoint Count "
+    "Distance Duration HumanName Identifier Money Period Quantity Range Ratio Reference SampledData Signature Timing "
+    "ContactDetail Contributor DataRequirement Expression ParameterDefinition RelatedArtifact TriggerDefinition "
+    "UsageContext Dosage Meta".split()
+)
+_MIN_MAX_TYPES = frozenset("Date DateTime Instant Time Decimal Integer PositiveInt UnsignedInt Quantity".split())
+_INTEGER = re.compile(r"[+-]?[0-9]+")  # toInteger() of ASCII digits; other strings go to FHIRPath
+
+
+def _plain(item: Any) -> bool:
+    """An object with no primitive extensions: the shape the natives below decide."""
+    return isinstance(item, dict) and not any(k[:1] == "_" for k in item)
+
+
+def _has(item: dict[str, Any], name: str) -> bool:
+    """exists() of a field of a plain object (a JSON null or [] is nothing)."""
+    value = item.get(name)
+    return value is not None and value != []
+
+
+def _strings_or_absent(item: dict[str, Any], *names: str) -> bool:
+    return all(isinstance(item.get(n), str) or not _has(item, n) for n in names)
+
+
+def _objects(item: dict[str, Any], name: str) -> list[Any] | None:
+    """A repeating element's plain objects ([] when absent), None for any other shape."""
+    value = item.get(name)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(_plain(v) for v in value):
+        return None
+    return value
+
+
+def _choice(item: dict[str, Any], stem: str, types: frozenset[str]) -> bool:
+    """exists() of a choice element: stem + one of its type names."""
+    return any(k.startswith(stem) and k[len(stem) :] in types and _has(item, k) for k in item)
+
+
+def _codes(objects: list[Any], name: str) -> list[Any] | None:
+    """select(name) over plain objects: their string values, None when one is not a string."""
+    out = []
+    for o in objects:
+        if _has(o, name):
+            value = o[name]
+            if not isinstance(value, str):
+                return None
+            out.append(value)
+    return out
+
+
+def _eld_2(item: Any, root: Any = None) -> bool | None:
+    # min.empty() or max.empty() or (max = '*') or iif(max != '*', min <= max.toInteger())
+    if not _plain(item):
+        return _UNDECIDED
+    if not _has(item, "min") or not _has(item, "max"):
+        return True
+    low, high = item["min"], item["max"]
+    if isinstance(low, bool) or not isinstance(low, int) or not isinstance(high, str):
+        return _UNDECIDED
+    if high == "*":
+        return True
+    if not _INTEGER.fullmatch(high):
+        return _UNDECIDED  # toInteger() of anything else has rules of its own
+    return low <= int(high)
+
+
+def _eld_5(item: Any, root: Any = None) -> bool | None:
+    if not _plain(item):
+        return _UNDECIDED
+    return not _has(item, "contentReference") or not (
+        any(_has(item, k) for k in ("type", "example", "maxLength", "binding"))
+        or _choice(item, "defaultValue", _OPEN_TYPES)
+        or _choice(item, "fixed", _OPEN_TYPES)
+        or _choice(item, "pattern", _OPEN_TYPES)
+        or _choice(item, "minValue", _MIN_MAX_TYPES)
+        or _choice(item, "maxValue", _MIN_MAX_TYPES)
+    )
+
+
+def _at_most_one_type(stem: str) -> Any:
+    """eld-6 / eld-7: <stem>.empty() or (type.count() <= 1)."""
+
+    def check(item: Any, root: Any = None) -> bool | None:
+        if not _plain(item):
+            return _UNDECIDED
+        types = _objects(item, "type")
+        if types is None:
+            return _UNDECIDED
+        return not _choice(item, stem, _OPEN_TYPES) or len(types) <= 1
+
+    return check
+
+
+def _eld_11(item: Any, root: Any = None) -> bool | None:
+    # As R4 wrote it, type.select((code = 'code') or ...) gives a boolean, true or false, for every type that
+    # has a code: exists() then holds whenever type.code is not empty, so the rule cannot fail on these shapes.
+    if not _plain(item):
+        return _UNDECIDED
+    types = _objects(item, "type")
+    return _UNDECIDED if types is None or _codes(types, "code") is None else True
+
+
+def _distinct_of(name: str, key: str) -> Any:
+    """eld-13 / eld-14: <name>.select(<key>).isDistinct()."""
+
+    def check(item: Any, root: Any = None) -> bool | None:
+        if not _plain(item):
+            return _UNDECIDED
+        objects = _objects(item, name)
+        values = None if objects is None else _codes(objects, key)
+        if values is None:
+            return _UNDECIDED
+        return len(set(values)) == len(values)
+
+    return check
+
+
+def _both_not(first: str, second: str, first_types: frozenset[str] | None, second_types: frozenset[str] | None) -> Any:
+    """<first>.empty() or <second>.empty(), either a plain field (types None) or a choice element."""
+
+    def check(item: Any, root: Any = None) -> bool | None:
+        if not _plain(item):
+            return _UNDECIDED
+        a = _choice(item, first, first_types) if first_types is not None else _has(item, first)
+        b = _choice(item, second, second_types) if second_types is not None else _has(item, second)
+        return not (a and b)
+
+    return check
+
+
+def _matches_or_empty(name: str, pattern: str) -> Any:
+    """<name>.matches(pattern), or <name>.empty() or that: empty when the field is absent, which passes."""
+
+    def check(item: Any, root: Any = None) -> bool | None:
+        if not _plain(item):
+            return _UNDECIDED
+        if not _has(item, name):
+            return True
+        value = item[name]
+        return full_match(pattern, value) if isinstance(value, str) else _UNDECIDED
+
+    return check
+
+
+def _eld_18(item: Any, root: Any = None) -> bool | None:
+    # (isModifier.exists() and isModifier) implies isModifierReason.exists()
+    if not _plain(item):
+        return _UNDECIDED
+    modifier = item.get("isModifier")
+    if modifier is not None and not isinstance(modifier, bool):
+        return _UNDECIDED
+    return modifier is not True or _has(item, "isModifierReason")
+
+
+def _implies_present(first: str, second: str) -> Any:
+    """<first>.exists() implies <second>.exists() (sdf-... and eld-22)."""
+
+    def check(item: Any, root: Any = None) -> bool | None:
+        if not _plain(item):
+            return _UNDECIDED
+        return not _has(item, first) or _has(item, second)
+
+    return check
+
+
+def _either_present(first: str, second: str) -> Any:
+    def check(item: Any, root: Any = None) -> bool | None:
+        if not _plain(item):
+            return _UNDECIDED
+        return _has(item, first) or _has(item, second)
+
+    return check
+
+
+def _eld_3(item: Any, root: Any = None) -> bool | None:
+    # On ElementDefinition.max itself: empty() or ($this = '*') or (toInteger() >= 0)
+    if not isinstance(item, str):
+        return _UNDECIDED
+    if item == "*":
+        return True
+    return int(item) >= 0 if _INTEGER.fullmatch(item) else _UNDECIDED
+
+
+def _type_code_is_reference_or(other: str) -> Any:
+    """eld-4 / eld-17: <other>.empty() or code is Reference or canonical. With no code the comparisons are
+    empty, and so is the whole rule when <other> is there: an empty result passes."""
+
+    def check(item: Any, root: Any = None) -> bool | None:
+        if not _plain(item) or not _strings_or_absent(item, "code"):
+            return _UNDECIDED
+        return not _has(item, other) or not _has(item, "code") or item["code"] in ("Reference", "canonical")
+
+    return check
+
+
+def _eld_12(item: Any, root: Any = None) -> bool | None:
+    # valueSet.exists() implies (valueSet.startsWith('http:') or valueSet.startsWith('https') or ... 'urn:')
+    if not _plain(item) or not _strings_or_absent(item, "valueSet"):
+        return _UNDECIDED
+    return not _has(item, "valueSet") or item["valueSet"].startswith(("http:", "https", "urn:"))
+
+
+def _sdf_10(item: Any, root: Any = None) -> bool | None:
+    # binding.empty() or binding.valueSet.exists() or binding.description.exists()
+    if not _plain(item):
+        return _UNDECIDED
+    if not _has(item, "binding"):
+        return True
+    binding = item["binding"]
+    if not _plain(binding):
+        return _UNDECIDED
+    return _has(binding, "valueSet") or _has(binding, "description")
+
+
+def _elements(item: Any, name: str | None = None) -> list[Any] | None:
+    """The plain elements of a snapshot or differential (``name`` of a StructureDefinition, or the item itself),
+    each with a string path; None for any other shape."""
+    if name is not None:
+        if not _plain(item):
+            return None
+        if not _has(item, name):
+            return []
+        item = item[name]
+    if not _plain(item):
+        return None
+    elements = _objects(item, "element")
+    if elements is None or not all(isinstance(e.get("path"), str) for e in elements):
+        return None
+    return elements
+
+
+def _sd_elements(item: Any, *names: str) -> list[Any] | None:
+    out: list[Any] = []
+    for name in names:
+        elements = _elements(item, name)
+        if elements is None:
+            return None
+        out.extend(elements)
+    return out
+
+
+def _sdf_9(item: Any, root: Any = None) -> bool | None:
+    # children().element.where(path.contains('.').not()).label.empty() and ... code ... and ... requirements
+    elements = _sd_elements(item, "snapshot", "differential")
+    if elements is None:
+        return _UNDECIDED
+    # children() are all the fields: only snapshot and differential are known to have an "element".
+    for key, value in item.items():
+        if key not in ("snapshot", "differential") and (
+            (isinstance(value, dict) and "element" in value)
+            or (isinstance(value, list) and any(isinstance(v, dict) and "element" in v for v in value))
+        ):
+            return _UNDECIDED
+    return not any(
+        "." not in e["path"] and (_has(e, "label") or _has(e, "code") or _has(e, "requirements")) for e in elements
+    )
+
+
+def _sdf_23(item: Any, root: Any = None) -> bool | None:
+    # (snapshot | differential).element.all(path.contains('.').not() implies sliceName.empty())
+    elements = _sd_elements(item, "snapshot", "differential")
+    if elements is None:
+        return _UNDECIDED
+    return all("." in e["path"] or not _has(e, "sliceName") for e in elements)
+
+
+_SDF_19_DIFFERENTIAL = "^[a-zA-Z0-9]+$"
+_SDF_19_SNAPSHOT = "^[a-zA-Z0-9\\.]+$"
+_SDF_19_SYSTEM = "^http:\\/\\/hl7\\.org\\/fhirpath\\/System\\.[A-Z][A-Za-z]+$"
+_CORE_SD = "http://hl7.org/fhir/StructureDefinition"
+
+
+def _type_codes(elements: list[Any]) -> list[Any] | None:
+    out: list[Any] = []
+    for e in elements:
+        types = _objects(e, "type")
+        codes = None if types is None else _codes(types, "code")
+        if codes is None:
+            return None
+        out.extend(codes)
+    return out
+
+
+def _sdf_19(item: Any, root: Any = None) -> bool | None:
+    # A core definition's type codes are simple names (a snapshot's may hold a dot) or FHIRPath system types.
+    if not _plain(item) or not _strings_or_absent(item, "url"):
+        return _UNDECIDED
+    if not _has(item, "url") or not item["url"].startswith(_CORE_SD):
+        return True
+    differential = _elements(item, "differential")
+    snapshot = _elements(item, "snapshot")
+    if differential is None or snapshot is None:
+        return _UNDECIDED
+    in_differential, in_snapshot = _type_codes(differential), _type_codes(snapshot)
+    if in_differential is None or in_snapshot is None:
+        return _UNDECIDED
+    return all(full_match(_SDF_19_DIFFERENTIAL, c) or full_match(_SDF_19_SYSTEM, c) for c in in_differential) and all(
+        full_match(_SDF_19_SNAPSHOT, c) or full_match(_SDF_19_SYSTEM, c) for c in in_snapshot
+    )
+
+
+def _all_elements_have(*names: str) -> Any:
+    """sdf-3 / sdf-8b, on a snapshot: element.all(<name>.exists() and ...)."""
+
+    def check(item: Any, root: Any = None) -> bool | None:
+        elements = _elements(item)
+        if elements is None:
+            return _UNDECIDED
+        return all(all(_has(e, n) for n in names) for e in elements)
+
+    return check
+
+
+def _sdf_14(item: Any, root: Any = None) -> bool | None:
+    # snapshot.element.all(id.exists()) and differential.element.all(id.exists())
+    elements = _sd_elements(item, "snapshot", "differential")
+    return _UNDECIDED if elements is None else all(_has(e, "id") for e in elements)
+
+
+def _ids_distinct(name: str) -> Any:
+    """sdf-16 / sdf-17: <name>.element.all(id.exists()) and <name>.element.id.isDistinct()."""
+
+    def check(item: Any, root: Any = None) -> bool | None:
+        elements = _elements(item, name)
+        ids = None if elements is None else _codes(elements, "id")
+        if elements is None or ids is None:
+            return _UNDECIDED
+        return len(ids) == len(elements) and len(set(ids)) == len(ids)
+
+    return check
+
+
+def _sdf_22(item: Any, root: Any = None) -> bool | None:
+    # url.startsWith('http://hl7.org/fhir/StructureDefinition') implies no element has a defaultValue
+    if not _plain(item) or not _strings_or_absent(item, "url"):
+        return _UNDECIDED
+    if not _has(item, "url") or not item["url"].startswith(_CORE_SD):
+        return True
+    elements = _sd_elements(item, "snapshot", "differential")
+    if elements is None:
+        return _UNDECIDED
+    return not any(_choice(e, "defaultValue", _OPEN_TYPES) for e in elements)
+
+
+def _sdf_1(item: Any, root: Any = None) -> bool | None:
+    # derivation = 'constraint' or snapshot.element.select(path).isDistinct(): with no derivation the first
+    # comparison is empty, and an empty result passes.
+    if not _plain(item) or not _strings_or_absent(item, "derivation"):
+        return _UNDECIDED
+    if not _has(item, "derivation") or item["derivation"] == "constraint":
+        return True
+    elements = _elements(item, "snapshot")
+    if elements is None:
+        return _UNDECIDED
+    paths = [e["path"] for e in elements]
+    return len(set(paths)) == len(paths)
+
+
+def _sdf_20(item: Any, root: Any = None) -> bool | None:
+    # On a differential: element.where(path.contains('.').not()).slicing.empty()
+    elements = _elements(item)
+    if elements is None:
+        return _UNDECIDED
+    return not any("." not in e["path"] and _has(e, "slicing") for e in elements)
+
+
+def _own_definition(item: Any, root: Any, name: str) -> dict[str, Any] | None:
+    """%resource for sdf-8 / sdf-8a, known when it is the root (not a contained resource): the StructureDefinition
+    whose ``name`` (snapshot or differential) is ``item``, with a string kind and type."""
+    if (
+        isinstance(root, dict)
+        and root.get("resourceType") == "StructureDefinition"
+        and root.get(name) is item
+        and _plain(root)
+        and isinstance(root.get("kind"), str)
+        and isinstance(root.get("type"), str)
+    ):
+        return root
+    return None
+
+
+def _sdf_8(item: Any, root: Any = None) -> bool | None:
+    # (%resource.kind = 'logical' or element.first().path = %resource.type) and
+    # element.tail().all(path.startsWith(%resource.snapshot.element.first().path&'.'))
+    sd = _own_definition(item, root, "snapshot")
+    elements = _elements(item)
+    if sd is None or not elements:
+        return _UNDECIDED
+    first = elements[0]["path"]
+    prefix = f"{first}."
+    return (sd["kind"] == "logical" or first == sd["type"]) and all(e["path"].startswith(prefix) for e in elements[1:])
+
+
+def _sdf_8a(item: Any, root: Any = None) -> bool | None:
+    # (%resource.kind = 'logical' or element.first().path.startsWith(%resource.type)) and (element.tail().empty()
+    # or element.tail().all(path.startsWith(<first path up to its first dot>&'.')))
+    sd = _own_definition(item, root, "differential")
+    elements = _elements(item)
+    if sd is None or not elements:
+        return _UNDECIDED
+    first = elements[0]["path"]
+    prefix = f"{first.split('.', 1)[0]}."  # replaceMatches('\\..*', ''): all from the first dot
+    return (sd["kind"] == "logical" or first.startswith(sd["type"])) and all(
+        e["path"].startswith(prefix) for e in elements[1:]
+    )
+
+
+def _descendant_concept_codes(node: Any, depth: int, out: list[Any]) -> bool:
+    """The codes of the concepts of every object below the CodeSystem (descendants().concept.code), into ``out``;
+    False on a shape left to the interpreter (a primitive extension, a code that is not a string)."""
+    if isinstance(node, list):
+        return all(_descendant_concept_codes(v, depth, out) for v in node)
+    if not isinstance(node, dict):
+        return True
+    if not _plain(node):
+        return False
+    if depth > 0 and _has(node, "concept"):
+        concepts = _objects(node, "concept")
+        codes = None if concepts is None else _codes(concepts, "code")
+        if codes is None:
+            return False
+        out.extend(codes)
+    return all(_descendant_concept_codes(v, depth + 1, out) for v in node.values())
+
+
+def _csd_1(item: Any, root: Any = None) -> bool | None:
+    # concept.code.combine($this.descendants().concept.code).isDistinct()
+    if not _plain(item):
+        return _UNDECIDED
+    concepts = _objects(item, "concept")
+    codes = None if concepts is None else _codes(concepts, "code")
+    if codes is None or not _descendant_concept_codes(item, 0, codes):
+        return _UNDECIDED
+    return len(set(codes)) == len(codes)
+
+
+# By exact R4 expression, as above (benchmarks/bench_definitions.py times them against the interpreter).
+DEFINITIONAL_NATIVES: dict[str, Any] = {
+    "min.empty() or max.empty() or (max = '*') or iif(max != '*', min <= max.toInteger())": _eld_2,
+    "contentReference.empty() or (type.empty() and defaultValue.empty() and fixed.empty() and pattern.empty() "
+    "and example.empty() and minValue.empty() and maxValue.empty() and maxLength.empty() and binding.empty())": (
+        _eld_5
+    ),
+    "fixed.empty() or (type.count()  <= 1)": _at_most_one_type("fixed"),
+    "pattern.empty() or (type.count() <= 1)": _at_most_one_type("pattern"),
+    "pattern.empty() or fixed.empty()": _both_not("pattern", "fixed", _OPEN_TYPES, _OPEN_TYPES),
+    "binding.empty() or type.code.empty() or type.select((code = 'code') or (code = 'Coding') or "
+    "(code='CodeableConcept') or (code = 'Quantity') or (code = 'string') or (code = 'uri')).exists()": _eld_11,
+    "type.select(code).isDistinct()": _distinct_of("type", "code"),
+    "constraint.select(key).isDistinct()": _distinct_of("constraint", "key"),
+    "defaultValue.empty() or meaningWhenMissing.empty()": _both_not(
+        "defaultValue", "meaningWhenMissing", _OPEN_TYPES, None
+    ),
+    "sliceName.empty() or sliceName.matches('^[a-zA-Z0-9\\\\/\\\\-_\\\\[\\\\]\\\\@]+$')": _matches_or_empty(
+        "sliceName", "^[a-zA-Z0-9\\/\\-_\\[\\]\\@]+$"
+    ),
+    "(isModifier.exists() and isModifier) implies isModifierReason.exists()": _eld_18,
+    "path.matches('[^\\\\s\\\\.,:;\\\\\\'\"\\\\/|?!@#$%&*()\\\\[\\\\]{}]{1,64}(\\\\.[^\\\\s\\\\.,:;\\\\\\'\"\\\\/|?!@#$%"
+    "&*()\\\\[\\\\]{}]{1,64}(\\\\[x\\\\])?(\\\\:[^\\\\s\\\\.]+)?)*')": _matches_or_empty(
+        "path",
+        "[^\\s\\.,:;\\'\"\\/|?!@#$%&*()\\[\\]{}]{1,64}(\\.[^\\s\\.,:;\\'\"\\/|?!@#$%&*()\\[\\]{}]{1,64}(\\[x\\])?"
+        "(\\:[^\\s\\.]+)?)*",
+    ),
+    "path.matches('[A-Za-z][A-Za-z0-9]*(\\\\.[a-z][A-Za-z0-9]*(\\\\[x])?)*')": _matches_or_empty(
+        "path", "[A-Za-z][A-Za-z0-9]*(\\.[a-z][A-Za-z0-9]*(\\[x])?)*"
+    ),
+    "sliceIsConstraining.exists() implies sliceName.exists()": _implies_present("sliceIsConstraining", "sliceName"),
+    "discriminator.exists() or description.exists()": _either_present("discriminator", "description"),
+    "empty() or ($this = '*') or (toInteger() >= 0)": _eld_3,
+    "aggregation.empty() or (code = 'Reference') or (code = 'canonical')": _type_code_is_reference_or("aggregation"),
+    "(code='Reference' or code = 'canonical') or targetProfile.empty()": _type_code_is_reference_or("targetProfile"),
+    "expression.exists()": lambda item, root=None: _has(item, "expression") if _plain(item) else _UNDECIDED,
+    "valueSet.exists() implies (valueSet.startsWith('http:') or valueSet.startsWith('https') or "
+    "valueSet.startsWith('urn:'))": _eld_12,
+    "binding.empty() or binding.valueSet.exists() or binding.description.exists()": _sdf_10,
+    "children().element.where(path.contains('.').not()).label.empty() and children().element.where(path.contains("
+    "'.').not()).code.empty() and children().element.where(path.contains('.').not()).requirements.empty()": _sdf_9,
+    "(snapshot | differential).element.all(path.contains('.').not() implies sliceName.empty())": _sdf_23,
+    "url.startsWith('http://hl7.org/fhir/StructureDefinition') implies (differential.element.type.code.all("
+    "matches('^[a-zA-Z0-9]+$') or matches('^http:\\\\/\\\\/hl7\\\\.org\\\\/fhirpath\\\\/System\\\\.[A-Z][A-Za-z]+$'"
+    ")) and snapshot.element.type.code.all(matches('^[a-zA-Z0-9\\\\.]+$') or matches('^http:\\\\/\\\\/hl7\\\\.org"
+    "\\\\/fhirpath\\\\/System\\\\.[A-Z][A-Za-z]+$')))": _sdf_19,
+    "element.all(definition.exists() and min.exists() and max.exists())": _all_elements_have(
+        "definition", "min", "max"
+    ),
+    "element.all(base.exists())": _all_elements_have("base"),
+    "snapshot.element.all(id.exists()) and differential.element.all(id.exists())": _sdf_14,
+    "snapshot.element.all(id.exists()) and snapshot.element.id.trace('ids').isDistinct()": _ids_distinct("snapshot"),
+    "differential.element.all(id.exists()) and differential.element.id.trace('ids').isDistinct()": _ids_distinct(
+        "differential"
+    ),
+    "url.startsWith('http://hl7.org/fhir/StructureDefinition') implies (snapshot.element.defaultValue.empty() and "
+    "differential.element.defaultValue.empty())": _sdf_22,
+    "derivation = 'constraint' or snapshot.element.select(path).isDistinct()": _sdf_1,
+    "element.where(path.contains('.').not()).slicing.empty()": _sdf_20,
+    "(%resource.kind = 'logical' or element.first().path = %resource.type) and element.tail().all(path.startsWith("
+    "%resource.snapshot.element.first().path&'.'))": _sdf_8,
+    "(%resource.kind = 'logical' or element.first().path.startsWith(%resource.type)) and (element.tail().empty() "
+    "or element.tail().all(path.startsWith(%resource.differential.element.first().path.replaceMatches('\\\\..*',"
+    "'')&'.')))": _sdf_8a,
+    "concept.code.combine($this.descendants().concept.code).isDistinct()": _csd_1,
+    "name.matches('[A-Z]([A-Za-z0-9_]){0,254}')": _matches_or_empty("name", "[A-Z]([A-Za-z0-9_]){0,254}"),
+}
+_NATIVE_EXPRESSIONS.update(DEFINITIONAL_NATIVES)
