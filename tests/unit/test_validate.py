@@ -102,7 +102,7 @@ def test_a_wrong_gender_and_a_bogus_status_are_both_caught(validator: Validator,
                 "subject": {"reference": "Medication/1"},
             },
             "DiagnosticReport.subject",
-            "Invalid Resource target type",
+            "is not a valid Target for this element",
         ),
         (
             {

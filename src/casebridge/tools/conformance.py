@@ -21,8 +21,8 @@ An expected outcome is a path under ``outcomes/`` (an OperationOutcome), ``{"out
 the legacy ``{"errorCount": n, ...}``, which gives a count but no issues. A step is *valid* when its outcome has
 no error or fatal issue (legacy: ``errorCount == 0``). Manifest keys that only describe a case (``version``,
 ``module``, ``description``, ``firely-sdk-*``...) are ignored; Java validator options we do not have
-(``advisor``, ``examples``, ``validateContains``, ``assumeValidRestReferences``...) are ignored too but noted
-on the step.
+(``advisor``, ``examples``, ``validateContains``...) are ignored too but noted on the step;
+``assumeValidRestReferences`` is passed to the validator.
 
 A step we cannot run is never dropped: it is *unsupported* (an XML, missing or unreadable file, an unusable
 expected outcome) or *crashed* (our validator raised), and counts as a disagreement in the verdict agreement
@@ -72,9 +72,19 @@ ERROR_SEVERITIES = frozenset({"error", "fatal"})
 # Keys that only describe a case, or belong to other validators' expected outcomes: nothing to do or note.
 _DESCRIPTIVE = frozenset({"name", "version", "module", "description", "explanation", "documentation"})
 _HANDLED = frozenset(
-    {"file", "supporting", "supporting5", "profiles", "profile", "java", "noHtmlInMarkdown", "validateContains"}
+    {
+        "file",
+        "supporting",
+        "supporting5",
+        "profiles",
+        "profile",
+        "java",
+        "noHtmlInMarkdown",
+        "validateContains",
+        "assumeValidRestReferences",
+    }
 )
-_PROFILE_HANDLED = frozenset({"source", "supporting", "java"})
+_PROFILE_HANDLED = frozenset({"source", "supporting", "java", "assumeValidRestReferences"})
 
 
 class ConformanceError(CasebridgeError):
@@ -536,6 +546,8 @@ def _plans(entry: dict[str, Any]) -> list[tuple[str, _Plan | _Unsupported]]:
         # The HL7 runner allows examples unless the case says otherwise.
         allow_example_extensions=entry.get("examples") is not False,
         allow_example_urls=entry.get("examples") is not False,
+        # Off unless the case says so, as in the HL7 runner: a reference's type is checked where it resolves.
+        assume_valid_rest_references=entry.get("assumeValidRestReferences") is True,
     )
     plans: list[tuple[str, _Plan | _Unsupported]] = [
         ("base", problem or _Plan(tuple(loaded), (), entry.get("java"), notes, (), options))
@@ -554,10 +566,15 @@ def _plans(entry: dict[str, Any]) -> list[tuple[str, _Plan | _Unsupported]]:
             raise _Unsupported("'profile' has no 'source' file")
         # The Java runner loads the profile step's files into the same context: the base step's files stay.
         notes = (*notes, *(f"profile: {n}" for n in _ignored_options(step, _PROFILE_HANDLED)))
+        # The runner keeps the case's switch unless the profile step sets its own.
+        assume = step.get("assumeValidRestReferences", options.assume_valid_rest_references) is True
+        step_options = replace(options, assume_valid_rest_references=assume)
         if "://" in source:  # the runner takes an absolute URL as the canonical of a definition already loaded
-            plans.append(("profile", _Plan((*loaded, *extra), (), step.get("java"), notes, (source,), options)))
+            plans.append(("profile", _Plan((*loaded, *extra), (), step.get("java"), notes, (source,), step_options)))
         else:
-            plans.append(("profile", _Plan((*loaded, *extra, source), (source,), step.get("java"), notes, (), options)))
+            plans.append(
+                ("profile", _Plan((*loaded, *extra, source), (source,), step.get("java"), notes, (), step_options))
+            )
     except _Unsupported as exc:
         plans.append(("profile", exc))
     return plans

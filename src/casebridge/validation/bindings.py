@@ -34,6 +34,14 @@ class Bindings:
         name = vs.get("title") or vs.get("name")
         return f"'{name}' ({canonical})" if name else f"'{canonical}'"
 
+    def _versioned_label(self, canonical: str) -> str:
+        """A value set as the HL7 validator names it: its title or name, and its canonical with its version."""
+        vs = self.definitions.get(canonical) or self.definitions.get(canonical.split("|")[0]) or {}
+        name = vs.get("title") or vs.get("name")
+        version = vs.get("version")
+        url = canonical if "|" in canonical or not isinstance(version, str) else f"{canonical}|{version}"
+        return f"'{name}' ({url})" if name else f"'{url}'"
+
     def code_binding(self, value: str, node: ElementNode, tree: StructureTree, expr: str, run: Run) -> None:
         """A code, string or uri value against its element's binding."""
         strength, vs = node.binding  # type: ignore[misc]
@@ -91,8 +99,10 @@ class Bindings:
         expr: str,
         run: Run,
         binding: tuple[str, str] | None = None,
+        additional: bool = False,
     ) -> None:
-        """A Coding or CodeableConcept against its element's binding (or the one given)."""
+        """A Coding or CodeableConcept against its element's binding (or the one given; ``additional``: one of
+        its additional bindings)."""
         strength, vs = binding or node.binding  # type: ignore[misc]
         if strength not in ("required", "extensible") or type_code == "Quantity":
             return
@@ -127,6 +137,16 @@ class Bindings:
                 f"The code {unchecked[0]} cannot be checked against {self.vs_label(vs)} offline",
                 expr,
             )
+            return
+        if additional and strength == "required":
+            # Worded as the HL7 validator words it (TERMINOLOGY_TX_NOVALID_1_CC, an additional binding's value set
+            # named with its version).
+            shown = ", ".join(f"{c.get('system') or 'null'}#{c.get('code')}" for c in found)
+            message = (
+                f"None of the codings provided are in the value set {self._versioned_label(vs)} specified in an "
+                f"additional binding, and a coding from this value set is required) (codes = {shown})"
+            )
+            run.add("error", "code-invalid", message, expr)
             return
         severity = "error" if strength == "required" else "warning"
         verb = "must" if strength == "required" else "should"

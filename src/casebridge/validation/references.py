@@ -1,7 +1,10 @@
 """References: what a Reference resolves to (a contained resource, a Bundle entry by fullUrl or Type/id), whether
 its target type is one the element allows, and whether a resolved target conforms to the element's target
-profiles. Inside a Bundle, a relative reference that names two entries (the same fullUrl against the base of
-its own entry's fullUrl, and the same version if it names one) is ambiguous, as the HL7 validator has it.
+profiles. As the HL7 validator checks them: a resolved target's type against the types of the target profiles it
+can resolve (each one it cannot is an error of its own); an unresolved one's type, read from the reference's text,
+only when REST references are taken as valid (an option), and then a specialisation of an allowed type passes.
+Inside a Bundle, a relative reference that names two entries (the same fullUrl against the base of its own
+entry's fullUrl, and the same version if it names one) is ambiguous, as the HL7 validator has it.
 
 Apart from the walk because it looks across the input (containers, Bundles) rather than down one value; the
 walk calls ``check_reference`` on each Reference, and checks a resolved target against a profile through
@@ -84,30 +87,96 @@ def check_reference(
             resolved = matches[0] if len(matches) == 1 else None
     if not isinstance(target_type, str):  # a target without a usable resourceType is reported as a resource
         return
-    allowed = _reference_targets(validator, node)
-    if allowed and "Resource" not in allowed and target_type not in allowed:
-        run.add(
-            "error",
-            "structure",
-            f"Invalid Resource target type. Found {target_type}, but expected one of ({', '.join(allowed)})",
-            expr,
-        )
+    if resolved is None:
+        # Not in the input: the type comes only from the reference's text, which the HL7 validator takes at its
+        # word only when told REST references are valid (assumeValidRestReferences).
+        if validator.options.assume_valid_rest_references:
+            _implied_type(validator, node, target_type, reference, expr, run)
         return
-    if resolved is not None:
-        _target_profiles(validator, resolved, target_type, node, expr, run)
+    allowed, unresolved = _reference_targets(validator, node)
+    if "Resource" in allowed:
+        return
+    for canonical in unresolved:
+        run.add("error", "not-found", f"Unable to resolve the profile reference '{canonical}'", expr)
+    if (allowed or unresolved) and target_type not in allowed:
+        # The HL7 validator lists the types as a Java set prints itself.
+        shown = ", ".join(java_set_order(allowed))
+        message = f"Invalid Resource target type. Found {target_type}, but expected one of ([{shown}])"
+        run.add("error", "structure", message, expr)
+        return
+    _target_profiles(validator, resolved, target_type, node, expr, run)
 
 
-def _reference_targets(validator: Validator, node: ElementNode) -> tuple[str, ...]:
-    """The resource types an element's Reference may point to (empty: any), worked out once per element."""
+def _implied_type(
+    validator: Validator, node: ElementNode, target_type: str, reference: str, expr: str, run: Run
+) -> None:
+    """The type a reference's text names must be one the element allows (or a specialisation of one); target
+    profiles that cannot be resolved allow anything."""
+    allowed, _ = _reference_targets(validator, node)
+    tree = validator.type_tree(target_type)
+    if not allowed or tree is None:  # a type nobody defines is the reference's own error, not a wrong target
+        return
+    ancestry = {target_type}
+    while tree is not None and tree.base is not None:
+        parent = tree.base.split("|")[0].rsplit("/", 1)[-1]
+        if parent in ancestry:
+            break
+        ancestry.add(parent)
+        tree = validator.type_tree(parent)
+    if ancestry.isdisjoint(allowed):
+        message = (
+            f"The type '{target_type}' implied by the reference URL {reference} is not a valid Target for this "
+            f"element (must be one of [{', '.join(java_set_order(allowed))}])"
+        )
+        run.add("error", "structure", message, expr)
+
+
+def java_set_order(items: tuple[str, ...]) -> list[str]:
+    """Strings in the order a java.util.HashSet of them iterates: by bucket of String.hashCode (spread as HashMap
+    does, over a table that doubles past three quarters full), then in order of insertion."""
+    unique = list(dict.fromkeys(items))
+    size = 16
+    while len(unique) > size * 3 // 4:
+        size *= 2
+
+    def bucket(text: str) -> int:
+        h = 0
+        data = text.encode("utf-16-be")
+        for i in range(0, len(data), 2):
+            h = (31 * h + (data[i] << 8 | data[i + 1])) & 0xFFFFFFFF
+        return (h ^ (h >> 16)) & (size - 1)
+
+    return sorted(unique, key=lambda text: (bucket(text), unique.index(text)))
+
+
+def _reference_targets(validator: Validator, node: ElementNode) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The resource types an element's Reference may point to (none: any), and the target profiles that cannot be
+    resolved, worked out once per element."""
     cached = validator._reference_target_cache.get(id(node))
     if cached is None or cached[0] is not node:
-        allowed = tuple(
-            _profile_type(validator, p) for t in node.types if t.code == "Reference" for p in t.target_profiles
-        )
-        cached = (node, allowed)
+        allowed: list[str] = []
+        unresolved: list[str] = []
+        for t in node.types:
+            if t.code != "Reference":
+                continue
+            for p in t.target_profiles:
+                rtype = _resolved_type(validator, p)
+                if rtype is None:
+                    unresolved.append(p)
+                elif rtype not in allowed:
+                    allowed.append(rtype)
+        cached = (node, tuple(allowed), tuple(unresolved))
         if _all_known(validator, node):
             validator._reference_target_cache[id(node)] = cached
-    return cached[1]
+    return cached[1], cached[2]
+
+
+def _resolved_type(validator: Validator, canonical: str) -> str | None:
+    """The resource type a target profile constrains, None when it cannot be resolved."""
+    if _is_type_url(validator, canonical):
+        return canonical.split("|")[0].rsplit("/", 1)[-1]
+    tree = validator.tree(canonical)
+    return tree.type if tree is not None else None
 
 
 def _all_known(validator: Validator, node: ElementNode) -> bool:

@@ -1,5 +1,6 @@
 """Slicing: which slice of a sliced element each value belongs to (by its discriminators: value, pattern, exists,
-type, profile; a path ending in ``resolve()`` follows a Reference to a contained resource or Bundle entry, and a
+type, profile; a value discriminator's value may come from a complex fixed or pattern value of the slice or of an
+element on its path; a path ending in ``resolve()`` follows a Reference to a contained resource or Bundle entry, and a
 type discriminator then compares its resource type with the slice's target profiles), each value checked against
 its slice, the slices' cardinality, and closed slicing.
 
@@ -150,6 +151,27 @@ def _expected_at(slice_node: ElementNode, path: str) -> Any:
             return target.fixed
         if target.pattern is not None:
             return target.pattern
+    return _inside_complex_value(slice_node, path)
+
+
+def _inside_complex_value(slice_node: ElementNode, path: str) -> Any:
+    """The discriminator's value where a complex fixed or pattern value of the slice, or of an element on the path,
+    gives it (a slice fixing ContactPoint {use: home} for a discriminator on ``use``), as the HL7 validator reads it;
+    else missing."""
+    parts = [re.sub(r"\.ofType\(.*\)$", "", p) for p in _split_path(path)]
+    if path in ("$this", "") or any(_extension_url(p) is not None or p == _RESOLVE for p in parts):
+        return _MISSING
+    current: ElementNode | None = slice_node
+    for i, part in enumerate(parts):
+        if current is None:
+            return _MISSING
+        for value in (current.fixed, current.pattern):
+            found: Any = value
+            for step in parts[i:]:
+                found = found.get(step, _MISSING) if isinstance(found, dict) else _MISSING
+            if found is not _MISSING and not isinstance(found, list):
+                return found
+        current = current.children.get(part) or current.children.get(part + "[x]")
     return _MISSING
 
 

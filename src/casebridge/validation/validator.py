@@ -63,7 +63,7 @@ from casebridge.validation.references import check_reference, forget_contained
 from casebridge.validation.slicing import check_slicing
 from casebridge.validation.structures import check_structure_definition
 from casebridge.validation.terminology import Terminology
-from casebridge.validation.values import date_limits, matches_pattern, number_limits, quantity_limits
+from casebridge.validation.values import date_limits, fixed_value, matches_pattern, number_limits, quantity_limits
 
 __all__ = [
     "MAX_CLAIMED_PROFILES",
@@ -132,6 +132,10 @@ class ValidationOptions:
     # URLs in those domains in uri, url and canonical values: allowed (the specification reserves the domains
     # and does not forbid them), or an error, as the HL7 validator reports them unless told to allow examples.
     allow_example_urls: bool = True
+    # A reference to a resource not in the input (Type/id on a server) names that resource's type: its type is
+    # checked against the element's targets (as the HL7 validator does when told assumeValidRestReferences; its
+    # default, off, checks only the targets it can resolve).
+    assume_valid_rest_references: bool = True
 
     def __post_init__(self) -> None:
         if self.unknown_profiles not in UNKNOWN_PROFILE_SEVERITIES:
@@ -216,7 +220,7 @@ class Validator:
         self._resource_types: dict[str, bool] = {}
         # Per element (the node is kept so that its id cannot be reused by another object); the reference
         # caches are references.py's.
-        self._reference_target_cache: dict[int, tuple[ElementNode, tuple[str, ...]]] = {}
+        self._reference_target_cache: dict[int, tuple[ElementNode, tuple[str, ...], tuple[str, ...]]] = {}
         self._target_profile_cache: dict[tuple[int, str], tuple[ElementNode, tuple[str, ...]]] = {}
         self._plans: dict[tuple[int, int, str | None, int], _ItemPlan] = {}
         self.bindings = Bindings(self.definitions, self.terminology)
@@ -679,7 +683,10 @@ class Validator:
             self.invariants.check(plan.active, item, plan.base, expr, run, res, tree)
         if not plan.checks:
             return
-        if node.fixed is not None and item != node.fixed:
+        if isinstance(node.fixed, dict):
+            # Element by element: what the fixed value leaves out must be absent (a pattern would allow it).
+            fixed_value(item, node.fixed, expr, tree.label, f"{tree.label}#{node.id}", run)
+        elif node.fixed is not None and item != node.fixed:
             run.add("error", "value", f"Value does not match the fixed value of {node.path} (from {tree.label})", expr)
         if node.pattern is not None and not matches_pattern(item, node.pattern):
             run.add(
@@ -689,7 +696,7 @@ class Validator:
             self.bindings.binding(item, type_code, node, tree, expr, run)
         for vs in node.additional_required:
             if type_code in ("Coding", "CodeableConcept"):
-                self.bindings.binding(item, type_code, node, tree, expr, run, ("required", vs))
+                self.bindings.binding(item, type_code, node, tree, expr, run, ("required", vs), additional=True)
         if type_code == "Quantity" and (node.min_value is not None or node.max_value is not None):
             quantity_limits(item, node, expr, run)
         if type_code == "Reference":
