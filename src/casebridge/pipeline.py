@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from casebridge.config import Settings
-from casebridge.definitions.xml import FhirXmlError, XmlReader
+from casebridge.definitions.xml import FhirXmlError, XmlProblem, XmlReader
 from casebridge.domain.case import CaseReport
 from casebridge.domain.reader import DEFAULT_MAX_BYTES, check_depth, load_json, parse_document, validate_case
 from casebridge.errors import CaseFileError, InputError, InvalidResourceError
@@ -132,10 +132,15 @@ def read_case_file(path: Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> CaseRep
     return read_case(read_bounded(path, max_bytes), source=shown(path), max_bytes=max_bytes)
 
 
-def read_resource(data: bytes, *, source: str, xml: bool, reader: XmlReader) -> dict[str, Any]:
-    """A FHIR resource from JSON (duplicate keys refused) or XML; ``CaseFileError`` when it cannot be read as one."""
+def read_resource(
+    data: bytes, *, source: str, xml: bool, reader: XmlReader, problems: list[Issue] | None = None
+) -> dict[str, Any]:
+    """A FHIR resource from JSON (duplicate keys refused) or XML; ``CaseFileError`` when it cannot be read as one.
+    XML elements the types do not define are left out: appended to ``problems`` as errors (the caller reports
+    them with the validation's issues), or, without that list, the XML is refused."""
+    found: list[XmlProblem] | None = [] if problems is not None else None
     try:
-        doc: Any = reader.read(data, source) if xml else load_json(data.decode("utf-8-sig"), source)
+        doc: Any = reader.read(data, source, found) if xml else load_json(data.decode("utf-8-sig"), source)
     except FhirXmlError as exc:
         # Its message starts with the source's name, which the refusal adds itself.
         raise CaseFileError(str(exc).removeprefix(f"{source}: "), source=source) from exc
@@ -144,16 +149,25 @@ def read_resource(data: bytes, *, source: str, xml: bool, reader: XmlReader) -> 
     if not isinstance(doc, dict) or not isinstance(doc.get("resourceType"), str):
         raise CaseFileError("not a FHIR resource (no resourceType)", source=source)
     check_depth(doc, source, MAX_RESOURCE_DEPTH)
+    if problems is not None and found:
+        problems.extend(Issue("error", "structure", p.message, p.expression) for p in found)
     return doc
 
 
 def read_push_input(
-    data: bytes, *, source: str, xml: bool, reader: XmlReader, mappings: Callable[[], MappingSet]
+    data: bytes,
+    *,
+    source: str,
+    xml: bool,
+    reader: XmlReader,
+    mappings: Callable[[], MappingSet],
+    problems: list[Issue] | None = None,
 ) -> dict[str, Any]:
     """What can be pushed: a FHIR resource (JSON or XML) as it is, or a case report (JSON or YAML) converted.
-    ``mappings`` is called only for a case. The size was bounded by whoever read ``data``."""
+    ``mappings`` is called only for a case. The size was bounded by whoever read ``data``. ``problems``: as
+    ``read_resource``'s (give them to ``check``)."""
     if xml:
-        return read_resource(data, source=source, xml=True, reader=reader)
+        return read_resource(data, source=source, xml=True, reader=reader, problems=problems)
     try:
         found: Any = load_json(data.decode("utf-8-sig"), source)
     except (UnicodeDecodeError, InputError):
@@ -222,15 +236,22 @@ def refuse_invalid(issues: list[Issue], *, max_issues: int = MAX_OUTCOME_ISSUES)
         )
 
 
-def check(bundle: Mapping[str, Any], validator: Validator, *, max_issues: int = MAX_OUTCOME_ISSUES) -> list[Issue]:
+def check(
+    bundle: Mapping[str, Any],
+    validator: Validator,
+    *,
+    max_issues: int = MAX_OUTCOME_ISSUES,
+    read_problems: Sequence[Issue] = (),
+) -> list[Issue]:
     """Before a push: a transaction Bundle without validation errors, or ``InvalidResourceError`` (nothing is to be
-    sent). Returns the issues (warnings and information)."""
+    sent). Returns the issues (warnings and information). ``read_problems``: what reading the Bundle's XML left
+    out (``read_resource``), errors reported before the validation's."""
     if bundle.get("resourceType") != "Bundle" or bundle.get("type") != "transaction":
         raise InvalidResourceError(
             "only a transaction Bundle can be pushed",
             outcome=operation_outcome([Issue("error", "invalid", "not a transaction Bundle", "Bundle.type")]),
         )
-    issues = validate(bundle, validator)
+    issues = [*read_problems, *validate(bundle, validator)]
     refuse_invalid(issues, max_issues=max_issues)
     return issues
 

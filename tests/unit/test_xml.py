@@ -1,4 +1,5 @@
-"""FHIR XML read into FHIR JSON with the type definitions: arrays, numbers, primitives' extensions."""
+"""FHIR XML read into FHIR JSON with the type definitions: arrays, numbers, primitives' extensions, and elements
+the types do not define, reported as the HL7 validator's XML parser reports them."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from casebridge.config import Settings
 from casebridge.definitions.packages import DefinitionIndex, default_cache_dir
-from casebridge.definitions.xml import FhirXmlError, XmlReader
+from casebridge.definitions.xml import FhirXmlError, XmlProblem, XmlReader
 from casebridge.validation.service import load_index
 from tests.paths import TESTS_DIR
 
@@ -103,7 +104,7 @@ NARRATIVE = b'<text><status value="generated"/><div xmlns="http://www.w3.org/199
         (P + b'<gender value="female">male</gender></Patient>', "Patient.gender: text outside a value attribute"),
         (P + b'<name>Jane<family value="Doe"/></name></Patient>', "Patient.name[0]: text outside a value attribute"),
         (P + b'<name><family value="Doe"/>Jane</name></Patient>', "Patient.name[0]: text outside a value attribute"),
-        (P + b'<gender value="female"><foo/></gender></Patient>', "Patient.gender.foo: a primitive value holds only"),
+        (P + b'<gender value="female"><x:foo xmlns:x="urn:x"/></gender></Patient>', "Patient.gender.foo: a primitive"),
         (b'<Patient xmlns="http://hl7.org/fhir" id="x"/>', "Patient: the attribute 'id' is not FHIR XML"),
         # JSON's names: a primitive's companion (it crashed the reader before a repeating element), the type.
         (P + b'<name><_given/><given value="x"/></name></Patient>', "Patient.name[0]._given: not a FHIR element name"),
@@ -220,3 +221,130 @@ def _comparable(value: Any) -> Any:
     if isinstance(value, float):
         return round(value, 6) if abs(value) < 1e15 else value
     return value
+
+
+# --- elements the types do not define: left out, reported as the HL7 validator's XmlParser does ---------------
+
+
+def test_an_undefined_element_is_left_out_and_reported_at_its_parent(reader: XmlReader) -> None:
+    """XmlParser.parseChildren: "Undefined element '<name>' at <path>", placed at the parent's path ("/f:" and the
+    local name per level, no indexes), and the element is not read (capabilitystatement-measure-processor)."""
+    xml = (
+        P + b'<identifier><value value="1"/></identifier><foo value="x"/>'
+        b'<contact><name><family value="Doe"/><bar/></name></contact>'
+        b'<contact><name><baz value="1"/></name></contact>'
+        b'<gender value="female"><qux/></gender></Patient>'
+    )
+    problems: list[XmlProblem] = []
+    assert reader.read(xml, "x.xml", problems) == {
+        "resourceType": "Patient",
+        "identifier": [{"value": "1"}],
+        "contact": [{"name": {"family": "Doe"}}, {"name": {}}],
+        "gender": "female",
+    }
+    assert problems == [
+        XmlProblem("Undefined element 'foo' at /f:Patient", "/f:Patient"),
+        XmlProblem("Undefined element 'bar' at /f:Patient/f:contact/f:name", "/f:Patient/f:contact/f:name"),
+        XmlProblem("Undefined element 'baz' at /f:Patient/f:contact/f:name", "/f:Patient/f:contact/f:name"),
+        # A primitive's id and value are attributes: any element but an extension is undefined there.
+        XmlProblem("Undefined element 'qux' at /f:Patient/f:gender", "/f:Patient/f:gender"),
+    ]
+
+
+def test_inside_a_contained_or_bundled_resource_the_path_starts_at_its_name(reader: XmlReader) -> None:
+    """XmlParser.parseResource parses a resource's children from its bare local name, without "/f:"."""
+    xml = (
+        b'<Bundle xmlns="http://hl7.org/fhir"><type value="collection"/><entry><resource><Patient>'
+        b"<contained><Organization><foo/></Organization></contained><name><bar/></name>"
+        b"</Patient></resource></entry></Bundle>"
+    )
+    problems: list[XmlProblem] = []
+    bundle = reader.read(xml, "x.xml", problems)
+    assert bundle["entry"][0]["resource"] == {
+        "resourceType": "Patient",
+        "contained": [{"resourceType": "Organization"}],
+        "name": [{}],
+    }
+    assert problems == [
+        XmlProblem("Undefined element 'foo' at Organization", "Organization"),
+        XmlProblem("Undefined element 'bar' at Patient/f:name", "Patient/f:name"),
+    ]
+
+
+def test_a_choice_element_s_name_with_an_unknown_type_is_kept_for_validation(reader: XmlReader) -> None:
+    """XmlParser takes any name that begins with a choice element's (value[x]) as that element: not undefined."""
+    xml = (
+        b'<Observation xmlns="http://hl7.org/fhir"><status value="final"/><code><text value="x"/></code>'
+        b'<valueFoo value="1"/></Observation>'
+    )
+    problems: list[XmlProblem] = []
+    assert reader.read(xml, "x.xml", problems)["valueFoo"] == "1"
+    assert problems == []
+
+
+def test_without_a_list_for_problems_an_undefined_element_refuses_the_xml(reader: XmlReader) -> None:
+    """Nothing is dropped silently: a caller that does not report the problems gets a refusal naming the place."""
+    with pytest.raises(FhirXmlError, match=re.escape("x.xml: Patient.name[0].bar: Undefined element 'bar' at /f:")):
+        reader.read(P + b"<name><bar/></name></Patient>", "x.xml")
+
+
+def test_the_conformance_harness_reports_the_reader_s_errors_first(tmp_path: Path) -> None:
+    from casebridge.tools.conformance import Finding, load_base_index, run_conformance
+
+    (tmp_path / "p.xml").write_bytes(P + b'<identifier><value value="1"/></identifier><foo/></Patient>')
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "error",
+                "code": "structure",
+                "details": {"text": "Undefined element 'foo' at /f:Patient"},
+                "expression": ["/f:Patient"],
+            }
+        ],
+    }
+    manifest = {"test-cases": [{"name": "xml-undefined", "file": "p.xml", "java": {"outcome": outcome}}]}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    result = run_conformance(tmp_path, load_base_index(Settings())).results[0]
+    assert result.status == "ran", result.reason
+    assert result.ours == (Finding("/f:Patient", "Undefined element 'foo' at /f:Patient"),)
+    assert result.agrees
+
+
+def test_the_cli_reports_an_undefined_element_as_an_error(tmp_path: Path) -> None:
+    from tests.integration.test_cli import run
+
+    path = tmp_path / "p.xml"
+    path.write_bytes(P + b'<foo/><gender value="female"/></Patient>')
+    result = run("validate", str(path), "--format", "json")
+    assert result.returncode == 1, result.stdout + result.stderr
+    issue = json.loads(result.stdout)["issue"][0]
+    assert (issue["severity"], issue["expression"], issue["details"]["text"]) == (
+        "error",
+        ["/f:Patient"],
+        "Undefined element 'foo' at /f:Patient",
+    )
+
+
+def test_read_resource_keeps_an_undefined_element_an_error_for_whoever_checks(reader: XmlReader) -> None:
+    """The API and ``push`` read XML this way: the problem is an error beside the validation's, so the instance
+    is refused (422, exit 1) as when the element was kept for validation to report; without a list, refused."""
+    from casebridge import pipeline
+    from casebridge.errors import CaseFileError, InvalidResourceError
+    from casebridge.validation.validator import Issue
+
+    xml = (
+        b'<Bundle xmlns="http://hl7.org/fhir"><type value="transaction"/><foo/><entry><resource><Patient>'
+        b'<gender value="female"/></Patient></resource><request><method value="POST"/><url value="Patient"/>'
+        b"</request></entry></Bundle>"
+    )
+    problems: list[Issue] = []
+    bundle = pipeline.read_resource(xml, source="b.xml", xml=True, reader=reader, problems=problems)
+    assert "foo" not in bundle
+    assert problems == [Issue("error", "structure", "Undefined element 'foo' at /f:Bundle", "/f:Bundle")]
+    with pytest.raises(CaseFileError, match="Undefined element 'foo'"):
+        pipeline.read_resource(xml, source="b.xml", xml=True, reader=reader)
+    # Before a push: the Bundle read without the element is refused for it, nothing is sent.
+    with pytest.raises(InvalidResourceError) as refused:
+        pipeline.check(bundle, pipeline.load_validator(Settings()), read_problems=problems)
+    assert refused.value.outcome["issue"][0]["expression"] == ["/f:Bundle"]

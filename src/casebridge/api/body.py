@@ -11,6 +11,7 @@ from casebridge.api.errors import ApiError
 from casebridge.definitions.xml import XmlReader
 from casebridge.errors import InputError
 from casebridge.pipeline import read_resource
+from casebridge.validation.validator import Issue
 
 JSON_TYPES = frozenset({"application/json", "application/fhir+json"})
 XML_TYPES = frozenset({"application/xml", "application/fhir+xml", "text/xml"})
@@ -63,9 +64,11 @@ def _too_large(limit: int) -> ApiError:
     return ApiError.of(413, "too-costly", f"the request body is larger than {limit:,} bytes")
 
 
-def parse_fhir(data: bytes, media: str, reader: XmlReader) -> dict[str, Any]:
-    """A FHIR resource from JSON (duplicate keys refused) or XML; 400 when it cannot be read as one."""
+def parse_fhir(data: bytes, media: str, reader: XmlReader, problems: list[Issue] | None = None) -> dict[str, Any]:
+    """A FHIR resource from JSON (duplicate keys refused) or XML; 400 when it cannot be read as one. XML elements
+    the types do not define go to ``problems`` as errors, to report with the validation's issues (without the
+    list: 400)."""
     try:
-        return read_resource(data, source=SOURCE, xml=media in XML_TYPES, reader=reader)
+        return read_resource(data, source=SOURCE, xml=media in XML_TYPES, reader=reader, problems=problems)
     except InputError as exc:
         raise ApiError.of(400, "structure", exc.report()) from exc

@@ -174,7 +174,9 @@ def _validate_file(
         return [Issue("fatal", "structure", exc.report(), "")], 2
     try:
         xml = is_xml(data, file.name)
-        resource = pipeline.read_resource(data, source=shown(file), xml=xml, reader=XmlReader(validator.definitions))
+        problems: list[Issue] = []  # XML elements the types do not define: errors, before the validation's
+        reader = XmlReader(validator.definitions)
+        resource = pipeline.read_resource(data, source=shown(file), xml=xml, reader=reader, problems=problems)
     except InputError as exc:
         return [Issue("fatal", "structure", exc.report(), "")], 2
     unknown = [p for p in profiles if validator.tree(p) is None]
@@ -186,7 +188,7 @@ def _validate_file(
     if validator.type_tree(resource["resourceType"]) is None:
         message = f"{shown(file)}: unknown resourceType {resource['resourceType']!r}"
         return [Issue("fatal", "structure", message, "")], 2
-    issues = pipeline.validate(resource, validator, profiles)
+    issues = [*problems, *pipeline.validate(resource, validator, profiles)]
     refused = _unusable_definitions(validator, definitions)
     if refused:
         return refused, 2

@@ -76,8 +76,11 @@ def run_fhir(work: Callable[[], Awaitable[T]]) -> T:
 # -- push ---------------------------------------------------------------------------------------------------
 
 
-def load_push_input(path: Path, settings: Settings, validator: Validator) -> dict[str, Any]:
-    """A case report (converted here) or a FHIR transaction Bundle (JSON or XML)."""
+def load_push_input(
+    path: Path, settings: Settings, validator: Validator, problems: list[Issue] | None = None
+) -> dict[str, Any]:
+    """A case report (converted here) or a FHIR transaction Bundle (JSON or XML); ``problems``: what the XML
+    reader left out, errors for ``pipeline.check`` (``read_resource``)."""
     data = read_bounded(path, max(settings.max_case_bytes, settings.max_resource_bytes))
     return pipeline.read_push_input(
         data,
@@ -85,6 +88,7 @@ def load_push_input(path: Path, settings: Settings, validator: Validator) -> dic
         xml=is_xml(data, path.name),
         reader=XmlReader(validator.definitions),
         mappings=lambda: load_mappings(settings),
+        problems=problems,
     )
 
 
@@ -96,9 +100,10 @@ def push(
     settings = cli_settings()
     base = server_url(settings, server)
     validator = load_validator(settings)
-    bundle = load_push_input(file, settings, validator)
+    problems: list[Issue] = []
+    bundle = load_push_input(file, settings, validator, problems)
     try:
-        warnings = pipeline.check(bundle, validator, max_issues=settings.max_outcome_issues)
+        warnings = pipeline.check(bundle, validator, max_issues=settings.max_outcome_issues, read_problems=problems)
     except InvalidResourceError as exc:
         sys.stdout.buffer.write(dump_json(exc.outcome))
         fail(1, f"{shown(file)}: {exc}")

@@ -11,9 +11,17 @@ What FHIR XML cannot hold, and FHIR JSON could not carry on, is refused with its
 elements outside the FHIR namespace (but the narrative's XHTML ``div``), attributes other than ``value``,
 ``id`` and an extension's ``url`` (and XML Schema's ``xsi:`` hints), text between elements, element names
 that begin with ``_`` (JSON's primitive companions), a narrative with elements outside XHTML, and numbers too
-large for JSON. Unknown FHIR elements are kept, so that validation reports them as the unknown elements they are;
-so is a known element that does not repeat but appears more than once: its values are kept as ``RepeatedElement``,
-which validation counts against the element's cardinality (JSON has no such form: an array there is refused).
+large for JSON. A known element that does not repeat but appears more than once is kept: its values are kept as
+``RepeatedElement``, which validation counts against the element's cardinality (JSON has no such form: an array
+there is refused).
+
+An element in FHIR's namespace that the type does not define (nor a choice element's name begins it, as the HL7
+validator's XmlParser matches ``value[x]``) is left out of the resource and reported as that parser reports it:
+an ``XmlProblem``, "Undefined element 'name' at /f:Patient/f:contact", placed at the parent's XPath-like path
+("/f:" and the local name per level, no indexes; inside a contained or bundled resource the path starts again
+at the resource's bare name, ``Patient/f:name``, as that parser builds it). ``read`` refuses such an instance
+(``FhirXmlError``) unless given a list to collect the problems in: whoever validates the instance then reports them
+as errors before the validation issues, so an instance that had one is never accepted as valid.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import codecs
 import math
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 from xml.etree.ElementTree import Element, tostring
 
@@ -54,6 +63,30 @@ class RepeatedElement(list[Any]):
 
 class FhirXmlError(CasebridgeError):
     """The XML is not FHIR XML this reader can map (not well-formed, unknown type, unsafe)."""
+
+
+@dataclass(frozen=True)
+class XmlProblem:
+    """Content the reader left out of the resource: an error, worded and placed as the HL7 validator's XML parser
+    reports it (``expression``: the XPath-like path of the parent, ``/f:Patient/f:name``)."""
+
+    message: str
+    expression: str
+
+
+class _Read:
+    """One read's source name and where its problems go (None: the first one refuses the instance)."""
+
+    __slots__ = ("problems", "source")
+
+    def __init__(self, source: str, problems: list[XmlProblem] | None):
+        self.source = source
+        self.problems = problems
+
+    def problem(self, where: str, message: str, expression: str) -> None:
+        if self.problems is None:
+            raise FhirXmlError(f"{self.source}: {where}: {message}")
+        self.problems.append(XmlProblem(message, expression))
 
 
 def _local(tag: str) -> tuple[str, str]:
@@ -93,8 +126,9 @@ class XmlReader:
                 self._trees[type_code] = None
         return self._trees[type_code]
 
-    def read(self, data: bytes, source: str = "") -> dict[str, Any]:
-        """A FHIR resource from FHIR XML; ``FhirXmlError`` names ``source`` when it cannot be one."""
+    def read(self, data: bytes, source: str = "", problems: list[XmlProblem] | None = None) -> dict[str, Any]:
+        """A FHIR resource from FHIR XML; ``FhirXmlError`` names ``source`` when it cannot be one. Elements the
+        types do not define are left out and appended to ``problems``; without that list, one refuses the XML."""
         try:
             root = SafeET.fromstring(data)
         except DefusedXmlException as exc:
@@ -107,18 +141,19 @@ class XmlReader:
         if ns != FHIR_NS:
             raise FhirXmlError(f"{source}: the root element is not in the FHIR namespace ({FHIR_NS})")
         try:
-            return self._resource(root, name, source)
+            return self._resource(root, name, _Read(source, problems), None, f"/f:{name}")
         except RecursionError as exc:
             raise FhirXmlError(f"{source}: the XML nests too deep to read") from exc
 
-    def _resource(self, element: Element, type_code: str, source: str, path: str | None = None) -> dict[str, Any]:
-        """``path``: where a contained or bundled resource stands (``Bundle.entry[1].resource``)."""
+    def _resource(self, element: Element, type_code: str, read: _Read, path: str | None, xpath: str) -> dict[str, Any]:
+        """``path``: where a contained or bundled resource stands (``Bundle.entry[1].resource``); ``xpath``: the
+        place as the HL7 validator's XML parser names it."""
         tree = self._tree(type_code)
         if tree is None or tree.kind != "resource":
-            raise FhirXmlError(f"{source}: {path + ': ' if path else ''}unknown resource type {type_code!r}")
+            raise FhirXmlError(f"{read.source}: {path + ': ' if path else ''}unknown resource type {type_code!r}")
         out: dict[str, Any] = {"resourceType": type_code}
         # A resource has no @id: its id is an element.
-        self._complex(element, tree.root, tree, out, source, path or type_code, attributes=())
+        self._complex(element, tree.root, tree, out, read, path or type_code, xpath, attributes=())
         return out
 
     def _children(
@@ -139,23 +174,39 @@ class XmlReader:
         node: ElementNode,
         tree: StructureTree,
         out: dict[str, Any],
-        source: str,
+        read: _Read,
         path: str,
+        xpath: str,
         attributes: tuple[str, ...] = ("id", "url"),
     ) -> None:
+        source = read.source
         # FHIR XML puts only an element's id and an extension's url in attributes.
         _check_attributes(element, attributes, source, path)
         for attribute in attributes:
             if attribute in element.attrib:
                 out[attribute] = element.attrib[attribute]
         lookup: dict[str, tuple[ElementNode, str | None]] = {}
+        stems: list[str] = []
         for child in node.children.values():
             for json_name, implied in child.json_names().items():
                 lookup[json_name] = (child, implied)
+            if child.is_choice:
+                stems.append(child.name[:-3])
         seen: set[str] = set()
         for child_element in _elements(element, source, path):
             ns, name = _local(child_element.tag)
             found = lookup.get(name)
+            if (
+                found is None
+                and ns == FHIR_NS
+                and not name.startswith("_")
+                and name != "resourceType"
+                and not any(len(name) > len(stem) and name.startswith(stem) for stem in stems)
+            ):
+                # As the HL7 validator's XML parser: an error at the parent, and the element is not read. (A name
+                # that begins with a choice element's name is that element's, of a type validation reports.)
+                read.problem(f"{path}.{name}", f"Undefined element '{name}' at {xpath}", xpath)
+                continue
             repeats = found is not None and found[0].repeats
             # Places as validation names them: Bundle.entry[1].resource.status
             where = f"{path}.{name}[{len(out.get(name) or ())}]" if repeats else f"{path}.{name}"
@@ -175,12 +226,12 @@ class XmlReader:
                 # JSON's names for a primitive's companion and a resource's type, which the reader writes itself
                 raise FhirXmlError(f"{source}: {where}: not a FHIR element name")
             if found is None:
-                # Kept, so that the validator reports it as the unknown element it is.
-                out.setdefault(name, self._loose(child_element))
+                # A choice element's name with a type it does not have: kept, so that validation reports it.
+                out.setdefault(name, child_element.attrib.get("value", {}))
                 continue
             child_node, implied = found
             type_code = implied or (child_node.types[0].code if len(child_node.types) == 1 else None)
-            value, companion = self._value(child_element, child_node, tree, type_code, source, where)
+            value, companion = self._value(child_element, child_node, tree, type_code, read, where, f"{xpath}/f:{name}")
             if child_node.repeats:
                 out.setdefault(name, []).append(value)
                 if companion is not None or f"_{name}" in out:
@@ -208,9 +259,11 @@ class XmlReader:
         node: ElementNode,
         tree: StructureTree,
         type_code: str | None,
-        source: str,
+        read: _Read,
         path: str,
+        xpath: str,
     ) -> tuple[Any, dict[str, Any] | None]:
+        source = read.source
         if type_code in ("Resource",) or (type_code and type_code[:1].isupper() and self._is_resource(type_code)):
             _check_attributes(element, (), source, path)
             inner = None
@@ -223,7 +276,8 @@ class XmlReader:
             ns, name = _local(inner.tag)
             if ns != FHIR_NS:
                 raise FhirXmlError(f"{source}: {path}.{name}: the element is not in the FHIR namespace")
-            return self._resource(inner, name, source, path), None
+            # The HL7 validator's XML parser starts a resource's path again at its bare name (Patient/f:name).
+            return self._resource(inner, name, read, path, name), None
         if type_code is not None and type_code[:1].islower():
             # A primitive (the narrative's div, type xhtml, is met in _complex): a value, an id, extensions.
             _check_attributes(element, ("value", "id"), source, path)
@@ -233,25 +287,31 @@ class XmlReader:
                 companion["id"] = element.attrib["id"]
             extensions = []
             for child in _elements(element, source, path):
-                if _local(child.tag) != (FHIR_NS, "extension"):
-                    name = _local(child.tag)[1]
+                ns, name = _local(child.tag)
+                if (ns, name) == (FHIR_NS, "extension"):
+                    extensions.append(child)
+                elif ns == FHIR_NS and not name.startswith("_"):
+                    # A primitive's id and value are attributes: any other element is undefined, as for a type.
+                    read.problem(f"{path}.{name}", f"Undefined element '{name}' at {xpath}", xpath)
+                else:
                     raise FhirXmlError(f"{source}: {path}.{name}: a primitive value holds only extensions")
-                extensions.append(child)
             if extensions:
                 ext_tree = self._tree("Extension")
                 companion["extension"] = [
-                    self._complex_value(e, ext_tree.root, ext_tree, source, f"{path}.extension") if ext_tree else {}
+                    self._complex_value(e, ext_tree.root, ext_tree, read, f"{path}.extension", f"{xpath}/f:extension")
+                    if ext_tree
+                    else {}
                     for e in extensions
                 ]
             return _primitive(raw, type_code, source, path), companion or None
         inner_node, inner_tree = self._children(node, tree, type_code)
-        return self._complex_value(element, inner_node, inner_tree, source, path), None
+        return self._complex_value(element, inner_node, inner_tree, read, path, xpath), None
 
     def _complex_value(
-        self, element: Element, node: ElementNode, tree: StructureTree, source: str, path: str
+        self, element: Element, node: ElementNode, tree: StructureTree, read: _Read, path: str, xpath: str
     ) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        self._complex(element, node, tree, out, source, path)
+        self._complex(element, node, tree, out, read, path, xpath)
         return out
 
     def _holds_resource(self, node: ElementNode) -> bool:
@@ -260,9 +320,6 @@ class XmlReader:
     def _is_resource(self, type_code: str) -> bool:
         tree = self._tree(type_code)
         return tree is not None and tree.kind == "resource"
-
-    def _loose(self, element: Element) -> Any:
-        return element.attrib.get("value", {})
 
 
 def _check_attributes(element: Element, allowed: tuple[str, ...], source: str, path: str) -> None:

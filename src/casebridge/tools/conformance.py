@@ -24,7 +24,11 @@ no error or fatal issue (legacy: ``errorCount == 0``). Manifest keys that only d
 (``advisor``, ``examples``, ``validateContains``...) are ignored too but noted on the step;
 ``assumeValidRestReferences`` is passed to the validator.
 
-A step we cannot run is never dropped: it is *unsupported* (an XML, missing or unreadable file, an unusable
+An instance in FHIR XML is read with the type definitions; the elements its type does not define are left out
+and reported first, as errors worded and placed as the Java validator's XML parser reports them ("Undefined
+element 'identifier' at /f:CapabilityStatement").
+
+A step we cannot run is never dropped: it is *unsupported* (a missing or unreadable file, an unusable
 expected outcome) or *crashed* (our validator raised), and counts as a disagreement in the verdict agreement
 over all steps. The scores, per step kind: verdict agreement (over all steps and over the steps that ran),
 same error count, and the precision and recall of error expressions: per step, the multiset of the first
@@ -58,7 +62,7 @@ from casebridge.definitions.packages import (
     ensure_all,
     load_lock,
 )
-from casebridge.definitions.xml import FhirXmlError, XmlReader
+from casebridge.definitions.xml import FhirXmlError, XmlProblem, XmlReader
 from casebridge.errors import CasebridgeError
 from casebridge.validation.validator import Issue, ValidationOptions, Validator
 
@@ -452,14 +456,17 @@ def _inside(directory: Path, name: str) -> Path:
     return path
 
 
-def _read_json(directory: Path, name: str, what: str, xml: XmlReader | None = None) -> Any:
-    """A JSON file of the case, or a FHIR XML one when an XML reader (with definitions) is given."""
+def _read_json(
+    directory: Path, name: str, what: str, xml: XmlReader | None = None, problems: list[XmlProblem] | None = None
+) -> Any:
+    """A JSON file of the case, or a FHIR XML one when an XML reader (with definitions) is given; ``problems``
+    collects what the XML reader left out (without it, that makes the file unusable)."""
     if name.lower().endswith(".xml") and xml is None:
         raise _Unsupported(f"{what} {name} is XML and no XML reader was given")
     path = _inside(directory, name)
     try:
         if name.lower().endswith(".xml") and xml is not None:
-            return xml.read(path.read_bytes(), name)
+            return xml.read(path.read_bytes(), name, problems)
         return orjson.loads(path.read_bytes())
     except FhirXmlError as exc:
         raise _Unsupported(f"{what} {name}: {exc}") from exc
@@ -608,7 +615,8 @@ def _run_step(
             raise _Unsupported("no instance ('file')")
         overlay = OverlayDefinitions(base)
         xml = XmlReader(overlay)
-        instance = _read_json(directory, instance_name, "instance", xml)
+        problems: list[XmlProblem] = []
+        instance = _read_json(directory, instance_name, "instance", xml, problems)
         notes = list(plan.notes)
         for name in dict.fromkeys(plan.definitions):
             path = _inside(directory, name)
@@ -627,7 +635,9 @@ def _run_step(
         return result
     try:
         options = replace(plan.options, global_profiles=_global_profiles(directory, plan.definitions))
-        issues = Validator(overlay, options=options).validate(instance, urls)
+        # The XML reader's errors come first, as the Java validator reports its parser's before validating.
+        read = [Issue("error", "structure", p.message, p.expression) for p in problems]
+        issues = read + Validator(overlay, options=options).validate(instance, urls)
     except Exception as exc:  # noqa: BLE001 - a crash of the validator is a result to report, not to raise
         result.status = "crashed"
         result.reason = _crash(exc)

@@ -112,7 +112,9 @@ def _check(
     """The Bundle, its actions and validation issues, or the refusal of the policy or of the key's scopes (with
     the Bundle, so what was attempted is audited). Policy and scopes come first, as they are cheap: a Bundle
     refused by either is not validated at all."""
-    bundle = parse_fhir(data, media, bench.xml_reader)
+    # XML elements the types do not define are left out of the Bundle and are errors here, so it is refused.
+    problems: list[Issue] = []
+    bundle = parse_fhir(data, media, bench.xml_reader, problems)
     try:
         if bundle.get("resourceType") != "Bundle" or bundle.get("type") != "transaction":
             raise ApiError(422, error_outcome("invalid", "only a transaction Bundle can be forwarded", "Bundle.type"))
@@ -123,4 +125,5 @@ def _check(
     except ApiError as refusal:
         return bundle, [], [], refusal
     checked = with_inbound_profiles(bundle, bench.inbound_profiles)
-    return bundle, actions, bench.validator.validate(checked, unknown_profiles=bench.forwarding.unknown_profiles), None
+    issues = bench.validator.validate(checked, unknown_profiles=bench.forwarding.unknown_profiles)
+    return bundle, actions, [*problems, *issues], None

@@ -102,7 +102,8 @@ def _validate(bench: Workbench, resource_type: str, data: bytes, media: str, pro
     definition = bench.validator.definitions.core_definition(resource_type) if _TYPE.fullmatch(resource_type) else None
     if definition is None or definition.get("kind") != "resource" or definition.get("abstract"):
         raise ApiError.of(404, "not-supported", f"{resource_type[:64]!r} is not a FHIR R4 resource type")
-    doc = parse_fhir(data, media, bench.xml_reader)
+    problems: list[Issue] = []  # XML elements the types do not define: errors, before the validation's
+    doc = parse_fhir(data, media, bench.xml_reader, problems)
     if doc["resourceType"] == "Parameters" and resource_type != "Parameters":
         doc, more = _from_parameters(doc)
         profiles = profiles + more[:MAX_PROFILES]
@@ -112,4 +113,4 @@ def _validate(bench: Workbench, resource_type: str, data: bytes, media: str, pro
     unknown = [p for p in profiles if bench.validator.tree(p) is None]
     if unknown:
         raise ApiError.of(400, "not-found", f"profile {unknown[0][:200]} is not loaded")
-    return bench.validator.validate(doc, profiles)
+    return [*problems, *bench.validator.validate(doc, profiles)]
