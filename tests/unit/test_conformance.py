@@ -288,7 +288,8 @@ def test_the_real_hl7_folder_runs_end_to_end(base: DefinitionIndex) -> None:
     assert seconds < 120
     # The target: the same verdict as the HL7 Java validator on at least 95% of all steps (a step that
     # cannot run counts as a disagreement), and nothing crashes.
-    assert report.scores().agreement_all >= 95.0, report.scores()
+    assert report.scores().agreement_all >= 97.0, report.scores()
+    assert (report.scores().precision or 0) >= 95.0 and (report.scores().recall or 0) >= 85.0, report.scores()
     assert not [r for r in report.results if r.status == "crashed"]
 
 
@@ -331,12 +332,20 @@ WIDE_CASES = TESTS_DIR / "data" / "conformance" / "fhir-test-cases-r4-wide"
 
 def test_the_wide_hl7_slice_holds_its_score(base: DefinitionIndex) -> None:
     """The wider official slice (218 cases, JSON and XML, every module): issue H's target is 97% of all steps, and
-    no step may crash or go unrun; the figures below are today's, so a rule that breaks agreement fails here."""
+    no step may crash or go unrun; the figures below are close to today's (99.6%, precision 98.6%, recall 95.5%),
+    so a rule that breaks agreement fails here."""
     report = run_conformance(WIDE_CASES)
     scores = report.scores()
     assert report.cases == 218 and len(report.results) == 274
     assert not [r for r in report.results if r.status != "ran"], [r.case for r in report.results if r.status != "ran"]
-    assert scores.agreement_all >= 98.0, scores
+    assert scores.agreement_all >= 99.0, scores
+    # Error expressions as the Java validator places them (issue H: precision >= 90%, recall >= 85%).
+    assert scores.precision is not None and scores.precision >= 97.0, scores
+    assert scores.recall is not None and scores.recall >= 94.0, scores
+    # Every module the manifest names at >= 90% (the one case naming none has an outcome that belongs to
+    # another resource: the manifest repeats its name for the real one).
+    modules = {name: s.agreement_all for name, s in report.modules().items() if name != NO_MODULE}
+    assert modules and all(a is not None and a >= 90.0 for a in modules.values()), modules
 
 
 def test_a_case_specialisation_of_a_core_type_does_not_hide_the_core_definition(
