@@ -370,3 +370,29 @@ def test_a_profile_s_contained_value_set_may_name_a_code_in_its_own_words(tmp_pa
     assert errors(walker.validate(patient, [profile["url"]])) == []
     # Without the profile, both displays are wrong.
     assert len(errors(walker.validate(patient))) == 2
+
+
+@pytest.mark.parametrize(
+    ("repeat", "ok"),
+    [
+        ({"offset": 30, "when": ["ACM"]}, True),
+        ({"offset": 30, "when": ["ACM", "PCV"]}, True),
+        ({"when": ["C"]}, True),
+        ({"offset": 30}, False),  # an offset needs a when
+        ({"offset": 30, "when": ["CM"]}, False),  # and not a meal
+    ],
+)
+def test_tim_9_reads_in_as_membership(validator: Validator, repeat: dict[str, Any], ok: bool) -> None:
+    request = {
+        "resourceType": "ServiceRequest",
+        "status": "active",
+        "intent": "order",
+        "subject": {"display": "x"},
+        "occurrenceTiming": {"repeat": repeat},
+    }
+    found = errors(validator.validate(request))
+    assert all("could not be evaluated" not in m for _, m in found), found
+    assert (found == []) == ok, found
+    if not ok:
+        assert found == [("ServiceRequest.occurrence.ofType(Timing).repeat", found[0][1])]
+        assert found[0][1].startswith("Constraint failed: tim-9:")

@@ -408,8 +408,22 @@ _NATIVE_EXPRESSIONS: dict[str, Any] = {
 
 # Invariants published wrong, checked as the reference validator corrects them (FHIRPathExpressionFixer): not the
 # meaning of their FHIRPath, so apart from the natives above.
+TIM_9_R4 = "offset.empty() or (when.exists() and ((when in ('C' | 'CM' | 'CD' | 'CV')).not()))"
+_MEAL_EVENTS = frozenset({"C", "CM", "CD", "CV"})
+
+
+def _tim_9(repeat: Any, root: Any = None) -> bool:
+    """An offset needs a when, and not a meal (C, CM, CD, CV). The interpreter refuses the union on the right of
+    `in` (it wants a singleton there), where FHIRPath's `in` is membership in that collection."""
+    if not isinstance(repeat, dict) or repeat.get("offset") is None:
+        return True
+    when = [w for w in as_list(repeat.get("when")) if isinstance(w, str)]
+    return bool(when) and not any(w in _MEAL_EVENTS for w in when)
+
+
 _CORRECTED: dict[str, Any] = {
     OPD_3_R4: opd_3,  # a resource parameter may have target profiles too (as R5 has it)
+    TIM_9_R4: _tim_9,
 }
 
 
