@@ -24,6 +24,7 @@ ADDITIONAL = f"{BASE}/obs-additional-binding"
 VALUE_SET = "http://example.org/fhir/ValueSet/allowed-codes"
 MISSING_PROFILE = "http://example.org/fhir/StructureDefinition/nowhere-endpoint"
 CORE = "http://hl7.org/fhir/StructureDefinition"
+BUNDLED_ONLY = f"{BASE}/org-endpoint-bundled"
 
 
 def profile(url: str, rtype: str, elements: list[dict[str, Any]]) -> dict[str, Any]:
@@ -48,6 +49,17 @@ def reference_to(element: str, *targets: str) -> dict[str, Any]:
 
 
 DEFINITIONS = [
+    profile(
+        BUNDLED_ONLY,
+        "Organization",
+        [
+            {
+                "id": "Organization.endpoint",
+                "path": "Organization.endpoint",
+                "type": [{"code": "Reference", "targetProfile": [f"{CORE}/Endpoint"], "aggregation": ["bundled"]}],
+            }
+        ],
+    ),
     profile(
         PRACTITIONER,
         "Practitioner",
@@ -241,3 +253,40 @@ def test_a_required_additional_binding_is_worded_as_the_hl7_validator_words_it(v
         "additional binding, and a coding from this value set is required) (codes = http://loinc.org#100066-0)"
     )
     assert ("Observation.code", message) in errors(validator.validate(observation, [ADDITIONAL]))
+
+
+def test_a_reference_whose_aggregation_excludes_referenced_must_be_in_the_bundle(validator: Validator) -> None:
+    """elementdefinition.html#ElementDefinition.type.aggregation: "bundled" only, the target must be an entry."""
+    endpoint = {
+        "resourceType": "Endpoint",
+        "id": "ep",
+        "status": "active",
+        "connectionType": {
+            "system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
+            "code": "hl7-fhir-rest",
+        },
+        "payloadType": [{"text": "any"}],
+        "address": "https://ep.example.com/fhir",
+    }
+
+    def bundle(reference: str, *more: dict[str, Any]) -> dict[str, Any]:
+        org = {"resourceType": "Organization", "id": "o", "meta": {"profile": [BUNDLED_ONLY]}, "name": "x"}
+        org["endpoint"] = [{"reference": reference}]
+        entries = [org, *more]
+        return {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [
+                {"fullUrl": f"https://ep.example.com/fhir/{r['resourceType']}/{r['id']}", "resource": r}
+                for r in entries
+            ],
+        }
+
+    where = "Bundle.entry[0].resource/*Organization/o*/.endpoint[0]"
+    message = "Bundled or contained reference not found within the bundle/resource Endpoint/elsewhere"
+    assert (where, message) in errors(validator.validate(bundle("Endpoint/elsewhere")))
+    assert not [m for _, m in errors(validator.validate(bundle("Endpoint/ep", endpoint))) if "not found within" in m]
+    # Without the profile (no aggregation), a reference to a server's Endpoint is fine.
+    plain = bundle("Endpoint/elsewhere")
+    del plain["entry"][0]["resource"]["meta"]
+    assert not [m for _, m in errors(validator.validate(plain)) if "not found within" in m]

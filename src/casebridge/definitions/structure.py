@@ -324,6 +324,7 @@ class TypeRef:
     code: str
     profiles: tuple[str, ...] = ()
     target_profiles: tuple[str, ...] = ()
+    aggregation: tuple[str, ...] = ()  # contained | referenced | bundled: where a Reference's target may be
 
 
 @dataclass(frozen=True)
@@ -436,7 +437,8 @@ def _types(element: dict[str, Any]) -> tuple[TypeRef, ...]:
         for ext in t.get("extension", ()):
             if ext.get("url") == "http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type":
                 code = ext.get("valueUrl") or ext.get("valueUri") or code
-        out.append(TypeRef(code, tuple(t.get("profile", ())), tuple(t.get("targetProfile", ()))))
+        aggregation = tuple(a for a in t.get("aggregation", ()) if isinstance(a, str))
+        out.append(TypeRef(code, tuple(t.get("profile", ())), tuple(t.get("targetProfile", ())), aggregation))
     return tuple(out)
 
 

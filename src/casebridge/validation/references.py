@@ -59,6 +59,7 @@ def check_reference(
         return
     target_type: Any = None  # from the instance: maybe not a string (compiled code checks a str annotation)
     resolved: dict[str, Any] | None = None
+    ambiguous = False  # several entries match: in the Bundle, but not one target
     if reference.startswith("#"):
         # A missing contained target is ref-1's failure, reported by that invariant.
         target = contained_by_id(res).get(reference[1:])
@@ -85,6 +86,12 @@ def check_reference(
             _bundle_match(reference, expr, run, res)
             matches = run.by_type_id.get(f"{m.group(1)}/{m.group(2)}", [])
             resolved = matches[0] if len(matches) == 1 else None
+            ambiguous = len(matches) > 1
+    if resolved is None and not ambiguous and not reference.startswith("#") and _only_in_input(node):
+        # elementdefinition.html#ElementDefinition.type.aggregation: without "referenced", the target must be
+        # contained or in the Bundle, where it is not.
+        message = f"Bundled or contained reference not found within the bundle/resource {reference}"
+        run.add("error", "structure", message, expr)
     if not isinstance(target_type, str):  # a target without a usable resourceType is reported as a resource
         return
     if resolved is None:
@@ -105,6 +112,14 @@ def check_reference(
         run.add("error", "structure", message, expr)
         return
     _target_profiles(validator, resolved, target_type, node, expr, run)
+
+
+def _only_in_input(node: ElementNode) -> bool:
+    """The element's Reference type names aggregation modes, and "referenced" is not among them."""
+    for type_ref in node.types:
+        if type_ref.code == "Reference" and type_ref.aggregation:
+            return "referenced" not in type_ref.aggregation
+    return False
 
 
 def _implied_type(
