@@ -128,6 +128,8 @@ XHTML = 'xmlns="http://www.w3.org/1999/xhtml"'
         (f"<div {XHTML}><script>alert(1)</script></div>", False),
         (f'<div {XHTML}><p onclick="x()">a</p></div>', False),
         (f'<div {XHTML}><p foo="1">a</p></div>', False),
+        (f'<div {XHTML} data-fhir="generated"><p data-x="1">a</p></div>', True),  # HTML5 data attributes are inert
+        (f'<div {XHTML} xmlns:d="http://example.org" d:data-x="1">a</div>', False),  # not in another namespace
         (f'<div {XHTML}><a href="java&#9;script:alert(1)">x</a></div>', False),
         (f'<div {XHTML}><a href="data:text/html;base64,PHNjcmlwdD4=">x</a></div>', False),
         # An inline image, as the core definitions' narratives carry; a script as an image source is still refused.
