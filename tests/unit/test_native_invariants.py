@@ -177,6 +177,8 @@ _DEFINITIONAL: dict[str, tuple[str | None, str]] = {
     "'')&'.')))": ("StructureDefinition.differential", "differential"),
     "concept.code.combine($this.descendants().concept.code).isDistinct()": (None, "cs"),
     "name.matches('[A-Z]([A-Za-z0-9_]){0,254}')": (None, "sd"),
+    "code.exists() or display.exists()": ("ValueSet.expansion.contains", "contains"),
+    "code.exists() or abstract = true": ("ValueSet.expansion.contains", "contains"),
 }
 
 # No failing sample exists: eld-11 as R4 wrote it gives a boolean per type that has a code, which exists() then
@@ -362,6 +364,24 @@ CODE_SYSTEMS: list[dict[str, Any]] = [
 ]
 
 
+# ValueSet.expansion.contains items: with and without code, display and abstract, and shapes left to FHIRPath.
+CONTAINS: list[dict[str, Any]] = [
+    {"system": "http://x", "code": "a", "display": "A"},
+    {"system": "http://x", "code": "a"},
+    {"display": "A group"},
+    {"display": "A group", "abstract": True},
+    {"abstract": True},
+    {"abstract": False},
+    {"abstract": False, "display": "x"},
+    {},
+    {"code": None, "display": None},
+    {"code": [], "abstract": False},
+    {"abstract": "true"},
+    {"_code": {"extension": [{"url": "http://x", "valueString": "y"}]}},
+    {"contains": [{"code": "b"}]},
+]
+
+
 def _samples(kind: str) -> list[tuple[Any, Any]]:
     """(item, root) pairs of one kind."""
     if kind == "e":
@@ -372,6 +392,8 @@ def _samples(kind: str) -> list[tuple[Any, Any]]:
         return [(s, s) for s in STRUCTURES]
     if kind == "cs":
         return [(c, c) for c in CODE_SYSTEMS]
+    if kind == "contains":
+        return [(c, {"resourceType": "ValueSet", "expansion": {"contains": [c]}}) for c in CONTAINS]
     return [(s[kind], s) for s in STRUCTURES if kind in s]
 
 

@@ -875,6 +875,17 @@ def _csd_1(item: Any, root: Any = None) -> bool | None:
     return len(set(codes)) == len(codes)
 
 
+def _vsd_9(item: Any, root: Any = None) -> bool | None:
+    # On ValueSet.expansion.contains: code.exists() or abstract = true. With no code and no abstract the right side
+    # is empty, and so is the whole, which passes.
+    if not _plain(item):
+        return _UNDECIDED
+    if _has(item, "code") or item.get("abstract") is None:
+        return True
+    abstract = item["abstract"]
+    return abstract if isinstance(abstract, bool) else _UNDECIDED
+
+
 # By exact R4 expression, as above (benchmarks/bench_definitions.py times them against the interpreter).
 DEFINITIONAL_NATIVES: dict[str, Any] = {
     "min.empty() or max.empty() or (max = '*') or iif(max != '*', min <= max.toInteger())": _eld_2,
@@ -941,5 +952,8 @@ DEFINITIONAL_NATIVES: dict[str, Any] = {
     "'')&'.')))": _sdf_8a,
     "concept.code.combine($this.descendants().concept.code).isDistinct()": _csd_1,
     "name.matches('[A-Z]([A-Za-z0-9_]){0,254}')": _matches_or_empty("name", "[A-Z]([A-Za-z0-9_]){0,254}"),
+    # ValueSet.expansion.contains, thousands of them in a large expansion: vsd-6 and vsd-9.
+    "code.exists() or display.exists()": _either_present("code", "display"),
+    "code.exists() or abstract = true": _vsd_9,
 }
 _NATIVE_EXPRESSIONS.update(DEFINITIONAL_NATIVES)
