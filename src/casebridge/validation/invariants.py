@@ -3,9 +3,11 @@
 Each is a FHIRPath expression; the ones every resource carries (dom-*, txt-*, ref-1, the Bundle rules, the
 common IPS rules) also have a native version of the same meaning here, matched on their key or exact R4
 expression, which takes the interpreter out of the common path. So do the ElementDefinition (eld-*),
-StructureDefinition (sdf-*) and CodeSystem (csd-1) rules and the shared name rule (sdf-0, vsd-0, csd-0 ...),
-run on every element of a definition: these decide the shapes valid JSON has and leave any other (a primitive
-extension, a value of the wrong JSON type) to the interpreter. ele-1 and ext-1 are checked by the walk itself.
+StructureDefinition (sdf-*), CodeSystem (csd-1), ContactPoint (cpt-2), OperationDefinition (opd-1, opd-2) and
+CapabilityStatement (cpb-12) rules and the shared name rule (sdf-0, vsd-0, csd-0 ...), run on every element or
+every entry of a definition: these decide the shapes valid JSON has and leave any other (a primitive extension on
+a field the rule reads, a value of the wrong JSON type) to the interpreter. ele-1 and ext-1 are checked by the walk
+itself.
 
 Apart from the walk because it is the one place that runs FHIRPath, and the native table is checked against
 the interpreter on its own (tests/unit/test_native_invariants.py).
@@ -430,8 +432,8 @@ _CORRECTED: dict[str, Any] = {
 # --- definitional resources: ElementDefinition (eld-*), StructureDefinition (sdf-*), CodeSystem (csd-1) --------
 # About twenty invariants on every element of a snapshot and differential: through the interpreter they were
 # nine tenths of the time spent on a StructureDefinition. Each native decides the shapes valid JSON has (fields
-# absent or of their JSON type, no primitive extensions "_name") and answers None for any other, which goes to
-# the interpreter: its three-valued logic on such shapes is the reference and is not copied here.
+# absent or of their JSON type, no primitive extension "_name" on a field it reads) and answers None for any other,
+# which goes to the interpreter: its three-valued logic on such shapes is the reference and is not copied here.
 
 _UNDECIDED = None
 # The types of the open choice elements (fixed[x], pattern[x], defaultValue[x]) and of minValue[x]/maxValue[x], as
@@ -450,6 +452,13 @@ _INTEGER = re.compile(r"[+-]?[0-9]+")  # toInteger() of ASCII digits; other stri
 def _plain(item: Any) -> bool:
     """An object with no primitive extensions: the shape the natives below decide."""
     return isinstance(item, dict) and not any(k[:1] == "_" for k in item)
+
+
+def _plain_in(item: Any, *names: str) -> bool:
+    """An object whose fields ``names`` have no primitive extension: enough for a rule that reads only those (the
+    interpreter reads "_name" only with "name"; the core definitions put extensions on other fields, such as
+    baseDefinition)."""
+    return isinstance(item, dict) and all(f"_{n}" not in item for n in names)
 
 
 def _has(item: dict[str, Any], name: str) -> bool:
@@ -542,10 +551,10 @@ def _eld_11(item: Any, root: Any = None) -> bool | None:
 
 
 def _distinct_of(name: str, key: str) -> Any:
-    """eld-13 / eld-14: <name>.select(<key>).isDistinct()."""
+    """eld-13 / eld-14 / cpb-12: <name>.select(<key>).isDistinct()."""
 
     def check(item: Any, root: Any = None) -> bool | None:
-        if not _plain(item):
+        if not _plain_in(item, name):
             return _UNDECIDED
         objects = _objects(item, name)
         values = None if objects is None else _codes(objects, key)
@@ -594,10 +603,10 @@ def _eld_18(item: Any, root: Any = None) -> bool | None:
 
 
 def _implies_present(first: str, second: str) -> Any:
-    """<first>.exists() implies <second>.exists() (sdf-... and eld-22)."""
+    """<first>.exists() implies <second>.exists() (eld-22, cpt-2 and others)."""
 
     def check(item: Any, root: Any = None) -> bool | None:
-        if not _plain(item):
+        if not _plain_in(item, first, second):
             return _UNDECIDED
         return not _has(item, first) or _has(item, second)
 
@@ -605,8 +614,10 @@ def _implies_present(first: str, second: str) -> Any:
 
 
 def _either_present(first: str, second: str) -> Any:
+    """<first>.exists() or <second>.exists()."""
+
     def check(item: Any, root: Any = None) -> bool | None:
-        if not _plain(item):
+        if not _plain_in(item, first, second):
             return _UNDECIDED
         return _has(item, first) or _has(item, second)
 
@@ -657,7 +668,7 @@ def _elements(item: Any, name: str | None = None) -> list[Any] | None:
     """The plain elements of a snapshot or differential (``name`` of a StructureDefinition, or the item itself),
     each with a string path; None for any other shape."""
     if name is not None:
-        if not _plain(item):
+        if not _plain_in(item, name):
             return None
         if not _has(item, name):
             return []
@@ -724,7 +735,7 @@ def _type_codes(elements: list[Any]) -> list[Any] | None:
 
 def _sdf_19(item: Any, root: Any = None) -> bool | None:
     # A core definition's type codes are simple names (a snapshot's may hold a dot) or FHIRPath system types.
-    if not _plain(item) or not _strings_or_absent(item, "url"):
+    if not _plain_in(item, "url") or not _strings_or_absent(item, "url"):
         return _UNDECIDED
     if not _has(item, "url") or not item["url"].startswith(_CORE_SD):
         return True
@@ -773,7 +784,7 @@ def _ids_distinct(name: str) -> Any:
 
 def _sdf_22(item: Any, root: Any = None) -> bool | None:
     # url.startsWith('http://hl7.org/fhir/StructureDefinition') implies no element has a defaultValue
-    if not _plain(item) or not _strings_or_absent(item, "url"):
+    if not _plain_in(item, "url") or not _strings_or_absent(item, "url"):
         return _UNDECIDED
     if not _has(item, "url") or not item["url"].startswith(_CORE_SD):
         return True
@@ -786,7 +797,7 @@ def _sdf_22(item: Any, root: Any = None) -> bool | None:
 def _sdf_1(item: Any, root: Any = None) -> bool | None:
     # derivation = 'constraint' or snapshot.element.select(path).isDistinct(): with no derivation the first
     # comparison is empty, and an empty result passes.
-    if not _plain(item) or not _strings_or_absent(item, "derivation"):
+    if not _plain_in(item, "derivation") or not _strings_or_absent(item, "derivation"):
         return _UNDECIDED
     if not _has(item, "derivation") or item["derivation"] == "constraint":
         return True
@@ -812,7 +823,7 @@ def _own_definition(item: Any, root: Any, name: str) -> dict[str, Any] | None:
         isinstance(root, dict)
         and root.get("resourceType") == "StructureDefinition"
         and root.get(name) is item
-        and _plain(root)
+        and _plain_in(root, "kind", "type", name)
         and isinstance(root.get("kind"), str)
         and isinstance(root.get("type"), str)
     ):
@@ -844,6 +855,101 @@ def _sdf_8a(item: Any, root: Any = None) -> bool | None:
     return (sd["kind"] == "logical" or first.startswith(sd["type"])) and all(
         e["path"].startswith(prefix) for e in elements[1:]
     )
+
+
+# The rules on the StructureDefinition itself, once per definition: the thousands of the core data elements Bundle
+# made them most of its FHIRPath time. A comparison with an absent field is empty, and so is an "or" of empties
+# and falses or an "implies" from empty to anything but true: an empty result passes, so each fails only when every
+# field it compares is there.
+
+
+def _sdf_4(item: Any, root: Any = None) -> bool | None:
+    # abstract = true or baseDefinition.exists()
+    if not _plain_in(item, "abstract", "baseDefinition"):
+        return _UNDECIDED
+    abstract = item.get("abstract")
+    if abstract is None:
+        return True  # empty or a boolean: never false
+    if not isinstance(abstract, bool):
+        return _UNDECIDED
+    return abstract is True or _has(item, "baseDefinition")
+
+
+def _sdf_5(item: Any, root: Any = None) -> bool | None:
+    # type != 'Extension' or derivation = 'specialization' or (context.exists())
+    if not _plain_in(item, "type", "derivation", "context") or not _strings_or_absent(item, "type", "derivation"):
+        return _UNDECIDED
+    return not (
+        _has(item, "type")
+        and item["type"] == "Extension"
+        and _has(item, "derivation")
+        and item["derivation"] != "specialization"
+        and not _has(item, "context")
+    )
+
+
+def _kind_not_logical(item: dict[str, Any]) -> bool:
+    """kind != 'logical' is true (not false, nor empty for want of a kind)."""
+    return _has(item, "kind") and item["kind"] != "logical"
+
+
+def _sdf_11(item: Any, root: Any = None) -> bool | None:
+    # kind != 'logical' implies snapshot.empty() or snapshot.element.first().path = type
+    if not _plain_in(item, "kind", "type", "snapshot") or not _strings_or_absent(item, "kind", "type"):
+        return _UNDECIDED
+    if not _kind_not_logical(item) or not _has(item, "snapshot"):
+        return True
+    elements = _elements(item, "snapshot")
+    if elements is None:
+        return _UNDECIDED
+    return not elements or not _has(item, "type") or elements[0]["path"] == item["type"]
+
+
+def _first_element_untyped(name: str, only_root: bool) -> Any:
+    """sdf-15 (snapshot) / sdf-15a (differential, when its first element is a root, without a dot):
+    kind != 'logical' and ... implies <name>.element.first().type.empty()."""
+
+    def check(item: Any, root: Any = None) -> bool | None:
+        if not _plain_in(item, "kind", name) or not _strings_or_absent(item, "kind"):
+            return _UNDECIDED
+        if not _kind_not_logical(item):
+            return True
+        elements = _elements(item, name)
+        if elements is None:
+            return _UNDECIDED
+        if not elements or (only_root and "." in elements[0]["path"]):
+            return True
+        types = _objects(elements[0], "type")
+        return _UNDECIDED if types is None else not types
+
+    return check
+
+
+def _sdf_18(item: Any, root: Any = None) -> bool | None:
+    # contextInvariant.exists() implies type = 'Extension'
+    if not _plain_in(item, "contextInvariant", "type") or not _strings_or_absent(item, "type"):
+        return _UNDECIDED
+    return not _has(item, "contextInvariant") or not _has(item, "type") or item["type"] == "Extension"
+
+
+def _sdf_21(item: Any, root: Any = None) -> bool | None:
+    # differential.element.defaultValue.exists() implies (derivation = 'specialization')
+    if not _plain_in(item, "derivation") or not _strings_or_absent(item, "derivation"):
+        return _UNDECIDED
+    elements = _elements(item, "differential")
+    if elements is None:
+        return _UNDECIDED
+    if not _has(item, "derivation") or not any(_choice(e, "defaultValue", _OPEN_TYPES) for e in elements):
+        return True
+    derivation: str = item["derivation"]
+    return derivation == "specialization"
+
+
+def _opd_2(item: Any, root: Any = None) -> bool | None:
+    # On OperationDefinition.parameter: searchType.exists() implies type = 'string'
+    if not _plain_in(item, "searchType", "type") or not _strings_or_absent(item, "type"):
+        return _UNDECIDED
+    return not _has(item, "searchType") or not _has(item, "type") or item["type"] == "string"
 
 
 def _descendant_concept_codes(node: Any, depth: int, out: list[Any]) -> bool:
@@ -955,5 +1061,23 @@ DEFINITIONAL_NATIVES: dict[str, Any] = {
     # ValueSet.expansion.contains, thousands of them in a large expansion: vsd-6 and vsd-9.
     "code.exists() or display.exists()": _either_present("code", "display"),
     "code.exists() or abstract = true": _vsd_9,
+    # The StructureDefinition's own rules (sdf-2, 4, 5, 6, 11, 15, 15a, 18, 21) and ContactPoint's cpt-2 (on the
+    # contacts of every definition), the rest of the FHIRPath time of the core data elements Bundle.
+    "name.exists() or uri.exists()": _either_present("name", "uri"),
+    "abstract = true or baseDefinition.exists()": _sdf_4,
+    "type != 'Extension' or derivation = 'specialization' or (context.exists())": _sdf_5,
+    "snapshot.exists() or differential.exists()": _either_present("snapshot", "differential"),
+    "kind != 'logical' implies snapshot.empty() or snapshot.element.first().path = type": _sdf_11,
+    "kind!='logical' implies snapshot.element.first().type.empty()": _first_element_untyped("snapshot", False),
+    "(kind!='logical'  and differential.element.first().path.contains('.').not()) implies differential.element."
+    "first().type.empty()": _first_element_untyped("differential", True),
+    "contextInvariant.exists() implies type = 'Extension'": _sdf_18,
+    "differential.element.defaultValue.exists() implies (derivation = 'specialization')": _sdf_21,
+    "value.empty() or system.exists()": _implies_present("value", "system"),
+    # OperationDefinition.parameter (opd-1, opd-2) and CapabilityStatement.rest.resource (cpb-12), many of each
+    # in the core resources Bundle.
+    "type.exists() or part.exists()": _either_present("type", "part"),
+    "searchType.exists() implies type = 'string'": _opd_2,
+    "searchParam.select(name).isDistinct()": _distinct_of("searchParam", "name"),
 }
 _NATIVE_EXPRESSIONS.update(DEFINITIONAL_NATIVES)
