@@ -25,6 +25,7 @@ from functools import cached_property
 from typing import Annotated, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -33,6 +34,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from casebridge.domain import ucum
 
 SCHEMA_VERSION = "1.0"
 
@@ -44,6 +47,21 @@ Text = Annotated[str, Field(min_length=1, max_length=10_000, pattern=_PRINTABLE)
 ShortText = Annotated[str, Field(min_length=1, max_length=500, pattern=_PRINTABLE)]
 # int is accepted for a decimal (0.5 and 1 are both numbers in JSON); bool and "12" strings are not.
 Decimal = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+
+def _ucum(unit: str) -> str:
+    problem = ucum.problem(unit)
+    if problem is not None:
+        raise ValueError(problem)
+    return unit
+
+
+# A unit of measure: valid UCUM (case-sensitive), which is then its own code (http://unitsofmeasure.org).
+Unit = Annotated[
+    ShortText,
+    AfterValidator(_ucum),
+    Field(description="A UCUM unit, case-sensitive (https://ucum.org/ucum): e.g. cm, mg/dL, mmol/L, U/L, 10*9/L"),
+]
 
 # How steps are named in titles and narrative ("after the X-ray").
 STEP_LABELS = {
@@ -107,7 +125,7 @@ class BodySite(_Model):
 
 class Quantity(_Model):
     value: Annotated[Decimal, Field(ge=0)]
-    unit: ShortText  # UCUM unit code where one exists ("cm", "mg/dL"); mapped through mappings/codes/units.csv
+    unit: Unit  # coded as written; mappings/codes/units.csv may override a unit's coding
 
 
 class Age(_Model):
@@ -187,7 +205,7 @@ class ReferenceRange(_Model):
     # Bounds are quantities like the value they frame, which cannot be negative (Quantity).
     low: Annotated[Decimal, Field(ge=0)] | None = None
     high: Annotated[Decimal, Field(ge=0)] | None = None
-    unit: ShortText
+    unit: Unit
 
     @property
     def low_quantity(self) -> Quantity | None:
@@ -206,7 +224,8 @@ class ReferenceRange(_Model):
         return self
 
 
-Interpretation = Literal["normal", "abnormal", "high", "low"]
+# Coded through mappings/codes/interpretation.csv (v3 ObservationInterpretation N, A, H, L, HH, LL).
+Interpretation = Literal["normal", "abnormal", "high", "low", "critical high", "critical low"]
 
 
 class LabTest(_Model):

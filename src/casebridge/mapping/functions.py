@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from casebridge.domain import ucum
 from casebridge.domain.case import BodySite, Concept, Quantity
 from casebridge.mapping.codes import CodeTable
 from casebridge.mapping.expressions import Function
@@ -156,14 +157,21 @@ def laterality(ctx: Context, bs: BodySite | None) -> dict[str, str] | None:
 
 
 def quantity(ctx: Context, q: Quantity | None) -> dict[str, Any] | None:
-    """A FHIR Quantity; the UCUM system and code are added when the unit is in the units table."""
+    """A FHIR Quantity with its UCUM system and code: the units table's row for the unit, else the unit itself.
+
+    The case model accepts only valid UCUM units, and a valid UCUM expression is its own code; the check here
+    keeps a Quantity built without the model from being given a code it does not have.
+    """
     if q is None:
         return None
     out: dict[str, Any] = {"value": q.value, "unit": q.unit}
-    ucum = coding(ctx, "units", q.unit)
-    if ucum is not None:
-        out["system"] = ucum["system"]
-        out["code"] = ucum["code"]
+    row = coding(ctx, "units", q.unit)
+    if row is not None:
+        out["system"] = row["system"]
+        out["code"] = row["code"]
+    elif ucum.is_ucum(q.unit):
+        out["system"] = ucum.SYSTEM
+        out["code"] = q.unit
     return out
 
 
