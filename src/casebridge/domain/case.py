@@ -22,7 +22,7 @@ import datetime as dt
 import hashlib
 import re
 from functools import cached_property
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -71,6 +71,11 @@ STEP_LABELS = {
     "ultrasound": "Ultrasound",
     "ct": "CT",
     "mri": "MRI",
+    "pet": "PET",
+    "nuclear_medicine": "Nuclear medicine scan",
+    "mammography": "Mammography",
+    "fluoroscopy": "Fluoroscopy",
+    "angiography": "Angiography",
     "laboratory": "Laboratory tests",
     "histopathology": "Histopathology",
 }
@@ -269,7 +274,12 @@ class ClinicalExamination(_Step):
     body_site: BodySite | None = None
 
 
-ImagingKind = Literal["xray", "ultrasound", "ct", "mri"]
+# Each imaging kind maps to one DICOM acquisition modality (codes/modality.csv): an X-ray is DX, a nuclear
+# medicine scan (scintigraphy) NM, a fluoroscopy RF, an angiography XA.
+ImagingKind = Literal[
+    "xray", "ultrasound", "ct", "mri", "pet", "nuclear_medicine", "mammography", "fluoroscopy", "angiography"
+]
+IMAGING_KINDS: frozenset[str] = frozenset(get_args(ImagingKind))
 
 
 class Figure(_Model):
@@ -614,7 +624,7 @@ class CaseReport(_Model):
 
 # Categories of observation by the kind of step that made it.
 _EXAM_KINDS = frozenset({"clinical_examination"})
-_IMAGING_KINDS = frozenset({"xray", "ultrasound", "ct", "mri"})
+_IMAGING_KINDS = IMAGING_KINDS
 
 
 class _StepItem(_Model):

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from casebridge.domain.case import CaseReport
+from casebridge.domain.case import IMAGING_KINDS, CaseReport
 from casebridge.errors import CaseFileError, CaseSchemaError, Problem
 
 DEFAULT_MAX_BYTES = 5 * 1024 * 1024
@@ -201,7 +201,7 @@ def format_location(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-_UNION_TAGS = frozenset({"clinical_examination", "xray", "ultrasound", "ct", "mri", "laboratory", "histopathology"})
+_UNION_TAGS = frozenset({"clinical_examination", "laboratory", "histopathology"}) | IMAGING_KINDS
 
 
 def validate_case(doc: dict[str, Any], *, source: str) -> CaseReport:
