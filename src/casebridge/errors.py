@@ -68,9 +68,19 @@ from typing import Any
 class Problem:
     location: str  # a field path in the input ("" for the whole document)
     message: str
+    line: int | None = None  # where in the input text (1-based), when the reader could tell
+    column: int | None = None
 
     def __str__(self) -> str:
         return f"{self.location}: {self.message}" if self.location else self.message
+
+    def at(self, source: str = "") -> str:
+        """``source:line:column: `` (the form editors and terminals turn into a link), or what of it is known."""
+        if self.line is None:
+            return f"{source}: " if source else ""
+        if not source:
+            return f"line {self.line}, column {self.column or 1}: "
+        return f"{source}:{self.line}:{self.column or 1}: "
 
 
 class CasebridgeError(Exception):
@@ -87,10 +97,11 @@ class InputError(CasebridgeError):
 
     def report(self) -> str:
         """A readable, multi-line account: the source, then one line per problem."""
-        head = f"{self.source}: {self}" if self.source else str(self)
+        only = len(self.problems) == 1 and self.problems[0].message == str(self)
+        head = f"{(self.problems[0] if only else Problem('', '')).at(self.source)}{self}"
         lines = [head]
-        if not (len(self.problems) == 1 and self.problems[0].message == str(self)):
-            lines += [f"  - {p}" for p in self.problems]
+        if not only:
+            lines += [f"  - {p.at(self.source) if p.line is not None else ''}{p}" for p in self.problems]
         return "\n".join(lines)
 
 

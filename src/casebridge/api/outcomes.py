@@ -48,7 +48,7 @@ def error_outcome(code: str, text: str, expression: str | None = None, severity:
 
 
 def problems_outcome(problems: Iterable[Problem], code: str = "invalid") -> dict[str, Any]:
-    return outcome(issue("error", code, p.message, p.location or None) for p in problems)
+    return outcome(issue("error", code, f"{p.at()}{p.message}", p.location or None) for p in problems)
 
 
 def outcome_response(status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> FhirResponse:

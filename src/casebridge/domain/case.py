@@ -373,8 +373,11 @@ class PublicationHistory(_Model):
     @field_validator("received", "revised", "accepted", mode="before")
     @classmethod
     def _iso_date(cls, value: object) -> object:
-        # JSON gives strings; YAML may already give dates. Either way only YYYY-MM-DD is accepted.
-        if isinstance(value, str) and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        # JSON gives strings; YAML may already give dates. Either way only YYYY-MM-DD is accepted (a number
+        # would otherwise be read as a Unix time: 0 became 1970-01-01).
+        if not isinstance(value, str | dt.date) or (
+            isinstance(value, str) and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value)
+        ):
             raise ValueError("dates are written YYYY-MM-DD")
         return value
 
@@ -492,9 +495,7 @@ class CaseReport(_Model):
         _unique("specimens", [s.id for s in self.specimens])
         tests = [t.id for s in self.diagnostic_steps if isinstance(s, LaboratoryStep) for t in s.tests]
         _unique("diagnostic_steps[].tests", tests)
-        orders = [s.order for s in self.diagnostic_steps]
-        if orders != sorted(set(orders)):
-            raise ValueError("diagnostic_steps: list the steps in their order, each order number once")
+        _ordered_steps(self.diagnostic_steps)
         step_ids = {s.id for s in self.diagnostic_steps}
         specimen_ids = {s.id for s in self.specimens}
         procedure_ids = {p.id for p in self.procedures}
@@ -671,6 +672,23 @@ class SpecimenView(_Model):
 
 
 DiagnosticStepType = ClinicalExamination | ImagingStep | LaboratoryStep | HistopathologyStep
+
+
+def _ordered_steps(steps: list[DiagnosticStepType]) -> None:
+    """Each step its own order number, listed in that order; the message names the steps involved."""
+    first: dict[int, str] = {}
+    for i, step in enumerate(steps):
+        if step.order in first:
+            raise ValueError(
+                f"diagnostic_steps[{i}].order: steps {first[step.order]!r} and {step.id!r} both have order "
+                f"{step.order}; give each step its own order number"
+            )
+        first[step.order] = step.id
+        if i and step.order < steps[i - 1].order:
+            raise ValueError(
+                f"diagnostic_steps[{i}].order: step {step.id!r} (order {step.order}) is listed after step "
+                f"{steps[i - 1].id!r} (order {steps[i - 1].order}); list the steps in their order"
+            )
 
 
 def _unique(where: str, ids: list[str]) -> None:

@@ -11,6 +11,8 @@ import yaml
 from pydantic import ValidationError
 
 from casebridge.domain.case import IMAGING_KINDS, CaseReport
+from casebridge.domain.case_errors import ParsedCase
+from casebridge.domain.case_errors import problems as case_problems
 from casebridge.errors import CaseFileError, CaseSchemaError, Problem
 
 DEFAULT_MAX_BYTES = 5 * 1024 * 1024
@@ -118,9 +120,7 @@ def load_json(text: str, source: str) -> Any:
             text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant, parse_float=_finite, parse_int=_sized
         )
     except json.JSONDecodeError as exc:
-        raise CaseFileError(
-            f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", source=source
-        ) from exc
+        raise _positioned(f"malformed JSON: {exc.msg}", source, exc.lineno, exc.colno) from exc
     except _DuplicateKey as exc:
         raise CaseFileError(f"malformed JSON: duplicate key {exc.args[0]!r}", source=source) from exc
     except RecursionError as exc:
@@ -129,11 +129,31 @@ def load_json(text: str, source: str) -> Any:
         raise CaseFileError(f"malformed JSON: {exc}", source=source) from exc
 
 
-def _yaml_error(exc: yaml.YAMLError, source: str) -> CaseFileError:
+def _positioned(message: str, source: str, line: int | None, column: int | None) -> CaseFileError:
+    return CaseFileError(message, source=source, problems=[Problem("", message, line, column)])
+
+
+# The line breaks YAML counts (libyaml and PyYAML alike), so a mark's line number finds its line.
+_YAML_LINES = re.compile(r"\r\n|[\r\n\x85\u2028\u2029]")
+
+
+def _yaml_error(exc: yaml.YAMLError, source: str, text: str) -> CaseFileError:
     mark = getattr(exc, "problem_mark", None)
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
     problem = getattr(exc, "problem", None) or str(exc)
-    return CaseFileError(f"malformed YAML{where}: {problem}", source=source)
+    if mark is None:
+        return CaseFileError(f"malformed YAML: {problem}", source=source)
+    line, column = mark.line + 1, mark.column + 1
+    # The parser's words for a tab ("found character that cannot start any token", "a tab character that violates
+    # indentation") do not say what to do; a tab in the indentation of the line it stopped on is the cause.
+    lines = _YAML_LINES.split(text, maxsplit=mark.line + 1)
+    here = lines[mark.line] if mark.line < len(lines) else ""
+    indent = len(here) - len(here.lstrip(" \t"))
+    if "\t" in here[:indent]:
+        column = here.index("\t") + 1
+        problem = f"a tab character indents line {line}; YAML indents with spaces only"
+    elif here[mark.column : mark.column + 1] == "\t":
+        problem = f"a tab character on line {line} cannot start a value; use spaces"
+    return _positioned(f"malformed YAML: {problem}", source, line, column)
 
 
 def parse_document(data: bytes, *, source: str, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
@@ -148,6 +168,7 @@ def parse_document(data: bytes, *, source: str, max_bytes: int = DEFAULT_MAX_BYT
         raise CaseFileError(f"not UTF-8 text: an invalid byte on line {line}", source=source) from exc
     if not text.strip():
         raise CaseFileError("the file is empty", source=source)
+    syntax = "json"
     if source.lower().endswith(".json"):
         doc = load_json(text, source)
     else:
@@ -156,10 +177,11 @@ def parse_document(data: bytes, *, source: str, max_bytes: int = DEFAULT_MAX_BYT
         except CaseFileError:
             doc = None  # not JSON: it may still be YAML flow style
         if doc is None:
+            syntax = "yaml"
             try:
                 doc = _load_yaml(text, source)
             except yaml.YAMLError as exc:
-                raise _yaml_error(exc, source) from exc
+                raise _yaml_error(exc, source, text) from exc
             except RecursionError as exc:
                 raise CaseFileError(f"the document nests deeper than {MAX_DEPTH} levels", source=source) from exc
             except ValueError as exc:  # e.g. an integer of more digits than Python converts
@@ -167,7 +189,7 @@ def parse_document(data: bytes, *, source: str, max_bytes: int = DEFAULT_MAX_BYT
     if not isinstance(doc, dict):
         raise CaseFileError(f"a case must be a JSON/YAML object, not {type(doc).__name__}", source=source)
     check_depth(doc, source)
-    return doc
+    return ParsedCase(doc, text, syntax)
 
 
 def check_depth(doc: object, source: str, limit: int = MAX_DEPTH) -> None:
@@ -205,18 +227,12 @@ _UNION_TAGS = frozenset({"clinical_examination", "laboratory", "histopathology"}
 
 
 def validate_case(doc: dict[str, Any], *, source: str) -> CaseReport:
+    """The case, or ``CaseSchemaError`` with each problem in plain words and, when ``doc`` came from
+    ``parse_document``, its line and column (``case_errors``)."""
     try:
         return CaseReport.model_validate(doc)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_url=False):
-            loc = format_location(tuple(err["loc"]))
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown field"
-            elif err["type"] == "missing":
-                msg = "required field is missing"
-            problems.append(Problem(loc, msg))
+        problems = case_problems(exc, doc)
         raise CaseSchemaError(
             f"the case does not fit the case model ({len(problems)} problem{'s' if len(problems) != 1 else ''})",
             source=source,
