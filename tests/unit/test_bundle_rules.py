@@ -105,6 +105,15 @@ def test_no_empty_elements(bundles: dict[str, Any], case: str) -> None:
 
 
 @pytest.mark.parametrize("case", CASES)
+def test_every_component_has_a_value(bundles: dict[str, Any], case: str) -> None:
+    """A component without value[x] or dataAbsentReason says nothing (FHIR allows it; casebridge never makes one)."""
+    for entry in bundles[case]["entry"]:
+        for i, component in enumerate(entry["resource"].get("component", [])):
+            stated = [k for k in component if k.startswith("value") or k == "dataAbsentReason"]
+            assert stated, f"{entry['fullUrl']} component[{i}] ({component['code']}) has no value"
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_every_resource_has_a_generated_narrative(bundles: dict[str, Any], case: str) -> None:
     for e in bundles[case]["entry"]:
         text = e["resource"]["text"]

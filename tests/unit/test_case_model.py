@@ -111,3 +111,13 @@ def test_laboratory_findings_get_no_imaging_category(mappings: MappingSet) -> No
     doc["diagnostic_steps"][3]["findings"] = [{"concept": "Haemolysed sample", "present": False}]
     findings = [o for o in by_role(convert(mappings, doc), "finding") if o["code"]["text"] == "Haemolysed sample"]
     assert len(findings) == 1 and "category" not in findings[0]
+
+
+def test_a_presentation_without_duration_or_course_makes_no_empty_component(mappings: MappingSet) -> None:
+    doc = seed_doc()
+    doc["presentation"].pop("duration")
+    doc["presentation"].pop("course", None)
+    complaint = [o for o in by_role(convert(mappings, doc), "presenting-complaint")]
+    components = [c for o in complaint for c in o.get("component", [])]
+    assert components and all(any(k.startswith("value") for k in c) for c in components), components
+    assert not [c for c in components if c["code"].get("text") in ("Duration before presentation", "Course")]
