@@ -22,7 +22,7 @@ import datetime as dt
 import hashlib
 import re
 from functools import cached_property
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -253,10 +253,39 @@ class LabTest(_Model):
         return self
 
 
+def _schema_performed(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """pydantic sees the fields a performed step needs as optional (a step not done lacks them): say in the
+    JSON Schema that a performed step needs them and that a step not done has no results."""
+    needed: tuple[str, ...] = getattr(model, "_NEEDED", ())
+    results: tuple[str, ...] = getattr(model, "_RESULTS", ())
+    schema["if"] = {"properties": {"performed": {"const": False}}, "required": ["performed"]}
+    schema["then"] = {"properties": {name: False for name in results}}
+    if needed:
+        # A needed list (a laboratory step's tests) needs an item; any other needed field a value.
+        properties: dict[str, Any] = {
+            name: {"minItems": 1} if model.model_fields[name].default == [] else {"not": {"type": "null"}}
+            for name in needed
+        }
+        schema["else"] = {"required": list(needed), "properties": properties}
+
+
 class _Step(_Model):
+    """A diagnostic step. ``performed: false`` records a step the source says was not done ("ultrasound was
+    not done"), with ``not_done_reason`` when the source gives one: such a step has no results, so it needs
+    none of the fields a performed step needs (below, ``_NEEDED``) and refuses every result (``_RESULTS``)."""
+
+    model_config = ConfigDict(json_schema_extra=_schema_performed)
+
+    # Fields a performed step of this kind must have (required in the JSON Schema's "else" branch).
+    _NEEDED: ClassVar[tuple[str, ...]] = ()
+    # What only a performed step can have: what it found and concluded, and who did it.
+    _RESULTS: ClassVar[tuple[str, ...]] = ("performer", "findings", "measurements", "differential", "impression")
+
     kind: str  # narrowed to a Literal by each kind of step (the union's discriminator)
     id: Key
     order: Annotated[StrictInt, Field(ge=1, le=1000)]
+    performed: StrictBool = True  # false: the source says this step was not done
+    not_done_reason: Text | None = None  # why not, in the source's words (only with performed: false)
     performer: ShortText | None = None  # as the source names it, e.g. "a doctor"; never a made-up name
     findings: list[Finding] = []
     measurements: list[Measurement] = []
@@ -267,6 +296,38 @@ class _Step(_Model):
     @property
     def label(self) -> str:
         return STEP_LABELS[self.kind]
+
+    @property
+    def title(self) -> str:
+        """The step and where, in words: "Ultrasound of the right forearm"."""
+        site: BodySite | None = getattr(self, "body_site", None)
+        return f"{self.label} of the {site.label}" if site is not None else self.label
+
+    @model_validator(mode="after")
+    def _performed_or_not(self) -> _Step:
+        # Each message starts with the field's name: the error then points at that field's line.
+        if self.performed:
+            if self.not_done_reason is not None:
+                raise ValueError(
+                    "not_done_reason: only a step that was not performed has a reason it was not done; "
+                    "add performed: false, or remove not_done_reason"
+                )
+            for name in self._NEEDED:
+                value = getattr(self, name)
+                if value is None or value == []:
+                    problem = "required field is missing" if value is None else "must not be empty"
+                    raise ValueError(
+                        f"{name}: {problem} for a step that was performed (a step the source says was not "
+                        "done has performed: false and needs no results)"
+                    )
+        else:
+            for name in self._RESULTS:
+                if name in self.model_fields_set:  # given at all, even empty: as the JSON Schema says
+                    raise ValueError(
+                        f"{name}: a step that was not performed has no {name.replace('_', ' ')}; remove it, "
+                        "or remove performed: false if the source says the step was done"
+                    )
+        return self
 
 
 class ClinicalExamination(_Step):
@@ -288,23 +349,29 @@ class Figure(_Model):
 
 
 class ImagingStep(_Step):
+    _NEEDED = ("body_site", "conclusion")  # a step not done may still say where it would have looked
+    _RESULTS = (*_Step._RESULTS, "conclusion", "figure")
     kind: ImagingKind
-    body_site: BodySite
-    conclusion: Text
+    body_site: BodySite | None = None
+    conclusion: Text | None = None
     figure: Figure | None = None
 
 
 class LaboratoryStep(_Step):
+    _NEEDED = ("tests",)
+    _RESULTS = (*_Step._RESULTS, "tests")
     kind: Literal["laboratory"]
-    tests: Annotated[list[LabTest], Field(min_length=1)]
+    tests: list[LabTest] = []  # at least one for a performed step
 
 
 class HistopathologyStep(_Step):
+    _NEEDED = ("specimen", "diagnosis", "conclusion")
+    _RESULTS = (*_Step._RESULTS, "specimen", "microscopic", "diagnosis", "conclusion")
     kind: Literal["histopathology"]
-    specimen: Key  # a Specimen.id of this case
+    specimen: Key | None = None  # a Specimen.id of this case
     microscopic: Text | None = None
-    diagnosis: Concept
-    conclusion: Text
+    diagnosis: Concept | None = None
+    conclusion: Text | None = None
 
 
 DiagnosticStep = Annotated[
@@ -336,7 +403,9 @@ class Procedure(_Model):
     id: Key
     concept: Concept
     body_site: BodySite | None = None
-    status: Literal["completed", "in-progress", "not-done", "stopped"] = "completed"
+    # As the source says; absent, the mapping writes "unknown": a procedure the source only names (conservative
+    # management) must not read as done.
+    status: Literal["completed", "in-progress", "not-done", "stopped"] | None = None
     outcome: ShortText | None = None
     reason: Text | None = None
     source_text: Text | None = None
@@ -500,7 +569,7 @@ class CaseReport(_Model):
         specimen_ids = {s.id for s in self.specimens}
         procedure_ids = {p.id for p in self.procedures}
         for i, step in enumerate(self.diagnostic_steps):
-            if isinstance(step, HistopathologyStep) and step.specimen not in specimen_ids:
+            if isinstance(step, HistopathologyStep) and step.performed and step.specimen not in specimen_ids:
                 raise ValueError(f"diagnostic_steps[{i}].specimen: no specimen with id {step.specimen!r}")
         for i, spec in enumerate(self.specimens):
             if spec.collected_by is not None and spec.collected_by not in procedure_ids:
@@ -513,6 +582,11 @@ class CaseReport(_Model):
         if dx is not None:
             if dx.established_by not in step_ids:
                 raise ValueError(f"final_diagnosis.established_by: no diagnostic step with id {dx.established_by!r}")
+            if dx.established_by in {s.id for s in self.diagnostic_steps if not s.performed}:
+                raise ValueError(
+                    f"final_diagnosis.established_by: step {dx.established_by!r} was not performed; a step not done "
+                    "settles nothing"
+                )
             cause = dx.possible_cause
             if cause is not None and cause.history not in {h.id for h in self.history}:
                 raise ValueError(f"final_diagnosis.possible_cause.history: no history item with id {cause.history!r}")
@@ -563,11 +637,11 @@ class CaseReport(_Model):
 
     @cached_property
     def steps(self) -> list[StepView]:
-        """Every diagnostic step with what the mappings need beside it: the step before, and its
+        """Every step performed with what the mappings need beside it: the step performed before it, and its
         findings and measurements with their resource keys."""
         out = []
         previous: str | None = None
-        for s in self.diagnostic_steps:
+        for s in self.performed_steps:
             site = getattr(s, "body_site", None)
             findings = (
                 []
@@ -586,6 +660,15 @@ class CaseReport(_Model):
         return out
 
     @cached_property
+    def performed_steps(self) -> list[DiagnosticStepType]:
+        """The steps that were done: the diagnostic path (the steps not done are Procedures, not-done)."""
+        return [s for s in self.diagnostic_steps if s.performed]
+
+    @cached_property
+    def not_done_steps(self) -> list[DiagnosticStepType]:
+        return [s for s in self.diagnostic_steps if not s.performed]
+
+    @cached_property
     def imaging_views(self) -> list[StepView]:
         return [v for v in self.steps if isinstance(v.step, ImagingStep)]
 
@@ -595,7 +678,7 @@ class CaseReport(_Model):
 
     @cached_property
     def histopathology_steps(self) -> list[HistopathologyStep]:
-        return [s for s in self.diagnostic_steps if isinstance(s, HistopathologyStep)]
+        return [s for s in self.performed_steps if isinstance(s, HistopathologyStep)]
 
     @cached_property
     def measurements(self) -> list[StepMeasurement]:

@@ -371,14 +371,15 @@ _PATH_PREFIX = re.compile(r"([A-Za-z_]\w*(?:\[\d+\]|\.[A-Za-z_]\w*)*): (.+)", re
 
 
 def _split_prefix(loc: Path, text: str) -> tuple[Path, str]:
+    """``loc`` is pydantic's, with its union tags: they say which kind of step a step's own check ran in."""
+    spot = walk(loc)
     match = _PATH_PREFIX.fullmatch(text)
     if not match:
-        return loc, text
+        return spot.path, text
     parts: list[Part] = [int(p[1:-1]) if p.startswith("[") else p for p in re.findall(r"\[\d+\]|\w+", match[1])]
-    spot = walk(loc)
     if not (_is_model(spot.type) and parts[0] in spot.type.model_fields):
-        return loc, text  # a colon in the message, not a path
-    return (*loc, *parts), match[2]
+        return spot.path, text  # a colon in the message, not a path
+    return (*spot.path, *parts), match[2]
 
 
 def format_path(path: Path) -> str:
@@ -522,7 +523,7 @@ def problems(exc: ValidationError, doc: object) -> list[Problem]:
         words = message(err, spot)
         path = where = spot.path
         if err["type"] == "value_error":
-            path, words = _split_prefix(path, words)
+            path, words = _split_prefix(tuple(err["loc"]), words)
             where = path
         elif err["type"] == "union_tag_invalid":
             where = (*path, "kind")  # the refused value is the step's kind; the problem is the step's
