@@ -180,7 +180,7 @@ def test_a_case_becomes_a_validated_bundle(api: TestClient, seed_yaml: bytes) ->
     response = api.post("/cases", content=seed_yaml, headers={**READ, **YAML})
     assert response.status_code == 200, response.text
     bundle = response.json()
-    assert (bundle["resourceType"], bundle["type"], len(bundle["entry"])) == ("Bundle", "transaction", 37)
+    assert (bundle["resourceType"], bundle["type"], len(bundle["entry"])) == ("Bundle", "transaction", 38)
     assert response.headers["x-request-id"]
     as_json = api.post(
         "/cases", content=case_copy("api-json-case"), headers={**READ, "Content-Type": "application/json"}
@@ -341,14 +341,14 @@ def test_reports_as_searchset_ndjson_and_csv(api: TestClient, pushed_patient: st
     searchset = api.get(f"/diagnostic-reports?patient={pushed_patient}", headers=READ)
     assert searchset.status_code == 200 and searchset.headers["content-type"] == "application/fhir+json"
     bundle = searchset.json()
-    assert (bundle["type"], bundle["total"]) == ("searchset", 3)
+    assert (bundle["type"], bundle["total"]) == ("searchset", 4)
     modes = [e["search"]["mode"] for e in bundle["entry"]]
-    assert modes.count("match") == 3 and modes.count("include") >= 3
+    assert modes.count("match") == 4 and modes.count("include") >= 4
     ndjson = api.get(
         f"/diagnostic-reports?patient={pushed_patient}", headers={**READ, "Accept": "application/fhir+ndjson"}
     )
     assert ndjson.headers["content-type"] == "application/fhir+ndjson"
-    assert [json.loads(line)["resourceType"] for line in ndjson.text.splitlines()] == ["DiagnosticReport"] * 3
+    assert [json.loads(line)["resourceType"] for line in ndjson.text.splitlines()] == ["DiagnosticReport"] * 4
     for how in ({"params": {"_format": "csv"}}, {"headers": {"Accept": "text/csv"}}):
         csv_text = api.get(
             "/diagnostic-reports",
@@ -357,12 +357,14 @@ def test_reports_as_searchset_ndjson_and_csv(api: TestClient, pushed_patient: st
         )
         assert csv_text.headers["content-type"].startswith("text/csv")
         rows = csv_text.text.splitlines()
-        assert rows[0].startswith("id,patient,category,code") and len(rows) == 4
+        assert rows[0].startswith("id,patient,category,code") and len(rows) == 5
+        # The laboratory step is a report, with its result.
+        assert [r for r in rows if ",Laboratory [LAB],Laboratory tests," in r and "[17861-6]" in r]
 
 
 def test_reports_paged_with_small_pages(api: TestClient, pushed_patient: str) -> None:
     response = api.get(f"/diagnostic-reports?patient={pushed_patient}&_count=1&_format=ndjson", headers=READ)
-    assert len({json.loads(line)["id"] for line in response.text.splitlines()}) == 3
+    assert len({json.loads(line)["id"] for line in response.text.splitlines()}) == 4
 
 
 def test_reports_filters(api: TestClient, pushed_patient: str) -> None:
@@ -374,6 +376,7 @@ def test_reports_filters(api: TestClient, pushed_patient: str) -> None:
         return len(r.text.splitlines())
 
     assert n(category="SP") == 1
+    assert n(category="LAB") == 1
     assert n(code="http://loinc.org|18748-4") == 2
     assert n(since="2199-01-01") == 0
 

@@ -75,7 +75,7 @@ def test_worker_processes_answer_as_the_thread_does(bench: Workbench, processes:
         same_body, same_issues = run(thread, convert_to_json, data, "application/yaml")
     finally:
         thread.close()
-    assert len(_summary(body)) == 37 and _summary(body) == _summary(same_body)
+    assert len(_summary(body)) == 38 and _summary(body) == _summary(same_body)
     assert issues == same_issues and issues and all(isinstance(i, Issue) for i in issues)  # the 2 warnings
     assert run(processes, _issues) == _issues(bench)  # compiled Issues cross the pipe with every field
 

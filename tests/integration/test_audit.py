@@ -114,13 +114,13 @@ def test_a_push_is_audited_with_key_types_ids_and_outcome(api: TestClient, trail
     assert (line["status"], line["outcome"], line["client"]) == (200, "success", "testclient")
     assert line["patients"] == [patient]
     assert [(e["type"], e["id"], e["status"]) for e in line["entries"]] == reply
-    assert {e["method"] for e in line["entries"]} == {"PUT"} and len(reply) == 37
+    assert {e["method"] for e in line["entries"]} == {"PUT"} and len(reply) == 38
     recorded = dt.datetime.fromisoformat(line["time"])
     assert recorded.utcoffset() == dt.timedelta(0)
     assert abs((dt.datetime.now(dt.UTC) - recorded).total_seconds()) < 120
     # One AuditEvent per entry (BALP's Update pattern: PUT), each naming the key, the patient and its resource.
     written = events_of(trail, pushed)
-    assert len(written) == 37
+    assert len(written) == 38
     assert {(e["subtype"][0]["code"], e["action"], e["outcome"]) for e in written} == {("update", "U", "0")}
     client = written[0]["agent"][0]
     assert (client["who"]["display"], client["requestor"], client["network"]["address"]) == ("job", True, "testclient")
@@ -146,7 +146,7 @@ def test_a_read_is_audited_with_what_was_returned(api: TestClient, trail: Path, 
         200,
     )
     assert (line["outcome"], line["complete"], line["patients"], line["more"]) == ("success", True, [patient], 0)
-    assert "patient" in line["parameters"] and len(reports) == 3
+    assert "patient" in line["parameters"] and len(reports) == 4
     assert set(reports) <= set(line["resources"])  # the reports streamed page by page, with what they include
     assert any(r.startswith("Observation/") for r in line["resources"])
     (event,) = events_of(trail, response)
@@ -287,7 +287,7 @@ def test_an_upstream_failure_before_the_answer_is_audited(tmp_path: Path) -> Non
         )
     read, write = lines(tmp_path)
     assert (read["status"], read["outcome"], read["patients"], read["resources"]) == (503, "failure", ["p2"], [])
-    assert (write["status"], write["outcome"], len(write["entries"])) == (503, "failure", 37)
+    assert (write["status"], write["outcome"], len(write["entries"])) == (503, "failure", 38)
     assert all("status" not in e for e in write["entries"])  # attempted, never answered
 
 
@@ -415,7 +415,7 @@ def test_serve_writes_the_trail_from_the_http_process_only(fhir_server: str, tmp
         ("/diagnostic-reports", "analyst"),
     }
     assert {r["key"] for r in requests if r["route"] == "/healthz"} == {"-"}
-    assert len((tmp_path / "events.ndjson").read_text().splitlines()) == 37 + 1
+    assert len((tmp_path / "events.ndjson").read_text().splitlines()) == 38 + 1
 
 
 # -- AuditEvents on the FHIR server ------------------------------------------------------------------------------

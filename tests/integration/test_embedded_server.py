@@ -38,7 +38,7 @@ def test_the_seed_transaction_goes_in_once(empty_fhir_server: str, seed_bundle: 
         assert statuses == ({"201"} if attempt == 0 else {"200"})
     # Re-sending updated the same resources: one Patient, and exactly the reports of the case.
     assert _count(fhir_server, f"Patient?_id={patient_id}") == 1
-    assert _count(fhir_server, f"DiagnosticReport?patient={patient_id}") == 3
+    assert _count(fhir_server, f"DiagnosticReport?patient={patient_id}") == 4
     observations = sum(1 for e in seed_bundle["entry"] if e["resource"]["resourceType"] == "Observation")
     assert _count(fhir_server, f"Observation?patient={patient_id}") == observations
     # urn:uuid references became server references to the same ids.

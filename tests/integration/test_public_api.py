@@ -74,22 +74,22 @@ def test_the_facade_converts_and_validates_the_seed_case(cb: Casebridge) -> None
     case = cb.read_case(SEED)
     bundle = cb.convert(case)
     issues = cb.validate(bundle)
-    assert (bundle["type"], len(bundle["entry"])) == ("transaction", 37)
+    assert (bundle["type"], len(bundle["entry"])) == ("transaction", 38)
     assert not has_errors(issues), [i for i in issues if i.severity in ("error", "fatal")]
     assert cb.read_case(SEED.read_bytes(), source=SEED.name) == case
     checked = cb.run(SEED)
-    assert checked.valid and checked.errors == [] and len(checked.titles) == 37
+    assert checked.valid and checked.errors == [] and len(checked.titles) == 38
     assert checked.bundle["identifier"] == bundle["identifier"]
 
 
 def test_the_facade_pushes_then_pulls_the_reports_back(cb: Casebridge, fhir_server: str) -> None:
     bundle = cb.convert(cb.read_case(fresh_case(), source="fresh.yaml"))
     first = cb.push(bundle)
-    assert (first.created, first.already_there, first.server) == (37, 0, fhir_server)
+    assert (first.created, first.already_there, first.server) == (38, 0, fhir_server)
     again = cb.push(bundle)
-    assert (again.created, again.already_there) == (0, 37)
+    assert (again.created, again.already_there) == (0, 38)
     pulled = cb.pull_reports(patient=first.patient)
-    assert len(pulled.reports) == 3
+    assert len(pulled.reports) == 4
     assert {r["subject"]["reference"] for r in pulled.reports} == {first.patient}
     assert any(key.startswith("Observation/") for key in pulled.included)
     pathology = cb.pull_reports(patient=first.patient, category="SP", since="2000-01-01")
@@ -139,5 +139,5 @@ def test_the_readme_example_runs(fhir_server: str, tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert "ijsra-2026-18-3-0536: 37 resources, 0 errors" in result.stdout, result.stdout
-    assert "3 DiagnosticReports" in result.stdout, result.stdout
+    assert "ijsra-2026-18-3-0536: 38 resources, 0 errors" in result.stdout, result.stdout
+    assert "4 DiagnosticReports" in result.stdout, result.stdout

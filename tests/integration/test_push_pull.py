@@ -120,7 +120,7 @@ def test_push_creates_and_a_re_push_finds_everything_already_there(
     assert (second.created, second.already_there) == (0, n)
     assert first.patient == f"Patient/{patient_id(bundle)}"
     assert set(copies(fhir_server, bundle).values()) == {1}
-    assert count(fhir_server, f"DiagnosticReport?patient={patient_id(bundle)}") == 3
+    assert count(fhir_server, f"DiagnosticReport?patient={patient_id(bundle)}") == 4
 
 
 def test_eight_concurrent_cli_pushes_leave_one_copy(fhir_server: str, tmp_path: Path, mappings: MappingSet) -> None:
@@ -240,7 +240,7 @@ def test_pull_json_is_a_searchset_with_results_and_specimens(fhir_server: str, p
     result = cli("pull", "diagnostic-reports", "--server", fhir_server, "--patient", patient_id(pushed))
     assert result.returncode == 0, result.stderr
     bundle = json.loads(result.stdout)
-    assert (bundle["resourceType"], bundle["type"], bundle["total"]) == ("Bundle", "searchset", 3)
+    assert (bundle["resourceType"], bundle["type"], bundle["total"]) == ("Bundle", "searchset", 4)
     matches = [e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "match"]
     included = {
         f"{e['resource']['resourceType']}/{e['resource']['id']}"
@@ -252,6 +252,15 @@ def test_pull_json_is_a_searchset_with_results_and_specimens(fhir_server: str, p
     assert wanted and wanted <= included  # every result and specimen came along, once
     sent = {e["resource"]["id"] for e in pushed["entry"] if e["resource"]["resourceType"] == "DiagnosticReport"}
     assert {r["id"] for r in matches} == sent
+    # The laboratory step is a report too, so the pull brings its result (the serum calcium).
+    (lab,) = [r for r in matches if {c.get("code") for c in r["category"][0]["coding"]} == {"LAB"}]
+    calcium = next(
+        e["resource"]["id"]
+        for e in pushed["entry"]
+        if e["resource"].get("identifier", [{}])[0].get("value", "").endswith("/lab-result/serum-calcium")
+    )
+    assert [ref["reference"] for ref in lab["result"]] == [f"Observation/{calcium}"]
+    assert f"Observation/{calcium}" in included
 
 
 def test_pull_ndjson_is_one_report_per_line(fhir_server: str, pushed: dict[str, Any]) -> None:
@@ -267,7 +276,7 @@ def test_pull_ndjson_is_one_report_per_line(fhir_server: str, pushed: dict[str, 
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert len(lines) == 3
+    assert len(lines) == 4
     assert {json.loads(line)["resourceType"] for line in lines} == {"DiagnosticReport"}
 
 
@@ -287,7 +296,7 @@ def test_pull_csv_is_one_row_per_report(fhir_server: str, pushed: dict[str, Any]
     )
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(io.StringIO(target.read_text())))
-    assert len(rows) == 3
+    assert len(rows) == 4
     assert {r["patient"] for r in rows} == {f"Patient/{patient_id(pushed)}"}
     histology = next(r for r in rows if "Surgical Pathology [SP]" in r["category"])
     assert histology["code"] == "Surgical pathology study [11529-5]"
@@ -297,6 +306,9 @@ def test_pull_csv_is_one_row_per_report(fhir_server: str, pushed: dict[str, Any]
     assert (
         "Pathology diagnosis: Dystrophic calcification" in histology["results"] or "Dystrophic" in histology["results"]
     )
+    laboratory = next(r for r in rows if r["category"] == "Laboratory [LAB]")
+    assert laboratory["code"] == "Laboratory tests"
+    assert laboratory["results"] == "Calcium [Mass/volume] in Serum or Plasma [17861-6]: (no value: Unknown [unknown])"
     ultrasound = next(r for r in rows if r["conclusion"].startswith("A small well defined heteroechoic"))
     # The lesion size: a value with its UCUM unit, from the included Observation.
     size = next(
@@ -346,7 +358,7 @@ def test_paging_across_three_pages(fhir_server: str, pushed: dict[str, Any]) -> 
 
     pages, ids = asyncio.run(walk())
     assert pages >= 3
-    assert len(ids) == len(set(ids)) == 3
+    assert len(ids) == len(set(ids)) == 4
 
 
 # -- REST interactions and errors ---------------------------------------------------------------------------
@@ -391,13 +403,13 @@ def test_demo_pushes_pulls_and_is_idempotent(tmp_path: Path) -> None:
     first = cli("demo", "--data-dir", str(tmp_path / "fhir"), env=env)
     assert first.returncode == 0, first.stderr
     assert "0 errors" in first.stdout
-    assert "37 created, 0 already there" in first.stdout
-    assert "pulled back 3 DiagnosticReports" in first.stdout
+    assert "38 created, 0 already there" in first.stdout
+    assert "pulled back 4 DiagnosticReports" in first.stdout
     assert "histopathology conclusion: Dystrophic calcification" in first.stdout
     assert "stopped the embedded FHIR server" in first.stdout
     second = cli("demo", "--data-dir", str(tmp_path / "fhir"), env=env)
     assert second.returncode == 0, second.stderr
-    assert "0 created, 37 already there" in second.stdout
+    assert "0 created, 38 already there" in second.stdout
 
 
 # -- configuration and environment errors: exit 2/3 with a message, never an internal error ------------------

@@ -68,7 +68,7 @@ def test_a_push_input_that_is_a_case_is_converted(reader: XmlReader, mappings: M
     bundle = pipeline.read_push_input(
         SEED.read_bytes(), source=SEED.name, xml=False, reader=reader, mappings=lambda: mappings
     )
-    assert (bundle["type"], len(bundle["entry"])) == ("transaction", 37)
+    assert (bundle["type"], len(bundle["entry"])) == ("transaction", 38)
     with pytest.raises(CaseSchemaError):
         pipeline.read_push_input(b"case_id: x\n", source="c.yaml", xml=False, reader=reader, mappings=lambda: mappings)
 
@@ -84,7 +84,7 @@ def test_the_media_type_decides_json_and_the_refusal_names_the_source_as_given()
 
 def test_a_case_is_read_converted_and_validated(mappings: MappingSet, validator: Validator) -> None:
     checked = pipeline.run(SEED.read_bytes(), source=SEED.name, mappings=mappings, validator=validator)
-    assert checked.valid and len(checked.bundle["entry"]) == 37 and checked.case.case_id == "ijsra-2026-18-3-0536"
+    assert checked.valid and len(checked.bundle["entry"]) == 38 and checked.case.case_id == "ijsra-2026-18-3-0536"
     assert pipeline.check(checked.bundle, validator) == checked.issues
     pipeline.refuse_invalid(checked.issues)
 
