@@ -166,3 +166,11 @@ def test_coded_units_and_interpretations_validate(mappings: MappingSet, validato
     bundle = mappings.convert(read(copy.deepcopy(doc)))
     issues = validator.validate(bundle)
     assert [(i.expression, i.message) for i in issues if i.severity in ("error", "fatal")] == []
+
+
+def test_a_unit_longer_than_any_real_one_is_refused_without_parsing() -> None:
+    from casebridge.domain import ucum
+
+    long = "m." * 40 + "m"  # valid UCUM syntax, 81 characters
+    assert ucum.problem(long) is not None and "(at most 64)" in (ucum.problem(long) or "")
+    assert ucum.problem("mL/min/{1.73_m2}") is None
