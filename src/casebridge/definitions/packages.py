@@ -263,21 +263,8 @@ def _cache_lock(cache_dir: Path) -> Iterator[None]:
 
 def _npm_pack(spec: PackageSpec, destination: Path, npm: str, timeout: float) -> Path:
     """Run ``npm pack <name>@<version>`` into an empty folder and return the one tarball it wrote."""
-    command = [npm, "pack", f"{spec.name}@{spec.version}", "--pack-destination", str(destination), "--silent"]
-    try:
-        # cwd: the empty download folder, so that no package.json or .npmrc of the project is involved.
-        done = subprocess.run(  # noqa: S603 - a fixed argument list, no shell
-            command, cwd=destination, capture_output=True, text=True, errors="replace", timeout=timeout, check=False
-        )
-    except FileNotFoundError as exc:
-        raise PackageError(f"{spec.folder_name}: npm not found ({npm!r}); install Node.js and npm") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise PackageError(f"{spec.folder_name}: `npm pack` did not finish within {timeout:g} s") from exc
-    except OSError as exc:
-        raise PackageError(f"{spec.folder_name}: cannot run npm ({npm!r}): {exc}") from exc
-    if done.returncode != 0:
-        tail = (done.stderr.strip() or done.stdout.strip())[-_STDERR_TAIL:]
-        raise PackageError(f"{spec.folder_name}: `npm pack` failed (exit {done.returncode}):\n{tail}")
+    arguments = ["pack", f"{spec.name}@{spec.version}", "--pack-destination", str(destination), "--silent"]
+    _run_npm(arguments, spec.folder_name, npm, timeout)
     tarballs = sorted(destination.glob("*.tgz"))
     if len(tarballs) != 1:
         raise PackageError(f"{spec.folder_name}: `npm pack` wrote {len(tarballs)} tarballs, expected one")
