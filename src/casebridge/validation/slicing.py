@@ -195,6 +195,11 @@ _EXTENSION_CALL = re.compile(r"""extension\(\s*(['"])(.*)\1\s*\)""")
 def _split_path(path: str) -> list[str]:
     """A discriminator path's steps: split at the dots outside quotes and parentheses, so that
     ``extension('http://example.org/x').value`` is two steps (profiling.html#discriminator allows extension())."""
+    return split_path(path)[0]
+
+
+def split_path(path: str) -> tuple[list[str], bool]:
+    """A discriminator path's steps (as ``_split_path``), and whether its quotes and parentheses balance."""
     parts: list[str] = []
     depth = 0
     quote = ""
@@ -213,7 +218,7 @@ def _split_path(path: str) -> list[str]:
             parts.append(path[start:i])
             start = i + 1
     parts.append(path[start:])
-    return parts
+    return parts, not quote and depth == 0
 
 
 def _extension_url(part: str) -> str | None:

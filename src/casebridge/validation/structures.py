@@ -29,6 +29,7 @@ from typing import Any
 from casebridge.definitions.snapshot import generate_snapshot, needs_snapshot
 from casebridge.definitions.structure import DefinitionError, Definitions
 from casebridge.validation.issues import Run, as_list, as_obj
+from casebridge.validation.slicing import split_path
 
 _ABSTRACT = frozenset({"Resource", "DomainResource", "Element", "BackboneElement"})
 _CORE = "http://hl7.org/fhir/StructureDefinition/"
@@ -128,26 +129,8 @@ def _snapshot(sd: dict[str, Any]) -> list[Any]:
 
 def _split(path: str) -> list[str] | None:
     """The steps of a discriminator path, split at the dots outside quotes and brackets; None if unbalanced."""
-    steps: list[str] = []
-    depth = 0
-    quote = ""
-    current = ""
-    for ch in path:
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "." and depth == 0:
-            steps.append(current.strip())
-            current = ""
-            continue
-        current += ch
-    steps.append(current.strip())
-    return None if quote or depth else steps
+    steps, balanced = split_path(path)
+    return [step.strip() for step in steps] if balanced else None
 
 
 def _selects_nothing(definitions: Definitions, base: dict[str, Any], types: list[str], path: str) -> bool:
