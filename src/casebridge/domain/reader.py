@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from casebridge.domain.case import IMAGING_KINDS, CaseReport
+from casebridge.domain.case import CaseReport
 from casebridge.domain.case_errors import ParsedCase
 from casebridge.domain.case_errors import problems as case_problems
 from casebridge.errors import CaseFileError, CaseSchemaError, Problem
@@ -204,26 +204,6 @@ def check_depth(doc: object, source: str, limit: int = MAX_DEPTH) -> None:
             stack.extend((v, depth + 1) for v in node.values())
         elif isinstance(node, list):
             stack.extend((v, depth + 1) for v in node)
-
-
-def format_location(loc: tuple[int | str, ...]) -> str:
-    """('diagnostic_steps', 2, 'ultrasound', 'differential', 0) -> 'diagnostic_steps[2].differential[0]'.
-
-    Pydantic puts the discriminator tag of a union member into the location; it is not a field, so it is
-    dropped (it is the step's ``kind``, which the message already implies).
-    """
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in _UNION_TAGS:
-            continue
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-_UNION_TAGS = frozenset({"clinical_examination", "laboratory", "histopathology"}) | IMAGING_KINDS
 
 
 def validate_case(doc: dict[str, Any], *, source: str) -> CaseReport:
