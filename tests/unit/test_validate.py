@@ -396,3 +396,19 @@ def test_tim_9_reads_in_as_membership(validator: Validator, repeat: dict[str, An
     if not ok:
         assert found == [("ServiceRequest.occurrence.ofType(Timing).repeat", found[0][1])]
         assert found[0][1].startswith("Constraint failed: tim-9:")
+
+
+def test_a_single_canonical_value_is_checked_like_a_repeating_one(validator: Validator) -> None:
+    """datatypes.html#canonical, on a canonical the walk checks in place (one value, nothing else to check) as on
+    one it checks in full (Measure.library repeats)."""
+    message = "Canonical URLs must be absolute URLs if they are not fragment references (ValueSet/x)"
+    questionnaire = {
+        "resourceType": "Questionnaire",
+        "status": "draft",
+        "item": [{"linkId": "1", "text": "Which?", "type": "choice", "answerValueSet": "ValueSet/x"}],
+    }
+    assert ("Questionnaire.item[0].answerValueSet", message) in errors(validator.validate(questionnaire))
+    measure = {"resourceType": "Measure", "status": "draft", "library": ["ValueSet/x"]}
+    assert ("Measure.library[0]", message) in errors(validator.validate(measure))
+    questionnaire["item"][0]["answerValueSet"] = "http://hl7.org/fhir/ValueSet/yesnodontknow"
+    assert not [m for _, m in errors(validator.validate(questionnaire)) if m.startswith("Canonical URLs")]

@@ -465,17 +465,7 @@ class Validator:
                 # What _property -> check_item -> _primitive would do for this value, without the calls.
                 node_id = id(child.node)
                 counts[node_id] = counts.get(node_id, 0) + 1
-                problem = primitives.check(child.type_code or "", value)
-                if problem:
-                    code = "invalid" if "JSON" not in problem else "structure"
-                    run.add("error", code, problem, expr + child.expression)
-                    if value == "":
-                        run.add("error", "invariant", ELE_1, expr + child.expression)
-                elif (
-                    child.type_code in _URI_TYPES and not self.options.allow_example_urls and is_example_url(str(value))
-                ):
-                    message = f"Example URLs are not allowed in this context ({value})"
-                    run.add("error", "invalid", message, expr + child.expression)
+                self._value(value, child.type_code or "", False, expr + child.expression, run)
                 continue
             if child.single and extra is None and type(value) is dict:
                 # What _property does for one object of an element that neither repeats nor is sliced.
@@ -817,19 +807,8 @@ class Validator:
             run.add("error", "invariant", ELE_1, expr)
             return
         if value is not None:
-            problem = primitives.check(type_code, value)
-            if problem:
-                run.add("error", "invalid" if "JSON" not in problem else "structure", problem, expr)
-                if value == "" and not extra:  # no value and no children either
-                    run.add("error", "invariant", ELE_1, expr)
+            if not self._value(value, type_code, bool(extra), expr, run):
                 return
-            if type_code in _URI_TYPES and not self.options.allow_example_urls and is_example_url(value):
-                run.add("error", "invalid", f"Example URLs are not allowed in this context ({value})", expr)
-            if type_code == "canonical" and isinstance(value, str) and not _canonical_ok(value):
-                # datatypes.html#canonical: a canonical is an absolute URL, or a fragment reference to a contained
-                # resource.
-                message = f"Canonical URLs must be absolute URLs if they are not fragment references ({value})"
-                run.add("error", "invalid", message, expr)
             if type_code in ("date", "dateTime", "instant") and (node.min_value or node.max_value):
                 date_limits(value, node, expr, run)
             elif type_code in _NUMBERS and (node.min_value is not None or node.max_value is not None):
@@ -871,6 +850,25 @@ class Validator:
                     self._extension(ext, node, tree, f"{expr}.extension[{i}]", run, res, depth)
         if node.constraints and value is not None:
             self.invariants.check_all(node.constraints, value, None, expr, run, res, tree)
+
+    def _value(self, value: Any, type_code: str, children: bool, expr: str, run: Run) -> bool:
+        """The rules of a primitive value itself, for the walk's fast path and ``_primitive`` alike: its format
+        (False when wrong: nothing more is checked), then example URLs and canonical URLs."""
+        problem = primitives.check(type_code, value)
+        if problem:
+            run.add("error", "invalid" if "JSON" not in problem else "structure", problem, expr)
+            if value == "" and not children:  # no value and no children either
+                run.add("error", "invariant", ELE_1, expr)
+            return False
+        if type_code in _URI_TYPES:
+            if not self.options.allow_example_urls and is_example_url(value):
+                run.add("error", "invalid", f"Example URLs are not allowed in this context ({value})", expr)
+            if type_code == "canonical" and not _canonical_ok(value):
+                # datatypes.html#canonical: a canonical is an absolute URL, or a fragment reference to a contained
+                # resource.
+                message = f"Canonical URLs must be absolute URLs if they are not fragment references ({value})"
+                run.add("error", "invalid", message, expr)
+        return True
 
     def _value_absent(self, extra: Any, node: ElementNode, tree: StructureTree, expr: str, run: Run) -> None:
         """A primitive with extensions but no value, where the profile asks for a value (mustHaveValue) or
