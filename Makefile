@@ -52,7 +52,8 @@ bench-scale: setup
 	@$(BIN)/python benchmarks/bench_ingest_scale.py
 
 schema: setup
-	@$(BIN)/casebridge schema -o src/casebridge/data/schemas/case-report-1.0.schema.json
+	@$(BIN)/casebridge schema -o src/casebridge/data/schemas/case-report-2.0.schema.json
+	@$(BIN)/casebridge schema --version 1.0 -o src/casebridge/data/schemas/case-report-1.0.schema.json
 
 clean:
 	-@test -x $(BIN)/python && $(BIN)/python scripts/build_native.py --remove

@@ -146,6 +146,7 @@ def test_the_wheel_holds_the_package_and_its_data_and_nothing_else(wheel: Path) 
         "casebridge/data/fhir-packages.json",
         "casebridge/data/terminology/case-codes.yaml",
         "casebridge/data/schemas/case-report-1.0.schema.json",
+        "casebridge/data/schemas/case-report-2.0.schema.json",
         f"casebridge/data/cases/{SEED_NAME}",
     }
     # Every data file and every module of the source tree, so a new data folder or subpackage cannot be missed.

@@ -61,7 +61,7 @@ def test_demo_prints_the_resources() -> None:
 def test_schema_is_published_and_current() -> None:
     result = run("schema")
     assert result.returncode == 0
-    published = DATA_DIR / "schemas" / "case-report-1.0.schema.json"
+    published = DATA_DIR / "schemas" / "case-report-2.0.schema.json"
     assert json.loads(result.stdout) == json.loads(published.read_text()), "run `make schema` and commit it"
 
 

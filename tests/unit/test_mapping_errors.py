@@ -49,7 +49,7 @@ def test_the_shipped_mappings_load_and_convert() -> None:
             "resources/patient.yaml",
             'gender: "{{ case.patient.sex }}"',
             'gender: "{{ case.patient.sexx }}"',
-            "'case.patient' has no field 'sexx'; it has: age_at_presentation, identifier, sex",
+            "'case.patient' has no field 'sexx'; it has: age_at_presentation, identifier, quote, sex, title",
         ),
         (
             "resources/observation.yaml",
@@ -59,7 +59,7 @@ def test_the_shipped_mappings_load_and_convert() -> None:
         ),
         (
             "resources/condition.yaml",
-            "{{ capitalize(case.presentation.duration.label) }} before presentation",
+            "{{ capitalize(case.final.time.words) if case.final.time else case.presentation.onset_words }}",
             "{{ case.history.note }}",
             "'case.history' is a list",
         ),
@@ -208,8 +208,9 @@ def test_a_new_field_mapping_needs_no_python_change(folder: Path) -> None:
     """Adding an element is a template edit: the patient's Observation of age gains a method text."""
     edit(
         folder / "resources" / "observation.yaml",
-        '    title: "Age at presentation"\n    body:\n',
-        '    title: "Age at presentation"\n    body:\n      method:\n        text: As stated in the source\n',
+        '    title: "Age at presentation"\n    when: case.patient.age_at_presentation\n    body:\n',
+        '    title: "Age at presentation"\n    when: case.patient.age_at_presentation\n    body:\n'
+        "      method:\n        text: As stated in the source\n",
     )
     bundle = MappingSet.load(folder, terminology=TERMINOLOGY).convert(load_case(SEED))
     ages = [

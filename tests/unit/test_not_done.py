@@ -175,11 +175,15 @@ def test_the_json_schema_says_the_same() -> None:
     assert "conclusion" not in step["required"] and "body_site" not in step["required"]
     assert step["if"] == {"properties": {"performed": {"const": False}}, "required": ["performed"]}
     assert step["then"]["properties"]["conclusion"] is False and step["then"]["properties"]["findings"] is False
-    assert step["else"]["required"] == ["body_site", "conclusion"]
+    # 2.0 requires of a performed imaging step nothing a report may not give (1.0 required its site and conclusion)
+    assert "else" not in step
     lab = schema["$defs"]["LaboratoryStep"]  # type: ignore[index]
     assert lab["else"] == {"required": ["tests"], "properties": {"tests": {"minItems": 1}}}
-    published = json.loads((DATA_DIR / "schemas" / "case-report-1.0.schema.json").read_text())
+    published = json.loads((DATA_DIR / "schemas" / "case-report-2.0.schema.json").read_text())
     assert published == json.loads(json.dumps(schema))
+    v1 = case_json_schema("1.0")
+    assert v1["$defs"]["ImagingStep"]["else"]["required"] == ["body_site", "conclusion"]  # type: ignore[index]
+    assert json.loads((DATA_DIR / "schemas" / "case-report-1.0.schema.json").read_text()) == json.loads(json.dumps(v1))
 
 
 # --- the mapping ----------------------------------------------------------------------------------------------

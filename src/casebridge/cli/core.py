@@ -50,6 +50,8 @@ from casebridge.config import DATA_DIR, Settings
 from casebridge.definitions.check import check_loose_definitions, check_used_definitions
 from casebridge.definitions.packages import PackageError
 from casebridge.definitions.xml import XmlReader, is_xml
+from casebridge.domain import case as case_model
+from casebridge.domain import case_v1, reader
 from casebridge.domain.case import CaseReport
 from casebridge.errors import (
     CasebridgeError,
@@ -285,25 +287,71 @@ def serve(
     )
 
 
+class SchemaVersion(StrEnum):
+    v2 = "2.0"
+    v1 = "1.0"
+
+
 @app.command()
 def schema(
     output: Annotated[Path | None, typer.Option("--output", "-o", dir_okay=False)] = None,
+    version: Annotated[
+        SchemaVersion, typer.Option("--version", help="2.0, the current model; 1.0, still read and upgraded.")
+    ] = SchemaVersion.v2,
 ) -> None:
     """Print (or write) the JSON Schema of the case-report input model."""
-    data = dump_json(case_json_schema())
+    data = dump_json(case_json_schema(version.value))
     if output is None:
         sys.stdout.buffer.write(data)
     else:
         write_atomically(output, data)
 
 
-def case_json_schema() -> dict[str, object]:
-    doc = CaseReport.model_json_schema(mode="validation")
+def case_json_schema(version: str = case_model.SCHEMA_VERSION) -> dict[str, object]:
+    model = CaseReport if version == case_model.SCHEMA_VERSION else case_v1.CaseReport
+    doc = model.model_json_schema(mode="validation")
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": "https://casebridge/schemas/case-report-1.0.schema.json",
+        "$id": f"https://casebridge/schemas/case-report-{version}.schema.json",
         **doc,
     }
+
+
+@app.command()
+def migrate(
+    case_files: Annotated[
+        list[Path], typer.Argument(help="Case reports (JSON or YAML) of schema 1.0.", dir_okay=False)
+    ],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the 2.0 case here (one input only).", dir_okay=False)
+    ] = None,
+    in_place: Annotated[bool, typer.Option("--in-place", help="Rewrite each file where it is.")] = False,
+) -> None:
+    """Rewrite schema 1.0 case reports as schema 2.0 YAML (stdout, -o, or --in-place).
+
+    Each file is checked as 1.0 first; nothing is written for a file that does not fit (exit 2). A 2.0 file is
+    left as it is. Notes name what the 1.0 reading decided by wording, for a person to check. The 1.0 file's
+    comments are not carried over.
+    """
+    if output is not None and (in_place or len(case_files) != 1):
+        fail(2, "-o takes one case file, and not with --in-place")
+    settings = cli_settings()
+    for path in case_files:
+        text, notes = reader.migrate(read_bounded(path, settings.max_case_bytes), source=shown(path))
+        if text is None:
+            err.print(f"{shown(path)}: already schema 2.0; left as it is", highlight=False, markup=False)
+            continue
+        for note in notes:
+            err.print(f"{shown(path)}: note: {note}", highlight=False, markup=False)
+        target = path if in_place else output
+        if target is None:
+            sys.stdout.write(text)
+            continue
+        try:
+            write_atomically(target, text.encode())
+        except OSError as exc:
+            raise InputError(f"cannot write the case: {exc.strerror}", source=shown(target)) from exc
+        err.print(f"wrote {shown(target)} (schema 2.0)", highlight=False, markup=False)
 
 
 @app.command("check-mappings")

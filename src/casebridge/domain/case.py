@@ -1,151 +1,101 @@
-"""The clinical case-report input model, schema version 1.0.
+"""The clinical case-report input model, schema version 2.0.
 
-A case report is what a published (or registry, or synthetic) case says about one patient: the source,
-the patient, relevant history, the presentation, the diagnostic steps in the order they were taken (each
-with its findings, measurements and the differential diagnosis held after it), procedures, specimens and
-the final diagnosis.
+A case report is what a published (or registry, or synthetic) case says about one patient: the source, the
+patient (demographics, medical, family and social history, medication at presentation), the presentation, the
+diagnoses considered, the diagnostic steps (each performed or not, with its findings, measurements and what it
+said about each diagnosis), procedures, medications and management, specimens, the final diagnosis, the outcomes,
+the patient's perspective and the consent statement: the sections of the CARE checklist for case reports.
 
 Rules of the model:
-- Nothing is invented: a fact the source does not give is left out (optional fields) or said to be
-  unreported (``LabTest.reported_as`` with no ``value``); there is no birth date and no patient name.
+- Nothing is invented, so nothing is required that a report may not give: a fact the source does not give is
+  left out; there is no birth date and no patient name.
+- Every fact may carry ``quote``, the words of the source it comes from.
+- Any event may carry ``time``, a time element as the source gives it: the patient's age, a time relative to
+  the presentation or to another event, an interval, or a date only when the report gives one.
+- Diagnoses are entities with ids. Each step says what it did to each diagnosis (``assessment``: considered,
+  excluded, confirmed, provisional); the final diagnosis names one by id. Nothing is linked by wording.
 - Unknown fields, wrong types and impossible values are rejected; every error names the field path.
-- Concepts are free text with an optional vocabulary ``key``; the key selects codes from the mapping's
-  code tables (``mappings/codes``), never from this model.
+- Concepts are free text with an optional vocabulary ``key``; the key selects codes from the mapping's code
+  tables (``mappings/codes``), never from this model.
 
-The JSON Schema published in ``schemas/case-report-1.0.schema.json`` is generated from this module
-(``casebridge schema``); a test keeps the two in step.
+Schema 1.0 files (``case_v1``) are still read: validated as 1.0, then upgraded (``migrate.upgrade``). The JSON
+Schema published in ``schemas/case-report-2.0.schema.json`` is generated from this module (``casebridge schema``);
+a test keeps the two in step.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import re
 from functools import cached_property
-from typing import Annotated, Any, ClassVar, Literal, get_args
+from typing import Annotated, ClassVar, Literal, get_args
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictBool,
-    StrictInt,
-    field_validator,
-    model_validator,
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, model_validator
+
+from casebridge.domain.case_v1 import (
+    STEP_LABELS as _V1_LABELS,
+)
+from casebridge.domain.case_v1 import (
+    Age,
+    BodySite,
+    Concept,
+    Decimal,
+    Figure,
+    Interpretation,
+    Key,
+    PatientIdentifier,
+    PublicationHistory,
+    Quantity,
+    ReferenceRange,
+    ShortText,
+    Text,
+    _schema_performed,
+    _unique,
 )
 
-from casebridge.domain import ucum
-
-SCHEMA_VERSION = "1.0"
-
-# Short machine names: case ids, step ids, vocabulary keys. Kept FHIR-id compatible.
-Key = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
-# No control characters (tab and newline aside): they cannot appear in XHTML narrative or most exports.
-_PRINTABLE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
-Text = Annotated[str, Field(min_length=1, max_length=10_000, pattern=_PRINTABLE)]
-ShortText = Annotated[str, Field(min_length=1, max_length=500, pattern=_PRINTABLE)]
-# int is accepted for a decimal (0.5 and 1 are both numbers in JSON); bool and "12" strings are not.
-Decimal = Annotated[float, Field(strict=True, allow_inf_nan=False)]
-
-
-def _ucum(unit: str) -> str:
-    problem = ucum.problem(unit)
-    if problem is not None:
-        raise ValueError(problem)
-    return unit
-
-
-# A unit of measure: valid UCUM (case-sensitive), which is then its own code (http://unitsofmeasure.org).
-Unit = Annotated[
-    ShortText,
-    AfterValidator(_ucum),
-    Field(description="A UCUM unit, case-sensitive (https://ucum.org/ucum): e.g. cm, mg/dL, mmol/L, U/L, 10*9/L"),
+__all__ = [
+    "SCHEMA_VERSION",
+    "Age",
+    "BodySite",
+    "CaseReport",
+    "Concept",
+    "Diagnosis",
+    "DiagnosticStep",
+    "Quantity",
+    "TimeElement",
 ]
 
-# How steps are named in titles and narrative ("after the X-ray").
-STEP_LABELS = {
-    "presentation": "Presentation",
-    "clinical_examination": "Clinical examination",
-    "xray": "X-ray",
-    "ultrasound": "Ultrasound",
-    "ct": "CT",
-    "mri": "MRI",
-    "pet": "PET",
-    "nuclear_medicine": "Nuclear medicine scan",
-    "mammography": "Mammography",
-    "fluoroscopy": "Fluoroscopy",
-    "angiography": "Angiography",
-    "laboratory": "Laboratory tests",
-    "histopathology": "Histopathology",
+SCHEMA_VERSION = "2.0"
+
+STEP_LABELS = _V1_LABELS | {
+    "cytology": "Cytology",
+    "genetic_test": "Genetic test",
+    "endoscopy": "Endoscopy",
+    "other": "Diagnostic procedure",
 }
 
-_DAYS = {"years": 365.25, "months": 30.44, "weeks": 7.0, "days": 1.0}
-
-Sex = Literal["female", "male", "other", "unknown"]
-Laterality = Literal["left", "right", "bilateral"]
-TimeUnit = Literal["years", "months", "weeks", "days"]
+TimeUnit = Literal["years", "months", "weeks", "days", "hours"]
+_DAYS = {"years": 365.25, "months": 30.44, "weeks": 7.0, "days": 1.0, "hours": 1 / 24}
+_UNIT_WORDS = {"years": "year", "months": "month", "weeks": "week", "days": "day", "hours": "hour"}
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True, validate_default=True)
 
 
-class Concept(_Model):
-    """A clinical concept: the words of the source, and optionally a vocabulary key for its codes."""
-
-    text: ShortText
-    key: Key | None = None
-
-    @property
-    def ref_key(self) -> str:
-        """What tells this concept apart within a case: its vocabulary key, else its exact words.
-
-        For words, a readable slug plus a hash of the case-folded text: two different texts never share
-        a key (not even in scripts the slug cannot show), and the same words always get the same key.
-        """
-        if self.key:
-            return self.key
-        digest = hashlib.sha256(self.text.casefold().encode()).hexdigest()[:10]
-        slug = re.sub(r"[^a-z0-9]+", "-", self.text.lower()).strip("-")[:40]
-        return f"{slug}-{digest}" if slug else f"text-{digest}"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_text(cls, data: object) -> object:
-        # A bare string is a text-only concept: the common case when writing fixtures by hand.
-        return {"text": data} if isinstance(data, str) else data
+def _one_or_many(value: object) -> object:
+    # One site is written as a mapping, several as a list: both read as a list.
+    return [value] if isinstance(value, dict | BodySite) else value
 
 
-class BodySite(_Model):
-    """Where: a body structure and, for paired structures, the side."""
-
-    site: Concept
-    laterality: Laterality | None = None
-
-    @property
-    def label(self) -> str:
-        return f"{self.laterality} {self.site.text}" if self.laterality else self.site.text
+# Where a finding or diagnosis is: one body site, or several (lesions at many sites), each with its side.
+Sites = Annotated[list[BodySite], BeforeValidator(_one_or_many)]
 
 
-class Quantity(_Model):
-    value: Annotated[Decimal, Field(ge=0)]
-    unit: Unit  # coded as written; mappings/codes/units.csv may override a unit's coding
+def sites_label(sites: list[BodySite]) -> str:
+    return " and ".join(s.label for s in sites)
 
 
-class Age(_Model):
-    value: Annotated[StrictInt, Field(ge=0)]
-    unit: TimeUnit = "years"
-
-    @property
-    def days(self) -> float:
-        return self.value * _DAYS[self.unit]
-
-    @model_validator(mode="after")
-    def _plausible(self) -> Age:
-        if self.days > 150 * 365.25:
-            raise ValueError(f"an age of {self.value} {self.unit} is not possible")
-        return self
+# --- time -------------------------------------------------------------------------------------------------
 
 
 class Duration(_Model):
@@ -166,23 +116,155 @@ class Duration(_Model):
     @property
     def label(self) -> str:
         value = int(self.value) if float(self.value).is_integer() else self.value
-        return f"{'about ' if self.approximate else ''}{value} {self.unit}"
+        unit = _UNIT_WORDS[self.unit] if value == 1 else self.unit
+        return f"{'about ' if self.approximate else ''}{value} {unit}"
 
 
-class Finding(_Model):
-    """A sign, symptom or concern, present or explicitly absent."""
+class Relative(_Model):
+    """A time relative to the presentation or to another event of the case (by its id)."""
+
+    relation: Literal["before", "after", "at"]
+    to: Key  # "presentation" or the id of an event of this case
+    value: Annotated[Decimal, Field(gt=0)] | None = None
+    unit: TimeUnit | None = None
+
+    @model_validator(mode="after")
+    def _offset(self) -> Relative:
+        if self.relation == "at":
+            if self.value is not None or self.unit is not None:
+                raise ValueError("value: 'at' has no offset; use before or after with a value and a unit")
+        elif self.value is None or self.unit is None:
+            raise ValueError(f"value: '{self.relation}' needs a value and a unit (e.g. value: 4, unit: weeks)")
+        return self
+
+
+# A date as precise as the source gives it: a year, a month or a day.
+PartialDate = Annotated[str, Field(pattern=r"^\d{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01]))?)?$")]
+
+
+class _Point(_Model):
+    """One point in time, as the source gives it: exactly one of age, relative, date."""
+
+    age: Age | None = None
+    relative: Relative | None = None
+    date: PartialDate | None = None
+    approximate: StrictBool = False
+    text: ShortText | None = None  # the source's words ("week 4")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _date_text(cls, data: object) -> object:
+        # YAML reads 2019-03-14 as a date: keep it as written.
+        if isinstance(data, dict) and isinstance(data.get("date"), dt.date):
+            return data | {"date": data["date"].isoformat()}
+        return data
+
+    _KINDS: ClassVar[tuple[str, ...]] = ("age", "relative", "date")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> _Point:
+        given = [n for n in self._KINDS if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"a time element has exactly one of {', '.join(self._KINDS)}"
+                + (f"; got {' and '.join(given)}" if given else "")
+            )
+        if self.date is not None:
+            parts = [int(p) for p in self.date.split("-")]
+            try:
+                dt.date(parts[0], parts[1] if len(parts) > 1 else 1, parts[2] if len(parts) > 2 else 1)
+            except ValueError:
+                raise ValueError(f"date: {self.date} is not a date in the calendar") from None
+        return self
+
+    @property
+    def label(self) -> str:
+        """The time in words: "at 12 years of age", "4 weeks after presentation", "2019-03"."""
+        prefix = "about " if self.approximate else ""
+        if self.age is not None:
+            return f"{prefix}at {self.age.value} {self.age.unit} of age"
+        if self.relative is not None:
+            r = self.relative
+            target = "presentation" if r.to == "presentation" else r.to
+            if r.relation == "at":
+                return f"at {target}"
+            offset = Duration(value=r.value, unit=r.unit).label
+            return f"{prefix}{offset} {r.relation} {target}"
+        return f"{prefix}{self.date}"
+
+
+class TimeElement(_Point):
+    """When an event happened, as the source gives it (GA4GH Phenopackets' time element): the patient's age, a
+    time relative to the presentation or another event, an interval between two such points, or a date only when
+    the source gives one. ``text`` keeps the source's words."""
+
+    _KINDS = ("age", "relative", "date", "interval")
+    interval: Interval | None = None
+
+    @property
+    def label(self) -> str:
+        if self.interval is not None:
+            return f"from {self.interval.start.label} to {self.interval.end.label}"
+        return super().label
+
+    @property
+    def words(self) -> str | None:
+        """The time in words when FHIR has no typed place for it (neither an age nor a date)."""
+        return None if self.age is not None or self.date is not None else self.label
+
+    @property
+    def date_time(self) -> str | None:
+        """The date when the source gives one (FHIR dateTime takes a year, a month or a day)."""
+        return self.date
+
+    @property
+    def age_at(self) -> Age | None:
+        return self.age
+
+    def events(self) -> list[str]:
+        points = [self] if self.interval is None else [self.interval.start, self.interval.end]
+        return [p.relative.to for p in points if p.relative is not None and p.relative.to != "presentation"]
+
+
+class Interval(_Model):
+    start: _Point
+    end: _Point
+
+
+TimeElement.model_rebuild()
+
+
+class _Fact(_Model):
+    """What every fact may carry: the source's words for it."""
+
+    quote: Text | None = None
+
+
+class _Event(_Fact):
+    time: TimeElement | None = None
+
+
+# --- findings, measurements, results ---------------------------------------------------------------------
+
+
+class Finding(_Event):
+    """A sign, symptom or concern, present or explicitly absent ("no fever"), at no, one or several sites."""
 
     concept: Concept
     present: StrictBool
-    body_site: BodySite | None = None
+    body_site: Sites = []
     note: Text | None = None
 
 
-class Measurement(_Model):
-    """A measured size: one to three dimensions, largest first (the first is the maximum dimension)."""
+class Measurement(_Event):
+    """A measured size (one to three dimensions, largest first) or any other measured value (a knee flexion of
+    60 deg, a blood pressure in mm[Hg]) with its interpretation and reference range."""
 
     concept: Concept
-    dimensions: Annotated[list[Quantity], Field(min_length=1, max_length=3)]
+    dimensions: Annotated[list[Quantity], Field(max_length=3)] = []
+    value: Quantity | None = None
+    interpretation: Interpretation | None = None
+    reference_range: ReferenceRange | None = None
     body_site: BodySite | None = None
 
     @property
@@ -193,47 +275,31 @@ class Measurement(_Model):
     def additional(self) -> list[Quantity]:
         return self.dimensions[1:]
 
+    @property
+    def is_size(self) -> bool:
+        return bool(self.dimensions)
+
     @model_validator(mode="after")
-    def _largest_first(self) -> Measurement:
-        units = {q.unit for q in self.dimensions}
-        if len(units) > 1:
-            raise ValueError(f"all dimensions must share one unit, got {sorted(units)}")
-        values = [q.value for q in self.dimensions]
-        if values != sorted(values, reverse=True):
-            raise ValueError("dimensions must be listed largest first")
-        if any(v == 0 for v in values):
-            raise ValueError("a dimension of 0 is not a measurement")
+    def _size_or_value(self) -> Measurement:
+        if bool(self.dimensions) == (self.value is not None):
+            raise ValueError("dimensions: give either dimensions (a size) or value (any other measured value)")
+        if self.dimensions:
+            if self.interpretation is not None or self.reference_range is not None:
+                raise ValueError("interpretation: a size has none; give value for a measured value")
+            units = {q.unit for q in self.dimensions}
+            if len(units) > 1:
+                raise ValueError(f"dimensions: all dimensions must share one unit, got {sorted(units)}")
+            values = [q.value for q in self.dimensions]
+            if values != sorted(values, reverse=True):
+                raise ValueError("dimensions: dimensions must be listed largest first")
+            if any(v == 0 for v in values):
+                raise ValueError("dimensions: a dimension of 0 is not a measurement")
+        elif self.value and self.reference_range and self.value.unit != self.reference_range.unit:
+            raise ValueError("reference_range: value and reference_range must use the same unit")
         return self
 
 
-class ReferenceRange(_Model):
-    # Bounds are quantities like the value they frame, which cannot be negative (Quantity).
-    low: Annotated[Decimal, Field(ge=0)] | None = None
-    high: Annotated[Decimal, Field(ge=0)] | None = None
-    unit: Unit
-
-    @property
-    def low_quantity(self) -> Quantity | None:
-        return None if self.low is None else Quantity(value=self.low, unit=self.unit)
-
-    @property
-    def high_quantity(self) -> Quantity | None:
-        return None if self.high is None else Quantity(value=self.high, unit=self.unit)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> ReferenceRange:
-        if self.low is None and self.high is None:
-            raise ValueError("a reference range needs low, high or both")
-        if self.low is not None and self.high is not None and self.low > self.high:
-            raise ValueError(f"low ({self.low}) is above high ({self.high})")
-        return self
-
-
-# Coded through mappings/codes/interpretation.csv (v3 ObservationInterpretation N, A, H, L, HH, LL).
-Interpretation = Literal["normal", "abnormal", "high", "low", "critical high", "critical low"]
-
-
-class LabTest(_Model):
+class LabTest(_Event):
     """A laboratory result. With no ``value``, ``reported_as`` says what the source said instead."""
 
     id: Key
@@ -253,45 +319,57 @@ class LabTest(_Model):
         return self
 
 
-def _schema_performed(schema: dict[str, Any], model: type[BaseModel]) -> None:
-    """pydantic sees the fields a performed step needs as optional (a step not done lacks them): say in the
-    JSON Schema that a performed step needs them and that a step not done has no results."""
-    needed: tuple[str, ...] = getattr(model, "_NEEDED", ())
-    results: tuple[str, ...] = getattr(model, "_RESULTS", ())
-    schema["if"] = {"properties": {"performed": {"const": False}}, "required": ["performed"]}
-    schema["then"] = {"properties": {name: False for name in results}}
-    if needed:
-        # A needed list (a laboratory step's tests) needs an item; any other needed field a value.
-        properties: dict[str, Any] = {
-            name: {"minItems": 1} if model.model_fields[name].default == [] else {"not": {"type": "null"}}
-            for name in needed
-        }
-        schema["else"] = {"required": list(needed), "properties": properties}
+# --- diagnoses --------------------------------------------------------------------------------------------
 
 
-class _Step(_Model):
-    """A diagnostic step. ``performed: false`` records a step the source says was not done ("ultrasound was
-    not done"), with ``not_done_reason`` when the source gives one: such a step has no results, so it needs
-    none of the fields a performed step needs (below, ``_NEEDED``) and refuses every result (``_RESULTS``)."""
+class Diagnosis(_Event):
+    """A diagnosis considered at some point of the case, at no, one or several sites; ``time`` is its onset."""
+
+    id: Key
+    concept: Concept
+    body_site: Sites = []
+    stage: ShortText | None = None  # as the source gives it ("Stage IIIB (T4N2M0)")
+    note: Text | None = None
+
+
+AssessmentStatus = Literal["considered", "excluded", "confirmed", "provisional"]
+
+
+class Assessment(_Fact):
+    """What a step did to one diagnosis: kept it in the differential, excluded, confirmed or provisionally
+    confirmed it."""
+
+    diagnosis: Key  # a Diagnosis.id of this case
+    status: AssessmentStatus
+    note: Text | None = None
+
+
+# --- diagnostic steps -------------------------------------------------------------------------------------
+
+
+class _Step(_Event):
+    """A diagnostic step. ``performed: false`` records a step the source says was not done ("ultrasound was not
+    done"), with ``not_done_reason`` when the source gives one: such a step has no results, so it needs none of
+    the fields a performed step needs (``_NEEDED``) and refuses every result (``_RESULTS``)."""
 
     model_config = ConfigDict(json_schema_extra=_schema_performed)
 
-    # Fields a performed step of this kind must have (required in the JSON Schema's "else" branch).
     _NEEDED: ClassVar[tuple[str, ...]] = ()
-    # What only a performed step can have: what it found and concluded, and who did it.
-    _RESULTS: ClassVar[tuple[str, ...]] = ("performer", "findings", "measurements", "differential", "impression")
+    _RESULTS: ClassVar[tuple[str, ...]] = ("performer", "findings", "measurements", "assessment", "impression")
 
     kind: str  # narrowed to a Literal by each kind of step (the union's discriminator)
     id: Key
-    order: Annotated[StrictInt, Field(ge=1, le=1000)]
-    performed: StrictBool = True  # false: the source says this step was not done
-    not_done_reason: Text | None = None  # why not, in the source's words (only with performed: false)
-    performer: ShortText | None = None  # as the source names it, e.g. "a doctor"; never a made-up name
+    # The order the source gives; optional, as a source may not say whether the labs came before the X-ray.
+    # Steps are listed in the source's order either way.
+    order: Annotated[StrictInt, Field(ge=1, le=1000)] | None = None
+    performed: StrictBool = True
+    not_done_reason: Text | None = None
+    performer: ShortText | None = None  # as the source names it; never a made-up name
+    body_site: BodySite | None = None
     findings: list[Finding] = []
     measurements: list[Measurement] = []
-    differential: list[Concept] = []  # the differential diagnosis held after this step
-    impression: Text | None = None  # the source's words for that conclusion (the seed's Table 1)
-    source_text: Text | None = None  # a verbatim quotation, kept for traceability
+    assessment: list[Assessment] = []  # what this step did to each diagnosis
+    impression: Text | None = None  # the source's words for the conclusion at this step
 
     @property
     def label(self) -> str:
@@ -300,12 +378,15 @@ class _Step(_Model):
     @property
     def title(self) -> str:
         """The step and where, in words: "Ultrasound of the right forearm"."""
-        site: BodySite | None = getattr(self, "body_site", None)
-        return f"{self.label} of the {site.label}" if site is not None else self.label
+        return f"{self.label} of the {self.body_site.label}" if self.body_site is not None else self.label
+
+    @property
+    def held(self) -> list[Assessment]:
+        """The diagnoses this step left standing (not excluded)."""
+        return [a for a in self.assessment if a.status != "excluded"]
 
     @model_validator(mode="after")
     def _performed_or_not(self) -> _Step:
-        # Each message starts with the field's name: the error then points at that field's line.
         if self.performed:
             if self.not_done_reason is not None:
                 raise ValueError(
@@ -313,16 +394,14 @@ class _Step(_Model):
                     "add performed: false, or remove not_done_reason"
                 )
             for name in self._NEEDED:
-                value = getattr(self, name)
-                if value is None or value == []:
-                    problem = "required field is missing" if value is None else "must not be empty"
+                if getattr(self, name) in (None, []):
                     raise ValueError(
-                        f"{name}: {problem} for a step that was performed (a step the source says was not "
+                        f"{name}: must not be empty for a step that was performed (a step the source says was not "
                         "done has performed: false and needs no results)"
                     )
         else:
             for name in self._RESULTS:
-                if name in self.model_fields_set:  # given at all, even empty: as the JSON Schema says
+                if name in self.model_fields_set:
                     raise ValueError(
                         f"{name}: a step that was not performed has no {name.replace('_', ' ')}; remove it, "
                         "or remove performed: false if the source says the step was done"
@@ -332,27 +411,17 @@ class _Step(_Model):
 
 class ClinicalExamination(_Step):
     kind: Literal["clinical_examination"]
-    body_site: BodySite | None = None
 
 
-# Each imaging kind maps to one DICOM acquisition modality (codes/modality.csv): an X-ray is DX, a nuclear
-# medicine scan (scintigraphy) NM, a fluoroscopy RF, an angiography XA.
 ImagingKind = Literal[
     "xray", "ultrasound", "ct", "mri", "pet", "nuclear_medicine", "mammography", "fluoroscopy", "angiography"
 ]
 IMAGING_KINDS: frozenset[str] = frozenset(get_args(ImagingKind))
 
 
-class Figure(_Model):
-    label: ShortText
-    caption: Text
-
-
 class ImagingStep(_Step):
-    _NEEDED = ("body_site", "conclusion")  # a step not done may still say where it would have looked
     _RESULTS = (*_Step._RESULTS, "conclusion", "figure")
     kind: ImagingKind
-    body_site: BodySite | None = None
     conclusion: Text | None = None
     figure: Figure | None = None
 
@@ -361,57 +430,175 @@ class LaboratoryStep(_Step):
     _NEEDED = ("tests",)
     _RESULTS = (*_Step._RESULTS, "tests")
     kind: Literal["laboratory"]
-    tests: list[LabTest] = []  # at least one for a performed step
+    panel: Concept | None = None  # the panel's name when the source gives one ("Liver function tests")
+    tests: list[LabTest] = []
 
 
-class HistopathologyStep(_Step):
-    _NEEDED = ("specimen", "diagnosis", "conclusion")
+PathologyKind = Literal["histopathology", "cytology", "genetic_test"]
+PATHOLOGY_KINDS: frozenset[str] = frozenset(get_args(PathologyKind))
+
+
+class PathologyStep(_Step):
+    """Histopathology, cytology or a genetic test: on a specimen, with a diagnosis and a conclusion when given."""
+
     _RESULTS = (*_Step._RESULTS, "specimen", "microscopic", "diagnosis", "conclusion")
-    kind: Literal["histopathology"]
+    kind: PathologyKind
     specimen: Key | None = None  # a Specimen.id of this case
     microscopic: Text | None = None
     diagnosis: Concept | None = None
     conclusion: Text | None = None
 
 
+class OtherStep(_Step):
+    """Endoscopy, or any other diagnostic procedure (an ECG, an EEG, spirometry), named by ``concept``."""
+
+    _RESULTS = (*_Step._RESULTS, "conclusion")
+    kind: Literal["endoscopy", "other"]
+    concept: Concept | None = None
+    conclusion: Text | None = None
+
+    @property
+    def label(self) -> str:
+        return self.concept.text if self.concept is not None else STEP_LABELS[self.kind]
+
+    @model_validator(mode="after")
+    def _named(self) -> OtherStep:
+        if self.kind == "other" and self.concept is None:
+            raise ValueError("concept: name the diagnostic procedure (e.g. concept: {text: Electrocardiogram})")
+        return self
+
+
 DiagnosticStep = Annotated[
-    ClinicalExamination | ImagingStep | LaboratoryStep | HistopathologyStep,
+    ClinicalExamination | ImagingStep | LaboratoryStep | PathologyStep | OtherStep,
     Field(discriminator="kind"),
 ]
+DiagnosticStepType = ClinicalExamination | ImagingStep | LaboratoryStep | PathologyStep | OtherStep
+
+# Kept for readers of 1.0 names.
+HistopathologyStep = PathologyStep
 
 
-class HistoryItem(_Model):
+# --- patient information ------------------------------------------------------------------------------------
+
+
+class HistoryItem(_Event):
+    """Medical or surgical history, or a comorbidity; ``time`` is its onset or when it happened."""
+
     id: Key
     condition: Concept
-    body_site: BodySite | None = None
+    body_site: Sites = []
     clinical_status: Literal["active", "inactive", "resolved"] | None = None
     note: Text | None = None
-    source_text: Text | None = None
 
 
-class Presentation(_Model):
-    complaint: Concept
-    body_site: BodySite
+class FamilyHistoryItem(_Fact):
+    id: Key
+    relationship: Concept  # {text: mother}; key from the relationship table when coded
+    condition: Concept | None = None
+    present: StrictBool = True  # false: the source says the relative does not have it
+    note: Text | None = None
+
+
+class SocialHistoryItem(_Event):
+    """Occupation, smoking, alcohol, drugs, living situation, sport: what (``concept``) and the answer."""
+
+    id: Key
+    concept: Concept
+    value: Text
+
+
+class Presentation(_Event):
+    """Why the patient came; ``time`` is when, if the source gives it (else it is the case's reference point)."""
+
+    @property
+    def onset_words(self) -> str | None:
+        """How long before presenting, in words ("About 7 years before presentation")."""
+        if self.duration is None:
+            return None
+        label = self.duration.label
+        return f"{label[:1].upper()}{label[1:]} before presentation"
+
+    complaint: Concept | None = None
+    body_site: Sites = []
     duration: Duration | None = None  # how long the patient had it before presenting
-    course: Text | None = None  # e.g. "has not increased in size"
-    suspected: list[Concept] = []  # what it was suspected to be when the patient presented
-    findings: list[Finding] = []  # symptoms present and absent, the patient's concern
-    source_text: Text | None = None
+    course: Text | None = None
+    suspected: list[Key] = []  # Diagnosis ids suspected at presentation
+    findings: list[Finding] = []
 
 
-class Procedure(_Model):
+class Patient(_Fact):
+    # The source's own patient id, when it has one (registries do). With it, cases of the same patient share
+    # one Patient resource.
+    identifier: PatientIdentifier | None = None
+    sex: Literal["female", "male", "other", "unknown"] | None = None
+    age_at_presentation: Age | None = None
+
+    @property
+    def title(self) -> str:
+        """ "Patient (female, 26 years at presentation)", with what the source gives."""
+        parts = [
+            self.sex,
+            f"{self.age_at_presentation.value} {self.age_at_presentation.unit} at presentation"
+            if self.age_at_presentation
+            else None,
+        ]
+        given = ", ".join(p for p in parts if p)
+        return f"Patient ({given})" if given else "Patient"
+
+
+# --- treatment, follow-up -----------------------------------------------------------------------------------
+
+
+class Procedure(_Event):
     id: Key
     concept: Concept
     body_site: BodySite | None = None
-    # As the source says; absent, the mapping writes "unknown": a procedure the source only names (conservative
-    # management) must not read as done.
+    # As the source says; absent, the mapping writes "unknown": a procedure the source only names must not read
+    # as done.
     status: Literal["completed", "in-progress", "not-done", "stopped"] | None = None
     outcome: ShortText | None = None
     reason: Text | None = None
-    source_text: Text | None = None
+    intent: Text | None = None
+    response: Text | None = None
+    adverse_events: list[Text] = []
 
 
-class Specimen(_Model):
+class Medication(_Event):
+    """A medication the patient took at presentation (``at_presentation``) or was given as treatment."""
+
+    id: Key
+    concept: Concept
+    dose: Quantity | None = None
+    route: Concept | None = None
+    frequency: ShortText | None = None
+    duration: Duration | None = None
+    status: Literal["active", "completed", "stopped", "intended", "unknown"] | None = None
+    at_presentation: StrictBool = False
+    intent: Text | None = None
+    response: Text | None = None
+    adverse_events: list[Text] = []
+
+
+class Management(_Event):
+    """Conservative management, a plan, advice, physiotherapy, a follow-up plan."""
+
+    id: Key
+    concept: Concept
+    status: Literal["planned", "active", "completed", "stopped", "unknown"] | None = None
+    intent: Text | None = None
+    response: Text | None = None
+
+
+class Outcome(_Event):
+    """A follow-up result: what was assessed, the result, and who assessed it."""
+
+    id: Key
+    concept: Concept
+    result: Text
+    assessed_by: Literal["clinician", "patient"] | None = None
+
+
+class Specimen(_Fact):
     id: Key
     type: Concept
     description: Text | None = None
@@ -425,46 +612,27 @@ class PossibleCause(_Model):
     note: Text
 
 
-class FinalDiagnosis(_Model):
-    condition: Concept
-    body_site: BodySite | None = None
+class FinalDiagnosis(_Fact):
+    diagnosis: Key  # a Diagnosis.id of this case
     verification: Literal["confirmed", "provisional"]
-    established_by: Key  # the DiagnosticStep.id that settled it
+    established_by: Key | None = None  # the DiagnosticStep.id that settled it
     possible_cause: PossibleCause | None = None
     note: Text | None = None
 
 
-class PublicationHistory(_Model):
-    received: dt.date | None = None
-    revised: dt.date | None = None
-    accepted: dt.date | None = None
+class Statement(_Fact):
+    text: Text
 
-    @field_validator("received", "revised", "accepted", mode="before")
-    @classmethod
-    def _iso_date(cls, value: object) -> object:
-        # JSON gives strings; YAML may already give dates. Either way only YYYY-MM-DD is accepted (a number
-        # would otherwise be read as a Unix time: 0 became 1970-01-01).
-        if not isinstance(value, str | dt.date) or (
-            isinstance(value, str) and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value)
-        ):
-            raise ValueError("dates are written YYYY-MM-DD")
-        return value
 
-    @property
-    def summary(self) -> str | None:
-        parts = [
-            f"{name.capitalize()} {d.isoformat()}"
-            for name, d in (("received", self.received), ("revised", self.revised), ("accepted", self.accepted))
-            if d
-        ]
-        return "Publication history: " + "; ".join(parts) + "." if parts else None
+class Consent(_Fact):
+    statement: Text
 
-    @model_validator(mode="after")
-    def _ordered(self) -> PublicationHistory:
-        dates = [d for d in (self.received, self.revised, self.accepted) if d is not None]
-        if dates != sorted(dates):
-            raise ValueError("received, revised and accepted must be in date order")
-        return self
+
+class Unrepresented(_Model):
+    """A fact of the source the model cannot hold, and why: kept so nothing is lost silently."""
+
+    quote: Text
+    why: Text
 
 
 class Source(_Model):
@@ -474,6 +642,7 @@ class Source(_Model):
     citation: Text
     title: ShortText | None = None
     doi: Annotated[str, Field(pattern=r"^10\.\d{4,9}/[^\s]+$")] | None = None
+    pmid: Annotated[str, Field(pattern=r"^[1-9]\d{0,8}$")] | None = None
     url: Annotated[str, Field(pattern=r"^https?://[^\s]+$")] | None = None
     authors: list[ShortText] = []
     affiliations: list[Text] = []
@@ -482,14 +651,14 @@ class Source(_Model):
     journal: ShortText | None = None
     year: Annotated[StrictInt, Field(ge=1800, le=2100)] | None = None
     publication_history: PublicationHistory | None = None
-    statements: list[Text] = []  # e.g. informed consent, conflicts of interest
+    statements: list[Text] = []  # e.g. conflicts of interest
     figures: list[Figure] = []
-    tables: list[Figure] = []  # captions of the source's tables (their content is in the steps)
+    tables: list[Figure] = []
 
     @model_validator(mode="after")
     def _locatable(self) -> Source:
-        if self.kind == "publication" and not (self.doi or self.url):
-            raise ValueError("a publication needs a doi or a url")
+        if self.kind == "publication" and not (self.doi or self.pmid or self.url):
+            raise ValueError("a publication needs a doi, a pmid or a url")
         return self
 
     @property
@@ -510,130 +679,225 @@ class Source(_Model):
         return f"Published in: {', '.join(parts)}." if parts else None
 
     @property
+    def pmid_line(self) -> str | None:
+        return f"PubMed: PMID {self.pmid}." if self.pmid else None
+
+    @property
     def link(self) -> str | None:
-        return f"https://doi.org/{self.doi}" if self.doi else self.url
+        if self.doi:
+            return f"https://doi.org/{self.doi}"
+        if self.pmid and not self.url:
+            return f"https://pubmed.ncbi.nlm.nih.gov/{self.pmid}/"
+        return self.url
 
 
-class PatientIdentifier(_Model):
-    system: Annotated[str, Field(pattern=r"^(https?://|urn:)[^\s]+$")]  # the registry's namespace, a URI
-    value: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^\S(.*\S)?$")]
+# --- the case -------------------------------------------------------------------------------------------------
+
+DiagnosisStatus = Literal["differential", "refuted", "confirmed", "provisional"]
 
 
-class Patient(_Model):
-    # The source's own patient id, when it has one (registries do). With it, cases of the same
-    # patient share one Patient resource.
-    identifier: PatientIdentifier | None = None
-    sex: Sex
-    age_at_presentation: Age
+class DiagnosisView(_Model):
+    """One diagnosis across the case: the steps that held it, and how it ended."""
 
-
-DifferentialStatus = Literal["differential", "refuted", "confirmed", "provisional"]
-
-
-class DifferentialView(_Model):
-    """One differential diagnosis across the case: the steps that held it, and how it ended."""
-
-    concept: Concept
+    diagnosis: Diagnosis
     held_at: list[str]  # step ids, in order ("presentation" for the presenting suspicion)
     held_after: list[str]  # the same steps by name
-    status: DifferentialStatus
+    status: DiagnosisStatus
+    decided_by: str | None  # the step that excluded or confirmed it
+    decided_after: str | None  # that step by name
 
     @property
     def key(self) -> str:
-        return self.concept.ref_key
+        return self.diagnosis.id
+
+    @property
+    def concept(self) -> Concept:
+        return self.diagnosis.concept
 
 
 class CaseReport(_Model):
-    schema_version: Literal["1.0"]
+    schema_version: Literal["2.0"]
     case_id: Key
     source: Source
-    patient: Patient
+    patient: Patient = Patient()
     history: list[HistoryItem] = []
-    presentation: Presentation
-    diagnostic_steps: Annotated[list[DiagnosticStep], Field(min_length=1)]
+    family_history: list[FamilyHistoryItem] = []
+    social_history: list[SocialHistoryItem] = []
+    presentation: Presentation = Presentation()
+    diagnoses: list[Diagnosis] = []
+    diagnostic_steps: list[DiagnosticStep] = []
     procedures: list[Procedure] = []
+    medications: list[Medication] = []
+    management: list[Management] = []
     specimens: list[Specimen] = []
     final_diagnosis: FinalDiagnosis | None = None
+    outcomes: list[Outcome] = []
+    patient_perspective: Statement | None = None
+    consent: Consent | None = None
+    unrepresented: list[Unrepresented] = []
 
     @model_validator(mode="after")
     def _consistent(self) -> CaseReport:
         # Cross-references and orderings a single field cannot check; each message names its path.
         _unique("diagnostic_steps", [s.id for s in self.diagnostic_steps])
-        _unique("history", [h.id for h in self.history])
-        _unique("procedures", [p.id for p in self.procedures])
+        events = self._event_ids()
+        _unique("ids of events (steps, procedures, medications, management, outcomes, history, diagnoses)", events)
+        _unique("family_history", [f.id for f in self.family_history])
+        _unique("social_history", [s.id for s in self.social_history])
         _unique("specimens", [s.id for s in self.specimens])
         tests = [t.id for s in self.diagnostic_steps if isinstance(s, LaboratoryStep) for t in s.tests]
         _unique("diagnostic_steps[].tests", tests)
         _ordered_steps(self.diagnostic_steps)
-        step_ids = {s.id for s in self.diagnostic_steps}
+        if "presentation" in events:
+            raise ValueError("ids: 'presentation' names the presentation in time elements; use another id")
+        diagnosis_ids = {d.id for d in self.diagnoses}
+        for i, did in enumerate(self.presentation.suspected):
+            if did not in diagnosis_ids:
+                raise ValueError(f"presentation.suspected[{i}]: no diagnosis with id {did!r}")
         specimen_ids = {s.id for s in self.specimens}
         procedure_ids = {p.id for p in self.procedures}
         for i, step in enumerate(self.diagnostic_steps):
-            if isinstance(step, HistopathologyStep) and step.performed and step.specimen not in specimen_ids:
+            seen: set[str] = set()
+            for j, a in enumerate(step.assessment):
+                if a.diagnosis not in diagnosis_ids:
+                    raise ValueError(
+                        f"diagnostic_steps[{i}].assessment[{j}].diagnosis: no diagnosis with id {a.diagnosis!r}"
+                    )
+                if a.diagnosis in seen:
+                    raise ValueError(
+                        f"diagnostic_steps[{i}].assessment[{j}].diagnosis: step {step.id!r} assesses "
+                        f"{a.diagnosis!r} twice"
+                    )
+                seen.add(a.diagnosis)
+            if isinstance(step, PathologyStep) and step.specimen is not None and step.specimen not in specimen_ids:
                 raise ValueError(f"diagnostic_steps[{i}].specimen: no specimen with id {step.specimen!r}")
         for i, spec in enumerate(self.specimens):
             if spec.collected_by is not None and spec.collected_by not in procedure_ids:
                 raise ValueError(f"specimens[{i}].collected_by: no procedure with id {spec.collected_by!r}")
         duration = self.presentation.duration
-        if duration is not None and duration.days > self.patient.age_at_presentation.days:
+        age = self.patient.age_at_presentation
+        if duration is not None and age is not None and duration.days > age.days:
             raise ValueError("presentation.duration: longer than the patient's age at presentation")
-        _unique("presentation.findings (by concept)", [f.concept.ref_key for f in self.presentation.findings])
+        self._check_times(set(events))
         dx = self.final_diagnosis
         if dx is not None:
-            if dx.established_by not in step_ids:
+            if dx.diagnosis not in diagnosis_ids:
+                raise ValueError(f"final_diagnosis.diagnosis: no diagnosis with id {dx.diagnosis!r}")
+            step_ids = {s.id for s in self.diagnostic_steps}
+            if dx.established_by is not None and dx.established_by not in step_ids:
                 raise ValueError(f"final_diagnosis.established_by: no diagnostic step with id {dx.established_by!r}")
             if dx.established_by in {s.id for s in self.diagnostic_steps if not s.performed}:
                 raise ValueError(
                     f"final_diagnosis.established_by: step {dx.established_by!r} was not performed; a step not done "
                     "settles nothing"
                 )
+            for s in self.diagnostic_steps:
+                for a in s.assessment:
+                    if a.diagnosis == dx.diagnosis and a.status == "excluded":
+                        raise ValueError(
+                            f"final_diagnosis.diagnosis: {dx.diagnosis!r} is the final diagnosis, but step {s.id!r} "
+                            "excludes it"
+                        )
             cause = dx.possible_cause
             if cause is not None and cause.history not in {h.id for h in self.history}:
                 raise ValueError(f"final_diagnosis.possible_cause.history: no history item with id {cause.history!r}")
         return self
 
+    def _event_ids(self) -> list[str]:
+        return [
+            *(s.id for s in self.diagnostic_steps),
+            *(p.id for p in self.procedures),
+            *(m.id for m in self.medications),
+            *(m.id for m in self.management),
+            *(o.id for o in self.outcomes),
+            *(h.id for h in self.history),
+            *(d.id for d in self.diagnoses),
+        ]
+
+    def _check_times(self, events: set[str]) -> None:
+        """Every ``relative.to`` names the presentation or an event of this case."""
+        stack: list[tuple[object, str]] = [(self, "")]
+        while stack:
+            node, path = stack.pop()
+            if isinstance(node, TimeElement):
+                for target in node.events():
+                    if target not in events:
+                        raise ValueError(
+                            f"{path}: the time is relative to {target!r}, which no event of this case has as id"
+                        )
+            elif isinstance(node, BaseModel):
+                for name in type(node).model_fields:
+                    value = getattr(node, name)
+                    if value is not None and not isinstance(value, str | int | float | bool):
+                        stack.append((value, f"{path}.{name}" if path else name))
+            elif isinstance(node, list):
+                stack.extend((v, f"{path}[{i}]") for i, v in enumerate(node))
+
     # --- derived views used by the mappings (pure functions of the case) -------------------------------
 
     @cached_property
-    def differentials(self) -> list[DifferentialView]:
-        """Every differential diagnosis held along the way, once each, in the order first raised.
+    def diagnosis_by_id(self) -> dict[str, Diagnosis]:
+        return {d.id: d for d in self.diagnoses}
 
-        A differential is refuted once a confirmed final diagnosis of another concept exists; the one that
-        is the final diagnosis takes that diagnosis's verification; the others stay differentials.
+    @cached_property
+    def final(self) -> Diagnosis | None:
+        """The final diagnosis's entity."""
+        return self.diagnosis_by_id[self.final_diagnosis.diagnosis] if self.final_diagnosis else None
+
+    @cached_property
+    def differentials(self) -> list[DiagnosisView]:
+        """Every diagnosis, once each, with the steps that held it and how it ended.
+
+        The final diagnosis takes its verification. Otherwise a diagnosis a step excluded is refuted (by that
+        step), one a step confirmed is confirmed, and every other stays a differential: nothing is refuted
+        because another diagnosis was confirmed, and nothing is matched by wording.
         """
-        held: dict[str, tuple[Concept, list[str]]] = {}
-        sources = [("presentation", self.presentation.suspected)] + [
-            (s.id, s.differential) for s in self.diagnostic_steps
-        ]
-        for where, concepts in sources:
-            for concept in concepts:
-                key = concept.ref_key
-                _, steps = held.setdefault(key, (concept, []))
-                if where not in steps:
-                    steps.append(where)
-        dx = self.final_diagnosis
-        dx_key = dx.condition.ref_key if dx else None
         labels = {"presentation": STEP_LABELS["presentation"]} | {s.id: s.label for s in self.diagnostic_steps}
+        held: dict[str, list[str]] = {d.id: [] for d in self.diagnoses}
+        decided: dict[str, tuple[str, DiagnosisStatus]] = {}
+        for did in self.presentation.suspected:
+            if "presentation" not in held[did]:
+                held[did].append("presentation")
+        for s in self.performed_steps:
+            for a in s.assessment:
+                if a.status == "excluded":
+                    decided[a.diagnosis] = (s.id, "refuted")
+                    continue
+                if s.id not in held[a.diagnosis]:
+                    held[a.diagnosis].append(s.id)
+                if a.status in ("confirmed", "provisional"):
+                    decided[a.diagnosis] = (s.id, a.status)
+        dx = self.final_diagnosis
         views = []
-        for key, (concept, steps) in held.items():
-            status: DifferentialStatus
-            if dx is not None and key == dx_key:
-                status = dx.verification
-            elif dx is not None and dx.verification == "confirmed":
-                status = "refuted"
-            else:
-                status = "differential"
+        for d in self.diagnoses:
+            by, status = decided.get(d.id, (None, "differential"))
+            if dx is not None and d.id == dx.diagnosis:
+                status, by = dx.verification, dx.established_by or by
             views.append(
-                DifferentialView(concept=concept, held_at=steps, held_after=[labels[s] for s in steps], status=status)
+                DiagnosisView(
+                    diagnosis=d,
+                    held_at=held[d.id],
+                    held_after=[labels[h] for h in held[d.id]],
+                    status=status,
+                    decided_by=by,
+                    decided_after=labels.get(by) if by else None,
+                )
             )
         return views
 
     @property
-    def open_differentials(self) -> list[DifferentialView]:
-        """The differentials that are not the final diagnosis itself (that one has its own Condition)."""
-        return [d for d in self.differentials if d.status not in ("confirmed", "provisional")]
+    def suspected_diagnoses(self) -> list[Diagnosis]:
+        return [self.diagnosis_by_id[d] for d in self.presentation.suspected]
 
-    # Views are cached: mappings read them once per resource, and a case is immutable.
+    @property
+    def suspected_texts(self) -> list[str]:
+        return [d.concept.text for d in self.suspected_diagnoses]
+
+    @property
+    def open_differentials(self) -> list[DiagnosisView]:
+        """Every diagnosis but the final one (that one has its own Condition)."""
+        final = self.final_diagnosis.diagnosis if self.final_diagnosis else None
+        return [d for d in self.differentials if d.key != final]
 
     @cached_property
     def steps(self) -> list[StepView]:
@@ -642,12 +906,14 @@ class CaseReport(_Model):
         out = []
         previous: str | None = None
         for s in self.performed_steps:
-            site = getattr(s, "body_site", None)
+            site = s.body_site
             findings = (
                 []
-                if isinstance(s, HistopathologyStep)  # these go into the histopathology report
+                if isinstance(s, PathologyStep)  # these go into the pathology report
                 else [
-                    StepFinding(step_id=s.id, kind=s.kind, index=i, finding=f, body_site=f.body_site or site)
+                    StepFinding(
+                        step_id=s.id, kind=s.kind, index=i, finding=f, body_site=f.body_site or ([site] if site else [])
+                    )
                     for i, f in enumerate(s.findings)
                 ]
             )
@@ -677,8 +943,8 @@ class CaseReport(_Model):
         return [t for s in self.diagnostic_steps if isinstance(s, LaboratoryStep) for t in s.tests]
 
     @cached_property
-    def histopathology_steps(self) -> list[HistopathologyStep]:
-        return [s for s in self.performed_steps if isinstance(s, HistopathologyStep)]
+    def histopathology_steps(self) -> list[PathologyStep]:
+        return [s for s in self.performed_steps if isinstance(s, PathologyStep)]
 
     @cached_property
     def measurements(self) -> list[StepMeasurement]:
@@ -706,9 +972,7 @@ class CaseReport(_Model):
         ]
 
 
-# Categories of observation by the kind of step that made it.
 _EXAM_KINDS = frozenset({"clinical_examination"})
-_IMAGING_KINDS = IMAGING_KINDS
 
 
 class _StepItem(_Model):
@@ -717,7 +981,6 @@ class _StepItem(_Model):
     step_id: str
     kind: str
     index: int
-    body_site: BodySite | None
 
     @property
     def key(self) -> str:
@@ -725,15 +988,17 @@ class _StepItem(_Model):
 
     @property
     def category(self) -> str | None:
-        return "exam" if self.kind in _EXAM_KINDS else "imaging" if self.kind in _IMAGING_KINDS else None
+        return "exam" if self.kind in _EXAM_KINDS else "imaging" if self.kind in IMAGING_KINDS else None
 
 
 class StepMeasurement(_StepItem):
     measurement: Measurement
+    body_site: BodySite | None
 
 
 class StepFinding(_StepItem):
     finding: Finding
+    body_site: list[BodySite]
 
 
 class StepView(_Model):
@@ -754,29 +1019,23 @@ class SpecimenView(_Model):
     collected_by: Procedure | None
 
 
-DiagnosticStepType = ClinicalExamination | ImagingStep | LaboratoryStep | HistopathologyStep
-
-
 def _ordered_steps(steps: list[DiagnosticStepType]) -> None:
-    """Each step its own order number, listed in that order; the message names the steps involved."""
+    """Order numbers, where given, are each a step's own and rise in the listed order; the message names the
+    steps involved."""
     first: dict[int, str] = {}
+    last: DiagnosticStepType | None = None
     for i, step in enumerate(steps):
+        if step.order is None:
+            continue
         if step.order in first:
             raise ValueError(
                 f"diagnostic_steps[{i}].order: steps {first[step.order]!r} and {step.id!r} both have order "
                 f"{step.order}; give each step its own order number"
             )
         first[step.order] = step.id
-        if i and step.order < steps[i - 1].order:
+        if last is not None and last.order is not None and step.order < last.order:
             raise ValueError(
                 f"diagnostic_steps[{i}].order: step {step.id!r} (order {step.order}) is listed after step "
-                f"{steps[i - 1].id!r} (order {steps[i - 1].order}); list the steps in their order"
+                f"{last.id!r} (order {last.order}); list the steps in their order"
             )
-
-
-def _unique(where: str, ids: list[str]) -> None:
-    seen: set[str] = set()
-    for i in ids:
-        if i in seen:
-            raise ValueError(f"{where}: id {i!r} is used twice")
-        seen.add(i)
+        last = step

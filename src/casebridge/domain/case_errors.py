@@ -60,6 +60,10 @@ _PATTERNS = {
     r"^https?://[^\s]+$": "expected a web address starting with http:// or https://, without spaces",
     r"^(https?://|urn:)[^\s]+$": "expected a URI starting with http://, https:// or urn:, without spaces",
     r"^\S(.*\S)?$": "must not start or end with a space",
+    r"^[1-9]\d{0,8}$": "expected a PubMed id: digits only, such as '28403086' (quoted in YAML)",
+    r"^\d{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01]))?)?$": (
+        "expected a date as precise as the source gives it: 2019, 2019-03 or 2019-03-14"
+    ),
 }
 
 # A right value of each small object, in YAML flow style (in JSON: the same with quotes). Taken from the seed
@@ -75,6 +79,8 @@ EXAMPLES = {
     "Finding": "{concept: Pain in the swelling, present: false}",
     "Measurement": "{concept: Lesion size, dimensions: [{value: 0.57, unit: cm}, {value: 0.44, unit: cm}]}",
     "PossibleCause": "{history: previous-fracture, note: The previous fracture might have led to this condition.}",
+    "TimeElement": "{relative: {value: 4, unit: weeks, relation: after, to: presentation}} (or {age: {value: 12}})",
+    "Assessment": "{diagnosis: lipoma, status: excluded}",
 }
 
 
@@ -131,8 +137,8 @@ class Spot(NamedTuple):
     holder: type[BaseModel] | None
 
 
-def walk(loc: Iterable[Part]) -> Spot:
-    tp: Any = CaseReport
+def walk(loc: Iterable[Part], root: type[BaseModel] = CaseReport) -> Spot:
+    tp: Any = root
     patterns: tuple[str, ...] = ()
     holder: type[BaseModel] | None = None
     path: list[Part] = []
@@ -370,9 +376,9 @@ def _pattern_message(pattern: str, value: object) -> str:
 _PATH_PREFIX = re.compile(r"([A-Za-z_]\w*(?:\[\d+\]|\.[A-Za-z_]\w*)*): (.+)", re.DOTALL)
 
 
-def _split_prefix(loc: Path, text: str) -> tuple[Path, str]:
+def _split_prefix(loc: Path, text: str, root: type[BaseModel]) -> tuple[Path, str]:
     """``loc`` is pydantic's, with its union tags: they say which kind of step a step's own check ran in."""
-    spot = walk(loc)
+    spot = walk(loc, root)
     match = _PATH_PREFIX.fullmatch(text)
     if not match:
         return spot.path, text
@@ -514,16 +520,17 @@ def _position(kind: str, path: Path, found: dict[Path, Place]) -> tuple[int, int
     return None
 
 
-def problems(exc: ValidationError, doc: object) -> list[Problem]:
+def problems(exc: ValidationError, doc: object, root: type[BaseModel] = CaseReport) -> list[Problem]:
     """Each error of ``exc`` as a ``Problem``: the field path, the plain words, and the line and column in the
-    text ``doc`` was parsed from (when it is a ``ParsedCase``)."""
+    text ``doc`` was parsed from (when it is a ``ParsedCase``). ``root``: the model that was validated (a 1.0
+    case is validated against the 1.0 model)."""
     located: list[tuple[str, Path, Path, str]] = []
     for err in exc.errors(include_url=False):
-        spot = walk(err["loc"])
+        spot = walk(err["loc"], root)
         words = message(err, spot)
         path = where = spot.path
         if err["type"] == "value_error":
-            path, words = _split_prefix(tuple(err["loc"]), words)
+            path, words = _split_prefix(tuple(err["loc"]), words, root)
             where = path
         elif err["type"] == "union_tag_invalid":
             where = (*path, "kind")  # the refused value is the step's kind; the problem is the step's

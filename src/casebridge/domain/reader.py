@@ -8,11 +8,13 @@ import re
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from casebridge.domain import case_v1
 from casebridge.domain.case import CaseReport
 from casebridge.domain.case_errors import ParsedCase
 from casebridge.domain.case_errors import problems as case_problems
+from casebridge.domain.migrate import upgrade
 from casebridge.errors import CaseFileError, CaseSchemaError, Problem
 
 DEFAULT_MAX_BYTES = 5 * 1024 * 1024
@@ -208,11 +210,18 @@ def check_depth(doc: object, source: str, limit: int = MAX_DEPTH) -> None:
 
 def validate_case(doc: dict[str, Any], *, source: str) -> CaseReport:
     """The case, or ``CaseSchemaError`` with each problem in plain words and, when ``doc`` came from
-    ``parse_document``, its line and column (``case_errors``)."""
+    ``parse_document``, its line and column (``case_errors``). A 1.0 case is checked against the 1.0 model (its
+    errors name its own fields) and then upgraded to 2.0."""
+    root: type[BaseModel] = CaseReport
     try:
+        if doc.get("schema_version") == case_v1.SCHEMA_VERSION:
+            root = case_v1.CaseReport
+            upgraded, _notes = upgrade(case_v1.CaseReport.model_validate(doc))
+            root = CaseReport
+            return CaseReport.model_validate(upgraded)
         return CaseReport.model_validate(doc)
     except ValidationError as exc:
-        problems = case_problems(exc, doc)
+        problems = case_problems(exc, doc, root)
         raise CaseSchemaError(
             f"the case does not fit the case model ({len(problems)} problem{'s' if len(problems) != 1 else ''})",
             source=source,
@@ -222,3 +231,43 @@ def validate_case(doc: dict[str, Any], *, source: str) -> CaseReport:
 
 def read_case(data: bytes, *, source: str, max_bytes: int = DEFAULT_MAX_BYTES) -> CaseReport:
     return validate_case(parse_document(data, source=source, max_bytes=max_bytes), source=source)
+
+
+def migrate(data: bytes, *, source: str, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[str | None, list[str]]:
+    """A 1.0 case as 2.0 YAML, with notes for a person to check; ``None`` when the case is 2.0 already. The case is
+    checked as 1.0 first (errors as ``read_case`` gives them), and the upgrade as 2.0."""
+    doc = parse_document(data, source=source, max_bytes=max_bytes)
+    if doc.get("schema_version") != case_v1.SCHEMA_VERSION:
+        validate_case(doc, source=source)  # a 2.0 case is still checked: migrate must not pass a broken file
+        return None, []
+    try:
+        upgraded, notes = upgrade(case_v1.CaseReport.model_validate(doc))
+    except ValidationError as exc:
+        problems = case_problems(exc, doc, case_v1.CaseReport)
+        raise CaseSchemaError(
+            f"the case does not fit the 1.0 case model ({len(problems)} problem{'s' if len(problems) != 1 else ''})",
+            source=source,
+            problems=problems,
+        ) from exc
+    CaseReport.model_validate(upgraded)
+    header = "# Upgraded from case schema 1.0 by casebridge migrate (the 1.0 file's comments are not carried over).\n"
+    text = yaml.dump(_plain_numbers(upgraded), Dumper=_NoAliases, sort_keys=False, allow_unicode=True, width=110)
+    return header + text, notes
+
+
+class _NoAliases(yaml.SafeDumper):
+    """Repeated values written out again: the reader refuses anchors and aliases."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _plain_numbers(node: Any) -> Any:
+    """4.0 written as 4, as a person would (both read as the same number)."""
+    if isinstance(node, float) and node.is_integer():
+        return int(node)
+    if isinstance(node, dict):
+        return {k: _plain_numbers(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain_numbers(v) for v in node]
+    return node

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from casebridge.domain import ucum
-from casebridge.domain.case import BodySite, Concept, Quantity
+from casebridge.domain.case import Age, BodySite, Concept, Quantity
 from casebridge.mapping.codes import CodeTable
 from casebridge.mapping.expressions import Function
 
@@ -77,16 +77,23 @@ def _table(ctx: Context, name: str) -> CodeTable:
     return ctx.tables[name]
 
 
+def _one_site(bs: BodySite | list[BodySite] | None) -> BodySite | None:
+    if isinstance(bs, list):
+        return bs[0] if len(bs) == 1 else None
+    return bs
+
+
 def concept(
-    ctx: Context, c: Concept | str | None, table: str = "concepts", site: BodySite | None = None
+    ctx: Context, c: Concept | str | None, table: str = "concepts", site: BodySite | list[BodySite] | None = None
 ) -> dict[str, Any] | None:
     """A CodeableConcept: the codings of the concept's key (if any) and the source's words as text.
 
-    With ``site``, codes that have the site built in (rows keyed ``key@site|side`` or ``key@site``) are
-    added to the key's own codes.
+    With ``site`` (one site), codes that have the site built in (rows keyed ``key@site|side`` or ``key@site``)
+    are added to the key's own codes.
     """
     if c is None:
         return None
+    site = _one_site(site)
     if isinstance(c, str):
         return code(ctx, table, c)
     out: dict[str, Any] = {}
@@ -131,8 +138,15 @@ def _site_rows(ctx: Context, bs: BodySite) -> list[dict[str, str]]:
     return sites.codings(bs.site.key)
 
 
-def site(ctx: Context, bs: BodySite | None) -> dict[str, Any] | None:
-    """A body site CodeableConcept: a lateralised code where one is confirmed, and the words."""
+def site(ctx: Context, bs: BodySite | list[BodySite] | None) -> dict[str, Any] | None:
+    """A body site CodeableConcept: a lateralised code where one is confirmed, and the words. Several sites in one
+    element that holds one (Observation.bodySite) are their words only: codings of different sites side by side
+    would say the concept is each of them."""
+    if isinstance(bs, list):
+        if len(bs) > 1:
+            label = " and ".join(b.label for b in bs)
+            return {"text": label[:1].upper() + label[1:]}
+        bs = bs[0] if bs else None
     if bs is None:
         return None
     out: dict[str, Any] = {}
@@ -141,6 +155,14 @@ def site(ctx: Context, bs: BodySite | None) -> dict[str, Any] | None:
         out["coding"] = codings
     out["text"] = bs.label[:1].upper() + bs.label[1:]
     return out
+
+
+def sites(ctx: Context, bss: list[BodySite] | BodySite | None) -> list[dict[str, Any]]:
+    """One body site CodeableConcept per site, for elements that repeat (Condition.bodySite)."""
+    if bss is None:
+        return []
+    items = bss if isinstance(bss, list) else [bss]
+    return [c for c in (site(ctx, b) for b in items) if c is not None]
 
 
 def site_coding(ctx: Context, bs: BodySite | None) -> dict[str, str] | None:
@@ -199,6 +221,33 @@ def dicom_uid(ctx: Context, kind: str, key: object) -> str:
     is an identifier of ours, not a clinical fact.
     """
     return f"2.25.{int.from_bytes(name_uuid_bytes(f'{ctx.case_id}/dicom/{kind}/{key}'))}"
+
+
+_AGE_UCUM = {"years": "a", "months": "mo", "weeks": "wk", "days": "d", "hours": "h"}
+
+
+def age(ctx: Context, a: Age | None) -> dict[str, Any] | None:
+    """A FHIR Age: the value and the case's unit word, coded in UCUM (R4's age-1: an Age with a value has a UCUM
+    code of time)."""
+    if a is None:
+        return None
+    return {"value": a.value, "unit": a.unit, "system": ucum.SYSTEM, "code": _AGE_UCUM[a.unit]}
+
+
+# The roles that stand for what a diagnostic step produced, most specific first: its report, else its impression.
+_STEP_ROLES = ("histopathology-report", "imaging-report", "laboratory-report", "step-impression")
+
+
+def step_ref(ctx: Context, step_id: str | None) -> dict[str, str] | None:
+    """A reference to what a diagnostic step produced: its report, or for a step without one (an examination)
+    its ClinicalImpression, which lists what was looked at."""
+    if step_id is None:
+        return None
+    for role in _STEP_ROLES:
+        found = ref(ctx, role, step_id)
+        if found is not None:
+            return found
+    return None
 
 
 def recorded(ctx: Context) -> str | None:
@@ -281,6 +330,7 @@ def registry(tables: dict[str, CodeTable], roles: set[str]) -> dict[str, Functio
         "code": fn(code, table_check(tables, position=0, keyword="table", key_position=1)),
         "coding": fn(coding, table_check(tables, position=0, keyword="table", key_position=1)),
         "site": fn(site),
+        "sites": fn(sites),
         "site_coding": fn(site_coding),
         "laterality": fn(laterality),
         "quantity": fn(quantity),
@@ -288,6 +338,8 @@ def registry(tables: dict[str, CodeTable], roles: set[str]) -> dict[str, Functio
         "refs": fn(refs, role_check(roles)),
         "all_refs": fn(all_refs),
         "recorded": fn(recorded),
+        "age": fn(age),
+        "step_ref": fn(step_ref),
         "dicom_uid": fn(dicom_uid),
         "join": fn(join),
         "capitalize": fn(capitalize),
