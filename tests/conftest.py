@@ -16,6 +16,9 @@ from tests.paths import DATA_DIR, PROJECT_ROOT
 FIXTURES = PROJECT_ROOT / "fixtures"
 CASE_FILES = sorted(p for p in (DATA_DIR / "cases").iterdir() if p.suffix in (".json", ".yaml", ".yml"))
 SEED = DATA_DIR / "cases" / "dystrophic-calcification-right-forearm.yaml"
+# The seed as it was written in schema 1.0: 1.0 files are still read (checked as 1.0, then upgraded).
+CASES_V1 = PROJECT_ROOT / "tests" / "data" / "cases-1.0"
+SEED_V1 = CASES_V1 / "dystrophic-calcification-right-forearm.yaml"
 TERMINOLOGY = DATA_DIR / "terminology" / "case-codes.yaml"
 # A fixed conversion time, so that outputs compare equal across runs.
 RECORDED = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)

@@ -145,7 +145,7 @@ def _template_literals() -> set[str]:
             out.update(p for p in re.split(r"\{\{.*?\}\}", node) if p.strip())
             out.update(re.findall(r"'([^']+)'", node))
     # The domain's derived views and the narrative generator also write words of their own.
-    for module in ("domain/case.py", "mapping/narrative.py"):
+    for module in ("domain/case.py", "domain/case_v1.py", "mapping/narrative.py"):
         tree = ast.parse((PROJECT_ROOT / "src" / "casebridge" / module).read_text())
         out.update(n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str))
     return out

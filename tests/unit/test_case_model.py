@@ -12,11 +12,11 @@ import yaml
 from casebridge.domain.reader import read_case
 from casebridge.errors import CaseSchemaError
 from casebridge.mapping.engine import MappingSet
-from tests.conftest import SEED
+from tests.conftest import SEED_V1
 
 
 def seed_doc() -> dict[str, Any]:
-    return yaml.safe_load(SEED.read_text())
+    return yaml.safe_load(SEED_V1.read_text())
 
 
 def convert(mappings: MappingSet, doc: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from casebridge.errors import CaseSchemaError
 from casebridge.mapping.engine import MappingSet
 from casebridge.validation.service import load_validator
 from casebridge.validation.validator import Validator
+from tests.conftest import CASES_V1
 from tests.paths import DATA_DIR
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -34,7 +35,7 @@ MODALITY = {
 GENERIC_REPORT = "18748-4"  # Diagnostic imaging study
 REPORT_CODE = {"ct": "25045-6", "mri": "25056-3"}  # CT / MR Unspecified body region
 # A synthetic case (not a real patient): the left-thigh fixture, whose one imaging step is re-kinded below.
-BASE = DATA_DIR / "cases" / "metastatic-calcification-left-thigh.yaml"
+BASE = CASES_V1 / "metastatic-calcification-left-thigh.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,14 @@ from casebridge.mapping.engine import MappingSet
 from casebridge.mapping.functions import name_uuid
 from casebridge.validation.service import load_validator
 from casebridge.validation.validator import Validator
-from tests.conftest import CASE_FILES, SEED, TERMINOLOGY
+from tests.conftest import CASE_FILES, CASES_V1, SEED_V1, TERMINOLOGY
 from tests.paths import DATA_DIR
 
 V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"
 PROFILE = "https://casebridge.example.org/fhir/StructureDefinition/CasebridgeLaboratoryReport"
 DAR = "http://hl7.org/fhir/StructureDefinition/data-absent-reason"
 # A synthetic case (not a real patient) with two laboratory results and a diagnosis settled by them.
-THIGH = DATA_DIR / "cases" / "metastatic-calcification-left-thigh.yaml"
+THIGH = CASES_V1 / "metastatic-calcification-left-thigh.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def errors(validator: Validator, bundle: dict[str, Any]) -> list[tuple[str, str]
 
 
 def test_the_seed_laboratory_step_is_a_report_of_its_result(mappings: MappingSet) -> None:
-    doc = doc_of(SEED)
+    doc = doc_of(SEED_V1)
     bundle = convert(mappings, doc)
     (report,) = by_role(bundle, "laboratory-report")
     assert report["resourceType"] == "DiagnosticReport"
@@ -126,14 +126,14 @@ def test_two_laboratory_steps_make_two_reports_each_with_its_own_results(mapping
 
 
 def test_a_case_without_laboratory_steps_has_no_laboratory_report(mappings: MappingSet) -> None:
-    doc = doc_of(SEED)
+    doc = doc_of(SEED_V1)
     doc["diagnostic_steps"] = [s for s in doc["diagnostic_steps"] if s["kind"] != "laboratory"]
     bundle = convert(mappings, doc)
     assert by_role(bundle, "laboratory-report") == []
 
 
 def test_a_laboratory_step_not_done_has_no_laboratory_report(mappings: MappingSet) -> None:
-    doc = doc_of(SEED)
+    doc = doc_of(SEED_V1)
     step = next(s for s in doc["diagnostic_steps"] if s["kind"] == "laboratory")
     for name in ("tests", "source_text"):
         step.pop(name, None)
@@ -152,7 +152,7 @@ def test_every_fixture_with_its_laboratory_reports_validates(
 
 
 def test_the_profile_needs_the_results(mappings: MappingSet, validator: Validator) -> None:
-    (report,) = by_role(convert(mappings, doc_of(SEED)), "laboratory-report")
+    (report,) = by_role(convert(mappings, doc_of(SEED_V1)), "laboratory-report")
     bare = json.loads(json.dumps(report))
     bare.pop("result")
     found = errors(validator, bare)

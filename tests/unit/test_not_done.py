@@ -20,11 +20,12 @@ from casebridge.mapping.engine import MappingSet
 from casebridge.validation.service import load_validator
 from casebridge.validation.validator import Validator
 from tests.conftest import RECORDED
+from tests.conftest import CASES_V1
 from tests.paths import DATA_DIR
 
 SCT = "http://snomed.info/sct"
 # A synthetic teaching case (not a real patient): clinical examination, ultrasound, laboratory, histopathology.
-BASE = DATA_DIR / "cases" / "lipoma-left-forearm.yaml"
+BASE = CASES_V1 / "lipoma-left-forearm.yaml"
 FOREARM = {"site": {"key": "forearm", "text": "forearm"}, "laterality": "left"}
 NOT_DONE_XRAY = {
     "id": "xray",

@@ -183,9 +183,18 @@ def _choices(values: Sequence[object]) -> str:
     return ", ".join(str(v) for v in values)
 
 
+# What every fact or event may carry: listed last, after the fields that say what the object is.
+_COMMON = ("time", "quote")
+
+
+def _names(model: type[BaseModel]) -> list[str]:
+    return [n for n in model.model_fields if n not in _COMMON] + [n for n in _COMMON if n in model.model_fields]
+
+
 def _fields(model: type[BaseModel]) -> str:
-    required = [n for n, f in model.model_fields.items() if f.is_required()]
-    optional = [n for n, f in model.model_fields.items() if not f.is_required()]
+    names = _names(model)
+    required = [n for n in names if model.model_fields[n].is_required()]
+    optional = [n for n in names if not model.model_fields[n].is_required()]
     parts = [f"required {_choices(required)}" if required else "", f"optional {_choices(optional)}" if optional else ""]
     return "; ".join(p for p in parts if p)
 
@@ -307,7 +316,7 @@ def message(err: Any, spot: Spot) -> str:
     if kind in ("extra_forbidden", "invalid_key"):
         name = spot.path[-1] if spot.path else ""
         holder = spot.holder
-        fields = list(holder.model_fields) if holder else []
+        fields = _names(holder) if holder else []
         close = difflib.get_close_matches(str(name), fields, n=1)
         words = f"unknown field {name!r}" if kind == "extra_forbidden" else f"a field name must be text, not {name!r}"
         if close:
@@ -520,6 +529,24 @@ def _position(kind: str, path: Path, found: dict[Path, Place]) -> tuple[int, int
     return None
 
 
+def _as_written(path: Path, doc: object) -> Path:
+    """The path as the document has it: one body site written as a mapping is read as a list of one, so
+    pydantic's path has an index the document does not."""
+    out: list[Part] = []
+    node: Any = doc
+    for part in path:
+        if isinstance(part, int) and isinstance(node, dict):
+            continue
+        out.append(part)
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            node = None
+    return tuple(out)
+
+
 def problems(exc: ValidationError, doc: object, root: type[BaseModel] = CaseReport) -> list[Problem]:
     """Each error of ``exc`` as a ``Problem``: the field path, the plain words, and the line and column in the
     text ``doc`` was parsed from (when it is a ``ParsedCase``). ``root``: the model that was validated (a 1.0
@@ -534,7 +561,7 @@ def problems(exc: ValidationError, doc: object, root: type[BaseModel] = CaseRepo
             where = path
         elif err["type"] == "union_tag_invalid":
             where = (*path, "kind")  # the refused value is the step's kind; the problem is the step's
-        located.append((err["type"], path, where, words))
+        located.append((err["type"], _as_written(path, doc), _as_written(where, doc), words))
     found = places(doc, [where for _, _, where, _ in located])
     out = []
     for kind, path, where, words in located:
