@@ -16,7 +16,6 @@ from casebridge.mapping.engine import MappingSet
 from casebridge.validation.service import load_validator
 from casebridge.validation.validator import Validator
 from tests.conftest import CASES_V1
-from tests.paths import DATA_DIR
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 LOINC = "http://loinc.org"

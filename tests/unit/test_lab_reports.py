@@ -19,7 +19,6 @@ from casebridge.mapping.functions import name_uuid
 from casebridge.validation.service import load_validator
 from casebridge.validation.validator import Validator
 from tests.conftest import CASE_FILES, CASES_V1, SEED_V1, TERMINOLOGY
-from tests.paths import DATA_DIR
 
 V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"
 PROFILE = "https://casebridge.example.org/fhir/StructureDefinition/CasebridgeLaboratoryReport"

@@ -19,8 +19,7 @@ from casebridge.errors import CaseSchemaError
 from casebridge.mapping.engine import MappingSet
 from casebridge.validation.service import load_validator
 from casebridge.validation.validator import Validator
-from tests.conftest import RECORDED
-from tests.conftest import CASES_V1
+from tests.conftest import CASES_V1, RECORDED
 from tests.paths import DATA_DIR
 
 SCT = "http://snomed.info/sct"
