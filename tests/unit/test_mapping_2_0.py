@@ -239,7 +239,7 @@ def test_a_medication_is_a_statement_with_its_dosage_and_the_time_in_words(bundl
     assert "effectiveDateTime" not in ibuprofen
     assert ibuprofen["_effectiveDateTime"]["extension"] == [{"url": DAR, "valueCode": "unknown"}]
     assert notes(ibuprofen) == [
-        "Time: 1 day after excision.",
+        "Time: 1 day after excision of the lesion.",
         "Duration: 2 weeks.",
         "Response: The pain resolved",
         "Adverse event: Dyspepsia",
@@ -308,7 +308,7 @@ def test_outcomes_say_who_assessed_them_and_when(bundle: dict[str, Any]) -> None
     assert pain["code"] == {"text": "Pain"} and pain["valueString"] == "No pain"
     assert [p["reference"] for p in pain["performer"]] == [patient_url(bundle)]
     assert "effectiveDateTime" not in pain
-    assert notes(pain) == ["Time: 6 months after excision."]
+    assert notes(pain) == ["Time: 6 months after excision of the lesion."]
     # No Practitioner is made up for a clinician the source does not name.
     assert "performer" not in flexion
     assert flexion["effectiveDateTime"] == "2022-01-15"

@@ -59,7 +59,7 @@ def test_the_shipped_mappings_load_and_convert() -> None:
         ),
         (
             "resources/condition.yaml",
-            "{{ capitalize(case.final.time.words) if case.final.time else case.presentation.onset_words }}",
+            "{{ when_untyped(case.final.time, case) if case.final else None }}",
             "{{ case.history.note }}",
             "'case.history' is a list",
         ),

@@ -73,9 +73,9 @@ STEP_LABELS = _V1_LABELS | {
     "other": "Diagnostic procedure",
 }
 
-TimeUnit = Literal["years", "months", "weeks", "days", "hours"]
-_DAYS = {"years": 365.25, "months": 30.44, "weeks": 7.0, "days": 1.0, "hours": 1 / 24}
-_UNIT_WORDS = {"years": "year", "months": "month", "weeks": "week", "days": "day", "hours": "hour"}
+TimeUnit = Literal["years", "months", "weeks", "days", "hours", "minutes"]
+_DAYS = {"years": 365.25, "months": 30.44, "weeks": 7.0, "days": 1.0, "hours": 1 / 24, "minutes": 1 / 1440}
+_UNIT_WORDS = {"years": "year", "months": "month", "weeks": "week", "days": "day", "hours": "hour", "minutes": "minute"}
 
 
 class _Model(BaseModel):
@@ -130,12 +130,21 @@ class Relative(_Model):
 
     @model_validator(mode="after")
     def _offset(self) -> Relative:
+        # "after the CT" gives the order without an offset: before/after take a value and unit, or neither.
         if self.relation == "at":
             if self.value is not None or self.unit is not None:
                 raise ValueError("value: 'at' has no offset; use before or after with a value and a unit")
-        elif self.value is None or self.unit is None:
-            raise ValueError(f"value: '{self.relation}' needs a value and a unit (e.g. value: 4, unit: weeks)")
+        elif (self.value is None) != (self.unit is None):
+            raise ValueError("value: an offset needs both a value and a unit (e.g. value: 4, unit: weeks)")
         return self
+
+    def words(self, names: dict[str, str] | None = None) -> str:
+        target = (names or {}).get(self.to, self.to)
+        if self.relation == "at":
+            return f"at {target}"
+        if self.value is None or self.unit is None:
+            return f"{self.relation} {target}"
+        return f"{Duration(value=self.value, unit=self.unit).label} {self.relation} {target}"
 
 
 # A date as precise as the source gives it: a year, a month or a day.
@@ -164,9 +173,10 @@ class _Point(_Model):
     @model_validator(mode="after")
     def _exactly_one(self) -> _Point:
         given = [n for n in self._KINDS if getattr(self, n) is not None]
-        if len(given) != 1:
+        # The source's words alone ("several months ago", "in the past") when it gives nothing more exact.
+        if len(given) > 1 or (not given and self.text is None):
             raise ValueError(
-                f"a time element has exactly one of {', '.join(self._KINDS)}"
+                f"a time element has exactly one of {', '.join(self._KINDS)}, or only text in the source's words"
                 + (f"; got {' and '.join(given)}" if given else "")
             )
         if self.date is not None:
@@ -180,17 +190,18 @@ class _Point(_Model):
     @property
     def label(self) -> str:
         """The time in words: "at 12 years of age", "4 weeks after presentation", "2019-03"."""
+        return self.words()
+
+    def words(self, names: dict[str, str] | None = None) -> str:
+        """The time in words, events named by ``names`` (id -> name) rather than by their ids."""
         prefix = "about " if self.approximate else ""
         if self.age is not None:
             return f"{prefix}at {self.age.value} {self.age.unit} of age"
         if self.relative is not None:
-            r = self.relative
-            target = "presentation" if r.to == "presentation" else r.to
-            if r.relation == "at":
-                return f"at {target}"
-            offset = Duration(value=r.value, unit=r.unit).label
-            return f"{prefix}{offset} {r.relation} {target}"
-        return f"{prefix}{self.date}"
+            return prefix + self.relative.words(names)
+        if self.date is not None:
+            return f"{prefix}{self.date}"
+        return self.text or ""
 
 
 class TimeElement(_Point):
@@ -201,14 +212,13 @@ class TimeElement(_Point):
     _KINDS = ("age", "relative", "date", "interval")
     interval: Interval | None = None
 
-    @property
-    def label(self) -> str:
+    def words(self, names: dict[str, str] | None = None) -> str:
         if self.interval is not None:
-            return f"from {self.interval.start.label} to {self.interval.end.label}"
-        return super().label
+            return f"from {self.interval.start.words(names)} to {self.interval.end.words(names)}"
+        return super().words(names)
 
     @property
-    def words(self) -> str | None:
+    def untyped(self) -> str | None:
         """The time in words when FHIR has no typed place for it (neither an age nor a date)."""
         return None if self.age is not None or self.date is not None else self.label
 
@@ -329,6 +339,9 @@ class Diagnosis(_Event):
     concept: Concept
     body_site: Sites = []
     stage: ShortText | None = None  # as the source gives it ("Stage IIIB (T4N2M0)")
+    # How the source settled it when no step of the case did (a diagnosis made on arrival, a complication the
+    # patient had): a step's assessment, or the final diagnosis, take precedence.
+    status: Literal["confirmed", "provisional", "refuted"] | None = None
     note: Text | None = None
 
 
@@ -365,6 +378,8 @@ class _Step(_Event):
     performed: StrictBool = True
     not_done_reason: Text | None = None
     performer: ShortText | None = None  # as the source names it; never a made-up name
+    # The step's own name when the source gives one ("18-FDG PET-CT", "EGFR mutation test"); else its kind's.
+    concept: Concept | None = None
     body_site: BodySite | None = None
     findings: list[Finding] = []
     measurements: list[Measurement] = []
@@ -373,7 +388,7 @@ class _Step(_Event):
 
     @property
     def label(self) -> str:
-        return STEP_LABELS[self.kind]
+        return self.concept.text if self.concept is not None else STEP_LABELS[self.kind]
 
     @property
     def title(self) -> str:
@@ -454,12 +469,7 @@ class OtherStep(_Step):
 
     _RESULTS = (*_Step._RESULTS, "conclusion")
     kind: Literal["endoscopy", "other"]
-    concept: Concept | None = None
     conclusion: Text | None = None
-
-    @property
-    def label(self) -> str:
-        return self.concept.text if self.concept is not None else STEP_LABELS[self.kind]
 
     @model_validator(mode="after")
     def _named(self) -> OtherStep:
@@ -510,20 +520,13 @@ class SocialHistoryItem(_Event):
 class Presentation(_Event):
     """Why the patient came; ``time`` is when, if the source gives it (else it is the case's reference point)."""
 
-    @property
-    def onset_words(self) -> str | None:
-        """How long before presenting, in words ("About 7 years before presentation")."""
-        if self.duration is None:
-            return None
-        label = self.duration.label
-        return f"{label[:1].upper()}{label[1:]} before presentation"
-
     complaint: Concept | None = None
     body_site: Sites = []
     duration: Duration | None = None  # how long the patient had it before presenting
     course: Text | None = None
     suspected: list[Key] = []  # Diagnosis ids suspected at presentation
     findings: list[Finding] = []
+    measurements: list[Measurement] = []  # measured at presentation: weight, height, vital signs
 
 
 class Patient(_Fact):
@@ -558,6 +561,7 @@ class Procedure(_Event):
     status: Literal["completed", "in-progress", "not-done", "stopped"] | None = None
     outcome: ShortText | None = None
     reason: Text | None = None
+    duration: Duration | None = None  # how long it took ("the operation lasted 100 minutes")
     intent: Text | None = None
     response: Text | None = None
     adverse_events: list[Text] = []
@@ -870,7 +874,7 @@ class CaseReport(_Model):
         dx = self.final_diagnosis
         views = []
         for d in self.diagnoses:
-            by, status = decided.get(d.id, (None, "differential"))
+            by, status = decided.get(d.id, (None, d.status or "differential"))
             if dx is not None and d.id == dx.diagnosis:
                 status, by = dx.verification, dx.established_by or by
             views.append(
@@ -948,7 +952,26 @@ class CaseReport(_Model):
 
     @cached_property
     def measurements(self) -> list[StepMeasurement]:
-        return [m for v in self.steps for m in v.measurements]
+        at_presentation = [
+            StepMeasurement(step_id="presentation", kind="presentation", index=i, measurement=m, body_site=m.body_site)
+            for i, m in enumerate(self.presentation.measurements)
+        ]
+        return at_presentation + [m for v in self.steps for m in v.measurements]
+
+    @property
+    def presentation_measurements(self) -> list[StepMeasurement]:
+        return [m for m in self.measurements if m.step_id == "presentation"]
+
+    @cached_property
+    def event_names(self) -> dict[str, str]:
+        """Each event's name by its id, for times relative to it ("2 weeks after Surgical excision")."""
+        names = {"presentation": "presentation"}
+        names |= {s.id: s.title for s in self.diagnostic_steps}
+        for items in (self.procedures, self.medications, self.management, self.outcomes, self.diagnoses):
+            names |= {i.id: i.concept.text for i in items}
+        names |= {h.id: h.condition.text for h in self.history}
+        # Mid-sentence: "after excision of the lesion", but "after CT of the chest" and "after MRI".
+        return {k: v[:1].lower() + v[1:] if v[1:2].islower() else v for k, v in names.items()}
 
     @cached_property
     def step_findings(self) -> list[StepFinding]:
@@ -972,7 +995,7 @@ class CaseReport(_Model):
         ]
 
 
-_EXAM_KINDS = frozenset({"clinical_examination"})
+_EXAM_KINDS = frozenset({"clinical_examination", "presentation"})
 
 
 class _StepItem(_Model):

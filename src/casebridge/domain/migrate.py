@@ -8,7 +8,8 @@ diagnosis existed. 2.0 makes both explicit, so the upgrade writes down what 1.0 
 - a differential at a step becomes ``considered`` there; with a confirmed final diagnosis, every other diagnosis
   is ``excluded`` by the step that established it, as 1.0 concluded;
 - ``final_diagnosis.condition`` becomes a link to its diagnosis, which takes its body site (the differentials
-  take the presentation's, as the 1.0 mappings did);
+  take the presentation's, as the 1.0 mappings did) and, as its onset, the time before presentation that the
+  presentation's duration gives (1.0's mappings dated it so);
 - ``source_text`` becomes ``quote``.
 ``notes`` says where the 1.0 reading may not be what the source meant, for a person to check.
 """
@@ -67,6 +68,11 @@ def upgrade(case: CaseReportV1) -> tuple[dict[str, Any], list[str]]:
         entry = diagnoses[key]
         if final.body_site is not None:
             entry["body_site"] = final.body_site.model_dump(mode="json", exclude_none=True)
+        duration = case.presentation.duration
+        if duration is not None:
+            # 1.0 dated the final diagnosis's onset by how long the patient had the complaint before presenting.
+            relative = {"relation": "before", "to": "presentation", "value": duration.value, "unit": duration.unit}
+            entry["time"] = {"relative": relative} | ({"approximate": True} if duration.approximate else {})
         fd = doc["final_diagnosis"]
         fd.pop("condition")
         fd.pop("body_site", None)

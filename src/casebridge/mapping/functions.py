@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from casebridge.domain import ucum
-from casebridge.domain.case import Age, BodySite, Concept, Quantity
+from casebridge.domain.case import Age, BodySite, CaseReport, Concept, Quantity, TimeElement
 from casebridge.mapping.codes import CodeTable
 from casebridge.mapping.expressions import Function
 
@@ -250,6 +250,19 @@ def step_ref(ctx: Context, step_id: str | None) -> dict[str, str] | None:
     return None
 
 
+def when(ctx: Context, t: TimeElement | None, case: CaseReport) -> str | None:
+    """A time element in words, the events it is relative to named ("2 weeks after Surgical excision")."""
+    return None if t is None else t.words(case.event_names)
+
+
+def when_untyped(ctx: Context, t: TimeElement | None, case: CaseReport) -> str | None:
+    """The words of a time FHIR has no typed place for (neither an age nor a date), capitalised."""
+    if t is None or t.untyped is None:
+        return None
+    words = t.words(case.event_names)
+    return words[:1].upper() + words[1:]
+
+
 def recorded(ctx: Context) -> str | None:
     """When this conversion ran (an instant): for Provenance.recorded, never a clinical date."""
     return ctx.recorded.isoformat(timespec="seconds") if ctx.recorded else None
@@ -339,6 +352,8 @@ def registry(tables: dict[str, CodeTable], roles: set[str]) -> dict[str, Functio
         "all_refs": fn(all_refs),
         "recorded": fn(recorded),
         "age": fn(age),
+        "when": fn(when),
+        "when_untyped": fn(when_untyped),
         "step_ref": fn(step_ref),
         "dicom_uid": fn(dicom_uid),
         "join": fn(join),
