@@ -70,7 +70,7 @@ def seed_case() -> dict[str, Any]:
     try:
         doc = yaml.safe_load(SEED_CASE.read_text(encoding="utf-8"))
     except OSError:
-        return {"schema_version": "1.0", "case_id": "example"}
+        return {"schema_version": "2.0", "case_id": "example"}
     return doc if isinstance(doc, dict) else {}
 
 
