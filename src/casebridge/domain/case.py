@@ -31,6 +31,7 @@ from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
+from casebridge.domain import case_v1
 from casebridge.domain.case_v1 import (
     STEP_LABELS as _V1_LABELS,
 )
@@ -43,7 +44,7 @@ from casebridge.domain.case_v1 import (
     Interpretation,
     Key,
     PatientIdentifier,
-    PublicationHistory,
+    PossibleCause,
     Quantity,
     ReferenceRange,
     ShortText,
@@ -74,7 +75,6 @@ STEP_LABELS = _V1_LABELS | {
 }
 
 TimeUnit = Literal["years", "months", "weeks", "days", "hours", "minutes"]
-_DAYS = {"years": 365.25, "months": 30.44, "weeks": 7.0, "days": 1.0, "hours": 1 / 24, "minutes": 1 / 1440}
 _UNIT_WORDS = {"years": "year", "months": "month", "weeks": "week", "days": "day", "hours": "hour", "minutes": "minute"}
 
 
@@ -98,20 +98,10 @@ def sites_label(sites: list[BodySite]) -> str:
 # --- time -------------------------------------------------------------------------------------------------
 
 
-class Duration(_Model):
-    value: Annotated[Decimal, Field(gt=0)]
-    unit: TimeUnit
-    approximate: StrictBool = False
+class Duration(case_v1.Duration):
+    """How long, as 1.0's duration, in hours and minutes too."""
 
-    @property
-    def days(self) -> float:
-        return float(self.value) * _DAYS[self.unit]
-
-    @model_validator(mode="after")
-    def _plausible(self) -> Duration:
-        if self.days > 150 * 365.25:
-            raise ValueError(f"a duration of {self.value} {self.unit} is not possible")
-        return self
+    unit: TimeUnit  # type: ignore[assignment]  # the 1.0 units and more
 
     @property
     def label(self) -> str:
@@ -336,24 +326,11 @@ class Measurement(_Event):
         return self
 
 
-class LabTest(_Event):
-    """A laboratory result. With no ``value``, ``reported_as`` says what the source said instead."""
+class LabTest(case_v1.LabTest):
+    """A laboratory result, as in 1.0, with its time and quote."""
 
-    id: Key
-    concept: Concept
-    specimen_type: ShortText | None = None  # e.g. "serum"
-    value: Quantity | None = None
-    reported_as: Text | None = None
-    interpretation: Interpretation | None = None
-    reference_range: ReferenceRange | None = None
-
-    @model_validator(mode="after")
-    def _value_or_report(self) -> LabTest:
-        if self.value is None and self.reported_as is None:
-            raise ValueError("give the value, or reported_as saying what the source reported instead")
-        if self.value and self.reference_range and self.value.unit != self.reference_range.unit:
-            raise ValueError("value and reference_range must use the same unit")
-        return self
+    time: TimeElement | None = None
+    quote: Text | None = None
 
 
 # --- diagnoses --------------------------------------------------------------------------------------------
@@ -629,18 +606,8 @@ class Outcome(_Event):
     assessed_by: Literal["clinician", "patient"] | None = None
 
 
-class Specimen(_Fact):
-    id: Key
-    type: Concept
-    description: Text | None = None
-    body_site: BodySite | None = None
-    collected_by: Key | None = None  # a Procedure.id of this case
-    note: Text | None = None
-
-
-class PossibleCause(_Model):
-    history: Key  # a HistoryItem.id of this case
-    note: Text
+class Specimen(case_v1.Specimen):
+    quote: Text | None = None
 
 
 class FinalDiagnosis(_Fact):
@@ -666,48 +633,16 @@ class Unrepresented(_Model):
     why: Text
 
 
-class Source(_Model):
-    """Where the case comes from. Every output resource's Provenance points here."""
+class Source(case_v1.Source):
+    """Where the case comes from, as in 1.0, with a PubMed id. Every output resource's Provenance points here."""
 
-    kind: Literal["publication", "registry", "synthetic"]
-    citation: Text
-    title: ShortText | None = None
-    doi: Annotated[str, Field(pattern=r"^10\.\d{4,9}/[^\s]+$")] | None = None
     pmid: Annotated[str, Field(pattern=r"^[1-9]\d{0,8}$")] | None = None
-    url: Annotated[str, Field(pattern=r"^https?://[^\s]+$")] | None = None
-    authors: list[ShortText] = []
-    affiliations: list[Text] = []
-    corresponding_author: ShortText | None = None
-    keywords: list[ShortText] = []
-    journal: ShortText | None = None
-    year: Annotated[StrictInt, Field(ge=1800, le=2100)] | None = None
-    publication_history: PublicationHistory | None = None
-    statements: list[Text] = []  # e.g. conflicts of interest
-    figures: list[Figure] = []
-    tables: list[Figure] = []
 
     @model_validator(mode="after")
-    def _locatable(self) -> Source:
+    def _locatable(self) -> Source:  # replaces 1.0's check of the same name: a PubMed id locates it too
         if self.kind == "publication" and not (self.doi or self.pmid or self.url):
             raise ValueError("a publication needs a doi, a pmid or a url")
         return self
-
-    @property
-    def affiliation_line(self) -> str | None:
-        parts = [
-            f"Affiliation: {'; '.join(self.affiliations)}." if self.affiliations else None,
-            f"Corresponding author: {self.corresponding_author}." if self.corresponding_author else None,
-        ]
-        return " ".join(p for p in parts if p) or None
-
-    @property
-    def keyword_line(self) -> str | None:
-        return f"Keywords: {'; '.join(self.keywords)}." if self.keywords else None
-
-    @property
-    def journal_line(self) -> str | None:
-        parts = [p for p in (self.journal, str(self.year) if self.year else None) if p]
-        return f"Published in: {', '.join(parts)}." if parts else None
 
     @property
     def pmid_line(self) -> str | None:

@@ -78,7 +78,8 @@ STEP_LABELS = {
     "histopathology": "Histopathology",
 }
 
-_DAYS = {"years": 365.25, "months": 30.44, "weeks": 7.0, "days": 1.0}
+# hours and minutes: units of schema 2.0, whose Duration extends this one
+_DAYS = {"years": 365.25, "months": 30.44, "weeks": 7.0, "days": 1.0, "hours": 1 / 24, "minutes": 1 / 1440}
 
 Sex = Literal["female", "male", "other", "unknown"]
 Laterality = Literal["left", "right", "bilateral"]
