@@ -433,3 +433,16 @@ def test_each_profile_requires_what_its_template_always_fills(
     found = errors(validator, resource)
     profile = resource["meta"]["profile"][0]
     assert any(element in message and profile in message for _, message in found), found
+
+
+def test_a_medication_not_taken_is_a_statement_not_taken(mappings: MappingSet, validator: Validator) -> None:
+    """"N2O was not used": the statement's own status, not a made-up procedure."""
+    doc = copy.deepcopy(CASE)
+    doc["medications"] = [
+        {"id": "n2o", "concept": {"text": "Nitrous oxide"}, "status": "not-taken", "quote": "N2O was not used"}
+    ]
+    out = convert(mappings, doc)
+    (statement,) = by_role(out, "medication").values()
+    assert statement["status"] == "not-taken"
+    assert statement["medicationCodeableConcept"] == {"text": "Nitrous oxide"}
+    assert errors(validator, out) == []

@@ -580,7 +580,8 @@ class Medication(_Event):
     route: Concept | None = None
     frequency: ShortText | None = None
     duration: Duration | None = None
-    status: Literal["active", "completed", "stopped", "intended", "unknown"] | None = None
+    # not-taken: the source says it was not given or taken ("N2O was not used"; "she took no medication").
+    status: Literal["active", "completed", "stopped", "intended", "not-taken", "unknown"] | None = None
     at_presentation: StrictBool = False
     intent: Text | None = None
     response: Text | None = None
