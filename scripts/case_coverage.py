@@ -27,6 +27,9 @@ from typing import Any, TextIO
 
 import yaml
 
+# How the case model joins the passages of one quote (casebridge.domain.case.QUOTE_JOIN).
+QUOTE_JOIN = " … "
+
 # The annotation types whose entities a transcription is expected to carry; the others (Detailed_description,
 # Severity, Coreference, Clinical_event, ...) qualify or link these and are not counted.
 ENTITY_TYPES: tuple[str, ...] = (
@@ -216,17 +219,22 @@ def measure(case_path: Path, errors: list[QuoteError], types: tuple[str, ...] = 
         for path, quote in quotes:
             if quote is None:
                 continue
+            if isinstance(quote, list) and quote and all(isinstance(q, str) for q in quote):
+                quote = QUOTE_JOIN.join(quote)
             if not isinstance(quote, str):
                 errors.append(QuoteError(case_path.name, path, str(quote), "quote is not text (write it in quotes)"))
                 continue
-            # An empty quote would "occur" between every two characters and cover nothing: it is a slip.
-            found = locate(text, quote) if quote.strip() else []
-            if not found:
-                problem = "empty quote" if not quote.strip() else "quote not found verbatim in the report"
-                errors.append(QuoteError(case_path.name, path, quote, problem))
-            elif covers:
-                for start, end in found:
-                    covered[start:end] = b"\x01" * (end - start)
+            # A quote of several passages is their list, or one text joined with a spaced ellipsis (as the case
+            # model joins such a list): each passage must be verbatim.
+            for fragment in quote.split(QUOTE_JOIN) if isinstance(quote, str) else []:
+                # An empty quote would "occur" between every two characters and cover nothing: it is a slip.
+                found = locate(text, fragment) if fragment.strip() else []
+                if not found:
+                    problem = "empty quote" if not fragment.strip() else "quote not found verbatim in the report"
+                    errors.append(QuoteError(case_path.name, path, fragment, problem))
+                elif covers:
+                    for start, end in found:
+                        covered[start:end] = b"\x01" * (end - start)
 
     uncovered = [
         entity

@@ -235,3 +235,22 @@ def test_maccrobat_fixtures_cover_95_percent(tmp_path: Path) -> None:
     assert figures["quote_errors"] == []
     assert len(figures["reports"]) == len(cases)
     assert figures["total"]["covered"] * 100 >= 95 * figures["total"]["entities"] > 0
+
+
+def test_a_quote_of_several_passages_covers_each_and_each_must_be_verbatim(tmp_path: Path) -> None:
+    ann = _ann(("Sign_symptom", [_span("cough")]), ("Biological_structure", [_span("knee")]))
+    case = _write(tmp_path, 'x: {quote: ["and cough.", "knee was drained"]}\n', ann)
+    report, errors = _measure(case)
+    assert errors == [] and report.covered == 2
+    # the model's joined form reads the same
+    joined = _write(tmp_path, f'x: {{quote: "and cough.{cov.QUOTE_JOIN}knee was drained"}}\n', ann)
+    assert _measure(joined)[0].covered == 2
+    _write(tmp_path, 'x: {quote: ["and cough.", "knee was removed"]}\n', ann)
+    report, errors = _measure(case)
+    assert [e.quote for e in errors] == ["knee was removed"] and report.covered == 1
+
+
+def test_the_script_joins_passages_as_the_case_model_does() -> None:
+    from casebridge.domain.case import QUOTE_JOIN
+
+    assert cov.QUOTE_JOIN == QUOTE_JOIN

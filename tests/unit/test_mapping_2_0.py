@@ -10,8 +10,10 @@ import copy
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from casebridge.config import Settings
+from casebridge.domain.case import CaseReport
 from casebridge.domain.reader import validate_case
 from casebridge.mapping.engine import MappingSet
 from casebridge.validation.service import load_validator
@@ -436,7 +438,7 @@ def test_each_profile_requires_what_its_template_always_fills(
 
 
 def test_a_medication_not_taken_is_a_statement_not_taken(mappings: MappingSet, validator: Validator) -> None:
-    """"N2O was not used": the statement's own status, not a made-up procedure."""
+    """ "N2O was not used": the statement's own status, not a made-up procedure."""
     doc = copy.deepcopy(CASE)
     doc["medications"] = [
         {"id": "n2o", "concept": {"text": "Nitrous oxide"}, "status": "not-taken", "quote": "N2O was not used"}
@@ -445,4 +447,46 @@ def test_a_medication_not_taken_is_a_statement_not_taken(mappings: MappingSet, v
     (statement,) = by_role(out, "medication").values()
     assert statement["status"] == "not-taken"
     assert statement["medicationCodeableConcept"] == {"text": "Nitrous oxide"}
+    assert errors(validator, out) == []
+
+
+def test_history_the_patient_does_not_have_is_an_absent_finding_not_a_condition(
+    mappings: MappingSet, validator: Validator
+) -> None:
+    doc = copy.deepcopy(CASE)
+    doc["history"] = [
+        {
+            "id": "none",
+            "condition": {"text": "Significant past medical history"},
+            "present": False,
+            "quote": "There was no significant past medical history.",
+        }
+    ]
+    out = convert(mappings, doc)
+    assert by_role(out, "history") == {}
+    (absent,) = by_role(out, "history-absent").values()
+    assert absent["valueBoolean"] is False
+    assert absent["code"] == {"text": "Significant past medical history"}
+    assert errors(validator, out) == []
+    doc["history"][0]["clinical_status"] = "resolved"
+    with pytest.raises(ValidationError, match="a condition the patient does not have has no status"):
+        CaseReport.model_validate(doc)
+
+
+def test_a_procedure_duration_a_step_time_and_a_quote_of_two_passages_reach_the_bundle(
+    mappings: MappingSet, validator: Validator
+) -> None:
+    doc = copy.deepcopy(CASE)
+    doc["procedures"][0] |= {
+        "duration": {"value": 100, "unit": "minutes"},
+        "quote": ["underwent an excision", "The operation lasted 100 minutes."],
+    }
+    doc["diagnostic_steps"][0]["time"] = {"relative": {"relation": "after", "to": "presentation"}}
+    out = convert(mappings, doc)
+    procedure = by_role(out, "procedure")["excision"]
+    assert "Duration: 100 minutes." in notes(procedure)
+    assert 'Source: "underwent an excision … The operation lasted 100 minutes."' in notes(procedure)
+    step_id = doc["diagnostic_steps"][0]["id"]
+    impression = by_role(out, "step-impression")[step_id]
+    assert "Time: after presentation." in notes(impression)
     assert errors(validator, out) == []

@@ -261,10 +261,26 @@ def _reaches_time(annotation: object, seen: set[type]) -> bool:
     return any(_reaches_time(arg, seen) for arg in get_args(annotation))  # list[X], X | None, Annotated[X, ...]
 
 
+# Fragments of one quote are joined with a spaced ellipsis, the usual mark of words left out.
+QUOTE_JOIN = " … "
+
+
+def _quote(value: object) -> object:
+    # A fact the source states in two places ("the operation ... Duration of the operation was 100 minutes") is
+    # quoted as a list of its fragments; each fragment stays verbatim.
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return QUOTE_JOIN.join(v.strip() for v in value)
+    return value
+
+
+# The source's words a fact comes from: one verbatim passage, or a list of them.
+Quote = Annotated[Text, BeforeValidator(_quote)]
+
+
 class _Fact(_Model):
     """What every fact may carry: the source's words for it."""
 
-    quote: Text | None = None
+    quote: Quote | None = None
 
 
 class _Event(_Fact):
@@ -330,7 +346,7 @@ class LabTest(case_v1.LabTest):
     """A laboratory result, as in 1.0, with its time and quote."""
 
     time: TimeElement | None = None
-    quote: Text | None = None
+    quote: Quote | None = None
 
 
 # --- diagnoses --------------------------------------------------------------------------------------------
@@ -500,9 +516,20 @@ class HistoryItem(_Event):
 
     id: Key
     condition: Concept
+    # false: the source says the patient does not have it ("no significant past medical history").
+    present: StrictBool = True
     body_site: Sites = []
     clinical_status: Literal["active", "inactive", "resolved"] | None = None
     note: Text | None = None
+
+    @model_validator(mode="after")
+    def _status_of_what_is_present(self) -> HistoryItem:
+        if not self.present and (self.clinical_status is not None or self.time is not None):
+            raise ValueError(
+                "clinical_status: a condition the patient does not have has no status and no onset; remove them, "
+                "or remove present: false"
+            )
+        return self
 
 
 class FamilyHistoryItem(_Fact):
@@ -608,7 +635,7 @@ class Outcome(_Event):
 
 
 class Specimen(case_v1.Specimen):
-    quote: Text | None = None
+    quote: Quote | None = None
 
 
 class FinalDiagnosis(_Fact):
@@ -801,6 +828,14 @@ class CaseReport(_Model):
                 stack.extend((v, f"{path}[{i}]") for i, v in enumerate(node))
 
     # --- derived views used by the mappings (pure functions of the case) -------------------------------
+
+    @property
+    def present_history(self) -> list[HistoryItem]:
+        return [h for h in self.history if h.present]
+
+    @property
+    def absent_history(self) -> list[HistoryItem]:
+        return [h for h in self.history if not h.present]
 
     @cached_property
     def diagnosis_by_id(self) -> dict[str, Diagnosis]:
