@@ -586,7 +586,7 @@ class Patient(_Fact):
 class Procedure(_Event):
     id: Key
     concept: Concept
-    body_site: BodySite | None = None
+    body_site: Sites = []  # one site or several ("a hip and inguinal mass excision")
     # As the source says; absent, the mapping writes "unknown": a procedure the source only names must not read
     # as done.
     status: Literal["completed", "in-progress", "not-done", "stopped"] | None = None
@@ -735,9 +735,11 @@ class CaseReport(_Model):
         # Cross-references and orderings a single field cannot check; each message names its path.
         _unique("diagnostic_steps", [s.id for s in self.diagnostic_steps])
         events = self._event_ids()
-        _unique("ids of events (steps, procedures, medications, management, outcomes, history, diagnoses)", events)
+        _unique(
+            "ids of events (steps, procedures, medications, management, outcomes, history, diagnoses, social history)",
+            events,
+        )
         _unique("family_history", [f.id for f in self.family_history])
-        _unique("social_history", [s.id for s in self.social_history])
         _unique("specimens", [s.id for s in self.specimens])
         tests = [t.id for s in self.diagnostic_steps if isinstance(s, LaboratoryStep) for t in s.tests]
         _unique("diagnostic_steps[].tests", tests)
@@ -806,6 +808,7 @@ class CaseReport(_Model):
             *(o.id for o in self.outcomes),
             *(h.id for h in self.history),
             *(d.id for d in self.diagnoses),
+            *(s.id for s in self.social_history),  # "on the 8th morning after the earthquake"
         ]
 
     def _check_times(self, events: set[str]) -> None:
@@ -968,6 +971,7 @@ class CaseReport(_Model):
         for items in (self.procedures, self.medications, self.management, self.outcomes, self.diagnoses):
             names |= {i.id: i.concept.text for i in items}
         names |= {h.id: h.condition.text for h in self.history}
+        names |= {s.id: s.value for s in self.social_history}
         # Mid-sentence: "after excision of the lesion", but "after CT of the chest" and "after MRI".
         return {k: v[:1].lower() + v[1:] if v[1:2].islower() else v for k, v in names.items()}
 
