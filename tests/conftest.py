@@ -20,6 +20,13 @@ SEED = DATA_DIR / "cases" / "dystrophic-calcification-right-forearm.yaml"
 CASES_V1 = PROJECT_ROOT / "tests" / "data" / "cases-1.0"
 SEED_V1 = CASES_V1 / "dystrophic-calcification-right-forearm.yaml"
 TERMINOLOGY = DATA_DIR / "terminology" / "case-codes.yaml"
+# Cases transcribed from MACCROBAT2020 reports (fixtures/cases/README.md): the rule checks run over these too,
+# as real reports have shapes the packaged examples do not.
+FIXTURE_FILES = sorted((FIXTURES / "cases").glob("*.yaml"))
+ALL_CASE_FILES = CASE_FILES + FIXTURE_FILES
+# By file name, as the tests parametrize by name; a name shared by two folders would make one case hide the other.
+CASE_PATHS = {p.name: p for p in ALL_CASE_FILES}
+assert len(CASE_PATHS) == len(ALL_CASE_FILES), "a fixture case has the name of a packaged case"
 # A fixed conversion time, so that outputs compare equal across runs.
 RECORDED = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -37,6 +44,12 @@ def load_case(path: Path) -> CaseReport:
 @pytest.fixture(scope="session")
 def bundles(mappings: MappingSet) -> dict[str, dict[str, Any]]:
     return {p.name: mappings.convert(load_case(p), recorded=RECORDED) for p in CASE_FILES}
+
+
+@pytest.fixture(scope="session")
+def all_bundles(mappings: MappingSet, bundles: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The Bundles of the packaged cases and of the MACCROBAT fixtures, by file name."""
+    return bundles | {p.name: mappings.convert(load_case(p), recorded=RECORDED) for p in FIXTURE_FILES}
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import pytest
 from casebridge.config import Settings
 from casebridge.validation.service import load_validator
 from casebridge.validation.validator import Validator, has_errors
-from tests.conftest import CASE_FILES
+from tests.conftest import ALL_CASE_FILES
 from tests.integration.test_cli import run
 
 
@@ -25,11 +25,11 @@ def errors(issues: list[Any]) -> list[tuple[str, str]]:
     return [(i.expression, i.message) for i in issues if i.severity in ("error", "fatal")]
 
 
-@pytest.mark.parametrize("case", [p.name for p in CASE_FILES])
+@pytest.mark.parametrize("case", [p.name for p in ALL_CASE_FILES])
 def test_every_fixture_bundle_validates_without_errors(
-    validator: Validator, bundles: dict[str, Any], case: str
+    validator: Validator, all_bundles: dict[str, Any], case: str
 ) -> None:
-    assert errors(validator.validate(bundles[case])) == []
+    assert errors(validator.validate(all_bundles[case])) == []
 
 
 def test_a_wrong_gender_and_a_bogus_status_are_both_caught(validator: Validator, seed_bundle: dict[str, Any]) -> None:
@@ -198,8 +198,10 @@ def test_cli_deeply_nested_extensions_do_not_crash(tmp_path: Path) -> None:
 PROFILE_BASE = "https://casebridge.example.org/fhir/StructureDefinition/"
 
 
-def test_every_resource_claims_a_casebridge_profile_that_loads(validator: Validator, bundles: dict[str, Any]) -> None:
-    for bundle in bundles.values():
+def test_every_resource_claims_a_casebridge_profile_that_loads(
+    validator: Validator, all_bundles: dict[str, Any]
+) -> None:
+    for bundle in all_bundles.values():
         for entry in bundle["entry"]:
             (profile,) = entry["resource"]["meta"]["profile"]
             assert profile.startswith(PROFILE_BASE)
