@@ -15,7 +15,11 @@ the package: its name, its parent and its module.
     │   │                          XML), not an object, nested too deep, a resource without resourceType
     │   ├── CaseSchemaError        the case does not fit the case model: each problem with its field path
     │   ├── ConversionError        a valid case the mappings cannot convert (e.g. an unknown vocabulary key)
-    │   └── RowError               [ingest.registry_csv] a registry CSV row that does not fit the layout
+    │   ├── RowError               [ingest.registry_csv] a registry CSV row that does not fit the layout
+    │   ├── ViewDefinitionError    [views._definition] a ViewDefinition that cannot be run: each problem at its
+    │   │                          element
+    │   └── ViewEvaluationError    [views._runner] a resource a view cannot read (several values for a column
+    │                              that is not a collection, a where that gives no boolean)
     ├── MappingError               a mapping, code table or terminology file is wrong: names file and line
     ├── ConfigurationError         a setting that cannot work (a SMART key that does not fit): the CLI exits 3
     ├── LockError                  the per-patient write lock cannot be had (lock folder unusable, waited too long)
