@@ -29,7 +29,16 @@ import datetime as dt
 from functools import cache, cached_property
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictBool,
+    StrictInt,
+    model_validator,
+)
 
 from casebridge.domain import case_v1
 from casebridge.domain.case_v1 import (
@@ -710,6 +719,10 @@ class DiagnosisView(_Model):
 
 
 class CaseReport(_Model):
+    # The schema the file was written in, when it was upgraded to this one (1.0): messages about the case then
+    # say that their paths are those of the upgraded case.
+    _upgraded_from: str | None = PrivateAttr(default=None)
+
     schema_version: Literal["2.0"]
     case_id: Key
     source: Source
@@ -839,6 +852,10 @@ class CaseReport(_Model):
     @property
     def absent_history(self) -> list[HistoryItem]:
         return [h for h in self.history if not h.present]
+
+    @property
+    def upgraded_from(self) -> str | None:
+        return self._upgraded_from
 
     @cached_property
     def diagnosis_by_id(self) -> dict[str, Diagnosis]:

@@ -218,7 +218,9 @@ def validate_case(doc: dict[str, Any], *, source: str) -> CaseReport:
             root = case_v1.CaseReport
             upgraded, _notes = upgrade(case_v1.CaseReport.model_validate(doc))
             root = CaseReport
-            return CaseReport.model_validate(upgraded)
+            case = CaseReport.model_validate(upgraded)
+            case._upgraded_from = case_v1.SCHEMA_VERSION
+            return case
         return CaseReport.model_validate(doc)
     except ValidationError as exc:
         problems = case_problems(exc, doc, root)

@@ -139,8 +139,15 @@ class MappingSet:
     ) -> Conversion:
         problems = self.check_vocabulary(case)
         if problems:
+            upgraded = case.upgraded_from
             raise ConversionError(
-                "the case uses vocabulary keys the code tables do not know (see mappings/codes)",
+                "the case uses vocabulary keys the code tables do not know (see mappings/codes)"
+                + (
+                    f"; the paths are those of the case upgraded from schema {upgraded} to {case.schema_version} "
+                    "(casebridge migrate FILE shows it)"
+                    if upgraded
+                    else ""
+                ),
                 source=source,
                 problems=problems,
             )
