@@ -11,6 +11,8 @@ from casebridge.config import Settings
 from casebridge.domain.case import CaseReport
 from casebridge.domain.reader import read_case
 from casebridge.mapping.engine import MappingSet
+from casebridge.validation.service import load_validator
+from casebridge.validation.validator import Validator
 from tests.paths import DATA_DIR, PROJECT_ROOT
 
 FIXTURES = PROJECT_ROOT / "fixtures"
@@ -39,6 +41,13 @@ def mappings() -> MappingSet:
 
 def load_case(path: Path) -> CaseReport:
     return read_case(path.read_bytes(), source=str(path))
+
+
+@pytest.fixture(scope="session")
+def validator() -> Validator:
+    """The validator of the default settings (base R4, the pinned packages, casebridge's profiles), loaded once:
+    loading it reads every definition."""
+    return load_validator(Settings())
 
 
 @pytest.fixture(scope="session")

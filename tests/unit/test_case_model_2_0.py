@@ -11,14 +11,13 @@ from typing import Any
 import pytest
 import yaml
 
-from casebridge.config import Settings
 from casebridge.domain import reader
 from casebridge.domain.reader import read_case, validate_case
 from casebridge.errors import CaseFileError, CaseSchemaError
 from casebridge.mapping.engine import MappingSet
-from casebridge.validation.service import load_validator
 from casebridge.validation.validator import Validator
-from tests.conftest import RECORDED, SEED_V1
+from tests.bundles import by_role, convert, errors, notes, resources
+from tests.conftest import SEED_V1
 
 UCUM = "http://unitsofmeasure.org"
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -33,43 +32,12 @@ BASE: dict[str, Any] = {
 }
 
 
-@pytest.fixture(scope="module")
-def validator() -> Validator:
-    return load_validator(Settings())
-
-
 def case(**sections: Any) -> dict[str, Any]:
     return copy.deepcopy(BASE) | copy.deepcopy(sections)
 
 
-def convert(mappings: MappingSet, doc: dict[str, Any]) -> dict[str, Any]:
-    return mappings.convert(validate_case(copy.deepcopy(doc), source="case.yaml"), recorded=RECORDED)
-
-
-def resources(bundle: dict[str, Any], rtype: str) -> list[dict[str, Any]]:
-    return [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == rtype]
-
-
-def by_role(bundle: dict[str, Any], role: str) -> dict[str, dict[str, Any]]:
-    """The resources of a role by key (the identifier is "<case>/<role>/<key>"; "" for a role of one)."""
-    out = {}
-    for e in bundle["entry"]:
-        _, found, *key = e["resource"].get("identifier", [{}])[0].get("value", "//").split("/", 2)
-        if found == role:
-            out[key[0] if key else ""] = e["resource"]
-    return out
-
-
 def url_of(bundle: dict[str, Any], resource: dict[str, Any]) -> str:
     return str(next(e["fullUrl"] for e in bundle["entry"] if e["resource"] is resource))
-
-
-def notes(resource: dict[str, Any]) -> list[str]:
-    return [n["text"] for n in resource.get("note", [])]
-
-
-def errors(validator: Validator, bundle: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(i.expression, i.message) for i in validator.validate(bundle) if i.severity in ("error", "fatal")]
 
 
 def verification(condition: dict[str, Any]) -> str:

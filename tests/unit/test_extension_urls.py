@@ -11,18 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
-from casebridge.config import Settings
-from casebridge.validation.service import load_validator
 from casebridge.validation.validator import ELE_1, ValidationOptions, Validator
 
 CONGREGATION = "http://hl7.org/fhir/StructureDefinition/patient-congregation"
-
-
-@pytest.fixture(scope="module")
-def validator() -> Validator:
-    return load_validator(Settings())
 
 
 def errors(validator: Validator, resource: dict[str, Any], **options: Any) -> list[tuple[str, str]]:

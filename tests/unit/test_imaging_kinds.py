@@ -8,12 +8,10 @@ from typing import Any, get_args
 import pytest
 import yaml
 
-from casebridge.config import Settings
 from casebridge.domain.case import STEP_LABELS, ImagingKind
 from casebridge.domain.reader import validate_case
 from casebridge.errors import CaseSchemaError
 from casebridge.mapping.engine import MappingSet
-from casebridge.validation.service import load_validator
 from casebridge.validation.validator import Validator
 from tests.conftest import CASES_V1
 
@@ -35,11 +33,6 @@ GENERIC_REPORT = "18748-4"  # Diagnostic imaging study
 REPORT_CODE = {"ct": "25045-6", "mri": "25056-3"}  # CT / MR Unspecified body region
 # A synthetic case (not a real patient): the left-thigh fixture, whose one imaging step is re-kinded below.
 BASE = CASES_V1 / "metastatic-calcification-left-thigh.yaml"
-
-
-@pytest.fixture(scope="module")
-def validator() -> Validator:
-    return load_validator(Settings())
 
 
 def base_doc() -> dict[str, Any]:

@@ -10,13 +10,11 @@ from typing import Any
 import pytest
 import yaml
 
-from casebridge.config import Settings
 from casebridge.definitions.packages import default_cache_dir
 from casebridge.domain.reader import validate_case
 from casebridge.mapping.codes import load_terminology, resolve_citation
 from casebridge.mapping.engine import MappingSet
 from casebridge.mapping.functions import name_uuid
-from casebridge.validation.service import load_validator
 from casebridge.validation.validator import Validator
 from tests.conftest import CASE_FILES, CASES_V1, SEED_V1, TERMINOLOGY
 
@@ -25,11 +23,6 @@ PROFILE = "https://casebridge.example.org/fhir/StructureDefinition/CasebridgeLab
 DAR = "http://hl7.org/fhir/StructureDefinition/data-absent-reason"
 # A synthetic case (not a real patient) with two laboratory results and a diagnosis settled by them.
 THIGH = CASES_V1 / "metastatic-calcification-left-thigh.yaml"
-
-
-@pytest.fixture(scope="module")
-def validator() -> Validator:
-    return load_validator(Settings())
 
 
 def doc_of(path: Any) -> dict[str, Any]:

@@ -12,12 +12,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from casebridge.config import Settings
 from casebridge.domain.case import CaseReport
-from casebridge.domain.reader import validate_case
 from casebridge.mapping.engine import MappingSet
-from casebridge.validation.service import load_validator
 from casebridge.validation.validator import Validator
+from tests.bundles import by_role, convert, errors, notes, one
 
 PROFILE = "https://casebridge.example.org/fhir/StructureDefinition/"
 DAR = "http://hl7.org/fhir/StructureDefinition/data-absent-reason"
@@ -163,45 +161,13 @@ NEW_ROLES = ("medication", "family-history", "social-history", "management", "ou
 
 
 @pytest.fixture(scope="module")
-def validator() -> Validator:
-    return load_validator(Settings())
-
-
-@pytest.fixture(scope="module")
 def bundle(mappings: MappingSet) -> dict[str, Any]:
     return convert(mappings, CASE)
-
-
-def convert(mappings: MappingSet, doc: dict[str, Any]) -> dict[str, Any]:
-    return mappings.convert(validate_case(copy.deepcopy(doc), source="case.yaml"))
-
-
-def by_role(bundle: dict[str, Any], role: str) -> dict[str, dict[str, Any]]:
-    """The resources of a role, by their key (the last part of the identifier "<case>/<role>/<key>")."""
-    out = {}
-    for e in bundle["entry"]:
-        _, found, *key = e["resource"].get("identifier", [{}])[0].get("value", "//").split("/", 2)
-        if found == role:
-            out[key[0] if key else ""] = e["resource"]
-    return out
-
-
-def one(bundle: dict[str, Any], role: str) -> dict[str, Any]:
-    (resource,) = by_role(bundle, role).values()
-    return resource
 
 
 def patient_url(bundle: dict[str, Any]) -> str:
     (url,) = [e["fullUrl"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"]
     return str(url)
-
-
-def notes(resource: dict[str, Any]) -> list[str]:
-    return [n["text"] for n in resource.get("note", [])]
-
-
-def errors(validator: Validator, bundle: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(i.expression, i.message) for i in validator.validate(bundle) if i.severity in ("error", "fatal")]
 
 
 def test_the_bundle_validates_with_every_new_section(bundle: dict[str, Any], validator: Validator) -> None:

@@ -13,11 +13,9 @@ import pytest
 import yaml
 
 from casebridge.cli.core import case_json_schema
-from casebridge.config import Settings
 from casebridge.domain.reader import read_case
 from casebridge.errors import CaseSchemaError
 from casebridge.mapping.engine import MappingSet
-from casebridge.validation.service import load_validator
 from casebridge.validation.validator import Validator
 from tests.conftest import CASES_V1, RECORDED
 from tests.paths import DATA_DIR
@@ -35,11 +33,6 @@ NOT_DONE_XRAY = {
     "body_site": FOREARM,
     "source_text": "No X-ray was taken.",
 }
-
-
-@pytest.fixture(scope="module")
-def validator() -> Validator:
-    return load_validator(Settings())
 
 
 def base_doc() -> dict[str, Any]:

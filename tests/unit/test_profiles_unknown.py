@@ -25,11 +25,6 @@ UNKNOWN = "http://example.org/fhir/StructureDefinition/not-loaded"
 CLAIMS = {"resourceType": "Patient", "meta": {"profile": [UNKNOWN]}, "gender": "female"}
 
 
-@pytest.fixture(scope="module")
-def validator() -> Validator:
-    return load_validator(Settings())
-
-
 def by_severity(issues: list[Any], severity: str) -> list[tuple[str, str]]:
     return [(i.expression, i.message) for i in issues if i.severity == severity]
 

@@ -9,14 +9,12 @@ from typing import Any
 import pytest
 import yaml
 
-from casebridge.config import Settings
 from casebridge.definitions.packages import default_cache_dir
 from casebridge.domain import ucum
 from casebridge.domain.case import Quantity, ReferenceRange
 from casebridge.domain.reader import read_case
 from casebridge.errors import CaseSchemaError
 from casebridge.mapping.engine import MappingSet
-from casebridge.validation.service import load_validator
 from casebridge.validation.validator import Validator
 from tests.paths import DATA_DIR
 
@@ -149,11 +147,6 @@ def test_an_unknown_interpretation_is_refused() -> None:
     with pytest.raises(CaseSchemaError) as info:
         read(doc)
     assert info.value.problems[0].location == "diagnostic_steps[2].tests[0].interpretation"
-
-
-@pytest.fixture(scope="module")
-def validator() -> Validator:
-    return load_validator(Settings())
 
 
 def test_coded_units_and_interpretations_validate(mappings: MappingSet, validator: Validator) -> None:
