@@ -431,25 +431,7 @@ class _Step(_Event):
 
     @model_validator(mode="after")
     def _performed_or_not(self) -> _Step:
-        if self.performed:
-            if self.not_done_reason is not None:
-                raise ValueError(
-                    "not_done_reason: only a step that was not performed has a reason it was not done; "
-                    "add performed: false, or remove not_done_reason"
-                )
-            for name in self._NEEDED:
-                if getattr(self, name) in (None, []):
-                    raise ValueError(
-                        f"{name}: must not be empty for a step that was performed (a step the source says was not "
-                        "done has performed: false and needs no results)"
-                    )
-        else:
-            for name in self._RESULTS:
-                if name in self.model_fields_set:
-                    raise ValueError(
-                        f"{name}: a step that was not performed has no {name.replace('_', ' ')}; remove it, "
-                        "or remove performed: false if the source says the step was done"
-                    )
+        case_v1.check_performed(self)
         return self
 
 

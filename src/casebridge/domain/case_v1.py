@@ -304,29 +304,35 @@ class _Step(_Model):
 
     @model_validator(mode="after")
     def _performed_or_not(self) -> _Step:
-        # Each message starts with the field's name: the error then points at that field's line.
-        if self.performed:
-            if self.not_done_reason is not None:
-                raise ValueError(
-                    "not_done_reason: only a step that was not performed has a reason it was not done; "
-                    "add performed: false, or remove not_done_reason"
-                )
-            for name in self._NEEDED:
-                value = getattr(self, name)
-                if value is None or value == []:
-                    problem = "required field is missing" if value is None else "must not be empty"
-                    raise ValueError(
-                        f"{name}: {problem} for a step that was performed (a step the source says was not "
-                        "done has performed: false and needs no results)"
-                    )
-        else:
-            for name in self._RESULTS:
-                if name in self.model_fields_set:  # given at all, even empty: as the JSON Schema says
-                    raise ValueError(
-                        f"{name}: a step that was not performed has no {name.replace('_', ' ')}; remove it, "
-                        "or remove performed: false if the source says the step was done"
-                    )
+        check_performed(self)
         return self
+
+
+def check_performed(step: Any) -> None:
+    """A performed step has what its kind needs (``_NEEDED``) and no reason it was not done; a step not done has
+    no result (``_RESULTS``), not even an empty one, as the JSON Schema says. Schema 2.0's steps share the rule.
+    Each message starts with the field's name: the error then points at that field's line."""
+    if step.performed:
+        if step.not_done_reason is not None:
+            raise ValueError(
+                "not_done_reason: only a step that was not performed has a reason it was not done; "
+                "add performed: false, or remove not_done_reason"
+            )
+        for name in step._NEEDED:
+            value = getattr(step, name)
+            if value is None or value == []:
+                problem = "required field is missing" if value is None else "must not be empty"
+                raise ValueError(
+                    f"{name}: {problem} for a step that was performed (a step the source says was not "
+                    "done has performed: false and needs no results)"
+                )
+    else:
+        for name in step._RESULTS:
+            if name in step.model_fields_set:
+                raise ValueError(
+                    f"{name}: a step that was not performed has no {name.replace('_', ' ')}; remove it, "
+                    "or remove performed: false if the source says the step was done"
+                )
 
 
 class ClinicalExamination(_Step):
