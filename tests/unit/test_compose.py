@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import json
+import os
 import re
 import shlex
 import tomllib
@@ -22,10 +23,11 @@ import pytest
 import typer
 import yaml
 from pydantic import ValidationError
+from typer.testing import CliRunner
 
 from casebridge.cli.core import SEED_CASE
 from casebridge.cli.core import app as cli_app
-from casebridge.config import DATA_DIR, Settings
+from casebridge.config import DATA_DIR, Settings, get_settings
 from tests.paths import PROJECT_ROOT
 
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"
@@ -41,6 +43,34 @@ POSTGRES_DEFAULT_PORT = 5432
 POSTGRES_DRIVER = "org.postgresql.Driver"
 HAPI_POSTGRES_DIALECT = "ca.uhn.fhir.jpa.model.dialect.HapiFhirPostgresDialect"
 LOCAL_ONLY = "127.0.0.1"
+
+# hapiproject/hapi tags whose image carries the starter's health probe, /app/HealthCheck.class. The starter's Dockerfile
+# (build-distroless stage) copies src/main/java/HealthCheck.java to /app and compiles it there (`javac
+# /app/HealthCheck.java`); the distroless final stage copies /app. Run as `java -cp /app HealthCheck`: it GETs
+# http://localhost:$SERVER_PORT/fhir/metadata with 10 s connect and read timeouts and exits 0 on a CapabilityStatement
+# (hapifhir/hapi-fhir-jpaserver-starter, src/main/java/HealthCheck.java at 3edd75bf; issue #958 and PR #959 later
+# moved it to /actuator/health). Tags per issue K's reading of the starter: image/v8.10.0-1 to -3; v8.8.0-1 lacks it.
+# A tag not listed here may well have it too: check its Dockerfile, then add it.
+HAPI_TAGS_WITH_PROBE = ("v8.10.0-1", "v8.10.0-2", "v8.10.0-3")
+HAPI_PROBE = ["CMD", "java", "-cp", "/app", "HealthCheck"]
+HAPI_PROBE_OWN_TIMEOUTS = 20.0  # seconds: the probe's connect timeout plus its read timeout
+HAPI_MIN_START_PERIOD = 300.0  # seconds: a first start builds the schema in Postgres (minutes on a slow machine)
+
+# The hapi.fhir settings the compose file must write out, with the values it must keep (the starter's defaults in
+# AppProperties.java, hapifhir/hapi-fhir-jpaserver-starter at 01005f4b, except the search cache), and why. Each is
+# explained in docker-compose.yml and docs/hapi.md.
+HAPI_REQUIRED = {
+    "hapi.fhir.fhir_version": ("R4", "casebridge writes FHIR R4"),
+    "hapi.fhir.reuse_cached_search_results_millis": ("-1", "a pull right after a push must see what was pushed"),
+    "hapi.fhir.client_id_strategy": ("ALPHANUMERIC", "casebridge PUTs client-assigned UUID ids"),
+    "hapi.fhir.enforce_referential_integrity_on_write": ("true", "as production HAPI: dangling references refused"),
+    "hapi.fhir.allow_external_references": ("false", "as production HAPI: absolute references refused"),
+    "hapi.fhir.subscription.resthook_enabled": ("false", "nothing here consumes subscriptions"),
+    "hapi.fhir.subscription.websocket_enabled": ("false", "nothing here consumes subscriptions"),
+    "hapi.fhir.server_address": ("", "next links must follow the request's Host (paging inside the compose network)"),
+}
+# Long-running services that are not built here: restarted unless someone stopped them.
+SERVER_RESTART = ("unless-stopped", "always")
 
 # What the build stage must COPY: what `pip install` needs (pyproject.toml names README.md as the readme) and src/,
 # the package, whose data files (mappings, profiles, the FHIR package lock, schemas, terminology, example cases)
@@ -213,6 +243,59 @@ def option_value(argv: list[str], option: str) -> str | None:
     return None
 
 
+def seconds(duration: Any) -> float | None:
+    """A compose duration (``1m30s``, ``600s``, ``500ms``, a bare number of seconds) in seconds; None if unreadable."""
+    text = str(duration).strip()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+# ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?message}, ${VAR?message}, ${VAR:+alt}, ${VAR+alt}
+INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}")
+
+
+def interpolate(value: str, user_env: dict[str, str]) -> str:
+    """What compose makes of a value in the user's environment ``user_env`` (``$$`` stays a literal ``$``)."""
+
+    def one(match: re.Match[str]) -> str:
+        name, op, arg = match["name"], match["op"] or "", match["arg"] or ""
+        present = name in user_env and (user_env[name] != "" or not op.startswith(":"))
+        if op.endswith("-"):
+            return user_env[name] if present else arg
+        if op.endswith("+"):
+            return arg if present else ""
+        if op.endswith("?") and not present:
+            raise ValueError(f"required variable {name} is missing: {arg}")
+        return user_env.get(name, "")
+
+    parts = value.split("$$")
+    return "$".join(INTERPOLATION.sub(one, part) for part in parts)
+
+
+def strings(node: Any, path: str = "") -> list[tuple[str, str]]:
+    """Every string value of the compose document (mapping keys are not interpolated), with where it is."""
+    if isinstance(node, dict):
+        return [s for k, v in node.items() for s in strings(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(node, list):
+        return [s for i, v in enumerate(node) for s in strings(v, f"{path}[{i}]")]
+    return [(path, node)] if isinstance(node, str) else []
+
+
+def restart_policy(service: dict[str, Any]) -> tuple[str, int | None]:
+    """(policy, max retries) of a service's ``restart:`` (compose's default is ``no``)."""
+    policy, _, retries = str(service.get("restart", "no")).partition(":")
+    return policy, int(retries) if retries.isdigit() else None
+
+
+def runs_serve(service: dict[str, Any]) -> bool:
+    return any(argv[1:2] == ["serve"] for argv in invocations(service))
+
+
 # -- the checks on docker-compose.yml ----------------------------------------------------------------------------
 
 
@@ -314,6 +397,14 @@ def check_dependencies(compose: Compose) -> list[str]:
             problems.append(f"service {db!r} has no pg_isready healthcheck")
         if hapi is not None and depends_on(svcs[hapi]).get(db) != "service_healthy":
             problems.append(f"service {hapi!r} does not depend on {db!r} with condition service_healthy")
+    if hapi is not None:
+        for name in built_services(compose):
+            awaited = depends_on(svcs[name]).get(hapi)
+            if awaited != "service_healthy":
+                problems.append(
+                    f"service {name!r} depends on {hapi!r} with {awaited or 'no condition'}, not service_healthy: "
+                    "it would start while HAPI is still building its schema"
+                )
     return problems
 
 
@@ -352,19 +443,113 @@ def check_datasource(compose: Compose) -> list[str]:
 
 
 def check_hapi_settings(compose: Compose) -> list[str]:
-    """FHIR R4, and no reuse of cached search results (a pull right after a push must see it)."""
+    """HAPI's settings that casebridge relies on are written out with their required values (HAPI_REQUIRED)."""
     hapi = service_with_image(compose, HAPI_IMAGE)
     if hapi is None:
         return [f"no service runs the {HAPI_IMAGE} image"]
     env = environment(services(compose)[hapi])
     problems = []
-    if (spring_value(env, "hapi.fhir.fhir_version") or "").upper() != "R4":
-        problems.append(f"service {hapi!r}: hapi.fhir.fhir_version (HAPI_FHIR_FHIR_VERSION) is not R4")
-    if spring_value(env, "hapi.fhir.reuse_cached_search_results_millis") != "-1":
+    for prop, (wanted, why) in HAPI_REQUIRED.items():
+        variable = prop.upper().replace(".", "_")
+        value = spring_value(env, prop)
+        if value is None:
+            problems.append(f"service {hapi!r}: {prop} ({variable}) is not set; it must be {wanted!r}: {why}")
+        elif value.strip().upper() != wanted.upper():
+            problems.append(f"service {hapi!r}: {prop} ({variable}) is {value!r}, not {wanted!r}: {why}")
+    return problems
+
+
+def check_hapi_healthcheck(compose: Compose) -> list[str]:
+    """HAPI's image is a tag known to ship the starter's probe, and the healthcheck runs it (exec form: the image
+    has no shell), with a timeout the probe fits in and a start period long enough for a first schema build."""
+    hapi = service_with_image(compose, HAPI_IMAGE)
+    if hapi is None:
+        return [f"no service runs the {HAPI_IMAGE} image"]
+    svc = services(compose)[hapi]
+    problems = []
+    tag = split_image(str(svc.get("image", "")))[1]
+    if tag not in HAPI_TAGS_WITH_PROBE:
         problems.append(
-            f"service {hapi!r}: hapi.fhir.reuse_cached_search_results_millis "
-            "(HAPI_FHIR_REUSE_CACHED_SEARCH_RESULTS_MILLIS) is not -1"
+            f"service {hapi!r}: tag {tag} is not one known to ship the HealthCheck probe "
+            f"({', '.join(HAPI_TAGS_WITH_PROBE)}); check that tag's Dockerfile and add it to HAPI_TAGS_WITH_PROBE"
         )
+    check = svc.get("healthcheck") or {}
+    test = check.get("test")
+    if not test or check.get("disable") or test == ["NONE"]:
+        return [*problems, f"service {hapi!r} has no healthcheck: nothing can wait for it to be healthy"]
+    if isinstance(test, str) or test[:1] == ["CMD-SHELL"]:
+        problems.append(f"service {hapi!r}: the healthcheck needs a shell, which the distroless HAPI image has not")
+    elif [str(a) for a in test] != HAPI_PROBE:
+        problems.append(f"service {hapi!r}: the healthcheck runs {test}, not the image's probe {HAPI_PROBE}")
+    timeout = seconds(check.get("timeout", "30s"))
+    if timeout is None or timeout < HAPI_PROBE_OWN_TIMEOUTS:
+        problems.append(
+            f"service {hapi!r}: healthcheck timeout {check.get('timeout')} is shorter than the probe's own "
+            f"timeouts ({HAPI_PROBE_OWN_TIMEOUTS:g} s): a slow answer would count as a failure"
+        )
+    start = seconds(check.get("start_period", "0s"))
+    if start is None or start < HAPI_MIN_START_PERIOD:
+        problems.append(
+            f"service {hapi!r}: healthcheck start_period {check.get('start_period')} is under "
+            f"{HAPI_MIN_START_PERIOD:g} s: a first start (schema build) would mark HAPI unhealthy and stop "
+            "`docker compose up`"
+        )
+    return problems
+
+
+def check_restart_policies(compose: Compose) -> list[str]:
+    """Servers not built here (db, HAPI) restart unless stopped; the API restarts after a crash but gives up on an
+    error that repeats (a configuration error exits 3 on every start); a one-shot command is never run again."""
+    problems = []
+    for name, svc in services(compose).items():
+        policy, retries = restart_policy(svc)
+        if "build" not in svc:
+            if policy not in SERVER_RESTART:
+                problems.append(f"service {name!r} has restart {policy!r}: a server should be {SERVER_RESTART[0]}")
+        elif runs_serve(svc):
+            if policy != "on-failure" or not retries:
+                problems.append(
+                    f"service {name!r} runs `casebridge serve` with restart {svc.get('restart', 'no')!r}: it should "
+                    "be on-failure:N, restarted after a crash but not forever on a configuration error (exit 3)"
+                )
+        elif policy in ("always", "unless-stopped") or (policy == "on-failure" and not retries):
+            problems.append(
+                f"service {name!r} runs a one-shot command with restart {svc.get('restart')!r}: it would run "
+                "again and again"
+            )
+    return problems
+
+
+def check_api_keys_variable(compose: Compose) -> list[str]:
+    """No value requires a variable (``${X:?}``, ``${X?}``): compose interpolates the whole file for every command,
+    so `docker compose run`/`down` would fail without it. The API's keys come from the user's environment, empty
+    when unset (serve then refuses to start), never written into the file."""
+    problems = []
+    for where, value in strings(compose):
+        for match in INTERPOLATION.finditer(value.replace("$$", "")):
+            if (match["op"] or "").endswith("?"):
+                problems.append(
+                    f"{where}: ${{{match['name']}{match['op']}...}} makes every compose command fail when "
+                    f"{match['name']} is not set; use ${{{match['name']}:-}}"
+                )
+    for name, svc in services(compose).items():
+        if not runs_serve(svc):
+            continue
+        keys = environment(svc).get("CASEBRIDGE_API_KEYS")
+        if keys is None:
+            problems.append(f"service {name!r} runs serve without CASEBRIDGE_API_KEYS from the user's environment")
+            continue
+        source = INTERPOLATION.fullmatch(keys)
+        if source is None or source["name"] != "CASEBRIDGE_API_KEYS":
+            problems.append(
+                f"service {name!r}: CASEBRIDGE_API_KEYS is not taken from the user's environment "
+                "(${CASEBRIDGE_API_KEYS:-}): keys written into the compose file are secrets in the repository"
+            )
+        elif source["op"] not in (":-", "-") or source["arg"]:
+            problems.append(
+                f"service {name!r}: CASEBRIDGE_API_KEYS={keys}: write ${{CASEBRIDGE_API_KEYS:-}} (empty when "
+                "unset, no default key)"
+            )
     return problems
 
 
@@ -405,8 +590,8 @@ def check_build(compose: Compose, root: Path = PROJECT_ROOT) -> list[str]:
 
 
 def check_waits_for_hapi(compose: Compose) -> list[str]:
-    """HAPI's image has no shell or curl, so it has no healthcheck: a service that uses HAPI must first wait
-    for it with `casebridge ping --wait N`, against the same base URL."""
+    """Without a healthcheck on HAPI (an image without the probe), a service that uses HAPI must first wait for it
+    with `casebridge ping --wait N`, against the same base URL."""
     hapi = service_with_image(compose, HAPI_IMAGE)
     if hapi is None:
         return [f"no service runs the {HAPI_IMAGE} image"]
@@ -472,6 +657,9 @@ COMPOSE_CHECKS: list[Callable[[Compose], list[str]]] = [
     check_ports,
     check_build,
     check_waits_for_hapi,
+    check_hapi_healthcheck,
+    check_restart_policies,
+    check_api_keys_variable,
 ]
 
 
@@ -805,6 +993,14 @@ def _set(path: str, value: Any) -> Callable[[Compose], None]:
     return mutate
 
 
+def _both(*mutations: Callable[[Compose], None]) -> Callable[[Compose], None]:
+    def mutate(doc: Compose) -> None:
+        for mutation in mutations:
+            mutation(doc)
+
+    return mutate
+
+
 BROKEN_COMPOSE = [
     ("unknown-setting", _set_env("casebridge", "CASEBRIDGE_FHIR_BASEURL", "http://hapi:8080/fhir"),
      check_casebridge_settings, "CASEBRIDGE_FHIR_BASEURL"),
@@ -848,9 +1044,70 @@ BROKEN_COMPOSE = [
     ("build-elsewhere", _set("services.casebridge.build", "./docker"), check_build, "not the project root"),
     ("build-no-dockerfile", _set("services.casebridge.build", {"context": ".", "dockerfile": "Nope.Dockerfile"}),
      check_build, "does not exist"),
-    ("no-wait", _set("services.casebridge.entrypoint", None), check_waits_for_hapi, "without waiting"),
-    ("wait-then-nothing", _set("services.casebridge.entrypoint", ["sh", "-c", "casebridge ping --wait 300"]),
+    ("no-wait", _both(_set("services.hapi.healthcheck", None), _set("services.casebridge.entrypoint", None)),
+     check_waits_for_hapi, "without waiting"),
+    ("wait-then-nothing", _both(_set("services.hapi.healthcheck", None),
+     _set("services.casebridge.entrypoint", ["sh", "-c", "casebridge ping --wait 300"])),
      check_waits_for_hapi, "runs nothing"),
+    ("hapi-without-probe", _set("services.hapi.image", "hapiproject/hapi:v8.8.0-1"), check_hapi_healthcheck,
+     "not one known to ship"),
+    ("no-hapi-healthcheck", _set("services.hapi.healthcheck", None), check_hapi_healthcheck, "has no healthcheck"),
+    ("hapi-healthcheck-disabled", _set("services.hapi.healthcheck.disable", True), check_hapi_healthcheck,
+     "has no healthcheck"),
+    ("hapi-curl", _set("services.hapi.healthcheck.test", ["CMD-SHELL", "curl -f http://localhost:8080/fhir/metadata"]),
+     check_hapi_healthcheck, "needs a shell"),
+    ("hapi-probe-elsewhere", _set("services.hapi.healthcheck.test", ["CMD", "java", "-cp", "/opt", "HealthCheck"]),
+     check_hapi_healthcheck, "not the image's probe"),
+    ("hapi-short-start", _set("services.hapi.healthcheck.start_period", "1m30s"), check_hapi_healthcheck,
+     "start_period 1m30s"),
+    ("hapi-no-start-period", _set("services.hapi.healthcheck.start_period", None), check_hapi_healthcheck,
+     "start_period None"),
+    ("hapi-short-timeout", _set("services.hapi.healthcheck.timeout", "5s"), check_hapi_healthcheck,
+     "shorter than the probe's own"),
+    ("demo-starts-early", _set("services.casebridge.depends_on", {"hapi": {"condition": "service_started"}}),
+     check_dependencies, "'casebridge' depends on 'hapi' with service_started"),
+    ("api-no-hapi", _set("services.api.depends_on", {"db": {"condition": "service_healthy"}}),
+     check_dependencies, "'api' depends on 'hapi' with no condition"),
+    ("hapi-no-healthcheck-but-awaited", _set("services.hapi.healthcheck", None), check_dependencies,
+     "waits for 'hapi' to be healthy, but it has no healthcheck"),
+    ("hapi-not-restarted", _set("services.hapi.restart", "no"), check_restart_policies, "'hapi' has restart 'no'"),
+    ("db-default-restart", _set("services.db.restart", None), check_restart_policies, "'db' has restart 'no'"),
+    ("api-loops", _set("services.api.restart", "unless-stopped"), check_restart_policies, "on-failure:N"),
+    ("api-never-restarted", _set("services.api.restart", "no"), check_restart_policies, "on-failure:N"),
+    ("api-retries-forever", _set("services.api.restart", "on-failure"), check_restart_policies, "on-failure:N"),
+    ("demo-loops", _set("services.casebridge.restart", "always"), check_restart_policies, "again and again"),
+    ("keys-required", _set_env("api", "CASEBRIDGE_API_KEYS", "${CASEBRIDGE_API_KEYS:?set CASEBRIDGE_API_KEYS}"),
+     check_api_keys_variable, "makes every compose command fail"),
+    ("keys-required-no-colon", _set_env("api", "CASEBRIDGE_API_KEYS", "${CASEBRIDGE_API_KEYS?}"),
+     check_api_keys_variable, "makes every compose command fail"),
+    ("other-required", _set_env("casebridge", "CASEBRIDGE_FHIR_TOKEN", "${TOKEN:?}"), check_api_keys_variable,
+     "services.casebridge.environment.CASEBRIDGE_FHIR_TOKEN"),
+    ("keys-in-file", _set_env("api", "CASEBRIDGE_API_KEYS", "job:rw:0123456789abcdef0123456789"),
+     check_api_keys_variable, "secrets in the repository"),
+    ("keys-default", _set_env("api", "CASEBRIDGE_API_KEYS", "${CASEBRIDGE_API_KEYS:-job:rw:0123456789abcdef0123}"),
+     check_api_keys_variable, "no default key"),
+    ("keys-missing", _set_env("api", "CASEBRIDGE_API_KEYS", None), check_api_keys_variable, "without"),
+    ("cache-reuse-60s", _set_env("hapi", "HAPI_FHIR_REUSE_CACHED_SEARCH_RESULTS_MILLIS", "60000"),
+     check_hapi_settings, "is '60000', not '-1'"),
+    ("client-ids-any", _set_env("hapi", "HAPI_FHIR_CLIENT_ID_STRATEGY", "ANY"), check_hapi_settings,
+     "client_id_strategy"),
+    ("client-ids-implicit", _set_env("hapi", "HAPI_FHIR_CLIENT_ID_STRATEGY", None), check_hapi_settings,
+     "client_id_strategy (HAPI_FHIR_CLIENT_ID_STRATEGY) is not set"),
+    ("integrity-off", _set_env("hapi", "HAPI_FHIR_ENFORCE_REFERENTIAL_INTEGRITY_ON_WRITE", "false"),
+     check_hapi_settings, "enforce_referential_integrity_on_write"),
+    ("external-refs-on", _set_env("hapi", "HAPI_FHIR_ALLOW_EXTERNAL_REFERENCES", "true"), check_hapi_settings,
+     "allow_external_references"),
+    ("resthook-on", _set_env("hapi", "HAPI_FHIR_SUBSCRIPTION_RESTHOOK_ENABLED", "true"), check_hapi_settings,
+     "resthook_enabled"),
+    ("websocket-implicit", _set_env("hapi", "HAPI_FHIR_SUBSCRIPTION_WEBSOCKET_ENABLED", None), check_hapi_settings,
+     "websocket_enabled"),
+    ("server-address-set", _set_env("hapi", "HAPI_FHIR_SERVER_ADDRESS", "http://localhost:8080/fhir"),
+     check_hapi_settings, "next links must follow the request's Host"),
+    ("server-address-implicit", _set_env("hapi", "HAPI_FHIR_SERVER_ADDRESS", None), check_hapi_settings,
+     "server_address (HAPI_FHIR_SERVER_ADDRESS) is not set"),
+    ("server-address-dotted", _both(_set_env("hapi", "HAPI_FHIR_SERVER_ADDRESS", None),
+     _set_env("hapi", "hapi.fhir.server_address", "http://hapi:8080/fhir")), check_hapi_settings,
+     "server_address (HAPI_FHIR_SERVER_ADDRESS) is 'http://hapi:8080/fhir'"),
     ("unknown-subcommand", _set("services.casebridge.command", ["demo-against-hapi"]), check_subcommands,
      "no 'demo-against-hapi' command"),
     ("unknown-option", _set("services.casebridge.command", ["demo", "--url", "http://hapi:8080/fhir"]),
@@ -868,6 +1125,40 @@ def test_checks_find_a_broken_compose_file(
     mutate(broken)
     problems = check(broken)
     assert any(expected in p for p in problems), f"{check.__name__} did not report {expected!r}; it said: {problems}"
+
+
+def test_the_api_without_keys_refuses_to_start_and_says_why(compose: Compose, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With CASEBRIDGE_API_KEYS unset, compose gives the api service an empty value, other commands still run,
+    and `casebridge serve` with the api service's environment exits 3 naming the variable (its container log)."""
+    api = services(compose)["api"]
+    env = {k: interpolate(v, {}) for k, v in environment(api).items()}
+    assert env["CASEBRIDGE_API_KEYS"] == "", env
+    for key in [k for k in os.environ if k.startswith("CASEBRIDGE_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    serve = next(argv for argv in invocations(api) if argv[1:2] == ["serve"])
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(cli_app, serve[1:])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 3, result.output
+    assert "configuration error: no API keys" in result.output and "CASEBRIDGE_API_KEYS=" in result.output
+
+
+def test_interpolation_reads_compose_forms() -> None:
+    assert interpolate("${K:-}", {}) == "" and interpolate("${K:-}", {"K": "x"}) == "x"
+    assert interpolate("${K:-d}", {"K": ""}) == "d" and interpolate("${K-d}", {"K": ""}) == ""
+    assert interpolate("$${K} ${K}", {"K": "v"}) == "${K} v"
+    with pytest.raises(ValueError, match="K is missing"):
+        interpolate("${K:?set K}", {})
+    assert interpolate("${K:?set K}", {"K": "v"}) == "v"
+
+
+def test_durations_read_compose_forms() -> None:
+    assert [seconds(d) for d in ("600s", "1m30s", "10m", "1h", "500ms", "20", 30)] == [600, 90, 600, 3600, 0.5, 20, 30]
+    assert seconds("ten minutes") is None and seconds("10x") is None
 
 
 def test_invocations_read_the_entrypoint_wrapper(compose: Compose) -> None:
