@@ -41,6 +41,8 @@ the package: its name, its parent and its module.
         ├── FhirProtocolError      an answer that is not usable FHIR: not JSON, wrong resourceType, a next
         │                          link outside the base URL, a paging loop
         ├── AuthError              the token endpoint refused or failed (SMART Backend Services)
+        ├── BulkExportError        a Bulk Data export the server reports as failed, or not complete within the wait
+        │                          or the number of polls allowed (``outcome``: the server's OperationOutcome)
         └── FhirHttpError          the server answered 4xx/5xx: ``status`` and its ``outcome`` (OperationOutcome)
             ├── FhirClientError    4xx
             │   ├── BadRequest             400, 422: the server refused the content
@@ -173,6 +175,15 @@ class FhirProtocolError(FhirError):
 
 class AuthError(FhirError):
     """The token endpoint refused or failed."""
+
+
+class BulkExportError(FhirError):
+    """A Bulk Data ``$export`` the server reports as failed, or that did not complete within the wait or the number
+    of polls allowed. ``outcome`` is the server's OperationOutcome, when it sent one."""
+
+    def __init__(self, message: str, *, outcome: Mapping[str, Any] | None = None, method: str = "", url: str = ""):
+        self.outcome = dict(outcome) if outcome is not None else None
+        super().__init__(message, method=method, url=url)
 
 
 class FhirHttpError(FhirError):
