@@ -1,5 +1,5 @@
 """Reading and writing files safely: bounded reads of regular files only, all-or-nothing writes; file names
-made safe to print."""
+made safe to print; CSV cells a spreadsheet cannot run as formulas."""
 
 from __future__ import annotations
 
@@ -134,3 +134,17 @@ def write_atomically(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# What a spreadsheet may run as a formula: =, +, -, @ (or their full-width forms) after any white space, or a
+# leading tab or CR.
+_FORMULA = re.compile(r"\s*[=+\-@\uff1d\uff0b\uff0d\uff20]|[\t\r]")
+_NUMBER = re.compile(r"-?\d+(\.\d+)?")
+
+
+def csv_cell(text: str) -> str:
+    """``text`` as a CSV cell: one a spreadsheet would evaluate as a formula gets a leading apostrophe (formula
+    injection); a plain negative number is left as it is."""
+    if _FORMULA.match(text) and not _NUMBER.fullmatch(text):
+        return "'" + text
+    return text

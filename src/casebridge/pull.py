@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-import re
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +17,7 @@ import orjson
 
 from casebridge.fhir.client import AsyncFhirClient
 from casebridge.fhir.search import Search
+from casebridge.files import csv_cell as _cell
 
 REPORT_INCLUDES = ("DiagnosticReport:result", "DiagnosticReport:specimen")
 CSV_COLUMNS = (
@@ -86,7 +86,6 @@ async def pull_reports(client: AsyncFhirClient, query: Search) -> PulledReports:
     async for page in client.pages(query):
         _collect(pulled, seen, page)
     return pulled
-
 
 
 def _collect(pulled: PulledReports, seen: set[str], page: Mapping[str, Any]) -> None:
@@ -246,19 +245,6 @@ def _local(reference: str) -> str:
     """``Observation/x`` from a relative or absolute reference (history part dropped)."""
     parts = reference.split("/_history/")[0].rstrip("/").split("/")
     return "/".join(parts[-2:])
-
-
-# What a spreadsheet may run as a formula: =, +, -, @ (or their full-width forms) after any white space, or a
-# leading tab or CR.
-_FORMULA = re.compile(r"\s*[=+\-@\uff1d\uff0b\uff0d\uff20]|[\t\r]")
-_NUMBER = re.compile(r"-?\d+(\.\d+)?")
-
-
-def _cell(text: str) -> str:
-    # Spreadsheet formula injection: a cell a spreadsheet would evaluate gets a leading apostrophe.
-    if _FORMULA.match(text) and not _NUMBER.fullmatch(text):
-        return "'" + text
-    return text
 
 
 def summarize(pulled: PulledReports) -> Iterable[tuple[str, str, str]]:

@@ -24,7 +24,6 @@ from rich.table import Table
 
 from casebridge import __version__, pipeline
 from casebridge.cli.conformance import conformance
-from casebridge.cli.export import export
 from casebridge.cli.ingest import ingest
 from casebridge.cli.packages import packages_app
 from casebridge.cli.support import (
@@ -47,6 +46,7 @@ from casebridge.cli.transfer import (
     push_and_pull,
     server_url,
 )
+from casebridge.cli.views import views_app
 from casebridge.config import DATA_DIR, Settings
 from casebridge.definitions.check import check_loose_definitions, check_used_definitions
 from casebridge.definitions.packages import PackageError
@@ -79,8 +79,8 @@ app.command("push")(push)
 app.command("ping")(ping)
 app.command("synth")(synth)
 app.command("ingest")(ingest)
-app.command("export")(export)
 app.add_typer(pull_app, name="pull")
+app.add_typer(views_app, name="views")
 SEED_CASE = DATA_DIR / "cases" / "dystrophic-calcification-right-forearm.yaml"
 
 

@@ -7,17 +7,42 @@ FHIR resources (JSON objects), get rows.
 
 FHIRPath expressions are compiled to Python for the subset views commonly use and evaluated by fhirpathpy
 otherwise (``plan.fallback_paths`` lists those).
+
+Sources (``LocalSource``: NDJSON files and folders, JSON Bundles) and outputs (NDJSON, CSV, Parquet, DuckDB; to
+standard output, a file, or a folder with its manifest and incremental runs): ``_sources`` and ``_outputs``.
 """
 
 from casebridge.views._definition import OutputColumn, ViewDefinitionError, ViewPlan, read_view
+from casebridge.views._outputs import (
+    FORMATS,
+    SUFFIXES,
+    NamedView,
+    output_name,
+    run_to_file,
+    run_to_folder,
+    run_to_stdout,
+    view_digest,
+)
 from casebridge.views._runner import ViewEvaluationError, run_to_dicts, run_view
+from casebridge.views._sources import LocalSource, ResourceSource, parse_instant
 
 __all__ = [
+    "FORMATS",
+    "SUFFIXES",
+    "LocalSource",
+    "NamedView",
     "OutputColumn",
+    "ResourceSource",
     "ViewDefinitionError",
     "ViewEvaluationError",
     "ViewPlan",
+    "output_name",
+    "parse_instant",
     "read_view",
     "run_to_dicts",
+    "run_to_file",
+    "run_to_folder",
+    "run_to_stdout",
     "run_view",
+    "view_digest",
 ]
