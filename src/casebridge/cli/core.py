@@ -24,6 +24,7 @@ from rich.table import Table
 
 from casebridge import __version__, pipeline
 from casebridge.cli.conformance import conformance
+from casebridge.cli.export import export
 from casebridge.cli.ingest import ingest
 from casebridge.cli.packages import packages_app
 from casebridge.cli.support import (
@@ -79,6 +80,7 @@ app.command("push")(push)
 app.command("ping")(ping)
 app.command("synth")(synth)
 app.command("ingest")(ingest)
+app.command("export")(export)
 app.add_typer(pull_app, name="pull")
 app.add_typer(views_app, name="views")
 SEED_CASE = DATA_DIR / "cases" / "dystrophic-calcification-right-forearm.yaml"
