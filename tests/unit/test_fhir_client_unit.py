@@ -17,6 +17,7 @@ import pytest
 
 from casebridge.errors import (
     BadRequest,
+    Conflict,
     FhirHttpError,
     FhirProtocolError,
     FhirServerError,
@@ -27,7 +28,14 @@ from casebridge.errors import (
     TooManyRequests,
     Unauthorized,
 )
-from casebridge.fhir.client import AsyncFhirClient, FhirClient, RetryPolicy, bundle_is_idempotent, parse_retry_after
+from casebridge.fhir.client import (
+    AsyncFhirClient,
+    FhirClient,
+    RetryPolicy,
+    _http_error,
+    bundle_is_idempotent,
+    parse_retry_after,
+)
 from casebridge.fhir.search import Search
 
 BASE = "http://fhir.test/fhir"
@@ -485,3 +493,150 @@ def test_a_transaction_can_be_sent_as_its_own_bytes():
     script = Script(fhir(RESPONSE_BUNDLE))
     run(script, lambda c: c.transaction(orjson.loads(raw), raw=raw))
     assert script.requests[0].content == raw
+
+
+# -- HAPI's ways: a stale If-Match answered 409, next links that change scheme ---------------------------------
+
+
+def hapi_409(diagnostics: str, code: str = "processing", *, where: str = "diagnostics") -> dict[str, Any]:
+    issue: dict[str, Any] = {"severity": "error", "code": code}
+    if where == "diagnostics":
+        issue["diagnostics"] = diagnostics
+    else:
+        issue["details"] = {"text": diagnostics}
+    return {"resourceType": "OperationOutcome", "issue": [issue]}
+
+
+STALE = "HAPI-0989: Trying to update Patient/p1/_history/1 but this is not the current version"
+PATCH_STALE = "HAPI-0974: Version 1 is not the most recent version of this resource, unable to apply patch"
+RACE = (
+    "HAPI-0550: HAPI-0823: The operation has failed with a version constraint failure. This generally means that "
+    "two clients/threads were trying to update the same resource at the same time, and this request was chosen as "
+    "the failing request."
+)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "if_match", "expected"),
+    [
+        (409, hapi_409(STALE), True, PreconditionFailed),
+        (409, hapi_409(STALE), False, PreconditionFailed),  # HAPI's code alone says it (a transaction's ifMatch)
+        (409, hapi_409("HAPI-0550: HAPI-0550: " + STALE), False, PreconditionFailed),  # a transaction's prefixes
+        (409, hapi_409(PATCH_STALE), False, PreconditionFailed),
+        (409, hapi_409(STALE, where="details"), False, PreconditionFailed),
+        (409, hapi_409(RACE), True, Conflict),  # two writers at once: transient, even with If-Match sent
+        (409, hapi_409("HAPI-09890: something else"), True, Conflict),  # a longer code is another code
+        (409, hapi_409("Version 1 is not the current version", "conflict"), True, PreconditionFailed),
+        (409, hapi_409("Version 1 is not the current version", "conflict"), False, Conflict),  # no If-Match: no
+        (409, hapi_409("Version 1 is not the current version", "duplicate"), True, Conflict),
+        (409, None, True, Conflict),  # no OperationOutcome to tell
+        (400, hapi_409(STALE), True, BadRequest),  # only a 409 is read this way
+        (412, hapi_409("anything"), False, PreconditionFailed),
+    ],
+)
+def test_a_409_is_a_precondition_failure_only_when_its_outcome_says_the_version_is_stale(
+    status: int, body: dict[str, Any] | None, if_match: bool, expected: type[Exception]
+):
+    headers = {"If-Match": 'W/"1"'} if if_match else {}
+    request = httpx.Request("PUT", f"{BASE}/Patient/p1", headers=headers)
+    content = orjson.dumps(body) if body is not None else b"<html>Conflict</html>"
+    error = _http_error(httpx.Response(status, content=content, request=request), "PUT")
+    assert type(error) is expected
+    assert error.status == status
+
+
+def collect_from(base: str, script: Script) -> list[str]:
+    async def main() -> list[str]:
+        async with AsyncFhirClient(base, transport=httpx.MockTransport(script), retry=FAST) as client:
+            return [r["id"] async for r in client.resources(Search("Patient").count(1))]
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("base", "next_url"),
+    [
+        ("http://fhir.test:8080/fhir", "https://fhir.test:8080/fhir?_getpages=a&_getpagesoffset=1"),
+        ("http://fhir.test:443/fhir", "https://fhir.test/fhir?_getpages=a&_getpagesoffset=1"),  # 443 both sides
+        ("https://fhir.test/fhir", "https://FHIR.test:443/fhir?_getpages=a&_getpagesoffset=1"),  # the same origin
+    ],
+)
+def test_an_upgrade_to_https_on_the_same_host_and_port_is_followed(base: str, next_url: str):
+    script = Script(fhir(page(1, next_url)), fhir(page(2, None)))
+    assert collect_from(base, script) == ["p1", "p2"]
+    assert str(script.requests[1].url) == str(httpx.URL(next_url))
+
+
+@pytest.mark.parametrize(
+    ("base", "next_url", "link", "base_said", "why"),
+    [
+        # implicit ports: 80 and 443 are not the same port
+        (
+            "http://fhir.test/fhir",
+            "https://fhir.test/fhir?a=1",
+            "https, fhir.test, 443",
+            "http, fhir.test, 80",
+            "only on the same port",
+        ),
+        (
+            "https://fhir.test/fhir",
+            "http://fhir.test/fhir?a=1",
+            "http, fhir.test, 80",
+            "https, fhir.test, 443",
+            "a downgrade from https to http is never followed",
+        ),
+        (
+            "https://fhir.test:8443/fhir",
+            "http://fhir.test:8443/fhir?a=1",
+            "http, fhir.test, 8443",
+            "https, fhir.test, 8443",
+            "a downgrade",
+        ),
+        (
+            "http://fhir.test:8080/fhir",
+            "https://evil.test:8080/fhir?a=1",
+            "https, evil.test, 8080",
+            "http, fhir.test, 8080",
+            "only the base URL's own",
+        ),
+        (
+            "http://fhir.test:8080/fhir",
+            "ftp://fhir.test:8080/fhir?a=1",
+            "ftp, fhir.test, 8080",
+            "http, fhir.test, 8080",
+            "only the base URL's own",
+        ),
+        (
+            "http://fhir.test:8080/fhir",
+            "/fhir?a=1",
+            "(none), (none), (none)",
+            "http, fhir.test, 8080",
+            "only the base URL's own",
+        ),
+    ],
+)
+def test_other_origins_are_refused_naming_both_schemes_hosts_and_ports(
+    base: str, next_url: str, link: str, base_said: str, why: str
+):
+    script = Script(fhir(page(1, next_url)), fhir(page(2, None)))
+    with pytest.raises(FhirProtocolError) as refused:
+        collect_from(base, script)
+    said = f"outside the base URL {base}: the link's scheme, host and port are {link}, the base URL's {base_said}; "
+    assert said in str(refused.value)
+    assert why in str(refused.value)
+    assert len(script.requests) == 1
+
+
+def test_an_upgraded_link_still_keeps_to_the_base_path_and_is_not_a_loop_of_its_http_twin():
+    base = "http://fhir.test:8080/fhir"
+    script = Script(fhir(page(1, "https://fhir.test:8080/other/Patient?_offset=1")), fhir(page(2, None)))
+    with pytest.raises(FhirProtocolError, match="outside the base URL"):
+        collect_from(base, script)
+    script = Script(
+        fhir(page(1, "https://fhir.test:8080/fhir/Patient?_offset=1")),
+        fhir(page(2, "http://fhir.test:8080/fhir/Patient?_offset=2")),  # back to the base's own scheme: fine
+        fhir(page(3, "https://fhir.test:8080/fhir/Patient?_offset=1")),  # page 1 again: a loop
+    )
+    with pytest.raises(FhirProtocolError, match="loops"):
+        collect_from(base, script)
+    assert [r.url.scheme for r in script.requests] == ["http", "https", "http"]

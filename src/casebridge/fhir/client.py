@@ -12,7 +12,10 @@ Why it is shaped this way:
 - once this client has written, its reads send ``Cache-Control: no-cache``, so a caching server or proxy
   cannot answer a read-after-write with a stale copy;
 - paging follows ``link[next]`` only inside the base URL (a server must not send our credentials
-  elsewhere) and refuses a link it has already followed.
+  elsewhere), or its upgrade from http to https on the same host and port (never a downgrade), and refuses a
+  link it has already followed;
+- HAPI answers a stale ``If-Match`` with 409 where FHIR R4 says 412: that 409 is a ``PreconditionFailed``
+  (a retry cannot succeed), every other 409 stays a ``Conflict``.
 """
 
 from __future__ import annotations
@@ -59,6 +62,22 @@ _TYPE = re.compile(r"[A-Z][A-Za-z]+")
 # A FHIR id; "." and ".." are excluded: a URL path would resolve them away (DELETE Patient/.. is DELETE [base]).
 _ID = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9\-.]{1,64}")
 MAX_PAGES = 100_000
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# HAPI refuses an update whose version is not the current one with ResourceVersionConflictException, a 409, not
+# R4's 412: "HAPI-0989: Trying to update Patient/x/_history/1 but this is not the current version", the same code and
+# text in BaseHapiFhirResourceDao (2022 sources) and hapi-fhir-storage's BaseStorageResourceDao (hapi-fhir commit
+# 0059df49, 2025 sources); HAPI-0974 "Version 1 is not the most recent version of this resource" for a patch. The
+# If-Match header becomes the id's version (hapi-fhir-server UpdateMethodBinding.applyETagAsVersion), and
+# RestfulServer's default ExceptionHandlingInterceptor answers an OperationOutcome with one issue: severity error,
+# code processing, the message as diagnostics. A transaction prefixes its own code ("HAPI-0550: HAPI-0989: ..."),
+# so the code is searched anywhere in the text. Msg codes exist since HAPI 5.7.
+# Other 409s must stay Conflict: HAPI-0823 ("... version constraint failure ...", two writers at once) is
+# transient and ingestion retries it.
+_STALE_VERSION_CODE = re.compile(r"\bHAPI-0(?:989|974)\b")
+# Without a HAPI code (another server, or HAPI before 5.7): only for a request that sent If-Match, an issue coded
+# conflict or processing whose text says so.
+_STALE_VERSION_TEXT = re.compile(r"\bnot the (?:current|most recent) version\b", re.IGNORECASE)
+_STALE_VERSION_ISSUE_CODES = frozenset({"conflict", "processing"})
 _ERRORS: dict[int, type[FhirHttpError]] = {
     400: BadRequest,
     422: BadRequest,
@@ -212,7 +231,8 @@ class AsyncFhirClient:
         )
 
     async def update(self, resource: Mapping[str, Any], *, if_match: str | None = None) -> Resource:
-        """PUT the resource at its id; with ``if_match`` (a versionId) a 412 if that is no longer current."""
+        """PUT the resource at its id; with ``if_match`` (a versionId) ``PreconditionFailed`` if that is no longer
+        current (412, or HAPI's 409 that says so)."""
         resource_type = _check_type(str(resource.get("resourceType", "")))
         path = f"{resource_type}/{_check_id(str(resource.get('id', '')))}"
         headers = {"If-Match": f'W/"{if_match}"'} if if_match else {}
@@ -302,15 +322,23 @@ class AsyncFhirClient:
         except httpx.InvalidURL as exc:
             raise refuse("that is not a URL") from exc
         base = self._base
+        origin, base_origin = _origin(target), _origin(base)
+        if origin != base_origin:
+            # An upgrade to TLS on the same host and port is still this server (a proxy in front that rewrites the
+            # scheme); a downgrade would send our credentials in clear, another host or port is another server. An
+            # implicit 80 and 443 are different ports: nothing says they are the same server.
+            upgrade = base_origin[0] == "http" and origin[0] == "https" and origin[1:] == base_origin[1:]
+            if not upgrade:
+                raise refuse(
+                    f"outside the base URL {self.base_url}: the link's scheme, host and port are {_show(origin)}, "
+                    f"the base URL's {_show(base_origin)}; " + _why_not(origin, base_origin)
+                )
         # Decoded, so an encoded "../" or "/" cannot climb out of the base path on a server that decodes it.
         raw_path = target.raw_path.split(b"?")[0].decode("ascii", "replace")
         path = unquote(raw_path)
         segments = path.split("/")
         inside = (
-            target.scheme == base.scheme
-            and target.host == base.host
-            and target.port == base.port
-            and not target.userinfo
+            not target.userinfo
             and (path + "/").startswith(base.path)
             and "." not in segments
             and ".." not in segments
@@ -453,6 +481,43 @@ class AsyncFhirClient:
         return response
 
 
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    # httpx drops a default port ("http://h:80" has port None), so the scheme's default stands in for it.
+    return url.scheme, url.host, url.port if url.port is not None else _DEFAULT_PORTS.get(url.scheme)
+
+
+def _show(origin: tuple[str, str, int | None]) -> str:
+    scheme, host, port = origin
+    return f"{scheme or '(none)'}, {host or '(none)'}, {port if port is not None else '(none)'}"
+
+
+def _why_not(origin: tuple[str, str, int | None], base: tuple[str, str, int | None]) -> str:
+    if origin[0] == "http" and base[0] == "https":
+        return "a downgrade from https to http is never followed (our credentials would travel in clear)"
+    if origin[0] == "https" and base[0] == "http" and origin[1] == base[1]:
+        return "an upgrade from http to https is followed only on the same port"
+    return (
+        "only the base URL's own scheme, host and port are followed, or an upgrade from http to https on the same "
+        "host and port"
+    )
+
+
+def _stale_version(outcome: Mapping[str, Any] | None, if_match_sent: bool) -> bool:
+    """True when a 409's OperationOutcome says the version the request named is not the current one."""
+    issues = (outcome or {}).get("issue")
+    for issue in issues if isinstance(issues, list) else []:
+        if not isinstance(issue, dict):
+            continue
+        details = issue.get("details")
+        texts = [issue.get("diagnostics"), details.get("text") if isinstance(details, dict) else None]
+        text = " ".join(t for t in texts if isinstance(t, str))
+        if _STALE_VERSION_CODE.search(text):
+            return True
+        if if_match_sent and issue.get("code") in _STALE_VERSION_ISSUE_CODES and _STALE_VERSION_TEXT.search(text):
+            return True
+    return False
+
+
 def _http_error(response: httpx.Response, method: str) -> FhirHttpError:
     outcome: dict[str, Any] | None = None
     try:
@@ -463,6 +528,8 @@ def _http_error(response: httpx.Response, method: str) -> FhirHttpError:
         outcome = doc
     status = response.status_code
     cls = _ERRORS.get(status) or (FhirServerError if status >= 500 else FhirClientError)
+    if status == 409 and _stale_version(outcome, "if-match" in response.request.headers):
+        cls = PreconditionFailed
     url = str(response.request.url)
     error = cls(
         f"{method} {url}: {status} {response.reason_phrase}".rstrip(),
