@@ -50,7 +50,7 @@ the package: its name, its parent and its module.
             │   ├── ResourceNotFound       404
             │   ├── Conflict               409 (e.g. a concurrent write on the server)
             │   ├── ResourceGone           410: deleted
-            │   ├── PreconditionFailed     412: If-Match names a version that is no longer current
+            │   ├── PreconditionFailed     412 (or HAPI's 409 that says so): If-Match names a version no longer current
             │   └── TooManyRequests        429 (after any retries)
             └── FhirServerError    5xx (after any retries)
 
@@ -244,7 +244,8 @@ class ResourceGone(FhirClientError):
 
 
 class PreconditionFailed(FhirClientError):
-    """412: If-Match named a version that is no longer current."""
+    """412, or a 409 whose OperationOutcome says the version is not current (HAPI-0989, HAPI-0974): If-Match
+    named a version that is no longer current."""
 
 
 class TooManyRequests(FhirClientError):
