@@ -219,3 +219,60 @@ def test_columns_and_rows() -> None:
         {"id": "p3", "contact": None, "given": []},
     ]
     assert plan.fallback_paths == ()
+
+
+EDGE_OBSERVATIONS: list[dict[str, Any]] = [
+    {
+        "resourceType": "Observation",
+        "id": "e1",
+        "code": {"coding": [{"system": "x", "code": "a"}, {"system": "http://loinc.org", "code": "b"}]},
+        "subject": {"reference": "https://example.org/fhir/Patient/9/_history/2"},
+    },
+    {
+        "resourceType": "Observation",
+        "id": "e2",
+        "code": {"coding": [{"system": ["http://loinc.org"], "code": "b"}, {"system": "http://loinc.org"}]},
+        "subject": {"reference": "Patient/"},
+    },
+    {
+        "resourceType": "Observation",
+        "id": "e3",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "c"}, {"system": "http://loinc.org", "code": "d"}]},
+        "subject": {"reference": "Patient/a/b"},
+        "status": ["final"],
+    },
+    {
+        "resourceType": "Observation",
+        "id": "e4",
+        "code": {"coding": [{"system": ["http://loinc.org", "http://example.org"], "code": "f"}]},
+        "subject": {"reference": "#c1"},
+    },
+    {"resourceType": "Observation", "id": "e5", "code": {"coding": []}},
+]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "status",
+        "subject.getReferenceKey(Patient)",
+        "code.coding.where(system = 'http://loinc.org').code.first()",
+        "code.coding.where('http://loinc.org' = system).code",
+        "code.coding.code[1]",
+        "value.ofType(Quantity).value",
+    ],
+)
+def test_one_value_chains_agree_with_fhirpathpy(text: str) -> None:
+    """The generated one-value function (the runner's fast path) gives what the full evaluation gives: the value,
+    None for nothing, and an error for several."""
+    compiled = compile_path(text, "Observation", {}, "Observation", engine="compiled")
+    reference = compile_path(text, "Observation", {}, "Observation", engine="fhirpathpy")
+    assert compiled.one is not None
+    for resource in [*OBSERVATIONS, *EDGE_OBSERVATIONS]:
+        env = Env(resource, 0)
+        expected = reference.evaluate([resource], env)
+        if len(expected) > 1:
+            with pytest.raises(ValueError):
+                compiled.scalar(resource, env)
+        else:
+            assert compiled.scalar(resource, env) == (expected[0] if expected else None), (text, resource["id"])

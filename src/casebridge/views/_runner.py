@@ -8,13 +8,13 @@ received came from the resources before it. Nothing else is held: memory does no
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from itertools import product
 from typing import Any
 
 from casebridge.errors import InputError, Problem
 from casebridge.views._definition import ColumnPlan, SelectPlan, ViewPlan
-from casebridge.views._fhirpath import MEMBER, SLOW, Env, run_steps
+from casebridge.views._fhirpath import SLOW, Env, Row, row_function
 
 
 class ViewEvaluationError(InputError):
@@ -33,8 +33,8 @@ def _column_value(column: ColumnPlan, focus: list[Any], env: Env) -> Any:
     path = column.path
     if column.collection:
         return path.evaluate(focus, env)
-    if len(focus) == 1 and path.steps is not None:
-        value = run_steps(focus[0], path.steps)
+    if len(focus) == 1 and path.one is not None:
+        value = path.one(focus[0])
         if value is not SLOW:
             return value
     values = path.evaluate(focus, env)
@@ -46,37 +46,6 @@ def _column_value(column: ColumnPlan, focus: list[Any], env: Env) -> Any:
             f"column {column.name!r} gives {len(values)} values; only a column with collection: true may",
         )
     return values[0]
-
-
-Getter = Callable[[Any, Env], Any]
-
-
-def _getter(column: ColumnPlan) -> Getter:
-    """A column's value from one item, specialised for the common shapes: the hot loop of a view without forEach."""
-    path = column.path
-    steps = path.steps
-
-    def general(item: Any, env: Env) -> Any:
-        return _column_value(column, [item], env)
-
-    if column.collection or steps is None:
-        return general
-    if len(steps) == 1 and steps[0][0] == MEMBER:
-        key = steps[0][1]
-
-        def member(item: Any, env: Env) -> Any:
-            value = item.get(key) if type(item) is dict else None
-            if type(value) is list:
-                return general(item, env)
-            return value
-
-        return member
-
-    def chain(item: Any, env: Env) -> Any:
-        value = run_steps(item, steps)
-        return general(item, env) if value is SLOW else value
-
-    return chain
 
 
 def _repeat(select: SelectPlan, item: Any, env: Env) -> list[Any]:
@@ -157,23 +126,46 @@ def _flat_columns(select: SelectPlan) -> list[ColumnPlan] | None:
     return columns
 
 
-def _where_holds(plan: ViewPlan, resource: dict[str, Any], env: Env) -> bool:
+def _where_holds(plan: ViewPlan, resource: dict[str, Any]) -> bool:
     focus = [resource]
+    env: Env | None = None
     for path, location in plan.where:
-        values = path.evaluate(focus, env)
-        if not values:
+        value = path.one(resource) if path.one is not None else SLOW
+        if value is SLOW:
+            env = env or Env(resource, 0)
+            values = path.evaluate(focus, env)
+            if len(values) > 1:
+                raise _Failure(location, "the where expression must give true, false or nothing")
+            value = values[0] if values else None
+        if value is None or value is False:
             return False
-        if len(values) > 1 or type(values[0]) is not bool:
+        if value is not True:
             raise _Failure(location, "the where expression must give true, false or nothing")
-        if not values[0]:
-            return False
     return True
+
+
+def _fast_row(plan: ViewPlan) -> Row | None:
+    """For a view whose rows are one per resource (no forEach, repeat or unionAll) and whose columns are all
+    chains of one-value steps: the function of the resource giving its row (a column that met a collection of
+    several values is evaluated in full, which also tells an error from an empty value). None for any other
+    view."""
+    flat = _flat_columns(plan.root)
+    if flat is None or any(c.collection or c.path.steps is None or not c.path.compiled for c in flat):
+        return None
+
+    def complete(resource: dict[str, Any], row: tuple[Any, ...]) -> tuple[Any, ...]:
+        env = Env(resource, 0)
+        return tuple(
+            _column_value(column, [resource], env) if value is SLOW else value
+            for value, column in zip(row, flat, strict=True)
+        )
+
+    return row_function([c.path.steps for c in flat if c.path.steps is not None], complete)
 
 
 def run_view(plan: ViewPlan, resources: Iterable[Any]) -> Iterator[tuple[Any, ...]]:
     """The view's rows over ``resources`` (JSON objects; those of other types than the view's are skipped)."""
-    flat = _flat_columns(plan.root)
-    getters = [_getter(c) for c in flat] if flat is not None else None
+    row_of = _fast_row(plan)
     kind = plan.resource
     where = plan.where
     for resource in resources:
@@ -183,20 +175,20 @@ def run_view(plan: ViewPlan, resources: Iterable[Any]) -> Iterator[tuple[Any, ..
             )
         if resource.get("resourceType") != kind:
             continue
-        env = Env(resource, 0)
         # Rows are made inside the try and given out after it: an error is raised before any row of its resource.
         try:
-            if where and not _where_holds(plan, resource, env):
+            if where and not _where_holds(plan, resource):
                 continue
-            if getters is not None:
-                row = tuple([get(resource, env) for get in getters])
+            if row_of is not None:
+                # The hot loop: one call per column, no Env, no list per value.
+                row = row_of(resource)
             else:
                 rows = _rows(plan.root, [resource], 0, resource)
         except _Failure as failure:
             raise _evaluation_error(resource, failure.location, failure.message) from None
         except (ValueError, TypeError, ArithmeticError) as exc:
             raise _evaluation_error(resource, "", f"{type(exc).__name__}: {exc}") from exc
-        if getters is not None:
+        if row_of is not None:
             yield row
         else:
             yield from rows
