@@ -63,6 +63,15 @@ class Settings(BaseSettings):
     fhir_base_url: str = Field(
         "http://127.0.0.1:8090/fhir", description="FHIR server base URL (http or https), e.g. http://hapi:8080/fhir."
     )
+    upstream: Literal["generic", "hapi"] = Field(
+        "generic",
+        description=(
+            "What kind of FHIR server fhir_base_url is: generic (the embedded server, or any other) or hapi (HAPI "
+            "FHIR). With hapi, POST /bundles first refuses (422, naming the entry) what HAPI's default settings "
+            "refuse as a whole: numeric client ids, absolute references, references to resources absent from the "
+            "Bundle and the server (the forwarding policy's hapi_checks switch each)."
+        ),
+    )
     fhir_timeout: float = Field(60.0, gt=0, description="Seconds to wait for a FHIR server's answer (read/write).")
     fhir_connect_timeout: float = Field(10.0, gt=0, description="Seconds to wait for a connection to the FHIR server.")
     fhir_max_connections: int = Field(16, ge=1, le=1000, description="Size of the shared connection pool.")

@@ -7,6 +7,7 @@ import asyncio
 import gzip
 import json
 import logging
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from casebridge.api.app import create_app
+from casebridge.errors import ResourceNotFound
+from casebridge.fhir.client import FhirClient
 from tests.loopback import serve
 from tests.paths import DATA_DIR
 
@@ -39,6 +42,15 @@ XML_TRANSACTION = (
 @pytest.fixture(scope="module")
 def api(fhir_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     settings = settings_for(fhir_server, tmp_path_factory.mktemp("bad"), max_body_bytes=LIMIT)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def hapi_api(fhir_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """The API set up for a HAPI server (CASEBRIDGE_UPSTREAM=hapi), in front of the embedded one: its pre-checks
+    look the server up as they would HAPI."""
+    settings = settings_for(fhir_server, tmp_path_factory.mktemp("bad-hapi"), max_body_bytes=LIMIT, upstream="hapi")
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         yield client
 
@@ -75,6 +87,22 @@ DUPLICATE_FULLURL = {
         },
     ],
 }
+K3_OBSERVATION = {  # valid, and sent to a HAPI server each time with one thing HAPI would refuse
+    "resourceType": "Observation",
+    "id": "7d3e2a4c-1b2d-4e5f-8a9b-0c1d2e3f4a5b",
+    "status": "final",
+    "code": {"text": "x"},
+}
+
+
+def with_ids(*resources: dict[str, Any]) -> dict[str, Any]:
+    """``bundle_of`` for any ids: each fullUrl a UUID made from the id (``bundle_of`` needs ids that are UUIDs)."""
+    bundle = bundle_of(*resources)
+    for entry in bundle["entry"]:
+        entry["fullUrl"] = f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, entry['request']['url'])}"
+    return bundle
+
+
 DANGLING = bundle_of(
     {
         "resourceType": "Observation",
@@ -95,6 +123,8 @@ class Bad:
     code: str  # an issue code the OperationOutcome must carry
     body: bytes | Iterator[bytes] | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    upstream: str = "generic"  # hapi: the API set up for a HAPI server (CASEBRIDGE_UPSTREAM), its pre-checks on
+    words: tuple[str, ...] = ()  # what the OperationOutcome must say as well
 
 
 def j(doc: Any) -> bytes:
@@ -473,13 +503,60 @@ BAD_INPUTS = [
         .replace(b"reference_range: {low: 2.15,", b"reference_range: {low: -1,"),
         {**READ, **YAML},
     ),
+    # What HAPI refuses as a whole (400) under its default settings, refused first for a HAPI server.
+    Bad(
+        "numeric client id, for HAPI",
+        "POST",
+        "/bundles",
+        422,
+        "business-rule",
+        j(with_ids({**PATIENT, "id": "20260412"})),
+        {**WRITE, **FHIR_JSON},
+        upstream="hapi",
+        words=("Bundle.entry[0].request.url", "HAPI would refuse it: HAPI-0960"),
+    ),
+    Bad(
+        "absolute reference, for HAPI",
+        "POST",
+        "/bundles",
+        422,
+        "business-rule",
+        j(bundle_of({**K3_OBSERVATION, "subject": {"reference": "http://elsewhere.example/fhir/Patient/p1"}})),
+        {**WRITE, **FHIR_JSON},
+        upstream="hapi",
+        words=("Bundle.entry[0].resource.subject.reference", "HAPI-0507", "http://elsewhere.example/fhir/Patient/p1"),
+    ),
+    Bad(
+        "reference to a resource neither in the Bundle nor on the server, for HAPI",
+        "POST",
+        "/bundles",
+        422,
+        "business-rule",
+        j(bundle_of(PATIENT, {**K3_OBSERVATION, "performer": [{"reference": "Practitioner/k3-nobody"}]})),
+        {**WRITE, **FHIR_JSON},
+        upstream="hapi",
+        words=("Bundle.entry[1].resource.performer[0].reference", "HAPI-1094", "Practitioner/k3-nobody"),
+    ),
+    Bad(
+        "more stored references than HAPI's pre-checks may look up",
+        "POST",
+        "/bundles",
+        422,
+        "too-costly",
+        j(bundle_of({**K3_OBSERVATION, "hasMember": [{"reference": f"Observation/k3-m{i}"} for i in range(401)]})),
+        {**WRITE, **FHIR_JSON},
+        upstream="hapi",
+        words=("hapi_checks.max_lookups (10)",),
+    ),
 ]
 
 
 @pytest.mark.parametrize("bad", BAD_INPUTS, ids=[b.name for b in BAD_INPUTS])
-def test_bad_input(api: TestClient, bad: Bad) -> None:
-    response = api.request(bad.method, bad.path, content=bad.body, headers=bad.headers)
+def test_bad_input(api: TestClient, bad: Bad, request: pytest.FixtureRequest) -> None:
+    client = request.getfixturevalue("hapi_api") if bad.upstream == "hapi" else api
+    response = client.request(bad.method, bad.path, content=bad.body, headers=bad.headers)
     body = is_outcome(response, bad.status, bad.code)
+    assert all(words in json.dumps(body) for words in bad.words), body
     assert all(i["severity"] in ("error", "fatal") or i["code"] == bad.code for i in body["issue"][:1])
     assert "Traceback" not in response.text
     if bad.status == 401:
@@ -488,6 +565,31 @@ def test_bad_input(api: TestClient, bad: Bad) -> None:
 
 def test_there_are_at_least_25_named_bad_inputs() -> None:
     assert len({b.name for b in BAD_INPUTS}) == len(BAD_INPUTS) >= 25
+
+
+def test_for_hapi_nothing_refused_is_stored_and_what_hapi_accepts_is_forwarded(
+    api: TestClient, hapi_api: TestClient, fhir_server: str
+) -> None:
+    for bad in BAD_INPUTS:
+        if bad.upstream == "hapi":
+            hapi_api.request(bad.method, bad.path, content=bad.body, headers=bad.headers)
+    with FhirClient(fhir_server) as server:
+        with pytest.raises(ResourceNotFound):
+            server.read("Patient", "20260412")
+        with pytest.raises(ResourceNotFound):
+            server.read("Observation", K3_OBSERVATION["id"])
+    # The same rows for another server: forwarded (the embedded server takes numeric ids and dangling references).
+    generic = api.post("/bundles", json=with_ids({**PATIENT, "id": "20260413"}), headers={**WRITE, **FHIR_JSON})
+    assert generic.status_code == 200, generic.text
+    # For HAPI, a reference to what the server holds passes (the Patient just stored), as does a stored numeric id.
+    observation = {
+        **K3_OBSERVATION,
+        "id": "8d3e2a4c-1b2d-4e5f-8a9b-0c1d2e3f4a5b",
+        "subject": {"reference": "Patient/20260413"},
+    }
+    for bundle in (with_ids(observation), with_ids({**PATIENT, "id": "20260413"}, observation)):
+        passed = hapi_api.post("/bundles", json=bundle, headers={**WRITE, **FHIR_JSON})
+        assert passed.status_code == 200, passed.text
 
 
 # -- the FHIR server behind the API failing -------------------------------------------------------------------

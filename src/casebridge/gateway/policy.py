@@ -17,6 +17,9 @@ Binary, nested Bundles, AuditEvent and Provenance are refused unless the file li
 know (``meta.profile``) gets at this gate, whatever CASEBRIDGE_UNKNOWN_PROFILES says elsewhere: refused, or forwarded
 with a warning that the profile was not checked.
 
+``hapi_checks`` switches the pre-checks that predict HAPI FHIR's refusals (``casebridge.gateway.hapi_checks``), run
+only when CASEBRIDGE_UPSTREAM is hapi: each on unless set to false, and how many searches they may make.
+
 Besides the file, each entry must be one the FHIR specification's transaction rules allow and one whose effect
 validation sees (``check_entries``): a PUT names the resource's own id (``Type/id``) or is conditional
 (``Type?search``); a POST names just its type; no two entries write the same URL.
@@ -72,6 +75,25 @@ _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
 @dataclass(frozen=True)
+class HapiChecks:
+    """The pre-checks of ``casebridge.gateway.hapi_checks``, run when the FHIR server is HAPI (CASEBRIDGE_UPSTREAM):
+    each on unless the policy's ``hapi_checks`` turns it off."""
+
+    numeric_ids: bool = True  # HAPI-0960
+    absolute_references: bool = True  # HAPI-0507
+    missing_references: bool = True  # HAPI-1094
+    max_lookups: int = 10  # _id searches of the FHIR server for one transaction; more: 422 too-costly
+
+    @property
+    def enabled(self) -> bool:
+        return self.numeric_ids or self.absolute_references or self.missing_references
+
+
+HAPI_CHECKS = ("numeric_ids", "absolute_references", "missing_references")
+_MAX_LOOKUPS = (1, 100)
+
+
+@dataclass(frozen=True)
 class ForwardingPolicy:
     types: frozenset[str]
     interactions: frozenset[str]
@@ -79,6 +101,7 @@ class ForwardingPolicy:
     max_bytes: int
     file: str = "forwarding-policy.yaml"
     unknown_profiles: str = "error"  # the severity of an unknown claimed profile in POST /bundles
+    hapi_checks: HapiChecks = HapiChecks()
 
 
 @dataclass(frozen=True)
@@ -145,9 +168,9 @@ def _load_forwarding_policy(path: Path, file: str, is_resource_type: Callable[[s
         raise MappingError(f"cannot read: {getattr(exc, 'strerror', None) or exc}", file=file) from exc
     fields = {key: (value, line) for key, value, line in mapping_items(compose(text, file), file)}
     for key, (_, line) in fields.items():
-        if key not in ("types", "interactions", "limits", "unknown_profiles"):
+        if key not in ("types", "interactions", "limits", "unknown_profiles", "hapi_checks"):
             raise MappingError(
-                f"unknown key {key!r}; the policy has types, interactions, limits and unknown_profiles",
+                f"unknown key {key!r}; the policy has types, interactions, limits, unknown_profiles and hapi_checks",
                 file=file,
                 line=line,
             )
@@ -204,6 +227,7 @@ def _load_forwarding_policy(path: Path, file: str, is_resource_type: Callable[[s
                 line=line,
             )
         unknown_profiles = str(value)
+    hapi_checks = _hapi_checks(fields["hapi_checks"], file) if "hapi_checks" in fields else HapiChecks()
     return ForwardingPolicy(
         frozenset(types),
         frozenset(interactions),
@@ -211,7 +235,29 @@ def _load_forwarding_policy(path: Path, file: str, is_resource_type: Callable[[s
         values["max_bytes"],
         file=file,
         unknown_profiles=unknown_profiles,
+        hapi_checks=hapi_checks,
     )
+
+
+def _hapi_checks(field: tuple[yaml.Node, int], file: str) -> HapiChecks:
+    """The ``hapi_checks`` mapping: each check true or false (absent: true), ``max_lookups`` a whole number."""
+    node, _ = field
+    given: dict[str, Any] = {}
+    for key, value_node, line in mapping_items(node, file):
+        value = scalar(value_node) if isinstance(value_node, yaml.ScalarNode) else None
+        if key in HAPI_CHECKS:
+            if not isinstance(value, bool):
+                raise MappingError(f"hapi_checks.{key}: expected true or false, not {value!r}", file=file, line=line)
+        elif key == "max_lookups":
+            low, high = _MAX_LOOKUPS
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                message = f"hapi_checks.max_lookups: expected a whole number from {low} to {high}"
+                raise MappingError(message, file=file, line=line)
+        else:
+            message = f"unknown key {key!r} in hapi_checks; it has {', '.join(HAPI_CHECKS)} and max_lookups"
+            raise MappingError(message, file=file, line=line)
+        given[key] = value
+    return HapiChecks(**given)
 
 
 def _list(field: tuple[yaml.Node, int], file: str) -> list[tuple[Any, int]]:

@@ -6,6 +6,7 @@ transaction. Each step refuses the whole Bundle: nothing is forwarded."""
 from __future__ import annotations
 
 import codecs
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -17,7 +18,9 @@ from casebridge.api.deps import ReadKey, ServicesDep
 from casebridge.api.errors import ApiError
 from casebridge.api.outcomes import FhirResponse, error_outcome
 from casebridge.api.security import namespace_guard, require_scopes
+from casebridge.api.services import Services
 from casebridge.api.workers import Workbench
+from casebridge.gateway.hapi_checks import HapiPrecheck
 from casebridge.gateway.policy import Action, check_entries
 from casebridge.push import push_bundle
 from casebridge.validation.inbound import with_inbound_profiles
@@ -100,10 +103,31 @@ async def forward_bundle(request: Request, key: ReadKey, services: ServicesDep) 
         locks=services.locks,
         warnings=issues,
         raw=raw,
-        before=namespace_guard(services.client, bundle, actions, key, services.keys),
+        before=_before_sending(services, bundle, actions, key),
     )
     audited.answered(result.response)
     return FhirResponse(result.response)
+
+
+def _before_sending(
+    services: Services, bundle: dict[str, Any], actions: list[Action], key: ApiKey
+) -> Callable[[], Awaitable[None]] | None:
+    """The checks that read the FHIR server, run under the patient's write lock: the key's namespaces (403), then,
+    for a HAPI server, the pre-checks of what HAPI would refuse (422 naming the entry; casebridge.gateway.hapi_checks).
+    Namespaces first, so a refusal for another's patient never depends on what the server holds."""
+    namespaces = namespace_guard(services.client, bundle, actions, key, services.keys)
+    checks = services.bench.forwarding.hapi_checks
+    if services.settings.upstream != "hapi" or not checks.enabled:
+        return namespaces
+
+    async def check() -> None:
+        if namespaces is not None:
+            await namespaces()
+        refused = await HapiPrecheck(services.client, bundle, actions, checks).run()
+        if refused:
+            raise ApiError(422, operation_outcome(refused, services.settings.max_outcome_issues))
+
+    return check
 
 
 def _check(
