@@ -917,6 +917,15 @@ def test_compose_subcommands_exist_in_the_cli(compose: Compose) -> None:
     )
 
 
+def test_casebridge_services_know_their_upstream_is_hapi(compose: Compose) -> None:
+    """With CASEBRIDGE_UPSTREAM=hapi the gateway refuses first what HAPI would refuse as a whole (issue K)."""
+    for name in built_services(compose):
+        env = environment(services(compose)[name])
+        assert env.get("CASEBRIDGE_UPSTREAM") == "hapi", (
+            f"{name}: CASEBRIDGE_UPSTREAM is {env.get('CASEBRIDGE_UPSTREAM')!r}"
+        )
+
+
 def test_compose_services_are_the_documented_ones(compose: Compose) -> None:
     """README.md and the comments refer to these names (docker compose run --rm casebridge ...)."""
     assert {"db", "hapi", "casebridge", "api"} <= set(services(compose)), f"services: {sorted(services(compose))}"
