@@ -21,6 +21,7 @@ PATIENT = f"{BASE}/patient-fixed-identifier"
 OBSERVATION = f"{BASE}/obs-subject-patient-or-location"
 ORGANIZATION = f"{BASE}/org-endpoint-profile"
 ADDITIONAL = f"{BASE}/obs-additional-binding"
+ENCOUNTER = f"{BASE}/encounter-class-required"
 VALUE_SET = "http://example.org/fhir/ValueSet/allowed-codes"
 MISSING_PROFILE = "http://example.org/fhir/StructureDefinition/nowhere-endpoint"
 CORE = "http://hl7.org/fhir/StructureDefinition"
@@ -112,6 +113,17 @@ DEFINITIONS = [
                         }
                     ],
                 },
+            }
+        ],
+    ),
+    profile(
+        ENCOUNTER,
+        "Encounter",
+        [
+            {
+                "id": "Encounter.class",
+                "path": "Encounter.class",
+                "binding": {"strength": "required", "valueSet": VALUE_SET},
             }
         ],
     ),
@@ -253,6 +265,20 @@ def test_a_required_additional_binding_is_worded_as_the_hl7_validator_words_it(v
         "additional binding, and a coding from this value set is required) (codes = http://loinc.org#100066-0)"
     )
     assert ("Observation.code", message) in errors(validator.validate(observation, [ADDITIONAL]))
+
+
+def test_a_coding_outside_a_required_binding_on_a_coding_element_is_an_error(validator: Validator) -> None:
+    """A required binding on a Coding-typed element (Encounter.class, bound by a profile) is an error, not a
+    warning; the code of the value set passes."""
+    encounter = {"resourceType": "Encounter", "status": "finished"}
+    wrong = {**encounter, "class": {"system": "http://example.org/codes", "code": "b"}}
+    message = (
+        f"None of the codings provided are in the value set 'Allowed Codes' ({VALUE_SET}), and a coding must come "
+        "from this value set"
+    )
+    assert errors(validator.validate(wrong, [ENCOUNTER])) == [("Encounter.class", message)]
+    right = {**encounter, "class": {"system": "http://example.org/codes", "code": "a"}}
+    assert errors(validator.validate(right, [ENCOUNTER])) == []
 
 
 def test_a_reference_whose_aggregation_excludes_referenced_must_be_in_the_bundle(validator: Validator) -> None:

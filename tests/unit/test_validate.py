@@ -291,6 +291,25 @@ def test_a_bare_code_outside_its_required_value_set_is_two_errors(validator: Val
     ]
 
 
+def test_a_coding_outside_a_required_binding_on_a_codeable_concept_is_an_error(validator: Validator) -> None:
+    """A required binding on a CodeableConcept is an error, not a warning, as on a code: a verification-status code
+    in Condition.clinicalStatus (a code of another system, each valid in its own) does not validate."""
+    status = {"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}
+    condition = {"resourceType": "Condition", "subject": {"reference": "Patient/p"}}
+    condition["clinicalStatus"] = {"coding": [status]}
+    issues = validator.validate(condition)
+    assert has_errors(issues)
+    assert errors(issues) == [
+        (
+            "Condition.clinicalStatus",
+            "None of the codings provided are in the value set 'Condition Clinical Status Codes' "
+            "(http://hl7.org/fhir/ValueSet/condition-clinical|4.0.1), and a coding must come from this value set",
+        )
+    ]
+    active = {"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}
+    assert errors(validator.validate({**condition, "clinicalStatus": {"coding": [active]}})) == []
+
+
 V2_0131 = "http://terminology.hl7.org/CodeSystem/v2-0131"
 
 
