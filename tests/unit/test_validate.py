@@ -185,14 +185,34 @@ def test_cli_unusable_input(tmp_path: Path, name: str, content: str, args: tuple
     assert issue["severity"] == "fatal" and words in issue["details"]["text"]
 
 
-def test_cli_deeply_nested_extensions_do_not_crash(tmp_path: Path) -> None:
+def _nested_extensions(tmp_path: Path, levels: int) -> Path:
     nested: dict[str, Any] = {"url": "http://example.org/x", "valueString": "leaf"}
-    for _ in range(300):
+    for _ in range(levels):
         nested = {"url": "http://example.org/x", "extension": [nested]}
-    path = _write(tmp_path, "nested.json", json.dumps({"resourceType": "Patient", "extension": [nested]}))
+    return _write(tmp_path, "nested.json", json.dumps({"resourceType": "Patient", "extension": [nested]}))
+
+
+def test_cli_deeply_nested_extensions_are_refused_before_validation(tmp_path: Path) -> None:
+    """300 levels of extensions (twice as many JSON levels): exit 2, the reader's depth limit named, nothing else."""
+    path = _nested_extensions(tmp_path, 300)
     result = run("validate", str(path), "--format", "json")
-    assert result.returncode in (1, 2) and "Traceback" not in result.stderr
-    assert json.loads(result.stdout)["resourceType"] == "OperationOutcome"
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    (issue,) = json.loads(result.stdout)["issue"]
+    assert (issue["severity"], issue["code"]) == ("fatal", "structure")
+    assert issue["details"]["text"] == f"{path}: the document nests deeper than 128 levels"
+
+
+def test_cli_nested_extensions_under_the_limit_are_validated_level_by_level(tmp_path: Path) -> None:
+    """60 levels (under the limit): exit 1, the unknown extension an error at each of its 61 places."""
+    path = _nested_extensions(tmp_path, 60)
+    result = run("validate", str(path), "--format", "json")
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    errors = [i for i in json.loads(result.stdout)["issue"] if i["severity"] in ("error", "fatal")]
+    assert [i["expression"] for i in errors] == [["Patient" + ".extension[0]" * k] for k in range(1, 62)]
+    assert {i["details"]["text"] for i in errors} == {
+        "The extension http://example.org/x could not be found so is not allowed here"
+    }
 
 
 PROFILE_BASE = "https://casebridge.example.org/fhir/StructureDefinition/"
