@@ -8,8 +8,9 @@ FHIR resources (JSON objects), get rows.
 FHIRPath expressions are compiled to Python for the subset views commonly use and evaluated by fhirpathpy
 otherwise (``plan.fallback_paths`` lists those).
 
-Sources (``LocalSource``: NDJSON files and folders, JSON Bundles) and outputs (NDJSON, CSV, Parquet, DuckDB; to
-standard output, a file, or a folder with its manifest and incremental runs): ``_sources`` and ``_outputs``.
+Sources (``LocalSource``: NDJSON files and folders, JSON Bundles; ``ResourceList``: resources in memory) and
+outputs (NDJSON, CSV, Parquet, DuckDB; to standard output, a file, or a folder with its manifest and incremental
+runs): ``_sources`` and ``_outputs``.
 """
 
 from casebridge.views._definition import OutputColumn, ViewDefinitionError, ViewPlan, read_view
@@ -22,9 +23,11 @@ from casebridge.views._outputs import (
     run_to_folder,
     run_to_stdout,
     view_digest,
+    view_rows,
 )
+from casebridge.views._outputs import _csv_text as csv_text  # a cell's text, as the CSV outputs write it
 from casebridge.views._runner import ViewEvaluationError, run_to_dicts, run_view
-from casebridge.views._sources import LocalSource, ResourceSource, parse_instant
+from casebridge.views._sources import LocalSource, ResourceList, ResourceSource, parse_instant
 
 __all__ = [
     "FORMATS",
@@ -32,10 +35,12 @@ __all__ = [
     "LocalSource",
     "NamedView",
     "OutputColumn",
+    "ResourceList",
     "ResourceSource",
     "ViewDefinitionError",
     "ViewEvaluationError",
     "ViewPlan",
+    "csv_text",
     "output_name",
     "parse_instant",
     "read_view",
@@ -45,4 +50,5 @@ __all__ = [
     "run_to_stdout",
     "run_view",
     "view_digest",
+    "view_rows",
 ]

@@ -9,12 +9,17 @@ Rules:
   only by views of that type; any other name is read by every view (its resources of other types are skipped).
   Links, FIFOs and devices are refused, never opened.
 - A JSON file is read whole (bounded by ``max_json_bytes``): a Bundle's entry resources, or the resource itself.
+  In a Bundle, a reference to another entry's fullUrl (``urn:uuid:...`` in a transaction from ``casebridge
+  convert``) is read as that entry's ``Type/id``, as a server stores it once the transaction is in, so that
+  getReferenceKey() gives the same keys over the Bundle as over the server. An entry without an id (a POST the
+  server would name) keeps its references as they are.
 - ``since``: only resources whose meta.lastUpdated is at or after it; a resource without meta.lastUpdated is kept
   (it cannot be told old).
 - ``transaction_time``: a Bulk Data manifest's (``manifest.json`` in the folder, with ``transactionTime`` and an
   ``output`` list), else None.
 - ``position()`` names where the last resource given came from (``file:line``, ``file: entry[3]``), so a caller
   can say which input a view could not read.
+- ``ResourceList``: resources already in memory (a page of a search, a pull's reports), named ``Type/id``.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -87,6 +92,28 @@ def named_type(path: Path) -> str | None:
         name = name.removesuffix(suffix)
     found = [word for word in _WORD.findall(name) if is_resource_type(word)]
     return found[0] if len(found) == 1 else None
+
+
+class ResourceList:
+    """Resources already in memory as a source: each view reads those of its type, in order."""
+
+    def __init__(self, resources: Iterable[dict[str, Any]], *, name: str = "resources") -> None:
+        self.name = name
+        self._resources = resources
+        self._position = ""
+
+    def resources(self, resource_type: str, since: str | None) -> Iterator[dict[str, Any]]:
+        moment = parse_instant(since) if since else None
+        for resource in self._resources:
+            if resource.get("resourceType") == resource_type and _changed_since(resource, moment):
+                self._position = f"{resource_type}/{resource.get('id')}"
+                yield resource
+
+    def position(self) -> str:
+        return self._position
+
+    def transaction_time(self) -> str | None:
+        return None
 
 
 class LocalSource:
@@ -184,12 +211,58 @@ class LocalSource:
         entries = doc.get("entry", [])
         if not isinstance(entries, list):
             raise InputError("Bundle.entry: not a list", source=source)
+        local = _local_references(entries)
         for i, entry in enumerate(entries):
             self._position = f"{source}: Bundle.entry[{i}]"
             resource = entry.get("resource") if isinstance(entry, dict) else None
             if resource is None:
                 continue
-            yield _resource(resource, f"Bundle.entry[{i}].resource", source)
+            resource = _resource(resource, f"Bundle.entry[{i}].resource", source)
+            yield _with_local_references(resource, local) if local else resource
+
+
+def _local_references(entries: list[Any]) -> dict[str, str]:
+    """fullUrl -> ``Type/id`` for the entries whose resource has both (the id a transaction's PUT gives it)."""
+    local: dict[str, str] = {}
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        full_url, resource = entry.get("fullUrl"), entry.get("resource")
+        if not isinstance(full_url, str) or not full_url or not isinstance(resource, dict):
+            continue
+        kind, key = resource.get("resourceType"), resource.get("id")
+        if isinstance(kind, str) and kind and isinstance(key, str) and key:
+            local[full_url] = f"{kind}/{key}"
+    return local
+
+
+def _with_local_references(value: Any, local: dict[str, str]) -> Any:
+    """``value`` with every ``reference`` that names an entry's fullUrl made that entry's ``Type/id`` (a copy:
+    the document's own objects are left as they are). Iterative, so that deep nesting cannot overflow the stack."""
+    root: list[Any] = [value]
+    stack: list[tuple[Any, Any, Any]] = [(root, 0, value)]  # (container of the copy, its key, the original)
+    while stack:
+        parent, key, item = stack.pop()
+        if isinstance(item, dict):
+            copy: dict[str, Any] = {}
+            parent[key] = copy
+            for name, child in item.items():
+                if name == "reference" and isinstance(child, str):
+                    copy[name] = local.get(child, child)
+                elif isinstance(child, dict | list):
+                    copy[name] = None
+                    stack.append((copy, name, child))
+                else:
+                    copy[name] = child
+        elif isinstance(item, list):
+            items: list[Any] = [None] * len(item)
+            parent[key] = items
+            for i, child in enumerate(item):
+                if isinstance(child, dict | list):
+                    stack.append((items, i, child))
+                else:
+                    items[i] = child
+    return root[0]
 
 
 def _resource(value: Any, where: str, source: str) -> dict[str, Any]:
