@@ -1,6 +1,9 @@
 """Pulling DiagnosticReports for analysts: one search with their results and specimens, every page, then
 one of three shapes — a searchset Bundle, NDJSON (one report per line), or CSV (one row per report).
 
+The CSV is the shipped ``diagnostic_report`` view's rows (one flattening, the analysts' views' own) and one
+column more, ``results``, joined from the ``report_result`` and ``observation`` views (``ReportTable``).
+
 Everything is fetched before anything is written, so a failure half-way leaves no half-written output.
 """
 
@@ -11,6 +14,7 @@ import datetime as dt
 import io
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 import orjson
@@ -18,19 +22,11 @@ import orjson
 from casebridge.fhir.client import AsyncFhirClient
 from casebridge.fhir.search import Search
 from casebridge.files import csv_cell as _cell
+from casebridge.views import NamedView, ResourceList, csv_text, read_view, view_digest, view_rows
+from casebridge.views.shipped import shipped_view
 
 REPORT_INCLUDES = ("DiagnosticReport:result", "DiagnosticReport:specimen")
-CSV_COLUMNS = (
-    "id",
-    "patient",
-    "category",
-    "code",
-    "date",
-    "status",
-    "conclusion",
-    "conclusion_codes",
-    "results",
-)
+REPORT_VIEW = "diagnostic_report"  # the shipped view that makes the CSV's rows
 
 
 def report_query(
@@ -124,7 +120,10 @@ def to_ndjson(pulled: PulledReports) -> bytes:
 
 
 def to_csv(pulled: PulledReports) -> str:
-    return csv_rows([CSV_COLUMNS, *(report_row(r, pulled.included) for r in pulled.reports)])
+    table = ReportTable()
+    for resource in pulled.included.values():
+        table.include(resource)
+    return csv_rows([table.columns, *table.rows(pulled.reports)])
 
 
 def csv_rows(rows: Iterable[Sequence[str]]) -> str:
@@ -137,80 +136,140 @@ def csv_rows(rows: Iterable[Sequence[str]]) -> str:
     return buffer.getvalue()
 
 
-def report_row(report: Mapping[str, Any], included: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    results = []
-    for ref in _list(report.get("result")):
-        if not isinstance(ref, dict):
-            continue
-        target = included.get(_local(str(ref.get("reference") or "")))
-        if target is None:
-            results.append(f"{ref.get('display') or ref.get('reference')}: (not included)")
-        else:
-            results.append(f"{_concept(target.get('code')) or ref.get('display') or '?'}: {observation_value(target)}")
-    return [
-        str(report.get("id") or ""),
-        str(_obj(report.get("subject")).get("reference") or ""),
-        "; ".join(_concept(c) for c in _list(report.get("category"))),
-        _concept(report.get("code")),
-        _date(report),
-        str(report.get("status") or ""),
-        str(report.get("conclusion") or ""),
-        "; ".join(_concept(c) for c in _list(report.get("conclusionCode"))),
-        "; ".join(results),
-    ]
+# An Observation's components (a tumour's two dimensions), which the shipped observation view leaves out: the
+# results column shows them, as it did before the CSV came from the views. Run by the same runner.
+_COMPONENT_VIEW: dict[str, Any] = {
+    "resourceType": "ViewDefinition",
+    "name": "observation_component",
+    "status": "active",
+    "resource": "Observation",
+    "select": [
+        {"column": [{"name": "observation_id", "path": "getResourceKey()", "type": "id"}]},
+        {
+            "forEach": "component",
+            "column": [
+                {"name": "code_code", "path": "code.coding.first().code", "type": "code"},
+                {"name": "code_display", "path": "code.coding.first().display", "type": "string"},
+                {"name": "code_text", "path": "code.text", "type": "string"},
+                {"name": "valuequantity_value", "path": "value.ofType(Quantity).value", "type": "decimal"},
+                {"name": "valuequantity_comparator", "path": "value.ofType(Quantity).comparator", "type": "code"},
+                {"name": "valuequantity_unit", "path": "value.ofType(Quantity).unit", "type": "string"},
+                {"name": "valuequantity_code", "path": "value.ofType(Quantity).code", "type": "code"},
+                {"name": "valuecodeableconcept_code", "path": "value.ofType(CodeableConcept).coding.first().code"},
+                {
+                    "name": "valuecodeableconcept_display",
+                    "path": "value.ofType(CodeableConcept).coding.first().display",
+                },
+                {"name": "valuecodeableconcept_text", "path": "value.ofType(CodeableConcept).text"},
+                {"name": "valuestring", "path": "value.ofType(string)", "type": "string"},
+                {"name": "valueboolean", "path": "value.ofType(boolean)", "type": "boolean"},
+            ],
+        },
+    ],
+}
 
 
-def observation_value(observation: Mapping[str, Any]) -> str:
-    """An Observation's value as text, with its unit; components joined; a data-absent reason when no value."""
-    own = _value(observation)
-    if own:
-        return own
-    components = observation.get("component")
-    parts = [
-        f"{_concept(c.get('code'))} {_value(c)}".strip()
-        for c in (components if isinstance(components, list) else [])
-        if isinstance(c, dict)
-    ]
-    if any(parts):
-        return ", ".join(p for p in parts if p)
-    absent = _concept(observation.get("dataAbsentReason"))
+@cache
+def _report_views() -> tuple[NamedView, ...]:
+    """The shipped diagnostic_report, report_result and observation views, and the components' view."""
+    named = []
+    for name in (REPORT_VIEW, "report_result", "observation"):
+        view = shipped_view(name)
+        named.append(NamedView(name, read_view(view, source=f"shipped view {name}"), view_digest(view)))
+    plan = read_view(_COMPONENT_VIEW, source="casebridge.pull")
+    named.append(NamedView("observation_component", plan, view_digest(_COMPONENT_VIEW)))
+    return tuple(named)
+
+
+def csv_columns() -> tuple[str, ...]:
+    """The CSV's columns: the shipped diagnostic_report view's, then ``results``."""
+    return (*(c.name for c in _report_views()[0].columns), "results")
+
+
+def _dicts(view: NamedView, resources: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    names = view.plan.column_names
+    for row in view_rows(view, ResourceList(resources), None):
+        yield dict(zip(names, row, strict=True))
+
+
+class ReportTable:
+    """The rows of the report CSV: the shipped ``diagnostic_report`` view's row of each report, as ``casebridge
+    views run --view diagnostic_report --format csv`` writes it, and one column more, ``results``: each result of
+    the report (the ``report_result`` view's links, in the report's order) as ``name [code]: value unit`` from the
+    ``observation`` view's row of the included Observation (its components' values when it has no value of its
+    own), joined with ``; ``. A view's row cannot hold the rows of other resources, so this one column joins them;
+    everything else is the view's.
+
+    ``include`` the Observations (other types are ignored) before the reports that cite them."""
+
+    def __init__(self) -> None:
+        self.report_view, self.link_view, self.observation_view, self.component_view = _report_views()
+        self.columns = csv_columns()
+        self._results: dict[str, str] = {}  # observation id -> "name [code]: value"
+
+    def include(self, resource: Mapping[str, Any]) -> None:
+        if resource.get("resourceType") != "Observation":
+            return
+        one = [dict(resource)]
+        for found in _dicts(self.observation_view, one):
+            key = found["observation_id"]
+            if not isinstance(key, str):
+                continue
+            value = _own_value(found)
+            if value is None:
+                parts = [f"{_name(c)} {_own_value(c) or ''}".strip() for c in _dicts(self.component_view, one)]
+                value = ", ".join(parts) if parts else _absent(found)
+            self._results[key] = f"{_name(found)}: {value}"
+
+    def rows(self, reports: Sequence[Mapping[str, Any]]) -> Iterator[list[str]]:
+        source = [dict(r) for r in reports]
+        links: dict[str, list[str]] = {}
+        for found in _dicts(self.link_view, source):
+            ref, display = found["result_ref"], found["result_display"]
+            text = self._results.get(ref) if isinstance(ref, str) else None
+            if text is None:
+                text = f"{display or ref or '?'}: (not included)"
+            links.setdefault(str(found["diagnosticreport_id"]), []).append(text)
+        key = self.report_view.plan.column_names.index("diagnosticreport_id")
+        for row in view_rows(self.report_view, ResourceList(source), None):
+            yield [*(csv_text(v) for v in row), "; ".join(links.get(str(row[key]), []))]
+
+
+def _name(row: Mapping[str, Any]) -> str:
+    display, code = row["code_display"], row["code_code"]
+    if display and code:
+        return f"{display} [{code}]"
+    return str(code or row["code_text"] or "?")
+
+
+def _number(value: Any) -> str:
+    # Decimals arrive as floats: 3.0 was written 3 in the resource, and is shown so.
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    return str(value)
+
+
+def _own_value(row: Mapping[str, Any]) -> str | None:
+    """An Observation's (or a component's) value as text, with its unit; None when it has none."""
+    if row["valuequantity_value"] is not None:
+        unit = row["valuequantity_unit"] or row["valuequantity_code"]
+        parts = (row["valuequantity_comparator"], _number(row["valuequantity_value"]), unit)
+        return " ".join(str(p) for p in parts if p)
+    display, code = row["valuecodeableconcept_display"], row["valuecodeableconcept_code"]
+    if display and code:
+        return f"{display} [{code}]"
+    if code or display or row["valuecodeableconcept_text"]:
+        return str(code or display or row["valuecodeableconcept_text"])
+    if row["valuestring"] is not None:
+        return str(row["valuestring"])
+    if row["valueboolean"] is not None:
+        return "true" if row["valueboolean"] else "false"
+    return None
+
+
+def _absent(row: Mapping[str, Any]) -> str:
+    absent = row["dataabsentreason_code"]
     return f"(no value: {absent})" if absent else "(no value)"
-
-
-def _value(element: Any) -> str:
-    if not isinstance(element, dict):
-        return ""
-    if isinstance(element.get("valueQuantity"), dict):
-        q = element["valueQuantity"]
-        return " ".join(str(x) for x in (q.get("comparator"), q.get("value"), q.get("unit") or q.get("code")) if x)
-    if "valueCodeableConcept" in element:
-        return _concept(element["valueCodeableConcept"])
-    if isinstance(element.get("valueRange"), dict):
-        low, high = _obj(element["valueRange"].get("low")), _obj(element["valueRange"].get("high"))
-        unit = low.get("unit") or high.get("unit") or ""
-        return f"{low.get('value', '')}-{high.get('value', '')} {unit}".strip()
-    for key in ("valueString", "valueBoolean", "valueInteger", "valueDateTime", "valueTime"):
-        if key in element:
-            return str(element[key]).lower() if key == "valueBoolean" else str(element[key])
-    return ""
-
-
-def _concept(concept: Any) -> str:
-    """``display [code]`` for each coding, or the text when there is no coding."""
-    if not isinstance(concept, dict):
-        return ""
-    codings = [c for c in _list(concept.get("coding")) if isinstance(c, dict) and c.get("code")]
-    if not codings:
-        return str(concept.get("text") or "")
-    return ", ".join(f"{c['display']} [{c['code']}]" if c.get("display") else str(c["code"]) for c in codings)
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _obj(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
 def parse_since(value: str) -> dt.date | dt.datetime:
@@ -234,29 +293,6 @@ def parse_since(value: str) -> dt.date | dt.datetime:
     return moment
 
 
-def _date(report: Mapping[str, Any]) -> str:
-    if report.get("effectiveDateTime"):
-        return str(report["effectiveDateTime"])
-    period = _obj(report.get("effectivePeriod"))
-    return str(period.get("start") or report.get("issued") or "")
-
-
-def _local(reference: str) -> str:
-    """``Observation/x`` from a relative or absolute reference (history part dropped)."""
-    parts = reference.split("/_history/")[0].rstrip("/").split("/")
-    return "/".join(parts[-2:])
-
-
-def summarize(pulled: PulledReports) -> Iterable[tuple[str, str, str]]:
-    """(category, code, conclusion) per report, for the demo's table."""
-    for report in pulled.reports:
-        yield (
-            "; ".join(_concept(c) for c in _list(report.get("category"))),
-            _concept(report.get("code")),
-            str(report.get("conclusion") or ""),
-        )
-
-
 async def stream_reports(pages: AsyncIterator[dict[str, Any]], fmt: str, base_url: str) -> AsyncIterator[bytes]:
     """The pages of a report search as one output, page by page: a searchset Bundle (json), NDJSON, or CSV.
 
@@ -264,12 +300,13 @@ async def stream_reports(pages: AsyncIterator[dict[str, Any]], fmt: str, base_ur
     included. For a server: the response can start before the last page is fetched.
     """
     seen_reports: set[str] = set()
-    included: dict[str, dict[str, Any]] = {}
+    included: set[str] = set()
+    table = ReportTable() if fmt == "csv" else None
     count = 0
     if fmt == "json":
         yield b'{"resourceType":"Bundle","type":"searchset","entry":['
-    elif fmt == "csv":
-        yield csv_rows([CSV_COLUMNS]).encode()
+    elif table is not None:
+        yield csv_rows([table.columns]).encode()
     first = True
     async for page in pages:
         chunk: list[bytes] = []
@@ -284,8 +321,9 @@ async def stream_reports(pages: AsyncIterator[dict[str, Any]], fmt: str, base_ur
             elif key in included:
                 continue
             else:
-                # Kept for the CSV rows of later reports; the other formats need only to know it was passed on.
-                included[key] = resource if fmt == "csv" else {}
+                included.add(key)
+                if table is not None:
+                    table.include(resource)  # its row, for the CSV rows of this page's reports and later ones
             if fmt == "json":
                 item = {
                     "fullUrl": f"{base_url}/{key}",
@@ -296,8 +334,8 @@ async def stream_reports(pages: AsyncIterator[dict[str, Any]], fmt: str, base_ur
                 first = False
             elif fmt == "ndjson" and is_match:
                 chunk.append(orjson.dumps(resource) + b"\n")
-        if fmt == "csv" and page_reports:
-            chunk.append(csv_rows(report_row(report, included) for report in page_reports).encode())
+        if table is not None and page_reports:
+            chunk.append(csv_rows(table.rows(page_reports)).encode())
         if chunk:
             yield b"".join(chunk)
     if fmt == "json":

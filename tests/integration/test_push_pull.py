@@ -26,7 +26,7 @@ from casebridge.errors import BadRequest, PreconditionFailed, ResourceGone, Reso
 from casebridge.fhir.client import AsyncFhirClient, FhirClient
 from casebridge.fhir.search import Search
 from casebridge.mapping.engine import MappingSet
-from casebridge.pull import pull_reports, report_query
+from casebridge.pull import csv_columns, pull_reports, report_query
 from casebridge.push import PatientLocks, push_bundle
 from tests.conftest import RECORDED, SEED
 from tests.paths import PROJECT_ROOT
@@ -308,29 +308,28 @@ def test_pull_csv_is_one_row_per_report(fhir_server: str, pushed: dict[str, Any]
     )
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(io.StringIO(target.read_text())))
+    # The shipped diagnostic_report view's columns (the same rows as `views run --view diagnostic_report`), and
+    # results, joined from the report_result and observation views: the CSV is the views' one flattening.
+    assert list(rows[0]) == [*csv_columns()] and csv_columns()[-1] == "results"
     assert len(rows) == 4
-    assert {r["patient"] for r in rows} == {f"Patient/{patient_id(pushed)}"}
-    histology = next(r for r in rows if "Surgical Pathology [SP]" in r["category"])
-    assert histology["code"] == "Surgical pathology study [11529-5]"
+    assert {r["subject_ref"] for r in rows} == {patient_id(pushed)}
+    histology = next(r for r in rows if r["category_code"] == "SP")
+    assert (histology["code_display"], histology["code_code"]) == ("Surgical pathology study", "11529-5")
     assert histology["status"] == "final"
     assert histology["conclusion"].startswith("Dystrophic calcification")
-    assert histology["conclusion_codes"] == "Dystrophic calcification"
-    assert (
-        "Pathology diagnosis: Dystrophic calcification" in histology["results"] or "Dystrophic" in histology["results"]
-    )
-    laboratory = next(r for r in rows if r["category"] == "Laboratory [LAB]")
-    assert laboratory["code"] == "Laboratory tests"
-    assert laboratory["results"] == "Calcium [Mass/volume] in Serum or Plasma [17861-6]: (no value: Unknown [unknown])"
+    assert histology["conclusioncode_text"] == "Dystrophic calcification"
+    assert "Pathology report diagnosis [22637-3]: Dystrophic calcification" in histology["results"]
+    assert len(json.loads(histology["result_ref"])) == 2 and len(json.loads(histology["specimen_ref"])) == 1
+    laboratory = next(r for r in rows if r["category_code"] == "LAB")
+    assert laboratory["code_text"] == "Laboratory tests"
+    # The view gives the data-absent reason's code (it was its display and code before).
+    assert laboratory["results"] == "Calcium [Mass/volume] in Serum or Plasma [17861-6]: (no value: unknown)"
     ultrasound = next(r for r in rows if r["conclusion"].startswith("A small well defined heteroechoic"))
-    # The lesion size: a value with its UCUM unit, from the included Observation.
-    size = next(
-        e["resource"]
-        for e in pushed["entry"]
-        if e["resource"].get("code", {}).get("text") == "Lesion size"
-        or "Lesion size" in json.dumps(e["resource"].get("code", {}))
+    # The lesion size: the values of its components, with their UCUM units.
+    assert ultrasound["results"] == (
+        "Size Tumor [21889-1]: Size.maximum dimension in Tumor [33728-7] 0.57 cm, "
+        "Size additional dimension in Tumor [33729-5] 0.44 cm"
     )
-    assert size["resourceType"] == "Observation"
-    assert "cm" in ultrasound["results"] or "mm" in ultrasound["results"], ultrasound["results"]
 
 
 def test_pull_filters_by_category_and_code(fhir_server: str, pushed: dict[str, Any]) -> None:
@@ -448,15 +447,19 @@ def test_configuration_problems_are_named(tmp_path: Path, fhir_server: str) -> N
 
 
 def test_csv_cells_a_spreadsheet_would_run_are_defused() -> None:
-    from casebridge.pull import _cell
+    """Every leading character a spreadsheet reads as a formula (=, +, -, @, TAB, CR, after white space, full
+    width) is defused in pull's CSV; a plain negative number and plain text are written as they are."""
+    from casebridge.pull import PulledReports, to_csv
+    from tests.unit.test_csv_cell import CELLS
 
-    assert _cell("=HYPERLINK(1)") == "'=HYPERLINK(1)"
-    assert _cell("-2+3+cmd|' /C calc'!A0") == "'-2+3+cmd|' /C calc'!A0"
-    assert _cell("@SUM(A1)") == "'@SUM(A1)"
-    assert _cell("-2.5") == "-2.5"  # a number stays a number
-    assert _cell("Dystrophic calcification") == "Dystrophic calcification"
-    # After white space, and in full-width forms, a spreadsheet may still read a formula.
-    assert _cell(" =1+1") == "' =1+1" and _cell("\u3000=1+1") == "'\u3000=1+1" and _cell("\uff1d1+1") == "'\uff1d1+1"
+    cells = [(text, cell) for text, cell in CELLS if text]
+    reports = [
+        {"resourceType": "DiagnosticReport", "id": f"r{i}", "status": "final", "code": {"text": "x"}, "conclusion": t}
+        for i, (t, _) in enumerate(cells)
+    ]
+    rows = list(csv.reader(io.StringIO(to_csv(PulledReports(reports=reports)), newline="")))
+    column = csv_columns().index("conclusion")
+    assert [r[column] for r in rows[1:]] == [cell for _, cell in cells]
 
 
 def test_a_cr_or_lf_in_a_cell_never_starts_a_row() -> None:
@@ -465,7 +468,7 @@ def test_a_cr_or_lf_in_a_cell_never_starts_a_row() -> None:
     import csv
     import io
 
-    from casebridge.pull import CSV_COLUMNS, PulledReports, to_csv
+    from casebridge.pull import PulledReports, csv_columns, to_csv
 
     conclusions = ["Benign lesion\r=cmd|' /C calc'!A0", "two\nlines", "crlf\r\nend", "\r=1+1"]
     reports = [
@@ -474,6 +477,6 @@ def test_a_cr_or_lf_in_a_cell_never_starts_a_row() -> None:
     ]
     text = to_csv(PulledReports(reports=reports))
     rows = list(csv.reader(io.StringIO(text, newline="")))
-    assert rows[0] == list(CSV_COLUMNS) and len(rows) == 1 + len(conclusions)
-    column = CSV_COLUMNS.index("conclusion")
+    assert rows[0] == list(csv_columns()) and len(rows) == 1 + len(conclusions)
+    column = csv_columns().index("conclusion")
     assert [r[column] for r in rows[1:]] == [*conclusions[:3], "'\r=1+1"]

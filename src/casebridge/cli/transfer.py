@@ -30,10 +30,10 @@ from casebridge.fhir.client import AsyncFhirClient
 from casebridge.files import read_bounded, shown, write_atomically
 from casebridge.pull import (
     PulledReports,
+    ReportTable,
     parse_since,
     pull_reports,
     report_query,
-    report_row,
     to_csv,
     to_ndjson,
     to_searchset,
@@ -261,9 +261,14 @@ def print_pulled(pulled: PulledReports, seconds: float, patient: str | None) -> 
     table = Table(show_lines=False)
     for column in ("category", "code", "status", "conclusion", "results"):
         table.add_column(column)
-    for report in pulled.reports:
-        row = report_row(report, pulled.included)
-        table.add_row(*(escape(row[i]) for i in (2, 3, 5, 6, 8)))  # server text: never markup
+    rows = ReportTable()  # the CSV's rows: one flattening
+    for resource in pulled.included.values():
+        rows.include(resource)
+    at = {c: rows.columns.index(c) for c in rows.columns}
+    for row in rows.rows(pulled.reports):
+        code = row[at["code_text"]] or row[at["code_display"]]
+        shown = (row[at["category_display"]], code, row[at["status"]], row[at["conclusion"]], row[at["results"]])
+        table.add_row(*(escape(text) for text in shown))  # server text: never markup
     out.print(table)
     for report in pulled.reports:
         codes = {c.get("code") for cat in report.get("category") or [] for c in cat.get("coding") or []}

@@ -91,7 +91,7 @@ def _format(requested: str | None, accept: str) -> str:
                     "example": {"resourceType": "Bundle", "type": "searchset", "entry": [], "total": 0}
                 },
                 "application/fhir+ndjson": {"example": '{"resourceType":"DiagnosticReport","id":"..."}\n'},
-                "text/csv": {"example": "id,patient,category,code,date,status,conclusion,conclusion_codes,results\n"},
+                "text/csv": {"example": "diagnosticreport_id,subject_ref,category_code,...,results\r\n"},
             },
         },
         400: examples.outcome_response("A filter that is not valid (OperationOutcome).", examples.OUTCOME_INVALID),
