@@ -134,6 +134,24 @@ class Settings(BaseSettings):
             "is stopped and replaced and the request gets 422 (too-costly). Not enforced with --workers 0."
         ),
     )
+    view_run_max_resources: int = Field(
+        100_000,
+        ge=1,
+        le=100_000_000,
+        description=(
+            "Resources one POST /ViewDefinition/$viewdefinition-run may read from the FHIR server: 422 (too-costly) "
+            "before the answer starts when the search's total is over it; a stream cut short past it otherwise."
+        ),
+    )
+    view_run_max_rows: int = Field(
+        1_000_000,
+        ge=1,
+        le=100_000_000,
+        description=(
+            "Rows one POST /ViewDefinition/$viewdefinition-run may answer, and the largest _limit it takes: a run "
+            "without _limit that would write more is cut short (the client sees an incomplete answer)."
+        ),
+    )
     api_docs_public: bool = Field(
         False, description="Serve /docs, /redoc and /openapi.json without a key (they hold no data, only the API)."
     )

@@ -357,9 +357,11 @@ def test_reports_as_searchset_ndjson_and_csv(api: TestClient, pushed_patient: st
         )
         assert csv_text.headers["content-type"].startswith("text/csv")
         rows = csv_text.text.splitlines()
-        assert rows[0].startswith("id,patient,category,code") and len(rows) == 5
+        # The shipped diagnostic_report view's columns, then results (as `pull --format csv`).
+        assert rows[0].startswith("diagnosticreport_id,subject_ref,category_code") and len(rows) == 5
+        assert rows[0].endswith(",results")
         # The laboratory step is a report, with its result.
-        assert [r for r in rows if ",Laboratory [LAB],Laboratory tests," in r and "[17861-6]" in r]
+        assert [r for r in rows if ",LAB," in r and ",Laboratory tests," in r and "[17861-6]" in r]
 
 
 def test_reports_paged_with_small_pages(api: TestClient, pushed_patient: str) -> None:
@@ -433,7 +435,7 @@ def test_openapi_has_examples_for_every_endpoint(api: TestClient) -> None:
     assert document["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
     assert "CaseReport" in document["components"]["schemas"]
     operations = [(path, method, op) for path, ops in document["paths"].items() for method, op in ops.items()]
-    assert len(operations) == 9  # with HEAD on /healthz and /readyz
+    assert len(operations) == 10  # with HEAD on /healthz and /readyz
     ids = [op["operationId"] for _, _, op in operations]
     assert len(set(ids)) == len(ids), ids  # client generators need them unique
     # An invalid parameter is a 400 OperationOutcome, not FastAPI's 422 'Validation Error'.

@@ -205,6 +205,13 @@ def _put(resource: dict[str, Any]) -> dict[str, Any]:
     return _entry(resource, "PUT", f"{resource['resourceType']}/{resource['id']}")
 
 
+RUN = "/ViewDefinition/$viewdefinition-run"
+VIEW_RUN: dict[str, Any] = {
+    "resourceType": "Parameters",
+    "parameter": [{"name": "viewReference", "valueReference": {"reference": "ViewDefinition/patient"}}],
+}
+
+
 @dataclass(frozen=True)
 class Attack:
     name: str
@@ -775,6 +782,25 @@ ATTACKS: list[Attack] = [
         "forbidden",
         path="/cases?push=true",
         headers=YAML,
+    ),
+    # Views run over the FHIR server: reading needs s and r on the view's type; no shipped-view name reaches a file
+    # outside the shipped views; a source of the caller's choosing (another server, a listener) is refused.
+    Attack("write-only key runs a view of Patients", "wo", VIEW_RUN, 403, "forbidden", path=RUN),
+    Attack(
+        "viewReference climbs out of the shipped views",
+        "ro",
+        {"resourceType": "Parameters", "parameter": [{"name": "viewReference", "valueString": "../../pyproject"}]},
+        404,
+        "not-found",
+        path=RUN,
+    ),
+    Attack(
+        "view run from a source of the caller's choosing",
+        "ro",
+        {**VIEW_RUN, "parameter": [*VIEW_RUN["parameter"], {"name": "source", "valueString": LISTENER}]},
+        400,
+        "not-supported",
+        path=RUN,
     ),
 ]
 

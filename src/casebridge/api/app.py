@@ -16,7 +16,7 @@ from casebridge.api import errors
 from casebridge.api.metrics import Metrics
 from casebridge.api.middleware import RequestContext
 from casebridge.api.outcomes import FhirResponse
-from casebridge.api.routes import bundles, cases, health, reports, validation
+from casebridge.api.routes import bundles, cases, health, reports, validation, views
 from casebridge.api.security import ReadKey
 from casebridge.api.services import Services
 from casebridge.config import Settings
@@ -68,12 +68,13 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             {"name": "validation", "description": "FHIR $validate."},
             {"name": "bundles", "description": "Transaction Bundles validated and forwarded (EHR integrators)."},
             {"name": "reports", "description": "DiagnosticReports out (analysts)."},
+            {"name": "views", "description": "SQL on FHIR views run over the FHIR server (analysts)."},
             {"name": "health", "description": "Liveness, readiness, metrics (no key)."},
         ],
     )
     if services is not None:
         app.state.services = services  # usable at once (tools that skip the lifespan, e.g. API fuzzers)
-    for router in (cases.router, validation.router, bundles.router, reports.router, health.router):
+    for router in (cases.router, validation.router, bundles.router, reports.router, views.router, health.router):
         app.include_router(router)
     errors.install(app)
     app.add_middleware(RequestContext, metrics=metrics)

@@ -94,6 +94,8 @@ class Audited:
         self.query: str | None = None
         self.error: str | None = None
         self.complete: bool | None = None  # a stream: whether it was sent to its end
+        self.view: str | None = None  # a view run: the sha256 of the view's canonical JSON
+        self.rows: int | None = None  # a view run: the rows sent
         self._seen: set[str] = set()
         self.finished = False
 
@@ -186,6 +188,12 @@ class Audited:
                 if patient := _patient_id(target):
                     self._patient(patient)
 
+    def ran(self, view_digest: str) -> None:
+        """A view run: which view (its hash, never its text: a view may quote values); rows are counted in
+        ``rows`` as they go out."""
+        self.view = view_digest
+        self.rows = 0
+
     def stream(self) -> None:
         """The answer is streamed: it counts as complete only once ``streamed`` is called at its end."""
         self.complete = False
@@ -245,6 +253,9 @@ class Audited:
                 line["parameters"] = sorted({name for name, _ in parse_qsl(self.query.partition("?")[2])})
             line["resources"] = self.resources
             line["more"] = self.left_out
+            if self.view is not None:
+                line["view"] = self.view
+                line["rows"] = self.rows
         else:
             line["entries"] = self.entries
             if self.entries_left_out:
@@ -317,9 +328,17 @@ class Audited:
             {"what": {"identifier": {"value": self.request_id}}, "type": _REQUEST_ID_TYPE}
         ]
         if kind == "search" and self.query is not None:
-            entities.append(
-                {"type": _SYSTEM_OBJECT, "role": _QUERY_ROLE, "query": base64.b64encode(self.query.encode()).decode()}
-            )
+            query: dict[str, Any] = {
+                "type": _SYSTEM_OBJECT,
+                "role": _QUERY_ROLE,
+                "query": base64.b64encode(self.query.encode()).decode(),
+            }
+            if self.view is not None:
+                query["detail"] = [
+                    {"type": "view-sha256", "valueString": self.view},
+                    {"type": "rows", "valueString": str(self.rows)},
+                ]
+            entities.append(query)
         entities += [
             {"what": {"reference": f"Patient/{p}"}, "type": _PERSON, "role": _PATIENT_ROLE} for p in self.patients
         ]
