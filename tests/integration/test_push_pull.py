@@ -457,9 +457,8 @@ def test_csv_cells_a_spreadsheet_would_run_are_defused() -> None:
         {"resourceType": "DiagnosticReport", "id": f"r{i}", "status": "final", "code": {"text": "x"}, "conclusion": t}
         for i, (t, _) in enumerate(cells)
     ]
-    rows = list(csv.reader(io.StringIO(to_csv(PulledReports(reports=reports)), newline="")))
-    column = csv_columns().index("conclusion")
-    assert [r[column] for r in rows[1:]] == [cell for _, cell in cells]
+    rows = list(csv.DictReader(io.StringIO(to_csv(PulledReports(reports=reports)), newline="")))
+    assert [r["conclusion"] for r in rows] == [cell for _, cell in cells]
 
 
 def test_a_cr_or_lf_in_a_cell_never_starts_a_row() -> None:

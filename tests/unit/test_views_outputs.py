@@ -122,6 +122,23 @@ def test_csv_is_rfc4180_typed_as_text_and_defused(folder: Path) -> None:
     assert rows[4][1] == '\'=HYPERLINK("x")\r\nnext'  # a formula cell gets an apostrophe; its CRLF stays in it
 
 
+def test_csv_defuses_every_formula_lead(tmp_path: Path) -> None:
+    """Each leading character a spreadsheet reads as a formula (=, +, -, @, TAB, CR, after white space, full
+    width) is defused in a view's CSV; a plain negative number and plain text are written as they are."""
+    from tests.unit.test_csv_cell import CELLS
+
+    cells = [(text, cell) for text, cell in CELLS if text]
+    source = tmp_path / "export"
+    source.mkdir()
+    write_ndjson(source / "Observation.ndjson", [obs(i, code={"text": t}) for i, (t, _) in enumerate(cells)])
+    view = {**OBSERVATION_VIEW, "select": [{"column": OBSERVATION_VIEW["select"][0]["column"][:2]}]}
+    stream = io.BytesIO()
+    assert run_to_stdout(named(view), LocalSource(source), "csv", stream) == len(cells)
+    rows = list(csv.reader(io.StringIO(stream.getvalue().decode(), newline="")))
+    assert rows[0] == ["id", "text"]
+    assert sorted(rows[1:]) == sorted([f"o{i}", cell] for i, (_, cell) in enumerate(cells))
+
+
 def test_parquet_has_typed_columns_and_the_rows(folder: Path, tmp_path: Path) -> None:
     target = tmp_path / "obs.parquet"
     run_to_file([named(OBSERVATION_VIEW)], LocalSource(folder), "parquet", target)
