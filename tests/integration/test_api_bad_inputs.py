@@ -563,6 +563,27 @@ def test_bad_input(api: TestClient, bad: Bad, request: pytest.FixtureRequest) ->
         assert response.headers["www-authenticate"].startswith("Bearer")
 
 
+def at_size(size: int) -> bytes:
+    """A valid Patient, padded with white space to ``size`` bytes."""
+    patient = json.dumps({"resourceType": "Patient", "gender": "female"}).encode()
+    return patient + b" " * (size - len(patient))
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_body_exactly_at_the_limit_is_read_and_one_byte_more_is_413(api: TestClient, chunked: bool) -> None:
+    """The limit is the largest body taken: at it, the resource is validated; one byte over, 413. With a
+    Content-Length (checked before reading) and without one (counted while reading)."""
+    headers = {**READ, **FHIR_JSON}
+    exact, over = at_size(LIMIT), at_size(LIMIT + 1)
+    assert (len(exact), len(over)) == (LIMIT, LIMIT + 1)
+    response = api.post("/Patient/$validate", content=chunks(exact) if chunked else exact, headers=headers)
+    assert response.status_code == 200, response.text[:500]
+    assert not [i for i in response.json()["issue"] if i["severity"] in ("error", "fatal")], response.text[:500]
+    response = api.post("/Patient/$validate", content=chunks(over) if chunked else over, headers=headers)
+    body = is_outcome(response, 413, "too-costly")
+    assert body["issue"][0]["diagnostics"] == f"the request body is larger than {LIMIT:,} bytes", body
+
+
 def test_there_are_at_least_25_named_bad_inputs() -> None:
     assert len({b.name for b in BAD_INPUTS}) == len(BAD_INPUTS) >= 25
 
