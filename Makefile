@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test faults lint bench bench-scale schema clean
+.PHONY: setup demo test faults lint bench bench-scale schema golden clean
 
 # Python packages when pyproject/constraints change; the pinned FHIR packages (npm pack, checked against
 # their integrity) whenever missing; the validator compiled by mypyc when its sources changed (it runs from
@@ -54,6 +54,11 @@ bench-scale: setup
 schema: setup
 	@$(BIN)/casebridge schema -o src/casebridge/data/schemas/case-report-2.0.schema.json
 	@$(BIN)/casebridge schema --version 1.0 -o src/casebridge/data/schemas/case-report-1.0.schema.json
+
+# Rewrite tests/golden/ after an intended mapping change, then review `git diff tests/golden`: the golden test only
+# compares (it never writes). Needs only the virtualenv.
+golden: $(STAMP)
+	@$(BIN)/python scripts/update_golden.py
 
 clean:
 	-@test -x $(BIN)/python && $(BIN)/python scripts/build_native.py --remove

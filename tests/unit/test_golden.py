@@ -1,12 +1,13 @@
 """Golden files: the Bundle of every fixture case, committed in tests/golden/.
 
-After an intended mapping change, regenerate with ``UPDATE_GOLDEN=1 make test`` and review the diff.
+The test only compares: it fails when a Bundle differs from its golden file, and never writes one. After an
+intended mapping change, regenerate with ``make golden`` (scripts/update_golden.py) and review the diff.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
-import os
 import re
 import uuid
 from pathlib import Path
@@ -71,21 +72,65 @@ def mask(doc: Any, patterns: list[re.Pattern[str]]) -> Any:
     return replace(doc, "")
 
 
-@pytest.mark.parametrize("case_file", GOLDEN_CASES, ids=[p.name for p in GOLDEN_CASES])
-def test_bundle_matches_golden_file(mappings: MappingSet, case_file: Path) -> None:
+def golden_file(case_file: Path) -> Path:
+    return GOLDEN / f"{case_file.stem}.bundle.json"
+
+
+def render(mappings: MappingSet, case_file: Path) -> bytes:
+    """The case's Bundle as its golden file holds it: converted at the real time, the volatile paths masked."""
     # The real conversion time, not a fixed one: the mask list must be what makes this stable.
     bundle = mask(mappings.convert(load_case(case_file)), volatile_paths())
-    golden = GOLDEN / f"{case_file.stem}.bundle.json"
-    rendered = orjson.dumps(bundle, option=orjson.OPT_INDENT_2) + b"\n"
-    if os.environ.get("UPDATE_GOLDEN"):
-        golden.write_bytes(rendered)
-    assert golden.is_file(), f"no golden file {golden.name}: run UPDATE_GOLDEN=1 make test and review it"
+    return orjson.dumps(bundle, option=orjson.OPT_INDENT_2) + b"\n"
+
+
+@pytest.mark.parametrize("case_file", GOLDEN_CASES, ids=[p.name for p in GOLDEN_CASES])
+def test_bundle_matches_golden_file(mappings: MappingSet, case_file: Path) -> None:
+    rendered = render(mappings, case_file)
+    golden = golden_file(case_file)
+    assert golden.is_file(), f"no golden file {golden.name}: run make golden and review it"
     expected = orjson.dumps(orjson.loads(golden.read_bytes()), option=orjson.OPT_INDENT_2) + b"\n"
     if expected != rendered:
         diff = difflib.unified_diff(
             expected.decode().splitlines(), rendered.decode().splitlines(), golden.name, "converted", lineterm="", n=2
         )
-        pytest.fail(f"{case_file.name} differs from {golden.name}:\n" + "\n".join(list(diff)[:80]))
+        pytest.fail(
+            f"{case_file.name} differs from {golden.name} (if the change is intended: make golden, then review "
+            "the diff):\n" + "\n".join(list(diff)[:80])
+        )
+
+
+def leaves(node: Any, path: str = "") -> dict[str, Any]:
+    """Every scalar of a document by its path."""
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in leaves(value, f"{path}.{key}" if path else key).items()}
+    if isinstance(node, list):
+        return {k: v for i, value in enumerate(node) for k, v in leaves(value, f"{path}[{i}]").items()}
+    return {path: node}
+
+
+@pytest.mark.parametrize("case_file", GOLDEN_CASES, ids=[p.name for p in GOLDEN_CASES])
+def test_provenance_recorded_is_the_conversion_time(mappings: MappingSet, case_file: Path) -> None:
+    """The golden files mask Provenance.recorded: here it must be the time given to convert, and two conversions
+    at different times differ only there (and in the Provenance narrative that shows it)."""
+    case = load_case(case_file)
+    times = [dt.datetime(2026, 1, 1, tzinfo=dt.UTC), dt.datetime(2027, 3, 4, 5, 6, 7, tzinfo=dt.UTC)]
+    bundles = [mappings.convert(case, recorded=t) for t in times]
+    for bundle, time in zip(bundles, times, strict=True):
+        provenances = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Provenance"]
+        assert provenances, "no Provenance in the Bundle"
+        assert [p["recorded"] for p in provenances] == [time.isoformat(timespec="seconds")] * len(provenances)
+    first, second = leaves(bundles[0]), leaves(bundles[1])
+    assert first.keys() == second.keys()
+    differing = {path for path in first if first[path] != second[path]}
+    provenance_paths = {
+        f"entry[{i}].resource.{name}"
+        for i, e in enumerate(bundles[0]["entry"])
+        if e["resource"]["resourceType"] == "Provenance"
+        for name in ("recorded", "text.div")
+    }
+    assert differing == provenance_paths
+    shown = [t.isoformat(timespec="seconds") for t in times]
+    assert all(first[p].replace(shown[0], shown[1]) == second[p] for p in differing)
 
 
 def test_mask_list_masks_only_what_it_names() -> None:
