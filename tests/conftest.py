@@ -3,7 +3,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -31,6 +31,14 @@ CASE_PATHS = {p.name: p for p in ALL_CASE_FILES}
 assert len(CASE_PATHS) == len(ALL_CASE_FILES), "a fixture case has the name of a packaged case"
 # A fixed conversion time, so that outputs compare equal across runs.
 RECORDED = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def pinned_packages_missing(what: object) -> NoReturn:
+    """The pinned FHIR packages are part of what the suite needs (`make setup` installs them, and `make test` runs
+    it): a test that needs them fails, saying how to install them, rather than skip and pass the run."""
+    pytest.fail(
+        f"{what}: `make setup` (or `casebridge packages fetch`) installs the pinned FHIR packages", pytrace=False
+    )
 
 
 @pytest.fixture(scope="session")

@@ -42,6 +42,7 @@ from casebridge.definitions.packages import (
     plan_add,
     version_satisfies,
 )
+from tests.conftest import pinned_packages_missing
 
 EX = "http://example.org/fhir"
 PROFILE = f"{EX}/StructureDefinition/MyPatient"
@@ -902,7 +903,7 @@ def test_the_real_packages_resolve() -> None:
     try:
         folders = ensure_all(load_lock(), default_cache_dir(), offline=True)
     except PackageError as exc:
-        pytest.skip(f"the pinned FHIR packages are not installed: {exc}")
+        pinned_packages_missing(f"the pinned FHIR packages are not installed: {exc}")
     index = DefinitionIndex.load(folders)
     patient = index.get("http://hl7.org/fhir/StructureDefinition/Patient")
     assert patient is not None and patient["type"] == "Patient"

@@ -25,6 +25,7 @@ from casebridge.tools.conformance import (
     load_base_index,
     run_conformance,
 )
+from tests.conftest import pinned_packages_missing
 from tests.paths import TESTS_DIR
 
 HL7_CASES = TESTS_DIR / "data" / "conformance" / "fhir-test-cases-r4"
@@ -36,7 +37,7 @@ def base() -> DefinitionIndex:
     try:
         return load_base_index(Settings())
     except PackageError as exc:
-        pytest.skip(f"the pinned FHIR packages are not installed: {exc}")
+        pinned_packages_missing(f"the pinned FHIR packages are not installed: {exc}")
 
 
 def outcome(*issues: tuple[str, str, str]) -> dict[str, Any]:

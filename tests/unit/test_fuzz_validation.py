@@ -41,6 +41,7 @@ from casebridge.tools.conformance import (
     read_manifest,
 )
 from casebridge.validation.validator import Issue, Validator
+from tests.conftest import pinned_packages_missing
 from tests.paths import TESTS_DIR
 
 WIDE = TESTS_DIR / "data" / "conformance" / "fhir-test-cases-r4-wide"
@@ -171,7 +172,7 @@ def base() -> DefinitionIndex:
     try:
         return load_base_index(Settings())
     except PackageError as exc:
-        pytest.skip(f"the pinned FHIR packages are not installed: {exc}")
+        pinned_packages_missing(f"the pinned FHIR packages are not installed: {exc}")
 
 
 # --- the wide slice ----------------------------------------------------------------------------------------
@@ -209,7 +210,6 @@ def _wide_steps(base: DefinitionIndex) -> Iterator[_Step]:
             options = replace(plan.options, global_profiles=_global_profiles(WIDE, plan.definitions))
             source = _inside(WIDE, file).read_bytes() if file.lower().endswith(".xml") else None
             yield _Step(f"{name}/{step}", instance, Validator(overlay, options=options), profiles, source, xml)
-
 
 
 def test_wide_slice_mutations_never_crash_nor_run_long(base: DefinitionIndex) -> None:
@@ -312,7 +312,7 @@ SAMPLE_MAX_BYTES = 64_000
 def test_package_resources_mutations_never_crash_nor_run_long(base: DefinitionIndex) -> None:
     files = _package_files()
     if not files:
-        pytest.skip("the pinned FHIR packages are not installed")
+        pinned_packages_missing("no resource found in the pinned FHIR packages")
     seed = int(os.environ.get("CASEBRIDGE_FUZZ_SEED", "0"))
     size = os.environ.get("CASEBRIDGE_FUZZ_SAMPLE", "500")
     rng = random.Random(seed)

@@ -23,6 +23,7 @@ from casebridge.fhir.client import AsyncFhirClient
 from casebridge.gateway._hapi_reference_paths import REFERENCE_PATHS
 from casebridge.gateway.hapi_checks import IDS_PER_SEARCH, HapiPrecheck, reference_paths
 from casebridge.gateway.policy import HapiChecks, check_entries, load_forwarding_policy
+from tests.conftest import pinned_packages_missing
 from tests.loopback import serve
 
 ON = HapiChecks()
@@ -180,7 +181,7 @@ def test_reference_checks_off() -> None:
 def test_the_shipped_reference_paths_are_those_of_the_r4_search_parameters() -> None:
     source = default_cache_dir() / "hl7.fhir.r4.examples#4.0.1" / "package" / "Bundle-searchParams.json"
     if not source.is_file():
-        pytest.skip("hl7.fhir.r4.examples 4.0.1 is not in the package cache (casebridge packages fetch)")
+        pinned_packages_missing(f"{source} is missing")
     bundle = json.loads(source.read_text(encoding="utf-8"))
     derived = reference_paths(
         [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "SearchParameter"]

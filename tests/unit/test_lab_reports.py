@@ -16,7 +16,7 @@ from casebridge.mapping.codes import load_terminology, resolve_citation
 from casebridge.mapping.engine import MappingSet
 from casebridge.mapping.functions import name_uuid
 from casebridge.validation.validator import Validator
-from tests.conftest import CASE_FILES, CASES_V1, SEED_V1, TERMINOLOGY
+from tests.conftest import CASE_FILES, CASES_V1, SEED_V1, TERMINOLOGY, pinned_packages_missing
 
 V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"
 PROFILE = "https://casebridge.example.org/fhir/StructureDefinition/CasebridgeLaboratoryReport"
@@ -158,7 +158,7 @@ def test_the_lab_category_is_confirmed_by_the_pinned_code_system(mappings: Mappi
     assert entry["confirmed"] is True and "hl7.terminology.r4#7.0.1" in entry["source"]
     pinned = default_cache_dir() / "hl7.terminology.r4#7.0.1" / "package" / "CodeSystem-v2-0074.json"
     if not pinned.exists():
-        pytest.skip("the pinned terminology package is not installed")
+        pinned_packages_missing(f"{pinned} is missing")
     system = json.loads(pinned.read_text())
     assert system["url"] == V2_0074
     (concept,) = [c for c in system["concept"] if c["code"] == "LAB"]

@@ -16,6 +16,7 @@ from casebridge.domain.reader import read_case
 from casebridge.errors import CaseSchemaError
 from casebridge.mapping.engine import MappingSet
 from casebridge.validation.validator import Validator
+from tests.conftest import pinned_packages_missing
 from tests.paths import DATA_DIR
 
 LAB_CASE = DATA_DIR / "cases" / "metastatic-calcification-left-thigh.yaml"
@@ -124,7 +125,7 @@ def test_interpretations_are_coded(mappings: MappingSet, words: str) -> None:
 def test_interpretation_codes_are_those_of_the_pinned_code_system() -> None:
     path = default_cache_dir() / "hl7.terminology.r4#7.0.1" / "package" / "CodeSystem-v3-ObservationInterpretation.json"
     if not path.is_file():
-        pytest.skip("the pinned hl7.terminology.r4 package is not installed")
+        pinned_packages_missing(f"{path} is missing")
     system = json.loads(path.read_text())
     assert system["url"] == V3_INTERPRETATION
 
