@@ -318,7 +318,11 @@ def test_pull_csv_is_one_row_per_report(fhir_server: str, pushed: dict[str, Any]
     assert histology["status"] == "final"
     assert histology["conclusion"].startswith("Dystrophic calcification")
     assert histology["conclusioncode_text"] == "Dystrophic calcification"
-    assert "Pathology report diagnosis [22637-3]: Dystrophic calcification" in histology["results"]
+    # Both results, in the report's order, each with its own value (a string, then a coded one).
+    assert histology["results"] == (
+        "Pathology report microscopic observation [22635-7]: Deposition of calcium salts; no atypical cells are seen.; "
+        "Pathology report diagnosis [22637-3]: Dystrophic calcification"
+    )
     assert len(json.loads(histology["result_ref"])) == 2 and len(json.loads(histology["specimen_ref"])) == 1
     laboratory = next(r for r in rows if r["category_code"] == "LAB")
     assert laboratory["code_text"] == "Laboratory tests"
@@ -330,6 +334,8 @@ def test_pull_csv_is_one_row_per_report(fhir_server: str, pushed: dict[str, Any]
         "Size Tumor [21889-1]: Size.maximum dimension in Tumor [33728-7] 0.57 cm, "
         "Size additional dimension in Tumor [33729-5] 0.44 cm"
     )
+    # The fourth report cites no result: its cell is empty.
+    assert [r["results"] for r in rows if r not in (histology, laboratory, ultrasound)] == [""]
 
 
 def test_pull_filters_by_category_and_code(fhir_server: str, pushed: dict[str, Any]) -> None:
