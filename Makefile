@@ -51,6 +51,12 @@ bench: setup
 bench-scale: setup
 	@$(BIN)/python benchmarks/bench_ingest_scale.py
 
+# Mutation testing (mutmut) of the modules in scripts/mutation.toml, each against its own tests, in a copy under
+# build/mutation/work/; the report is build/mutation/report.md. Not part of make test or CI: minutes per module.
+# MODULES='files body' runs some of them; MUTATION_CHILDREN=2 runs two test processes at once.
+mutation: setup
+	@$(BIN)/python scripts/mutation.py $(MODULES)
+
 schema: setup
 	@$(BIN)/casebridge schema -o src/casebridge/data/schemas/case-report-2.0.schema.json
 	@$(BIN)/casebridge schema --version 1.0 -o src/casebridge/data/schemas/case-report-1.0.schema.json
