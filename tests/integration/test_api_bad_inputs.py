@@ -59,9 +59,16 @@ def nested(depth: int) -> bytes:
     return b'{"resourceType": "Patient", "extension": ' + b"[" * depth + b"]" * depth + b"}"
 
 
-def chunks(data: bytes, size: int = 8192) -> Iterator[bytes]:
-    for i in range(0, len(data), size):
-        yield data[i : i + size]
+class chunks:  # lower case: read as a function call in the table
+    """A body sent in chunks, without a Content-Length. Iterable again for every request: a generator built once at
+    import would send an empty body the second time the table row runs (a rerun in one process)."""
+
+    def __init__(self, data: bytes, size: int = 8192) -> None:
+        self.data, self.size = data, size
+
+    def __iter__(self) -> Iterator[bytes]:
+        for i in range(0, len(self.data), self.size):
+            yield self.data[i : i + self.size]
 
 
 BILLION_LAUGHS = b"""a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
@@ -121,7 +128,7 @@ class Bad:
     path: str
     status: int
     code: str  # an issue code the OperationOutcome must carry
-    body: bytes | Iterator[bytes] | None = None
+    body: bytes | chunks | None = None
     headers: dict[str, str] = field(default_factory=dict)
     upstream: str = "generic"  # hapi: the API set up for a HAPI server (CASEBRIDGE_UPSTREAM), its pre-checks on
     words: tuple[str, ...] = ()  # what the OperationOutcome must say as well
