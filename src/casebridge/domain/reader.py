@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -20,6 +20,8 @@ from casebridge.errors import CaseFileError, CaseSchemaError, Problem
 DEFAULT_MAX_BYTES = 5 * 1024 * 1024
 MAX_DEPTH = 64  # a case report nests about 6 deep; anything far deeper is an attack or an accident
 MAX_YAML_NODES = 100_000  # values (scalars, lists, mappings) in a YAML case; the seed case has about 500
+
+M = TypeVar("M", bound=BaseModel)
 
 _YamlLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -208,27 +210,32 @@ def check_depth(doc: object, source: str, limit: int = MAX_DEPTH) -> None:
             stack.extend((v, depth + 1) for v in node)
 
 
+def _validated(
+    model: type[M], doc: dict[str, Any], *, source: str, located_in: object = None, model_name: str = "case model"
+) -> M:
+    """``doc`` as ``model``, or ``CaseSchemaError`` with each problem in plain words and its line and column in
+    ``located_in`` (default ``doc``), when that came from ``parse_document`` (``case_errors``)."""
+    try:
+        return model.model_validate(doc)
+    except ValidationError as exc:
+        problems = case_problems(exc, doc if located_in is None else located_in, model)
+        raise CaseSchemaError(
+            f"the case does not fit the {model_name} ({len(problems)} problem{'s' if len(problems) != 1 else ''})",
+            source=source,
+            problems=problems,
+        ) from exc
+
+
 def validate_case(doc: dict[str, Any], *, source: str) -> CaseReport:
     """The case, or ``CaseSchemaError`` with each problem in plain words and, when ``doc`` came from
     ``parse_document``, its line and column (``case_errors``). A 1.0 case is checked against the 1.0 model (its
     errors name its own fields) and then upgraded to 2.0."""
-    root: type[BaseModel] = CaseReport
-    try:
-        if doc.get("schema_version") == case_v1.SCHEMA_VERSION:
-            root = case_v1.CaseReport
-            upgraded, _notes = upgrade(case_v1.CaseReport.model_validate(doc))
-            root = CaseReport
-            case = CaseReport.model_validate(upgraded)
-            case._upgraded_from = case_v1.SCHEMA_VERSION
-            return case
-        return CaseReport.model_validate(doc)
-    except ValidationError as exc:
-        problems = case_problems(exc, doc, root)
-        raise CaseSchemaError(
-            f"the case does not fit the case model ({len(problems)} problem{'s' if len(problems) != 1 else ''})",
-            source=source,
-            problems=problems,
-        ) from exc
+    if doc.get("schema_version") != case_v1.SCHEMA_VERSION:
+        return _validated(CaseReport, doc, source=source)
+    upgraded, _notes = upgrade(_validated(case_v1.CaseReport, doc, source=source))
+    case = _validated(CaseReport, upgraded, source=source, located_in=doc)
+    case._upgraded_from = case_v1.SCHEMA_VERSION
+    return case
 
 
 def read_case(data: bytes, *, source: str, max_bytes: int = DEFAULT_MAX_BYTES) -> CaseReport:
@@ -242,16 +249,8 @@ def migrate(data: bytes, *, source: str, max_bytes: int = DEFAULT_MAX_BYTES) -> 
     if doc.get("schema_version") != case_v1.SCHEMA_VERSION:
         validate_case(doc, source=source)  # a 2.0 case is still checked: migrate must not pass a broken file
         return None, []
-    try:
-        upgraded, notes = upgrade(case_v1.CaseReport.model_validate(doc))
-    except ValidationError as exc:
-        problems = case_problems(exc, doc, case_v1.CaseReport)
-        raise CaseSchemaError(
-            f"the case does not fit the 1.0 case model ({len(problems)} problem{'s' if len(problems) != 1 else ''})",
-            source=source,
-            problems=problems,
-        ) from exc
-    CaseReport.model_validate(upgraded)
+    upgraded, notes = upgrade(_validated(case_v1.CaseReport, doc, source=source, model_name="1.0 case model"))
+    _validated(CaseReport, upgraded, source=source, located_in=doc)
     header = "# Upgraded from case schema 1.0 by casebridge migrate (the 1.0 file's comments are not carried over).\n"
     text = yaml.dump(_plain_numbers(upgraded), Dumper=_NoAliases, sort_keys=False, allow_unicode=True, width=110)
     return header + text, notes
