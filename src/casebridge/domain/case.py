@@ -338,14 +338,9 @@ class Measurement(_Event):
         if self.dimensions:
             if self.interpretation is not None or self.reference_range is not None:
                 raise ValueError("interpretation: a size has none; give value for a measured value")
-            units = {q.unit for q in self.dimensions}
-            if len(units) > 1:
-                raise ValueError(f"dimensions: all dimensions must share one unit, got {sorted(units)}")
-            values = [q.value for q in self.dimensions]
-            if values != sorted(values, reverse=True):
-                raise ValueError("dimensions: dimensions must be listed largest first")
-            if any(v == 0 for v in values):
-                raise ValueError("dimensions: a dimension of 0 is not a measurement")
+            problem = case_v1.dimensions_problem(self.dimensions)
+            if problem is not None:
+                raise ValueError(f"dimensions: {problem}")
         elif self.value and self.reference_range and self.value.unit != self.reference_range.unit:
             raise ValueError("reference_range: value and reference_range must use the same unit")
         return self

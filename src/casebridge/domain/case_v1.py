@@ -194,15 +194,24 @@ class Measurement(_Model):
 
     @model_validator(mode="after")
     def _largest_first(self) -> Measurement:
-        units = {q.unit for q in self.dimensions}
-        if len(units) > 1:
-            raise ValueError(f"all dimensions must share one unit, got {sorted(units)}")
-        values = [q.value for q in self.dimensions]
-        if values != sorted(values, reverse=True):
-            raise ValueError("dimensions must be listed largest first")
-        if any(v == 0 for v in values):
-            raise ValueError("a dimension of 0 is not a measurement")
+        problem = dimensions_problem(self.dimensions)
+        if problem is not None:
+            raise ValueError(problem)
         return self
+
+
+def dimensions_problem(dimensions: list[Quantity]) -> str | None:
+    """What is wrong with a size's dimensions, if anything: one unit, largest first, none of 0. Schema 2.0's
+    measurements share the rule."""
+    units = {q.unit for q in dimensions}
+    if len(units) > 1:
+        return f"all dimensions must share one unit, got {sorted(units)}"
+    values = [q.value for q in dimensions]
+    if values != sorted(values, reverse=True):
+        return "dimensions must be listed largest first"
+    if any(v == 0 for v in values):
+        return "a dimension of 0 is not a measurement"
+    return None
 
 
 class ReferenceRange(_Model):
