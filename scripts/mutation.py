@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import fnmatch
 import json
 import os
 import shutil
@@ -46,6 +47,20 @@ class Module:
     tests: list[str]
     timeout: float
     equivalent: dict[str, str] = field(default_factory=dict)
+    functions: list[str] = field(default_factory=list)
+
+    @property
+    def patterns(self) -> list[str]:
+        """mutmut's names of the mutants of `functions` (a function, or Class.method), as fnmatch patterns."""
+        dotted = self.source.removeprefix("src/").removesuffix(".py").replace("/", ".")
+        out = []
+        for f in self.functions:
+            cls, _, method = f.rpartition(".")
+            out.append(f"{dotted}.x\u01c1{cls}\u01c1{method}__mutmut_*" if cls else f"{dotted}.x_{f}__mutmut_*")
+        return out
+
+    def selected(self, name: str) -> bool:
+        return not self.functions or any(fnmatch.fnmatch(name, p) for p in self.patterns)
 
     @property
     def work(self) -> Path:
@@ -58,13 +73,23 @@ def load_modules() -> list[Module]:
     modules = []
     for name, entry in data["modules"].items():
         timeout = float(os.environ.get("MUTATION_TIMEOUT") or entry.get("timeout", default_timeout))
-        module = Module(name, entry["source"], list(entry["tests"]), timeout, dict(entry.get("equivalent", {})))
-        paths = [module.source, *(t.split("::")[0] for t in module.tests if not t.startswith("-"))]
-        missing = [t for t in paths if not (ROOT / t).exists()]
-        if missing:
-            raise SystemExit(f"{CONFIG.name}: module {name}: no such file: {', '.join(missing)}")
+        module = Module(
+            name,
+            entry["source"],
+            list(entry["tests"]),
+            timeout,
+            dict(entry.get("equivalent", {})),
+            list(entry.get("functions", [])),
+        )
         modules.append(module)
     return modules
+
+
+def check_files(module: Module) -> None:
+    paths = [module.source, *(t.split("::")[0] for t in module.tests if not t.startswith("-"))]
+    missing = [t for t in paths if not (ROOT / t).exists()]
+    if missing:
+        raise SystemExit(f"{CONFIG.name}: module {module.name}: no such file: {', '.join(missing)}")
 
 
 def _toml_list(items: list[str]) -> str:
@@ -104,7 +129,7 @@ def run(module: Module, children: int) -> float:
     start = time.monotonic()
     with log.open("wb") as out:
         process = subprocess.Popen(  # noqa: S603 - our own venv's mutmut
-            [str(MUTMUT), "run", "--max-children", str(children)],
+            [str(MUTMUT), "run", "--max-children", str(children), *module.patterns],
             cwd=module.work,
             env=env,
             stdout=out,
@@ -155,7 +180,8 @@ def collect(module: Module, seconds: float | None) -> Result | None:
     if not meta.is_file():
         return None
     exit_codes = json.loads(meta.read_text(encoding="utf-8"))["exit_code_by_key"]
-    statuses = {k: STATUS.get(v, "suspicious") for k, v in sorted(exit_codes.items(), key=lambda kv: _order(kv[0]))}
+    ordered = sorted(exit_codes.items(), key=lambda kv: _order(kv[0]))
+    statuses = {k: STATUS.get(v, "suspicious") for k, v in ordered if module.selected(k)}
     from mutmut.mutation.diff_apply import get_diff_for_mutant  # mutmut reads its files relative to the folder
 
     diffs = {}
@@ -235,13 +261,16 @@ def main() -> int:
     if not args.report_only:
         for module in chosen:
             print(f"mutation: {module.name} ({module.source}), at most {module.timeout:.0f} s", flush=True)
+            check_files(module)
             prepare(module)
             timings[module.name] = run(module, children)
             if "Failed to run clean test" in (OUT / f"{module.name}.log").read_text(errors="replace"):
                 print(
                     f"mutation: {module.name}: its tests fail without a mutant (see build/mutation/{module.name}.log)"
                 )
-            timings_file.write_text(json.dumps(timings, indent=1))
+            # Re-read before writing: runs of other modules may have finished meanwhile.
+            latest = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
+            timings_file.write_text(json.dumps(latest | {module.name: timings[module.name]}, indent=1))
     results = [r for m in modules if (r := collect(m, timings.get(m.name))) is not None]
     command = "make mutation" + (f" MODULES='{' '.join(args.modules)}'" if args.modules else "")
     (OUT / "report.md").write_text(report(results, command), encoding="utf-8")

@@ -3,7 +3,8 @@
 
     .venv/bin/python scripts/update_golden.py
 
-Each golden case's Bundle is converted and masked exactly as tests/unit/test_golden.py compares it (the paths of
+The findings of the conformance slices (tests/golden/conformance-findings.json) are rewritten too. Each golden
+case's Bundle is converted and masked exactly as tests/unit/test_golden.py compares it (the paths of
 tests/golden/VOLATILE_PATHS); a file is written only when it differs. The test never writes: it fails on any
 difference, so a golden file changes only by this script.
 """
@@ -19,6 +20,7 @@ sys.path.insert(0, str(ROOT))
 from casebridge.config import Settings  # noqa: E402
 from casebridge.mapping.engine import MappingSet  # noqa: E402
 from tests.conftest import TERMINOLOGY  # noqa: E402
+from tests.unit import test_conformance_findings as conformance  # noqa: E402
 from tests.unit.test_golden import GOLDEN_CASES, golden_file, render  # noqa: E402
 
 
@@ -33,7 +35,13 @@ def main() -> int:
         golden.write_bytes(rendered)
         changed += 1
         print(f"wrote {golden.relative_to(ROOT)}")
-    print(f"golden: {changed} of {len(GOLDEN_CASES)} files rewritten; review them with git diff tests/golden")
+    # Our validator's errors on the HL7 conformance slices (tests/unit/test_conformance_findings.py).
+    findings = conformance.render(conformance.load_base_index(Settings()))
+    if not (conformance.GOLDEN.is_file() and conformance.GOLDEN.read_bytes() == findings):
+        conformance.GOLDEN.write_bytes(findings)
+        changed += 1
+        print(f"wrote {conformance.GOLDEN.relative_to(ROOT)}")
+    print(f"golden: {changed} of {len(GOLDEN_CASES) + 1} files rewritten; review them with git diff tests/golden")
     return 0
 
 
