@@ -36,7 +36,7 @@ def main() -> int:
         changed += 1
         print(f"wrote {golden.relative_to(ROOT)}")
     # Our validator's errors on the HL7 conformance slices (tests/unit/test_conformance_findings.py).
-    findings = conformance.render(conformance.load_base_index(Settings()))
+    findings = conformance.render(conformance.base_index())
     if not (conformance.GOLDEN.is_file() and conformance.GOLDEN.read_bytes() == findings):
         conformance.GOLDEN.write_bytes(findings)
         changed += 1

@@ -1,22 +1,25 @@
 """Every error our validator reports on the two HL7 conformance slices, compared with a golden file.
 
 The score tests (test_conformance.py) fail only when agreement drops below a bound, so a wrong rule that moves
-one case, or changes where or how an error is reported, could pass them. Here each step's errors (expression and
-message) must be exactly those of ``tests/golden/conformance-findings.json``, and the steps where we disagree
-with the Java validator are named. The test only compares; after an intended change of the validator, rewrite
+one case, or changes where or how an error is reported, could pass them. Here each case's steps must give exactly
+the errors (expression and message) of ``tests/golden/conformance-findings.json``, and agree or disagree with the
+Java validator as recorded there. One test per case, so that a mutation run (scripts/mutation.py) runs only the
+cases that reach a mutated function. The test only compares; after an intended change of the validator, rewrite
 the file with ``make golden`` and review ``git diff tests/golden``.
 """
 
 from __future__ import annotations
 
 import json
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from casebridge.config import Settings
 from casebridge.definitions.packages import DefinitionIndex, PackageError
-from casebridge.tools.conformance import load_base_index, run_conformance
+from casebridge.tools.conformance import ConformanceReport, load_base_index, read_manifest, run_conformance
 from tests.conftest import pinned_packages_missing
 from tests.paths import TESTS_DIR
 
@@ -27,48 +30,63 @@ SLICES = {
 GOLDEN = TESTS_DIR / "golden" / "conformance-findings.json"
 
 
-@pytest.fixture(scope="module")
-def base() -> DefinitionIndex:
+@cache
+def base_index() -> DefinitionIndex:
     try:
         return load_base_index(Settings())
     except PackageError as exc:
         pinned_packages_missing(f"the pinned FHIR packages are not installed: {exc}")
 
 
-def findings(name: str, base: DefinitionIndex) -> dict[str, Any]:
-    """A slice's steps as the golden file holds them: status, our errors, and whether we agree."""
-    report = run_conformance(SLICES[name], base)
+def steps_of(report: ConformanceReport) -> dict[str, Any]:
+    """The steps of a report as the golden file holds them: status, our errors, agreement with Java."""
+    disagree = {(d.case, d.step) for d in report.disagreements}
     steps: dict[str, Any] = {}
     for r in report.results:
         entry: dict[str, Any] = {"status": r.status}
         if r.ran:
             entry["errors"] = [[f.expression, f.message] for f in r.ours]
+            entry["agrees"] = (r.case, r.step) not in disagree
         steps[f"{r.case} [{r.step}]"] = entry
-    return {
-        "disagreements": [f"{d.case} [{d.step}]" for d in report.disagreements],
-        "steps": steps,
-    }
+    return steps
 
 
 def render(base: DefinitionIndex) -> bytes:
-    doc = {name: findings(name, base) for name in SLICES}
+    doc = {name: steps_of(run_conformance(folder, base)) for name, folder in SLICES.items()}
     return (json.dumps(doc, indent=1, ensure_ascii=False, sort_keys=True) + "\n").encode()
 
 
-@pytest.mark.parametrize("name", list(SLICES))
-def test_conformance_findings_match_golden(name: str, base: DefinitionIndex) -> None:
+def case_names(folder: Path) -> list[str]:
+    """The manifest's case names, made unique as the runner makes them (a repeated name gets #2, #3...)."""
+    seen: dict[str, int] = {}
+    names = []
+    for i, entry in enumerate(read_manifest(folder)):
+        raw = entry.get("name") if isinstance(entry, dict) else None
+        name = raw if isinstance(raw, str) and raw else f"case-{i + 1}"
+        seen[name] = seen.get(name, 0) + 1
+        names.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return names
+
+
+CASES = [(slice_name, case) for slice_name, folder in SLICES.items() for case in case_names(folder)]
+
+
+@cache
+def golden() -> dict[str, Any]:
     assert GOLDEN.is_file(), f"no {GOLDEN.name}: run make golden and review it"
-    expected = json.loads(GOLDEN.read_bytes())[name]
-    got = findings(name, base)
-    assert got["disagreements"] == expected["disagreements"]
-    changed = {
-        step: {"golden": expected["steps"].get(step), "now": now}
-        for step, now in got["steps"].items()
-        if expected["steps"].get(step) != now
-    }
-    missing = sorted(set(expected["steps"]) - set(got["steps"]))
-    assert not changed and not missing, (
-        f"{len(changed)} steps differ from {GOLDEN.name} (make golden after an intended change): "
-        + json.dumps(changed, indent=1, ensure_ascii=False)[:4000]
-        + (f"; steps gone: {missing}" if missing else "")
-    )
+    doc: dict[str, Any] = json.loads(GOLDEN.read_bytes())
+    return doc
+
+
+def test_the_golden_file_covers_every_case() -> None:
+    for slice_name, folder in SLICES.items():
+        recorded = {key.rsplit(" [", 1)[0] for key in golden()[slice_name]}
+        assert recorded == set(case_names(folder)), slice_name
+
+
+@pytest.mark.parametrize(("slice_name", "case"), CASES, ids=[f"{s.split('-')[-1]}:{c}" for s, c in CASES])
+def test_case_findings_match_golden(slice_name: str, case: str) -> None:
+    report = run_conformance(SLICES[slice_name], base_index(), case_names={case})
+    got = steps_of(report)
+    expected = {k: v for k, v in golden()[slice_name].items() if k.rsplit(" [", 1)[0] == case}
+    assert got == expected, f"differs from {GOLDEN.name} (make golden after an intended change)"

@@ -46,7 +46,7 @@ from __future__ import annotations
 import time
 import traceback
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -682,8 +682,10 @@ def run_conformance(
     *,
     settings: Settings | None = None,
     case_filter: str | None = None,
+    case_names: Collection[str] | None = None,
 ) -> ConformanceReport:
-    """Run the cases of ``directory`` (those whose name contains ``case_filter``) and score them.
+    """Run the cases of ``directory`` (those whose name contains ``case_filter``, and is one of ``case_names`` when
+    given) and score them.
 
     ``base`` is the package index (default: the pinned packages of ``settings``, which must be installed).
     Raises ``ConformanceError`` for an unusable folder and ``PackageError`` when the packages are missing.
@@ -695,7 +697,7 @@ def run_conformance(
     setup = time.perf_counter() - started
     report = ConformanceReport(str(directory), 0, setup_seconds=setup)
     for case in _named_cases(entries):
-        if case_filter and case_filter not in case.name:
+        if (case_filter and case_filter not in case.name) or (case_names is not None and case.name not in case_names):
             continue
         report.cases += 1
         module = case.entry.get("module")
