@@ -1,0 +1,336 @@
+"""The API's access rules on their own, in the test process: ``authenticate`` finds a Bearer key among every key
+(401 with a challenge otherwise) and records its name; ``require_scopes`` names the missing scopes (ten at most,
+then how many more); ``namespace_guard`` checks only keys bound to namespaces, counts the namespaces of every
+other key as foreign, and answers 403, or 422 when the check would cost too much; SMART scopes
+(``casebridge.access.scopes``) are parsed, refused and granted exactly as written."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from fastapi.security import HTTPAuthorizationCredentials
+from starlette.requests import Request
+
+from casebridge.access.keys import ApiKey, digest
+from casebridge.access.scopes import LEGACY, Scopes, parse_scopes
+from casebridge.api.errors import ApiError
+from casebridge.api.security import authenticate, namespace_guard, require_scopes
+from casebridge.fhir.client import AsyncFhirClient
+from casebridge.gateway.policy import Action
+from casebridge.validation.validator import Issue, operation_outcome
+
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="casebridge"'}
+
+
+def _key(name: str, scopes: str = "system/*.rs", secret: str = "", namespaces: tuple[str, ...] = ()) -> ApiKey:
+    return ApiKey(name, parse_scopes(scopes), digest(secret or f"{name}-secret-0123456789abcdef"), namespaces)
+
+
+def _refusal(fn: Callable[..., Any], *args: Any) -> tuple[int, str, str, str, dict[str, str]]:
+    with pytest.raises(ApiError) as caught:
+        fn(*args)
+    issue = caught.value.body["issue"][0]
+    return caught.value.status, issue["severity"], issue["code"], issue["diagnostics"], caught.value.headers
+
+
+# -- authenticate -------------------------------------------------------------------------------------------
+
+
+KEYS = [_key("alpha"), _key("beta"), _key("gamma")]
+
+
+def _auth_request(keys: list[ApiKey]) -> Request:
+    app = SimpleNamespace(state=SimpleNamespace(services=SimpleNamespace(keys=keys)))
+    return Request({"type": "http", "method": "GET", "path": "/", "headers": [], "app": app})
+
+
+def _authenticate(request: Request, secret: str | None) -> ApiKey:
+    credentials = None if secret is None else HTTPAuthorizationCredentials(scheme="Bearer", credentials=secret)
+    return asyncio.run(authenticate(request, credentials))
+
+
+@pytest.mark.parametrize("name", ["alpha", "beta", "gamma"])
+def test_a_known_key_is_found_among_every_key_and_its_name_recorded(name: str) -> None:
+    request = _auth_request(KEYS)
+    found = _authenticate(request, f"{name}-secret-0123456789abcdef")
+    assert found is next(k for k in KEYS if k.name == name)
+    assert request.state.api_key == name
+
+
+def test_no_credentials_is_a_401_with_a_challenge() -> None:
+    assert _refusal(_authenticate, _auth_request(KEYS), None) == (
+        401,
+        "error",
+        "login",
+        "authentication required: Authorization: Bearer <API key>",
+        CHALLENGE,
+    )
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "delta-secret-0123456789abcdef",
+        "alpha-secret-0123456789abcde",  # one character short of a key
+        "alpha-secret-0123456789abcdeff",  # one character more
+        "ALPHA-SECRET-0123456789ABCDEF",
+        "",
+    ],
+)
+def test_an_unknown_key_is_a_401_with_a_challenge(secret: str) -> None:
+    request = _auth_request(KEYS)
+    assert _refusal(_authenticate, request, secret) == (401, "error", "login", "unknown API key", CHALLENGE)
+    assert not hasattr(request.state, "api_key")
+
+
+def test_with_no_keys_every_key_is_unknown() -> None:
+    assert _refusal(_authenticate, _auth_request([]), "alpha-secret-0123456789abcdef")[3] == "unknown API key"
+
+
+# -- require_scopes -----------------------------------------------------------------------------------------
+
+
+TYPES = ["Type" + chr(ord("A") + i) for i in range(12)]  # TypeA .. TypeL
+
+
+def test_a_key_with_every_scope_needed_passes() -> None:
+    key = _key("job", "system/Observation.cu system/*.rs")
+    require_scopes(key, [("Observation", "c"), ("Observation", "u"), ("Patient", "r"), ("Patient", "s")], "push")
+    require_scopes(key, [], "push")
+
+
+@pytest.mark.parametrize(
+    ("needs", "shown"),
+    [
+        ([("Patient", "c")], "system/Patient.c"),
+        ([("Observation", "c"), ("Patient", "u"), ("Observation", "c")], "system/Patient.u"),
+        ([("Patient", "u"), ("Specimen", "c"), ("Patient", "u")], "system/Patient.u system/Specimen.c"),
+        # Ten are named; past ten, how many more.
+        ([(t, "c") for t in TYPES[:10]], " ".join(f"system/{t}.c" for t in TYPES[:10])),
+        ([(t, "c") for t in TYPES[:11]], " ".join(f"system/{t}.c" for t in TYPES[:10]) + " (and 1 more)"),
+        ([(t, "c") for t in TYPES[:12]], " ".join(f"system/{t}.c" for t in TYPES[:10]) + " (and 2 more)"),
+    ],
+)
+def test_a_key_lacking_scopes_is_a_403_naming_them(needs: list[tuple[str, str]], shown: str) -> None:
+    key = _key("job", "system/Observation.cu system/*.rs")
+    assert _refusal(require_scopes, key, needs, "push this Bundle") == (
+        403,
+        "error",
+        "forbidden",
+        f"the API key 'job' lacks the scopes {shown} to push this Bundle",
+        {},
+    )
+
+
+# -- namespace_guard ----------------------------------------------------------------------------------------
+
+
+OURS = "urn:oid:1.2.36.1"
+THEIRS = "urn:oid:1.2.36.2"
+ELSEWHERE = "urn:oid:1.2.36.3"
+
+
+def _patient(*systems: str) -> dict[str, Any]:
+    return {"resourceType": "Patient", "identifier": [{"system": s, "value": "1"} for s in systems]}
+
+
+def _bundle(*resources: dict[str, Any]) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": r} for r in resources]}
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[AsyncFhirClient]:
+    # The checks below read nothing from the FHIR server: a client that is never asked anything.
+    client = AsyncFhirClient("http://fhir.invalid/fhir")
+    yield client
+    asyncio.run(client.aclose())
+
+
+def _guard(
+    client: AsyncFhirClient, bundle: dict[str, Any], key: ApiKey, keys: list[ApiKey]
+) -> Callable[[], Awaitable[None]] | None:
+    actions = [Action(i, "create", e["resource"]["resourceType"]) for i, e in enumerate(bundle["entry"])]
+    return namespace_guard(client, bundle, actions, key, keys)
+
+
+def _check(
+    client: AsyncFhirClient, bundle: dict[str, Any], key: ApiKey, keys: list[ApiKey]
+) -> tuple[int, dict[str, Any]] | None:
+    check = _guard(client, bundle, key, keys)
+    assert check is not None
+    try:
+        asyncio.run(check())
+    except ApiError as exc:
+        return exc.status, exc.body
+    return None
+
+
+BOUND = _key("clinic", "system/*.cruds", namespaces=(OURS,))
+OTHER = _key("lab", "system/*.cruds", namespaces=(THEIRS,))
+FREE = _key("admin", "system/*.cruds")
+
+
+def test_a_key_bound_to_no_namespace_is_not_checked(client: AsyncFhirClient) -> None:
+    assert _guard(client, _bundle(_patient(THEIRS)), FREE, [FREE, BOUND, OTHER]) is None
+
+
+def test_a_bound_key_writes_its_own_patients(client: AsyncFhirClient) -> None:
+    assert _check(client, _bundle(_patient(OURS)), BOUND, [FREE, BOUND, OTHER]) is None
+    assert _check(client, _bundle(_patient(OURS, ELSEWHERE)), BOUND, [FREE, BOUND, OTHER]) is None
+
+
+def test_a_bound_key_writing_another_patient_is_a_403(client: AsyncFhirClient) -> None:
+    message = f"the API key 'clinic' writes only patients with an identifier in {OURS}: this Patient has none"
+    refused = [Issue("error", "forbidden", message, "Bundle.entry[0].resource")]
+    assert _check(client, _bundle(_patient(ELSEWHERE)), BOUND, [FREE, BOUND, OTHER]) == (
+        403,
+        operation_outcome(refused),
+    )
+
+
+def test_another_keys_namespaces_are_foreign_and_the_keys_own_are_not(client: AsyncFhirClient) -> None:
+    message = f"this Patient carries an identifier of {THEIRS}, bound to another key"
+    refused = [Issue("error", "forbidden", message, "Bundle.entry[0].resource")]
+    assert _check(client, _bundle(_patient(OURS, THEIRS)), BOUND, [FREE, BOUND, OTHER]) == (
+        403,
+        operation_outcome(refused),
+    )
+    # Without the other key, its system is nobody's.
+    assert _check(client, _bundle(_patient(OURS, THEIRS)), BOUND, [FREE, BOUND]) is None
+    # Another key bound to the same system as this one does not make it foreign to this one.
+    same = _key("clinic2", "system/*.cruds", namespaces=(OURS,))
+    assert _check(client, _bundle(_patient(OURS)), BOUND, [BOUND, same]) is None
+
+
+def test_a_check_that_would_cost_too_much_is_a_422(client: AsyncFhirClient) -> None:
+    refs = [{"reference": f"Patient/p{i}"} for i in range(101)]
+    observation = {"resourceType": "Observation", "performer": refs}
+    found = _check(client, _bundle(observation), BOUND, [BOUND])
+    assert found is not None
+    status, body = found
+    assert status == 422
+    assert [(i["severity"], i["code"]) for i in body["issue"]] == [("error", "too-costly")]
+
+
+# -- SMART scopes -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "grants", "written"),
+    [
+        ("system/*.rs", {"*": "rs"}, "system/*.rs"),
+        ("system/Observation.cruds", {"Observation": "cruds"}, "system/Observation.cruds"),
+        (
+            "system/Observation.c system/Observation.u",
+            {"Observation": "cu"},
+            "system/Observation.c system/Observation.u",
+        ),
+        ("  system/Patient.r \t system/*.s\n", {"Patient": "r", "*": "s"}, "system/Patient.r system/*.s"),
+        ("system/Patient.d", {"Patient": "d"}, "system/Patient.d"),
+        # SMART v1
+        ("system/Patient.read", {"Patient": "rs"}, "system/Patient.read"),
+        ("system/Patient.write", {"Patient": "cud"}, "system/Patient.write"),
+        ("system/*.*", {"*": "cruds"}, "system/*.*"),
+        (LEGACY["ro"], {"*": "rs"}, "system/*.rs"),
+        (LEGACY["rw"], {"*": "rscu"}, "system/*.rs system/*.cu"),
+    ],
+)
+def test_scopes_granted_as_written(text: str, grants: dict[str, str], written: str) -> None:
+    scopes = parse_scopes(text)
+    assert scopes == Scopes({t: frozenset(p) for t, p in grants.items()}, written)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("", "no scope given (e.g. system/*.rs system/Observation.cu)"),
+        (" \n ", "no scope given (e.g. system/*.rs system/Observation.cu)"),
+        (
+            "system/*.rs system/Observation.rs?category=laboratory",
+            "'system/Observation.rs?category=laboratory': scopes narrowed by search parameters are not supported; "
+            "grant whole types",
+        ),
+        ("system/*.rs ?", "'?': scopes narrowed by search parameters are not supported; grant whole types"),
+        ("system/P.rs", "'system/P.rs' is not a SMART scope (system/Type.cruds, system/*.rs, system/Type.read)"),
+        ("Observation.rs", "'Observation.rs' is not a SMART scope (system/Type.cruds, system/*.rs, system/Type.read)"),
+        (
+            "patient/Observation.rs",
+            "'patient/Observation.rs': an API key acts for a system; use system/ scopes, not patient/",
+        ),
+        ("user/*.read", "'user/*.read': an API key acts for a system; use system/ scopes, not user/"),
+        (
+            "system/*.sr",
+            "'system/*.sr': permissions are c, r, u, d, s in that order (SMART v2), or read/write/*",
+        ),
+        (
+            "system/*.rr",
+            "'system/*.rr': permissions are c, r, u, d, s in that order (SMART v2), or read/write/*",
+        ),
+        (
+            "system/*.x",
+            "'system/*.x': permissions are c, r, u, d, s in that order (SMART v2), or read/write/*",
+        ),
+        (
+            "system/*.**",
+            "'system/*.**': permissions are c, r, u, d, s in that order (SMART v2), or read/write/*",
+        ),
+    ],
+)
+def test_scopes_that_cannot_be_granted_as_written(text: str, words: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_scopes(text)
+    assert str(caught.value) == words
+
+
+@pytest.mark.parametrize(
+    ("resource_type", "permission", "allowed"),
+    [
+        ("Observation", "c", True),  # its type's grant
+        ("Observation", "r", True),  # the wildcard's
+        ("Observation", "d", False),
+        ("Patient", "r", True),  # a type with no grant of its own: the wildcard's
+        ("Patient", "c", False),
+        ("*", "s", True),
+    ],
+)
+def test_what_a_scope_allows(resource_type: str, permission: str, allowed: bool) -> None:
+    assert parse_scopes("system/Observation.cu system/*.rs").allows(resource_type, permission) is allowed
+
+
+def test_without_a_wildcard_only_the_named_types_are_allowed() -> None:
+    scopes = parse_scopes("system/Observation.cu")
+    assert scopes.allows("Observation", "u")
+    assert not scopes.allows("Patient", "c")
+    assert not scopes.allows("Observation", "r")
+
+
+def test_the_missing_scopes_in_first_need_order_once_each() -> None:
+    scopes = parse_scopes("system/Observation.cu system/*.r")
+    needs = [("Observation", "u"), ("Patient", "u"), ("Patient", "u"), ("Specimen", "s"), ("Patient", "r")]
+    assert scopes.missing(needs) == ["system/Patient.u", "system/Specimen.s"]
+    assert scopes.missing([("Patient", "d"), ("Observation", "d"), ("Patient", "d")]) == [
+        "system/Patient.d",
+        "system/Observation.d",
+    ]
+    assert scopes.missing([]) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "writes"),
+    [
+        ("system/*.rs", False),
+        ("system/Observation.r system/*.s", False),
+        ("system/Observation.c", True),
+        ("system/Observation.u", True),
+        ("system/Patient.d", True),
+        ("system/*.rs system/Patient.write", True),
+    ],
+)
+def test_a_key_writes_when_it_may_create_update_or_delete(text: str, writes: bool) -> None:
+    scopes = parse_scopes(text)
+    assert scopes.writes is writes
+    assert ApiKey("k", scopes, digest("k" * 24)).can_write is writes
