@@ -124,7 +124,8 @@ def parse_retry_after(value: str | None, *, now: dt.datetime | None = None) -> f
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    # HTTP's delta-seconds are ASCII digits; str.isdigit also takes "²" (which float() refuses) and other scripts.
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -459,7 +460,7 @@ class AsyncFhirClient:
             sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
             kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "failed"
             raise FhirTransportError(
-                f"{method} {url} {kind}: {type(exc).__name__}: {exc or 'no detail'}",
+                f"{method} {url} {kind}: {type(exc).__name__}: {str(exc) or 'no detail'}",
                 method=method,
                 url=url,
                 request_sent=sent,
