@@ -1,0 +1,858 @@
+"""The mapping engine's rules, each on a small mapping folder written for the test.
+
+Loading: every check of bundle.yaml, of a template file and of a template gives its exact error (file, line and
+message). Converting: a case gives exact resources, ids, identifiers, narratives and requests; ids are uuid5 of
+the seed "<case id>/<role>[/<key>]" (or "identity/<role>/<identity>"), so the same case gives the same ids and
+another case others; the vocabulary check and the failures of a template at conversion time give exact errors.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from casebridge.domain.case import CaseReport
+from casebridge.domain.reader import read_case
+from casebridge.errors import ConversionError, MappingError, Problem
+from casebridge.mapping import functions
+from casebridge.mapping.engine import MappingSet
+from casebridge.mapping.functions import ID_NAMESPACE, Context
+from tests.conftest import SEED_V1
+
+HEADER = "key,system,code,display,source,note\n"
+CODES = {
+    "concepts": HEADER + "fever,,,Fever,,\ncough,,,Cough,,\n",
+    "body-sites": HEADER + "arm,,,Arm,,\n",
+    "laterality": HEADER + "right,,,Right,,\n",
+    "units": HEADER + "cm,,,Centimetre,,\n",
+}
+BUNDLE = """\
+identifier_system: urn:test:res
+resources:
+  - resources/patient.yaml
+  - resources/condition.yaml
+"""
+PATIENT = """\
+resourceType: Patient
+resources:
+  - role: patient
+    title: The patient
+    body:
+      gender: "{{ case.patient.sex }}"
+"""
+CONDITION = """\
+resourceType: Condition
+resources:
+  - role: diagnosis
+    for_each: case.diagnoses
+    as: d
+    key: d.id
+    title: "{{ d.concept.text }}"
+    body:
+      code: "{{ concept(d.concept) }}"
+      subject: "{{ ref('patient') }}"
+"""
+CONDITION_ALONE = CONDITION.replace("      subject: \"{{ ref('patient') }}\"\n", "")
+TEMPLATES = {"patient.yaml": PATIENT, "condition.yaml": CONDITION}
+RECORDED = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+XHTML = 'xmlns="http://www.w3.org/1999/xhtml"'
+
+
+def write(
+    root: Path,
+    *,
+    bundle: str = BUNDLE,
+    templates: dict[str, str] | None = None,
+    codes: dict[str, str] | None = None,
+    codes_dir: str = "codes",
+) -> Path:
+    """A mapping folder ``root/mappings``: bundle.yaml, resources/*.yaml and codes/*.csv."""
+    folder = root / "mappings"
+    (folder / "resources").mkdir(parents=True)
+    (folder / codes_dir).mkdir()
+    (folder / "bundle.yaml").write_text(bundle)
+    for name, text in (TEMPLATES if templates is None else templates).items():
+        (folder / "resources" / name).write_text(text)
+    for name, text in (CODES if codes is None else codes).items():
+        (folder / codes_dir / f"{name}.csv").write_text(text)
+    return folder
+
+
+def only(template: str, name: str = "t.yaml", **bundle_keys: str) -> dict[str, Any]:
+    """write() arguments for a folder with one template file (and bundle.yaml keys added)."""
+    keys = {"identifier_system": "urn:test:res"} | bundle_keys
+    extra = "".join(f"{k}: {v}\n" for k, v in keys.items())
+    return {
+        "bundle": f"{extra}resources:\n  - resources/{name}\n",
+        "templates": {name: template},
+    }
+
+
+def load_error(folder: Path, terminology: Path | None = None) -> MappingError:
+    with pytest.raises(MappingError) as info:
+        MappingSet.load(folder, terminology=terminology)
+    return info.value
+
+
+def line_of(text: str, needle: str) -> int:
+    """The 1-based line of the one occurrence of ``needle`` in ``text``."""
+    assert text.count(needle) == 1, needle
+    return text[: text.index(needle)].count("\n") + 1
+
+
+def case(case_id: str = "case-1", **fields: Any) -> CaseReport:
+    doc: dict[str, Any] = {
+        "schema_version": "2.0",
+        "case_id": case_id,
+        "source": {"kind": "synthetic", "citation": "Made up for a test."},
+        "patient": {"sex": "female"},
+        "diagnoses": [
+            {"id": "d1", "concept": {"text": "Fever", "key": "fever"}},
+            {"id": "d2", "concept": {"text": "Cough"}},
+        ],
+    }
+    return CaseReport.model_validate(doc | fields)
+
+
+def uid(seed: str) -> str:
+    return str(uuid.uuid5(ID_NAMESPACE, seed))
+
+
+def resources(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e["resource"] for e in bundle["entry"]]
+
+
+# --- conversion: the whole Bundle ----------------------------------------------------------------------------
+
+
+def test_a_case_converts_to_an_exact_bundle(tmp_path: Path) -> None:
+    mappings = MappingSet.load(write(tmp_path))
+    conversion = mappings.convert_detailed(case(), recorded=RECORDED, source="case.yaml")
+    patient, d1, d2 = uid("case-1/patient"), uid("case-1/diagnosis/d1"), uid("case-1/diagnosis/d2")
+    patient_ref = {"reference": f"urn:uuid:{patient}", "display": "The patient"}
+    assert conversion.bundle == {
+        "resourceType": "Bundle",
+        "identifier": {"system": "urn:test:res", "value": "case-1"},
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": f"urn:uuid:{patient}",
+                "resource": {
+                    "resourceType": "Patient",
+                    "id": patient,
+                    "text": {
+                        "status": "generated",
+                        "div": f"<div {XHTML}><p><b>The patient</b> (Patient)</p><table>"
+                        "<tr><th>Identifier</th><td>System: urn:test:res, Value: case-1/patient</td></tr>"
+                        "<tr><th>Gender</th><td>female</td></tr></table></div>",
+                    },
+                    "identifier": [{"system": "urn:test:res", "value": "case-1/patient"}],
+                    "gender": "female",
+                },
+                "request": {"method": "PUT", "url": f"Patient/{patient}"},
+            },
+            {
+                "fullUrl": f"urn:uuid:{d1}",
+                "resource": {
+                    "resourceType": "Condition",
+                    "id": d1,
+                    "text": {
+                        "status": "generated",
+                        "div": f"<div {XHTML}><p><b>Fever</b> (Condition)</p><table>"
+                        "<tr><th>Identifier</th><td>System: urn:test:res, Value: case-1/diagnosis/d1</td></tr>"
+                        "<tr><th>Code</th><td>Fever</td></tr>"
+                        "<tr><th>Subject</th><td>The patient</td></tr></table></div>",
+                    },
+                    "identifier": [{"system": "urn:test:res", "value": "case-1/diagnosis/d1"}],
+                    "code": {"text": "Fever"},
+                    "subject": patient_ref,
+                },
+                "request": {"method": "PUT", "url": f"Condition/{d1}"},
+            },
+            {
+                "fullUrl": f"urn:uuid:{d2}",
+                "resource": {
+                    "resourceType": "Condition",
+                    "id": d2,
+                    "text": {
+                        "status": "generated",
+                        "div": f"<div {XHTML}><p><b>Cough</b> (Condition)</p><table>"
+                        "<tr><th>Identifier</th><td>System: urn:test:res, Value: case-1/diagnosis/d2</td></tr>"
+                        "<tr><th>Code</th><td>Cough</td></tr>"
+                        "<tr><th>Subject</th><td>The patient</td></tr></table></div>",
+                    },
+                    "identifier": [{"system": "urn:test:res", "value": "case-1/diagnosis/d2"}],
+                    "code": {"text": "Cough"},
+                    "subject": patient_ref,
+                },
+                "request": {"method": "PUT", "url": f"Condition/{d2}"},
+            },
+        ],
+    }
+    assert conversion.titles == {
+        f"urn:uuid:{patient}": "The patient",
+        f"urn:uuid:{d1}": "Fever",
+        f"urn:uuid:{d2}": "Cough",
+    }
+    # The element order: resourceType, id, (meta,) text, then the body.
+    assert list(resources(conversion.bundle)[0]) == ["resourceType", "id", "text", "identifier", "gender"]
+    assert mappings.convert(case(), recorded=RECORDED) == conversion.bundle
+
+
+def test_ids_are_deterministic_per_case(tmp_path: Path) -> None:
+    mappings = MappingSet.load(write(tmp_path))
+    first = mappings.convert(case(), recorded=RECORDED)
+    again = mappings.convert(case(), recorded=RECORDED)
+    other = mappings.convert(case("case-2"), recorded=RECORDED)
+    ids = [r["id"] for r in resources(first)]
+    assert ids == [r["id"] for r in resources(again)]
+    assert ids == [uid("case-1/patient"), uid("case-1/diagnosis/d1"), uid("case-1/diagnosis/d2")]
+    assert ids[0] == "d407be3e-4910-5b1e-80d8-417c73d0c542"  # the same on every run and machine
+    assert [r["id"] for r in resources(other)] == [
+        uid("case-2/patient"),
+        uid("case-2/diagnosis/d1"),
+        uid("case-2/diagnosis/d2"),
+    ]
+    assert not set(ids) & {r["id"] for r in resources(other)}
+
+
+def test_the_title_is_the_role_when_a_template_has_none(tmp_path: Path) -> None:
+    template = "resourceType: Patient\nresources:\n  - role: patient\n    body:\n      gender: female\n"
+    mappings = MappingSet.load(write(tmp_path, **only(template)))
+    conversion = mappings.convert_detailed(case(), recorded=RECORDED)
+    (patient,) = resources(conversion.bundle)
+    assert conversion.titles == {f"urn:uuid:{uid('case-1/patient')}": "patient"}
+    assert patient["text"]["div"].startswith(f"<div {XHTML}><p><b>Patient</b> (Patient)</p>")
+
+
+def test_an_identity_gives_a_shared_id(tmp_path: Path) -> None:
+    """With an identity, the seed is identity/<role>/<identity>: the same for every case."""
+    template = PATIENT.replace("    body:", "    identity: key_of(case.patient.quote)\n    body:")
+    mappings = MappingSet.load(write(tmp_path, **only(template)))
+    one = mappings.convert(case(patient={"quote": "P7"}), recorded=RECORDED)
+    two = mappings.convert(case("case-2", patient={"quote": "P7"}), recorded=RECORDED)
+    none = mappings.convert(case(patient={}), recorded=RECORDED)
+    assert resources(one)[0]["id"] == resources(two)[0]["id"] == uid("identity/patient/P7")
+    assert resources(one)[0]["identifier"] == [{"system": "urn:test:res", "value": "identity/patient/P7"}]
+    # An identity that evaluates to nothing falls back to the case's own seed.
+    assert resources(none)[0]["id"] == uid("case-1/patient")
+
+
+def test_an_identity_seed_that_meets_a_case_seed_is_refused(tmp_path: Path) -> None:
+    """Case "identity", item d2 (no identity) has the seed identity/r/d2, which item d1's identity gives too."""
+    template = (
+        "resourceType: Condition\nresources:\n  - role: r\n    for_each: case.diagnoses\n    as: d\n"
+        "    key: d.id\n    identity: d.note\n    body:\n      code: '{{ concept(d.concept) }}'\n"
+    )
+    mappings = MappingSet.load(write(tmp_path, **only(template)))
+    diagnoses = [
+        {"id": "d1", "concept": {"text": "Fever"}, "note": "d2"},
+        {"id": "d2", "concept": {"text": "Cough"}},
+    ]
+    with pytest.raises(ConversionError) as info:
+        mappings.convert(case("identity", diagnoses=diagnoses), source="c.yaml")
+    assert str(info.value) == "'identity/r/d2' and 'identity/r/d2' give the same id"
+    assert info.value.source == "c.yaml"
+
+
+def test_two_items_with_one_key_are_refused(tmp_path: Path) -> None:
+    template = CONDITION_ALONE.replace("key: d.id", "key: d.concept.text")
+    mappings = MappingSet.load(write(tmp_path, **only(template, name="condition.yaml")))
+    diagnoses = [{"id": "d1", "concept": {"text": "Same"}}, {"id": "d2", "concept": {"text": "Same"}}]
+    with pytest.raises(ConversionError) as info:
+        mappings.convert(case(diagnoses=diagnoses), source="c.yaml")
+    assert str(info.value) == "two diagnosis resources share the key 'Same'"
+    assert info.value.source == "c.yaml"
+
+
+@pytest.mark.parametrize("key", ["d.stage", "d.stage or ''"])
+def test_a_key_that_evaluates_to_nothing_is_refused(tmp_path: Path, key: str) -> None:
+    """None and "" are no key."""
+    template = CONDITION_ALONE.replace("key: d.id", f'key: "{key}"')
+    mappings = MappingSet.load(write(tmp_path, **only(template, name="condition.yaml")))
+    with pytest.raises(MappingError) as info:
+        mappings.convert(case())
+    assert str(info.value) == "mappings/resources/condition.yaml:3: role 'diagnosis': the key evaluated to nothing"
+    assert (info.value.file, info.value.line) == ("mappings/resources/condition.yaml", 3)
+
+
+def test_a_key_is_made_text(tmp_path: Path) -> None:
+    """A key that is not a string (a step's order) is its text in the seed and in ref()."""
+    template = (
+        "resourceType: Procedure\nresources:\n  - role: step\n    for_each: case.diagnostic_steps\n"
+        "    as: s\n    key: s.order\n    body:\n      status: completed\n      subject: \"{{ ref('step', 2) }}\"\n"
+    )
+    mappings = MappingSet.load(write(tmp_path, **only(template)))
+    steps = [{"id": "exam", "kind": "clinical_examination", "order": 2}]
+    (procedure,) = resources(mappings.convert(case(diagnostic_steps=steps), recorded=RECORDED))
+    assert procedure["id"] == uid("case-1/step/2")
+    assert procedure["subject"] == {"reference": f"urn:uuid:{uid('case-1/step/2')}"}
+
+
+def test_when_filters_resources_and_items(tmp_path: Path) -> None:
+    patient = PATIENT.replace("    body:", "    when: case.patient.sex == 'male'\n    body:")
+    condition = CONDITION.replace("    title:", "    when: d.concept.key\n    title:")
+    mappings = MappingSet.load(write(tmp_path, templates={"patient.yaml": patient, "condition.yaml": condition}))
+    bundle = mappings.convert(case(), recorded=RECORDED)
+    # No patient (the case's is female), and only the diagnosis with a key; ref('patient') is then absent.
+    assert [(r["resourceType"], r["id"]) for r in resources(bundle)] == [("Condition", uid("case-1/diagnosis/d1"))]
+    assert "subject" not in resources(bundle)[0]
+    male = mappings.convert(case(patient={"sex": "male"}), recorded=RECORDED)
+    assert [(r["resourceType"], r["id"]) for r in resources(male)] == [
+        ("Patient", uid("case-1/patient")),
+        ("Condition", uid("case-1/diagnosis/d1")),
+    ]
+
+
+def test_for_each_over_nothing_makes_nothing(tmp_path: Path) -> None:
+    """A list setting is None (settings hold scalars): for_each over it makes no resource."""
+    template = (
+        "resourceType: Patient\nresources:\n  - role: p\n    for_each: settings.many\n    as: x\n    key: x\n"
+        "    body:\n      gender: female\n"
+    )
+    mappings = MappingSet.load(write(tmp_path, **only(template, settings="{many: [a, b]}")))
+    assert mappings.settings.many is None
+    assert mappings.convert(case(), recorded=RECORDED)["entry"] == []
+
+
+def test_settings_hold_scalars(tmp_path: Path) -> None:
+    template = (
+        "resourceType: Patient\nresources:\n  - role: p\n    for_each: settings.letters\n    as: x\n    key: x\n"
+        "    body:\n      gender: '{{ settings.sex }}'\n"
+    )
+    settings = "{letters: ab, sex: other, number: 3, nested: {a: 1}}"
+    mappings = MappingSet.load(write(tmp_path, **only(template, settings=settings)))
+    assert vars(mappings.settings) == {"letters": "ab", "sex": "other", "number": 3, "nested": None}
+    bundle = mappings.convert(case(), recorded=RECORDED)
+    assert [(r["id"], r["gender"]) for r in resources(bundle)] == [
+        (uid("case-1/p/a"), "other"),
+        (uid("case-1/p/b"), "other"),
+    ]
+
+
+def test_no_settings_are_an_empty_namespace(tmp_path: Path) -> None:
+    assert vars(MappingSet.load(write(tmp_path)).settings) == {}
+
+
+def test_a_body_that_drops_out_leaves_the_resource_bare(tmp_path: Path) -> None:
+    template = (
+        "resourceType: Patient\nresources:\n  - role: patient\n    body:\n      $if: case.final_diagnosis\n"
+        "      gender: female\n"
+    )
+    mappings = MappingSet.load(write(tmp_path, **only(template)))
+    (patient,) = resources(mappings.convert(case(), recorded=RECORDED))
+    assert patient == {
+        "resourceType": "Patient",
+        "id": uid("case-1/patient"),
+        "text": {
+            "status": "generated",
+            "div": f"<div {XHTML}><p><b>Patient</b> (Patient)</p><table>"
+            "<tr><th>Identifier</th><td>System: urn:test:res, Value: case-1/patient</td></tr></table></div>",
+        },
+        "identifier": [{"system": "urn:test:res", "value": "case-1/patient"}],
+    }
+
+
+def test_the_identifier_comes_first_then_the_templates(tmp_path: Path) -> None:
+    template = (
+        "resourceType: Patient\nresources:\n  - role: patient\n    body:\n      identifier:\n"
+        "        - system: urn:registry\n          value: R1\n        - system: urn:other\n          value: O1\n"
+    )
+    mappings = MappingSet.load(write(tmp_path, **only(template)))
+    (patient,) = resources(mappings.convert(case(), recorded=RECORDED))
+    assert patient["identifier"] == [
+        {"system": "urn:test:res", "value": "case-1/patient"},
+        {"system": "urn:registry", "value": "R1"},
+        {"system": "urn:other", "value": "O1"},
+    ]
+
+
+def test_a_single_identifier_is_ours(tmp_path: Path) -> None:
+    """QuestionnaireResponse.identifier is 0..1: it is the seed's, and a template's own is dropped."""
+    template = (
+        "resourceType: QuestionnaireResponse\nresources:\n  - role: qr\n    body:\n      status: completed\n"
+        "      identifier:\n        system: urn:registry\n        value: R1\n"
+    )
+    mappings = MappingSet.load(write(tmp_path, **only(template)))
+    (qr,) = resources(mappings.convert(case(), recorded=RECORDED))
+    assert qr["identifier"] == {"system": "urn:test:res", "value": "case-1/qr"}
+    assert list(qr) == ["resourceType", "id", "text", "identifier", "status"]
+    assert mappings.identifier_field == {"QuestionnaireResponse": False}
+
+
+def test_a_type_without_identifier_gets_none(tmp_path: Path) -> None:
+    template = (
+        "resourceType: Provenance\nresources:\n  - role: prov\n    body:\n      recorded: '{{ recorded() }}'\n"
+        "      target: \"{{ all_refs(exclude=['prov']) }}\"\n"
+    )
+    mappings = MappingSet.load(write(tmp_path, **only(template, request="conditional-create")))
+    (prov,) = resources(mappings.convert(case(), recorded=RECORDED))
+    assert "identifier" not in prov
+    assert prov["recorded"] == "2026-01-02T03:04:05+00:00"
+    assert mappings.identifier_field == {}
+    # conditional-create needs an identifier to search on: a type without one is PUT.
+    bundle = mappings.convert(case(), recorded=RECORDED)
+    assert bundle["entry"][0]["request"] == {"method": "PUT", "url": f"Provenance/{uid('case-1/prov')}"}
+
+
+def test_identifier_fields_by_type(tmp_path: Path) -> None:
+    folder = write(tmp_path)
+    assert MappingSet.load(folder).identifier_field == {"Patient": True, "Condition": True}
+
+
+def test_recorded_defaults_to_now_in_utc(tmp_path: Path) -> None:
+    template = "resourceType: Provenance\nresources:\n  - role: prov\n    body:\n      recorded: '{{ recorded() }}'\n"
+    mappings = MappingSet.load(write(tmp_path, **only(template)))
+    before = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    (prov,) = resources(mappings.convert(case()))
+    after = dt.datetime.now(dt.UTC)
+    recorded = dt.datetime.fromisoformat(prov["recorded"])
+    assert prov["recorded"].endswith("+00:00")
+    assert before <= recorded <= after
+
+
+def test_conditional_create_posts_with_an_escaped_identifier(tmp_path: Path) -> None:
+    """ifNoneExist searches the identifier: \\ | , $ in the system and value are escaped."""
+    template = (
+        "resourceType: Condition\nresources:\n  - role: dx\n    for_each: case.diagnoses\n    as: d\n"
+        "    key: d.note\n    body:\n      code: '{{ concept(d.concept) }}'\n"
+    )
+    system = "'urn:a|b,c$d\\e'"
+    mappings = MappingSet.load(
+        write(tmp_path, **only(template, request="conditional-create", identifier_system=system))
+    )
+    assert mappings.request == "conditional-create"
+    diagnoses = [{"id": "d1", "concept": {"text": "Fever"}, "note": "x|y,z$w\\v"}]
+    (entry,) = mappings.convert(case(diagnoses=diagnoses), recorded=RECORDED)["entry"]
+    assert entry["request"] == {
+        "method": "POST",
+        "url": "Condition",
+        "ifNoneExist": "identifier=urn:a\\|b\\,c\\$d\\\\e|case-1/dx/x\\|y\\,z\\$w\\\\v",
+    }
+    assert entry["resource"]["identifier"] == [{"system": "urn:a|b,c$d\\e", "value": "case-1/dx/x|y,z$w\\v"}]
+
+
+def test_put_is_the_default_request(tmp_path: Path) -> None:
+    mappings = MappingSet.load(write(tmp_path))
+    assert mappings.request == "put"
+    explicit = MappingSet.load(write(tmp_path / "explicit", **only(PATIENT, request="put")))
+    (entry,) = explicit.convert(case(), recorded=RECORDED)["entry"]
+    assert entry["request"] == {"method": "PUT", "url": f"Patient/{uid('case-1/patient')}"}
+
+
+def test_a_profile_is_claimed_in_meta(tmp_path: Path) -> None:
+    template = PATIENT.replace("    title:", "    profile: https://example.org/StructureDefinition/P\n    title:")
+    mappings = MappingSet.load(write(tmp_path, **only(template)))
+    (patient,) = resources(mappings.convert(case(), recorded=RECORDED))
+    assert list(patient)[:4] == ["resourceType", "id", "meta", "text"]
+    assert patient["meta"] == {"profile": ["https://example.org/StructureDefinition/P"]}
+
+
+def test_a_template_that_fails_names_its_file_and_line(tmp_path: Path) -> None:
+    template = PATIENT.replace("title: The patient", "title: '{{ capitalize(1) }}'")
+    mappings = MappingSet.load(write(tmp_path, **only(template)))
+    with pytest.raises(MappingError) as info:
+        mappings.convert(case())
+    # The TypeError's own words differ between the compiled functions and their sources: take them from the call.
+    with pytest.raises(TypeError) as cause:
+        functions.capitalize(Context(tables={}), 1)  # type: ignore[arg-type]
+    assert str(info.value) == f"mappings/resources/t.yaml:3: role 'patient' failed: TypeError: {cause.value}"
+    assert (info.value.file, info.value.line) == ("mappings/resources/t.yaml", 3)
+
+
+def test_a_mapping_error_of_a_template_passes_unchanged(tmp_path: Path) -> None:
+    template = PATIENT.replace('gender: "{{ case.patient.sex }}"', 'gender: "{{ case.patient }}"')
+    mappings = MappingSet.load(write(tmp_path, **only(template)))
+    with pytest.raises(MappingError) as info:
+        mappings.convert(case())
+    assert str(info.value).startswith("mappings/resources/t.yaml:6: an expression gave a Patient object")
+
+
+# --- conversion: the vocabulary check ------------------------------------------------------------------------
+
+
+def test_unknown_vocabulary_keys_are_listed_with_their_paths(tmp_path: Path) -> None:
+    mappings = MappingSet.load(write(tmp_path))
+    report = case(
+        diagnoses=[
+            {
+                "id": "d1",
+                "concept": {"text": "Fever", "key": "fevr"},
+                "body_site": [{"site": {"text": "leg", "key": "leg"}}, {"site": {"text": "arm", "key": "arm"}}],
+            },
+            {"id": "d2", "concept": {"text": "Cough", "key": "cough"}},
+        ],
+        presentation={"body_site": [{"site": {"text": "hand", "key": "hand"}}, {"site": {"text": "hand"}}]},
+    )
+    problems = [
+        Problem("presentation.body_site[0].site.key", "unknown body site key 'hand'"),
+        Problem("diagnoses[0].concept.key", "unknown vocabulary key 'fevr'"),
+        Problem("diagnoses[0].body_site[0].site.key", "unknown body site key 'leg'"),
+    ]
+    assert mappings.check_vocabulary(report) == problems
+    with pytest.raises(ConversionError) as info:
+        mappings.convert(report, source="c.yaml")
+    assert str(info.value) == "the case uses vocabulary keys the code tables do not know (see mappings/codes)"
+    assert info.value.problems == problems
+    assert info.value.source == "c.yaml"
+
+
+def test_a_site_key_is_not_a_concept_key(tmp_path: Path) -> None:
+    """A body site's key is looked up in body-sites only: "arm" is no concept, and "fever" no body site."""
+    mappings = MappingSet.load(write(tmp_path))
+    good = case(presentation={"body_site": [{"site": {"text": "arm", "key": "arm"}}]})
+    assert mappings.check_vocabulary(good) == []
+    bad = case(presentation={"body_site": [{"site": {"text": "fever", "key": "fever"}}]})
+    assert mappings.check_vocabulary(bad) == [
+        Problem("presentation.body_site[0].site.key", "unknown body site key 'fever'")
+    ]
+
+
+def test_an_upgraded_case_says_its_paths_are_the_upgraded_ones(tmp_path: Path) -> None:
+    mappings = MappingSet.load(write(tmp_path))
+    report = read_case(SEED_V1.read_bytes(), source="seed.yaml")
+    assert report.upgraded_from == "1.0"
+    with pytest.raises(ConversionError) as info:
+        mappings.convert(report, source="seed.yaml")
+    assert str(info.value) == (
+        "the case uses vocabulary keys the code tables do not know (see mappings/codes); the paths are those of "
+        "the case upgraded from schema 1.0 to 2.0 (casebridge migrate FILE shows it)"
+    )
+    assert info.value.problems[0] == Problem("history[0].condition.key", "unknown vocabulary key 'fracture_of_hand'")
+
+
+# --- loading: bundle.yaml ------------------------------------------------------------------------------------
+
+
+def test_every_bundle_key_is_accepted(tmp_path: Path) -> None:
+    bundle = (
+        "description: test\nrequest: conditional-create\nidentifier_system: urn:x\nsettings: {a: 1}\n"
+        "codes: tables\nresources:\n  - resources/patient.yaml\n"
+    )
+    mappings = MappingSet.load(write(tmp_path, bundle=bundle, codes_dir="tables"))
+    assert mappings.request == "conditional-create"
+    assert mappings.identifier_system == "urn:x"
+    assert vars(mappings.settings) == {"a": 1}
+    assert sorted(mappings.tables) == ["body-sites", "concepts", "laterality", "units"]
+    assert [t.role for t in mappings.templates] == ["patient"]
+    assert mappings.root == (tmp_path / "mappings").resolve()
+
+
+def test_a_missing_bundle_file(tmp_path: Path) -> None:
+    folder = write(tmp_path)
+    (folder / "bundle.yaml").unlink()
+    error = load_error(folder)
+    assert str(error) == "mappings/bundle.yaml: cannot read the bundle mapping: No such file or directory"
+    assert (error.file, error.line) == ("mappings/bundle.yaml", None)
+
+
+BUNDLE_ERRORS = [
+    # (bundle.yaml, line, message)
+    ("identifier_system: urn:x\nzeta: 1\nresources: [resources/patient.yaml]\nalpha: 2\n", 4, "unknown key 'alpha'"),
+    ("resources: [resources/patient.yaml]\n", 1, "'identifier_system' is required"),
+    ("\nidentifier_system: urn:x\n", 1, "'resources' is required"),
+    (
+        "identifier_system: urn:x\nrequest: post\nresources: [resources/patient.yaml]\n",
+        2,
+        "request must be put or conditional-create",
+    ),
+    ("resources: [resources/patient.yaml]\nidentifier_system: 5\n", 2, "identifier_system must be an absolute URI"),
+    ("resources: [resources/patient.yaml]\nidentifier_system: res\n", 2, "identifier_system must be an absolute URI"),
+    ("identifier_system: urn:x\nresources: []\n", 2, "resources must list the template files"),
+    ("identifier_system: urn:x\nresources: resources/patient.yaml\n", 2, "resources must list the template files"),
+    (
+        "identifier_system: urn:x\nresources:\n  - resources/patient.yaml\n  - resources/nope.yaml\n",
+        4,
+        "template file 'resources/nope.yaml' does not exist",
+    ),
+    ("identifier_system: urn:x\nresources:\n  - resources\n", 3, "template file 'resources' does not exist"),
+]
+
+
+@pytest.mark.parametrize(("bundle", "line", "message"), BUNDLE_ERRORS)
+def test_bundle_errors(tmp_path: Path, bundle: str, line: int, message: str) -> None:
+    error = load_error(write(tmp_path, bundle=bundle))
+    assert str(error) == f"mappings/bundle.yaml:{line}: {message}"
+    assert (error.file, error.line) == ("mappings/bundle.yaml", line)
+
+
+@pytest.mark.parametrize("table", ["concepts", "body-sites", "laterality", "units"])
+def test_each_needed_code_table(tmp_path: Path, table: str) -> None:
+    codes = {k: v for k, v in CODES.items() if k != table}
+    error = load_error(write(tmp_path, codes=codes))
+    assert str(error) == f"mappings/codes: the code table {table}.csv is missing"
+    assert (error.file, error.line) == ("mappings/codes", None)
+
+
+def test_a_code_folder_outside_the_mappings_is_named_in_full(tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    bundle = f"identifier_system: urn:x\ncodes: {outside}\nresources: [resources/patient.yaml]\n"
+    error = load_error(write(tmp_path, bundle=bundle))
+    assert str(error) == f"{outside}: the code table concepts.csv is missing"
+
+
+def test_code_citations_are_checked_against_the_terminology(tmp_path: Path) -> None:
+    codes = CODES | {"units": HEADER + "cm,http://unitsofmeasure.org,cm,,ucum.cm,\n"}
+    terminology = tmp_path / "terms.yaml"
+    terminology.write_text("ucum:\n  cm: {code: cm, system: 'http://unitsofmeasure.org', confirmed: false}\n")
+    folder = write(tmp_path, codes=codes)
+    assert MappingSet.load(folder).tables["units"].codings("cm") == [
+        {"system": "http://unitsofmeasure.org", "code": "cm"}
+    ]
+    error = load_error(folder, terminology=terminology)
+    assert str(error) == (
+        "mappings/codes/units.csv:2: source 'ucum.cm' is not confirmed in terms.yaml: its code cannot be used"
+    )
+    terminology.write_text("ucum:\n  cm: {code: cm, system: 'http://unitsofmeasure.org', confirmed: true}\n")
+    assert MappingSet.load(folder, terminology=terminology).tables["units"].codings("cm")
+
+
+def test_a_template_file_outside_the_mappings_is_named_in_full(tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere.yaml"
+    outside.write_text("resourceType: Patient\n")
+    error = load_error(write(tmp_path, bundle=f"identifier_system: urn:x\nresources: [{outside}]\n"))
+    assert str(error) == f"{outside}:1: a template file needs resourceType and resources"
+
+
+def test_a_role_defined_twice(tmp_path: Path) -> None:
+    second = PATIENT.replace("resourceType: Patient\n", "# the same role again\nresourceType: Patient\n")
+    bundle = "identifier_system: urn:x\nresources: [resources/a.yaml, resources/b.yaml]\n"
+    error = load_error(write(tmp_path, bundle=bundle, templates={"a.yaml": PATIENT, "b.yaml": second}))
+    assert str(error) == "mappings/resources/b.yaml:4: role 'patient' is already defined in mappings/resources/a.yaml:3"
+    assert (error.file, error.line) == ("mappings/resources/b.yaml", 4)
+
+
+def test_roles_are_known_to_ref_across_files(tmp_path: Path) -> None:
+    """ref() checks its role against every file's roles, including later files."""
+    condition = CONDITION.replace("ref('patient')", "ref('patiens')")
+    error = load_error(write(tmp_path, templates={"patient.yaml": PATIENT, "condition.yaml": condition}))
+    assert str(error) == (
+        "mappings/resources/condition.yaml:10: ref(): no resource template has role 'patiens'; "
+        "roles: diagnosis, patient"
+    )
+
+
+# --- loading: template files and templates -------------------------------------------------------------------
+
+TEMPLATE_ERRORS = [
+    # (template file, the text on the line of the error (or a line number), message)
+    ("resourceType: Patient\nzeta: 1\nresources: []\nalpha: 2\n", "alpha", "unknown key 'alpha'"),
+    ("resources:\n  - role: p\n", 1, "a template file needs resourceType and resources"),
+    ("\nresourceType: Patient\n", 1, "a template file needs resourceType and resources"),
+    ("resources: [{role: x}]\nresourceType: Speciman\n", "Speciman", "'Speciman' is not a FHIR resource type"),
+    ("resourceType: Patient\nresources: []\n", "resources", "resources must be a non-empty list"),
+    ("resourceType: Patient\nresources: {role: p}\n", "resources", "resources must be a non-empty list"),
+    (
+        "resourceType: Patient\nresources:\n  - role: p\n    zeta: 1\n    colour: blue\n",
+        "colour",
+        "unknown key 'colour' (allowed: as, body, description, for_each, identity, key, profile, role, title, when)",
+    ),
+    ("resourceType: Patient\nresources:\n  - title: x\n    body: {}\n", "title", "each resource needs a role"),
+    (
+        "resourceType: Patient\nresources:\n  - role: 5\n",
+        "role",
+        "role must be a name of letters, digits, - and _, not 5",
+    ),
+    (
+        "resourceType: Patient\nresources:\n  - role: ''\n",
+        "role",
+        "role must be a name of letters, digits, - and _, not ''",
+    ),
+    (
+        "resourceType: Patient\nresources:\n  - role: a b\n",
+        "role",
+        "role must be a name of letters, digits, - and _, not 'a b'",
+    ),
+    (
+        "resourceType: Patient\nresources:\n  - role: a.b\n",
+        "role",
+        "role must be a name of letters, digits, - and _, not 'a.b'",
+    ),
+    ("resourceType: Patient\nresources:\n  - role: p\n    title: x\n", "role", "role 'p' has no body"),
+    (
+        "resourceType: Patient\nresources:\n  - role: p\n    for_each: case.diagnoses\n    key: d.id\n    body: {}\n",
+        "for_each",
+        "for_each needs 'as' (the item's name) and 'key' (what tells items apart)",
+    ),
+    (
+        "resourceType: Patient\nresources:\n  - role: p\n    for_each: case.diagnoses\n    as: d\n    body: {}\n",
+        "for_each",
+        "for_each needs 'as' (the item's name) and 'key' (what tells items apart)",
+    ),
+    (
+        "resourceType: Patient\nresources:\n  - role: p\n    for_each: case.diagnoses\n    as: 1d\n    key: x\n",
+        "as:",
+        "'as' must be a new plain name, not '1d'",
+    ),
+    (
+        "resourceType: Patient\nresources:\n  - role: p\n    for_each: case.diagnoses\n    as: case\n    key: x\n",
+        "as:",
+        "'as' must be a new plain name, not 'case'",
+    ),
+    (
+        "resourceType: Patient\nresources:\n  - role: p\n    for_each: case.diagnoses\n    as: settings\n    key: x\n",
+        "as:",
+        "'as' must be a new plain name, not 'settings'",
+    ),
+    (
+        "resourceType: Patient\nresources:\n  - role: p\n    for_each: case.patient\n    as: x\n    key: x\n",
+        "for_each",
+        "for_each needs a list",
+    ),
+    (
+        "resourceType: Patient\nresources:\n  - role: p\n    for_each: case.diagnoses\n    as: x\n    key: x.idd\n",
+        "key:",
+        "'x' has no field 'idd'; it has: body_site, concept, id, note, quote, stage, status, time",
+    ),
+    (
+        "resourceType: Patient\nresources:\n  - role: p\n    key: x\n    body: {}\n",
+        "key",
+        "'key' only goes with for_each",
+    ),
+    ("resourceType: Patient\nresources:\n  - role: p\n    as: x\n    body: {}\n", "as", "'as' only goes with for_each"),
+    (
+        "resourceType: Patient\nresources:\n  - role: p\n    key: x\n    as: x\n    body: {}\n",
+        "as",
+        "'as' only goes with for_each",
+    ),
+    (
+        "resourceType: Patient\nresources:\n  - role: p\n    when: d.x\n    body: {}\n",
+        "when",
+        "unknown name 'd'; in scope here: case, settings",
+    ),
+    (
+        "resourceType: Patient\nresources:\n  - role: p\n    identity: d.x\n    body: {}\n",
+        "identity",
+        "unknown name 'd'; in scope here: case, settings",
+    ),
+    (
+        "resourceType: Patient\nresources:\n  - role: p\n    title: '{{ d }}'\n    body: {}\n",
+        "title",
+        "unknown name 'd'; in scope here: case, settings",
+    ),
+    (
+        "resourceType: Patient\nresources:\n  - role: p\n    body:\n      sex: x\n",
+        "sex",
+        "Patient has no element 'sex'",
+    ),
+    (
+        "resourceType: Patient\nresources:\n  - role: p\n    body:\n      _sex: {}\n",
+        "_sex",
+        "Patient has no element '_sex'",
+    ),
+    (
+        "resourceType: Patient\nresources:\n  - role: p\n    body:\n      gender: '{{ x }}'\n",
+        "gender",
+        "unknown name 'x'; in scope here: case, settings",
+    ),
+    (
+        "resourceType: Patient\nresources:\n  - role: p\n    profile: ftp://x/P\n    body: {}\n",
+        "profile",
+        "profile must be the canonical URL of a profile",
+    ),
+    (
+        "resourceType: Patient\nresources:\n  - role: p\n    profile: 5\n    body: {}\n",
+        "profile",
+        "profile must be the canonical URL of a profile",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "where", "message"), TEMPLATE_ERRORS)
+def test_template_errors(tmp_path: Path, text: str, where: str | int, message: str) -> None:
+    line = where if isinstance(where, int) else line_of(text, where)
+    error = load_error(write(tmp_path, **only(text)))
+    assert str(error) == f"mappings/resources/t.yaml:{line}: {message}"
+    assert (error.file, error.line) == ("mappings/resources/t.yaml", line)
+
+
+@pytest.mark.parametrize("name", ["resourceType", "id", "text", "meta"])
+def test_elements_casebridge_sets(tmp_path: Path, name: str) -> None:
+    text = f"resourceType: Patient\nresources:\n  - role: p\n    body:\n      gender: male\n      {name}: x\n"
+    error = load_error(write(tmp_path, **only(text)))
+    assert str(error) == f"mappings/resources/t.yaml:6: {name!r} is set by casebridge, not by the template"
+
+
+def test_the_sorted_first_of_two_unknown_template_keys(tmp_path: Path) -> None:
+    text = "resourceType: Patient\nresources:\n  - role: p\n    zeta: 1\n    body: {}\n    alpha: 2\n"
+    error = load_error(write(tmp_path, **only(text)))
+    assert error.line == 6 and "unknown key 'alpha'" in str(error)
+
+
+def test_every_template_key_is_accepted(tmp_path: Path) -> None:
+    text = """\
+description: every key
+resourceType: Condition
+resources:
+  - role: dx
+    description: one per diagnosis with a key
+    profile: http://example.org/P
+    title: "{{ d.concept.text }}"
+    for_each: case.diagnoses
+    as: d
+    key: d.id
+    when: d.concept.key
+    identity: d.note
+    body:
+      $if: d.concept
+      _recordedDate:
+        extension:
+          - url: http://example.org/x
+            valueCode: unknown
+      code: "{{ concept(d.concept) }}"
+"""
+    mappings = MappingSet.load(write(tmp_path, **only(text)))
+    (template,) = mappings.templates
+    assert (template.role, template.resource_type, template.file, template.line) == (
+        "dx",
+        "Condition",
+        "mappings/resources/t.yaml",
+        4,
+    )
+    assert (template.var, template.profile) == ("d", "http://example.org/P")
+    diagnoses = [
+        {"id": "d1", "concept": {"text": "Fever", "key": "fever"}, "note": "N1"},
+        {"id": "d2", "concept": {"text": "Cough"}},
+    ]
+    (entry,) = mappings.convert(case(diagnoses=diagnoses), recorded=RECORDED)["entry"]
+    assert entry["resource"] == {
+        "resourceType": "Condition",
+        "id": uid("identity/dx/N1"),
+        "meta": {"profile": ["http://example.org/P"]},
+        "text": {
+            "status": "generated",
+            "div": f"<div {XHTML}><p><b>Fever</b> (Condition)</p><table>"
+            "<tr><th>Identifier</th><td>System: urn:test:res, Value: identity/dx/N1</td></tr>"
+            "<tr><th>Code</th><td>Fever</td></tr></table></div>",
+        },
+        "identifier": [{"system": "urn:test:res", "value": "identity/dx/N1"}],
+        "_recordedDate": {"extension": [{"url": "http://example.org/x", "valueCode": "unknown"}]},
+        "code": {"text": "Fever"},
+    }
+
+
+@pytest.mark.parametrize("profile", ["http://example.org/P", "https://example.org/P"])
+def test_a_profile_is_an_http_url(tmp_path: Path, profile: str) -> None:
+    text = f"resourceType: Patient\nresources:\n  - role: p\n    profile: {profile}\n    body: {{}}\n"
+    assert MappingSet.load(write(tmp_path, **only(text))).templates[0].profile == profile
+
+
+@pytest.mark.parametrize("role", ["a", "A-b_9", "x_"])
+def test_a_role_of_letters_digits_dash_underscore(tmp_path: Path, role: str) -> None:
+    text = f"resourceType: Patient\nresources:\n  - role: {role}\n    body: {{}}\n"
+    assert [t.role for t in MappingSet.load(write(tmp_path, **only(text))).templates] == [role]
+
+
+def test_a_for_each_of_unknown_type_is_not_checked(tmp_path: Path) -> None:
+    """settings are not typed: for_each over a setting loads, and its item is unchecked."""
+    text = (
+        "resourceType: Patient\nresources:\n  - role: p\n    for_each: settings.x\n    as: i\n    key: i.anything\n"
+        "    body: {}\n"
+    )
+    (template,) = MappingSet.load(write(tmp_path, **only(text))).templates
+    assert template.var == "i"
