@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -15,10 +16,11 @@ import pytest
 from fastapi.security import HTTPAuthorizationCredentials
 from starlette.requests import Request
 
-from casebridge.access.keys import ApiKey, digest
+from casebridge.access.keys import ApiKey, digest, load_api_keys_file, merge_keys, parse_api_keys
 from casebridge.access.scopes import LEGACY, Scopes, parse_scopes
 from casebridge.api.errors import ApiError
 from casebridge.api.security import authenticate, namespace_guard, require_scopes
+from casebridge.errors import MappingError
 from casebridge.fhir.client import AsyncFhirClient
 from casebridge.gateway.policy import Action
 from casebridge.validation.validator import Issue, operation_outcome
@@ -334,3 +336,207 @@ def test_a_key_writes_when_it_may_create_update_or_delete(text: str, writes: boo
     scopes = parse_scopes(text)
     assert scopes.writes is writes
     assert ApiKey("k", scopes, digest("k" * 24)).can_write is writes
+
+
+# -- API keys: CASEBRIDGE_API_KEYS --------------------------------------------------------------------------
+
+
+SECRET = "s" * 24
+
+
+def test_inline_keys_with_their_scopes_and_digests() -> None:
+    keys = parse_api_keys(f" , a:ro:{SECRET}1 ,, b:rw:{SECRET}2,c:system/Observation.cu system/*.s:{SECRET}:3, ")
+    assert keys == [
+        ApiKey("a", parse_scopes("system/*.rs"), digest(f"{SECRET}1")),
+        ApiKey("b", parse_scopes("system/*.rs system/*.cu"), digest(f"{SECRET}2")),
+        # The secret is everything after the second colon, colons included.
+        ApiKey("c", parse_scopes("system/Observation.cu system/*.s"), digest(f"{SECRET}:3")),
+    ]
+    assert parse_api_keys("") == [] and parse_api_keys(" , ") == []
+
+
+@pytest.mark.parametrize(
+    ("secret", "accepted"),
+    [
+        ("s" * 24, True),
+        ("s" * 23, False),
+        ("!~" * 12, True),  # the first and the last visible ASCII characters
+        ("s" * 12 + " " + "s" * 12, False),
+        ("s" * 24 + "\x7f", False),
+        ("s" * 24 + "é", False),
+        ("s" * 12 + "\t" + "s" * 12, False),
+    ],
+)
+def test_an_inline_secret_is_at_least_24_visible_ascii_characters(secret: str, accepted: bool) -> None:
+    if accepted:
+        assert [k.digest for k in parse_api_keys(f"a:ro:{secret}")] == [digest(secret)]
+    else:
+        with pytest.raises(ValueError) as caught:
+            parse_api_keys(f"a:ro:{secret}")
+        assert str(caught.value) == ("API key 1 (a): the secret must be at least 24 visible ASCII characters, no comma")
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        (
+            f"a:ro:{SECRET}1,,b c:ro:{SECRET}2",
+            "API key 3: the name must be 1-64 letters, digits, '.', '_' or '-' (NAME:SCOPES:SECRET)",
+        ),
+        (
+            f"{'n' * 65}:ro:{SECRET}",
+            "API key 1: the name must be 1-64 letters, digits, '.', '_' or '-' (NAME:SCOPES:SECRET)",
+        ),
+        (f":ro:{SECRET}", "API key 1: the name must be 1-64 letters, digits, '.', '_' or '-' (NAME:SCOPES:SECRET)"),
+        (
+            "job",
+            "API key 1 (job): no scope given (e.g. system/*.rs system/Observation.cu); SCOPES is ro, rw or "
+            "space-separated SMART scopes",
+        ),
+        (
+            f"job:admin:{SECRET}",
+            "API key 1 (job): 'admin' is not a SMART scope (system/Type.cruds, system/*.rs, system/Type.read); "
+            "SCOPES is ro, rw or space-separated SMART scopes",
+        ),
+        ("job:ro", "API key 1 (job): the secret must be at least 24 visible ASCII characters, no comma"),
+        (f"a:ro:{SECRET}1,a:rw:{SECRET}2", "API key 2 (a): the name is used twice"),
+        (f"a:ro:{SECRET},b:rw:{SECRET}", "API key 2 (b): the secret is used twice"),
+    ],
+)
+def test_inline_key_mistakes_name_the_entry_never_the_secret(text: str, words: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_api_keys(text)
+    assert str(caught.value) == words
+
+
+def test_a_name_of_64_characters_is_accepted() -> None:
+    assert [k.name for k in parse_api_keys(f"{'n' * 64}:ro:{SECRET}")] == ["n" * 64]
+
+
+# -- API keys: CASEBRIDGE_API_KEYS_FILE ---------------------------------------------------------------------
+
+
+DIGEST_WORDS = (
+    'secret_sha256 must be the 64 hex digits of the secret\'s SHA-256 (printf %s "$SECRET" | sha256sum); '
+    "the file holds no secret"
+)
+
+
+URI_WORDS = "expected an identifier system URI (e.g. urn:oid:1.2.36.146.595.217.0.1)"
+
+
+def _sha(secret: str) -> str:
+    return digest(secret).hex()
+
+
+def _entry(name: str = "ehr", secret: str = "x" * 30, scopes: str = "system/Observation.cu", extra: str = "") -> str:
+    return f"- name: {name}\n  secret_sha256: {_sha(secret)}\n  scopes: {scopes}\n{extra}"
+
+
+def _load(tmp_path: Path, text: str) -> list[ApiKey]:
+    path = tmp_path / "keys.yaml"
+    path.write_text(text, encoding="utf-8")
+    return load_api_keys_file(path)
+
+
+def _file_refusal(tmp_path: Path, text: str) -> tuple[int | None, str]:
+    with pytest.raises(MappingError) as caught:
+        _load(tmp_path, text)
+    assert caught.value.file == str(tmp_path / "keys.yaml")
+    return caught.value.line, str(caught.value).removeprefix(f"{tmp_path / 'keys.yaml'}:{caught.value.line}: ")
+
+
+def test_a_keys_file(tmp_path: Path) -> None:
+    text = (
+        _entry()
+        + _entry("job", "y" * 30, "rw", "  namespaces:\n    - urn:oid:1.2.3\n    - https://example.org/mrn\n")
+        + f"- name: ' spaced '\n  secret_sha256: {_sha('z' * 30).upper()}\n  scopes: ' ro '\n"
+    )
+    assert _load(tmp_path, text) == [
+        ApiKey("ehr", parse_scopes("system/Observation.cu"), digest("x" * 30)),
+        ApiKey("job", parse_scopes(LEGACY["rw"]), digest("y" * 30), ("urn:oid:1.2.3", "https://example.org/mrn")),
+        # Text is stripped, the digest read in either case, ro and rw mean what they do inline.
+        ApiKey("spaced", parse_scopes(LEGACY["ro"]), digest("z" * 30)),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "words"),
+    [
+        ("name: ehr\n", 1, "expected a list of keys (- name: ...)"),
+        (
+            _entry() + _entry("job", "y" * 30, extra="  zeta: 1\n  alpha: 2\n"),
+            8,
+            "unknown field 'alpha'; a key has name, namespaces, scopes, secret_sha256",
+        ),
+        (_entry() + f"- secret_sha256: {_sha('y' * 30)}\n  scopes: ro\n", 4, "a key needs 'name'"),
+        (_entry() + "- name: job\n  scopes: ro\n", 4, "a key needs 'secret_sha256'"),
+        (_entry() + f"- name: job\n  secret_sha256: {_sha('y' * 30)}\n", 4, "a key needs 'scopes'"),
+        (_entry("a b"), 1, "the name must be 1-64 letters, digits, '.', '_' or '-'"),
+        (_entry("n" * 65), 1, "the name must be 1-64 letters, digits, '.', '_' or '-'"),
+        (_entry().replace(_sha("x" * 30), _sha("x" * 30)[:63]), 2, DIGEST_WORDS),
+        (_entry().replace(_sha("x" * 30), _sha("x" * 30) + "0"), 2, DIGEST_WORDS),
+        (_entry().replace(_sha("x" * 30), "x" * 64), 2, DIGEST_WORDS),
+        (
+            _entry(scopes="patient/Observation.cu"),
+            3,
+            "'patient/Observation.cu': an API key acts for a system; use system/ scopes, not patient/",
+        ),
+        (_entry(extra="  namespaces: urn:oid:1.2.3\n"), 4, "namespaces: expected a list of identifier system URIs"),
+        (_entry(extra="  namespaces: []\n"), 4, "namespaces: expected a list of identifier system URIs"),
+        (
+            _entry(extra="  namespaces:\n    - urn:oid:1.2.3\n    - not a uri\n"),
+            6,
+            URI_WORDS,
+        ),
+        (
+            _entry(extra="  namespaces:\n    - [urn:oid:1.2.3]\n"),
+            5,
+            URI_WORDS,
+        ),
+        (
+            _entry(extra="  namespaces: [5]\n"),
+            4,
+            URI_WORDS,
+        ),
+        (_entry() + _entry(secret="y" * 30), 4, "the name 'ehr' is used twice"),
+        (_entry() + _entry("job"), 5, "the same secret is used twice"),
+        (_entry("5"), 1, "expected text"),
+        (_entry("' '"), 1, "expected text"),
+        (_entry(scopes="[ro]"), 3, "expected text"),
+        ("", 1, "the file is empty"),
+        ("- [1\n", 2, "malformed YAML: expected ',' or ']', but got '<stream end>'"),
+        (
+            "- <<: {x: 1}\n  " + _entry()[2:],
+            1,
+            "malformed YAML: could not determine a constructor for the tag 'tag:yaml.org,2002:merge'",
+        ),
+    ],
+)
+def test_keys_file_mistakes_name_file_and_line(tmp_path: Path, text: str, line: int, words: str) -> None:
+    assert _file_refusal(tmp_path, text) == (line, words)
+
+
+def test_a_keys_file_that_cannot_be_read(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(MappingError) as caught:
+        load_api_keys_file(missing)
+    assert (str(caught.value), caught.value.line) == (f"{missing}: cannot read: No such file or directory", None)
+    (tmp_path / "keys.yaml").write_bytes(b"\xff- name: x\n")
+    with pytest.raises(MappingError) as caught:
+        load_api_keys_file(tmp_path / "keys.yaml")
+    assert str(caught.value) == (
+        f"{tmp_path / 'keys.yaml'}: cannot read: 'utf-8' codec can't decode byte 0xff in position 0: invalid start byte"
+    )
+
+
+def test_keys_from_two_sources_keep_names_and_secrets_unique() -> None:
+    a, b = _key("a", secret="a" * 24), _key("b", secret="b" * 24)
+    assert merge_keys([a], [b]) == [a, b]
+    assert merge_keys([], [a, b], []) == [a, b]
+    with pytest.raises(ValueError) as caught:
+        merge_keys([a, b], [_key("a", secret="c" * 24)])
+    assert str(caught.value) == "API keys: the key name 'a' is used twice"
+    with pytest.raises(ValueError) as caught:
+        merge_keys([a], [b, _key("c", secret="b" * 24)], where="CASEBRIDGE_API_KEYS_FILE")
+    assert str(caught.value) == "CASEBRIDGE_API_KEYS_FILE: the key 'c' has the same secret as another key"
