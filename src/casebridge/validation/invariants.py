@@ -143,7 +143,10 @@ def _dom_5(res: Any, root: Any = None) -> bool:
 
 
 def _dom_6(res: Any, root: Any = None) -> bool:
-    return isinstance(res, dict) and bool(as_obj(res.get("text")).get("div"))
+    # text.`div`.exists(): any value counts, an empty string or one of the wrong JSON type too (the walk reports
+    # those), and so does a text repeated by mistake (FHIRPath flattens the array).
+    text = res.get("text") if isinstance(res, dict) else None
+    return any(isinstance(t, dict) and _present(t, "div") for t in (text if isinstance(text, list) else [text]))
 
 
 def _strings(node: Any, key: str | None = None) -> Iterator[tuple[str | None, str]]:
@@ -273,6 +276,12 @@ def _con_3(item: Any, root: Any = None) -> bool:
     )
 
 
+def _no_type(item: dict[str, Any]) -> bool:
+    """A Bundle's type is empty in FHIRPath (absent or null, with no extension): a comparison with it is empty, and
+    so is an "or" of it with falses, which passes."""
+    return item.get("type") is None and "_type" not in item
+
+
 def _entries(item: Any) -> list[Any]:
     return list(as_list(item.get("entry"))) if isinstance(item, dict) else []
 
@@ -288,7 +297,7 @@ def _bundle_entries_match(kinds: tuple[str, ...], element: str) -> Any:
             return True
         entries = _entries(item)
         kind = item.get("type")
-        if kind is None:
+        if _no_type(item):
             return not entries
         expected = kind in kinds
         return all((isinstance(e, dict) and _present(e, element)) == expected for e in entries)
@@ -297,7 +306,7 @@ def _bundle_entries_match(kinds: tuple[str, ...], element: str) -> Any:
 
 
 def _bdl_7(item: Any, root: Any = None) -> bool:
-    if not isinstance(item, dict) or item.get("type") == "history":
+    if not isinstance(item, dict) or item.get("type") == "history" or _no_type(item):
         return True
     seen: set[str] = set()
     for entry in _entries(item):
@@ -385,11 +394,15 @@ _NATIVE_EXPRESSIONS: dict[str, Any] = {
         )
     ),
     "total.empty() or (type = 'searchset') or (type = 'history')": lambda item, root=None: (
-        not isinstance(item, dict) or not _present(item, "total") or item.get("type") in ("searchset", "history")
+        not isinstance(item, dict)
+        or not _present(item, "total")
+        or item.get("type") in ("searchset", "history")
+        or _no_type(item)
     ),
     "entry.search.empty() or (type = 'searchset')": lambda item, root=None: (
         not isinstance(item, dict)
         or item.get("type") == "searchset"
+        or _no_type(item)
         or not any(_present(e, "search") for e in as_list(item.get("entry")) if isinstance(e, dict))
     ),
     "type = 'document' implies (identifier.system.exists() and identifier.value.exists())": lambda item, root=None: (
