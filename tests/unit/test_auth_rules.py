@@ -12,9 +12,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.security import HTTPAuthorizationCredentials
+from starlette.applications import Starlette
 from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from casebridge.access.keys import ApiKey, digest, load_api_keys_file, merge_keys, parse_api_keys
 from casebridge.access.scopes import LEGACY, Scopes, parse_scopes
@@ -144,10 +148,24 @@ def _bundle(*resources: dict[str, Any]) -> dict[str, Any]:
     return {"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": r} for r in resources]}
 
 
+STORED = {"p-ours": (OURS,), "p-theirs": (THEIRS,)}
+
+
+async def _read_patient(request: Request) -> JSONResponse:
+    """The FHIR server behind the check: a read of a stored Patient, 404 for any other."""
+    systems = STORED.get(request.path_params["id"])
+    if systems is None:
+        outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "not-found"}]}
+        return JSONResponse(outcome, status_code=404, media_type="application/fhir+json")
+    found = {"id": request.path_params["id"], **_patient(*systems)}
+    return JSONResponse(found, media_type="application/fhir+json")
+
+
 @pytest.fixture(scope="module")
 def client() -> Iterator[AsyncFhirClient]:
-    # The checks below read nothing from the FHIR server: a client that is never asked anything.
-    client = AsyncFhirClient("http://fhir.invalid/fhir")
+    # A FHIR endpoint in the process (no network): the stored Patients a check reads.
+    app = Starlette(routes=[Route("/fhir/Patient/{id}", _read_patient)])
+    client = AsyncFhirClient("http://fhir.test/fhir", transport=httpx.ASGITransport(app=app))
     yield client
     asyncio.run(client.aclose())
 
@@ -206,6 +224,27 @@ def test_another_keys_namespaces_are_foreign_and_the_keys_own_are_not(client: As
     # Another key bound to the same system as this one does not make it foreign to this one.
     same = _key("clinic2", "system/*.cruds", namespaces=(OURS,))
     assert _check(client, _bundle(_patient(OURS)), BOUND, [BOUND, same]) is None
+
+
+@pytest.mark.parametrize(
+    ("reference", "problem"),
+    [
+        ("Patient/p-ours", None),
+        ("Patient/p-theirs", "it refers to Patient/p-theirs, which has none"),
+        ("Patient/p-gone", "it refers to Patient/p-gone, which neither this Bundle nor the FHIR server holds"),
+    ],
+)
+def test_stored_patients_are_read_with_the_client_given(
+    client: AsyncFhirClient, reference: str, problem: str | None
+) -> None:
+    observation = {"resourceType": "Observation", "subject": {"reference": reference}}
+    found = _check(client, _bundle(observation), BOUND, [FREE, BOUND, OTHER])
+    if problem is None:
+        assert found is None
+    else:
+        message = f"the API key 'clinic' writes only patients with an identifier in {OURS}: {problem}"
+        refused = [Issue("error", "forbidden", message, "Bundle.entry[0].resource")]
+        assert found == (403, operation_outcome(refused))
 
 
 def test_a_check_that_would_cost_too_much_is_a_422(client: AsyncFhirClient) -> None:
