@@ -551,6 +551,19 @@ DEFINITIONS = [
 ]
 
 
+GIVEN = f"{BASE}/patient-given"
+DEFINITIONS.append(
+    profile(
+        GIVEN,
+        "Patient",
+        [
+            sliced("Patient.name.given", "closed", ("value", "$this")),
+            slice_("Patient.name.given", "first", 1, "1", fixedString="A"),
+        ],
+    )
+)
+
+
 @pytest.fixture(scope="module")
 def validator(tmp_path_factory: pytest.TempPathFactory) -> Validator:
     folder = tmp_path_factory.mktemp("slicing-rules")
@@ -1042,3 +1055,78 @@ def test_in_slice_by_profile(
 )
 def test_profile_type(validator: Validator, canonical: str, resource_type: str) -> None:
     assert slicing._profile_type(validator, canonical) == resource_type
+
+
+DATA_ABSENT = {"extension": [{"url": f"{CORE}/data-absent-reason", "valueCode": "masked"}]}
+
+
+# A sliced primitive: a value with only extensions (``_given``) is a value too, and matches no slice here; a value
+# with neither is left to the other rules (ele-1).
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ({"given": ["A"]}, []),
+        ({"given": ["A", None], "_given": [None, DATA_ABSENT]}, [no_match("Patient.name[0].given[1]", GIVEN)]),
+        ({"given": ["A", "B"], "_given": [DATA_ABSENT]}, [no_match("Patient.name[0].given[1]", GIVEN)]),
+        (
+            {"_given": [DATA_ABSENT]},
+            [
+                no_match("Patient.name[0].given[0]", GIVEN),
+                required("Patient.name[0]", "Patient.name.given:first", GIVEN),
+            ],
+        ),
+        (
+            {"given": [None, "A"], "_given": [None, None]},
+            [
+                (
+                    "error",
+                    "invariant",
+                    "Patient.name[0].given[0]",
+                    "Constraint failed: ele-1: 'All FHIR elements must have a @value or children' (defined in "
+                    f"{CORE}/Element)",
+                )
+            ],
+        ),
+    ],
+)
+def test_slices_of_a_primitive_with_extensions(
+    validator: Validator, name: dict[str, Any], expected: list[tuple[str, str, str, str]]
+) -> None:
+    assert errors(validator.validate(patient(name=[name]), [GIVEN])) == expected
+
+
+def test_resolve_in_a_discriminator_of_a_contained_resource_looks_in_its_container(validator: Validator) -> None:
+    # The List claims BY_TARGET; its entry's #c is a sibling in the Composition's contained resources.
+    contained_list = {
+        "resourceType": "List",
+        "id": "l",
+        "meta": {"profile": [BY_TARGET]},
+        "text": TEXT,
+        "status": "current",
+        "mode": "working",
+        "entry": [{"item": {"reference": "#c"}}],
+    }
+    composition = {
+        "resourceType": "Composition",
+        "id": "x",
+        "text": TEXT,
+        "status": "final",
+        "type": {"text": "t"},
+        "date": "2020-01-01",
+        "author": [{"display": "a"}],
+        "title": "t",
+        "contained": [contained_list, CONDITION],
+        "section": [{"entry": [{"reference": "#l"}, {"reference": "#c"}]}],
+    }
+    assert errors(validator.validate(composition)) == []
+    contained_list["entry"] = [{"item": {"reference": "#x"}}]
+    assert errors(validator.validate(composition)) == [
+        (
+            "error",
+            "invariant",
+            "Composition.contained[0]/*List/l*/.entry[0].item",
+            "Constraint failed: ref-1: 'SHALL have a contained resource if a local reference is provided'",
+        ),
+        no_match("Composition.contained[0]/*List/l*/.entry[0]", BY_TARGET),
+        required("Composition.contained[0]/*List/l*/", "List.entry:conditions", BY_TARGET),
+    ]
