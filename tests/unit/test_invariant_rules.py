@@ -21,10 +21,47 @@ from casebridge.validation.invariants import (
     _CORRECTED,
     _NATIVE,
     _NATIVE_EXPRESSIONS,
+    _OPEN_TYPES,
     CHECKED_IN_WALK,
+    DEFINITIONAL_NATIVES,
     TIM_9_R4,
     Invariants,
+    _all_elements_have,
+    _at_most_one_type,
+    _both_not,
     _bundle_entries_match,
+    _csd_1,
+    _distinct_of,
+    _either_present,
+    _eld_2,
+    _eld_3,
+    _eld_5,
+    _eld_11,
+    _eld_12,
+    _eld_18,
+    _first_element_untyped,
+    _ids_distinct,
+    _implies_present,
+    _matches_or_empty,
+    _opd_2,
+    _sdf_1,
+    _sdf_4,
+    _sdf_5,
+    _sdf_8,
+    _sdf_8a,
+    _sdf_9,
+    _sdf_10,
+    _sdf_11,
+    _sdf_14,
+    _sdf_18,
+    _sdf_19,
+    _sdf_20,
+    _sdf_21,
+    _sdf_22,
+    _sdf_23,
+    _type_code_is_reference_or,
+    _unreferenced_contained,
+    _vsd_9,
 )
 from casebridge.validation.issues import Run
 from casebridge.validation.service import load_index
@@ -920,3 +957,893 @@ def test_an_empty_constraint_list_checks_nothing(patient_tree: StructureTree) ->
     assert run_check((constraint("x-0", "false"),), patient(), None, patient(), patient_tree) == [
         ("error", "invariant", "Here.there", "Constraint failed: x-0: 'the rule x-0'", SD + "Patient")
     ]
+
+
+def test_fhirpath_reads_the_resource_its_root_and_what_references_resolve_to(patient_tree: StructureTree) -> None:
+    res = {"resourceType": "Patient", "id": "root", "contained": [{**BASIC, "subject": {"reference": "#c"}}]}
+    res["contained"].append({**BASIC, "id": "c", "subject": {"reference": "Patient/1"}})
+    inner, other = res["contained"]
+    rules = (
+        constraint("x-r", "%rootResource.contained.exists()"),
+        constraint("x-s", "%resource.id.exists()"),
+        constraint("x-t", "subject.resolve().exists()"),
+    )
+
+    def failing(item: dict[str, Any], resource: dict[str, Any], root: dict[str, Any] | None) -> list[str]:
+        run = Run(bundle_index={"Patient/1": {"resourceType": "Patient", "id": "1"}})
+        if root is not None:
+            run.roots[id(resource)] = root
+        Invariants(True).check_all(rules, item, None, "Here", run, resource, patient_tree)
+        return [i.message.split(":")[1].strip() for i in run.issues]
+
+    assert failing(inner, inner, res) == []  # %rootResource is the container, where "#c" resolves
+    assert failing(inner, inner, None) == ["x-r", "x-t"]  # on its own: nothing contained
+    assert failing(other, other, res) == []  # resolved in the Bundle
+    assert failing(res, res, None) == ["x-t"]  # its own root; no subject
+    assert failing({**BASIC, "id": None}, {"resourceType": "Basic"}, res) == ["x-s", "x-t"]
+
+
+@pytest.mark.parametrize("key", ["dom-2", "dom-4", "dom-5"])
+def test_the_dom_rules_pass_on_a_value_that_is_not_an_object(key: str) -> None:
+    assert native_of(key)("x", None) is True
+    assert native_of(key)(["x"], None) is True
+    assert native_of("dom-6")("x", None) is False
+
+
+@pytest.mark.parametrize(
+    ("fields", "unreferenced"),
+    [
+        # Each contained resource is judged on its own: the first one's verdict does not end the search.
+        ({"contained": [BASIC, {**BASIC, "id": "c"}], "generalPractitioner": [{"reference": "#b"}]}, [1]),
+        ({"contained": [{**BASIC, "subject": {"reference": "#"}}, {**BASIC, "id": "c"}]}, [1]),
+        ({"contained": [{**BASIC, "id": "c", "subject": {"reference": "#b"}}, BASIC]}, [0]),
+        ({"contained": [BASIC, "x"]}, [0]),
+        ({"contained": []}, []),
+        ({"contained": ["x"]}, []),
+        # Only the narrative's div is read for links; a list there is read as the div.
+        ({"contained": [BASIC], "text": {"div": [f'<div {XHTML}><a href="#b">b</a></div>']}}, []),
+        ({"contained": [BASIC], "text": {"status": 'href="#b"'}}, [0]),
+        ({"contained": [BASIC], "text": {"div": "<a href=#b>b</a>"}}, [0]),  # unquoted: not a link
+    ],
+)
+def test_dom_3_which_contained_resources_are_unreferenced(fields: dict[str, Any], unreferenced: list[int]) -> None:
+    assert _unreferenced_contained({"resourceType": "Patient", **fields}) == unreferenced
+
+
+# --- the definitional natives: ElementDefinition (eld-*), StructureDefinition (sdf-*), CodeSystem, ValueSet ... ---
+# Each answers True or False as its FHIRPath does on the shapes valid JSON has, and None (left to the interpreter)
+# on any other. The factories are called here as the table of natives calls them, so that each row checks the
+# check they make.
+
+
+def definitional(fragment: str) -> str:
+    """The one R4 expression of the table of definitional natives that contains ``fragment``."""
+    [expression] = [e for e in DEFINITIONAL_NATIVES if fragment in e]
+    return expression
+
+
+def decides(expression: str, check: Any, base: str | None, item: Any, root: Any, expected: bool | None) -> None:
+    """``check`` (and the registered native) answers ``expected``; when decided, the interpreter agrees."""
+    assert check(item, root) is expected, (expression, item)
+    assert DEFINITIONAL_NATIVES[expression](item, root) is expected, (expression, item)
+    if expected is not None:
+        resource = root if isinstance(root, dict) else None
+        result = evaluate(
+            expression, item, base=base, resource=resource, root=resource, resolver=Resolver(resource, {})
+        )
+        assert is_true(result) is expected, (expression, item, "FHIRPath")
+
+
+ED = "ElementDefinition"
+TYPES_2 = [{"code": "string"}, {"code": "code"}]
+
+
+@pytest.mark.parametrize(
+    ("element", "ok"),
+    [
+        ({"path": "a"}, True),
+        ({"path": "a", "min": 0}, True),
+        ({"path": "a", "max": "0"}, True),
+        ({"path": "a", "min": 1, "max": "1"}, True),  # at the limit
+        ({"path": "a", "min": 2, "max": "1"}, False),  # one over
+        ({"path": "a", "min": 0, "max": "1"}, True),
+        ({"path": "a", "min": 5, "max": "*"}, True),
+        ({"path": "a", "min": 1, "max": "+0"}, False),
+        ({"path": "a", "min": 0, "max": "-1"}, False),
+        ({"path": "a", "min": None, "max": "0"}, True),
+        ({"path": "a", "min": 1, "max": None}, True),
+        ({"path": "a", "min": True, "max": "0"}, None),
+        ({"path": "a", "min": "1", "max": "0"}, None),
+        ({"path": "a", "min": 1, "max": 0}, None),
+        ({"path": "a", "min": 1, "max": "abc"}, None),
+        ({"path": "a", "min": 1, "max": "0", "_max": {"id": "x"}}, None),
+        ("x", None),
+    ],
+)
+def test_eld_2_min_is_not_over_max(element: Any, ok: bool | None) -> None:
+    expression = definitional("iif(max != '*', min <= max.toInteger())")
+    decides(expression, _eld_2, ED, element, element, ok)
+
+
+@pytest.mark.parametrize(
+    ("max_value", "ok"),
+    [("*", True), ("0", True), ("12", True), ("+3", True), ("-1", False), ("-0", True), ("abc", None), (1, None)],
+)
+def test_eld_3_max_is_a_star_or_a_whole_number(max_value: Any, ok: bool | None) -> None:
+    expression = definitional("($this = '*') or (toInteger() >= 0)")
+    decides(expression, _eld_3, None, max_value, max_value, ok)
+
+
+CR = {"path": "a.b", "contentReference": "#a.c"}
+
+
+@pytest.mark.parametrize(
+    ("element", "ok"),
+    [
+        (CR, True),
+        ({"path": "a.b", "type": [{"code": "string"}]}, True),
+        ({**CR, "type": [{"code": "string"}]}, False),
+        ({**CR, "type": []}, True),
+        ({**CR, "example": [{"label": "x", "valueString": "x"}]}, False),
+        ({**CR, "maxLength": 3}, False),
+        ({**CR, "binding": {"strength": "required"}}, False),
+        ({**CR, "defaultValueString": "x"}, False),
+        ({**CR, "fixedCode": "x"}, False),
+        ({**CR, "patternCoding": {"code": "x"}}, False),
+        ({**CR, "minValueInteger": 1}, False),
+        ({**CR, "maxValueQuantity": {"value": 1}}, False),
+        ({**CR, "fixedFoo": "x"}, True),  # not a type of fixed[x]
+        ({**CR, "minValueString": "x"}, True),  # not a type of minValue[x]
+        ({**CR, "fixedString": None}, True),
+        ({"path": "a.b", "contentReference": None, "maxLength": 3}, True),
+        ({**CR, "_contentReference": {"id": "x"}}, None),
+    ],
+)
+def test_eld_5_a_content_reference_has_nothing_else(element: dict[str, Any], ok: bool | None) -> None:
+    decides(definitional("contentReference.empty() or (type.empty()"), _eld_5, ED, element, element, ok)
+
+
+@pytest.mark.parametrize(
+    ("stem", "element", "ok"),
+    [
+        ("fixed", {"path": "a", "fixedString": "x", "type": TYPES_2}, False),
+        ("fixed", {"path": "a", "fixedString": "x", "type": TYPES_2[:1]}, True),  # at the limit
+        ("fixed", {"path": "a", "fixedString": "x"}, True),
+        ("fixed", {"path": "a", "type": TYPES_2}, True),
+        ("fixed", {"path": "a", "patternString": "x", "type": TYPES_2}, True),
+        ("fixed", {"path": "a", "fixedFoo": "x", "type": TYPES_2}, True),
+        ("fixed", {"path": "a", "fixedString": "x", "type": {"code": "x"}}, None),
+        ("fixed", {"path": "a", "fixedString": "x", "type": [{"code": "x", "_code": {"id": "x"}}]}, None),
+        ("pattern", {"path": "a", "patternCoding": {"code": "x"}, "type": TYPES_2}, False),
+        ("pattern", {"path": "a", "patternCoding": {"code": "x"}, "type": TYPES_2[1:]}, True),
+        ("pattern", {"path": "a", "fixedCoding": {"code": "x"}, "type": TYPES_2}, True),
+        ("pattern", {"path": "a", "_patternCode": {"id": "x"}, "type": TYPES_2}, None),
+    ],
+)
+def test_eld_6_and_eld_7_a_fixed_or_pattern_value_has_one_type(stem: str, element: Any, ok: bool | None) -> None:
+    expression = definitional(f"{stem}.empty() or (type.count()")
+    decides(expression, _at_most_one_type(stem), ED, element, element, ok)
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "element", "ok"),
+    [
+        ("pattern", "fixed", {"path": "a", "patternString": "x", "fixedString": "x"}, False),
+        ("pattern", "fixed", {"path": "a", "patternString": "x"}, True),
+        ("pattern", "fixed", {"path": "a", "fixedString": "x"}, True),
+        ("pattern", "fixed", {"path": "a", "patternFoo": "x", "fixedString": "x"}, True),
+        ("pattern", "fixed", {"path": "a", "patternString": "x", "fixedFoo": "x"}, True),
+        ("pattern", "fixed", {"path": "a", "patternString": "x", "_fixedString": {"id": "x"}}, None),
+        (
+            "defaultValue",
+            "meaningWhenMissing",
+            {"path": "a", "defaultValueBoolean": True, "meaningWhenMissing": "x"},
+            False,
+        ),
+        ("defaultValue", "meaningWhenMissing", {"path": "a", "defaultValueBoolean": True}, True),
+        ("defaultValue", "meaningWhenMissing", {"path": "a", "meaningWhenMissing": "x"}, True),
+        (
+            "defaultValue",
+            "meaningWhenMissing",
+            {"path": "a", "defaultValueBoolean": True, "meaningWhenMissing": None},
+            True,
+        ),
+        ("defaultValue", "meaningWhenMissing", {"path": "a", "defaultValueFoo": True, "meaningWhenMissing": "x"}, True),
+    ],
+)
+def test_eld_8_and_eld_15_two_elements_never_together(first: str, second: str, element: Any, ok: bool | None) -> None:
+    expression = definitional(f"{first}.empty() or {second}.empty()")
+    second_types = _OPEN_TYPES if second == "fixed" else None
+    decides(expression, _both_not(first, second, _OPEN_TYPES, second_types), ED, element, element, ok)
+
+
+@pytest.mark.parametrize(
+    ("element", "ok"),
+    [
+        ({"path": "a", "binding": {"strength": "required"}, "type": [{"code": "integer"}]}, True),
+        ({"path": "a", "binding": {"strength": "required"}, "type": [{"code": "code"}, {}]}, True),
+        ({"path": "a", "binding": {"strength": "required"}}, True),
+        ({"path": "a", "binding": {"strength": "required"}, "type": [{"code": ["integer"]}]}, None),
+        ({"path": "a", "binding": {"strength": "required"}, "type": "x"}, None),
+        ({"path": "a", "_binding": {"id": "x"}}, None),
+    ],
+)
+def test_eld_11_as_r4_wrote_it_never_fails(element: Any, ok: bool | None) -> None:
+    decides(definitional("binding.empty() or type.code.empty() or type.select("), _eld_11, ED, element, element, ok)
+
+
+@pytest.mark.parametrize(
+    ("name", "key", "base", "item", "ok"),
+    [
+        ("type", "code", ED, {"path": "a", "type": [{"code": "a"}, {"code": "b"}]}, True),
+        ("type", "code", ED, {"path": "a", "type": [{"code": "a"}, {"code": "a"}]}, False),
+        ("type", "code", ED, {"path": "a", "type": [{"code": "a"}, {}, {"code": "b"}]}, True),
+        ("type", "code", ED, {"path": "a", "type": [{"code": "a"}, {"code": 1}]}, None),
+        ("type", "code", ED, {"path": "a", "type": [{"code": "a"}], "_type": [{"id": "x"}]}, None),
+        ("type", "code", ED, {"path": "a", "_path": {"id": "x"}, "type": [{"code": "a"}, {"code": "a"}]}, False),
+        ("constraint", "key", ED, {"path": "a", "constraint": [{"key": "a-1"}, {"key": "a-1"}]}, False),
+        ("constraint", "key", ED, {"path": "a", "constraint": [{"key": "a-1"}, {"key": "a-2"}]}, True),
+        ("constraint", "key", ED, {"path": "a"}, True),
+        (
+            "searchParam",
+            "name",
+            "CapabilityStatement.rest.resource",
+            {"searchParam": [{"name": "a"}, {"name": "a"}]},
+            False,
+        ),
+        (
+            "searchParam",
+            "name",
+            "CapabilityStatement.rest.resource",
+            {"searchParam": [{"name": "a"}, {"name": "b"}]},
+            True,
+        ),
+    ],
+)
+def test_eld_13_eld_14_cpb_12_distinct(name: str, key: str, base: str, item: Any, ok: bool | None) -> None:
+    decides(definitional(f"{name}.select({key}).isDistinct()"), _distinct_of(name, key), base, item, item, ok)
+
+
+SLICE_NAME = "^[a-zA-Z0-9\\/\\-_\\[\\]\\@]+$"
+SDF_0 = "[A-Z]([A-Za-z0-9_]){0,254}"
+
+
+@pytest.mark.parametrize(
+    ("fragment", "name", "pattern", "item", "ok"),
+    [
+        ("sliceName.matches(", "sliceName", SLICE_NAME, {"path": "a", "sliceName": "a/b-c_[d]@e9"}, True),
+        ("sliceName.matches(", "sliceName", SLICE_NAME, {"path": "a", "sliceName": "a b"}, False),
+        ("sliceName.matches(", "sliceName", SLICE_NAME, {"path": "a", "sliceName": "a.b"}, False),
+        ("sliceName.matches(", "sliceName", SLICE_NAME, {"path": "a"}, True),
+        ("sliceName.matches(", "sliceName", SLICE_NAME, {"path": "a", "sliceName": ["a"]}, None),
+        ("sliceName.matches(", "sliceName", SLICE_NAME, {"path": "a", "_sliceName": {"id": "x"}}, None),
+        ("name.matches(", "name", SDF_0, {"name": "Patient_1"}, True),
+        ("name.matches(", "name", SDF_0, {"name": "patient"}, False),
+        ("name.matches(", "name", SDF_0, {"name": "A" + "a" * 254}, True),  # 255 characters, the limit
+        ("name.matches(", "name", SDF_0, {"name": "A" + "a" * 255}, False),
+        ("name.matches(", "name", SDF_0, {"name": "A-b"}, False),
+        ("name.matches(", "name", SDF_0, {"name": None}, True),
+    ],
+)
+def test_eld_16_and_the_name_rule_match_their_pattern(
+    fragment: str, name: str, pattern: str, item: Any, ok: bool | None
+) -> None:
+    expression = definitional(fragment)
+    base = ED if name == "sliceName" else None
+    decides(expression, _matches_or_empty(name, pattern), base, item, item, ok)
+
+
+@pytest.mark.parametrize(
+    ("path", "eld_19", "eld_20"),
+    [
+        ("Patient", True, True),
+        ("Patient.name.given", True, True),
+        ("Patient.value[x]", True, True),
+        ("Patient.value[x]:valueString", True, False),
+        ("Patient.A", True, False),
+        ("Patient..a", False, False),
+        ("Patient a", False, False),
+        ("a" * 64 + ".b", True, True),  # 64 characters a part: the limit
+        ("a" * 65 + ".b", False, True),
+        ("Patient.a;b", False, False),
+        ("1Patient", True, False),
+    ],
+)
+def test_eld_19_and_eld_20_paths(path: str, eld_19: bool, eld_20: bool) -> None:
+    element = {"path": path}
+    for fragment, ok in (("{1,64}(\\\\.[^", eld_19), ("[A-Za-z][A-Za-z0-9]*(", eld_20)):
+        expression = definitional(fragment)
+        decides(expression, DEFINITIONAL_NATIVES[expression], ED, element, element, ok)
+
+
+@pytest.mark.parametrize(
+    ("element", "ok"),
+    [
+        ({"path": "a", "isModifier": True}, False),
+        ({"path": "a", "isModifier": True, "isModifierReason": "x"}, True),
+        ({"path": "a", "isModifier": False}, True),
+        ({"path": "a"}, True),
+        ({"path": "a", "isModifier": None}, True),
+        ({"path": "a", "isModifier": "true"}, None),
+        ({"path": "a", "isModifier": True, "_isModifierReason": {"id": "x"}}, None),
+    ],
+)
+def test_eld_18_a_modifier_says_why(element: Any, ok: bool | None) -> None:
+    decides(definitional("(isModifier.exists() and isModifier)"), _eld_18, ED, element, element, ok)
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "base", "item", "ok"),
+    [
+        ("sliceIsConstraining", "sliceName", ED, {"path": "a", "sliceIsConstraining": True}, False),
+        ("sliceIsConstraining", "sliceName", ED, {"path": "a", "sliceIsConstraining": True, "sliceName": "x"}, True),
+        ("sliceIsConstraining", "sliceName", ED, {"path": "a", "sliceName": "x"}, True),
+        ("sliceIsConstraining", "sliceName", ED, {"path": "a", "sliceIsConstraining": True, "sliceName": None}, False),
+        ("value", "system", "ContactPoint", {"value": "1"}, False),
+        ("value", "system", "ContactPoint", {"value": "1", "system": "phone"}, True),
+        ("value", "system", "ContactPoint", {"system": "phone"}, True),
+        ("value", "system", "ContactPoint", {"value": "1", "_system": {"id": "x"}}, None),
+        ("value", "system", "ContactPoint", {"_value": {"id": "x"}}, None),
+        ("value", "system", "ContactPoint", {"value": "1", "_use": {"id": "x"}}, False),  # a field it does not read
+    ],
+)
+def test_eld_22_and_cpt_2_one_element_needs_another(
+    first: str, second: str, base: str, item: Any, ok: bool | None
+) -> None:
+    expression = (
+        definitional(f"{first}.exists() implies {second}.exists()")
+        if first != "value"
+        else "value.empty() or system.exists()"
+    )
+    decides(expression, _implies_present(first, second), base, item, item, ok)
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "base", "item", "ok"),
+    [
+        ("discriminator", "description", "ElementDefinition.slicing", {"rules": "open"}, False),
+        ("discriminator", "description", "ElementDefinition.slicing", {"description": "x"}, True),
+        ("discriminator", "description", "ElementDefinition.slicing", {"discriminator": [{"type": "value"}]}, True),
+        ("discriminator", "description", "ElementDefinition.slicing", {"discriminator": []}, False),
+        ("discriminator", "description", "ElementDefinition.slicing", {"_description": {"id": "x"}}, None),
+        ("discriminator", "description", "ElementDefinition.slicing", {"rules": "open", "_rules": {"id": "x"}}, False),
+        ("name", "uri", "StructureDefinition.mapping", {"identity": "m", "uri": "http://x"}, True),
+        ("name", "uri", "StructureDefinition.mapping", {"identity": "m"}, False),
+        ("code", "display", "ValueSet.expansion.contains", {"display": "x"}, True),
+        ("code", "display", "ValueSet.expansion.contains", {"abstract": True}, False),
+        ("type", "part", "OperationDefinition.parameter", {"name": "p", "part": [{"name": "q"}]}, True),
+        ("type", "part", "OperationDefinition.parameter", {"name": "p"}, False),
+        ("snapshot", "differential", None, {"resourceType": "StructureDefinition", "differential": {}}, True),
+        ("snapshot", "differential", None, {"resourceType": "StructureDefinition"}, False),
+    ],
+)
+def test_either_of_two_elements(first: str, second: str, base: str | None, item: Any, ok: bool | None) -> None:
+    decides(f"{first}.exists() or {second}.exists()", _either_present(first, second), base, item, item, ok)
+
+
+@pytest.mark.parametrize(
+    ("other", "item", "ok"),
+    [
+        ("aggregation", {"code": "Reference", "aggregation": ["contained"]}, True),
+        ("aggregation", {"code": "canonical", "aggregation": ["contained"]}, True),
+        ("aggregation", {"code": "string", "aggregation": ["contained"]}, False),
+        ("aggregation", {"code": "reference", "aggregation": ["contained"]}, False),
+        ("aggregation", {"code": "string"}, True),
+        ("aggregation", {"aggregation": ["contained"]}, True),  # no code: empty, which passes
+        ("aggregation", {"code": ["Reference"], "aggregation": ["contained"]}, None),
+        ("aggregation", {"code": "string", "_aggregation": [{"id": "x"}]}, None),
+        ("targetProfile", {"code": "Reference", "targetProfile": ["http://x"]}, True),
+        ("targetProfile", {"code": "uri", "targetProfile": ["http://x"]}, False),
+        ("targetProfile", {"code": "uri", "targetProfile": []}, True),
+    ],
+)
+def test_eld_4_and_eld_17_only_references_aggregate_or_target(other: str, item: Any, ok: bool | None) -> None:
+    expression = definitional(
+        "aggregation.empty() or (code = 'Reference')" if other == "aggregation" else "or targetProfile.empty()"
+    )
+    decides(expression, _type_code_is_reference_or(other), "ElementDefinition.type", item, item, ok)
+
+
+@pytest.mark.parametrize(
+    ("binding", "ok"),
+    [
+        ({"valueSet": "http://x"}, True),
+        ({"valueSet": "https://x"}, True),
+        ({"valueSet": "httpsx"}, True),  # startsWith('https'), as R4 wrote it
+        ({"valueSet": "urn:oid:1"}, True),
+        ({"valueSet": "http"}, False),
+        ({"valueSet": "ftp://x"}, False),
+        ({"valueSet": "urn"}, False),
+        ({"strength": "example"}, True),
+        ({"valueSet": 1}, None),
+        ({"valueSet": "x", "_strength": {"id": "x"}}, None),
+    ],
+)
+def test_eld_12_a_value_set_is_a_url_or_urn(binding: Any, ok: bool | None) -> None:
+    decides(
+        definitional("valueSet.exists() implies (valueSet.startsWith('http:')"),
+        _eld_12,
+        "ElementDefinition.binding",
+        binding,
+        binding,
+        ok,
+    )
+
+
+@pytest.mark.parametrize(
+    ("element", "ok"),
+    [
+        ({"path": "a", "binding": {"strength": "example"}}, False),
+        ({"path": "a", "binding": {"strength": "example", "description": "x"}}, True),
+        ({"path": "a", "binding": {"strength": "example", "valueSet": "http://x"}}, True),
+        ({"path": "a"}, True),
+        ({"path": "a", "binding": {"strength": "example", "_description": {"id": "x"}}}, None),
+        ({"path": "a", "_path": {"id": "x"}}, None),
+    ],
+)
+def test_sdf_10_a_binding_has_a_value_set_or_a_description(element: Any, ok: bool | None) -> None:
+    decides(definitional("binding.empty() or binding.valueSet.exists()"), _sdf_10, ED, element, element, ok)
+
+
+def sd(snapshot: list[Any] | None = None, differential: list[Any] | None = None, **fields: Any) -> dict[str, Any]:
+    """A StructureDefinition of Patient with these elements."""
+    out: dict[str, Any] = {"resourceType": "StructureDefinition", "kind": "resource", "type": "Patient", **fields}
+    if snapshot is not None:
+        out["snapshot"] = {"element": snapshot}
+    if differential is not None:
+        out["differential"] = {"element": differential}
+    return out
+
+
+ROOT = {"path": "Patient", "id": "Patient", "min": 0, "max": "*", "definition": "x", "base": {"path": "Patient"}}
+NAME = {"path": "Patient.name", "id": "Patient.name", "min": 0, "max": "*", "definition": "x", "base": {"path": "x"}}
+CORE = SD + "Patient"
+
+
+@pytest.mark.parametrize(
+    ("definition", "sdf_9", "sdf_23"),
+    [
+        (sd([ROOT, NAME], [ROOT]), True, True),
+        (sd([ROOT], [{**ROOT, "label": "x"}]), False, True),
+        (sd([{**ROOT, "code": [{"code": "x"}]}]), False, True),
+        (sd([ROOT], [{**ROOT, "requirements": "x"}]), False, True),
+        (sd([ROOT, {**NAME, "label": "x", "code": [{"code": "x"}], "requirements": "x"}]), True, True),
+        (sd([ROOT], [{**ROOT, "sliceName": "x"}]), True, False),
+        (sd([{**ROOT, "sliceName": "x"}], [ROOT]), True, False),
+        (sd([ROOT, {**NAME, "sliceName": "x"}], [{**NAME, "sliceName": "x"}]), True, True),
+        (sd([ROOT, {**NAME, "label": None}]), True, True),
+        (sd(), True, True),
+        # Another field holding an element list: children() would read it, so the interpreter decides.
+        ({**sd([ROOT]), "mapping": [{"identity": "m", "element": [{"path": "x", "label": "y"}]}]}, None, True),
+        ({**sd([ROOT]), "extra": {"element": [{"path": "x", "label": "y"}]}}, None, True),
+        ({**sd([ROOT]), "extra": {"elements": []}, "other": [{"x": 1}, "y"]}, True, True),
+        (sd([{**ROOT, "_path": {"id": "x"}}]), None, None),
+        (sd([{"id": "x"}]), None, None),  # an element without a path
+        ({**sd(), "differential": {"element": {"path": "Patient"}}}, None, None),
+        ({**sd(), "_snapshot": {"id": "x"}}, None, None),
+    ],
+)
+def test_sdf_9_and_sdf_23_rules_of_the_root_element(definition: Any, sdf_9: bool | None, sdf_23: bool | None) -> None:
+    decides(definitional("children().element.where("), _sdf_9, None, definition, definition, sdf_9)
+    decides(definitional("(snapshot | differential).element.all("), _sdf_23, None, definition, definition, sdf_23)
+
+
+@pytest.mark.parametrize(
+    ("definition", "ok"),
+    [
+        (
+            sd(
+                [ROOT, {**NAME, "type": [{"code": "HumanName"}]}], [{**NAME, "type": [{"code": "HumanName"}]}], url=CORE
+            ),
+            True,
+        ),
+        (sd([ROOT, {**NAME, "type": [{"code": "a.b"}]}], [NAME], url=CORE), True),  # a dot only in a snapshot
+        (sd([ROOT], [{**NAME, "type": [{"code": "a.b"}]}], url=CORE), False),
+        (sd([ROOT, {**NAME, "type": [{"code": "x-y"}]}], None, url=CORE), False),
+        (sd([ROOT], [{**NAME, "type": [{"code": "x-y"}]}], url=CORE), False),
+        (sd([{**NAME, "type": [{"code": "http://hl7.org/fhirpath/System.String"}]}], None, url=CORE), True),
+        (sd(None, [{**NAME, "type": [{"code": "http://hl7.org/fhirpath/System.String"}]}], url=CORE), True),
+        (sd([{**NAME, "type": [{"code": "http://hl7.org/fhirpath/system.String"}]}], None, url=CORE), False),
+        (sd(None, [{**NAME, "type": [{"code": "http://hl7.org/fhirpath/System.string"}]}], url=CORE), False),
+        (sd([ROOT], [{**NAME, "type": [{"code": "x-y"}]}], url="http://x/y"), True),
+        (sd([ROOT], [{**NAME, "type": [{"code": "x-y"}]}]), True),
+        (sd([ROOT], [{**NAME, "type": [{"code": "x-y"}]}], url=None), True),
+        (sd([ROOT], [{**NAME, "type": [{"code": 1}]}], url=CORE), None),
+        (sd([ROOT, {**NAME, "type": [{"code": 1}]}], [ROOT], url=CORE), None),
+        (sd([ROOT], [{**NAME, "type": "x"}], url=CORE), None),
+        (sd([{**ROOT, "_id": {"id": "x"}}], [ROOT], url=CORE), None),
+        (sd([ROOT], [{"id": "x"}], url=CORE), None),
+        (sd([ROOT], [ROOT], url=1), None),
+        ({**sd([ROOT], [ROOT], url=CORE), "_url": {"id": "x"}}, None),
+    ],
+)
+def test_sdf_19_the_type_codes_of_a_core_definition(definition: Any, ok: bool | None) -> None:
+    decides(
+        definitional("url.startsWith('http://hl7.org/fhir/StructureDefinition') implies (differential"),
+        _sdf_19,
+        None,
+        definition,
+        definition,
+        ok,
+    )
+
+
+@pytest.mark.parametrize(
+    ("elements", "sdf_3", "sdf_8b"),
+    [
+        ([ROOT, NAME], True, True),
+        ([ROOT, {k: v for k, v in NAME.items() if k != "definition"}], False, True),
+        ([ROOT, {k: v for k, v in NAME.items() if k != "min"}], False, True),
+        ([{k: v for k, v in ROOT.items() if k != "max"}, NAME], False, True),
+        ([ROOT, {k: v for k, v in NAME.items() if k != "base"}], True, False),
+        ([ROOT, {**NAME, "base": None}], True, False),
+        ([], True, True),
+        ([ROOT, {**NAME, "_definition": {"id": "x"}}], None, None),
+    ],
+)
+def test_sdf_3_and_sdf_8b_every_snapshot_element_is_complete(
+    elements: list[Any], sdf_3: bool | None, sdf_8b: bool | None
+) -> None:
+    definition = sd(elements)
+    snapshot = definition["snapshot"]
+    base = "StructureDefinition.snapshot"
+    decides(
+        definitional("element.all(definition.exists()"),
+        _all_elements_have("definition", "min", "max"),
+        base,
+        snapshot,
+        definition,
+        sdf_3,
+    )
+    decides("element.all(base.exists())", _all_elements_have("base"), base, snapshot, definition, sdf_8b)
+
+
+NO_ID = {k: v for k, v in NAME.items() if k != "id"}
+
+
+@pytest.mark.parametrize(
+    ("definition", "sdf_14", "sdf_16", "sdf_17"),
+    [
+        (sd([ROOT, NAME], [ROOT, NAME]), True, True, True),
+        (sd([ROOT, NO_ID], [ROOT]), False, False, True),
+        (sd([ROOT], [ROOT, NO_ID]), False, True, False),
+        (sd([ROOT, {**NAME, "id": None}], [ROOT]), False, False, True),
+        (sd([ROOT, {**NAME, "id": "Patient"}], [ROOT]), True, False, True),
+        (sd([ROOT], [ROOT, {**NAME, "id": "Patient"}]), True, True, False),
+        (sd([ROOT, NAME, {**NAME, "id": "Patient.x"}], None), True, True, True),
+        (sd(), True, True, True),
+        (sd([ROOT, {**NAME, "id": 1}], [ROOT]), True, None, True),
+        (sd([ROOT], [ROOT, {**NAME, "_id": {"id": "x"}}]), None, True, None),
+    ],
+)
+def test_sdf_14_16_17_element_ids(
+    definition: Any, sdf_14: bool | None, sdf_16: bool | None, sdf_17: bool | None
+) -> None:
+    decides(
+        definitional("snapshot.element.all(id.exists()) and differential"),
+        _sdf_14,
+        None,
+        definition,
+        definition,
+        sdf_14,
+    )
+    decides(
+        definitional("snapshot.element.all(id.exists()) and snapshot.element.id"),
+        _ids_distinct("snapshot"),
+        None,
+        definition,
+        definition,
+        sdf_16,
+    )
+    decides(
+        definitional("differential.element.all(id.exists()) and"),
+        _ids_distinct("differential"),
+        None,
+        definition,
+        definition,
+        sdf_17,
+    )
+
+
+@pytest.mark.parametrize(
+    ("definition", "ok"),
+    [
+        (sd([ROOT, {**NAME, "defaultValueString": "x"}], None, url=CORE), False),
+        (sd([ROOT], [{**NAME, "defaultValueBoolean": False}], url=CORE), False),
+        (sd([ROOT, NAME], [NAME], url=CORE), True),
+        (sd([ROOT, {**NAME, "defaultValueFoo": "x"}], None, url=CORE), True),
+        (sd([ROOT, {**NAME, "defaultValueString": "x"}], None, url="http://x"), True),
+        (sd([ROOT, {**NAME, "defaultValueString": "x"}], None), True),
+        (sd([ROOT, {**NAME, "_defaultValueString": {"id": "x"}}], None, url=CORE), None),
+        (sd([ROOT], [NAME], url=["x"]), None),
+    ],
+)
+def test_sdf_22_a_core_definition_has_no_default_values(definition: Any, ok: bool | None) -> None:
+    decides(definitional("implies (snapshot.element.defaultValue.empty()"), _sdf_22, None, definition, definition, ok)
+
+
+@pytest.mark.parametrize(
+    ("definition", "ok"),
+    [
+        (sd([ROOT, NAME, NAME], derivation="specialization"), False),
+        (sd([ROOT, NAME], derivation="specialization"), True),
+        (sd([ROOT, NAME, NAME], derivation="constraint"), True),
+        (sd([ROOT, NAME, NAME]), True),  # no derivation: empty, which passes
+        (sd(None, derivation="specialization"), True),
+        (sd([ROOT, NAME, {**NAME, "_path": {"id": "x"}}], derivation="specialization"), None),
+        (sd([ROOT, NAME, NAME], derivation=1), None),
+        ({**sd([ROOT, NAME, NAME], derivation="specialization"), "_derivation": {"id": "x"}}, None),
+    ],
+)
+def test_sdf_1_paths_are_distinct_but_in_a_constraint(definition: Any, ok: bool | None) -> None:
+    decides(definitional("derivation = 'constraint' or snapshot"), _sdf_1, None, definition, definition, ok)
+
+
+@pytest.mark.parametrize(
+    ("elements", "ok"),
+    [
+        ([ROOT, {**NAME, "slicing": {"rules": "open"}}], True),
+        ([{**ROOT, "slicing": {"rules": "open"}}, NAME], False),
+        ([{**ROOT, "slicing": None}], True),
+        ([{**ROOT, "_min": {"id": "x"}}], None),
+    ],
+)
+def test_sdf_20_no_slicing_on_the_root(elements: list[Any], ok: bool | None) -> None:
+    definition = sd(None, elements)
+    decides(
+        definitional(".slicing.empty()"),
+        _sdf_20,
+        "StructureDefinition.differential",
+        definition["differential"],
+        definition,
+        ok,
+    )
+
+
+@pytest.mark.parametrize(
+    ("definition", "ok"),
+    [
+        (sd([ROOT, NAME]), True),
+        (sd([ROOT]), True),
+        (sd([NAME, ROOT]), False),  # the first is not the type
+        (sd([ROOT, {"path": "Observation.name"}]), False),
+        (sd([ROOT, {"path": "Patientx"}]), False),  # not below the root
+        (sd([NAME, {"path": "Patient.name.given"}], kind="logical"), True),
+        (sd([NAME, ROOT], kind="logical"), False),
+        (sd([ROOT, NAME], type="Observation"), False),
+        (sd([]), None),
+        (sd([ROOT], kind=1), None),
+        ({**sd([ROOT]), "_type": {"id": "x"}}, None),
+        ({**sd([ROOT, NAME]), "resourceType": "Basic"}, None),
+    ],
+)
+def test_sdf_8_a_snapshot_is_below_its_type(definition: Any, ok: bool | None) -> None:
+    decides(
+        definitional("element.first().path = %resource.type"),
+        _sdf_8,
+        "StructureDefinition.snapshot",
+        definition["snapshot"],
+        definition,
+        ok,
+    )
+    # Only the definition's own snapshot: another object is left to the interpreter.
+    assert _sdf_8(dict(definition["snapshot"]), definition) is None
+
+
+@pytest.mark.parametrize(
+    ("definition", "ok"),
+    [
+        (sd(None, [ROOT, NAME]), True),
+        (sd(None, [NAME, {"path": "Patient.name.given"}]), True),
+        (sd(None, [{"path": "Patientx.a"}, {"path": "Patientx.b"}]), True),  # startsWith(type), as R4 wrote it
+        (sd(None, [{"path": "Observation.a"}]), False),
+        (sd(None, [ROOT, {"path": "Observation.b"}]), False),
+        (sd(None, [NAME, {"path": "Patient"}]), False),
+        (sd(None, [{"path": "Observation.a"}], kind="logical"), True),
+        (sd(None, [NAME, {"path": "Patientx"}]), False),
+        (sd(None, [NAME, {"path": "Patient.name.a.b"}]), True),
+        (sd(None, []), None),
+    ],
+)
+def test_sdf_8a_a_differential_is_below_its_type(definition: Any, ok: bool | None) -> None:
+    differential = definition["differential"]
+    decides(
+        definitional("element.first().path.startsWith(%resource.type)"),
+        _sdf_8a,
+        "StructureDefinition.differential",
+        differential,
+        definition,
+        ok,
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "sdf_4", "sdf_5", "sdf_18", "sdf_21"),
+    [
+        # (abstract, base; Extension context; contextInvariant; defaultValue needs a specialization)
+        ({}, True, True, True, True),
+        ({"abstract": False}, False, True, True, True),
+        ({"abstract": False, "baseDefinition": "http://x"}, True, True, True, True),
+        ({"abstract": True}, True, True, True, True),
+        ({"abstract": "false"}, None, True, True, True),
+        ({"abstract": False, "_baseDefinition": {"id": "x"}}, None, True, True, True),
+        ({"abstract": False, "_kind": {"id": "x"}}, False, True, True, True),
+        ({"type": "Extension", "derivation": "constraint"}, True, False, True, True),
+        ({"type": "Extension", "derivation": "specialization"}, True, True, True, True),
+        ({"type": "Extension"}, True, True, True, True),
+        ({"type": "Extension", "derivation": "constraint", "context": [{"type": "element"}]}, True, True, True, True),
+        ({"type": "Extension", "derivation": "constraint", "contextInvariant": ["x"]}, True, False, True, True),
+        ({"type": "Patient", "derivation": "constraint", "contextInvariant": ["x"]}, True, True, False, True),
+        ({"type": None, "contextInvariant": ["x"]}, True, True, True, True),
+        ({"type": 1, "derivation": "constraint"}, True, None, None, True),
+        ({"type": "Extension", "derivation": "constraint", "_context": {"id": "x"}}, True, None, True, True),
+        (
+            {"derivation": "constraint", "differential": {"element": [{**NAME, "defaultValueString": "x"}]}},
+            True,
+            True,
+            True,
+            False,
+        ),
+        (
+            {"derivation": "specialization", "differential": {"element": [{**NAME, "defaultValueString": "x"}]}},
+            True,
+            True,
+            True,
+            True,
+        ),
+        (
+            {"derivation": "constraint", "differential": {"element": [{**NAME, "defaultValueFoo": "x"}]}},
+            True,
+            True,
+            True,
+            True,
+        ),
+        ({"differential": {"element": [{**NAME, "defaultValueString": "x"}]}}, True, True, True, True),
+        (
+            {"derivation": "constraint", "differential": {"element": [{**NAME, "_defaultValueString": {}}]}},
+            True,
+            True,
+            True,
+            None,
+        ),
+        ({"derivation": 1, "differential": {"element": [NAME]}}, True, None, True, None),
+    ],
+)
+def test_sdf_4_5_18_21_rules_of_the_definition(
+    fields: dict[str, Any], sdf_4: bool | None, sdf_5: bool | None, sdf_18: bool | None, sdf_21: bool | None
+) -> None:
+    definition = {"resourceType": "StructureDefinition", "kind": "resource", **fields}
+    decides("abstract = true or baseDefinition.exists()", _sdf_4, None, definition, definition, sdf_4)
+    decides(definitional("type != 'Extension'"), _sdf_5, None, definition, definition, sdf_5)
+    decides(definitional("contextInvariant.exists() implies"), _sdf_18, None, definition, definition, sdf_18)
+    decides(
+        definitional("differential.element.defaultValue.exists() implies"),
+        _sdf_21,
+        None,
+        definition,
+        definition,
+        sdf_21,
+    )
+
+
+TYPED_ROOT = {**ROOT, "type": [{"code": "Patient"}]}
+
+
+@pytest.mark.parametrize(
+    ("definition", "sdf_11", "sdf_15", "sdf_15a"),
+    [
+        (sd([ROOT, NAME], [ROOT]), True, True, True),
+        (sd([NAME, ROOT], [NAME]), False, True, True),
+        (sd([NAME, ROOT], kind="logical"), True, True, True),
+        (sd([ROOT], type="Observation"), False, True, True),
+        (sd([ROOT], type=None), True, True, True),
+        (sd(None, [ROOT]), True, True, True),
+        (sd([]), True, True, True),
+        (sd([TYPED_ROOT], [TYPED_ROOT]), True, False, False),
+        (sd([TYPED_ROOT], [{**NAME, "type": [{"code": "HumanName"}]}]), True, False, True),  # not a root: sdf-15a holds
+        (sd([ROOT], [{**ROOT, "type": []}]), True, True, True),
+        (sd([TYPED_ROOT], [TYPED_ROOT], kind="logical"), True, True, True),
+        (sd([TYPED_ROOT], [TYPED_ROOT], kind=None), True, True, True),
+        (sd([{**ROOT, "type": "x"}], [{**ROOT, "type": "x"}]), True, None, None),
+        (sd([ROOT], [ROOT], kind=1), None, None, None),
+        ({**sd([NAME], [NAME]), "_kind": {"id": "x"}}, None, None, None),
+        ({**sd([NAME], [NAME]), "snapshot": {"element": "x"}}, None, None, True),
+    ],
+)
+def test_sdf_11_15_15a_the_first_element(
+    definition: Any, sdf_11: bool | None, sdf_15: bool | None, sdf_15a: bool | None
+) -> None:
+    decides(definitional("kind != 'logical' implies snapshot.empty()"), _sdf_11, None, definition, definition, sdf_11)
+    decides(
+        definitional("kind!='logical' implies snapshot"),
+        _first_element_untyped("snapshot", False),
+        None,
+        definition,
+        definition,
+        sdf_15,
+    )
+    decides(
+        definitional("differential.element.first().path.contains('.').not()) implies"),
+        _first_element_untyped("differential", True),
+        None,
+        definition,
+        definition,
+        sdf_15a,
+    )
+
+
+@pytest.mark.parametrize(
+    ("parameter", "ok"),
+    [
+        ({"name": "p", "type": "string", "searchType": "token"}, True),
+        ({"name": "p", "type": "code", "searchType": "token"}, False),
+        ({"name": "p", "type": "code"}, True),
+        ({"name": "p", "searchType": "token"}, True),  # no type: empty, which passes
+        ({"name": "p", "type": 1, "searchType": "token"}, None),
+        ({"name": "p", "_type": {"id": "x"}, "searchType": "token"}, None),
+    ],
+)
+def test_opd_2_a_search_type_only_on_a_string(parameter: Any, ok: bool | None) -> None:
+    decides(
+        "searchType.exists() implies type = 'string'", _opd_2, "OperationDefinition.parameter", parameter, parameter, ok
+    )
+
+
+def code_system(*concepts: Any, **fields: Any) -> dict[str, Any]:
+    return {"resourceType": "CodeSystem", "concept": list(concepts), **fields}
+
+
+@pytest.mark.parametrize(
+    ("resource", "ok"),
+    [
+        (code_system({"code": "a"}, {"code": "b", "concept": [{"code": "c"}]}), True),
+        (code_system({"code": "a"}, {"code": "a"}), False),
+        (code_system({"code": "a"}, {"code": "b", "concept": [{"code": "a"}]}), False),
+        (code_system({"code": "b", "concept": [{"code": "c", "concept": [{"code": "c"}]}]}), False),
+        (code_system({"code": "b", "concept": [{"code": "c"}, {"code": "d", "concept": [{"code": "e"}]}]}), True),
+        (code_system({"code": "a", "designation": [{"value": "a"}]}, {"code": "b"}), True),
+        (code_system({"code": "a"}, {"display": "x"}, {"display": "y"}), True),
+        ({"resourceType": "CodeSystem"}, True),
+        # Concepts anywhere below (a contained ValueSet's too) count: descendants().concept.code.
+        (
+            code_system(
+                {"code": "a"},
+                contained=[{"resourceType": "ValueSet", "compose": {"include": [{"concept": [{"code": "a"}]}]}}],
+            ),
+            False,
+        ),
+        (
+            code_system(
+                {"code": "a"},
+                contained=[{"resourceType": "ValueSet", "compose": {"include": [{"concept": [{"code": "b"}]}]}}],
+            ),
+            True,
+        ),
+        (code_system({"code": "a", "_display": {"id": "x"}}, {"code": "b"}), None),
+        (code_system({"code": ["a", "b"]}), None),
+        (code_system({"code": "b", "concept": [{"code": 1}]}), None),
+        (code_system({"code": "b", "concept": "x"}), None),
+        ({**code_system({"code": "a"}), "_name": {"id": "x"}}, None),
+    ],
+)
+def test_csd_1_codes_are_unique_in_the_code_system(resource: Any, ok: bool | None) -> None:
+    decides(definitional("concept.code.combine("), _csd_1, None, resource, resource, ok)
+
+
+@pytest.mark.parametrize(
+    ("contains", "ok"),
+    [
+        ({"system": "http://x", "code": "a"}, True),
+        ({"display": "A group", "abstract": True}, True),
+        ({"display": "A group", "abstract": False}, False),
+        ({"display": "A group"}, True),  # no abstract: empty, which passes
+        ({"code": None, "abstract": False}, False),
+        ({"code": [], "abstract": False}, False),
+        ({"code": "a", "abstract": False}, True),
+        ({"abstract": "true"}, None),
+        ({"_code": {"id": "x"}, "abstract": False}, None),
+    ],
+)
+def test_vsd_9_a_contains_without_code_is_abstract(contains: Any, ok: bool | None) -> None:
+    root = {"resourceType": "ValueSet", "expansion": {"contains": [contains]}}
+    decides("code.exists() or abstract = true", _vsd_9, "ValueSet.expansion.contains", contains, root, ok)
