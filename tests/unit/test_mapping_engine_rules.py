@@ -10,18 +10,23 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from fhir.resources.R4B import get_fhir_model_class
 
 from casebridge.domain.case import CaseReport
 from casebridge.domain.reader import read_case
 from casebridge.errors import ConversionError, MappingError, Problem
 from casebridge.mapping import functions
+from casebridge.mapping.codes import CodeRow, CodeTable
 from casebridge.mapping.engine import MappingSet
-from casebridge.mapping.functions import ID_NAMESPACE, Context
-from tests.conftest import SEED_V1
+from casebridge.mapping.functions import ID_NAMESPACE, Context, registry
+from casebridge.mapping.templates import BodyCompiler
+from casebridge.yamlfile import compose
 
 HEADER = "key,system,code,display,source,note\n"
 CODES = {
@@ -60,6 +65,10 @@ CONDITION_ALONE = CONDITION.replace("      subject: \"{{ ref('patient') }}\"\n",
 TEMPLATES = {"patient.yaml": PATIENT, "condition.yaml": CONDITION}
 RECORDED = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 XHTML = 'xmlns="http://www.w3.org/1999/xhtml"'
+# The FHIR model classes the templates here use, built once at import (a pydantic class takes up to half a second
+# the first time): the tests, and each forked run of them, then start with the classes built.
+FHIR_TYPES = {t: get_fhir_model_class(t) for t in ("Patient", "Condition", "Provenance", "QuestionnaireResponse")}
+FHIR_TYPES |= {t: get_fhir_model_class(t) for t in ("ImagingStudy", "Procedure")}
 
 
 def write(
@@ -385,18 +394,40 @@ def test_a_single_identifier_is_ours(tmp_path: Path) -> None:
 
 
 def test_a_type_without_identifier_gets_none(tmp_path: Path) -> None:
-    template = (
+    provenance = (
         "resourceType: Provenance\nresources:\n  - role: prov\n    body:\n      recorded: '{{ recorded() }}'\n"
-        "      target: \"{{ all_refs(exclude=['prov']) }}\"\n"
+        "      target: \"{{ all_refs(exclude=['prov', 'patient']) }}\"\n      entity:\n"
+        "        - what: \"{{ refs('patient') }}\"\n"
     )
-    mappings = MappingSet.load(write(tmp_path, **only(template, request="conditional-create")))
-    (prov,) = resources(mappings.convert(case(), recorded=RECORDED))
+    bundle = "identifier_system: urn:x\nrequest: conditional-create\nresources:\n" + "".join(
+        f"  - resources/{name}\n" for name in ("patient.yaml", "condition.yaml", "prov.yaml")
+    )
+    templates = TEMPLATES | {"prov.yaml": provenance}
+    mappings = MappingSet.load(write(tmp_path, bundle=bundle, templates=templates))
+    assert mappings.identifier_field == {"Patient": True, "Condition": True}
+    entry = mappings.convert(case(), recorded=RECORDED)["entry"][-1]
+    prov = entry["resource"]
     assert "identifier" not in prov
     assert prov["recorded"] == "2026-01-02T03:04:05+00:00"
-    assert mappings.identifier_field == {}
+    # all_refs and refs read the resources planned so far, in Bundle order, by role.
+    d1, d2 = uid("case-1/diagnosis/d1"), uid("case-1/diagnosis/d2")
+    assert prov["target"] == [
+        {"reference": f"urn:uuid:{d1}", "display": "Fever"},
+        {"reference": f"urn:uuid:{d2}", "display": "Cough"},
+    ]
+    assert prov["entity"] == [{"what": [{"reference": f"urn:uuid:{uid('case-1/patient')}", "display": "The patient"}]}]
     # conditional-create needs an identifier to search on: a type without one is PUT.
-    bundle = mappings.convert(case(), recorded=RECORDED)
-    assert bundle["entry"][0]["request"] == {"method": "PUT", "url": f"Provenance/{uid('case-1/prov')}"}
+    assert entry["request"] == {"method": "PUT", "url": f"Provenance/{uid('case-1/prov')}"}
+
+
+def test_the_case_id_seeds_derived_uids(tmp_path: Path) -> None:
+    template = (
+        "resourceType: ImagingStudy\nresources:\n  - role: study\n    body:\n      status: available\n"
+        "      series:\n        - uid: \"{{ dicom_uid('series', 1) }}\"\n"
+    )
+    mappings = MappingSet.load(write(tmp_path, **only(template)))
+    (study,) = resources(mappings.convert(case(), recorded=RECORDED))
+    assert study["series"] == [{"uid": f"2.25.{uuid.uuid5(ID_NAMESPACE, 'case-1/dicom/series/1').int}"}]
 
 
 def test_identifier_fields_by_type(tmp_path: Path) -> None:
@@ -512,17 +543,31 @@ def test_a_site_key_is_not_a_concept_key(tmp_path: Path) -> None:
     ]
 
 
+CASE_1_0 = b"""\
+schema_version: "1.0"
+case_id: c
+source: {kind: synthetic, citation: Made up for a test.}
+patient: {sex: female, age_at_presentation: {value: 30, unit: years}}
+presentation:
+  complaint: {text: Swelling, key: swollen}
+  body_site: {site: {text: arm, key: arm}}
+diagnostic_steps:
+  - {id: exam, kind: clinical_examination, order: 1}
+"""
+
+
 def test_an_upgraded_case_says_its_paths_are_the_upgraded_ones(tmp_path: Path) -> None:
     mappings = MappingSet.load(write(tmp_path))
-    report = read_case(SEED_V1.read_bytes(), source="seed.yaml")
+    report = read_case(CASE_1_0, source="old.yaml")
     assert report.upgraded_from == "1.0"
     with pytest.raises(ConversionError) as info:
-        mappings.convert(report, source="seed.yaml")
+        mappings.convert(report, source="old.yaml")
     assert str(info.value) == (
         "the case uses vocabulary keys the code tables do not know (see mappings/codes); the paths are those of "
         "the case upgraded from schema 1.0 to 2.0 (casebridge migrate FILE shows it)"
     )
-    assert info.value.problems[0] == Problem("history[0].condition.key", "unknown vocabulary key 'fracture_of_hand'")
+    assert info.value.problems == [Problem("presentation.complaint.key", "unknown vocabulary key 'swollen'")]
+    assert info.value.source == "old.yaml"
 
 
 # --- loading: bundle.yaml ------------------------------------------------------------------------------------
@@ -570,6 +615,18 @@ BUNDLE_ERRORS = [
         "template file 'resources/nope.yaml' does not exist",
     ),
     ("identifier_system: urn:x\nresources:\n  - resources\n", 3, "template file 'resources' does not exist"),
+    (
+        "identifier_system: urn:x\nresources: [\n",
+        3,
+        "malformed YAML: expected the node content, but found '<stream end>'",
+    ),
+    ("- identifier_system\n", 1, "expected a mapping, found a list"),
+    (
+        "identifier_system: urn:x\nresources: [resources/patient.yaml]\nsettings: 5\n",
+        3,
+        "expected a mapping, found a scalar",
+    ),
+    ("identifier_system: urn:x\nresources: [resources/patient.yaml]\nsettings: {a: 1, a: 2}\n", 3, "duplicate key 'a'"),
 ]
 
 
@@ -640,6 +697,9 @@ def test_roles_are_known_to_ref_across_files(tmp_path: Path) -> None:
 # --- loading: template files and templates -------------------------------------------------------------------
 
 TEMPLATE_ERRORS = [
+    ("resourceType: Patient\nresources: [\n", 3, "malformed YAML: expected the node content, but found '<stream end>'"),
+    ("- resourceType\n", 1, "expected a mapping, found a list"),
+    ("resourceType: Patient\nresources:\n  - role\n", 3, "expected a mapping, found a scalar"),
     # (template file, the text on the line of the error (or a line number), message)
     ("resourceType: Patient\nzeta: 1\nresources: []\nalpha: 2\n", "alpha", "unknown key 'alpha'"),
     ("resources:\n  - role: p\n", 1, "a template file needs resourceType and resources"),
@@ -856,3 +916,184 @@ def test_a_for_each_of_unknown_type_is_not_checked(tmp_path: Path) -> None:
     )
     (template,) = MappingSet.load(write(tmp_path, **only(text))).templates
     assert template.var == "i"
+
+
+# --- templates: how a body renders (templates.BodyCompiler) ------------------------------------------------
+
+
+def render(text: str, **values: Any) -> Any:
+    """Compile a body written in YAML with ``values`` in scope (untyped), and render it once."""
+    compiler = BodyCompiler(registry(load_codes(), {"r"}), "mappings/resources/t.yaml")
+    scope: dict[str, Any] = {"case": CaseReport} | dict.fromkeys(values)
+    env = {"case": case(), "$ctx": Context(tables=load_codes(), case_id="case-1")} | values
+    return compiler.value(compose(text, "mappings/resources/t.yaml"), scope)(env)
+
+
+def body_error(text: str, **values: Any) -> str:
+    with pytest.raises(MappingError) as info:
+        render(text, **values)
+    assert info.value.file == "mappings/resources/t.yaml"
+    return f"{info.value.line}: {str(info.value).split(': ', 1)[1]}"
+
+
+def load_codes() -> dict[str, CodeTable]:
+    return {name: load_table_text(name, text) for name, text in CODES.items()}
+
+
+def load_table_text(name: str, text: str) -> CodeTable:
+    table = CodeTable(name=name, file=f"{name}.csv")
+    for line in text.splitlines()[1:]:
+        key, system, code, display, source, _ = line.split(",")
+        table.rows.setdefault(key, []).append(CodeRow(key, system, code, display, source, table.file, 0))
+    return table
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (5, 5),
+        (2.5, 2.5),
+        (True, True),
+        (False, False),
+        (0, 0),
+        ("text", "text"),
+        ([1, 2], [1, 2]),
+        ({"a": 1}, {"a": 1}),
+        (dt.date(2020, 1, 2), "2020-01-02"),
+        (dt.datetime(2020, 1, 2, 3, 4, 5, tzinfo=dt.UTC), "2020-01-02T03:04:05+00:00"),
+        (None, None),
+    ],
+)
+def test_a_whole_expression_keeps_its_type(value: Any, expected: Any) -> None:
+    assert render("'{{ v }}'", v=value) == expected
+    assert render("'  {{ v }} '", v=value) == expected  # spaces around it do not make it text
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (5, "<5>"),
+        (5.0, "<5>"),
+        (2.5, "<2.5>"),
+        (Decimal("7.0"), "<7.0>"),
+        (False, "<False>"),
+        (0, "<0>"),
+        (dt.date(2020, 1, 2), "<2020-01-02>"),
+        (dt.datetime(2020, 1, 2, 3, 4, 5), "<2020-01-02T03:04:05>"),
+        (None, None),
+        ("", None),
+        ([], None),
+        ({}, None),
+    ],
+)
+def test_interpolated_text_formats_values_and_drops_with_an_empty_part(value: Any, expected: str | None) -> None:
+    assert render("'<{{ v }}>'", v=value) == expected
+
+
+def test_interpolation_of_several_parts() -> None:
+    assert render("'{{ a }}{{ b }}'", a="x", b=1.0) == "x1"
+    assert render("'{{ a }} and {{ b }}!'", a="x", b="y") == "x and y!"
+    assert render("'{{ a }} and {{ b }}!'", a="x", b=None) is None
+
+
+def test_a_model_object_is_no_fhir_value() -> None:
+    assert body_error("gender: '{{ case.patient }}'") == (
+        "1: an expression gave a Patient object, which is not FHIR: pick a field of it, or pass it to a function "
+        "such as concept() or site()"
+    )
+
+
+@pytest.mark.parametrize("text", ["'a {{ b }} }}'", "'{{ b'", "'a }} {{ b }}{{'"])
+def test_unbalanced_braces(text: str) -> None:
+    assert body_error(f"\n\nx: {text}", b=1) == f"3: unbalanced {{{{ }}}} in {yaml.safe_load(text)!r}"
+
+
+def test_plain_scalars() -> None:
+    assert render("a: 1\nb: text\nc: 2020-01-02\nd: true\ne: 2.5") == {
+        "a": 1,
+        "b": "text",
+        "c": "2020-01-02",
+        "d": True,
+        "e": 2.5,
+    }
+
+
+def test_empty_elements_drop_out() -> None:
+    body = "a: '{{ v }}'\nb: ''\nc: []\nd: {}\ne: 0\nf: false\ng:\n  h: '{{ v }}'\n"
+    assert render(body, v=None) == {"e": 0, "f": False}
+    assert render("a: '{{ v }}'", v=None) is None
+
+
+@pytest.mark.parametrize(("value", "expected"), [(True, {"a": 1}), (1, {"a": 1}), (False, None), (None, None)])
+def test_if_keeps_a_mapping_only_when_truthy(value: Any, expected: dict[str, int] | None) -> None:
+    assert render("$if: v\na: 1", v=value) == expected
+    assert render("x:\n  $if: v\n  a: 1\ny: 2", v=value) == ({"x": expected} if expected else {}) | {"y": 2}
+
+
+def test_other_directives_are_refused() -> None:
+    assert body_error("a: 1\n$unless: v", v=1) == (
+        "2: '$unless' is not a directive here (mappings take $if; list items take $for/$as/$value)"
+    )
+
+
+def test_a_list_drops_empty_items_and_splices_lists() -> None:
+    text = "- '{{ a }}'\n- '{{ none }}'\n- ''\n- '{{ many }}'\n- {x: '{{ none }}'}\n- 0\n"
+    assert render(text, a="A", none=None, many=["m", None, "", [], {}, 0, "n"]) == ["A", "m", 0, "n", 0]
+    assert render("- '{{ none }}'\n- '{{ empty }}'", none=None, empty=[]) is None
+
+
+def test_a_loop_repeats_the_rest_of_its_item() -> None:
+    text = "- first\n- $for: v\n  $as: i\n  value: '{{ i }}'\n  fixed: 1\n- last\n"
+    assert render(text, v=["a", None, "b"]) == [
+        "first",
+        {"value": "a", "fixed": 1},
+        {"fixed": 1},
+        {"value": "b", "fixed": 1},
+        "last",
+    ]
+    assert render(text, v=None) == ["first", "last"]
+
+
+def test_a_loop_with_a_value() -> None:
+    text = "- $for: v\n  $as: i\n  $value: '{{ i }}'\n"
+    assert render(text, v=["a", None, "", 0, ["x", "y"], [], "b"]) == ["a", 0, "x", "y", "b"]
+    assert render(text, v=[None]) is None
+    # A loop's list counts as a list even when an item renders to a list: its items are spliced.
+    assert render("- $for: v\n  $as: i\n  $value: ['{{ i }}', k]\n", v=["a", "b"]) == ["a", "k", "b", "k"]
+
+
+def test_a_loop_variable_is_in_scope_only_inside() -> None:
+    text = "- $for: v\n  $as: i\n  $value: '{{ i }}'\n- '{{ i }}'\n"
+    assert body_error(text, v=[1]) == "4: unknown name 'i'; in scope here: case, v"
+
+
+def test_a_loop_over_a_typed_list_checks_its_items() -> None:
+    text = "- $for: case.diagnoses\n  $as: d\n  $value: '{{ d.idd }}'\n"
+    assert (
+        body_error(text)
+        == "3: 'd' has no field 'idd'; it has: body_site, concept, id, note, quote, stage, status, time"
+    )
+    assert render("- $for: case.diagnoses\n  $as: d\n  $value: '{{ d.id }}'\n") == ["d1", "d2"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("- $for: v\n  $value: 1\n", "1: $for needs $as: the name of the loop variable"),
+        ("- $for: v\n  $as: 1i\n", "2: $as must be a plain name, not '1i'"),
+        ("- $for: v\n  $as: 5\n", "2: $as must be a plain name, not 5"),
+        ("- $for: v\n  $as: _i\n", "2: $as must be a plain name, not '_i'"),
+        ("- $for: v\n  $as: v\n", "2: $as 'v' hides a name already in scope"),
+        ("- $for: v\n  $as: case\n", "2: $as 'case' hides a name already in scope"),
+        ("- $for: case.patient\n  $as: p\n", "1: $for needs a list"),
+        ("- $for: v\n  $as: i\n  $value: 1\n  other: 2\n", "3: $value excludes other keys in a $for item"),
+        ("- $for: v\n  $as: i\n  other: 2\n  $value: 1\n", "4: $value excludes other keys in a $for item"),
+        ("- $for: w\n  $as: i\n", "1: unknown name 'w'; in scope here: case, v"),
+    ],
+)
+def test_loop_errors(text: str, message: str) -> None:
+    assert body_error(text, v=[1]) == message
+
+
+def test_a_loop_over_an_untyped_value_loads() -> None:
+    assert render("- $for: v\n  $as: i_1\n  $value: '{{ i_1 }}'\n", v=("a",)) == ["a"]
