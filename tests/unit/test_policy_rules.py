@@ -790,6 +790,7 @@ def test_contained_resources_of_types_the_policy_does_not_list() -> None:
             {"resourceType": "Condition"},
             {"resourceType": 5},
             {"id": "no-type"},
+            "not a resource",  # left to the validator, but it still counts in the index of those after it
             {"resourceType": "Subscription"},
         ],
     }
@@ -808,7 +809,7 @@ def test_contained_resources_of_types_the_policy_does_not_list() -> None:
             "error",
             "not-supported",
             f"Subscription is never forwarded: {NEVER['Subscription']}",
-            "Bundle.entry[0].resource.contained[4]",
+            "Bundle.entry[0].resource.contained[5]",
         ),
     ]
 

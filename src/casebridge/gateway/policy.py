@@ -306,7 +306,7 @@ def check_entries(bundle: Mapping[str, Any], policy: ForwardingPolicy | None) ->
                 continue
             written[target] = i
         actions.append(action)
-        for j, inner in enumerate(_contained(resource)):
+        for j, inner in _contained(resource):
             inner_type = inner.get("resourceType")
             if policy is not None and isinstance(inner_type, str) and inner_type not in policy.types:
                 issues.append(
@@ -421,9 +421,10 @@ def _condition_problem(query: object) -> str | None:
 
 
 def _contained_types(resource: Mapping[str, Any]) -> tuple[str, ...]:
-    return tuple(sorted({str(c.get("resourceType")) for c in _contained(resource) if c.get("resourceType")}))
+    return tuple(sorted({str(c.get("resourceType")) for _, c in _contained(resource) if c.get("resourceType")}))
 
 
-def _contained(resource: Any) -> list[dict[str, Any]]:
+def _contained(resource: Any) -> list[tuple[int, dict[str, Any]]]:
+    """The contained resources that are objects, each with its index in ``contained`` (an issue names that)."""
     contained = resource.get("contained") if isinstance(resource, dict) else None
-    return [c for c in contained if isinstance(c, dict)] if isinstance(contained, list) else []
+    return [(j, c) for j, c in enumerate(contained) if isinstance(c, dict)] if isinstance(contained, list) else []
