@@ -31,7 +31,9 @@ from casebridge.views import (
 from casebridge.views._outputs import (
     BATCH_ROWS,
     Column,
+    _carry,
     _Mismatch,
+    _swap,
     _value,
     arrow_schema,
     columns_of,
@@ -443,7 +445,14 @@ def test_a_collection_of_decimals_is_floats_and_untyped_scalars_are_text() -> No
 
 @pytest.mark.parametrize(
     ("fallback", "name"),
-    [("my-file.v2", "my_file_v2"), ("Obs", "Obs"), ("1st", "view_1st"), ("_x", "view__x"), ("", "view_")],
+    [
+        ("my-file.v2", "my_file_v2"),
+        ("Obs", "Obs"),
+        ("a-1", "a_1"),
+        ("1st", "view_1st"),
+        ("_x", "view__x"),
+        ("", "view_"),
+    ],
 )
 def test_a_view_without_a_name_is_named_from_its_file(fallback: str, name: str) -> None:
     plan = read_view({"resource": "Patient", "select": [{"column": [{"name": "id", "path": "id"}]}]})
@@ -929,3 +938,79 @@ def test_a_folder_of_ours_is_replaced_whole(tmp_path: Path) -> None:
     run_to_folder([named(FAMILY)], family_rows("y"), "ndjson", out, started=STARTED)
     assert sorted(p.name for p in out.iterdir()) == ["family.ndjson", "manifest.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the old folder removed, no temporary left
+
+
+def test_a_manifest_is_read_up_to_64_mib(tmp_path: Path) -> None:
+    folder = tmp_path / "o\x1b"
+    folder.mkdir()
+    with (folder / "manifest.json").open("wb") as fh:
+        fh.truncate(64 * 1024 * 1024 + 1)  # one byte over (sparse: nothing is written)
+    caught = refused(read_manifest, folder)
+    assert str(caught) == "the file is larger than the limit of 67,108,864 bytes"
+    assert caught.source == str(tmp_path / "o\\x1b" / "manifest.json")
+
+
+class Watched(ResourceList):
+    """Resources that note, as each is read, the names in ``where`` (the temporaries being written)."""
+
+    def __init__(self, where: Path, resources: list[dict[str, Any]]) -> None:
+        super().__init__(resources)
+        self.where = where
+        self.seen: list[list[str]] = []
+
+    def resources(self, resource_type: str, since: str | None) -> Any:
+        for resource in super().resources(resource_type, since):
+            self.seen.append(sorted(p.name for p in self.where.iterdir()))
+            yield resource
+
+
+def test_a_file_is_written_under_a_hidden_temporary_name_beside_it(tmp_path: Path) -> None:
+    source = Watched(tmp_path, [{"resourceType": "Patient", "name": [{"family": "x"}]}])
+    run_to_file([named(FAMILY)], source, "csv", tmp_path / "f.csv")
+    [[temporary]] = source.seen
+    assert temporary.startswith(".f.csv.tmp-") and len(temporary) == len(".f.csv.tmp-") + 12
+    assert int(temporary.removeprefix(".f.csv.tmp-"), 16) >= 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.csv"]
+
+
+def test_a_folder_is_filled_under_a_hidden_temporary_name_beside_it(tmp_path: Path) -> None:
+    parent = tmp_path / "a"  # made by the run
+    for existing in ([], ["out"]):
+        source = Watched(parent, [{"resourceType": "Patient", "name": [{"family": "x"}]}])
+        run_to_folder([named(FAMILY)], source, "csv", parent / "out", started=STARTED)
+        [[temporary, *others]] = source.seen
+        assert others == existing
+        assert temporary.startswith(".out.tmp-") and len(temporary) == len(".out.tmp-") + 12
+        assert sorted(p.name for p in parent.iterdir()) == ["out"]
+
+
+def test_a_file_that_cannot_be_linked_is_copied(tmp_path: Path) -> None:
+    (tmp_path / "old").write_text("previous")
+    (tmp_path / "new").write_text("in the way")  # a link cannot replace a file: copied over it
+    _carry(tmp_path / "old", tmp_path / "new")
+    assert (tmp_path / "new").read_text() == "previous"
+    assert (tmp_path / "new").stat().st_ino != (tmp_path / "old").stat().st_ino
+
+
+def test_a_folder_whose_replacement_fails_is_put_back(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "kept").write_text("x")
+    with pytest.raises(FileNotFoundError):
+        _swap(tmp_path / "missing", out)
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and (out / "kept").read_text() == "x"
+
+
+def test_a_changed_view_in_duckdb_keeps_the_other_tables(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    second = named({**FAMILY, "name": "second"})
+    run_to_folder([named(FAMILY), second], family_rows("a"), "duckdb", out, started=STARTED)
+    manifest = run_to_folder([named({**FAMILY, "title": "t"})], family_rows("b"), "duckdb", out, since="last")
+    assert [(v["name"], v["files"][0]["file"], v["rows"]) for v in manifest["views"]] == [
+        ("family", "views.duckdb", 1),
+        ("second", "views.duckdb", 1),
+    ]
+    with duckdb.connect(str(out / "views.duckdb"), read_only=True) as db:
+        assert db.sql("select family from family").fetchall() == [("b",)]
+        assert db.sql("select family from second").fetchall() == [("a",)]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "views.duckdb"]
