@@ -1014,3 +1014,41 @@ def test_a_changed_view_in_duckdb_keeps_the_other_tables(tmp_path: Path) -> None
         assert db.sql("select family from family").fetchall() == [("b",)]
         assert db.sql("select family from second").fetchall() == [("a",)]
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "views.duckdb"]
+
+
+def test_csv_is_utf_8_whatever_the_locale() -> None:
+    import locale
+
+    before = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")  # a locale whose encoding is ASCII
+    try:
+        stream = io.BytesIO()
+        write_csv(stream, named(FAMILY), [("Ærø ✓",)])
+    finally:
+        locale.setlocale(locale.LC_CTYPE, before)
+    assert stream.getvalue() == "family\r\nÆrø ✓\r\n".encode()
+
+
+TWO_TIMES = ResourceList(
+    [
+        {"resourceType": "Patient", "meta": {"lastUpdated": "2026-01-01T00:00:00Z"}, "name": [{"family": "old"}]},
+        {"resourceType": "Patient", "meta": {"lastUpdated": "2026-02-01T00:00:00Z"}, "name": [{"family": "new"}]},
+    ]
+)
+
+
+def test_standard_output_since_a_moment(tmp_path: Path) -> None:
+    stream = io.BytesIO()
+    assert run_to_stdout(named(FAMILY), TWO_TIMES, "ndjson", stream, since="2026-01-15") == 1
+    assert stream.getvalue() == b'{"family":"new"}\n'
+
+
+@pytest.mark.parametrize("fmt", ["csv", "duckdb"])
+def test_a_file_since_a_moment(tmp_path: Path, fmt: str) -> None:
+    target = tmp_path / f"f.{fmt}"
+    assert run_to_file([named(FAMILY)], TWO_TIMES, fmt, target, since="2026-01-15") == {"family": 1}
+    if fmt == "csv":
+        assert target.read_bytes() == b"family\r\nnew\r\n"
+    else:
+        with duckdb.connect(str(target), read_only=True) as db:
+            assert db.sql("select family from family").fetchall() == [("new",)]
