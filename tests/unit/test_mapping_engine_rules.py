@@ -11,19 +11,40 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from decimal import Decimal
+from functools import cached_property
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import yaml
 from fhir.resources.R4B import get_fhir_model_class
+from pydantic import BaseModel
 
-from casebridge.domain.case import CaseReport
+from casebridge.domain.case import (
+    Age,
+    BodySite,
+    CaseReport,
+    ClinicalExamination,
+    Concept,
+    Diagnosis,
+    FinalDiagnosis,
+    HistoryItem,
+    ImagingStep,
+    LaboratoryStep,
+    LabTest,
+    OtherStep,
+    PathologyStep,
+    Patient,
+    Quantity,
+    TimeElement,
+)
 from casebridge.domain.reader import read_case
 from casebridge.errors import ConversionError, MappingError, Problem
 from casebridge.mapping import functions
 from casebridge.mapping.codes import CodeRow, CodeTable
 from casebridge.mapping.engine import MappingSet
+from casebridge.mapping.expressions import ExpressionCompiler, ListOf, OneOf, static_type
 from casebridge.mapping.functions import ID_NAMESPACE, Context, registry
 from casebridge.mapping.templates import BodyCompiler
 from casebridge.yamlfile import compose
@@ -1097,3 +1118,542 @@ def test_loop_errors(text: str, message: str) -> None:
 
 def test_a_loop_over_an_untyped_value_loads() -> None:
     assert render("- $for: v\n  $as: i_1\n  $value: '{{ i_1 }}'\n", v=("a",)) == ["a"]
+
+
+# --- expressions: what a template's {{ }} may say, and what it gives (expressions.ExpressionCompiler) ----------
+
+
+class _Shape(BaseModel):
+    """A model with a field, a property, a cached property, one whose hint cannot be resolved, and hidden names."""
+
+    size: int = 3
+    _hidden: int = 0
+
+    @property
+    def double(self) -> Concept:
+        return Concept(text=str(self.size * 2))
+
+    @cached_property
+    def triple(self) -> list[Concept]:
+        return [Concept(text=str(self.size * 3))]
+
+    @property
+    def vague(self) -> Undefined:  # type: ignore[name-defined]  # noqa: F821 - cannot be resolved on purpose
+        return self.size
+
+    def method(self) -> int:
+        return self.size
+
+
+def compile_expr(source: str, **scope: Any) -> tuple[Any, Any]:
+    """Compile ``source`` with ``case`` and ``scope`` (name -> static type) in scope, at line 7 of f.yaml."""
+    compiler = ExpressionCompiler(registry(load_codes(), {"r"}), file="f.yaml", line=7)
+    return compiler.compile(source, {"case": CaseReport} | scope)
+
+
+def evaluate(source: str, **values: Any) -> Any:
+    fn, _ = compile_expr(source, **dict.fromkeys(values))
+    return fn({"case": case(), "$ctx": Context(tables=load_codes(), recorded=RECORDED)} | values)
+
+
+def expr_error(source: str, **scope: Any) -> str:
+    with pytest.raises(MappingError) as info:
+        compile_expr(source, **scope)
+    assert (info.value.file, info.value.line) == ("f.yaml", 7)
+    return str(info.value).removeprefix("f.yaml:7: ")
+
+
+STEP_TYPES = OneOf((ClinicalExamination, ImagingStep, LaboratoryStep, PathologyStep, OtherStep))
+
+
+@pytest.mark.parametrize(
+    ("source", "static"),
+    [
+        ("case", CaseReport),
+        ("case.patient", Patient),
+        ("case.diagnoses", ListOf(Diagnosis)),
+        ("case.diagnoses[0]", Diagnosis),
+        ("case.diagnoses[0].body_site", ListOf(BodySite)),  # Annotated[list[BodySite], ...]
+        ("case.diagnoses[0].body_site[0].site", Concept),
+        ("case.final_diagnosis", FinalDiagnosis),  # FinalDiagnosis | None
+        ("case.final", Diagnosis),  # a cached property
+        ("case.present_history", ListOf(HistoryItem)),  # a property
+        ("case.patient.sex", None),  # a Literal: not a model
+        ("case.diagnostic_steps[0]", STEP_TYPES),
+        ("case.diagnostic_steps[0].tests", ListOf(LabTest)),  # only LaboratoryStep has it
+        ("case.diagnostic_steps[0].kind", None),  # the members' types differ
+        ("case.diagnostic_steps[0].body_site", BodySite),  # the same in every member
+        ("case.patient.sex[0]", None),
+        ("[case, 1]", ListOf(None)),
+        ("(case, 1)", ListOf(None)),
+        ("case.patient if case else case.patient", Patient),
+        ("case.patient if case else case.source", None),
+        ("concept(case.patient.sex)", None),
+        ("s.double", Concept),
+        ("s.triple", ListOf(Concept)),
+        ("s.vague", None),
+        ("s.size", None),
+        ("not case", None),
+        ("case and case", None),
+        ("case == case", None),
+        ("1", None),
+    ],
+)
+def test_static_types(source: str, static: Any) -> None:
+    assert compile_expr(source, s=_Shape)[1] == static
+
+
+@pytest.mark.parametrize(
+    ("annotation", "static"),
+    [
+        (list[int], ListOf(None)),
+        (list, ListOf(None)),
+        (tuple, ListOf(None)),
+        (tuple[Patient, ...], ListOf(Patient)),
+        (int | str, None),
+        (Patient | None, Patient),
+        (Patient | Concept, OneOf((Patient, Concept))),
+        (Patient | Concept | None, OneOf((Patient, Concept))),
+        (Patient | int, None),
+        (int, None),
+        (None, None),
+    ],
+)
+def test_static_type_of_annotations(annotation: Any, static: Any) -> None:
+    assert static_type(annotation) == static
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("a +", "cannot parse expression 'a +': invalid syntax"),
+        ("  a +  ", "cannot parse expression 'a +': invalid syntax"),
+        ("case + 1", "BinOp is not allowed in a mapping expression ('case + 1')"),
+        ("{'a': 1}", "Dict is not allowed in a mapping expression (\"{'a': 1}\")"),
+        ("x", "unknown name 'x'; in scope here: case, s"),
+        ("concept", "unknown name 'concept' (it is a function: call it); in scope here: case, s"),
+        ("case._upgraded_from", "private attribute '_upgraded_from' is not allowed"),
+        ("case.__class__", "private attribute '__class__' is not allowed"),
+        ("case.diagnoses.id", "'case.diagnoses' is a list: loop over it with $for, or index it"),
+        (
+            "case.patient.sexx",
+            "'case.patient' has no field 'sexx'; it has: age_at_presentation, identifier, quote, sex, title",
+        ),
+        (
+            "case.diagnostic_steps[0].nothing",
+            "'case.diagnostic_steps[0]' has no field 'nothing'; it has: assessment, body_site, concept, conclusion, "
+            "diagnosis, figure, findings, held, id, impression, kind, label, measurements, microscopic, "
+            "not_done_reason, order, panel, performed, performer, quote, specimen, tests, time, title",
+        ),
+        ("case.diagnoses[s]", "only constant integer indexes are allowed, e.g. items[0]"),
+        ("case.diagnoses['a']", "only constant integer indexes are allowed, e.g. items[0]"),
+        ("case.diagnoses[-1]", "only constant integer indexes are allowed, e.g. items[0]"),
+        ("upper(case)", "unknown function 'upper'; known: " + ", ".join(sorted(registry({}, set())))),
+        ("s.method()", "unknown function 's.method'; known: " + ", ".join(sorted(registry({}, set())))),
+        ("join(*s)", "*args and **kwargs are not allowed"),
+        ("join(**s)", "*args and **kwargs are not allowed"),
+        ("code('nope', 'x')", "code(): no code table 'nope'; tables: body-sites, concepts, laterality, units"),
+        ("code(s, 'x')", "code(): the table name must be a constant string"),
+        ("code('concepts', 'nokey')", "code(): table 'concepts' has no key 'nokey'"),
+        (
+            "concept(s, table='nope')",
+            "concept(): no code table 'nope'; tables: body-sites, concepts, laterality, units",
+        ),
+        ("ref('q')", "ref(): no resource template has role 'q'; roles: r"),
+        ("ref(s)", "ref(): the role must be a constant string"),
+        ("-1", "only 'not' is allowed as a unary operator"),
+        ("join(x)", "unknown name 'x'; in scope here: case, s"),
+        ("join(s, sep=x)", "unknown name 'x'; in scope here: case, s"),
+        ("[x]", "unknown name 'x'; in scope here: case, s"),
+        ("not x", "unknown name 'x'; in scope here: case, s"),
+        ("s and x", "unknown name 'x'; in scope here: case, s"),
+        ("s < x", "unknown name 'x'; in scope here: case, s"),
+        ("x if s else s", "unknown name 'x'; in scope here: case, s"),
+        ("s if x else s", "unknown name 'x'; in scope here: case, s"),
+        ("s if s else x", "unknown name 'x'; in scope here: case, s"),
+        ("x[0]", "unknown name 'x'; in scope here: case, s"),
+        ("x.y", "unknown name 'x'; in scope here: case, s"),
+    ],
+)
+def test_expression_errors(source: str, message: str) -> None:
+    assert expr_error(source, s=None) == message
+
+
+def test_a_model_offers_its_fields_and_properties() -> None:
+    """Not private names, not pydantic's model_ names, not methods."""
+    assert expr_error("s.nothing", s=_Shape) == "'s' has no field 'nothing'; it has: double, size, triple, vague"
+
+
+def test_a_call_that_does_not_fit_the_signature() -> None:
+    signature = registry({}, set())["capitalize"].signature()
+    assert expr_error("capitalize(1, 2)") == f"capitalize{signature}: too many positional arguments"
+    assert str(signature).startswith("(text")  # the context is not part of what a template passes
+
+
+def test_nothing_in_scope() -> None:
+    with pytest.raises(MappingError) as info:
+        ExpressionCompiler({}, file="f.yaml", line=1).compile("x", {})
+    assert str(info.value) == "f.yaml:1: unknown name 'x'; in scope here: nothing"
+
+
+@pytest.mark.parametrize(
+    ("source", "values", "expected"),
+    [
+        ("1", {}, 1),
+        ("'a'", {}, "a"),
+        ("v", {"v": 5}, 5),
+        ("v.x", {"v": None}, None),
+        ("v.missing", {"v": SimpleNamespace()}, None),
+        ("v.x", {"v": SimpleNamespace(x=4)}, 4),
+        ("v.x.y", {"v": SimpleNamespace(x=None)}, None),
+        ("case.patient.sex", {}, "female"),
+        ("case.diagnoses[1].id", {}, "d2"),
+        ("v[1]", {"v": [1, 2]}, 2),
+        ("v[0]", {"v": [1, 2]}, 1),
+        ("v[2]", {"v": [1, 2]}, None),
+        ("v[0]", {"v": None}, None),
+        ("v[0]", {"v": 5}, None),
+        ("join(v)", {"v": ["a", None, "", "b"]}, "a; b"),
+        ("join(v, '-')", {"v": ["a", "b"]}, "a-b"),
+        ("join(v, sep=w)", {"v": ["a", "b"], "w": "+"}, "a+b"),
+        ("recorded()", {}, "2026-01-02T03:04:05+00:00"),
+        ("code('concepts', 'fever')", {}, {"text": "Fever"}),
+        ("v and w", {"v": 1, "w": 2}, 2),
+        ("v and w", {"v": 0, "w": 2}, 0),
+        ("v and w", {"v": [], "w": 2}, []),
+        ("v and w and 3", {"v": 1, "w": 2}, 3),
+        ("v and w and 3", {"v": 1, "w": ""}, ""),
+        ("v or w", {"v": None, "w": "x"}, "x"),
+        ("v or w", {"v": 0, "w": ""}, ""),
+        ("v or w", {"v": 1, "w": 2}, 1),
+        ("v or w or 3", {"v": None, "w": 0}, 3),
+        ("v or w or 3", {"v": None, "w": 2}, 2),
+        ("not v", {"v": 0}, True),
+        ("not v", {"v": "a"}, False),
+        ("v == 1", {"v": 1}, True),
+        ("v == 1", {"v": 2}, False),
+        ("v != 1", {"v": 2}, True),
+        ("v != 1", {"v": 1}, False),
+        ("v < 1", {"v": 0}, True),
+        ("v < 1", {"v": 1}, False),
+        ("v <= 1", {"v": 1}, True),
+        ("v <= 1", {"v": 2}, False),
+        ("v > 1", {"v": 2}, True),
+        ("v > 1", {"v": 1}, False),
+        ("v >= 1", {"v": 1}, True),
+        ("v >= 1", {"v": 0}, False),
+        ("v < 1", {"v": None}, False),  # a missing value compares false
+        ("v > 1", {"v": "a"}, False),
+        ("not v < 1", {"v": None}, True),
+        ("0 < v < 3", {"v": 2}, True),
+        ("0 < v < 3", {"v": 3}, False),
+        ("0 < v < 3", {"v": 0}, False),
+        ("v < w < 3", {"v": None, "w": 1}, False),
+        ("1 < v < w", {"v": 2, "w": None}, False),
+        ("'a' in v", {"v": ["a"]}, True),
+        ("'a' in v", {"v": ["b"]}, False),
+        ("'a' in v", {"v": None}, False),
+        ("'a' not in v", {"v": ["a"]}, False),
+        ("'a' not in v", {"v": ["b"]}, True),
+        ("'a' not in v", {"v": None}, True),
+        ("v is None", {"v": None}, True),
+        ("v is None", {"v": 0}, False),
+        ("v is not None", {"v": 0}, True),
+        ("v is not None", {"v": None}, False),
+        ("'y' if v else 'n'", {"v": 1}, "y"),
+        ("'y' if v else 'n'", {"v": 0}, "n"),
+        ("[v, 1]", {"v": None}, [None, 1]),
+        ("(v, 1)", {"v": 2}, [2, 1]),
+        ("[]", {}, []),
+    ],
+)
+def test_expression_values(source: str, values: dict[str, Any], expected: Any) -> None:
+    result = evaluate(source, **values)
+    assert result == expected
+    assert type(result) is type(expected)
+
+
+def test_properties_are_read() -> None:
+    fn, _ = compile_expr("s.double.text", s=_Shape)
+    assert fn({"s": _Shape(size=4)}) == "8"
+    fn, _ = compile_expr("s.triple[0].text", s=_Shape)
+    assert fn({"s": _Shape(size=4)}) == "12"
+
+
+# --- functions: what the template functions give (functions.py) ----------------------------------------------
+
+SCT = "http://snomed.info/sct"
+FUNCTION_CODES = {
+    "concepts": HEADER
+    + f"fever,{SCT},1,Fever,s.fever,\nfever,http://hl7.org/fhir/sid/icd-10,R50,Fever (ICD),s.r50,\n"
+    + f"fever@arm|right,{SCT},2,Fever of right arm,s.x,\nfever@arm,{SCT},3,Fever of arm,s.y,\ncough,,,Cough,,\n",
+    "body-sites": HEADER + f"arm,{SCT},10,Arm,s.arm,\narm|right,{SCT},11,Right arm,s.rarm,\nleg,,,Leg,,\n",
+    "laterality": HEADER + f"right,{SCT},20,Right,s.right,\nleft,,,Left,,\n",
+    "units": HEADER + "mg,urn:units,MG,Milligram,s.mg,\nbox,,,Box,,\n",
+}
+FEVER = {"system": SCT, "code": "1", "display": "Fever"}
+FEVER_ICD = {"system": "http://hl7.org/fhir/sid/icd-10", "code": "R50", "display": "Fever (ICD)"}
+
+
+def ctx(**fields: Any) -> Context:
+    tables = {name: load_table_text(name, text) for name, text in FUNCTION_CODES.items()}
+    return Context(tables=tables, case_id="case-1", **fields)
+
+
+def arm(side: str | None = None, key: str | None = "arm", text: str = "arm") -> BodySite:
+    return BodySite(site=Concept(text=text, key=key), laterality=side)
+
+
+@pytest.mark.parametrize(
+    ("c", "kwargs", "expected"),
+    [
+        (None, {}, None),
+        (Concept(text="hot"), {}, {"text": "hot"}),
+        (Concept(text="hot", key="fever"), {}, {"coding": [FEVER, FEVER_ICD], "text": "hot"}),
+        (Concept(text="hack", key="cough"), {}, {"text": "hack"}),
+        (
+            Concept(text="hot", key="fever"),
+            {"site": arm("right")},
+            {
+                "coding": [FEVER, FEVER_ICD, {"system": SCT, "code": "2", "display": "Fever of right arm"}],
+                "text": "hot",
+            },
+        ),
+        (
+            Concept(text="hot", key="fever"),
+            {"site": arm()},
+            {
+                "coding": [FEVER, FEVER_ICD, {"system": SCT, "code": "3", "display": "Fever of arm"}],
+                "text": "hot",
+            },
+        ),
+        (
+            Concept(text="hot", key="fever"),
+            {"site": [arm()]},
+            {
+                "coding": [FEVER, FEVER_ICD, {"system": SCT, "code": "3", "display": "Fever of arm"}],
+                "text": "hot",
+            },
+        ),
+        (Concept(text="hot", key="fever"), {"site": [arm(), arm()]}, {"coding": [FEVER, FEVER_ICD], "text": "hot"}),
+        (Concept(text="hot", key="fever"), {"site": arm("left")}, {"coding": [FEVER, FEVER_ICD], "text": "hot"}),
+        (Concept(text="hot", key="fever"), {"site": arm(key=None)}, {"coding": [FEVER, FEVER_ICD], "text": "hot"}),
+        (
+            Concept(text="Arm!", key="arm"),
+            {"table": "body-sites"},
+            {
+                "coding": [{"system": SCT, "code": "10", "display": "Arm"}],
+                "text": "Arm!",
+            },
+        ),
+        ("fever", {}, {"coding": [FEVER, FEVER_ICD]}),
+        ("cough", {}, {"text": "Cough"}),
+        ("right", {"table": "laterality"}, {"coding": [{"system": SCT, "code": "20", "display": "Right"}]}),
+        ("nokey", {}, None),
+    ],
+)
+def test_concept(c: Any, kwargs: dict[str, Any], expected: Any) -> None:
+    assert functions.concept(ctx(), c, **kwargs) == expected
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "code", "coding"),
+    [
+        ("concepts", None, None, None),
+        ("concepts", "nokey", None, None),
+        ("concepts", "fever", {"coding": [FEVER, FEVER_ICD]}, FEVER),
+        ("concepts", "cough", {"text": "Cough"}, None),
+        ("units", "mg", {"coding": [{"system": "urn:units", "code": "MG", "display": "Milligram"}]}, None),
+    ],
+)
+def test_code_and_coding(table: str, key: str | None, code: Any, coding: Any) -> None:
+    assert functions.code(ctx(), table, key) == code
+    if table == "concepts":
+        assert functions.coding(ctx(), table, key) == coding
+
+
+@pytest.mark.parametrize(
+    ("bs", "expected"),
+    [
+        (None, None),
+        ([], None),
+        (arm(), {"coding": [{"system": SCT, "code": "10", "display": "Arm"}], "text": "Arm"}),
+        ([arm()], {"coding": [{"system": SCT, "code": "10", "display": "Arm"}], "text": "Arm"}),
+        (arm("right"), {"coding": [{"system": SCT, "code": "11", "display": "Right arm"}], "text": "Right arm"}),
+        (arm("left"), {"text": "Left arm"}),  # no lateralised code: the words only, not the code of "arm"
+        (arm(key="leg", text="leg"), {"text": "Leg"}),
+        (arm(key=None, text="elbow"), {"text": "Elbow"}),
+        ([arm("right"), arm(key="leg", text="leg")], {"text": "Right arm and leg"}),
+    ],
+)
+def test_site(bs: Any, expected: Any) -> None:
+    assert functions.site(ctx(), bs) == expected
+
+
+def test_sites_site_coding_and_laterality() -> None:
+    assert functions.sites(ctx(), None) == []
+    assert functions.sites(ctx(), arm()) == [functions.site(ctx(), arm())]
+    assert functions.sites(ctx(), [arm("right"), arm(key=None, text="elbow")]) == [
+        {"coding": [{"system": SCT, "code": "11", "display": "Right arm"}], "text": "Right arm"},
+        {"text": "Elbow"},
+    ]
+    assert functions.site_coding(ctx(), None) is None
+    assert functions.site_coding(ctx(), arm(key=None)) is None
+    assert functions.site_coding(ctx(), arm("right")) == {"system": SCT, "code": "10", "display": "Arm"}
+    assert functions.laterality(ctx(), None) is None
+    assert functions.laterality(ctx(), arm()) is None
+    assert functions.laterality(ctx(), arm("right")) == {"system": SCT, "code": "20", "display": "Right"}
+    assert functions.laterality(ctx(), arm("left")) is None
+
+
+def test_quantity() -> None:
+    assert functions.quantity(ctx(), None) is None
+    mg = Quantity(value=Decimal("2.5"), unit="mg")
+    assert functions.quantity(ctx(), mg) == {"value": Decimal("2.5"), "unit": "mg", "system": "urn:units", "code": "MG"}
+    cm = Quantity(value=Decimal("3"), unit="cm")
+    assert functions.quantity(ctx(), cm) == {
+        "value": Decimal("3"),
+        "unit": "cm",
+        "system": "http://unitsofmeasure.org",
+        "code": "cm",
+    }
+    bad = Quantity.model_construct(value=Decimal("1"), unit="not a unit")
+    assert functions.quantity(ctx(), bad) == {"value": Decimal("1"), "unit": "not a unit"}
+
+
+def test_references() -> None:
+    c = ctx()
+    one = functions.Planned("a", "", "Patient", "id-a", "case-1/a", "A")
+    two = functions.Planned("b", "1", "Condition", "id-b1", "case-1/b/1", None)
+    three = functions.Planned("b", "2", "Condition", "id-b2", "case-1/b/2", "B2")
+    c.planned = {("a", ""): one, ("b", "1"): two, ("b", "2"): three}
+    c.by_role = {"a": [one], "b": [two, three]}
+    assert functions.ref(c, "a") == {"reference": "urn:uuid:id-a", "display": "A"}
+    assert functions.ref(c, "b", 1) == {"reference": "urn:uuid:id-b1"}
+    assert functions.ref(c, "b", "2") == {"reference": "urn:uuid:id-b2", "display": "B2"}
+    assert functions.ref(c, "b") is None
+    assert functions.ref(c, "c") is None
+    assert functions.refs(c, "b") == [{"reference": "urn:uuid:id-b1"}, {"reference": "urn:uuid:id-b2", "display": "B2"}]
+    assert functions.refs(c, "c") == []
+    assert functions.all_refs(c) == [
+        {"reference": "urn:uuid:id-a", "display": "A"},
+        {"reference": "urn:uuid:id-b1"},
+        {"reference": "urn:uuid:id-b2", "display": "B2"},
+    ]
+    assert functions.all_refs(c, exclude=["b"]) == [{"reference": "urn:uuid:id-a", "display": "A"}]
+    assert one.full_url == "urn:uuid:id-a"
+
+
+def test_step_ref_prefers_the_most_specific_product() -> None:
+    c = ctx()
+    roles = ["step-impression", "laboratory-report", "imaging-report", "histopathology-report"]
+    assert functions.step_ref(c, None) is None
+    assert functions.step_ref(c, "s") is None
+    for n, role in enumerate(roles):
+        c.planned[(role, "s")] = functions.Planned(role, "s", "X", f"id-{n}", "seed", None)
+        assert functions.step_ref(c, "s") == {"reference": f"urn:uuid:id-{n}"}
+
+
+@pytest.mark.parametrize("name", ["", "case-1/patient", "case-1/diagnosis/d1", "identity/patient/P7", "é/ü"])
+def test_name_uuid_is_uuid5(name: str) -> None:
+    assert functions.name_uuid(name) == str(uuid.uuid5(ID_NAMESPACE, name))
+    assert functions.name_uuid_bytes(name) == uuid.uuid5(ID_NAMESPACE, name).bytes
+
+
+def test_dicom_uid() -> None:
+    assert functions.dicom_uid(ctx(), "series", "x") == f"2.25.{uuid.uuid5(ID_NAMESPACE, 'case-1/dicom/series/x').int}"
+
+
+@pytest.mark.parametrize(
+    ("unit", "code"), [("years", "a"), ("months", "mo"), ("weeks", "wk"), ("days", "d"), ("hours", "h")]
+)
+def test_age(unit: str, code: str) -> None:
+    assert functions.age(ctx(), None) is None
+    # model_construct: the case model's ages have no hours (other time units do).
+    assert functions.age(ctx(), Age.model_construct(value=3, unit=unit)) == {
+        "value": 3,
+        "unit": unit,
+        "system": "http://unitsofmeasure.org",
+        "code": code,
+    }
+
+
+def test_times_in_words() -> None:
+    report = case()
+    before = TimeElement(relative={"relation": "before", "to": "d1", "value": 2, "unit": "weeks"})
+    assert functions.when(ctx(), None, report) is None
+    assert functions.when(ctx(), before, report) == "2 weeks before fever"
+    assert functions.when_untyped(ctx(), None, report) is None
+    assert functions.when_untyped(ctx(), before, report) == "2 weeks before fever".capitalize()
+    assert functions.when_untyped(ctx(), TimeElement(date="2020-01"), report) is None
+    assert functions.when_untyped(ctx(), TimeElement(age={"value": 3}), report) is None
+
+
+def test_recorded() -> None:
+    assert functions.recorded(ctx()) is None
+    assert functions.recorded(ctx(recorded=RECORDED.replace(microsecond=123))) == "2026-01-02T03:04:05+00:00"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ((None,), None),
+        (([],), None),
+        (([None, ""],), None),
+        ((["a", None, "", "b", 0],), "a; b; 0"),
+        ((["a", "b"], "/"), "a/b"),
+    ],
+)
+def test_join(args: tuple[Any, ...], expected: str | None) -> None:
+    assert functions.join(ctx(), *args) == expected
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("xray",), "xray"),
+        (("xray", "arm"), "xray|arm"),
+        (("xray", "arm", "right"), "xray|arm|right"),
+        (("xray", None, "right"), None),
+        ((None, "arm"), None),
+        (("xray", "arm", None), "xray|arm"),
+        ((1, 2), "1|2"),
+    ],
+)
+def test_key_of(args: tuple[Any, ...], expected: str | None) -> None:
+    assert functions.key_of(ctx(), *args) == expected
+
+
+def test_capitalize_and_texts() -> None:
+    assert functions.capitalize(ctx(), None) is None
+    assert functions.capitalize(ctx(), "") == ""
+    assert functions.capitalize(ctx(), "abc def") == "Abc def"
+    assert functions.texts(ctx(), None) == []
+    assert functions.texts(ctx(), [Concept(text="a"), Concept(text="b", key="k")]) == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("concept(v, 'nope')", "concept(): no code table 'nope'; tables: body-sites, concepts, laterality, units"),
+        ("concept(v, table=v)", "concept(): the table name must be a constant string"),
+        (
+            "code(table='nope', key='x')",
+            "code(): no code table 'nope'; tables: body-sites, concepts, laterality, units",
+        ),
+        ("coding('concepts', 'nokey')", "coding(): table 'concepts' has no key 'nokey'"),
+        ("refs('q')", "refs(): no resource template has role 'q'; roles: r"),
+        ("ref(role='q')", "ref(): no resource template has role 'q'; roles: r"),
+        ("refs(v)", "refs(): the role must be a constant string"),
+    ],
+)
+def test_constant_arguments_are_checked(source: str, message: str) -> None:
+    assert expr_error(source, v=None) == message
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["concept(v)", "concept(v, 'laterality')", "code('concepts', v)", "coding('concepts', 'fever')", "ref('r', 1)"],
+)
+def test_good_constant_arguments(source: str) -> None:
+    compile_expr(source, v=None)
