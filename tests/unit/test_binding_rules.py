@@ -25,6 +25,7 @@ COLOUR = "http://example.org/cs/colour"  # a complete code system
 PARTIAL = "http://example.org/cs/partial"  # content fragment: its codes cannot all be known
 EMPTY = "http://example.org/cs/empty"  # complete, but without concepts
 SNOMED = "http://snomed.info/sct"
+LOINC = "http://loinc.org"  # external, even with a code system of that url held
 VS = "http://example.org/vs/colours"  # title and version; red and green by compose
 NAMED = "http://example.org/vs/named"  # a name, no title; the whole colour system
 BARE = "http://example.org/vs/bare"  # neither title nor name; red only
@@ -62,6 +63,13 @@ RESOURCES: list[dict[str, Any]] = [
         "concept": [{"code": "one", "display": "One"}],
     },
     {"resourceType": "CodeSystem", "url": EMPTY, "status": "active", "content": "complete"},
+    {
+        "resourceType": "CodeSystem",
+        "url": LOINC,
+        "status": "active",
+        "content": "complete",
+        "concept": [{"code": "1-8", "display": "Acyclovir"}],
+    },
     _value_set(
         VS,
         title="Colours",
@@ -486,6 +494,8 @@ RED_CHOICES = "Valid display is one of 3 choices: 'Red', 'Rot' (de) or 'Reddish'
         ({"system": EMPTY, "code": "any"}, []),
         ({"system": "http://example.org/cs/unknown", "code": "any"}, []),
         ({"system": SNOMED, "code": "not-a-code", "display": "x"}, []),
+        ({"system": LOINC, "code": "2-9"}, []),
+        ({"system": LOINC, "code": "1-8", "display": "x"}, []),
         # Wrong shapes are the walk's to report.
         ({"code": "purple"}, []),
         ({"system": 5, "code": "purple"}, []),
