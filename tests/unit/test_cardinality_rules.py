@@ -81,6 +81,15 @@ DEFINITIONS = [
                 "min": 1,
                 "fixedUri": "urn:mrn",
             },
+            # An optional slice: its absence is no error.
+            {
+                "id": "Patient.identifier:other",
+                "path": "Patient.identifier",
+                "sliceName": "other",
+                "min": 0,
+                "max": "*",
+            },
+            {"id": "Patient.identifier:other.system", "path": "Patient.identifier.system", "fixedUri": "urn:other"},
             element("Patient.contact.name", min=1),
         ],
     ),
@@ -232,6 +241,16 @@ OBSERVATION_BASE: dict[str, Any] = {"resourceType": "Observation", "status": "fi
             {**OBSERVATION_BASE, "valueString": "a", "_valueString": {"extension": [ABSENT]}},
             [unknown_type("valueString")],
         ),
+        # Before the others: the walk goes on to them.
+        (
+            {
+                "resourceType": "Observation",
+                "_valueString": {"extension": [ABSENT]},
+                "status": "final",
+                "code": {"text": "x"},
+            },
+            [unknown_type("valueString")],
+        ),
         # A profile's max 1 on an element that repeats in the base: still an array, counted.
         ({**OBSERVATION_BASE, "valueQuantity": {"value": 1}, "note": [{"text": "a"}]}, []),
         (
@@ -319,6 +338,15 @@ def unrecognized(at: str, key: str) -> tuple[str, ...]:
         ({"resourceType": "Patient", "gender": "male", "_gender": {"extension": [ABSENT]}}, []),
         # Properties the definition does not have.
         ({"resourceType": "Patient", "bogus": 1}, [unrecognized("Patient", "bogus")]),
+        (
+            {"resourceType": "Patient", "_bogus": {}, "bogus": 1, "name": {"family": "x"}},
+            [
+                unrecognized("Patient", "_bogus"),
+                unrecognized("Patient", "bogus"),
+                array_expected("name", "Patient.name", "Patient"),
+            ],
+        ),
+        ({"resourceType": "Patient", "active": [True]}, [object_expected("active", "Patient.active", "Patient")]),
         ({"resourceType": "Patient", "_bogus": {}}, [unrecognized("Patient", "_bogus")]),
         ({"resourceType": "Patient", "_name": [{}]}, [unrecognized("Patient", "_name")]),  # not a primitive
         (
@@ -384,6 +412,15 @@ def test_the_companions_of_repeated_primitives(
             [unrecognized("Patient.gender", "bogus")],
         ),
         ({"resourceType": "Patient", "_gender": {"bogus": 1}}, [unrecognized("Patient.gender", "bogus")]),
+        (
+            {"resourceType": "Patient", "_gender": {"bogus": 1}, "name": {"family": "x"}},
+            [unrecognized("Patient.gender", "bogus"), array_expected("name", "Patient.name", "Patient")],
+        ),
+        # A plain value's companion is checked too.
+        (
+            {"resourceType": "Patient", "active": True, "_active": {"bogus": 1}},
+            [unrecognized("Patient.active", "bogus")],
+        ),
     ],
 )
 def test_the_companion_of_a_single_primitive(
