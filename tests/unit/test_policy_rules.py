@@ -397,7 +397,7 @@ OPERATION = "operations and searches are not forwarded, only resources"
             ),
         ),
         (
-            entry("PUT", "Patient?_summary:x=count", patient()),
+            entry("PUT", "Patient?_summary:x:y=count", patient()),
             (
                 "invalid",
                 "a condition selects what is written; result parameters (_summary) shape a search's answer",
@@ -746,6 +746,27 @@ def test_the_problem_of_one_entry_leaves_the_others_checked() -> None:
     assert [i[3] for i in issues] == ["Bundle.entry[0].request.method"]
 
 
+def test_an_entry_left_to_the_validator_leaves_the_others_checked() -> None:
+    entries = [
+        entry("POST", "Patient"),
+        entry("OPTIONS", "Patient", patient()),
+        entry("PUT", "Patient/b", patient("b")),
+    ]
+    assert outcome(entries) == ([Action(2, "update", "Patient", resource_id="b")], [])
+
+
+def test_every_result_parameter_of_a_condition_is_named_in_order() -> None:
+    names = ["_total", "_sort", "_revinclude", "_pretty", "_offset", "_maxresults", "_include", "_graph", "_format"]
+    names += ["_elements", "_count", "_containedType", "_contained", "_summary"]
+    query = "&".join(f"{n}=1" for n in names) + "&_id=a&_lastUpdated=gt2020"
+    shown = ", ".join(sorted(names))
+    assert refused(entry("PUT", f"Patient?{query}", patient())) == (
+        "invalid",
+        f"a condition selects what is written; result parameters ({shown}) shape a search's answer",
+        "Bundle.entry[1].request.url",
+    )
+
+
 def twice(message_target: str) -> str:
     return f"entry 0 already writes {message_target}: a transaction may write a resource once (FHIR transaction rules)"
 
@@ -827,6 +848,29 @@ def test_contained_types(contained: Any, types: tuple[str, ...]) -> None:
     # without a policy, so that only the types are read (an empty type is not one the policy lists)
     actions, issues = outcome([entry("POST", "Patient", patient(None, contained=contained))], None)
     assert (actions, issues) == ([Action(0, "create", "Patient", contained=types)], [])
+
+
+def test_the_defaults_of_a_policy() -> None:
+    policy = ForwardingPolicy(frozenset(), frozenset(), 1, 1024)
+    assert (policy.file, policy.unknown_profiles, policy.hapi_checks) == (
+        "forwarding-policy.yaml",
+        "error",
+        HapiChecks(numeric_ids=True, absolute_references=True, missing_references=True, max_lookups=10),
+    )
+
+
+@pytest.mark.parametrize(
+    ("checks", "enabled"),
+    [
+        (HapiChecks(False, False, False), False),
+        (HapiChecks(True, False, False), True),
+        (HapiChecks(False, True, False), True),
+        (HapiChecks(False, False, True), True),
+        (HapiChecks(), True),
+    ],
+)
+def test_the_hapi_checks_are_enabled_when_one_is_on(checks: HapiChecks, enabled: bool) -> None:
+    assert checks.enabled is enabled
 
 
 @pytest.mark.parametrize(
