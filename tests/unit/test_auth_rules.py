@@ -7,6 +7,7 @@ other key as foreign, and answers 403, or 422 when the check would cost too much
 from __future__ import annotations
 
 import asyncio
+import locale
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -540,6 +541,12 @@ def test_a_keys_file(tmp_path: Path) -> None:
         ),
         (_entry() + _entry(secret="y" * 30), 4, "the name 'ehr' is used twice"),
         (_entry() + _entry("job"), 5, "the same secret is used twice"),
+        ("- ehr\n", 1, "expected a mapping, found a scalar"),
+        (_entry() + "  name: job\n", 4, "duplicate key 'name'"),
+        (_entry().replace(_sha("x" * 30), "5"), 2, "expected text"),
+        # A node of an unknown tag is refused by its kind, never constructed (the constructor would fail).
+        (_entry("!foo [1]"), 1, "expected text"),
+        (_entry(extra="  namespaces: [!foo [urn:a:b]]\n"), 4, URI_WORDS),
         (_entry("5"), 1, "expected text"),
         (_entry("' '"), 1, "expected text"),
         (_entry(scopes="[ro]"), 3, "expected text"),
@@ -554,6 +561,18 @@ def test_a_keys_file(tmp_path: Path) -> None:
 )
 def test_keys_file_mistakes_name_file_and_line(tmp_path: Path, text: str, line: int, words: str) -> None:
     assert _file_refusal(tmp_path, text) == (line, words)
+
+
+def test_a_keys_file_is_read_as_utf_8_whatever_the_locale(tmp_path: Path) -> None:
+    path = tmp_path / "keys.yaml"
+    path.write_text("# clé de l'EHR\n" + _entry(), encoding="utf-8")
+    # A service started under a non-UTF-8 locale (here ASCII) still reads the file as UTF-8.
+    before = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    try:
+        assert [k.name for k in load_api_keys_file(path)] == ["ehr"]
+    finally:
+        locale.setlocale(locale.LC_CTYPE, before)
 
 
 def test_a_keys_file_that_cannot_be_read(tmp_path: Path) -> None:
