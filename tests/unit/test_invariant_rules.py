@@ -39,6 +39,7 @@ from casebridge.validation.invariants import (
     _eld_11,
     _eld_12,
     _eld_18,
+    _entries,
     _first_element_untyped,
     _ids_distinct,
     _implies_present,
@@ -514,6 +515,9 @@ def entry(full_url: str | None, version: str | None = None) -> dict[str, Any]:
         (bundle("collection", entry("urn:a", "XX"), entry("urn:aXX")), False),
         (bundle("collection", entry("urn:a", "1"), entry("urn:a1")), False),
         (bundle("collection", "x", entry("urn:uuid:1")), True),
+        # An entry that is not compared does not end the comparison.
+        (bundle("collection", "x", entry("urn:uuid:1"), entry("urn:uuid:1")), False),
+        (bundle("collection", entry(None), entry("urn:uuid:1"), entry("urn:uuid:1")), False),
         (bundle("collection", entry("urn:uuid:1"), {"fullUrl": "urn:uuid:1", "resource": {"meta": "x"}}), False),
     ],
 )
@@ -523,6 +527,8 @@ def test_bdl_7_full_urls_are_unique_but_for_versions(resource: dict[str, Any], o
 
 def test_bdl_7_is_not_checked_on_a_value_that_is_not_an_object() -> None:
     assert native_of("bdl-7")("x", None) is True
+    assert _entries("x") == []  # the entries of anything but a Bundle object: none
+    assert _entries({"entry": "x"}) == []
 
 
 @pytest.mark.parametrize(
@@ -808,7 +814,14 @@ def test_the_observation_and_condition_rules_are_reported(validator: Validator) 
     ]
 
 
-def test_tim_9_is_reported_on_the_repeat(validator: Validator) -> None:
+@pytest.mark.parametrize(
+    ("when", "fails"),
+    [(["CM"], True), (["MORN", "CM"], True), (["MORN", "ACM"], False), ([], True)],
+)
+def test_tim_9_is_reported_on_the_repeat(validator: Validator, when: list[str], fails: bool) -> None:
+    # The interpreter cannot evaluate the R4 expression on two whens (a union on the right of "in"): the native
+    # decides, and the rule is never "could not be evaluated".
+    repeat: dict[str, Any] = {"offset": 30, "when": when} if when else {"offset": 30}
     request = {
         "resourceType": "MedicationRequest",
         "text": TEXT,
@@ -816,10 +829,22 @@ def test_tim_9_is_reported_on_the_repeat(validator: Validator) -> None:
         "intent": "order",
         "medicationCodeableConcept": {"text": "x"},
         "subject": {"reference": "Patient/1"},
-        "dosageInstruction": [{"timing": {"repeat": {"offset": 30, "when": ["CM"]}}}],
+        "dosageInstruction": [{"timing": {"repeat": repeat}}],
     }
     expression = "MedicationRequest.dosageInstruction[0].timing.repeat"
-    assert keyed(validator.validate(request), "tim-9") == [failed("tim-9", expression, SD + "Timing")]
+    expected = [failed("tim-9", expression, SD + "Timing")] if fails else []
+    assert keyed(validator.validate(request), "tim-9") == expected
+
+
+@pytest.mark.parametrize(
+    ("div", "fails"),
+    [(f"<div {XHTML}> </div>", True), (f"<div {XHTML}><p>\n</p></div>", True), (f"<div {XHTML}>x</div>", False)],
+)
+def test_txt_2_is_reported_on_the_div(validator: Validator, div: str, fails: bool) -> None:
+    # R4 writes txt-2 htmlChecks(), which the interpreter passes on blank content: the native decides.
+    resource = {"resourceType": "Patient", "text": {"status": "generated", "div": div}}
+    expected = [failed("txt-2", "Patient.text.div", SD + "Narrative")] if fails else []
+    assert keyed(validator.validate(resource), "txt-1", "txt-2") == expected
 
 
 # --- the walk's handling of constraint lists (Invariants) ------------------------------------------------------
@@ -904,14 +929,14 @@ def test_a_constraint_that_cannot_be_evaluated_keeps_its_severity(
     ]
 
 
-def test_an_element_is_evaluated_with_its_type_a_resource_without(patient_tree: StructureTree) -> None:
-    # value resolves to valueString only when the element's path is known.
-    rule = constraint("x-4", "value.exists()")
+def test_an_element_is_evaluated_with_its_type(patient_tree: StructureTree) -> None:
+    # value resolves to valueString, and code is a CodeableConcept, only when the element's path is known.
+    rules = (constraint("x-4", "value.exists()"), constraint("x-5", "code.is(CodeableConcept)"))
     component = {"code": {"text": "x"}, "valueString": "x"}
-    obs = observation(component=[component])
-    assert run_check((rule,), component, "Observation.component", obs, patient_tree) == []
-    assert run_check((rule,), obs, "Observation", obs, patient_tree) != []
-    assert run_check((rule,), observation(valueString="x"), "Other", observation(valueString="x"), patient_tree) == []
+    obs = observation(component=[component], valueString="x")
+    assert run_check(rules, component, "Observation.component", obs, patient_tree) == []
+    failures = [i[3][:22] for i in run_check(rules, component, None, obs, patient_tree)]
+    assert failures == ["Constraint failed: x-4", "Constraint failed: x-5"]
 
 
 def test_a_native_reads_the_root_of_the_resource(patient_tree: StructureTree) -> None:
