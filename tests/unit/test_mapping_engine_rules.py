@@ -89,7 +89,7 @@ XHTML = 'xmlns="http://www.w3.org/1999/xhtml"'
 # The FHIR model classes the templates here use, built once at import (a pydantic class takes up to half a second
 # the first time): the tests, and each forked run of them, then start with the classes built.
 FHIR_TYPES = {t: get_fhir_model_class(t) for t in ("Patient", "Condition", "Provenance", "QuestionnaireResponse")}
-FHIR_TYPES |= {t: get_fhir_model_class(t) for t in ("ImagingStudy", "Procedure")}
+FHIR_TYPES |= {t: get_fhir_model_class(t) for t in ("ImagingStudy", "Procedure", "Encounter")}
 
 
 def write(
@@ -297,6 +297,12 @@ def test_two_items_with_one_key_are_refused(tmp_path: Path) -> None:
         mappings.convert(case(diagnoses=diagnoses), source="c.yaml")
     assert str(info.value) == "two diagnosis resources share the key 'Same'"
     assert info.value.source == "c.yaml"
+    with pytest.raises(ConversionError) as info:
+        mappings.convert_detailed(case(diagnoses=diagnoses))
+    assert info.value.source == ""  # no source named
+    with pytest.raises(ConversionError) as info:
+        mappings.convert(case(diagnoses=diagnoses))
+    assert info.value.source == ""
 
 
 @pytest.mark.parametrize("key", ["d.stage", "d.stage or ''"])
@@ -327,7 +333,9 @@ def test_when_filters_resources_and_items(tmp_path: Path) -> None:
     patient = PATIENT.replace("    body:", "    when: case.patient.sex == 'male'\n    body:")
     condition = CONDITION.replace("    title:", "    when: d.concept.key\n    title:")
     mappings = MappingSet.load(write(tmp_path, templates={"patient.yaml": patient, "condition.yaml": condition}))
-    bundle = mappings.convert(case(), recorded=RECORDED)
+    # An item left out does not end the loop: the items after it are still made.
+    first = {"id": "d0", "concept": {"text": "Chills"}}
+    bundle = mappings.convert(case(diagnoses=[first, *case().model_dump()["diagnoses"]]), recorded=RECORDED)
     # No patient (the case's is female), and only the diagnosis with a key; ref('patient') is then absent.
     assert [(r["resourceType"], r["id"]) for r in resources(bundle)] == [("Condition", uid("case-1/diagnosis/d1"))]
     assert "subject" not in resources(bundle)[0]
@@ -516,6 +524,30 @@ def test_a_template_that_fails_names_its_file_and_line(tmp_path: Path) -> None:
     assert (info.value.file, info.value.line) == ("mappings/resources/t.yaml", 3)
 
 
+@pytest.mark.parametrize(
+    ("lines", "line"),
+    [
+        ("    when: capitalize(1)\n", 3),
+        ("    identity: capitalize(1)\n", 3),
+        ("    for_each: capitalize(1)\n    as: x\n    key: x\n", 3),
+        ("    for_each: case.diagnoses\n    as: x\n    key: capitalize(1)\n", 3),
+        ("    for_each: case.diagnoses\n    as: x\n    key: x.id\n    when: capitalize(1)\n", 3),
+        ("    for_each: case.diagnoses\n    as: x\n    key: x.id\n    title: '{{ capitalize(1) }}'\n", 3),
+        ("    body:\n      gender: '{{ capitalize(1) }}'\n", 3),
+    ],
+)
+def test_each_part_of_a_template_that_fails_names_it(tmp_path: Path, lines: str, line: int) -> None:
+    template = "resourceType: Patient\nresources:\n  - role: patient\n" + lines
+    if "body:" not in lines:
+        template += "    body:\n      gender: female\n"
+    mappings = MappingSet.load(write(tmp_path, **only(template)))
+    with pytest.raises(MappingError) as info:
+        mappings.convert(case())
+    with pytest.raises(TypeError) as cause:
+        functions.capitalize(Context(tables={}), 1)  # type: ignore[arg-type]
+    assert str(info.value) == f"mappings/resources/t.yaml:{line}: role 'patient' failed: TypeError: {cause.value}"
+
+
 def test_a_mapping_error_of_a_template_passes_unchanged(tmp_path: Path) -> None:
     template = PATIENT.replace('gender: "{{ case.patient.sex }}"', 'gender: "{{ case.patient }}"')
     mappings = MappingSet.load(write(tmp_path, **only(template)))
@@ -575,6 +607,17 @@ presentation:
 diagnostic_steps:
   - {id: exam, kind: clinical_examination, order: 1}
 """
+
+
+def test_a_case_model_never_walked_before(tmp_path: Path) -> None:
+    """The walk keeps each model's field names after its first visit: a class seen for the first time is read too."""
+
+    class FreshCase(CaseReport):
+        pass
+
+    mappings = MappingSet.load(write(tmp_path))
+    fresh = FreshCase.model_validate(case().model_dump() | {"presentation": {"complaint": {"text": "x", "key": "y"}}})
+    assert mappings.check_vocabulary(fresh) == [Problem("presentation.complaint.key", "unknown vocabulary key 'y'")]
 
 
 def test_an_upgraded_case_says_its_paths_are_the_upgraded_ones(tmp_path: Path) -> None:
@@ -791,6 +834,11 @@ TEMPLATE_ERRORS = [
         "'x' has no field 'idd'; it has: body_site, concept, id, note, quote, stage, status, time",
     ),
     (
+        "resourceType: Patient\nresources:\n  - role: p\n    for_each: case.diagnoses[0].idd\n    as: x\n    key: x\n",
+        "for_each",
+        "'case.diagnoses[0]' has no field 'idd'; it has: body_site, concept, id, note, quote, stage, status, time",
+    ),
+    (
         "resourceType: Patient\nresources:\n  - role: p\n    key: x\n    body: {}\n",
         "key",
         "'key' only goes with for_each",
@@ -915,6 +963,16 @@ resources:
         "_recordedDate": {"extension": [{"url": "http://example.org/x", "valueCode": "unknown"}]},
         "code": {"text": "Fever"},
     }
+
+
+def test_elements_are_named_as_in_fhir(tmp_path: Path) -> None:
+    """Encounter.class is class_ in the Python model: a template writes class."""
+    text = "resourceType: Encounter\nresources:\n  - role: e\n    body:\n      class: {code: AMB}\n"
+    mappings = MappingSet.load(write(tmp_path, **only(text)))
+    (encounter,) = resources(mappings.convert(case(), recorded=RECORDED))
+    assert encounter["class"] == {"code": "AMB"}
+    error = load_error(write(tmp_path / "other", **only(text.replace("class:", "class_:"))))
+    assert str(error) == "mappings/resources/t.yaml:5: Encounter has no element 'class_'"
 
 
 @pytest.mark.parametrize("profile", ["http://example.org/P", "https://example.org/P"])
