@@ -261,6 +261,13 @@ EXTENSION_V = {"url": "http://v", "valueCode": "y"}
         ({"extension": EXTENSION_U}, "extension('http://u')", None, []),
         ({"extension": [EXTENSION_U]}, "extension('http://w')", None, []),
         ({"extension": [EXTENSION_U]}, "extension", None, [(EXTENSION_U, None)]),
+        # ofType(T) keeps the values of type T, and those whose type the JSON does not tell.
+        ({"valueQuantity": QUANTITY}, "value.ofType(Quantity)", None, [(QUANTITY, "Quantity")]),
+        ({"valueQuantity": QUANTITY}, "value.ofType(Quantity).unit", None, [("mg", None)]),
+        ({"valueString": "s"}, "value.ofType(Quantity)", None, []),
+        ({"valueString": "s"}, "value.ofType(string)", None, [("s", "string")]),
+        ({"code": CODING_A}, "code.ofType(Coding)", None, [(CODING_A, None)]),
+        ({"resource": [PATIENT_1, GROUP_2]}, "resource.ofType(Group)", None, [(GROUP_2, "Group")]),
     ],
 )
 def test_typed_values_at(item: Any, path: str, type_code: str | None, values: list[tuple[Any, Any]]) -> None:
@@ -285,6 +292,12 @@ def test_typed_values_at(item: Any, path: str, type_code: str | None, values: li
         ({"item": {"reference": "#untyped"}}, "item.resolve()", []),
         ({"item": {"reference": "#numbered"}}, "item.resolve()", []),
         ({"reference": "#c"}, "resolve()", [({"resourceType": "Condition", "id": "c"}, "Condition")]),
+        (
+            {"contentReference": {"reference": "#c"}},
+            "content.ofType(Reference).resolve()",
+            [({"resourceType": "Condition", "id": "c"}, "Condition")],
+        ),
+        ({"contentString": "#c"}, "content.ofType(Reference).resolve()", []),
     ],
 )
 def test_typed_values_through_resolve(item: Any, path: str, values: list[tuple[Any, Any]]) -> None:
@@ -313,6 +326,24 @@ EXTENSION = el("extension", slices=(V_BY_URL, NO_URL, U_BY_URL, U_BY_PROFILE))
 COMPONENT = el("component", CODE, VALUE, EXTENSION, el("text", pattern="t"))
 
 
+@pytest.mark.parametrize(
+    ("step", "type_code"),
+    [
+        ("ofType(Quantity)", "Quantity"),
+        ("ofType( string )", "string"),
+        ("ofType(Reference)", "Reference"),
+        ("ofType()", None),
+        ("oftype(Quantity)", None),
+        ("xofType(Quantity)", None),
+        ("ofType(Quantity", None),
+        ("ofType(Quantity)x", None),
+        ("value", None),
+    ],
+)
+def test_of_type(step: str, type_code: str | None) -> None:
+    assert slicing._of_type(step) == type_code
+
+
 def test_extension_slices_by_fixed_url_or_profile() -> None:
     assert slicing._extension_slices(EXTENSION, "http://u") == [U_BY_URL, U_BY_PROFILE]
     assert slicing._extension_slices(EXTENSION, "http://v") == [V_BY_URL]
@@ -330,6 +361,8 @@ def test_extension_slices_by_fixed_url_or_profile() -> None:
         ("value", VALUE),
         ("value[x]", VALUE),
         ("value.unit", VALUE.children["unit"]),
+        ("value.ofType(Quantity)", VALUE),
+        ("value.ofType(Quantity).unit", VALUE.children["unit"]),
         ("extension('http://u')", U_BY_URL),
         ("extension('http://v').url", V_BY_URL.children["url"]),
         ("extension('http://w')", None),
@@ -354,6 +387,8 @@ def test_node_at(path: str, expected: ElementNode | None) -> None:
         ("code.coding.code", [CODE.children["coding"].children["code"], SBP_CODE.children["code"]]),
         ("value", [VALUE]),
         ("value.unit", [VALUE.children["unit"]]),
+        ("value.ofType(Quantity)", [VALUE]),
+        ("value.ofType(Quantity).unit", [VALUE.children["unit"]]),
         ("extension('http://u')", [U_BY_URL, U_BY_PROFILE]),
         ("extension('http://v').url", [V_BY_URL.children["url"]]),
         ("code.extension('http://u')", []),
@@ -401,6 +436,8 @@ def test_nodes_at(path: str, expected: list[ElementNode]) -> None:
         (el("c", el("code", pattern={"coding": [CODING_A]})), "code.coding", MISSING),
         (el("c", el("code", pattern={"coding": [CODING_A]})), "code.coding.code", MISSING),
         (el("c", el("value[x]", pattern={"unit": "mg"})), "value.unit", "mg"),
+        (el("c", el("value[x]", pattern={"unit": "mg"})), "value.ofType(Quantity).unit", "mg"),
+        (COMPONENT, "value.ofType(Quantity).unit", "mg"),
         (el("c", el("code", el("coding", pattern={"code": "x"}))), "code.coding.code", "x"),
         (el("c", fixed={"code": {"coding": "x"}}, pattern={"code": {"text": "t"}}), "code.text", "t"),
         (el("c", el("code"), fixed={"code": {"text": "t"}}), "code.text", "t"),
@@ -559,6 +596,47 @@ DEFINITIONS.append(
         [
             sliced("Patient.name.given", "closed", ("value", "$this")),
             slice_("Patient.name.given", "first", 1, "1", fixedString="A"),
+        ],
+    )
+)
+
+
+CODED = f"{BASE}/condition-coded"
+HOLDER = f"{BASE}/composition-contained"
+DEFINITIONS += [
+    profile(CODED, "Condition", [{"id": "Condition.code", "path": "Condition.code", "min": 1}]),
+    profile(
+        HOLDER,
+        "Composition",
+        [
+            sliced("Composition.contained", "open", ("type", "$this")),
+            slice_("Composition.contained", "condition", 0, "1", type=[{"code": "Condition", "profile": [CODED]}]),
+        ],
+    ),
+]
+
+
+PAYLOAD = f"{BASE}/communication-payload"
+DEFINITIONS.append(
+    profile(
+        PAYLOAD,
+        "Communication",
+        [
+            sliced("Communication.payload", "closed", ("type", "content.ofType(Reference).resolve()")),
+            slice_("Communication.payload", "document", 1, "1"),
+            at(
+                "Communication.payload",
+                "document",
+                "content[x]",
+                type=[{"code": "Reference", "targetProfile": [f"{CORE}/DocumentReference"]}],
+            ),
+            slice_("Communication.payload", "task", 0, "1"),
+            at(
+                "Communication.payload",
+                "task",
+                "content[x]",
+                type=[{"code": "Reference", "targetProfile": [f"{CORE}/Task"]}],
+            ),
         ],
     )
 )
@@ -1130,3 +1208,75 @@ def test_resolve_in_a_discriminator_of_a_contained_resource_looks_in_its_contain
         no_match("Composition.contained[0]/*List/l*/.entry[0]", BY_TARGET),
         required("Composition.contained[0]/*List/l*/", "List.entry:conditions", BY_TARGET),
     ]
+
+
+def composition(*contained: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "resourceType": "Composition",
+        "id": "x",
+        "text": TEXT,
+        "status": "final",
+        "type": {"text": "t"},
+        "date": "2020-01-01",
+        "author": [{"display": "a"}],
+        "title": "t",
+        "contained": list(contained),
+        "section": [{"entry": [{"reference": f"#{c['id']}"} for c in contained]}],
+    }
+
+
+def test_a_resource_in_a_slice_is_checked_against_the_slice_type_profile(validator: Validator) -> None:
+    coded = {**CONDITION, "code": {"text": "x"}}
+    uncoded = {**CONDITION, "id": "u"}
+    assert errors(validator.validate(composition(coded, GROUP), [HOLDER])) == []
+    message = f"Condition.code: minimum required = 1, but only found 0 (from {label(CODED)})"
+    assert errors(validator.validate(composition(uncoded, GROUP), [HOLDER])) == [
+        ("error", "required", "Composition.contained[0]/*Condition/u*/", message)
+    ]
+    assert errors(validator.validate(composition(coded, uncoded), [HOLDER])) == [
+        ("error", "required", "Composition.contained[1]/*Condition/u*/", message),
+        too_many("Composition", "Composition.contained:condition", 1, 2, HOLDER),
+    ]
+
+
+DOCUMENT = {
+    "resourceType": "DocumentReference",
+    "id": "d",
+    "status": "current",
+    "content": [{"attachment": {"contentType": "text/plain"}}],
+}
+TASK = {"resourceType": "Task", "id": "t", "status": "draft", "intent": "order"}
+
+
+# Payloads sliced by the type their content resolves to, through ofType(Reference) (closed): document 1..1, task
+# 0..1; a string content resolves to nothing, so it is in no slice.
+@pytest.mark.parametrize(
+    ("contents", "expected"),
+    [
+        ([{"contentReference": {"reference": "#t"}}, {"contentReference": {"reference": "#d"}}], []),
+        (
+            [
+                {"contentReference": {"reference": "#t"}},
+                {"contentString": "s"},
+                {"contentReference": {"reference": "#d"}},
+                {"contentReference": {"reference": "#d"}},
+            ],
+            [
+                no_match("Communication.payload[1]", PAYLOAD),
+                too_many("Communication", "Communication.payload:document", 1, 2, PAYLOAD),
+            ],
+        ),
+    ],
+)
+def test_slicing_by_the_type_a_choice_of_reference_resolves_to(
+    validator: Validator, contents: list[dict[str, Any]], expected: list[tuple[str, str, str, str]]
+) -> None:
+    communication = {
+        "resourceType": "Communication",
+        "id": "m",
+        "text": TEXT,
+        "status": "in-progress",
+        "contained": [DOCUMENT, TASK],
+        "payload": contents,
+    }
+    assert errors(validator.validate(communication, [PAYLOAD])) == expected

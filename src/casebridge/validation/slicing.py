@@ -158,7 +158,7 @@ def _inside_complex_value(slice_node: ElementNode, path: str) -> Any:
     """The discriminator's value where a complex fixed or pattern value of the slice, or of an element on the path,
     gives it (a slice fixing ContactPoint {use: home} for a discriminator on ``use``), as the HL7 validator reads it;
     else missing."""
-    parts = [re.sub(r"\.ofType\(.*\)$", "", p) for p in _split_path(path)]
+    parts = [p for p in _split_path(path) if _of_type(p) is None]
     if path in ("$this", "") or any(_extension_url(p) is not None or p == _RESOLVE for p in parts):
         return _MISSING
     current: ElementNode | None = slice_node
@@ -190,6 +190,7 @@ _OTHER_SLICES = "Note that other slices are allowed in addition to this required
 _RESOLVE = "resolve()"
 _TYPE_ID = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?$")
 _EXTENSION_CALL = re.compile(r"""extension\(\s*(['"])(.*)\1\s*\)""")
+_OF_TYPE = re.compile(r"ofType\(\s*([A-Za-z][A-Za-z0-9]*)\s*\)")
 
 
 def _split_path(path: str) -> list[str]:
@@ -227,6 +228,12 @@ def _extension_url(part: str) -> str | None:
     return match.group(2) if match else None
 
 
+def _of_type(part: str) -> str | None:
+    """The type of an ``ofType(Type)`` step (``value.ofType(Quantity)``, profiling.html#discriminator), else None."""
+    match = _OF_TYPE.fullmatch(part)
+    return match.group(1) if match else None
+
+
 def _extension_slices(extension: ElementNode, url: str) -> list[ElementNode]:
     """The slices of an extension element that are the extension ``url``."""
     out = []
@@ -251,7 +258,8 @@ def _node_at(node: ElementNode, path: str) -> ElementNode | None:
             found = _extension_slices(extension, url) if extension is not None else []
             current = found[0] if found else None
             continue
-        part = re.sub(r"\.ofType\(.*\)$", "", part)
+        if _of_type(part) is not None:
+            continue  # the same (choice) element, as one of its types
         current = current.children.get(part) or current.children.get(part + "[x]")
     return current
 
@@ -262,7 +270,7 @@ def _nodes_at(node: ElementNode, path: str) -> Iterator[ElementNode]:
     if path in ("$this", ""):
         yield node
         return
-    parts = [re.sub(r"\.ofType\(.*\)$", "", p) for p in _split_path(path)]
+    parts = [p for p in _split_path(path) if _of_type(p) is None]
     frontier = [node]
     for part in parts:
         following: list[ElementNode] = []
@@ -339,8 +347,12 @@ def _typed_values_at(
                     nxt.append((target, rtype))
             current = nxt
             continue
+        of_type = _of_type(part)
+        if of_type is not None:
+            # The values of that type (a value whose type the JSON does not tell is kept).
+            current = [(c, t) for c, t in current if t in (of_type, None)]
+            continue
         url = _extension_url(part)
-        part = re.sub(r"\.?ofType\(.*\)$", "", part)
         for c, _ in current:
             if not isinstance(c, dict):
                 continue
