@@ -306,6 +306,7 @@ SCT = {"system": SNOMED, "code": "22298006"}
         ("preferred", VS, "CodeableConcept", cc(BLUE), []),
         ("example", VS, "Coding", BLUE, []),
         ("required", VS, "Quantity", {"system": COLOUR, "code": "blue", "value": 1}, []),
+        ("required", MISSING, "Quantity", {"system": COLOUR, "code": "blue", "value": 1}, []),
         ("preferred", MISSING, "Coding", BLUE, []),
         # A CodeableConcept without codings: an error only where a code is required.
         (
@@ -335,6 +336,8 @@ SCT = {"system": SNOMED, "code": "22298006"}
             cc({"system": COLOUR, "code": 5}, BLUE),
             [none_of(VS, "Colours", "required")],
         ),
+        # ...and the codings after one are looked at.
+        ("required", VS, "CodeableConcept", cc({"system": COLOUR, "code": 5}, RED), []),
         # An open system, or an incomplete expansion, cannot be checked offline: information, naming the first code.
         (
             "required",
