@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from casebridge.config import Settings
+from casebridge.definitions.packages import DefinitionIndex
 from casebridge.definitions.structure import Discriminator, ElementNode, TypeRef
 from casebridge.validation import slicing
 from casebridge.validation.issues import Run
@@ -642,6 +643,20 @@ DEFINITIONS.append(
 )
 
 
+VALUE_TYPE = f"{BASE}/obs-value-type"
+DEFINITIONS.append(
+    profile(
+        VALUE_TYPE,
+        "Observation",
+        [
+            sliced("Observation.value[x]", "closed", ("type", "$this")),
+            slice_("Observation.value[x]", "valueQuantity", 0, "1", type=[{"code": "Quantity"}]),
+            at("Observation.value[x]", "valueQuantity", "unit", min=1),
+        ],
+    )
+)
+
+
 @pytest.fixture(scope="module")
 def validator(tmp_path_factory: pytest.TempPathFactory) -> Validator:
     folder = tmp_path_factory.mktemp("slicing-rules")
@@ -964,6 +979,10 @@ def in_slice(
     return slicing._in_slice(validator, item, type_code, slice_node, tuple(found), Run(), root or {})
 
 
+# A validator without definitions: the value, pattern, exists and type discriminators read none (the profile ones,
+# and the type of a target profile that is not a core URL, use the module's validator).
+BARE = Validator(DefinitionIndex())
+
 SYSTEM_A = el("identifier", el("system", fixed="a"), el("use"), slice_name="a")
 USE_HOME = el("identifier", el("system"), el("use", pattern="home"), slice_name="home")
 
@@ -996,9 +1015,9 @@ USE_HOME = el("identifier", el("system"), el("use", pattern="home"), slice_name=
     ],
 )
 def test_in_slice_by_value_or_pattern(
-    validator: Validator, item: Any, slice_node: ElementNode, discriminators: list[tuple[str, str]], expected: bool
+    item: Any, slice_node: ElementNode, discriminators: list[tuple[str, str]], expected: bool
 ) -> None:
-    assert in_slice(validator, item, slice_node, *discriminators) is expected
+    assert in_slice(BARE, item, slice_node, *discriminators) is expected
 
 
 def with_value(min_: int, max_: int | None) -> ElementNode:
@@ -1024,9 +1043,9 @@ def with_value(min_: int, max_: int | None) -> ElementNode:
         (el("component", slice_name="open"), False, False),
     ],
 )
-def test_in_slice_by_exists(validator: Validator, slice_node: ElementNode, present: bool, expected: bool) -> None:
+def test_in_slice_by_exists(slice_node: ElementNode, present: bool, expected: bool) -> None:
     item = {"code": {"text": "c"}, "valueQuantity": {"value": 1}} if present else {"code": {"text": "c"}}
-    assert in_slice(validator, item, slice_node, ("exists", "value")) is expected
+    assert in_slice(BARE, item, slice_node, ("exists", "value")) is expected
 
 
 QUANTITY_SLICE = el("value[x]", types=(TypeRef("Quantity"),), slice_name="valueQuantity")
@@ -1054,10 +1073,8 @@ def entry_item(target: str, profile: str) -> ElementNode:
         ({"resource": PATIENT_1}, ENTRY_PATIENT, "request", None, False),
     ],
 )
-def test_in_slice_by_type(
-    validator: Validator, item: Any, slice_node: ElementNode, path: str, type_code: str | None, expected: bool
-) -> None:
-    assert in_slice(validator, item, slice_node, ("type", path), type_code=type_code) is expected
+def test_in_slice_by_type(item: Any, slice_node: ElementNode, path: str, type_code: str | None, expected: bool) -> None:
+    assert in_slice(BARE, item, slice_node, ("type", path), type_code=type_code) is expected
 
 
 LIST_ROOT = {
@@ -1089,10 +1106,10 @@ def test_in_slice_by_resolved_type(
     assert in_slice(validator, item, slice_node, ("type", path), root=LIST_ROOT) is expected
 
 
-def test_in_slice_by_the_type_a_reference_itself_resolves_to(validator: Validator) -> None:
+def test_in_slice_by_the_type_a_reference_itself_resolves_to() -> None:
     slice_node = el("item", types=(TypeRef("Reference", target_profiles=(f"{CORE}/Condition",)),), slice_name="c")
-    assert in_slice(validator, {"reference": "#c"}, slice_node, ("type", "resolve()"), root=LIST_ROOT) is True
-    assert in_slice(validator, {"reference": "#2"}, slice_node, ("type", "resolve()"), root=LIST_ROOT) is False
+    assert in_slice(BARE, {"reference": "#c"}, slice_node, ("type", "resolve()"), root=LIST_ROOT) is True
+    assert in_slice(BARE, {"reference": "#2"}, slice_node, ("type", "resolve()"), root=LIST_ROOT) is False
 
 
 def profiled_entry(*profiles: str) -> ElementNode:
@@ -1280,3 +1297,29 @@ def test_slicing_by_the_type_a_choice_of_reference_resolves_to(
         "payload": contents,
     }
     assert errors(validator.validate(communication, [PAYLOAD])) == expected
+
+
+# A choice element sliced by type (closed): a value is named by its type, Observation.value.ofType(string).
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ({"valueQuantity": {"value": 1, "unit": "mg"}}, []),
+        ({"valueString": "s"}, [no_match("Observation.value.ofType(string)", VALUE_TYPE)]),
+        (
+            {"valueQuantity": {"value": 1}},
+            [
+                (
+                    "error",
+                    "required",
+                    "Observation.value.ofType(Quantity)",
+                    "Observation.value[x]:valueQuantity.unit: minimum required = 1, but only found 0 (from "
+                    f"{label(VALUE_TYPE)})",
+                )
+            ],
+        ),
+    ],
+)
+def test_a_choice_sliced_by_type(
+    validator: Validator, value: dict[str, Any], expected: list[tuple[str, str, str, str]]
+) -> None:
+    assert errors(validator.validate(observation(**value), [VALUE_TYPE])) == expected
