@@ -42,7 +42,15 @@ from casebridge.domain.case import (
 from casebridge.domain.reader import read_case
 from casebridge.errors import ConversionError, MappingError, Problem
 from casebridge.mapping import functions
-from casebridge.mapping.codes import CodeRow, CodeTable
+from casebridge.mapping.codes import (
+    CodeRow,
+    CodeTable,
+    check_citations,
+    load_table,
+    load_tables,
+    load_terminology,
+    resolve_citation,
+)
 from casebridge.mapping.engine import MappingSet
 from casebridge.mapping.expressions import ExpressionCompiler, ListOf, OneOf, static_type
 from casebridge.mapping.functions import ID_NAMESPACE, Context, registry
@@ -1715,3 +1723,225 @@ def test_constant_arguments_are_checked(source: str, message: str) -> None:
 )
 def test_good_constant_arguments(source: str) -> None:
     compile_expr(source, v=None)
+
+
+# --- codes: code tables and their citations (codes.py) ---------------------------------------------------------
+
+
+def table_error(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    with pytest.raises(MappingError) as info:
+        load_table(path, label="codes/t.csv")
+    assert info.value.file == "codes/t.csv"
+    return str(info.value).removeprefix("codes/t.csv")
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("", ":1: the code table is empty; its first line must be the header"),
+        ("key,system,code\n", ":1: the header must be key,system,code,display,source,note (got key,system,code)"),
+        (
+            "key,system,code,display,source,note,extra\n",
+            ":1: the header must be key,system,code,display,source,note "
+            "(got key,system,code,display,source,note,extra)",
+        ),
+        (HEADER + "a,,,A,,\nb,,,B\n", ":3: expected 6 columns (key,system,code,display,source,note), found 4"),
+        (HEADER + "a,,,A,,\nb,,,B,,,\n", ":3: expected 6 columns (key,system,code,display,source,note), found 7"),
+        (HEADER + " ,,,A,,\n", ":2: the key is empty"),
+        (HEADER + "a,,1,A,s.a,\n", ":2: code '1' has no system"),
+        (HEADER + "a,snomed,1,A,s.a,\n", ":2: system 'snomed' is not an absolute URI"),
+        (HEADER + "a,http://x y,1,A,s.a,\n", ":2: system 'http://x y' is not an absolute URI"),
+        (HEADER + "a,ftp://x,1,A,s.a,\n", ":2: system 'ftp://x' is not an absolute URI"),
+        (
+            HEADER + "a,http://x,1,A,,\n",
+            ":2: code '1' cites no source: every code must come from a confirmed entry of "
+            "the terminology file (give its path in the source column)",
+        ),
+        (HEADER + "a,,,,,\n", ":2: an uncoded row needs a display (the text to carry)"),
+        (HEADER + "a,http://x,1,A,s.a,\na,http://x,1,A2,s.b,\n", ":3: 'a' lists http://x|1 twice"),
+        (
+            HEADER + "a,http://x,1,A,s.a,\na,,,A,,\n",
+            ":3: 'a': an uncoded row cannot be combined with other rows of the same key",
+        ),
+        (
+            HEADER + "a,,,A,,\na,http://x,1,A,s.a,\n",
+            ":3: 'a': an uncoded row cannot be combined with other rows of the same key",
+        ),
+        (HEADER + '"a\nb",,,A,,\nc,,,,,\n', ":4: an uncoded row needs a display (the text to carry)"),
+    ],
+)
+def test_code_table_errors(tmp_path: Path, text: str, error: str) -> None:
+    assert table_error(tmp_path, text) == error
+
+
+def test_a_code_table_that_cannot_be_read(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"\xff\xfe")
+    with pytest.raises(MappingError) as info:
+        load_table(path)
+    assert str(info.value).startswith("t.csv: cannot read code table: 'utf-8' codec can't decode byte 0xff")
+    with pytest.raises(MappingError) as info:
+        load_table(tmp_path / "none.csv", label="x/none.csv")
+    assert str(info.value).startswith("x/none.csv: cannot read code table: [Errno 2] No such file or directory")
+
+
+def test_a_code_table(tmp_path: Path) -> None:
+    text = (
+        " key , system , code , display , source , note \n# a comment\n  # another\n,,,,,\n\n"
+        "a,http://x,1,A,s.a,n\na,urn:y,2,,s.b,\nb,,,Bee,,\n c , , , Sea , , \n"
+    )
+    path = tmp_path / "things.csv"
+    path.write_text(text)
+    table = load_table(path)
+    assert (table.name, table.file) == ("things", "things.csv")
+    assert table.rows["a"] == [
+        CodeRow("a", "http://x", "1", "A", "s.a", "things.csv", 6),
+        CodeRow("a", "urn:y", "2", "", "s.b", "things.csv", 7),
+    ]
+    assert sorted(table.rows) == ["a", "b", "c"]
+    assert "a" in table and "z" not in table
+    assert table.codings("a") == [{"system": "http://x", "code": "1", "display": "A"}, {"system": "urn:y", "code": "2"}]
+    assert table.codings("b") == []
+    assert table.codings("z") == []
+    assert (table.text("a"), table.text("b"), table.text("c"), table.text("z")) == ("A", "Bee", "Sea", None)
+    assert table.rows["b"][0].coded is False and table.rows["a"][0].coded is True
+
+
+def test_code_tables_of_a_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "m" / "codes"
+    folder.mkdir(parents=True)
+    (folder / "b.csv").write_text(HEADER + "x,,,X,,\n")
+    (folder / "a.csv").write_text(HEADER + "y,,,Y,,\n")
+    (folder / "notes.txt").write_text("not a table")
+    tables = load_tables(folder, root=tmp_path)
+    assert list(tables) == ["a", "b"]
+    assert tables["a"].file == "m/codes/a.csv"
+    assert load_tables(folder)["b"].file == str(folder / "b.csv")
+    assert load_tables(folder, root=tmp_path / "elsewhere")["b"].file == str(folder / "b.csv")
+    with pytest.raises(MappingError) as info:
+        load_tables(tmp_path / "m" / "nope", root=tmp_path)
+    assert str(info.value) == "m/nope: the code table folder does not exist"
+
+
+TERMS = {
+    "sct": {
+        "system": "http://snomed.info/sct",
+        "confirmed": True,
+        "arm": {"code": 10, "display": "Arm (body structure)"},
+        "leg": {"code": "11", "display": "Leg", "confirmed": False},
+        "codes": [{"code": "A", "display": "Ay"}, {"code": "B"}, {"code": "B"}],
+        "odd": {"code": "12", "system": {"not": "a value"}},
+    },
+    "loinc": {"system": "http://loinc.org", "lab": {"code": "1-1", "confirmed": True, "modality_system": "urn:m"}},
+}
+
+
+@pytest.mark.parametrize(
+    ("source", "found"),
+    [
+        ("sct.arm", TERMS["sct"]["arm"]),
+        ("sct.codes[A]", {"code": "A", "display": "Ay"}),
+        ("loinc.lab", TERMS["loinc"]["lab"]),
+        ("sct", TERMS["sct"]),
+    ],
+)
+def test_resolve_citation(source: str, found: dict[str, Any]) -> None:
+    entry, ancestors = resolve_citation(TERMS, source)
+    assert entry == found
+    assert ancestors[0] is TERMS
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        ("sct.nope", "no entry 'nope'"),
+        ("nope", "no entry 'nope'"),
+        ("sct.arm.code.x", "'x' is not a path here"),
+        ("sct..arm", "'.arm' is not a path here"),
+        ("sct.arm[10]", "'arm' is not a list, so [10] selects nothing"),
+        ("sct.codes[C]", "'codes' has 0 items with code 'C'"),
+        ("sct.codes[B]", "'codes' has 2 items with code 'B'"),
+        ("sct.system", "the path does not end at an entry"),
+        ("sct.codes", "the path does not end at an entry"),
+    ],
+)
+def test_resolve_citation_errors(source: str, reason: str) -> None:
+    with pytest.raises(KeyError) as info:
+        resolve_citation(TERMS, source)
+    assert info.value.args[0] == reason
+
+
+def citation_error(row: str) -> str:
+    table = load_table_text("t", HEADER + row)
+    with pytest.raises(MappingError) as info:
+        check_citations({"t": table}, TERMS, file="terms.yaml")
+    return str(info.value).removeprefix("t.csv: ")
+
+
+@pytest.mark.parametrize(
+    ("row", "error"),
+    [
+        (
+            "a,http://snomed.info/sct,10,Arm,sct.nope,",
+            "source 'sct.nope' is not an entry of terms.yaml: no entry 'nope'",
+        ),
+        (
+            "a,http://snomed.info/sct,11,Leg,sct.leg,",
+            "source 'sct.leg' is not confirmed in terms.yaml: its code cannot be used",
+        ),
+        ("a,http://snomed.info/sct,9,Arm,sct.arm,", "code '9' differs from the cited entry's code 10"),
+        (
+            "a,http://loinc.org,10,Arm,sct.arm,",
+            "system 'http://loinc.org' differs from the cited entry's system 'http://snomed.info/sct'",
+        ),
+        (
+            "a,http://loinc.org,1-1,Lab,loinc.lab,",
+            "system 'http://loinc.org' differs from the cited entry's system 'urn:m'",
+        ),
+        (
+            "a,http://snomed.info/sct,10,Leg,sct.arm,",
+            "display 'Leg' differs from the cited entry's display 'Arm (body structure)'",
+        ),
+        (
+            "a,http://snomed.info/sct,10,Arm (body),sct.arm,",
+            "display 'Arm (body)' differs from the cited entry's display 'Arm (body structure)'",
+        ),
+    ],
+)
+def test_citation_errors(row: str, error: str) -> None:
+    assert citation_error(row) == error
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        "a,http://snomed.info/sct,10,Arm,sct.arm,",  # the semantic tag may be dropped
+        "a,http://snomed.info/sct,10,Arm (body structure),sct.arm,",
+        "a,http://snomed.info/sct,10,,sct.arm,",  # no display: nothing to compare
+        "a,http://snomed.info/sct,A,Ay,sct.codes[A],",  # confirmed by an ancestor
+        "a,urn:m,1-1,Lab,loinc.lab,",  # modality_system stands for system
+        "a,http://snomed.info/sct,12,Odd,sct.odd,",  # a mapping is no system: the ancestor's is used
+        "u,,,Uncoded,nowhere,",  # an uncoded row cites nothing
+    ],
+)
+def test_good_citations(row: str) -> None:
+    check_citations({"t": load_table_text("t", HEADER + row)}, TERMS, file="terms.yaml")
+
+
+def test_load_terminology(tmp_path: Path) -> None:
+    path = tmp_path / "terms.yaml"
+    path.write_text("a: {b: 1}\n")
+    assert load_terminology(path) == {"a": {"b": 1}}
+    path.write_text("- a\n")
+    with pytest.raises(MappingError) as info:
+        load_terminology(path)
+    assert str(info.value) == f"{path}: the terminology file is not a YAML mapping"
+    path.write_text("a: [\n")
+    with pytest.raises(MappingError) as info:
+        load_terminology(path)
+    assert str(info.value).startswith(f"{path}: cannot read the terminology file: while parsing a flow node")
+    with pytest.raises(MappingError) as info:
+        load_terminology(tmp_path / "none.yaml")
+    assert str(info.value).startswith(f"{tmp_path / 'none.yaml'}: cannot read the terminology file: [Errno 2]")
