@@ -484,12 +484,9 @@ def profile(url: str, rtype: str, elements: list[dict[str, Any]]) -> dict[str, A
     }
 
 
-def sliced(path: str, rules: str, *discriminators: tuple[str, str]) -> dict[str, Any]:
-    return {
-        "id": path,
-        "path": path,
-        "slicing": {"discriminator": [{"type": t, "path": p} for t, p in discriminators], "rules": rules},
-    }
+def sliced(path: str, rules: str, *discriminators: tuple[str, str], ordered: bool = False) -> dict[str, Any]:
+    found = [{"type": t, "path": p} for t, p in discriminators]
+    return {"id": path, "path": path, "slicing": {"discriminator": found, "rules": rules, "ordered": ordered}}
 
 
 def slice_(path: str, name: str, min_: int, max_: str, **more: Any) -> dict[str, Any]:
@@ -652,6 +649,22 @@ DEFINITIONS.append(
             sliced("Observation.value[x]", "closed", ("type", "$this")),
             slice_("Observation.value[x]", "valueQuantity", 0, "1", type=[{"code": "Quantity"}]),
             at("Observation.value[x]", "valueQuantity", "unit", min=1),
+        ],
+    )
+)
+
+
+ORDERED = f"{BASE}/patient-ordered-identifiers"
+DEFINITIONS.append(
+    profile(
+        ORDERED,
+        "Patient",
+        [
+            sliced("Patient.identifier", "open", ("value", "system"), ordered=True),
+            slice_("Patient.identifier", "mrn", 0, "*"),
+            at("Patient.identifier", "mrn", "system", fixedUri="urn:mrn"),
+            slice_("Patient.identifier", "ssn", 0, "*"),
+            at("Patient.identifier", "ssn", "system", fixedUri="urn:ssn"),
         ],
     )
 )
@@ -1323,3 +1336,29 @@ def test_a_choice_sliced_by_type(
     validator: Validator, value: dict[str, Any], expected: list[tuple[str, str, str, str]]
 ) -> None:
     assert errors(validator.validate(observation(**value), [VALUE_TYPE])) == expected
+
+
+def out_of_order(expression: str) -> tuple[str, str, str, str]:
+    message = f"As specified by profile {label(ORDERED)}, Element 'identifier' is out of order in ordered slice"
+    return ("error", "invalid", expression, message)
+
+
+# Ordered slicing (mrn before ssn): a value in an earlier slice than the value before it is out of order; a value in
+# no slice starts the comparison again, as the HL7 validator does.
+@pytest.mark.parametrize(
+    ("identifiers", "expected"),
+    [
+        ([MRN, SSN], []),
+        ([MRN, MRN, SSN, SSN], []),
+        ([SSN, MRN], [out_of_order("Patient.identifier[1]")]),
+        ([MRN, SSN, MRN], [out_of_order("Patient.identifier[2]")]),
+        ([SSN, SSN, MRN, MRN], [out_of_order("Patient.identifier[2]")]),
+        ([SSN, MRN, SSN, MRN], [out_of_order("Patient.identifier[1]"), out_of_order("Patient.identifier[3]")]),
+        ([SSN, OTHER_ID, MRN], []),
+        ([OTHER_ID, SSN, MRN], [out_of_order("Patient.identifier[2]")]),
+    ],
+)
+def test_ordered_slicing(
+    validator: Validator, identifiers: list[dict[str, Any]], expected: list[tuple[str, str, str, str]]
+) -> None:
+    assert errors(validator.validate(patient(identifier=identifiers), [ORDERED])) == expected

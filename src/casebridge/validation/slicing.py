@@ -37,25 +37,38 @@ def check_slicing(
     depth: int,
 ) -> None:
     """The values of a sliced element: each matched to a slice and checked as it (closed slicing: a value that
-    matches none is an error), then each slice's cardinality."""
+    matches none is an error; ordered slicing: a value in an earlier slice than the value before it is an error),
+    then each slice's cardinality."""
     slicing = node.slicing
     assert slicing is not None
     slices = list(node.slices.values())
     counts = {s.slice_name: 0 for s in slices}
     root = run.roots.get(id(res), res)  # where a discriminator's resolve() finds contained resources
+    previous = -1  # the position of the slice of the value before, -1 when it was in none (as the HL7 validator)
     for i, item in enumerate(items):
         extra = extras[i] if i < len(extras) else None
         if item is None and extra is None:
             continue
         item_expr = _item_expression(parent_expr, node, type_code, i)
-        match = next(
-            (s for s in slices if _in_slice(validator, item, type_code, s, slicing.discriminators, run, root)), None
+        position = next(
+            (
+                j
+                for j, s in enumerate(slices)
+                if _in_slice(validator, item, type_code, s, slicing.discriminators, run, root)
+            ),
+            None,
         )
-        if match is None:
+        if position is None:
             if slicing.rules == "closed":
                 message = f"This element does not match any known slice defined in the profile {tree.label}"
                 run.add("error", "structure", message, item_expr)
+            previous = -1
             continue
+        match = slices[position]
+        if slicing.ordered and position < previous:
+            message = f"As specified by profile {tree.label}, Element '{node.name}' is out of order in ordered slice"
+            run.add("error", "invalid", message, item_expr)
+        previous = position
         counts[match.slice_name] += 1
         codes = [t.code for t in match.types]
         slice_type = type_code if type_code in codes else codes[0] if len(codes) == 1 else type_code
