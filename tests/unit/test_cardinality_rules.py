@@ -1,4 +1,4 @@
-"""The cardinality and JSON shape rules of the walk (validator.py: Validator._lookup, _complex, _property), each
+"""The cardinality and JSON shape rules of the walk (profiled.py: Validator._lookup, _complex, _property), each
 with the exact issues it gives (severity, code, expression, message, source).
 
 An element's values are counted per parent, whichever way the walk reads them (a plain primitive, a single object,
@@ -12,15 +12,18 @@ values by position."""
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from casebridge.config import Settings
+from casebridge.definitions.packages import DefinitionIndex
 from casebridge.definitions.xml import RepeatedElement
 from casebridge.validation.issues import Issue, Run
-from casebridge.validation.service import load_validator
-from casebridge.validation.validator import MAX_DEPTH, Validator
+from casebridge.validation.service import load_index
+from casebridge.validation.validator import MAX_DEPTH, ValidationOptions, Validator
 
 BASE = "http://example.org/fhir/StructureDefinition"
 CORE = "http://hl7.org/fhir/StructureDefinition"
@@ -101,12 +104,24 @@ DEFINITIONS = [
 ]
 
 
+def _index() -> DefinitionIndex:
+    """The pinned packages and the profiles above, these read now (their folder is then removed)."""
+    with tempfile.TemporaryDirectory() as folder:
+        for i, definition in enumerate(DEFINITIONS):
+            (Path(folder) / f"def-{i}.json").write_text(json.dumps(definition), encoding="utf-8")
+        index = load_index(Settings(), [Path(folder)])
+        assert all(index.get(d["url"]) is not None for d in DEFINITIONS)
+    return index
+
+
+# Read at import: a mutation run forks each mutant's test run from a process that imported this module, so the
+# definitions are read once; each run gets a validator of its own (its caches hold what the code under test made).
+INDEX = _index()
+
+
 @pytest.fixture(scope="module")
-def profiled(tmp_path_factory: pytest.TempPathFactory) -> Validator:
-    folder = tmp_path_factory.mktemp("cardinality")
-    for i, definition in enumerate(DEFINITIONS):
-        (folder / f"def-{i}.json").write_text(json.dumps(definition))
-    return load_validator(Settings(), [folder])
+def profiled() -> Validator:
+    return Validator(INDEX, options=ValidationOptions(unknown_profiles=Settings().unknown_profiles))
 
 
 def found(issues: list[Issue]) -> list[tuple[str, str, str, str, str | None]]:
@@ -360,9 +375,9 @@ def unrecognized(at: str, key: str) -> tuple[str, ...]:
     ],
 )
 def test_shape_and_required_elements_of_base_resources(
-    validator: Validator, resource: dict[str, Any], expected: list[tuple[str, ...]]
+    profiled: Validator, resource: dict[str, Any], expected: list[tuple[str, ...]]
 ) -> None:
-    assert found(validator.validate(resource)) == expected
+    assert found(profiled.validate(resource)) == expected
 
 
 ELE_1 = (
@@ -389,9 +404,9 @@ ELE_1 = (
     ],
 )
 def test_the_companions_of_repeated_primitives(
-    validator: Validator, name: dict[str, Any], expected: list[tuple[str, ...]]
+    profiled: Validator, name: dict[str, Any], expected: list[tuple[str, ...]]
 ) -> None:
-    assert found(validator.validate({"resourceType": "Patient", "name": [name]})) == expected
+    assert found(profiled.validate({"resourceType": "Patient", "name": [name]})) == expected
 
 
 @pytest.mark.parametrize(
@@ -424,28 +439,28 @@ def test_the_companions_of_repeated_primitives(
     ],
 )
 def test_the_companion_of_a_single_primitive(
-    validator: Validator, resource: dict[str, Any], expected: list[tuple[str, ...]]
+    profiled: Validator, resource: dict[str, Any], expected: list[tuple[str, ...]]
 ) -> None:
-    assert found(validator.validate(resource)) == expected
+    assert found(profiled.validate(resource)) == expected
 
 
-def test_nesting_is_bounded(validator: Validator) -> None:
-    tree = validator.type_tree("HumanName")
+def test_nesting_is_bounded(profiled: Validator) -> None:
+    tree = profiled.type_tree("HumanName")
     assert tree is not None
     run = Run()
     # At the bound the value is walked; one deeper, the walk stops (validate reports it as fatal).
-    validator._complex({"family": "x", "bogus": 1}, tree.root, tree, "N", run, {}, MAX_DEPTH)
+    profiled._complex({"family": "x", "bogus": 1}, tree.root, tree, "N", run, {}, MAX_DEPTH)
     assert [(i.expression, i.message) for i in run.issues] == [("N", "Unrecognized property 'bogus'")]
     with pytest.raises(RecursionError):
-        validator._complex({"family": "x"}, tree.root, tree, "N", Run(), {}, MAX_DEPTH + 1)
+        profiled._complex({"family": "x"}, tree.root, tree, "N", Run(), {}, MAX_DEPTH + 1)
 
 
-def test_the_elements_checked_per_parent_are_the_bounded_ones(validator: Validator) -> None:
+def test_the_elements_checked_per_parent_are_the_bounded_ones(profiled: Validator) -> None:
     # Those with a minimum, a maximum or a required slice: in Observation, only status and code have a minimum,
     # and every element that does not repeat has a maximum of one.
-    tree = validator.type_tree("Observation")
+    tree = profiled.type_tree("Observation")
     assert tree is not None
-    _, bounded = validator._lookup(tree.root, tree)
+    _, bounded = profiled._lookup(tree.root, tree)
     assert {n.id for n in bounded if n.min > 0} == {"Observation.status", "Observation.code"}
     assert all(n.min > 0 or n.max is not None for n in bounded)
     unbounded = {n.id for n in tree.root.children.values()} - {n.id for n in bounded}
