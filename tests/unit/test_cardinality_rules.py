@@ -343,6 +343,26 @@ def unrecognized(at: str, key: str) -> tuple[str, ...]:
                 too_few("Observation", "Observation.code", 1, 0, f"{CORE}/Observation"),
             ],
         ),
+        # A choice given as two types is one element twice, however each is read (a plain value, an object, a
+        # value with its companion).
+        (
+            {**OBSERVATION_BASE, "valueQuantity": {"value": 1}, "valueString": "a"},
+            [too_many("Observation", "Observation.value[x]", 1, 2, f"{CORE}/Observation")],
+        ),
+        (
+            {**OBSERVATION_BASE, "valueQuantity": {"value": 1}, "valueString": "a", "_valueString": {"id": "s"}},
+            [too_many("Observation", "Observation.value[x]", 1, 2, f"{CORE}/Observation")],
+        ),
+        (
+            {
+                **OBSERVATION_BASE,
+                "valueString": "a",
+                "_valueString": {"id": "s"},
+                "valueBoolean": True,
+                "_valueBoolean": {},
+            },
+            [too_many("Observation", "Observation.value[x]", 1, 2, f"{CORE}/Observation")],
+        ),
         # XML's repeated element: counted, so that the maximum reports it.
         (
             {"resourceType": "Patient", "gender": RepeatedElement(["male", "female"])},
