@@ -34,6 +34,7 @@ from casebridge.views._outputs import (
     _carry,
     _Mismatch,
     _swap,
+    _typed_row,
     _value,
     arrow_schema,
     columns_of,
@@ -41,6 +42,7 @@ from casebridge.views._outputs import (
     output_name,
     read_manifest,
     write_csv,
+    write_duckdb,
     write_parquet,
     write_stream,
 )
@@ -321,6 +323,8 @@ FITTING = [
     ("boolean", "boolean", False, False),
     ("integer", "integer", 0, 0),
     ("integer", "integer64", -(2**40), -(2**40)),
+    ("integer", "integer64", -(2**63), -(2**63)),  # the bounds of a 64-bit integer
+    ("integer", "integer64", 2**63 - 1, 2**63 - 1),
     ("decimal", "decimal", 3, 3.0),  # an integer in a decimal column: a float
     ("decimal", "decimal", -0.5, -0.5),
     ("text", "string", "x", "x"),
@@ -346,6 +350,8 @@ MISFITS = [
     ("integer", "integer", "x", "column 'c' (integer): 'x' is not a integer"),
     ("integer", "positiveInt", True, "column 'c' (positiveInt): True is not a integer"),
     ("integer", "integer", 1.5, "column 'c' (integer): 1.5 is not a integer"),
+    ("integer", "integer64", 2**63, "column 'c' (integer64): 9223372036854775808 is not a 64-bit integer"),
+    ("integer", "integer", -(2**63) - 1, "column 'c' (integer): -9223372036854775809 is not a 64-bit integer"),
     ("boolean", "boolean", 1, "column 'c' (boolean): 1 is not a boolean"),
     ("boolean", "boolean", "true", "column 'c' (boolean): 'true' is not a boolean"),
     ("decimal", "decimal", "1", "column 'c' (decimal): '1' is not a decimal"),
@@ -1052,3 +1058,67 @@ def test_a_file_since_a_moment(tmp_path: Path, fmt: str) -> None:
     else:
         with duckdb.connect(str(target), read_only=True) as db:
             assert db.sql("select family from family").fetchall() == [("new",)]
+
+
+def test_a_folder_is_written_in_new_folders_once_its_names_are_checked(tmp_path: Path) -> None:
+    views = [named(FAMILY), named({**FAMILY, "name": "Family"})]
+    caught = refused(run_to_folder, views, family_rows("x"), "csv", tmp_path / "a" / "o\x1b")
+    assert str(caught) == "two views write the same output (names ignore case): family"
+    assert caught.source == str(tmp_path / "a" / "o\\x1b")
+    assert list(tmp_path.iterdir()) == []
+    for _ in range(2):  # the parents made, then there
+        run_to_folder([named(FAMILY)], family_rows("x"), "csv", tmp_path / "a" / "b" / "out", started=STARTED)
+        assert (tmp_path / "a" / "b" / "out" / "family.csv").read_bytes() == b"family\r\nx\r\n"
+
+
+def test_a_collection_value_that_is_not_a_list_is_typed_as_one_value() -> None:
+    given = Column("given", "string", True, "text")
+    births = Column("births", "integer", True, "integer")
+    names = Column("names", "HumanName", True, "json")
+    assert _typed_row([given, births, names], ("x", 3, {"a": 1})) == ("x", 3, {"a": 1})
+    assert _typed_row([given, births, names], (None, [1, 2], None)) == (None, [1, 2], None)
+    with pytest.raises(_Mismatch, match=r"^column 'births' \(integer\): 'x' is not a integer$"):
+        _typed_row([given, births, names], ("x", "x", None))
+
+
+def test_null_columns_keep_their_arrow_types(tmp_path: Path) -> None:
+    """A batch whose column has only nulls, a collection among them: typed by the schema, not inferred."""
+    target = tmp_path / "p.parquet"
+    rows = [tuple(None for _ in PATIENTS["select"][0]["column"])]
+    assert write_parquet(target, named(PATIENTS), rows) == 1
+    table = pq.read_table(target)
+    assert table.schema.equals(arrow_schema(named(PATIENTS)), check_metadata=False)
+    assert table.to_pylist() == [dict.fromkeys(table.column_names)]
+    with duckdb.connect() as db:
+        assert write_duckdb(db, named(PATIENTS), rows, append=False) == 1
+        assert db.sql("select count(*), count(names), count(births) from patients").fetchall() == [(1, 0, 0)]
+        kinds = [row[1] for row in db.sql("describe patients").fetchall()]
+        assert kinds == [
+            *("VARCHAR", "BOOLEAN", "VARCHAR", "BIGINT", "VARCHAR", "VARCHAR"),
+            *("VARCHAR[]", "VARCHAR[]", "VARCHAR", "DOUBLE"),
+        ]
+
+
+def test_write_duckdb_leaves_no_registered_rows_on_the_connection() -> None:
+    with duckdb.connect() as db:
+        assert write_duckdb(db, named(FAMILY), [("a",)], append=False) == 1
+        assert write_duckdb(db, named(FAMILY), [("b",), ("c",)], append=True) == 2
+        assert db.sql("select family from family order by family").fetchall() == [("a",), ("b",), ("c",)]
+        with pytest.raises(duckdb.CatalogException):
+            db.sql("select * from casebridge_rows")
+
+
+@pytest.mark.parametrize("fmt", ["ndjson", "csv", "parquet", "duckdb"])
+def test_an_integer_beyond_64_bits_is_refused_naming_its_input(tmp_path: Path, fmt: str) -> None:
+    """JSON readers give integers up to 2^64 - 1; Arrow's int64 failed on one with an OverflowError that named
+    neither the resource nor the column. Every format refuses it the same way."""
+    resources = [
+        {"resourceType": "Patient", "id": "a", "multipleBirthInteger": 2**63 - 1},
+        {"resourceType": "Patient", "id": "b", "multipleBirthInteger": 2**63},
+    ]
+    view = one_column("n", path="multipleBirth.ofType(integer)")
+    with pytest.raises(ViewEvaluationError) as caught:
+        run_to_file([named(view)], ResourceList(resources), fmt, tmp_path / f"v.{fmt}")
+    assert str(caught.value) == "view 'v': column 'n' (integer): 9223372036854775808 is not a 64-bit integer"
+    assert caught.value.source == "Patient/b"
+    assert list(tmp_path.iterdir()) == []

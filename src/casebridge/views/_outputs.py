@@ -147,7 +147,10 @@ def _value(column: Column, value: Any) -> Any:
             return value
     elif kind == "integer":
         if type(value) is int:
-            return value
+            # JSON readers give integers up to 2^64 - 1: one beyond int64 would fail in Arrow, not name its input.
+            if -(2**63) <= value < 2**63:
+                return value
+            raise _Mismatch(column, f"column {column.name!r} ({column.fhir_type}): {value} is not a 64-bit integer")
     elif kind == "decimal":
         if type(value) in (int, float):
             return float(value)
