@@ -196,6 +196,15 @@ def collect(module: Module, seconds: float | None) -> Result | None:
     return Result(module, statuses, diffs, seconds)
 
 
+def collect_quietly(module: Module, seconds: float | None) -> Result | None:
+    """A module's last results, or None while another run is rebuilding its folder (its files come and go)."""
+    try:
+        return collect(module, seconds)
+    except (OSError, ValueError) as exc:
+        print(f"mutation: {module.name}: results not readable now ({exc.__class__.__name__}); left out of the report")
+        return None
+
+
 def _order(name: str) -> tuple[str, int]:
     function, _, number = name.rpartition("__mutmut_")
     return function, int(number) if number.isdigit() else 0
@@ -271,7 +280,7 @@ def main() -> int:
             # Re-read before writing: runs of other modules may have finished meanwhile.
             latest = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
             timings_file.write_text(json.dumps(latest | {module.name: timings[module.name]}, indent=1))
-    results = [r for m in modules if (r := collect(m, timings.get(m.name))) is not None]
+    results = [r for m in modules if (r := collect_quietly(m, timings.get(m.name))) is not None]
     command = "make mutation" + (f" MODULES='{' '.join(args.modules)}'" if args.modules else "")
     (OUT / "report.md").write_text(report(results, command), encoding="utf-8")
     for r in results:
