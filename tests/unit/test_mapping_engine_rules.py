@@ -1229,6 +1229,10 @@ def expr_error(source: str, **scope: Any) -> str:
     return str(info.value).removeprefix("f.yaml:7: ")
 
 
+KNOWN = (
+    "age, all_refs, capitalize, code, coding, concept, dicom_uid, join, key_of, laterality, quantity, recorded, ref, "
+    "refs, site, site_coding, sites, step_ref, texts, when, when_untyped"
+)
 STEP_TYPES = OneOf((ClinicalExamination, ImagingStep, LaboratoryStep, PathologyStep, OtherStep))
 
 
@@ -1314,8 +1318,8 @@ def test_static_type_of_annotations(annotation: Any, static: Any) -> None:
         ("case.diagnoses[s]", "only constant integer indexes are allowed, e.g. items[0]"),
         ("case.diagnoses['a']", "only constant integer indexes are allowed, e.g. items[0]"),
         ("case.diagnoses[-1]", "only constant integer indexes are allowed, e.g. items[0]"),
-        ("upper(case)", "unknown function 'upper'; known: " + ", ".join(sorted(registry({}, set())))),
-        ("s.method()", "unknown function 's.method'; known: " + ", ".join(sorted(registry({}, set())))),
+        ("upper(case)", "unknown function 'upper'; known: " + KNOWN),
+        ("s.method()", "unknown function 's.method'; known: " + KNOWN),
         ("join(*s)", "*args and **kwargs are not allowed"),
         ("join(**s)", "*args and **kwargs are not allowed"),
         ("code('nope', 'x')", "code(): no code table 'nope'; tables: body-sites, concepts, laterality, units"),
@@ -1696,6 +1700,22 @@ def test_capitalize_and_texts() -> None:
     assert functions.capitalize(ctx(), "abc def") == "Abc def"
     assert functions.texts(ctx(), None) == []
     assert functions.texts(ctx(), [Concept(text="a"), Concept(text="b", key="k")]) == ["a", "b"]
+
+
+def test_the_registry_names_and_documents_each_function() -> None:
+    known = registry({}, set())
+    assert ", ".join(sorted(known)) == KNOWN
+    for name, fn in known.items():
+        assert fn.name == name
+        assert fn.impl is getattr(functions, name)
+        assert fn.doc == (fn.impl.__doc__ or "").strip()
+    assert known["join"].doc == ""
+    assert (
+        known["ref"].doc
+        == "A Reference to the resource of ``role`` (and ``key`` for a role with many), or None if absent."
+    )
+    checked = {name for name, fn in known.items() if fn.check is not None}
+    assert checked == {"concept", "code", "coding", "ref", "refs"}
 
 
 @pytest.mark.parametrize(
