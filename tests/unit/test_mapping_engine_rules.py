@@ -973,6 +973,20 @@ resources:
     }
 
 
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("    body: [gender]\n", "expected a mapping, found a list"),
+        ("    body:\n      gender: male\n      gender: female\n", "duplicate key 'gender'"),
+    ],
+)
+def test_a_body_is_a_mapping(tmp_path: Path, body: str, message: str) -> None:
+    text = "resourceType: Patient\nresources:\n  - role: p\n" + body
+    error = load_error(write(tmp_path, **only(text)))
+    line = 4 if body.startswith("    body: [") else 6
+    assert str(error) == f"mappings/resources/t.yaml:{line}: {message}"
+
+
 def test_elements_are_named_as_in_fhir(tmp_path: Path) -> None:
     """Encounter.class is class_ in the Python model: a template writes class."""
     text = "resourceType: Encounter\nresources:\n  - role: e\n    body:\n      class: {code: AMB}\n"
