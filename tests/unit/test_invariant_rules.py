@@ -1185,6 +1185,23 @@ def test_eld_8_and_eld_15_two_elements_never_together(first: str, second: str, e
 @pytest.mark.parametrize(
     ("element", "ok"),
     [
+        ({"path": "a", "defaultValueBoolean": True, "meaningWhenMissing": "x"}, False),
+        ({"path": "a", "meaningWhenMissing": "x"}, True),
+        ({"path": "a", "meaningWhenMissing": None, "defaultValueBoolean": True}, True),
+        ({"path": "a", "meaningWhenMissing": "x", "defaultValueFoo": True}, True),
+    ],
+)
+def test_two_elements_never_together_the_plain_one_first(element: Any, ok: bool) -> None:
+    # The factory takes a plain field on either side (types None): the same rule written the other way round.
+    expression = "meaningWhenMissing.empty() or defaultValue.empty()"
+    check = _both_not("meaningWhenMissing", "defaultValue", None, _OPEN_TYPES)
+    assert check(element, element) is ok
+    assert fhirpath(expression, element, ED, {"resourceType": "StructureDefinition"}) is ok
+
+
+@pytest.mark.parametrize(
+    ("element", "ok"),
+    [
         ({"path": "a", "binding": {"strength": "required"}, "type": [{"code": "integer"}]}, True),
         ({"path": "a", "binding": {"strength": "required"}, "type": [{"code": "code"}, {}]}, True),
         ({"path": "a", "binding": {"strength": "required"}}, True),
@@ -1204,6 +1221,8 @@ def test_eld_11_as_r4_wrote_it_never_fails(element: Any, ok: bool | None) -> Non
         ("type", "code", ED, {"path": "a", "type": [{"code": "a"}, {"code": "a"}]}, False),
         ("type", "code", ED, {"path": "a", "type": [{"code": "a"}, {}, {"code": "b"}]}, True),
         ("type", "code", ED, {"path": "a", "type": [{"code": "a"}, {"code": 1}]}, None),
+        ("type", "code", ED, {"path": "a", "type": {"code": "a"}}, None),
+        ("type", "code", ED, {"path": "a", "type": [{"code": "a", "_code": {"id": "x"}}]}, None),
         ("type", "code", ED, {"path": "a", "type": [{"code": "a"}], "_type": [{"id": "x"}]}, None),
         ("type", "code", ED, {"path": "a", "_path": {"id": "x"}, "type": [{"code": "a"}, {"code": "a"}]}, False),
         ("constraint", "key", ED, {"path": "a", "constraint": [{"key": "a-1"}, {"key": "a-1"}]}, False),
@@ -1334,6 +1353,8 @@ def test_eld_22_and_cpt_2_one_element_needs_another(
         ("discriminator", "description", "ElementDefinition.slicing", {"rules": "open", "_rules": {"id": "x"}}, False),
         ("name", "uri", "StructureDefinition.mapping", {"identity": "m", "uri": "http://x"}, True),
         ("name", "uri", "StructureDefinition.mapping", {"identity": "m"}, False),
+        ("name", "uri", "StructureDefinition.mapping", {"identity": "m", "_name": {"id": "x"}}, None),
+        ("code", "display", "ValueSet.expansion.contains", {"_code": {"id": "x"}}, None),
         ("code", "display", "ValueSet.expansion.contains", {"display": "x"}, True),
         ("code", "display", "ValueSet.expansion.contains", {"abstract": True}, False),
         ("type", "part", "OperationDefinition.parameter", {"name": "p", "part": [{"name": "q"}]}, True),
@@ -1806,6 +1827,8 @@ def test_sdf_11_15_15a_the_first_element(
         ({"name": "p", "searchType": "token"}, True),  # no type: empty, which passes
         ({"name": "p", "type": 1, "searchType": "token"}, None),
         ({"name": "p", "_type": {"id": "x"}, "searchType": "token"}, None),
+        ({"name": "p", "type": "code", "_searchType": {"id": "x"}}, None),
+        ({"name": "p", "type": "code", "searchType": "token", "_name": {"id": "x"}}, False),  # a field it does not read
     ],
 )
 def test_opd_2_a_search_type_only_on_a_string(parameter: Any, ok: bool | None) -> None:
