@@ -424,7 +424,7 @@ def _contained_types(resource: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(sorted({str(c.get("resourceType")) for _, c in _contained(resource) if c.get("resourceType")}))
 
 
-def _contained(resource: Any) -> list[tuple[int, dict[str, Any]]]:
+def _contained(resource: Mapping[str, Any]) -> list[tuple[int, dict[str, Any]]]:
     """The contained resources that are objects, each with its index in ``contained`` (an issue names that)."""
-    contained = resource.get("contained") if isinstance(resource, dict) else None
+    contained = resource.get("contained")
     return [(j, c) for j, c in enumerate(contained) if isinstance(c, dict)] if isinstance(contained, list) else []
