@@ -4,6 +4,7 @@ severity, message and expression), the actions it returns and the permissions th
 
 from __future__ import annotations
 
+import locale
 from pathlib import Path
 from typing import Any
 
@@ -228,6 +229,7 @@ BYTES = "max_bytes: expected a whole number from 1024 to 1073741824"
         (1, (1 << 30) + 1, BYTES),
         (1, "2048.0", BYTES),
         (1, "[2048]", BYTES),
+        ("{[1]: 2}", 1024, ENTRIES),  # a limit that is not a scalar is not read (this one could not be)
         (0, 0, ENTRIES),  # max_entries is checked first
     ],
 )
@@ -290,6 +292,17 @@ LOOKUPS = "hapi_checks.max_lookups: expected a whole number from 1 to 100"
 )
 def test_hapi_checks_mistakes(tmp_path: Path, block: str, line: int, message: str) -> None:
     assert refusal(tmp_path, GOOD + "hapi_checks:" + block) == (f"{FILE}:{line}: {message}", line)
+
+
+def test_the_file_is_read_as_utf_8_whatever_the_locale(tmp_path: Path) -> None:
+    path = write(tmp_path, "# Café, Zürich\n" + GOOD)
+    before = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")  # ASCII: the locale's encoding would refuse the file
+    try:
+        policy = load_forwarding_policy(path, R4_TYPES.__contains__, root=tmp_path)
+    finally:
+        locale.setlocale(locale.LC_CTYPE, before)
+    assert policy.types == {"Patient", "Observation"}
 
 
 def test_a_file_that_cannot_be_read(tmp_path: Path) -> None:
@@ -630,6 +643,22 @@ def test_refused_entries(one: dict[str, Any], expected: tuple[str, str, str]) ->
         (
             entry("PUT", "Patient?_id=b", patient("a" * 65)),
             Action(1, "conditional-update", "Patient", condition="_id=b"),
+        ),
+        # the query is what follows the first ?: a second one is part of a value
+        (
+            entry("PUT", "Patient?identifier=a?_count=1", patient()),
+            Action(1, "conditional-update", "Patient", resource_id="a", condition="identifier=a?_count=1"),
+        ),
+        (
+            entry("PUT", "Patient?identifier=a", patient(contained=[{"resourceType": "Observation"}])),
+            Action(
+                1,
+                "conditional-update",
+                "Patient",
+                resource_id="a",
+                condition="identifier=a",
+                contained=("Observation",),
+            ),
         ),
         # a $ or _search in a query is a search value, not an operation
         (
