@@ -5,6 +5,7 @@ severity, message and expression), the actions it returns and the permissions th
 from __future__ import annotations
 
 import locale
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +37,13 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def load(tmp_path: Path, text: str, is_type: Any = R4_TYPES.__contains__) -> ForwardingPolicy:
+def load(tmp_path: Path, text: str, is_type: Callable[[str], bool] = R4_TYPES.__contains__) -> ForwardingPolicy:
     return load_forwarding_policy(write(tmp_path, text), is_type, root=tmp_path)
 
 
-def refusal(tmp_path: Path, text: str, is_type: Any = R4_TYPES.__contains__) -> tuple[str, int | None]:
+def refusal(
+    tmp_path: Path, text: str, is_type: Callable[[str], bool] = R4_TYPES.__contains__
+) -> tuple[str, int | None]:
     with pytest.raises(MappingError) as caught:
         load(tmp_path, text, is_type)
     assert caught.value.file == FILE
