@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -778,7 +779,8 @@ def incremental(tmp_path: Path, fmt: str) -> Path:
 
 def test_an_incremental_run_adds_a_delta_file_and_links_the_previous_ones(tmp_path: Path) -> None:
     out = incremental(tmp_path, "csv")
-    inode = (out / "family.csv").stat().st_ino
+    keep = tmp_path / "keep"
+    os.link(out / "family.csv", keep)  # its inode stays in use: a copy could not get its number
     later = STARTED + dt.timedelta(days=1)
     run_to_folder([named(FAMILY)], family_rows("b"), "csv", out, since="last", started=later)
     manifest = run_to_folder([named(FAMILY)], family_rows("c"), "csv", out, since="last", started=later)
@@ -794,8 +796,8 @@ def test_an_incremental_run_adds_a_delta_file_and_links_the_previous_ones(tmp_pa
         b"family\r\nb\r\n",
         b"family\r\nc\r\n",
     ]
-    assert (out / "family.csv").stat().st_ino == inode  # carried by a hard link, never copied nor rewritten
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert os.path.samefile(out / "family.csv", keep)  # carried by a hard link, never copied nor rewritten
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep", "out"]
 
 
 def test_an_incremental_run_keeps_views_not_run_now(tmp_path: Path) -> None:
@@ -1130,3 +1132,35 @@ def test_a_json_column_holds_the_json_text_of_any_value(tmp_path: Path) -> None:
     view = named(one_column("x", path="maritalStatus"))
     assert write_parquet(target, view, [([1, {"a": 2}],), ({"b": True},), ("t",), (None,)]) == 4
     assert pq.read_table(target).column("x").to_pylist() == ['[1,{"a":2}]', '{"b":true}', "t", None]
+
+
+def test_a_failure_after_a_view_was_appended_leaves_the_previous_database(tmp_path: Path) -> None:
+    out = incremental(tmp_path, "duckdb")
+    run_to_folder([named(FAMILY), named(GIVEN)], family_rows("b"), "duckdb", out, since="last")
+    before = (out / "views.duckdb").read_bytes()
+    keep = tmp_path / "keep"
+    os.link(out / "views.duckdb", keep)
+    # family gets its row appended (the copy's), then given fails: two given names where one column has one.
+    two_given = ResourceList([{"resourceType": "Patient", "id": "x", "name": [{"family": "z", "given": ["a", "b"]}]}])
+    with pytest.raises(ViewEvaluationError, match="Patient/x: column 'given' gives 2 values"):
+        run_to_folder([named(FAMILY), named(GIVEN)], two_given, "duckdb", out, since="last")
+    assert (out / "views.duckdb").read_bytes() == before and os.path.samefile(out / "views.duckdb", keep)
+
+
+GIVEN: dict[str, Any] = {
+    "name": "given",
+    "resource": "Patient",
+    "select": [{"column": [{"name": "given", "path": "name.given"}]}],
+}
+
+
+def test_an_instant_is_utc_whatever_the_local_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setenv("TZ", "IST-5:30")  # a POSIX zone: no time zone files needed
+    time.tzset()
+    try:
+        assert instant(dt.datetime(2026, 3, 4, 5, 6, 7, tzinfo=dt.UTC)) == "2026-03-04T05:06:07Z"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
