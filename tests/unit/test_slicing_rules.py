@@ -260,6 +260,7 @@ EXTENSION_V = {"url": "http://v", "valueCode": "y"}
         ),
         ({"extension": [EXTENSION_U, EXTENSION_V]}, "extension('http://v').value", None, [("y", "code")]),
         ({"extension": EXTENSION_U}, "extension('http://u')", None, []),
+        ({"url": "http://u"}, "extension('http://u')", None, []),
         ({"extension": [EXTENSION_U]}, "extension('http://w')", None, []),
         ({"extension": [EXTENSION_U]}, "extension", None, [(EXTENSION_U, None)]),
         # ofType(T) keeps the values of type T, and those whose type the JSON does not tell.
@@ -343,6 +344,25 @@ COMPONENT = el("component", CODE, VALUE, EXTENSION, el("text", pattern="t"))
 )
 def test_of_type(step: str, type_code: str | None) -> None:
     assert slicing._of_type(step) == type_code
+
+
+def test_a_complex_value_is_read_only_below_this() -> None:
+    # $this (or an empty path) is the slice itself: its own fixed or pattern value, never a property of it.
+    odd = el("c", fixed={"$this": "x", "": "y"})
+    assert slicing._inside_complex_value(odd, "$this") is MISSING
+    assert slicing._inside_complex_value(odd, "") is MISSING
+    assert slicing._expected_at(odd, "$this") == {"$this": "x", "": "y"}
+
+
+def test_nodes_at_follows_an_extension_step_from_every_element_on_the_way() -> None:
+    # coding and its slice both define the extension: the step finds the extension's slices under each.
+    coding = el("coding", el("extension", slices=(U_BY_URL,)), slices=(el("coding", EXTENSION, slice_name="s"),))
+    node = el("code", coding)
+    assert [id(n) for n in slicing._nodes_at(node, "coding.extension('http://u')")] == [
+        id(U_BY_URL),
+        id(U_BY_URL),
+        id(U_BY_PROFILE),
+    ]
 
 
 def test_extension_slices_by_fixed_url_or_profile() -> None:
@@ -1362,3 +1382,22 @@ def test_ordered_slicing(
     validator: Validator, identifiers: list[dict[str, Any]], expected: list[tuple[str, str, str, str]]
 ) -> None:
     assert errors(validator.validate(patient(identifier=identifiers), [ORDERED])) == expected
+
+
+def test_a_resource_without_a_recorded_root_is_its_own_root(validator: Validator) -> None:
+    # check_slicing called for a resource the run has not seen: resolve() looks in the resource's own contained.
+    tree = validator.tree(BY_TARGET)
+    assert tree is not None
+    resource = listing("#c", "#v")
+    run = Run()
+    slicing.check_slicing(
+        validator, resource["entry"], [], tree.by_id["List.entry"], tree, "List", None, run, resource, 0
+    )
+    assert errors(run.issues) == []
+    run = Run()
+    slicing.check_slicing(validator, resource["entry"], [], tree.by_id["List.entry"], tree, "List", None, run, {}, 0)
+    assert errors(run.issues) == [
+        no_match("List.entry[0]", BY_TARGET),
+        no_match("List.entry[1]", BY_TARGET),
+        required("List", "List.entry:conditions", BY_TARGET),
+    ]
