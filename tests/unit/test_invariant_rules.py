@@ -1602,6 +1602,7 @@ def test_sdf_14_16_17_element_ids(
         (sd([ROOT, {**NAME, "defaultValueString": "x"}], None), True),
         (sd([ROOT, {**NAME, "_defaultValueString": {"id": "x"}}], None, url=CORE), None),
         (sd([ROOT], [NAME], url=["x"]), None),
+        ({**sd([ROOT, {**NAME, "defaultValueString": "x"}], None, url=CORE), "_url": {"id": "x"}}, None),
     ],
 )
 def test_sdf_22_a_core_definition_has_no_default_values(definition: Any, ok: bool | None) -> None:
@@ -1661,6 +1662,12 @@ def test_sdf_20_no_slicing_on_the_root(elements: list[Any], ok: bool | None) -> 
         (sd([ROOT], kind=1), None),
         ({**sd([ROOT]), "_type": {"id": "x"}}, None),
         ({**sd([ROOT, NAME]), "resourceType": "Basic"}, None),
+        # %resource is read only from a definition whose kind, type and snapshot have no extension.
+        ({**sd([ROOT, NAME]), "_kind": {"id": "x"}}, None),
+        ({**sd([ROOT, NAME]), "_snapshot": {"id": "x"}}, None),
+        (sd([ROOT, NAME], type=1), None),
+        (sd([ROOT, NAME], kind=None), None),
+        (sd([ROOT, NAME], type=None), None),
     ],
 )
 def test_sdf_8_a_snapshot_is_below_its_type(definition: Any, ok: bool | None) -> None:
@@ -1688,7 +1695,12 @@ def test_sdf_8_a_snapshot_is_below_its_type(definition: Any, ok: bool | None) ->
         (sd(None, [{"path": "Observation.a"}], kind="logical"), True),
         (sd(None, [NAME, {"path": "Patientx"}]), False),
         (sd(None, [NAME, {"path": "Patient.name.a.b"}]), True),
+        (sd(None, [NAME, {"path": "Patient.identifier"}]), True),  # below the root, not below the first
+        (sd(None, [NAME, {"path": "Patient.name"}]), True),
         (sd(None, []), None),
+        ({**sd(None, [ROOT, NAME]), "_differential": {"id": "x"}}, None),
+        ({**sd(None, [ROOT, NAME]), "_type": {"id": "x"}}, None),
+        (sd(None, [ROOT, NAME], kind=1), None),
     ],
 )
 def test_sdf_8a_a_differential_is_below_its_type(definition: Any, ok: bool | None) -> None:
@@ -1753,6 +1765,11 @@ def test_sdf_8a_a_differential_is_below_its_type(definition: Any, ok: bool | Non
             None,
         ),
         ({"derivation": 1, "differential": {"element": [NAME]}}, True, None, True, None),
+        ({"type": "Extension", "derivation": "constraint", "_type": {"id": "x"}}, True, None, None, True),
+        ({"type": "Extension", "derivation": "constraint", "_derivation": {"id": "x"}}, True, None, True, None),
+        ({"type": "Patient", "contextInvariant": ["x"], "_contextInvariant": [{"id": "x"}]}, True, True, None, True),
+        ({"abstract": False, "_abstract": {"id": "x"}}, None, True, True, True),
+        ({"derivation": "constraint", "differential": {"element": [NAME], "_id": {"id": "x"}}}, True, True, True, None),
     ],
 )
 def test_sdf_4_5_18_21_rules_of_the_definition(
@@ -1794,6 +1811,11 @@ TYPED_ROOT = {**ROOT, "type": [{"code": "Patient"}]}
         (sd([ROOT], [ROOT], kind=1), None, None, None),
         ({**sd([NAME], [NAME]), "_kind": {"id": "x"}}, None, None, None),
         ({**sd([NAME], [NAME]), "snapshot": {"element": "x"}}, None, None, True),
+        # A primitive extension on a field a rule reads leaves that rule to the interpreter.
+        ({**sd([NAME], [NAME]), "_type": {"id": "x"}}, None, True, True),
+        ({**sd([NAME], [NAME]), "_snapshot": {"id": "x"}}, None, None, True),
+        ({**sd([TYPED_ROOT], [TYPED_ROOT]), "_differential": {"id": "x"}}, True, False, None),
+        (sd([NAME], [NAME], type=1), None, True, True),
     ],
 )
 def test_sdf_11_15_15a_the_first_element(
@@ -1872,6 +1894,7 @@ def code_system(*concepts: Any, **fields: Any) -> dict[str, Any]:
         (code_system({"code": "b", "concept": [{"code": 1}]}), None),
         (code_system({"code": "b", "concept": "x"}), None),
         ({**code_system({"code": "a"}), "_name": {"id": "x"}}, None),
+        (code_system({"code": "a"}, contained=[{"resourceType": "ValueSet", "_name": {"id": "x"}}]), None),
     ],
 )
 def test_csd_1_codes_are_unique_in_the_code_system(resource: Any, ok: bool | None) -> None:
