@@ -1696,6 +1696,7 @@ def test_sdf_8_a_snapshot_is_below_its_type(definition: Any, ok: bool | None) ->
         (sd(None, [NAME, {"path": "Patientx"}]), False),
         (sd(None, [NAME, {"path": "Patient.name.a.b"}]), True),
         (sd(None, [NAME, {"path": "Patient.identifier"}]), True),  # below the root, not below the first
+        (sd(None, [{"path": "Patient.name.given"}, {"path": "Patient.identifier"}]), True),
         (sd(None, [NAME, {"path": "Patient.name"}]), True),
         (sd(None, []), None),
         ({**sd(None, [ROOT, NAME]), "_differential": {"id": "x"}}, None),
