@@ -9,6 +9,7 @@ another case others; the vocabulary check and the failures of a template at conv
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import uuid
 from decimal import Decimal
 from functools import cached_property
@@ -98,6 +99,9 @@ XHTML = 'xmlns="http://www.w3.org/1999/xhtml"'
 # the first time): the tests, and each forked run of them, then start with the classes built.
 FHIR_TYPES = {t: get_fhir_model_class(t) for t in ("Patient", "Condition", "Provenance", "QuestionnaireResponse")}
 FHIR_TYPES |= {t: get_fhir_model_class(t) for t in ("ImagingStudy", "Procedure", "Encounter")}
+# What is imported by now (casebridge, pydantic's models) lives as long as the process: frozen, the collector stops
+# scanning it at the end of every pytest session, which a mutation run starts once per mutant in a forked process.
+gc.freeze()
 
 
 def write(
