@@ -1194,6 +1194,7 @@ def test_a_loop_over_a_typed_list_checks_its_items() -> None:
         ("- $for: v\n  $as: i\n  $value: 1\n  other: 2\n", "3: $value excludes other keys in a $for item"),
         ("- $for: v\n  $as: i\n  other: 2\n  $value: 1\n", "4: $value excludes other keys in a $for item"),
         ("- $for: w\n  $as: i\n", "1: unknown name 'w'; in scope here: case, v"),
+        ("- $for: v\n  $as: i\n  $as: j\n", "3: duplicate key '$as'"),
     ],
 )
 def test_loop_errors(text: str, message: str) -> None:
