@@ -1815,6 +1815,7 @@ TYPED_ROOT = {**ROOT, "type": [{"code": "Patient"}]}
         # A primitive extension on a field a rule reads leaves that rule to the interpreter.
         ({**sd([NAME], [NAME]), "_type": {"id": "x"}}, None, True, True),
         ({**sd([NAME], [NAME]), "_snapshot": {"id": "x"}}, None, None, True),
+        ({**sd(None, [NAME]), "_snapshot": {"id": "x"}}, None, None, True),  # an extension and no snapshot
         ({**sd([TYPED_ROOT], [TYPED_ROOT]), "_differential": {"id": "x"}}, True, False, None),
         (sd([NAME], [NAME], type=1), None, True, True),
     ],
