@@ -890,11 +890,6 @@ def test_at_most_max_pages_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(server.requests) == 3
 
 
-def test_max_pages_is_said_with_thousands_separated() -> None:
-    assert client_module.MAX_PAGES == 100_000
-    assert f"more than {client_module.MAX_PAGES:,} pages" == "more than 100,000 pages"
-
-
 @pytest.mark.parametrize(
     ("kind", "url"),
     [("history", f"{BASE}/Patient"), (None, f"{BASE}/Patient")],
