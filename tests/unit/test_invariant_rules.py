@@ -985,7 +985,8 @@ def test_an_empty_constraint_list_checks_nothing(patient_tree: StructureTree) ->
 
 
 def test_fhirpath_reads_the_resource_its_root_and_what_references_resolve_to(patient_tree: StructureTree) -> None:
-    res = {"resourceType": "Patient", "id": "root", "contained": [{**BASIC, "subject": {"reference": "#c"}}]}
+    res = {"resourceType": "Basic", "id": "root", "subject": {"reference": "#c"}}
+    res["contained"] = [{**BASIC, "subject": {"reference": "#c"}}]
     res["contained"].append({**BASIC, "id": "c", "subject": {"reference": "Patient/1"}})
     inner, other = res["contained"]
     rules = (
@@ -1004,7 +1005,7 @@ def test_fhirpath_reads_the_resource_its_root_and_what_references_resolve_to(pat
     assert failing(inner, inner, res) == []  # %rootResource is the container, where "#c" resolves
     assert failing(inner, inner, None) == ["x-r", "x-t"]  # on its own: nothing contained
     assert failing(other, other, res) == []  # resolved in the Bundle
-    assert failing(res, res, None) == ["x-t"]  # its own root; no subject
+    assert failing(res, res, None) == []  # its own root, where "#c" resolves
     assert failing({**BASIC, "id": None}, {"resourceType": "Basic"}, res) == ["x-s", "x-t"]
 
 
