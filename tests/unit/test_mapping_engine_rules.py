@@ -1135,6 +1135,19 @@ def test_if_keeps_a_mapping_only_when_truthy(value: Any, expected: dict[str, int
     assert render("x:\n  $if: v\n  a: 1\ny: 2", v=value) == ({"x": expected} if expected else {}) | {"y": 2}
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("\n$if: w\na: 1", "2: unknown name 'w'; in scope here: case, v"),
+        ("x:\n  a: 1\n  a: 2", "3: duplicate key 'a'"),
+        ("\nx: 'a {{ w }} b'", "2: unknown name 'w'; in scope here: case, v"),
+        ("\n\nx: '{{ w }}'", "3: unknown name 'w'; in scope here: case, v"),
+    ],
+)
+def test_body_errors_name_their_line(text: str, message: str) -> None:
+    assert body_error(text, v=1) == message
+
+
 def test_other_directives_are_refused() -> None:
     assert body_error("a: 1\n$unless: v", v=1) == (
         "2: '$unless' is not a directive here (mappings take $if; list items take $for/$as/$value)"
