@@ -690,6 +690,19 @@ DEFINITIONS.append(
 )
 
 
+TYPED = f"{BASE}/patient-given-typed"
+DEFINITIONS.append(
+    profile(
+        TYPED,
+        "Patient",
+        [
+            sliced("Patient.name.given", "closed", ("type", "$this")),
+            slice_("Patient.name.given", "text", 0, "*"),
+        ],
+    )
+)
+
+
 @pytest.fixture(scope="module")
 def validator(tmp_path_factory: pytest.TempPathFactory) -> Validator:
     folder = tmp_path_factory.mktemp("slicing-rules")
@@ -1053,6 +1066,13 @@ def test_in_slice_by_value_or_pattern(
     assert in_slice(BARE, item, slice_node, *discriminators) is expected
 
 
+def test_a_value_discriminator_through_of_type_reads_the_type_of_the_value_itself() -> None:
+    slice_node = el("value[x]", el("unit", fixed="mg"), slice_name="mg")
+    discriminator = ("value", "ofType(Quantity).unit")
+    assert in_slice(BARE, {"unit": "mg"}, slice_node, discriminator, type_code="Quantity") is True
+    assert in_slice(BARE, {"unit": "mg"}, slice_node, discriminator, type_code="string") is False
+
+
 def with_value(min_: int, max_: int | None) -> ElementNode:
     return el("component", el("value[x]", min=min_, max=max_), slice_name=f"value-{min_}-{max_}")
 
@@ -1400,4 +1420,19 @@ def test_a_resource_without_a_recorded_root_is_its_own_root(validator: Validator
         no_match("List.entry[0]", BY_TARGET),
         no_match("List.entry[1]", BY_TARGET),
         required("List", "List.entry:conditions", BY_TARGET),
+    ]
+
+
+def test_a_primitive_in_a_slice_keeps_its_extensions(validator: Validator) -> None:
+    # given[1] has no value but an extension: in the slice too it is a value with children, not an empty one.
+    name = {"given": ["A", None], "_given": [None, DATA_ABSENT]}
+    assert errors(validator.validate(patient(name=[name]), [TYPED])) == []
+    empty = {"given": ["A", None]}
+    assert errors(validator.validate(patient(name=[empty]), [TYPED])) == [
+        (
+            "error",
+            "invariant",
+            "Patient.name[0].given[1]",
+            f"Constraint failed: ele-1: 'All FHIR elements must have a @value or children' (defined in {CORE}/Element)",
+        )
     ]
