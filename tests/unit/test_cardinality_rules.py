@@ -451,6 +451,25 @@ def test_the_companions_of_repeated_primitives(
             {"resourceType": "Patient", "_gender": {"bogus": 1}, "name": {"family": "x"}},
             [unrecognized("Patient.gender", "bogus"), array_expected("name", "Patient.name", "Patient")],
         ),
+        # A companion alone is checked within its resource: a local reference in its extension finds the contained
+        # resource.
+        (
+            {
+                "resourceType": "Patient",
+                "contained": [{"resourceType": "Organization", "id": "o1", "name": "x"}],
+                "managingOrganization": {"reference": "#o1"},
+                "_gender": {"extension": [{"url": "http://example.org/ext", "valueReference": {"reference": "#o1"}}]},
+            },
+            [
+                (
+                    "error",
+                    "structure",
+                    "Patient.gender.extension[0]",
+                    "The extension http://example.org/ext could not be found so is not allowed here",
+                    None,
+                )
+            ],
+        ),
         # A plain value's companion is checked too.
         (
             {"resourceType": "Patient", "active": True, "_active": {"bogus": 1}},
