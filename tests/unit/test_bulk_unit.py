@@ -377,3 +377,20 @@ def test_a_folder_with_other_content_or_another_export_is_refused(tmp_path: Path
 def test_bad_requests_are_refused_before_anything_is_sent(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         ExportRequest(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("exc", "text"),
+    [
+        (httpx.ConnectError(""), "GET http://x/f failed: ConnectError: no detail"),
+        (httpx.ReadTimeout("slow"), "GET http://x/f timed out: ReadTimeout: slow"),
+    ],
+)
+def test_a_transport_error_says_what_failed_and_no_detail_when_it_has_none(
+    exc: httpx.TransportError, text: str
+) -> None:
+    from casebridge.fhir.bulk import _transport_error
+
+    error = _transport_error(exc, "http://x/f")
+    assert str(error).startswith(text)
+    assert error.request_sent is isinstance(exc, httpx.ReadTimeout)

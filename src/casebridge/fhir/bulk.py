@@ -631,7 +631,7 @@ def _range_start(response: httpx.Response) -> int | None:
 def _transport_error(exc: httpx.TransportError, url: str) -> FhirTransportError:
     kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "failed"
     return FhirTransportError(
-        f"GET {url} {kind}: {type(exc).__name__}: {exc or 'no detail'}",
+        f"GET {url} {kind}: {type(exc).__name__}: {str(exc) or 'no detail'}",
         method="GET",
         url=url,
         request_sent=not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout),
