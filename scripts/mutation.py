@@ -29,6 +29,7 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "scripts" / "mutation.toml"
@@ -137,7 +138,16 @@ def run(module: Module, children: int) -> float:
             start_new_session=True,
         )
         try:
-            process.wait(timeout=module.timeout)
+            # Until the timeout: keep a copy of the results whenever they read whole, since a stop can catch
+            # mutmut writing them and leave the file empty.
+            while True:
+                try:
+                    process.wait(timeout=min(10.0, max(0.1, start + module.timeout - time.monotonic())))
+                    break
+                except subprocess.TimeoutExpired:
+                    _keep_results(module)
+                    if time.monotonic() - start >= module.timeout:
+                        raise
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGTERM)
             try:
@@ -147,6 +157,24 @@ def run(module: Module, children: int) -> float:
                 process.wait()
             out.write(f"\nmake mutation: stopped after {module.timeout:.0f} s\n".encode())
     return time.monotonic() - start
+
+
+def _meta(module: Module) -> Path:
+    return module.work / "mutants" / (module.source + ".meta")
+
+
+def _read_meta(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and isinstance(doc.get("exit_code_by_key"), dict) else None
+
+
+def _keep_results(module: Module) -> None:
+    meta = _meta(module)
+    if _read_meta(meta) is not None:
+        shutil.copyfile(meta, meta.with_name(meta.name + ".kept"))
 
 
 @dataclass
@@ -176,10 +204,11 @@ class Result:
 
 
 def collect(module: Module, seconds: float | None) -> Result | None:
-    meta = module.work / "mutants" / (module.source + ".meta")
-    if not meta.is_file():
+    meta = _meta(module)
+    doc = _read_meta(meta) or _read_meta(meta.with_name(meta.name + ".kept"))
+    if doc is None:
         return None
-    exit_codes = json.loads(meta.read_text(encoding="utf-8"))["exit_code_by_key"]
+    exit_codes = doc["exit_code_by_key"]
     ordered = sorted(exit_codes.items(), key=lambda kv: _order(kv[0]))
     statuses = {k: STATUS.get(v, "suspicious") for k, v in ordered if module.selected(k)}
     from mutmut.mutation.diff_apply import get_diff_for_mutant  # mutmut reads its files relative to the folder
