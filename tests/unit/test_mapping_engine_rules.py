@@ -1381,6 +1381,19 @@ def test_expression_errors(source: str, message: str) -> None:
     assert expr_error(source, s=None) == message
 
 
+class _Site(BaseModel):
+    place: BodySite
+
+
+class _Thing(BaseModel):
+    place: Concept
+
+
+def test_a_field_of_members_with_different_types_is_untyped() -> None:
+    assert compile_expr("s.place", s=OneOf((_Site, _Thing)))[1] is None
+    assert compile_expr("s.place", s=OneOf((_Site, _Site)))[1] is BodySite
+
+
 def test_a_model_offers_its_fields_and_properties() -> None:
     """Not private names, not pydantic's model_ names, not methods."""
     assert expr_error("s.nothing", s=_Shape) == "'s' has no field 'nothing'; it has: double, size, triple, vague"
@@ -1464,6 +1477,8 @@ def test_nothing_in_scope() -> None:
         ("v is not None", {"v": None}, False),
         ("'y' if v else 'n'", {"v": 1}, "y"),
         ("'y' if v else 'n'", {"v": 0}, "n"),
+        ("v if w else u", {"v": "y", "w": 1, "u": "n"}, "y"),
+        ("v if w else u", {"v": "y", "w": 0, "u": "n"}, "n"),
         ("[v, 1]", {"v": None}, [None, 1]),
         ("(v, 1)", {"v": 2}, [2, 1]),
         ("[]", {}, []),
