@@ -145,6 +145,11 @@ def too_many(at: str, element_id: str, maximum: int, count: int, source: str = P
     return ("error", "structure", at, message, source)
 
 
+ELE_1 = (
+    "Constraint failed: ele-1: 'All FHIR elements must have a @value or children' "
+    "(defined in http://hl7.org/fhir/StructureDefinition/Element)"
+)
+
 MRN_MISSING = (
     "error",
     "structure",
@@ -363,6 +368,22 @@ def unrecognized(at: str, key: str) -> tuple[str, ...]:
             },
             [too_many("Observation", "Observation.value[x]", 1, 2, f"{CORE}/Observation")],
         ),
+        (
+            {**OBSERVATION_BASE, "valueCodeableConcept": {"text": "a"}, "valueQuantity": {"value": 1}},
+            [too_many("Observation", "Observation.value[x]", 1, 2, f"{CORE}/Observation")],
+        ),
+        (
+            {**OBSERVATION_BASE, "valueString": "a", "valueQuantity": {"value": 1}},
+            [too_many("Observation", "Observation.value[x]", 1, 2, f"{CORE}/Observation")],
+        ),
+        # An empty plain value, without a companion: no value and no children either.
+        (
+            {"resourceType": "Patient", "birthDate": ""},
+            [
+                ("error", "invalid", "Patient.birthDate", "value cannot be empty", None),
+                ("error", "invariant", "Patient.birthDate", ELE_1, None),
+            ],
+        ),
         # XML's repeated element: counted, so that the maximum reports it.
         (
             {"resourceType": "Patient", "gender": RepeatedElement(["male", "female"])},
@@ -398,12 +419,6 @@ def test_shape_and_required_elements_of_base_resources(
     profiled: Validator, resource: dict[str, Any], expected: list[tuple[str, ...]]
 ) -> None:
     assert found(profiled.validate(resource)) == expected
-
-
-ELE_1 = (
-    "Constraint failed: ele-1: 'All FHIR elements must have a @value or children' "
-    "(defined in http://hl7.org/fhir/StructureDefinition/Element)"
-)
 
 
 @pytest.mark.parametrize(
