@@ -1817,6 +1817,12 @@ TYPED_ROOT = {**ROOT, "type": [{"code": "Patient"}]}
         ({**sd([NAME], [NAME]), "_type": {"id": "x"}}, None, True, True),
         ({**sd([NAME], [NAME]), "_snapshot": {"id": "x"}}, None, None, True),
         ({**sd(None, [NAME]), "_snapshot": {"id": "x"}}, None, None, True),  # an extension and no snapshot
+        (
+            {**sd([NAME], [NAME], kind="logical"), "_snapshot": {"id": "x"}, "_differential": {"id": "x"}},
+            None,
+            None,
+            None,
+        ),
         ({**sd([TYPED_ROOT], [TYPED_ROOT]), "_differential": {"id": "x"}}, True, False, None),
         (sd([NAME], [NAME], type=1), None, True, True),
     ],
