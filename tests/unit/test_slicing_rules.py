@@ -1020,9 +1020,10 @@ def in_slice(
     *discriminators: tuple[str, str],
     type_code: str | None = None,
     root: dict[str, Any] | None = None,
+    run: Run | None = None,
 ) -> bool:
     found = [Discriminator(t, p) for t, p in discriminators]
-    return slicing._in_slice(validator, item, type_code, slice_node, tuple(found), Run(), root or {})
+    return slicing._in_slice(validator, item, type_code, slice_node, tuple(found), run or Run(), root or {})
 
 
 # A validator without definitions: the value, pattern, exists and type discriminators read none (the profile ones,
@@ -1436,3 +1437,17 @@ def test_a_primitive_in_a_slice_keeps_its_extensions(validator: Validator) -> No
             f"Constraint failed: ele-1: 'All FHIR elements must have a @value or children' (defined in {CORE}/Element)",
         )
     ]
+
+
+def test_in_slice_by_exists_through_of_type() -> None:
+    # The value is there as that type or not at all.
+    slice_node = el("value[x]", slice_name="quantity")
+    assert in_slice(BARE, {"value": 1}, slice_node, ("exists", "ofType(Quantity)"), type_code="Quantity") is True
+    assert in_slice(BARE, {"value": 1}, slice_node, ("exists", "ofType(Quantity)"), type_code="string") is False
+
+
+def test_in_slice_by_the_type_of_a_bundle_entry_a_reference_resolves_to() -> None:
+    slice_node = entry_item(f"{CORE}/Patient", "patients")
+    for reference, expected in (("Patient/1", True), ("urn:uuid:abc", True), ("Group/2", False)):
+        item = {"item": {"reference": reference}}
+        assert in_slice(BARE, item, slice_node, ("type", "item.resolve()"), run=bundle_run()) is expected
