@@ -1702,6 +1702,8 @@ def test_times_in_words() -> None:
     assert functions.when(ctx(), before, report) == "2 weeks before fever"
     assert functions.when_untyped(ctx(), None, report) is None
     assert functions.when_untyped(ctx(), before, report) == "2 weeks before fever".capitalize()
+    after = TimeElement(relative={"relation": "after", "to": "presentation"})
+    assert functions.when_untyped(ctx(), after, report) == "After presentation"
     assert functions.when_untyped(ctx(), TimeElement(date="2020-01"), report) is None
     assert functions.when_untyped(ctx(), TimeElement(age={"value": 3}), report) is None
 
@@ -1749,6 +1751,12 @@ def test_capitalize_and_texts() -> None:
     assert functions.texts(ctx(), [Concept(text="a"), Concept(text="b", key="k")]) == ["a", "b"]
 
 
+def test_the_default_table_must_exist() -> None:
+    with pytest.raises(MappingError) as info:
+        ExpressionCompiler(registry({}, set()), file="f.yaml", line=2).compile("concept(v)", {"v": None})
+    assert str(info.value) == "f.yaml:2: concept(): no code table 'concepts'; tables: "
+
+
 def test_the_registry_names_and_documents_each_function() -> None:
     known = registry({}, set())
     assert ", ".join(sorted(known)) == KNOWN
@@ -1786,7 +1794,14 @@ def test_constant_arguments_are_checked(source: str, message: str) -> None:
 
 @pytest.mark.parametrize(
     "source",
-    ["concept(v)", "concept(v, 'laterality')", "code('concepts', v)", "coding('concepts', 'fever')", "ref('r', 1)"],
+    [
+        "concept(v)",
+        "concept(v, 'laterality')",
+        "code('concepts', v)",
+        "coding('concepts', 'fever')",
+        "ref('r', 1)",
+        "code('concepts', key='fever')",  # the key by keyword: only a positional key is looked up
+    ],
 )
 def test_good_constant_arguments(source: str) -> None:
     compile_expr(source, v=None)
