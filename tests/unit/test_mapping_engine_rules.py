@@ -1047,9 +1047,9 @@ def load_codes() -> dict[str, CodeTable]:
 
 def load_table_text(name: str, text: str) -> CodeTable:
     table = CodeTable(name=name, file=f"{name}.csv")
-    for line in text.splitlines()[1:]:
+    for number, line in enumerate(text.splitlines()[1:], start=2):
         key, system, code, display, source, _ = line.split(",")
-        table.rows.setdefault(key, []).append(CodeRow(key, system, code, display, source, table.file, 0))
+        table.rows.setdefault(key, []).append(CodeRow(key, system, code, display, source, table.file, number))
     return table
 
 
@@ -1955,11 +1955,14 @@ def test_resolve_citation_errors(source: str, reason: str) -> None:
     assert info.value.args[0] == reason
 
 
-def citation_error(row: str) -> str:
-    table = load_table_text("t", HEADER + row)
+def citation_error(rows: str) -> str:
+    """The error of the last row of ``rows`` (the rows before it being good or uncoded)."""
+    table = load_table_text("t", HEADER + rows)
+    line = rows.count("\n") + 2
     with pytest.raises(MappingError) as info:
         check_citations({"t": table}, TERMS, file="terms.yaml")
-    return str(info.value).removeprefix("t.csv: ")
+    assert (info.value.file, info.value.line) == ("t.csv", line)
+    return str(info.value).removeprefix(f"t.csv:{line}: ")
 
 
 @pytest.mark.parametrize(
@@ -1994,6 +1997,8 @@ def citation_error(row: str) -> str:
 )
 def test_citation_errors(row: str, error: str) -> None:
     assert citation_error(row) == error
+    # After an uncoded row (which cites nothing) and a good one.
+    assert citation_error("u,,,Uncoded,,\nb,http://snomed.info/sct,10,Arm,sct.arm,\n" + row) == error
 
 
 @pytest.mark.parametrize(
