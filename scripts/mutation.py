@@ -218,7 +218,7 @@ def collect(module: Module, seconds: float | None) -> Result | None:
     os.chdir(module.work)
     try:
         for name, status in statuses.items():
-            if status not in ("killed", "timeout"):
+            if status not in ("killed", "timeout", "not checked"):  # a diff costs a second: survivors only
                 diffs[name] = get_diff_for_mutant(name, path=module.source)
     finally:
         os.chdir(here)
