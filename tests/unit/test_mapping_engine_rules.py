@@ -1783,6 +1783,10 @@ def test_the_registry_names_and_documents_each_function() -> None:
             "code(): no code table 'nope'; tables: body-sites, concepts, laterality, units",
         ),
         ("coding('concepts', 'nokey')", "coding(): table 'concepts' has no key 'nokey'"),
+        (
+            "coding(table='nope', key='x')",
+            "coding(): no code table 'nope'; tables: body-sites, concepts, laterality, units",
+        ),
         ("refs('q')", "refs(): no resource template has role 'q'; roles: r"),
         ("ref(role='q')", "ref(): no resource template has role 'q'; roles: r"),
         ("refs(v)", "refs(): the role must be a constant string"),
@@ -1889,6 +1893,17 @@ def test_a_code_table(tmp_path: Path) -> None:
     assert table.codings("z") == []
     assert (table.text("a"), table.text("b"), table.text("c"), table.text("z")) == ("A", "Bee", "Sea", None)
     assert table.rows["b"][0].coded is False and table.rows["a"][0].coded is True
+
+
+def test_codings_that_share_a_system_or_a_code(tmp_path: Path) -> None:
+    """Only the same system and code twice is a repeat."""
+    path = tmp_path / "t.csv"
+    path.write_text(HEADER + "a,http://x,1,A,s.a,\na,http://x,2,B,s.b,\na,urn:z,1,C,s.c,\n")
+    assert [(c["system"], c["code"]) for c in load_table(path).codings("a")] == [
+        ("http://x", "1"),
+        ("http://x", "2"),
+        ("urn:z", "1"),
+    ]
 
 
 def test_code_tables_of_a_folder(tmp_path: Path) -> None:
