@@ -329,6 +329,17 @@ def unrecognized(at: str, key: str) -> tuple[str, ...]:
                 unrecognized("Patient.name[0].given[0]", "bogus"),
             ],
         ),
+        # A companion (_given) has its value's shape: an array beside an array, one object beside one value.
+        (
+            {"resourceType": "Patient", "name": [{"given": ["A", "B"], "_given": {"id": "x"}}]},
+            [array_expected("_given", "Patient.name[0].given", "Patient.name[0]")],
+        ),
+        ({"resourceType": "Patient", "name": [{"given": ["A", "B"], "_given": [None, {"id": "x"}]}]}, []),
+        (
+            {"resourceType": "Patient", "gender": "male", "_gender": [{"id": "x"}]},
+            [object_expected("_gender", "Patient.gender", "Patient")],
+        ),
+        ({"resourceType": "Patient", "gender": "male", "_gender": {"id": "x"}}, []),
         # One that does not must not be: not counted then (a required one is also missing).
         (
             {**OBSERVATION_BASE, "status": ["final"]},

@@ -583,6 +583,11 @@ class Validator:
         else:
             items = source if isinstance(source, list) else [source]
             extras = extra if isinstance(extra, list) else [extra] if extra is not None else []
+            if value is not None and extra is not None and isinstance(extra, list) != node.repeats:
+                # A primitive's companion (_name) has its value's shape: an array beside an array, one object
+                # beside one value (as the HL7 validator's JSON reader requires).
+                shape = ("a JSON Array, not an Object", "an Object, not an Array")[not node.repeats]
+                run.add("error", "structure", f"The property _{key} must be {shape} (at {expr})", f"{expr}.{name}")
         if value is None:
             items, extras = [None] * len(items), items
         counts[id(node)] = counts.get(id(node), 0) + len(items)
