@@ -886,6 +886,12 @@ TEMPLATE_ERRORS = [
         "_sex",
         "Patient has no element '_sex'",
     ),
+    # Only a primitive has a _ companion: Condition.code is a CodeableConcept.
+    (
+        "resourceType: Condition\nresources:\n  - role: p\n    body:\n      _code: {}\n",
+        "_code",
+        "Condition has no element '_code'",
+    ),
     (
         "resourceType: Patient\nresources:\n  - role: p\n    body:\n      gender: '{{ x }}'\n",
         "gender",
@@ -1108,7 +1114,7 @@ def test_a_model_object_is_no_fhir_value() -> None:
     )
 
 
-@pytest.mark.parametrize("text", ["'a {{ b }} }}'", "'{{ b'", "'a }} {{ b }}{{'"])
+@pytest.mark.parametrize("text", ["'a {{ b }} }}'", "'{{ b'", "'a }} {{ b }}{{'", "'a }} {{ b }}'"])
 def test_unbalanced_braces(text: str) -> None:
     assert body_error(f"\n\nx: {text}", b=1) == f"3: unbalanced {{{{ }}}} in {yaml.safe_load(text)!r}"
 
@@ -1357,6 +1363,8 @@ def test_static_type_of_annotations(annotation: Any, static: Any) -> None:
         ("code('nope', 'x')", "code(): no code table 'nope'; tables: body-sites, concepts, laterality, units"),
         ("code(s, 'x')", "code(): the table name must be a constant string"),
         ("code('concepts', 'nokey')", "code(): table 'concepts' has no key 'nokey'"),
+        ("code('concepts', key='nokey')", "code(): table 'concepts' has no key 'nokey'"),
+        ("coding(table='concepts', key='nokey')", "coding(): table 'concepts' has no key 'nokey'"),
         (
             "concept(s, table='nope')",
             "concept(): no code table 'nope'; tables: body-sites, concepts, laterality, units",
@@ -1804,7 +1812,8 @@ def test_constant_arguments_are_checked(source: str, message: str) -> None:
         "code('concepts', v)",
         "coding('concepts', 'fever')",
         "ref('r', 1)",
-        "code('concepts', key='fever')",  # the key by keyword: only a positional key is looked up
+        "code('concepts', key='fever')",  # the key by keyword is looked up too
+        "coding(table='concepts', key='fever')",
     ],
 )
 def test_good_constant_arguments(source: str) -> None:

@@ -340,8 +340,8 @@ class _Header:
         for name, _node, line in mapping_items(body_node, self.file):
             if name in ("resourceType", "id", "text", "meta"):
                 raise MappingError(f"{name!r} is set by casebridge, not by the template", file=self.file, line=line)
-            # "_birthDate" carries the id and extensions of the primitive birthDate.
-            if not name.startswith("$") and name.removeprefix("_") not in allowed:
+            # The model's aliases name the companions of primitives only ("_birthDate"): "_code" is refused.
+            if not name.startswith("$") and name not in allowed:
                 raise MappingError(f"{self.resource_type} has no element {name!r}", file=self.file, line=line)
         body = bc.value(body_node, scope)
         profile = None

@@ -313,7 +313,7 @@ def table_check(
         if name is not None and name not in tables:
             return f"no code table {name!r}; tables: {', '.join(sorted(tables))}"
         if key_position is not None and isinstance(name, str):
-            key = _const(args[key_position]) if len(args) > key_position else None
+            key = _const(args[key_position] if len(args) > key_position else kwargs.get("key"))
             if isinstance(key, str) and key not in tables[name]:
                 return f"table {name!r} has no key {key!r}"
         return None

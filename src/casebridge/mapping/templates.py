@@ -103,7 +103,10 @@ class BodyCompiler:
         pos = 0
         for m in _EXPR.finditer(text):
             if m.start() > pos:
-                pieces.append(text[pos : m.start()])
+                gap = text[pos : m.start()]
+                if "{{" in gap or "}}" in gap:  # a stray brace before an expression, not only after the last
+                    raise MappingError(f"unbalanced {{{{ }}}} in {text!r}", file=file, line=line)
+                pieces.append(gap)
             pieces.append(self.expr(m.group(1), scope, line)[0])
             pos = m.end()
         if "{{" in text[pos:] or "}}" in text[pos:]:
