@@ -24,6 +24,7 @@ from casebridge.definitions.xml import RepeatedElement
 from casebridge.validation.issues import Issue, Run
 from casebridge.validation.service import load_index
 from casebridge.validation.validator import MAX_DEPTH, ValidationOptions, Validator
+from tests.profiles import element, profile
 
 BASE = "http://example.org/fhir/StructureDefinition"
 CORE = "http://hl7.org/fhir/StructureDefinition"
@@ -33,27 +34,6 @@ FROM_PATIENT = f"(from {PATIENT}|1.0.0)"
 FROM_CORE_PATIENT = f"(from {CORE}/Patient|4.0.1)"
 FROM_CORE_OBSERVATION = f"(from {CORE}/Observation|4.0.1)"
 ABSENT = {"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown"}
-
-
-def profile(url: str, rtype: str, elements: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "resourceType": "StructureDefinition",
-        "url": url,
-        "version": "1.0.0",
-        "name": url.rsplit("/", 1)[-1].replace("-", ""),
-        "status": "draft",
-        "fhirVersion": "4.0.1",
-        "kind": "resource",
-        "abstract": False,
-        "type": rtype,
-        "baseDefinition": f"{CORE}/{rtype}",
-        "derivation": "constraint",
-        "differential": {"element": elements},
-    }
-
-
-def element(path: str, **rules: Any) -> dict[str, Any]:
-    return {"id": path, "path": path, **rules}
 
 
 DEFINITIONS = [

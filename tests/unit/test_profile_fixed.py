@@ -14,6 +14,7 @@ from casebridge.config import Settings
 from casebridge.validation.references import java_set_order
 from casebridge.validation.service import load_validator
 from casebridge.validation.validator import Issue, ValidationOptions, Validator
+from tests.profiles import profile
 
 BASE = "http://example.org/fhir/StructureDefinition"
 PRACTITIONER = f"{BASE}/practitioner-home-phone"
@@ -26,23 +27,6 @@ VALUE_SET = "http://example.org/fhir/ValueSet/allowed-codes"
 MISSING_PROFILE = "http://example.org/fhir/StructureDefinition/nowhere-endpoint"
 CORE = "http://hl7.org/fhir/StructureDefinition"
 BUNDLED_ONLY = f"{BASE}/org-endpoint-bundled"
-
-
-def profile(url: str, rtype: str, elements: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "resourceType": "StructureDefinition",
-        "url": url,
-        "version": "1.0.0",
-        "name": url.rsplit("/", 1)[-1].replace("-", ""),
-        "status": "draft",
-        "fhirVersion": "4.0.1",
-        "kind": "resource",
-        "abstract": False,
-        "type": rtype,
-        "baseDefinition": f"{CORE}/{rtype}",
-        "derivation": "constraint",
-        "differential": {"element": elements},
-    }
 
 
 def reference_to(element: str, *targets: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from casebridge.validation import slicing
 from casebridge.validation.issues import Run
 from casebridge.validation.service import load_validator
 from casebridge.validation.validator import Issue, Validator
+from tests.profiles import profile
 
 MISSING = slicing._MISSING
 CORE = "http://hl7.org/fhir/StructureDefinition"
@@ -485,23 +486,6 @@ BY_TYPE = f"{BASE}/bundle-by-type"
 BY_PROFILE = f"{BASE}/bundle-by-profile"
 BY_TARGET = f"{BASE}/list-by-target"
 VITAL = "http://terminology.hl7.org/CodeSystem/observation-category"
-
-
-def profile(url: str, rtype: str, elements: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "resourceType": "StructureDefinition",
-        "url": url,
-        "version": "1.0.0",
-        "name": url.rsplit("/", 1)[-1].replace("-", ""),
-        "status": "draft",
-        "fhirVersion": "4.0.1",
-        "kind": "resource",
-        "abstract": False,
-        "type": rtype,
-        "baseDefinition": f"{CORE}/{rtype}",
-        "derivation": "constraint",
-        "differential": {"element": elements},
-    }
 
 
 def sliced(path: str, rules: str, *discriminators: tuple[str, str], ordered: bool = False) -> dict[str, Any]:
