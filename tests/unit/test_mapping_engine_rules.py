@@ -1773,10 +1773,11 @@ def test_the_registry_names_and_documents_each_function() -> None:
         assert fn.impl is getattr(functions, name)
         assert fn.doc == (fn.impl.__doc__ or "").strip()
     assert known["join"].doc == ""
-    assert (
-        known["ref"].doc
-        == "A Reference to the resource of ``role`` (and ``key`` for a role with many), or None if absent."
-    )
+    if functions.ref.__doc__:  # the compiled build (mypyc) keeps no docstring; the sources do
+        assert (
+            known["ref"].doc
+            == "A Reference to the resource of ``role`` (and ``key`` for a role with many), or None if absent."
+        )
     checked = {name for name, fn in known.items() if fn.check is not None}
     assert checked == {"concept", "code", "coding", "ref", "refs"}
 
