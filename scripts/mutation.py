@@ -163,6 +163,10 @@ def _meta(module: Module) -> Path:
     return module.work / "mutants" / (module.source + ".meta")
 
 
+def _kept(meta: Path) -> Path:
+    return meta.with_name(meta.name + ".kept")
+
+
 def _read_meta(path: Path) -> dict[str, Any] | None:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
@@ -174,7 +178,7 @@ def _read_meta(path: Path) -> dict[str, Any] | None:
 def _keep_results(module: Module) -> None:
     meta = _meta(module)
     if _read_meta(meta) is not None:
-        shutil.copyfile(meta, meta.with_name(meta.name + ".kept"))
+        shutil.copyfile(meta, _kept(meta))
 
 
 @dataclass
@@ -205,7 +209,7 @@ class Result:
 
 def collect(module: Module, seconds: float | None) -> Result | None:
     meta = _meta(module)
-    doc = _read_meta(meta) or _read_meta(meta.with_name(meta.name + ".kept"))
+    doc = _read_meta(meta) or _read_meta(_kept(meta))
     if doc is None:
         return None
     exit_codes = doc["exit_code_by_key"]

@@ -19,7 +19,13 @@ import pytest
 
 from casebridge.config import Settings
 from casebridge.definitions.packages import DefinitionIndex, PackageError
-from casebridge.tools.conformance import ConformanceReport, load_base_index, read_manifest, run_conformance
+from casebridge.tools.conformance import (
+    ConformanceReport,
+    _named_cases,
+    load_base_index,
+    read_manifest,
+    run_conformance,
+)
 from tests.conftest import pinned_packages_missing
 from tests.paths import TESTS_DIR
 
@@ -58,14 +64,7 @@ def render(base: DefinitionIndex) -> bytes:
 
 def case_names(folder: Path) -> list[str]:
     """The manifest's case names, made unique as the runner makes them (a repeated name gets #2, #3...)."""
-    seen: dict[str, int] = {}
-    names = []
-    for i, entry in enumerate(read_manifest(folder)):
-        raw = entry.get("name") if isinstance(entry, dict) else None
-        name = raw if isinstance(raw, str) and raw else f"case-{i + 1}"
-        seen[name] = seen.get(name, 0) + 1
-        names.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
-    return names
+    return [case.name for case in _named_cases(read_manifest(folder))]
 
 
 CASES = [(slice_name, case) for slice_name, folder in SLICES.items() for case in case_names(folder)]
